@@ -1,0 +1,353 @@
+//! The typed client that upstream Rust apps use to enqueue jobs and read their state.
+
+use crate::envelope::{Envelope, JobId, Priority, now_ms};
+use crate::error::{Error, Result};
+use crate::keys::{QueueKeys, validate_queue_name};
+use crate::kind::{JobArgs, KindOptions};
+use crate::scripts;
+use crate::state::{AttemptRecord, DeadLetter, JobInfo, JobState, QueueStats};
+use redis::aio::ConnectionManager;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Jobs per enqueue script call in [`Client::enqueue_bulk`]: one round trip per chunk.
+pub const BULK_CHUNK: usize = 1000;
+
+/// Per-job options; unset fields fall back to the kind's [`KindOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Queue to use instead of the kind's.
+    pub queue: Option<String>,
+    /// Priority instead of the kind's.
+    pub priority: Option<Priority>,
+    /// Run no earlier than this long after the enqueue (measured on the Redis clock).
+    pub delay: Option<Duration>,
+    /// Run no earlier than this instant (overrides `delay`).
+    pub run_at: Option<SystemTime>,
+    /// Attempts instead of the kind's.
+    pub max_attempts: Option<u32>,
+    /// Timeout of one attempt instead of the kind's.
+    pub timeout: Option<Duration>,
+    /// W3C `traceparent` of the enqueuing request.
+    pub trace: Option<String>,
+    /// A caller-chosen job id: enqueueing the same id twice creates one job.
+    pub id: Option<JobId>,
+}
+
+impl EnqueueOptions {
+    /// Options that put the job on `queue`.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+    /// Options with a priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+    /// Options with a delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+    /// Options with a max attempt count.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+    /// Options with a per-attempt timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+}
+
+/// One job ready to be written: the chunk unit of the enqueue script.
+struct Prepared {
+    queue: String,
+    id: JobId,
+    envelope: String,
+    priority: u8,
+    delay_ms: u64,
+    at_ms: u64,
+}
+
+/// Enqueues jobs and reads queue and job state. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Client {
+    /// A client on an existing connection, with key prefix `prefix` (normally `fleet`).
+    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+        Client { conn, prefix: prefix.into() }
+    }
+
+    /// Connects to Redis at `url` (e.g. `redis://127.0.0.1:6379`).
+    pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self> {
+        let conn = crate::connect(url).await?;
+        Ok(Client::new(conn, prefix))
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Key names of `queue`.
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.prefix, queue)
+    }
+
+    /// Enqueues one job with its kind's default options.
+    pub async fn enqueue<A: JobArgs>(&self, args: &A) -> Result<JobId> {
+        self.enqueue_with(args, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues one job with options.
+    pub async fn enqueue_with<A: JobArgs>(&self, args: &A, opts: EnqueueOptions) -> Result<JobId> {
+        let raw = encode_args(A::KIND, args)?;
+        let job = prepare(A::KIND, raw, &A::options(), opts)?;
+        let id = job.id.clone();
+        self.write_chunk(&[job]).await?;
+        Ok(id)
+    }
+
+    /// Enqueues a job of any kind from JSON arguments (the HTTP API's path; also how
+    /// tests enqueue a kind no worker knows).
+    pub async fn enqueue_raw(
+        &self,
+        kind: &str,
+        args: Box<RawValue>,
+        defaults: &KindOptions,
+        opts: EnqueueOptions,
+    ) -> Result<JobId> {
+        if kind.is_empty() || kind.len() > 128 {
+            return Err(Error::Invalid("kind must be 1 to 128 characters".into()));
+        }
+        let job = prepare(kind, args, defaults, opts)?;
+        let id = job.id.clone();
+        self.write_chunk(&[job]).await?;
+        Ok(id)
+    }
+
+    /// Enqueues many jobs of one kind, [`BULK_CHUNK`] per round trip, and returns
+    /// their ids in order.
+    pub async fn enqueue_bulk<A, I>(&self, jobs: I) -> Result<Vec<JobId>>
+    where
+        A: JobArgs,
+        I: IntoIterator<Item = A>,
+    {
+        self.enqueue_bulk_with(jobs.into_iter().map(|a| (a, EnqueueOptions::default())))
+            .await
+    }
+
+    /// Enqueues many jobs of one kind with per-job options, [`BULK_CHUNK`] per round trip
+    /// (jobs for different queues are written in one call per queue).
+    pub async fn enqueue_bulk_with<A, I>(&self, jobs: I) -> Result<Vec<JobId>>
+    where
+        A: JobArgs,
+        I: IntoIterator<Item = (A, EnqueueOptions)>,
+    {
+        let defaults = A::options();
+        let mut ids = Vec::new();
+        let mut chunk: Vec<Prepared> = Vec::with_capacity(BULK_CHUNK);
+        for (args, opts) in jobs {
+            let raw = encode_args(A::KIND, &args)?;
+            let job = prepare(A::KIND, raw, &defaults, opts)?;
+            ids.push(job.id.clone());
+            chunk.push(job);
+            if chunk.len() == BULK_CHUNK {
+                self.write_chunk(&chunk).await?;
+                chunk.clear();
+            }
+        }
+        if !chunk.is_empty() {
+            self.write_chunk(&chunk).await?;
+        }
+        Ok(ids)
+    }
+
+    async fn write_chunk(&self, jobs: &[Prepared]) -> Result<()> {
+        let mut start = 0;
+        while start < jobs.len() {
+            let queue = &jobs[start].queue;
+            let end = jobs[start..]
+                .iter()
+                .position(|j| &j.queue != queue)
+                .map_or(jobs.len(), |n| start + n);
+            let k = self.keys(queue);
+            let mut inv = scripts::ENQUEUE.prepare_invoke();
+            inv.key(&k.jobs)
+                .key(&k.state)
+                .key(&k.ready[0])
+                .key(&k.ready[1])
+                .key(&k.ready[2])
+                .key(&k.sched)
+                .key(&k.stats)
+                .key(&k.wake);
+            for j in &jobs[start..end] {
+                inv.arg(j.id.as_str())
+                    .arg(&j.envelope)
+                    .arg(j.priority)
+                    .arg(j.delay_ms)
+                    .arg(j.at_ms);
+            }
+            let _created: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Counters of `queue`, in one round trip.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        let map: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(self.keys(queue).stats)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(QueueStats::from_map(&map))
+    }
+
+    /// Everything held about one job, or `None` if it is unknown (or its record expired).
+    pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
+        let k = self.keys(queue);
+        let (env, state, att, hist): (Option<String>, Option<String>, Option<u32>, Option<String>) =
+            redis::pipe()
+                .hget(&k.jobs, id)
+                .hget(&k.state, id)
+                .hget(&k.att, id)
+                .hget(&k.hist, id)
+                .query_async(&mut self.conn.clone())
+                .await?;
+        let (Some(raw_envelope), Some(state)) = (env, state) else {
+            return Ok(None);
+        };
+        let (state, _) = JobState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("job {id} has state {state:?}")))?;
+        let history = match hist {
+            Some(h) => serde_json::from_str(&h)
+                .map_err(|e| Error::Corrupt(format!("history of job {id}: {e}")))?,
+            None => Vec::new(),
+        };
+        Ok(Some(JobInfo {
+            state,
+            attempts: att.unwrap_or(0),
+            envelope: serde_json::from_str(&raw_envelope).ok(),
+            raw_envelope,
+            history,
+        }))
+    }
+
+    /// The state of one job, or `None` if unknown.
+    pub async fn job_state(&self, queue: &str, id: &str) -> Result<Option<JobState>> {
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys(queue).state)
+            .arg(id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw.and_then(|s| JobState::parse(&s)).map(|(s, _)| s))
+    }
+
+    /// Dead letters of `queue`, newest first, `limit` from `offset`.
+    pub async fn dead_letters(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>> {
+        let k = self.keys(queue);
+        let stop = offset as isize + limit as isize - 1;
+        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&k.dead)
+            .arg(offset)
+            .arg(stop)
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (id, died_at) in entries {
+            if let Some(job) = self.job(queue, &id).await? {
+                let reason = job
+                    .history
+                    .last()
+                    .map(|a: &AttemptRecord| a.error.clone())
+                    .unwrap_or_default();
+                out.push(DeadLetter { id, died_at: died_at as u64, reason, job });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops workers from starting jobs of `queue` (running jobs finish).
+    pub async fn pause(&self, queue: &str) -> Result<()> {
+        let k = self.keys(queue);
+        let _: () = redis::cmd("HSET")
+            .arg(&k.conf)
+            .arg("paused")
+            .arg("1")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Lets workers start jobs of `queue` again and wakes an idle one.
+    pub async fn resume(&self, queue: &str) -> Result<()> {
+        let k = self.keys(queue);
+        let _: () = redis::pipe()
+            .hdel(&k.conf, "paused")
+            .ignore()
+            .rpush(&k.wake, "1")
+            .ignore()
+            .ltrim(&k.wake, 0, 0)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn encode_args<A: JobArgs>(kind: &str, args: &A) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(args).map_err(|source| Error::Encode { kind: kind.to_owned(), source })
+}
+
+fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: EnqueueOptions) -> Result<Prepared> {
+    let queue = opts.queue.unwrap_or_else(|| defaults.queue.clone());
+    validate_queue_name(&queue).map_err(Error::Invalid)?;
+    let max_attempts = opts.max_attempts.unwrap_or(defaults.max_attempts);
+    if max_attempts == 0 {
+        return Err(Error::Invalid("max_attempts must be at least 1".into()));
+    }
+    let priority = opts.priority.unwrap_or(defaults.priority);
+    let now = now_ms();
+    let at_ms = opts
+        .run_at
+        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+        .unwrap_or(0);
+    let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
+    let run_at = if at_ms > 0 { at_ms } else { now + delay_ms };
+    let id = opts.id.unwrap_or_default();
+    let env = Envelope {
+        id: id.clone(),
+        kind: kind.to_owned(),
+        queue: queue.clone(),
+        args,
+        max_attempts,
+        enqueued_at: now,
+        run_at,
+        priority,
+        trace: opts.trace,
+        timeout_ms: opts.timeout.or(defaults.timeout).map(|t| t.as_millis() as u64),
+    };
+    let envelope = serde_json::to_string(&env).map_err(|source| Error::Encode { kind: kind.to_owned(), source })?;
+    Ok(Prepared { queue, id, envelope, priority: priority.digit(), delay_ms, at_ms })
+}

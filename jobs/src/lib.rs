@@ -1,0 +1,56 @@
+//! # fleet-jobs
+//!
+//! The contract and the engine of Fleet, a durable job-processing worker fleet:
+//! the job envelope, the catalogue of job kinds, the typed [`Client`] that
+//! enqueues jobs, and the Redis backend that workers run behind apalis-core's
+//! `Backend` trait. Light dependencies only, so any Rust app can depend on it
+//! to enqueue typed jobs.
+//!
+//! ## Layout
+//!
+//! * [`envelope`]: what is stored for every job (id, kind, args, attempts, times, priority, trace).
+//! * [`kind`]: the [`JobArgs`] trait that gives typed arguments a stable kind name and defaults.
+//! * [`catalogue`]: the job kinds Fleet knows, by stable name.
+//! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
+//! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
+//! * [`retry`]: backoff policy for failed attempts.
+//! * [`state`]: job states, queue counters, dead letters.
+//! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
+//! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
+
+pub mod backend;
+pub mod catalogue;
+pub mod client;
+pub mod envelope;
+pub mod error;
+pub mod keys;
+pub mod kind;
+pub mod retry;
+mod scripts;
+pub mod state;
+
+pub use client::{Client, EnqueueOptions};
+pub use envelope::{Envelope, JobId, Priority};
+pub use error::{Error, Result};
+pub use kind::{JobArgs, KindOptions};
+pub use state::{JobState, QueueStats};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// Opens a self-reconnecting Redis connection with Fleet's timeouts (2 s to
+/// connect, 5 s per response).
+pub async fn connect(url: &str) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    connect_client(&client).await
+}
+
+/// Like [`connect`], from an existing `redis::Client`.
+pub async fn connect_client(client: &redis::Client) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
+}

@@ -1,0 +1,92 @@
+-- Applies a batch of job completions. A completion whose lease token is not
+-- the job's current one (its lease expired and the job moved on) is refused
+-- and counted in stats.stale.
+-- KEYS: jobs state att r0 r1 r2 sched leases stats dead done hist wake
+-- ARGV: retention ms (0 = delete finished records), dead max count, dead max age ms,
+--       history cap, then groups of 5: id, token, op, delay ms, attempt record JSON
+-- ops: ok, retry, dead, snooze, release, expire
+-- Returns one flag per completion: 1 applied, 0 refused as stale.
+local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
+            sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], dead = KEYS[10], done = KEYS[11],
+            hist = KEYS[12], wake = KEYS[13] }
+local retention, dead_max, dead_age, hist_cap =
+  tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local res = {}
+local n_ok, n_running, n_stale, n_failed, n_released = 0, 0, 0, 0, 0
+local released = {}
+
+local function finish(id, code, pri)
+  if retention > 0 then
+    redis.call('HSET', K.state, id, code .. pri)
+    redis.call('ZADD', K.done, now + retention, id)
+  else
+    purge(K, id)
+  end
+end
+
+for i = 5, #ARGV, 5 do
+  local id, tok, op = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local delay, entry = tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local st = redis.call('HGET', K.state, id)
+  if (not st) or code_of(st) ~= 'r' or string.sub(st, 4) ~= tok then
+    n_stale = n_stale + 1
+    res[#res + 1] = 0
+  else
+    local p = pri_of(st)
+    redis.call('ZREM', K.leases, id)
+    n_running = n_running + 1
+    if op == 'ok' then
+      n_ok = n_ok + 1
+      finish(id, 'k', p)
+    elseif op == 'expire' then
+      redis.call('HINCRBY', K.stats, 'expired', 1)
+      finish(id, 'x', p)
+    elseif op == 'retry' then
+      n_failed = n_failed + 1
+      append_history(K, id, entry, hist_cap)
+      redis.call('ZADD', K.sched, now + delay, id)
+      redis.call('HSET', K.state, id, 'y' .. p)
+      redis.call('HINCRBY', K.stats, 'retrying', 1)
+    elseif op == 'dead' then
+      n_failed = n_failed + 1
+      append_history(K, id, entry, hist_cap)
+      to_dead(K, id, p, now)
+    elseif op == 'snooze' then
+      redis.call('HINCRBY', K.att, id, -1)
+      redis.call('ZADD', K.sched, now + delay, id)
+      redis.call('HSET', K.state, id, 's' .. p)
+      redis.call('HINCRBY', K.stats, 'scheduled', 1)
+      redis.call('HINCRBY', K.stats, 'snoozed', 1)
+    else -- release: back to the front of its ready list, attempt not counted
+      redis.call('HINCRBY', K.att, id, -1)
+      released[#released + 1] = { id, p }
+      redis.call('HSET', K.state, id, 'q' .. p)
+      n_released = n_released + 1
+    end
+    res[#res + 1] = 1
+  end
+end
+-- Released jobs go back in their original order: push the last one first.
+for j = #released, 1, -1 do
+  redis.call('LPUSH', ready_key(K, released[j][2]), released[j][1])
+end
+if n_released > 0 then
+  redis.call('HINCRBY', K.stats, 'ready', n_released)
+  wake(K)
+end
+if n_running > 0 then redis.call('HINCRBY', K.stats, 'running', -n_running) end
+if n_ok > 0 then redis.call('HINCRBY', K.stats, 'succeeded', n_ok) end
+if n_failed > 0 then redis.call('HINCRBY', K.stats, 'failed', n_failed) end
+if n_stale > 0 then redis.call('HINCRBY', K.stats, 'stale', n_stale) end
+
+-- Expire finished records and bound the dead letters; at most a few per
+-- completion, so the work per call stays bounded and keeps up with the flow.
+local limit = 2 * (#ARGV - 4) / 5 + 10
+local old = redis.call('ZRANGEBYSCORE', K.done, '-inf', now, 'LIMIT', 0, limit)
+for _, id in ipairs(old) do
+  redis.call('ZREM', K.done, id)
+  purge(K, id)
+end
+trim_dead(K, now, dead_max, dead_age, limit)
+return res
