@@ -152,8 +152,7 @@ impl Client {
         A: JobArgs,
         I: IntoIterator<Item = A>,
     {
-        self.enqueue_bulk_with(jobs.into_iter().map(|a| (a, EnqueueOptions::default())))
-            .await
+        self.enqueue_bulk_with(jobs.into_iter().map(|a| (a, EnqueueOptions::default()))).await
     }
 
     /// Enqueues many jobs of one kind with per-job options, [`BULK_CHUNK`] per round trip
@@ -186,10 +185,7 @@ impl Client {
         let mut start = 0;
         while start < jobs.len() {
             let queue = &jobs[start].queue;
-            let end = jobs[start..]
-                .iter()
-                .position(|j| &j.queue != queue)
-                .map_or(jobs.len(), |n| start + n);
+            let end = jobs[start..].iter().position(|j| &j.queue != queue).map_or(jobs.len(), |n| start + n);
             let k = self.keys(queue);
             let mut inv = scripts::ENQUEUE.prepare_invoke();
             inv.key(&k.jobs)
@@ -201,11 +197,7 @@ impl Client {
                 .key(&k.stats)
                 .key(&k.wake);
             for j in &jobs[start..end] {
-                inv.arg(j.id.as_str())
-                    .arg(&j.envelope)
-                    .arg(j.priority)
-                    .arg(j.delay_ms)
-                    .arg(j.at_ms);
+                inv.arg(j.id.as_str()).arg(&j.envelope).arg(j.priority).arg(j.delay_ms).arg(j.at_ms);
             }
             let _created: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
             start = end;
@@ -215,32 +207,28 @@ impl Client {
 
     /// Counters of `queue`, in one round trip.
     pub async fn stats(&self, queue: &str) -> Result<QueueStats> {
-        let map: HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(self.keys(queue).stats)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let map: HashMap<String, i64> =
+            redis::cmd("HGETALL").arg(self.keys(queue).stats).query_async(&mut self.conn.clone()).await?;
         Ok(QueueStats::from_map(&map))
     }
 
     /// Everything held about one job, or `None` if it is unknown (or its record expired).
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         let k = self.keys(queue);
-        let (env, state, att, hist): (Option<String>, Option<String>, Option<u32>, Option<String>) =
-            redis::pipe()
-                .hget(&k.jobs, id)
-                .hget(&k.state, id)
-                .hget(&k.att, id)
-                .hget(&k.hist, id)
-                .query_async(&mut self.conn.clone())
-                .await?;
+        let (env, state, att, hist): (Option<String>, Option<String>, Option<u32>, Option<String>) = redis::pipe()
+            .hget(&k.jobs, id)
+            .hget(&k.state, id)
+            .hget(&k.att, id)
+            .hget(&k.hist, id)
+            .query_async(&mut self.conn.clone())
+            .await?;
         let (Some(raw_envelope), Some(state)) = (env, state) else {
             return Ok(None);
         };
-        let (state, _) = JobState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("job {id} has state {state:?}")))?;
+        let (state, _) =
+            JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("job {id} has state {state:?}")))?;
         let history = match hist {
-            Some(h) => serde_json::from_str(&h)
-                .map_err(|e| Error::Corrupt(format!("history of job {id}: {e}")))?,
+            Some(h) => serde_json::from_str(&h).map_err(|e| Error::Corrupt(format!("history of job {id}: {e}")))?,
             None => Vec::new(),
         };
         Ok(Some(JobInfo {
@@ -254,11 +242,8 @@ impl Client {
 
     /// The state of one job, or `None` if unknown.
     pub async fn job_state(&self, queue: &str, id: &str) -> Result<Option<JobState>> {
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(self.keys(queue).state)
-            .arg(id)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let raw: Option<String> =
+            redis::cmd("HGET").arg(self.keys(queue).state).arg(id).query_async(&mut self.conn.clone()).await?;
         Ok(raw.and_then(|s| JobState::parse(&s)).map(|(s, _)| s))
     }
 
@@ -277,11 +262,7 @@ impl Client {
         let mut out = Vec::with_capacity(entries.len());
         for (id, died_at) in entries {
             if let Some(job) = self.job(queue, &id).await? {
-                let reason = job
-                    .history
-                    .last()
-                    .map(|a: &AttemptRecord| a.error.clone())
-                    .unwrap_or_default();
+                let reason = job.history.last().map(|a: &AttemptRecord| a.error.clone()).unwrap_or_default();
                 out.push(DeadLetter { id, died_at: died_at as u64, reason, job });
             }
         }
@@ -291,12 +272,7 @@ impl Client {
     /// Stops workers from starting jobs of `queue` (running jobs finish).
     pub async fn pause(&self, queue: &str) -> Result<()> {
         let k = self.keys(queue);
-        let _: () = redis::cmd("HSET")
-            .arg(&k.conf)
-            .arg("paused")
-            .arg("1")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: () = redis::cmd("HSET").arg(&k.conf).arg("paused").arg("1").query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
@@ -329,10 +305,8 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     }
     let priority = opts.priority.unwrap_or(defaults.priority);
     let now = now_ms();
-    let at_ms = opts
-        .run_at
-        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
-        .unwrap_or(0);
+    let at_ms =
+        opts.run_at.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)).unwrap_or(0);
     let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
     let run_at = if at_ms > 0 { at_ms } else { now + delay_ms };
     let id = opts.id.unwrap_or_default();

@@ -65,9 +65,7 @@ pub fn validate_queue_name(queue: &str) -> Result<(), String> {
         return Err(format!("queue name must be 1 to 64 characters, got {:?}", queue));
     }
     if !queue.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!(
-            "queue name {queue:?} may only contain ASCII letters, digits, '-', '_' and '.'"
-        ));
+        return Err(format!("queue name {queue:?} may only contain ASCII letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }

@@ -12,11 +12,7 @@ fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
-pub(crate) static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| with_prelude(include_str!("scripts/enqueue.lua")));
-pub(crate) static FETCH: LazyLock<Script> =
-    LazyLock::new(|| with_prelude(include_str!("scripts/fetch.lua")));
-pub(crate) static ACK: LazyLock<Script> =
-    LazyLock::new(|| with_prelude(include_str!("scripts/ack.lua")));
-pub(crate) static HEARTBEAT: LazyLock<Script> =
-    LazyLock::new(|| with_prelude(include_str!("scripts/heartbeat.lua")));
+pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/enqueue.lua")));
+pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/fetch.lua")));
+pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/ack.lua")));
+pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/heartbeat.lua")));

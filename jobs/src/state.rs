@@ -47,10 +47,7 @@ impl JobState {
 
     /// Whether the job will not run again.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled | JobState::Expired
-        )
+        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled | JobState::Expired)
     }
 }
 

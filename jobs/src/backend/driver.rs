@@ -1,11 +1,10 @@
 //! The per-queue engine: fetcher, acker and heartbeat tasks around one Redis connection.
 
-use super::{Completion, EngineConfig, JobEvent, Op, Outcome, RawJob, RedisBackend};
+use super::{Completion, EngineConfig, JobEvent, Op, Outcome, RawJob, RedisBackend, calls};
 use crate::keys::QueueKeys;
-use crate::scripts;
 use apalis_core::task::{builder::TaskBuilder, task_id::TaskId};
+use redis::RedisResult;
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,11 +41,16 @@ pub struct QueueEngine;
 
 impl QueueEngine {
     /// Starts the fetcher, acker and heartbeat of `cfg.queue`. `client` opens the
-    /// extra connection that idle waits block on; `conn` carries every script call.
-    pub fn start(client: redis::Client, conn: ConnectionManager, cfg: EngineConfig) -> (RedisBackend, EngineHandle) {
+    /// extra connection that idle waits block on; `conn` carries every script call;
+    /// every applied completion is sent to `events` (when it has subscribers).
+    pub fn start(
+        client: redis::Client,
+        conn: ConnectionManager,
+        cfg: EngineConfig,
+        events: broadcast::Sender<JobEvent>,
+    ) -> (RedisBackend, EngineHandle) {
         let keys = QueueKeys::new(&cfg.prefix, &cfg.queue);
         let concurrency = cfg.concurrency.max(1);
-        let (events, _) = broadcast::channel(4096);
         let stop_fetch = CancellationToken::new();
         let shared = Arc::new(Shared {
             keys,
@@ -64,11 +68,7 @@ impl QueueEngine {
         let fetcher = tokio::spawn(fetcher(shared.clone(), client, task_tx));
         let acker = tokio::spawn(acker(shared.clone(), done_rx, ack_close.clone()));
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), hb_stop.clone()));
-        let backend = RedisBackend {
-            rx: Arc::new(Mutex::new(task_rx)),
-            config: shared.cfg.clone(),
-            stop: stop_fetch,
-        };
+        let backend = RedisBackend { rx: Arc::new(Mutex::new(task_rx)), config: shared.cfg.clone(), stop: stop_fetch };
         let handle = EngineHandle {
             completer: Completer { tx: done_tx, slots: shared.slots.clone() },
             shared,
@@ -213,58 +213,6 @@ impl ErrorBackoff {
     }
 }
 
-struct Fetched {
-    now: i64,
-    next_due: i64,
-    paused: bool,
-    jobs: Vec<(String, String, u32, String)>,
-}
-
-async fn fetch(shared: &Shared, want: usize) -> RedisResult<Fetched> {
-    let k = &shared.keys;
-    let v: Vec<Value> = scripts::FETCH
-        .key(&k.jobs)
-        .key(&k.state)
-        .key(&k.att)
-        .key(&k.ready[0])
-        .key(&k.ready[1])
-        .key(&k.ready[2])
-        .key(&k.sched)
-        .key(&k.leases)
-        .key(&k.stats)
-        .key(&k.wake)
-        .key(&k.conf)
-        .arg(want)
-        .arg(shared.cfg.lease.as_millis() as u64)
-        .arg(shared.cfg.promote_limit)
-        .invoke_async(&mut shared.conn.clone())
-        .await?;
-    let int = |v: &Value| -> i64 {
-        match v {
-            Value::Int(i) => *i,
-            Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-            _ => 0,
-        }
-    };
-    let string = |v: Value| -> String {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            Value::SimpleString(s) => s,
-            Value::Int(i) => i.to_string(),
-            _ => String::new(),
-        }
-    };
-    let mut it = v.into_iter();
-    let now = it.next().map(|v| int(&v)).unwrap_or(0);
-    let next_due = it.next().map(|v| int(&v)).unwrap_or(-1);
-    let paused = it.next().map(|v| int(&v)).unwrap_or(0) == 1;
-    let mut jobs = Vec::new();
-    while let (Some(id), Some(env), Some(att), Some(tok)) = (it.next(), it.next(), it.next(), it.next()) {
-        jobs.push((string(id), string(env), int(&att).max(1) as u32, string(tok)));
-    }
-    Ok(Fetched { now, next_due, paused, jobs })
-}
-
 async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<apalis_core::task::Task<RawJob>>) {
     let cfg = &shared.cfg;
     let stop = shared.stop_fetch.clone();
@@ -290,11 +238,12 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
             }
         }
         // A fetch is never cancelled half-way: its leases must be recorded.
-        let fetched = match fetch(&shared, want).await {
+        let fetched = match calls::lease(&mut shared.conn.clone(), &shared.keys, cfg, want).await {
             Ok(f) => f,
             Err(e) => {
                 shared.slots.add_permits(want);
-                metrics::counter!("fleet_redis_errors_total", "queue" => cfg.queue.clone(), "op" => "fetch").increment(1);
+                metrics::counter!("fleet_redis_errors_total", "queue" => cfg.queue.clone(), "op" => "fetch")
+                    .increment(1);
                 let d = backoff.next();
                 tracing::warn!(queue = %cfg.queue, error = %e, retry_in_ms = d.as_millis() as u64, "fetch failed");
                 tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(d) => continue }
@@ -306,25 +255,15 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
             shared.slots.add_permits(want - got);
         }
         if got > 0 {
-            let received = Instant::now();
             {
                 let mut leased = shared.leased();
-                for (id, _, _, tok) in &fetched.jobs {
-                    leased.insert(id.clone(), tok.clone());
+                for j in &fetched.jobs {
+                    leased.insert(j.id.clone(), j.token.clone());
                 }
             }
-            for (id, envelope, attempt, token) in fetched.jobs {
-                let task = TaskBuilder::new(RawJob {
-                    id: id.clone(),
-                    queue: cfg.queue.clone(),
-                    attempt,
-                    token,
-                    envelope,
-                    fetched_at: received,
-                })
-                .task_id(TaskId::from_string(id))
-                .attempt(attempt as usize)
-                .build();
+            for job in fetched.jobs {
+                let (id, attempt) = (job.id.clone(), job.attempt as usize);
+                let task = TaskBuilder::new(job).task_id(TaskId::from_string(id)).attempt(attempt).build();
                 // If the worker is gone the job stays leased and is handed back at shutdown.
                 let _ = tx.send(task).await;
             }
@@ -376,40 +315,8 @@ async fn waiting_connection(client: &redis::Client, idle_wait: Duration) -> Redi
     ConnectionManager::new_with_config(client.clone(), config).await
 }
 
-/// Applies completions in one script call; returns one flag per completion
-/// (true = applied, false = refused as stale).
 async fn apply(shared: &Shared, batch: &[Completion]) -> RedisResult<Vec<bool>> {
-    let k = &shared.keys;
-    let cfg = &shared.cfg;
-    let mut inv = scripts::ACK.prepare_invoke();
-    inv.key(&k.jobs)
-        .key(&k.state)
-        .key(&k.att)
-        .key(&k.ready[0])
-        .key(&k.ready[1])
-        .key(&k.ready[2])
-        .key(&k.sched)
-        .key(&k.leases)
-        .key(&k.stats)
-        .key(&k.dead)
-        .key(&k.done)
-        .key(&k.hist)
-        .key(&k.wake)
-        .arg(cfg.retention.as_millis() as u64)
-        .arg(cfg.dead_max_count)
-        .arg(cfg.dead_max_age.as_millis() as u64)
-        .arg(cfg.history_cap.max(1));
-    for c in batch {
-        let (delay, entry) = match &c.op {
-            Op::Retry { delay, record } => (delay.as_millis() as u64, serde_json::to_string(record).unwrap_or_default()),
-            Op::Dead { record } => (0, serde_json::to_string(record).unwrap_or_default()),
-            Op::Snooze { delay } => (delay.as_millis() as u64, String::new()),
-            _ => (0, String::new()),
-        };
-        inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry);
-    }
-    let flags: Vec<i64> = inv.invoke_async(&mut shared.conn.clone()).await?;
-    Ok(flags.into_iter().map(|f| f == 1).collect())
+    calls::complete(&mut shared.conn.clone(), &shared.keys, &shared.cfg, batch).await
 }
 
 async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>, close: CancellationToken) {
@@ -442,7 +349,8 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                 backoff.reset();
                 let stale = flags.iter().filter(|f| !**f).count();
                 if stale > 0 {
-                    metrics::counter!("fleet_stale_completions_total", "queue" => queue.clone()).increment(stale as u64);
+                    metrics::counter!("fleet_stale_completions_total", "queue" => queue.clone())
+                        .increment(stale as u64);
                     tracing::warn!(queue = %queue, refused = stale, "completions refused: their lease had been taken back");
                 }
                 {
@@ -499,57 +407,31 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = (cfg.lease / 3).max(Duration::from_millis(50));
     loop {
         let held: Vec<(String, String)> = shared.leased().iter().map(|(a, b)| (a.clone(), b.clone())).collect();
-        let mut inv = scripts::HEARTBEAT.prepare_invoke();
-        inv.key(&k.jobs)
-            .key(&k.state)
-            .key(&k.att)
-            .key(&k.ready[0])
-            .key(&k.ready[1])
-            .key(&k.ready[2])
-            .key(&k.leases)
-            .key(&k.stats)
-            .key(&k.dead)
-            .key(&k.hist)
-            .key(&k.workers)
-            .key(&k.wake)
-            .arg(cfg.lease.as_millis() as u64)
-            .arg(&cfg.instance)
-            .arg(100)
-            .arg(cfg.dead_max_count)
-            .arg(cfg.dead_max_age.as_millis() as u64)
-            .arg(cfg.history_cap.max(1));
-        for (id, tok) in &held {
-            inv.arg(id).arg(tok);
-        }
-        match inv.invoke_async::<Vec<Value>>(&mut shared.conn.clone()).await {
-            Ok(out) => {
-                let mut it = out.into_iter();
-                if let Some(Value::Int(reaped)) = it.next()
-                    && reaped > 0
-                {
-                    metrics::counter!("fleet_lease_expiries_total", "queue" => cfg.queue.clone()).increment(reaped as u64);
-                    tracing::warn!(queue = %cfg.queue, jobs = reaped, "took back jobs whose leases expired");
+        match calls::heartbeat(&mut shared.conn.clone(), k, cfg, &held).await {
+            Ok(report) => {
+                if report.reaped > 0 {
+                    metrics::counter!("fleet_lease_expiries_total", "queue" => cfg.queue.clone())
+                        .increment(report.reaped);
+                    tracing::warn!(queue = %cfg.queue, jobs = report.reaped, "took back jobs whose leases expired");
                 }
-                let lost: Vec<String> = it
-                    .filter_map(|v| match v {
-                        Value::BulkString(b) => String::from_utf8(b).ok(),
-                        _ => None,
-                    })
-                    .collect();
-                if !lost.is_empty() {
-                    metrics::counter!("fleet_leases_lost_total", "queue" => cfg.queue.clone()).increment(lost.len() as u64);
-                    tracing::warn!(queue = %cfg.queue, jobs = lost.len(), "leases lost: another attempt owns these jobs now");
+                if !report.lost.is_empty() {
+                    metrics::counter!("fleet_leases_lost_total", "queue" => cfg.queue.clone())
+                        .increment(report.lost.len() as u64);
+                    tracing::warn!(queue = %cfg.queue, jobs = report.lost.len(), "leases lost: another attempt owns these jobs now");
+                    let mut leased = shared.leased();
+                    for id in &report.lost {
+                        leased.remove(id);
+                    }
                 }
             }
             Err(e) => {
-                metrics::counter!("fleet_redis_errors_total", "queue" => cfg.queue.clone(), "op" => "heartbeat").increment(1);
+                metrics::counter!("fleet_redis_errors_total", "queue" => cfg.queue.clone(), "op" => "heartbeat")
+                    .increment(1);
                 tracing::warn!(queue = %cfg.queue, error = %e, "heartbeat failed");
             }
         }
-        if let Ok(map) = redis::cmd("HGETALL")
-            .arg(&k.stats)
-            .query_async::<HashMap<String, i64>>(&mut shared.conn.clone())
-            .await
+        if let Ok(map) =
+            redis::cmd("HGETALL").arg(&k.stats).query_async::<HashMap<String, i64>>(&mut shared.conn.clone()).await
         {
             let s = crate::state::QueueStats::from_map(&map);
             for (state, v) in [

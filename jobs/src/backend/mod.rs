@@ -17,6 +17,7 @@
 //! worker): Redis errors are logged and retried with backoff, and jobs are
 //! yielded undecoded, so a payload that does not decode fails only that job.
 
+pub mod calls;
 mod driver;
 
 use crate::state::AttemptRecord;

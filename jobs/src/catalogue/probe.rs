@@ -33,12 +33,13 @@ pub enum ProbeAction {
         /// Attempts that ask for it.
         times: u32,
     },
-    /// Snooze for `ms` the first `times` runs, then succeed.
-    Snooze {
+    /// Snooze for `ms` at a time until the clock passes `until` (ms since the
+    /// epoch), then succeed.
+    SnoozeUntil {
         /// Milliseconds to snooze.
         ms: u64,
-        /// Runs that snooze.
-        times: u32,
+        /// When to stop snoozing.
+        until: u64,
     },
 }
 

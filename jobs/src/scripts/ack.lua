@@ -13,7 +13,7 @@ local retention, dead_max, dead_age, hist_cap =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local res = {}
-local n_ok, n_running, n_stale, n_failed, n_released = 0, 0, 0, 0, 0
+local n_ok, n_running, n_stale, n_failed, n_released, n_later = 0, 0, 0, 0, 0, 0
 local released = {}
 
 local function finish(id, code, pri)
@@ -46,6 +46,7 @@ for i = 5, #ARGV, 5 do
       n_failed = n_failed + 1
       append_history(K, id, entry, hist_cap)
       redis.call('ZADD', K.sched, now + delay, id)
+      n_later = n_later + 1
       redis.call('HSET', K.state, id, 'y' .. p)
       redis.call('HINCRBY', K.stats, 'retrying', 1)
     elseif op == 'dead' then
@@ -55,6 +56,7 @@ for i = 5, #ARGV, 5 do
     elseif op == 'snooze' then
       redis.call('HINCRBY', K.att, id, -1)
       redis.call('ZADD', K.sched, now + delay, id)
+      n_later = n_later + 1
       redis.call('HSET', K.state, id, 's' .. p)
       redis.call('HINCRBY', K.stats, 'scheduled', 1)
       redis.call('HINCRBY', K.stats, 'snoozed', 1)
@@ -73,8 +75,10 @@ for j = #released, 1, -1 do
 end
 if n_released > 0 then
   redis.call('HINCRBY', K.stats, 'ready', n_released)
-  wake(K)
 end
+-- An idle worker must learn of jobs released or rescheduled soon, so it can wait
+-- for exactly their due time instead of its idle timeout.
+if n_released + n_later > 0 then wake(K) end
 if n_running > 0 then redis.call('HINCRBY', K.stats, 'running', -n_running) end
 if n_ok > 0 then redis.call('HINCRBY', K.stats, 'succeeded', n_ok) end
 if n_failed > 0 then redis.call('HINCRBY', K.stats, 'failed', n_failed) end

@@ -1,0 +1,171 @@
+//! One function per engine script call. The engine's tasks use them; tests,
+//! benchmarks and tools can drive a queue step by step with them too.
+
+use super::{Completion, EngineConfig, Op, RawJob};
+use crate::keys::QueueKeys;
+use crate::scripts;
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+use std::time::Instant;
+
+/// What one lease call returned.
+#[derive(Debug)]
+pub struct Leased {
+    /// Redis clock at the call, ms since the epoch.
+    pub now: i64,
+    /// When the next scheduled job is due (Redis clock), or -1 if none.
+    pub next_due: i64,
+    /// Whether the queue is paused (then no jobs are leased).
+    pub paused: bool,
+    /// The leased jobs, highest priority first.
+    pub jobs: Vec<RawJob>,
+}
+
+/// What one heartbeat call returned.
+#[derive(Debug, Default)]
+pub struct HeartbeatReport {
+    /// Expired leases (of any worker) taken back by this call.
+    pub reaped: u64,
+    /// Jobs the caller said it holds whose lease is no longer its own.
+    pub lost: Vec<String>,
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn string(v: Value) -> String {
+    match v {
+        Value::BulkString(b) => {
+            String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }
+        Value::SimpleString(s) => s,
+        Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Promotes due scheduled jobs (at most `cfg.promote_limit`) and leases up to
+/// `want` ready jobs for `cfg.lease`, in one script call.
+pub async fn lease(
+    conn: &mut ConnectionManager,
+    k: &QueueKeys,
+    cfg: &EngineConfig,
+    want: usize,
+) -> RedisResult<Leased> {
+    let v: Vec<Value> = scripts::FETCH
+        .key(&k.jobs)
+        .key(&k.state)
+        .key(&k.att)
+        .key(&k.ready[0])
+        .key(&k.ready[1])
+        .key(&k.ready[2])
+        .key(&k.sched)
+        .key(&k.leases)
+        .key(&k.stats)
+        .key(&k.wake)
+        .key(&k.conf)
+        .arg(want)
+        .arg(cfg.lease.as_millis() as u64)
+        .arg(cfg.promote_limit)
+        .invoke_async(conn)
+        .await?;
+    let received = Instant::now();
+    let mut it = v.into_iter();
+    let now = it.next().map(|v| int(&v)).unwrap_or(0);
+    let next_due = it.next().map(|v| int(&v)).unwrap_or(-1);
+    let paused = it.next().map(|v| int(&v)).unwrap_or(0) == 1;
+    let mut jobs = Vec::new();
+    while let (Some(id), Some(env), Some(att), Some(tok)) = (it.next(), it.next(), it.next(), it.next()) {
+        jobs.push(RawJob {
+            id: string(id),
+            queue: cfg.queue.clone(),
+            attempt: int(&att).max(1) as u32,
+            token: string(tok),
+            envelope: string(env),
+            fetched_at: received,
+        });
+    }
+    Ok(Leased { now, next_due, paused, jobs })
+}
+
+/// Applies completions in one script call; returns one flag per completion
+/// (true = applied, false = refused because its lease token is stale).
+pub async fn complete(
+    conn: &mut ConnectionManager,
+    k: &QueueKeys,
+    cfg: &EngineConfig,
+    batch: &[Completion],
+) -> RedisResult<Vec<bool>> {
+    let mut inv = scripts::ACK.prepare_invoke();
+    inv.key(&k.jobs)
+        .key(&k.state)
+        .key(&k.att)
+        .key(&k.ready[0])
+        .key(&k.ready[1])
+        .key(&k.ready[2])
+        .key(&k.sched)
+        .key(&k.leases)
+        .key(&k.stats)
+        .key(&k.dead)
+        .key(&k.done)
+        .key(&k.hist)
+        .key(&k.wake)
+        .arg(cfg.retention.as_millis() as u64)
+        .arg(cfg.dead_max_count)
+        .arg(cfg.dead_max_age.as_millis() as u64)
+        .arg(cfg.history_cap.max(1));
+    for c in batch {
+        let (delay, entry) = match &c.op {
+            Op::Retry { delay, record } => {
+                (delay.as_millis() as u64, serde_json::to_string(record).unwrap_or_default())
+            }
+            Op::Dead { record } => (0, serde_json::to_string(record).unwrap_or_default()),
+            Op::Snooze { delay } => (delay.as_millis() as u64, String::new()),
+            _ => (0, String::new()),
+        };
+        inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry);
+    }
+    let flags: Vec<i64> = inv.invoke_async(conn).await?;
+    Ok(flags.into_iter().map(|f| f == 1).collect())
+}
+
+/// Renews the leases of `held` (id, token) pairs, records `cfg.instance` as alive,
+/// and takes back up to 100 expired leases of any worker, in one script call.
+pub async fn heartbeat(
+    conn: &mut ConnectionManager,
+    k: &QueueKeys,
+    cfg: &EngineConfig,
+    held: &[(String, String)],
+) -> RedisResult<HeartbeatReport> {
+    let mut inv = scripts::HEARTBEAT.prepare_invoke();
+    inv.key(&k.jobs)
+        .key(&k.state)
+        .key(&k.att)
+        .key(&k.ready[0])
+        .key(&k.ready[1])
+        .key(&k.ready[2])
+        .key(&k.leases)
+        .key(&k.stats)
+        .key(&k.dead)
+        .key(&k.hist)
+        .key(&k.workers)
+        .key(&k.wake)
+        .arg(cfg.lease.as_millis() as u64)
+        .arg(&cfg.instance)
+        .arg(100)
+        .arg(cfg.dead_max_count)
+        .arg(cfg.dead_max_age.as_millis() as u64)
+        .arg(cfg.history_cap.max(1));
+    for (id, tok) in held {
+        inv.arg(id).arg(tok);
+    }
+    let out: Vec<Value> = inv.invoke_async(conn).await?;
+    let mut it = out.into_iter();
+    let reaped = it.next().map(|v| int(&v)).unwrap_or(0).max(0) as u64;
+    Ok(HeartbeatReport { reaped, lost: it.map(string).collect() })
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs Fleet's whole test suite against real Redis and PostgreSQL (started if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+  echo "test: cargo-nextest not found, using cargo test (install it with: cargo install cargo-nextest)" >&2
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi

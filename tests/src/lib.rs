@@ -1,0 +1,160 @@
+//! The shared test harness: every test gets its own Redis key prefix, so tests run
+//! in parallel on one Redis without seeing each other (nothing is ever flushed).
+
+use fleet_jobs::backend::{JobEvent, Outcome};
+use fleet_jobs::{Client, QueueStats};
+use fleet_worker::{QueueConfig, Registry, RunningWorker, WorkerConfig};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Redis used by the tests: `FLEET_TEST_REDIS_URL`, default the local one.
+pub fn redis_url() -> String {
+    std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// One test's world: a unique key prefix and a client on it.
+pub struct TestEnv {
+    /// The prefix (namespace) of this test.
+    pub prefix: String,
+    /// A client on it.
+    pub client: Client,
+}
+
+impl TestEnv {
+    /// A fresh namespace. Panics with a clear message when Redis is not running.
+    pub async fn new() -> Self {
+        let url = redis_url();
+        let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+        let client = match tokio::time::timeout(Duration::from_secs(5), Client::connect(&url, prefix.clone())).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => panic!(
+                "Redis is not reachable at {url}: {e}. Start it with `scripts/services.sh` (or set FLEET_TEST_REDIS_URL)."
+            ),
+            Err(_) => panic!("Redis at {url} did not answer within 5 s. Start it with `scripts/services.sh`."),
+        };
+        TestEnv { prefix, client }
+    }
+
+    /// A worker config on this namespace serving `queue` at `concurrency`, with a
+    /// short lease and no HTTP endpoint.
+    pub fn config(&self, queue: &str, concurrency: usize) -> WorkerConfig {
+        WorkerConfig {
+            redis_url: redis_url(),
+            prefix: self.prefix.clone(),
+            listen: None,
+            queues: vec![QueueConfig { name: queue.to_owned(), concurrency, fetch_batch: None }],
+            lease_ms: 5_000,
+            shutdown_grace_secs: 10,
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Starts an in-process worker.
+    pub async fn worker(&self, config: WorkerConfig, registry: Registry) -> RunningWorker {
+        fleet_worker::start(config, registry).await.expect("worker starts")
+    }
+
+    /// Counters of `queue`.
+    pub async fn stats(&self, queue: &str) -> QueueStats {
+        self.client.stats(queue).await.expect("stats")
+    }
+
+    /// Deletes this test's keys (SCAN + DEL on its own prefix only).
+    pub async fn cleanup(self) {
+        let mut conn = self.client.connection();
+        let pattern = format!("{}:*", self.prefix);
+        let keys: Vec<String> = {
+            let mut out = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("scan");
+                out.extend(batch);
+                if next == 0 {
+                    break out;
+                }
+                cursor = next;
+            }
+        };
+        for k in keys {
+            let _: () = redis::cmd("DEL").arg(k).query_async(&mut conn).await.expect("del");
+        }
+    }
+}
+
+/// An event with the time it was received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The event.
+    pub event: JobEvent,
+    /// When the test saw it.
+    pub at: Instant,
+}
+
+/// Collects events of one job until it reaches a final outcome (succeeded, dead,
+/// expired) or `timeout` passes (then panics, naming what was seen).
+pub async fn until_final(rx: &mut broadcast::Receiver<JobEvent>, id: &str, timeout: Duration) -> Vec<Seen> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(ev)) if ev.id == id => {
+                let done = matches!(ev.outcome, Outcome::Succeeded | Outcome::Dead | Outcome::Expired);
+                seen.push(Seen { event: ev, at: Instant::now() });
+                if done {
+                    return seen;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => panic!("test fell {n} events behind"),
+            Ok(Err(broadcast::error::RecvError::Closed)) => panic!("worker stopped; events of {id} so far: {seen:?}"),
+            Err(_) => panic!("job {id} did not finish within {timeout:?}; events so far: {seen:?}"),
+        }
+    }
+}
+
+/// Waits for `n` final events (any jobs) and returns them in order.
+pub async fn n_final(rx: &mut broadcast::Receiver<JobEvent>, n: usize, timeout: Duration) -> Vec<JobEvent> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(ev)) => {
+                if matches!(ev.outcome, Outcome::Succeeded | Outcome::Dead | Outcome::Expired) {
+                    out.push(ev);
+                }
+            }
+            Ok(Err(e)) => panic!("event stream failed: {e}"),
+            Err(_) => panic!("only {} of {n} jobs finished within {timeout:?}", out.len()),
+        }
+    }
+    out
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout`
+/// naming `what`. For conditions that have no event (e.g. a count in Redis).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

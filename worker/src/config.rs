@@ -1,0 +1,321 @@
+//! Worker configuration: defaults, then a TOML file, then `FLEET_*` environment
+//! variables; checked at start with readable errors.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// One queue this worker serves.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Queue name.
+    pub name: String,
+    /// Jobs of this queue running at once in this process.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Most jobs leased per fetch (defaults to the concurrency, at most 100).
+    #[serde(default)]
+    pub fetch_batch: Option<usize>,
+}
+
+fn default_concurrency() -> usize {
+    10
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The worker's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: String,
+    /// Key prefix: the deployment's namespace in Redis.
+    pub prefix: String,
+    /// Address of the `/healthz` and `/metrics` endpoint; empty string disables it.
+    pub listen: Option<SocketAddr>,
+    /// Queues served.
+    pub queues: Vec<QueueConfig>,
+    /// Lease length in milliseconds; renewed every third of it. A job whose worker
+    /// dies returns to ready this long after its last renewal.
+    pub lease_ms: u64,
+    /// How long running jobs may take to finish after SIGTERM, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Default timeout of one attempt, in seconds.
+    pub job_timeout_secs: u64,
+    /// Threads of the bounded pool for CPU-heavy work.
+    pub cpu_threads: usize,
+    /// How long succeeded job records are kept, in seconds (0 deletes them at once).
+    pub retention_secs: u64,
+    /// Most dead letters kept per queue.
+    pub dead_max_count: u64,
+    /// Oldest dead letter kept, in seconds.
+    pub dead_max_age_secs: u64,
+    /// Attempt records kept per job.
+    pub history_cap: u32,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            prefix: "fleet".to_owned(),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            queues: vec![QueueConfig { name: "default".to_owned(), concurrency: 10, fetch_batch: None }],
+            lease_ms: 30_000,
+            shutdown_grace_secs: 30,
+            job_timeout_secs: 300,
+            cpu_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            retention_secs: 24 * 3600,
+            dead_max_count: 100_000,
+            dead_max_age_secs: 30 * 24 * 3600,
+            history_cap: 10,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Parser message (names the key and line).
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {var}={value:?} is invalid: {message}")]
+    Env {
+        /// Variable name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// Setting name.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl WorkerConfig {
+    /// Loads defaults, then `path` (if given), then the environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None => WorkerConfig::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML file (unset keys keep their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let display = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: display, message })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies `FLEET_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env { var, value: v.to_owned(), message: e.to_string() })
+        }
+        if let Some(v) = get("FLEET_REDIS_URL") {
+            self.redis_url = v;
+        }
+        if let Some(v) = get("FLEET_PREFIX") {
+            self.prefix = v;
+        }
+        if let Some(v) = get("FLEET_LISTEN") {
+            self.listen = if v.trim().is_empty() { None } else { Some(num("FLEET_LISTEN", &v)?) };
+        }
+        if let Some(v) = get("FLEET_QUEUES") {
+            self.queues = parse_queues(&v).map_err(|message| ConfigError::Env {
+                var: "FLEET_QUEUES",
+                value: v.clone(),
+                message,
+            })?;
+        }
+        if let Some(v) = get("FLEET_LEASE_MS") {
+            self.lease_ms = num("FLEET_LEASE_MS", &v)?;
+        }
+        if let Some(v) = get("FLEET_SHUTDOWN_GRACE_SECS") {
+            self.shutdown_grace_secs = num("FLEET_SHUTDOWN_GRACE_SECS", &v)?;
+        }
+        if let Some(v) = get("FLEET_JOB_TIMEOUT_SECS") {
+            self.job_timeout_secs = num("FLEET_JOB_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = get("FLEET_CPU_THREADS") {
+            self.cpu_threads = num("FLEET_CPU_THREADS", &v)?;
+        }
+        if let Some(v) = get("FLEET_RETENTION_SECS") {
+            self.retention_secs = num("FLEET_RETENTION_SECS", &v)?;
+        }
+        if let Some(v) = get("FLEET_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FLEET_LOG_FORMAT",
+                        value: v,
+                        message: "expected \"text\" or \"json\"".into(),
+                    });
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+            return invalid("redis_url", format!("{:?} is not a Redis URL ({e})", self.redis_url));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return invalid("prefix", "must be non-empty and contain no braces".into());
+        }
+        if self.queues.is_empty() {
+            return invalid("queues", "at least one queue is needed".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for q in &self.queues {
+            if let Err(m) = fleet_jobs::keys::validate_queue_name(&q.name) {
+                return invalid("queues.name", m);
+            }
+            if !seen.insert(&q.name) {
+                return invalid("queues.name", format!("queue {:?} is listed twice", q.name));
+            }
+            if q.concurrency == 0 || q.concurrency > 100_000 {
+                return invalid(
+                    "queues.concurrency",
+                    format!("{} for queue {:?}: must be 1 to 100000", q.concurrency, q.name),
+                );
+            }
+            if let Some(b) = q.fetch_batch
+                && (b == 0 || b > 1000)
+            {
+                return invalid("queues.fetch_batch", format!("{b} for queue {:?}: must be 1 to 1000", q.name));
+            }
+        }
+        if self.lease_ms < 100 || self.lease_ms > 3_600_000 {
+            return invalid("lease_ms", format!("{}: must be 100 to 3600000", self.lease_ms));
+        }
+        if self.cpu_threads == 0 {
+            return invalid("cpu_threads", "must be at least 1".into());
+        }
+        if self.job_timeout_secs == 0 {
+            return invalid("job_timeout_secs", "must be at least 1".into());
+        }
+        if self.history_cap == 0 {
+            return invalid("history_cap", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+}
+
+/// Parses `name=concurrency[,name=concurrency...]` (a bare name gets concurrency 10).
+fn parse_queues(v: &str) -> Result<Vec<QueueConfig>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|part| {
+            let (name, conc) = match part.split_once('=') {
+                Some((n, c)) => (n.trim(), c.trim().parse().map_err(|_| format!("{c:?} is not a number in {part:?}"))?),
+                None => (part, default_concurrency()),
+            };
+            Ok(QueueConfig { name: name.to_owned(), concurrency: conc, fetch_batch: None })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment() {
+        let mut cfg = WorkerConfig::from_toml(
+            r#"
+            prefix = "prod"
+            [[queues]]
+            name = "images"
+            concurrency = 4
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.prefix, "prod");
+        assert_eq!(cfg.lease_ms, 30_000);
+        cfg.apply_env(|k| match k {
+            "FLEET_QUEUES" => Some("webhooks=50, images".into()),
+            "FLEET_LEASE_MS" => Some("5000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.queues.len(), 2);
+        assert_eq!(cfg.queues[0], QueueConfig { name: "webhooks".into(), concurrency: 50, fetch_batch: None });
+        assert_eq!(cfg.queues[1].concurrency, 10);
+        assert_eq!(cfg.lease_ms, 5000);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let err = WorkerConfig::from_toml("concurency = 3").unwrap_err();
+        assert!(err.contains("concurency"), "{err}");
+        let mut cfg = WorkerConfig::default();
+        let e = cfg.apply_env(|k| (k == "FLEET_LEASE_MS").then(|| "soon".into())).unwrap_err();
+        assert!(e.to_string().contains("FLEET_LEASE_MS"), "{e}");
+        cfg.queues[0].concurrency = 0;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.to_string().contains("queues.concurrency"), "{e}");
+        let cfg = WorkerConfig { redis_url: "http://x".into(), ..WorkerConfig::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("redis_url"));
+    }
+}

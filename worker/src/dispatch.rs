@@ -1,0 +1,189 @@
+//! The service apalis-core calls for every leased job: decode the envelope, find
+//! the kind's handler, run it on its own task under a timeout, and turn what
+//! happened into a completion for the acker.
+//!
+//! Nothing here can stop the worker: an envelope that does not parse, a kind this
+//! worker does not know and arguments that do not decode each send that one job
+//! to the dead letters with the reason; a panic is a failed attempt.
+
+use crate::handler::{CpuPool, JobContext, JobError, panic_message};
+use crate::registry::Registry;
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use fleet_jobs::backend::{Completer, Completion, Op, RawJob};
+use fleet_jobs::envelope::{Envelope, now_ms};
+use fleet_jobs::state::AttemptRecord;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Settings the dispatcher needs besides the registry.
+#[derive(Debug, Clone)]
+pub(crate) struct DispatchConfig {
+    pub(crate) instance: Arc<str>,
+    pub(crate) default_timeout: Duration,
+    pub(crate) cpu: CpuPool,
+}
+
+/// The tower service of one queue's apalis worker.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    registry: Arc<Registry>,
+    completer: Completer,
+    cfg: DispatchConfig,
+}
+
+impl Dispatch {
+    pub(crate) fn new(registry: Arc<Registry>, completer: Completer, cfg: DispatchConfig) -> Self {
+        Dispatch { registry, completer, cfg }
+    }
+}
+
+impl tower::Service<Task<RawJob>> for Dispatch {
+    type Response = ();
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<(), BoxDynError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Concurrency is bounded by the engine's slots: it leases only as many jobs as are free.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, task: Task<RawJob>) -> Self::Future {
+        let registry = self.registry.clone();
+        let completer = self.completer.clone();
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let completion = run_attempt(&registry, &cfg, task.args).await;
+            completer.complete(completion);
+            Ok(())
+        })
+    }
+}
+
+/// Aborts the spawned attempt if the dispatcher's future is dropped (shutdown
+/// grace period over), so the job can be handed back instead of running on.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> Completion {
+    let started_at = now_ms();
+    let t0 = Instant::now();
+    let env: Envelope = match serde_json::from_str(&job.envelope) {
+        Ok(env) => env,
+        Err(e) => {
+            let reason = format!("undecodable envelope: {e}");
+            tracing::error!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, %reason, "job sent to dead letters");
+            return dead(&job, "", cfg, started_at, t0, reason);
+        }
+    };
+    let span =
+        tracing::info_span!("job", job_id = %job.id, kind = %env.kind, queue = %job.queue, attempt = job.attempt);
+    async move {
+        let Some(entry) = registry.get(&env.kind) else {
+            let known: Vec<&str> = registry.kinds().collect();
+            let reason = format!("unknown kind {:?}: this worker handles {}", env.kind, known.join(", "));
+            tracing::error!(%reason, "job sent to dead letters");
+            metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => "unknown", "outcome" => "dead").increment(1);
+            return dead(&job, &env.kind, cfg, started_at, t0, reason);
+        };
+        if job.attempt == 1 {
+            let due = env.run_at.max(env.enqueued_at);
+            let lag = started_at.saturating_sub(due) as f64 / 1000.0;
+            metrics::histogram!("fleet_job_start_latency_seconds", "queue" => job.queue.clone()).record(lag);
+        }
+        let ctx = JobContext {
+            id: job.id.clone(),
+            kind: env.kind.clone(),
+            queue: job.queue.clone(),
+            attempt: job.attempt,
+            max_attempts: env.max_attempts,
+            enqueued_at: env.enqueued_at,
+            instance: cfg.instance.clone(),
+            trace: env.trace.clone(),
+            cpu: cfg.cpu.clone(),
+        };
+        let fut = match entry.start(&env.args, ctx) {
+            Ok(f) => f,
+            Err(e) => {
+                let reason = format!("arguments do not decode as kind {:?}: {e}", env.kind);
+                tracing::error!(%reason, "job sent to dead letters");
+                metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "dead").increment(1);
+                return dead(&job, &env.kind, cfg, started_at, t0, reason);
+            }
+        };
+        let timeout = env
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(entry.policy.timeout)
+            .unwrap_or(cfg.default_timeout);
+        let handle = AbortOnDrop(tokio::spawn(tokio::time::timeout(timeout, fut).in_current_span()));
+        let result = match (&mut { handle }.0).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_elapsed)) => Err(JobError::retry(format!("timed out after {} ms", timeout.as_millis()))),
+            Err(e) if e.is_panic() => Err(JobError::retry(format!("panicked: {}", panic_message(e.into_panic())))),
+            Err(e) => Err(JobError::retry(format!("attempt aborted: {e}"))),
+        };
+        let elapsed = t0.elapsed();
+        metrics::histogram!("fleet_job_duration_seconds", "queue" => job.queue.clone(), "kind" => env.kind.clone())
+            .record(elapsed.as_secs_f64());
+        let record = |error: String| AttemptRecord {
+            attempt: job.attempt,
+            at: now_ms(),
+            worker: Some(cfg.instance.to_string()),
+            started_at: Some(started_at),
+            duration_ms: Some(elapsed.as_millis() as u64),
+            error,
+        };
+        let (op, outcome) = match result {
+            Ok(()) => (Op::Succeeded, "succeeded"),
+            Err(JobError::Snooze { after }) => (Op::Snooze { delay: after }, "snoozed"),
+            Err(JobError::GiveUp { error }) => {
+                tracing::warn!(%error, "job gave up; sent to dead letters");
+                (Op::Dead { record: record(error) }, "dead")
+            }
+            Err(JobError::Retry { error, after }) => {
+                if job.attempt >= env.max_attempts {
+                    let error = format!("{error} (attempt {} of {}: no attempts left)", job.attempt, env.max_attempts);
+                    tracing::warn!(%error, "job failed its last attempt; sent to dead letters");
+                    (Op::Dead { record: record(error) }, "dead")
+                } else {
+                    let delay = after.unwrap_or_else(|| entry.policy.backoff.delay(job.attempt));
+                    tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                    (Op::Retry { delay, record: record(error) }, "retried")
+                }
+            }
+        };
+        metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => outcome)
+            .increment(1);
+        Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, op }
+    }
+    .instrument(span)
+    .await
+}
+
+fn dead(job: &RawJob, kind: &str, cfg: &DispatchConfig, started_at: u64, t0: Instant, error: String) -> Completion {
+    Completion {
+        id: job.id.clone(),
+        token: job.token.clone(),
+        kind: kind.to_owned(),
+        attempt: job.attempt,
+        op: Op::Dead {
+            record: AttemptRecord {
+                attempt: job.attempt,
+                at: now_ms(),
+                worker: Some(cfg.instance.to_string()),
+                started_at: Some(started_at),
+                duration_ms: Some(t0.elapsed().as_millis() as u64),
+                error,
+            },
+        },
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per job kind, each with its handler and tests.
+
+pub mod probe;

@@ -1,0 +1,217 @@
+//! # fleet-worker
+//!
+//! Fleet's data plane: the handlers of every job kind and the runtime that runs
+//! them. One apalis-core `Monitor` runs one apalis worker per queue; each
+//! worker pulls leased jobs from Fleet's Redis engine (`fleet_jobs::backend`)
+//! and calls the dispatcher, which runs the kind's handler and reports the
+//! outcome back to the engine.
+//!
+//! ## Layout
+//!
+//! * [`handler`]: the [`Handler`] trait job kinds implement, [`JobError`] (retry,
+//!   retry after, give up, snooze) and [`JobContext`].
+//! * [`registry`]: kinds by stable name, with backoff and timeout policies.
+//! * `dispatch`: the tower service around every attempt (decode, timeout, panics, metrics).
+//! * [`kinds`]: one module per job kind.
+//! * [`config`]: typed configuration from a file and `FLEET_*` variables.
+//! * `http`: `/healthz` and `/metrics`.
+//!
+//! `main.rs` only parses arguments, starts telemetry and calls [`run`].
+
+pub mod config;
+mod dispatch;
+pub mod handler;
+mod http;
+pub mod kinds;
+pub mod registry;
+
+pub use config::{QueueConfig, WorkerConfig};
+pub use handler::{Handler, JobContext, JobError};
+pub use registry::{KindPolicy, Registry};
+
+use anyhow::Context as _;
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use dispatch::{Dispatch, DispatchConfig};
+use fleet_jobs::backend::{EngineConfig, EngineHandle, JobEvent, QueueEngine};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A unique id for this process start: host, pid and a random part.
+pub fn instance_id() -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into());
+    format!("{host}:{}:{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Runs a worker until `shutdown` completes, then shuts down gracefully: stops
+/// leasing, lets running jobs finish within the grace period, and hands every
+/// unstarted or unfinished job back to the front of its ready list.
+pub async fn run(config: WorkerConfig, registry: Registry, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Waiting for Redis at start-up can be interrupted too.
+    let worker = tokio::select! {
+        w = start(config, registry) => w?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    shutdown.await;
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// A started worker.
+pub struct RunningWorker {
+    instance: Arc<str>,
+    engines: Vec<EngineHandle>,
+    events: broadcast::Sender<JobEvent>,
+    signal: CancellationToken,
+    monitor: JoinHandle<()>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for RunningWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningWorker").field("instance", &self.instance).finish()
+    }
+}
+
+/// Connects to Redis, retrying with backoff and saying what it waits for.
+async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
+    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {url:?}"))?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match fleet_jobs::connect_client(&client).await {
+            Ok(conn) => return Ok((client, conn)),
+            Err(e) => {
+                tracing::warn!(redis = %redacted(url), error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "Redis is not reachable yet; the worker keeps trying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A Redis URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, host)) => {
+            let scheme = scheme_user.split("://").next().unwrap_or("redis");
+            format!("{scheme}://***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Starts a worker: one engine and one apalis worker per queue, plus the HTTP endpoint.
+pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<RunningWorker> {
+    config.validate()?;
+    let metrics = http::prometheus();
+    let instance: Arc<str> = instance_id().into();
+    let (client, conn) = connect_redis(&config.redis_url).await?;
+    let registry = Arc::new(registry);
+    let (events, _) = broadcast::channel(65_536);
+    let dispatch_cfg = DispatchConfig {
+        instance: instance.clone(),
+        default_timeout: Duration::from_secs(config.job_timeout_secs),
+        cpu: handler::CpuPool::new(config.cpu_threads),
+    };
+
+    let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(config.shutdown_grace_secs));
+    let mut engines = Vec::new();
+    for q in &config.queues {
+        let mut ec = EngineConfig::new(&config.prefix, &q.name, instance.to_string());
+        ec.concurrency = q.concurrency;
+        ec.fetch_batch = q.fetch_batch.unwrap_or(q.concurrency.min(100));
+        ec.lease = config.lease();
+        ec.retention = Duration::from_secs(config.retention_secs);
+        ec.dead_max_count = config.dead_max_count;
+        ec.dead_max_age = Duration::from_secs(config.dead_max_age_secs);
+        ec.history_cap = config.history_cap;
+        let (backend, handle) = QueueEngine::start(client.clone(), conn.clone(), ec, events.clone());
+        let service = Dispatch::new(registry.clone(), handle.completer(), dispatch_cfg.clone());
+        let name = format!("{}@{}", q.name, instance);
+        monitor = monitor.register(move |_restarts| {
+            WorkerBuilder::new(name.as_str()).backend(backend.clone()).build(service.clone())
+        });
+        engines.push(handle);
+    }
+
+    let signal = CancellationToken::new();
+    let monitor_signal = signal.clone();
+    let monitor = tokio::spawn(async move {
+        let stop = async move {
+            monitor_signal.cancelled().await;
+            Ok(())
+        };
+        if let Err(e) = monitor.run_with_signal(stop).await {
+            tracing::error!(error = %e, "worker monitor ended with an error");
+        }
+    });
+
+    let http = match config.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for /healthz and /metrics (set `listen` or FLEET_LISTEN)")
+            })?;
+            let local = listener.local_addr()?;
+            let state = http::HttpState {
+                instance: instance.clone(),
+                queues: Arc::new(config.queues.iter().map(|q| q.name.clone()).collect()),
+                metrics,
+            };
+            let stop = signal.clone();
+            let task = tokio::spawn(async move {
+                let serve = axum::serve(listener, http::app(state))
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "http endpoint failed");
+                }
+            });
+            tracing::info!(%local, "serving /healthz and /metrics");
+            Some((local, task))
+        }
+        None => None,
+    };
+    tracing::info!(instance = %instance, queues = ?config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(),
+        kinds = ?registry.kinds().collect::<Vec<_>>(), "worker started");
+    Ok(RunningWorker { instance, engines, events, signal, monitor, http })
+}
+
+impl RunningWorker {
+    /// This process's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Every completion applied in Redis, as it happens.
+    pub fn events(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// The bound address of `/healthz` and `/metrics`, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Graceful shutdown (see [`run`]).
+    pub async fn shutdown(self) {
+        tracing::info!(instance = %self.instance, "shutting down: no new jobs; waiting for running jobs");
+        for e in &self.engines {
+            e.stop_fetching();
+        }
+        self.signal.cancel();
+        let _ = self.monitor.await;
+        for e in self.engines {
+            e.shutdown().await;
+        }
+        if let Some((_, task)) = self.http {
+            let _ = task.await;
+        }
+        tracing::info!(instance = %self.instance, "worker stopped");
+    }
+}

@@ -1,0 +1,97 @@
+//! The registry: every job kind this worker handles, by stable kind name, with
+//! its retry backoff and timeout.
+
+use crate::handler::{Handler, JobContext, JobError};
+use fleet_jobs::JobArgs;
+use fleet_jobs::retry::Backoff;
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the worker runs one kind.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KindPolicy {
+    /// Wait between failed attempts.
+    pub backoff: Backoff,
+    /// Timeout of one attempt; `None` uses the worker's default. A job's own
+    /// timeout (set at enqueue) wins over both.
+    pub timeout: Option<Duration>,
+}
+
+
+type Started = BoxFuture<'static, Result<(), JobError>>;
+
+/// A handler with its argument type erased: decodes the JSON arguments, then runs.
+trait ErasedHandler: Send + Sync {
+    fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Started, serde_json::Error>;
+}
+
+struct Typed<H>(Arc<H>);
+
+impl<H: Handler> ErasedHandler for Typed<H> {
+    fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Started, serde_json::Error> {
+        let args: H::Args = serde_json::from_str(args.get())?;
+        let h = self.0.clone();
+        Ok(Box::pin(async move { h.handle(args, ctx).await }))
+    }
+}
+
+pub(crate) struct Entry {
+    handler: Box<dyn ErasedHandler>,
+    pub(crate) policy: KindPolicy,
+}
+
+impl Entry {
+    pub(crate) fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Started, serde_json::Error> {
+        self.handler.start(args, ctx)
+    }
+}
+
+/// Job kinds known to a worker.
+#[derive(Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, Entry>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every kind Fleet ships, with default policies.
+    pub fn builtin() -> Self {
+        Registry::new().register(crate::kinds::probe::Probe)
+    }
+
+    /// Adds a handler for `H::Args::KIND` with the default policy.
+    pub fn register<H: Handler>(self, handler: H) -> Self {
+        self.register_with(handler, KindPolicy::default())
+    }
+
+    /// Adds (or replaces) a handler with a policy.
+    pub fn register_with<H: Handler>(mut self, handler: H, policy: KindPolicy) -> Self {
+        self.kinds.insert(
+            <H::Args as JobArgs>::KIND.to_owned(),
+            Entry { handler: Box::new(Typed(Arc::new(handler))), policy },
+        );
+        self
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Entry> {
+        self.kinds.get(kind)
+    }
+
+    /// Names of the registered kinds.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+}
