@@ -20,7 +20,6 @@ pub struct KindPolicy {
     pub timeout: Option<Duration>,
 }
 
-
 type Started = BoxFuture<'static, Result<(), JobError>>;
 
 /// A handler with its argument type erased: decodes the JSON arguments, then runs.

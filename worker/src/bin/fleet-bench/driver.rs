@@ -1,0 +1,390 @@
+//! `fleet-bench run`: the workloads, timed from the events jobs write to a named pipe.
+
+use crate::adapter::{self, BenchJob};
+use fleet_jobs::{Client, EnqueueOptions};
+use std::io::Read;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What the pipe reader has seen.
+#[derive(Default)]
+struct Seen {
+    done: usize,
+    started: usize,
+    first_done: Option<Instant>,
+    last_done: Option<Instant>,
+    first_start: Option<Instant>,
+    lat: Vec<f64>,
+}
+
+struct Pipe {
+    path: std::path::PathBuf,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Pipe {
+    fn new(name: &str) -> Pipe {
+        let path = std::env::temp_dir().join(format!("fleet-bench-{}-{name}.fifo", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let ok = Command::new("mkfifo").arg(&path).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "mkfifo {} failed", path.display());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (p, s) = (path.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let Ok(mut f) = std::fs::File::open(&p) else { return };
+            let mut buf = vec![0u8; 1 << 16];
+            let mut line = Vec::new();
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let at = Instant::now();
+                let mut g = s.lock().unwrap();
+                for &b in &buf[..n] {
+                    if !line.is_empty() || b == b'L' {
+                        if b == b'\n' {
+                            let text = String::from_utf8_lossy(&line).into_owned();
+                            let parts: Vec<f64> =
+                                text.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+                            if let [enq, start] = parts[..] {
+                                g.lat.push(start - enq);
+                            }
+                            line.clear();
+                        } else {
+                            line.push(b);
+                        }
+                        continue;
+                    }
+                    match b {
+                        b'x' => {
+                            g.done += 1;
+                            g.first_done.get_or_insert(at);
+                            g.last_done = Some(at);
+                        }
+                        b's' => {
+                            g.started += 1;
+                            g.first_start.get_or_insert(at);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        Pipe { path, seen }
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&Seen) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f(&self.seen.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn spawn(pipe: &Pipe, prefix: &str, args: &[&str]) -> Worker {
+        let exe = std::env::current_exe().expect("own path");
+        let child = Command::new(exe)
+            .arg("worker")
+            .args(args)
+            .env("PEERS_FIFO", &pipe.path)
+            .env("FLEET_BENCH_PREFIX", prefix)
+            .env("PEERS_QUEUE", "bench")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn worker");
+        Worker { child }
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Peak resident memory in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        self.status("VmHWM:") as f64 / 1024.0
+    }
+
+    /// User + system CPU seconds used so far.
+    fn cpu_secs(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<f64> = after.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        // Fields after the command: state(skipped, not numeric) ... utime is field 14, stime 15 overall.
+        if f.len() > 12 { (f[10] + f[11]) / 100.0 } else { 0.0 }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis_cpu(c: &Client) -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c.connection()).await.expect("INFO");
+    let get = |k: &str| {
+        info.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    get("used_cpu_sys:") + get("used_cpu_user:")
+}
+
+async fn redis_memory(c: &Client) -> f64 {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c.connection()).await.expect("INFO");
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+async fn cleanup(c: &Client) {
+    let mut conn = c.connection();
+    let pattern = format!("{}:*", c.prefix());
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        for k in keys {
+            let _: () = redis::cmd("UNLINK").arg(k).query_async(&mut conn).await.expect("unlink");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+async fn fresh() -> Client {
+    let prefix = format!("bench-{}", uuid_like());
+    Client::connect(&adapter::url(), prefix).await.expect("connect to Redis")
+}
+
+fn uuid_like() -> String {
+    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{:x}{:x}", t, std::process::id())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+async fn w1(n: usize) {
+    let c = fresh().await;
+    let cpu0 = redis_cpu(&c).await;
+    let single = adapter::enqueue(&c, n, None, "noop", 0.0).await;
+    let cpu1 = redis_cpu(&c).await;
+    cleanup(&c).await;
+    let cpu2 = redis_cpu(&c).await;
+    let bulk = adapter::enqueue(&c, n, Some(1000), "noop", 0.0).await;
+    let cpu3 = redis_cpu(&c).await;
+    cleanup(&c).await;
+    println!(
+        "W1 enqueue {n} no-op jobs: single {:.0} jobs/s (Redis CPU {:.1} µs/job), bulk x1000 {:.0} jobs/s (Redis CPU {:.1} µs/job)",
+        n as f64 / single,
+        (cpu1 - cpu0) * 1e6 / n as f64,
+        n as f64 / bulk,
+        (cpu3 - cpu2) * 1e6 / n as f64
+    );
+}
+
+async fn w2(n: usize, label: &str, args: &[&str]) {
+    let c = fresh().await;
+    adapter_enqueue_queue(&c, n, "noop", 0.0).await;
+    let pipe = Pipe::new("w2");
+    let cpu0 = redis_cpu(&c).await;
+    let w = Worker::spawn(&pipe, c.prefix(), args);
+    pipe.wait("W2 drain", Duration::from_secs(300), |s| s.done >= n);
+    let cpu1 = redis_cpu(&c).await;
+    let (rate, worker_cpu, rss) = {
+        let s = pipe.seen.lock().unwrap();
+        let span = s.last_done.unwrap() - s.first_done.unwrap();
+        ((n - 1) as f64 / span.as_secs_f64(), w.cpu_secs(), w.peak_rss_mb())
+    };
+    w.stop();
+    cleanup(&c).await;
+    println!(
+        "W2 drain {n} queued no-op jobs, {label}: {rate:.0} jobs/s; Redis CPU {:.1} µs/job; worker CPU {:.1} µs/job; worker peak RSS {rss:.1} MB",
+        (cpu1 - cpu0) * 1e6 / n as f64,
+        worker_cpu * 1e6 / n as f64
+    );
+}
+
+/// Bulk-enqueues bench jobs onto the bench queue of `c`'s prefix.
+async fn adapter_enqueue_queue(c: &Client, n: usize, kind: &str, arg: f64) {
+    let opts = || EnqueueOptions::default().queue("bench");
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1000).min(n);
+        c.enqueue_bulk_with(
+            (i..end).map(|j| (BenchJob { k: kind.into(), a: if kind == "noop" { j as f64 } else { arg } }, opts())),
+        )
+        .await
+        .expect("enqueue");
+        i = end;
+    }
+}
+
+async fn w3() {
+    let c = fresh().await;
+    let pipe = Pipe::new("w3");
+    let w = Worker::spawn(&pipe, c.prefix(), &["10"]);
+    let opts = || EnqueueOptions::default().queue("bench");
+    c.enqueue_with(&BenchJob { k: "lat".into(), a: adapter::now() }, opts()).await.expect("enqueue");
+    pipe.wait("W3 warm-up", Duration::from_secs(30), |s| s.lat.len() == 1);
+    let count = 1000;
+    let start = tokio::time::Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until(start + Duration::from_millis(10 * i as u64)).await;
+        c.enqueue_with(&BenchJob { k: "lat".into(), a: adapter::now() }, opts()).await.expect("enqueue");
+    }
+    pipe.wait("W3 jobs", Duration::from_secs(30), |s| s.lat.len() == count + 1);
+    let rss = w.peak_rss_mb();
+    w.stop();
+    let mut lat: Vec<f64> = pipe.seen.lock().unwrap().lat[1..].iter().map(|s| s * 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    cleanup(&c).await;
+    println!(
+        "W3 idle worker, one job every 10 ms for 10 s: enqueue-to-start p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms; worker peak RSS {rss:.1} MB",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+async fn w4() {
+    let c = fresh().await;
+    adapter_enqueue_queue(&c, 2000, "sleep", 50.0).await;
+    let pipe = Pipe::new("w4");
+    let w = Worker::spawn(&pipe, c.prefix(), &["100"]);
+    pipe.wait("W4", Duration::from_secs(120), |s| s.done >= 2000);
+    let rss = w.peak_rss_mb();
+    w.stop();
+    let wall = {
+        let s = pipe.seen.lock().unwrap();
+        (s.last_done.unwrap() - s.first_start.unwrap()).as_secs_f64()
+    };
+    cleanup(&c).await;
+    println!(
+        "W4 2000 jobs sleeping 50 ms, concurrency 100: wall {wall:.3} s (ideal 1.000 s); worker peak RSS {rss:.1} MB"
+    );
+}
+
+/// Fetch cost per job with a small and a huge backlog, and Redis bytes per queued job.
+async fn backlog(sizes: &[usize], measure: usize) {
+    for &size in sizes {
+        let c = fresh().await;
+        let mem0 = redis_memory(&c).await;
+        adapter_enqueue_queue(&c, size, "noop", 0.0).await;
+        let mem1 = redis_memory(&c).await;
+        let pipe = Pipe::new("backlog");
+        let cpu0 = redis_cpu(&c).await;
+        let w = Worker::spawn(&pipe, c.prefix(), &["200", "batch=200"]);
+        let n = measure.min(size);
+        pipe.wait("backlog drain", Duration::from_secs(300), |s| s.done >= n);
+        let cpu1 = redis_cpu(&c).await;
+        w.stop();
+        cleanup(&c).await;
+        println!(
+            "backlog {size} ready jobs: Redis CPU {:.2} µs/job over the first {n} (fetch+ack, worker 200/200); Redis memory {:.0} bytes/queued job",
+            (cpu1 - cpu0) * 1e6 / n as f64,
+            (mem1 - mem0) / size as f64
+        );
+    }
+}
+
+/// `n` jobs all due in the same second, then processed.
+async fn due(n: usize) {
+    let c = fresh().await;
+    let at = SystemTime::now() + Duration::from_secs(3);
+    let mut i = 0;
+    let t0 = Instant::now();
+    while i < n {
+        let end = (i + 1000).min(n);
+        c.enqueue_bulk_with((i..end).map(|j| {
+            (
+                BenchJob { k: "noop".into(), a: j as f64 },
+                EnqueueOptions { queue: Some("bench".into()), run_at: Some(at), ..Default::default() },
+            )
+        }))
+        .await
+        .expect("enqueue");
+        i = end;
+    }
+    let enq = t0.elapsed().as_secs_f64();
+    let pipe = Pipe::new("due");
+    let w = Worker::spawn(&pipe, c.prefix(), &["200", "batch=200"]);
+    pipe.wait("due-at-once drain", Duration::from_secs(300), |s| s.done >= n);
+    let span = {
+        let s = pipe.seen.lock().unwrap();
+        (s.last_done.unwrap() - s.first_done.unwrap()).as_secs_f64()
+    };
+    w.stop();
+    let stats = c.stats("bench").await.expect("stats");
+    cleanup(&c).await;
+    println!(
+        "due-at-once: {n} jobs enqueued in {enq:.2} s for the same instant, all processed in {span:.2} s after the first ({:.0} jobs/s); left pending {}",
+        n as f64 / span,
+        stats.pending()
+    );
+}
+
+pub async fn run(args: &[String]) {
+    let mut which: Vec<String> = vec!["w1".into(), "w2".into(), "w3".into(), "w4".into()];
+    let mut n = 50_000;
+    let mut best = "200 batch=200".to_owned();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => n = it.next().and_then(|v| v.parse().ok()).expect("--n N"),
+            "--best" => best = it.next().expect("--best \"C batch=B\"").clone(),
+            list => which = list.split(',').map(str::to_owned).collect(),
+        }
+    }
+    println!("fleet-bench on {} ({})", adapter::url(), chrono_like_now());
+    for w in &which {
+        match w.as_str() {
+            "w1" => w1(n).await,
+            "w2" => {
+                w2(n, "concurrency 10", &["10"]).await;
+                let best_args: Vec<&str> = best.split_whitespace().collect();
+                w2(n, &format!("best ({best})"), &best_args).await;
+            }
+            "w3" => w3().await,
+            "w4" => w4().await,
+            "backlog" => backlog(&[10_000, 1_000_000], 10_000).await,
+            "due" => due(100_000).await,
+            other => eprintln!("unknown workload {other} (w1, w2, w3, w4, backlog, due)"),
+        }
+    }
+}
+
+fn chrono_like_now() -> String {
+    let out = Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}

@@ -1,0 +1,27 @@
+//! `fleet-bench`: Fleet's benchmark (W1–W4 of the engine issue) and its adapter for
+//! the peer benchmark harness (`../shared/peer-bench`), in one binary.
+//!
+//! ```text
+//! fleet-bench run [w1,w2,w3,w4] [--n 50000] [--best "200 batch=200"]   # prints the figures
+//! fleet-bench enqueue <n> <single|bulk> <noop|sleep> [sleep_ms]         # adapter protocol
+//! fleet-bench trickle <count> <interval_ms>
+//! fleet-bench worker <concurrency> [batch=N]
+//! fleet-bench version
+//! ```
+//!
+//! Jobs report to the named pipe `PEERS_FIFO` with plain writes, as the peer
+//! harness expects; `run` creates the pipe, starts `fleet-bench worker` as a child
+//! process (so its peak RSS is the worker's alone) and times the events it reads.
+
+mod adapter;
+mod driver;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") | None => driver::run(&args[1.min(args.len())..]).await,
+        Some("version") => println!("fleet {} (fleet-jobs Redis engine, apalis-core 1.0)", env!("CARGO_PKG_VERSION")),
+        Some(_) => adapter::main(&args).await,
+    }
+}
