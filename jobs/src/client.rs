@@ -33,6 +33,32 @@ pub struct EnqueueOptions {
     pub trace: Option<String>,
     /// A caller-chosen job id: enqueueing the same id twice creates one job.
     pub id: Option<JobId>,
+    /// Uniqueness: while the window lasts, enqueueing another job with the same key
+    /// returns the first job's id and creates nothing.
+    pub unique: Option<Unique>,
+    /// A job not started by this instant expires instead of running.
+    pub deadline: Option<SystemTime>,
+}
+
+/// A unique key and how long it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unique {
+    /// The key, e.g. `"sync:calendar:42"`; scoped to the queue.
+    pub key: String,
+    /// How long after the first enqueue duplicates are refused.
+    pub window: Duration,
+}
+
+/// The result of [`Client::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled; holds the state it was in. A running job's worker stops its handler
+    /// at its next heartbeat.
+    Cancelled(JobState),
+    /// It had already finished in this state.
+    AlreadyFinished(JobState),
+    /// No such job (or its record expired).
+    NotFound,
 }
 
 impl EnqueueOptions {
@@ -61,6 +87,16 @@ impl EnqueueOptions {
         self.timeout = Some(t);
         self
     }
+    /// Options with a unique key held for `window`.
+    pub fn unique(mut self, key: impl Into<String>, window: Duration) -> Self {
+        self.unique = Some(Unique { key: key.into(), window });
+        self
+    }
+    /// Options with a deadline.
+    pub fn deadline(mut self, at: SystemTime) -> Self {
+        self.deadline = Some(at);
+        self
+    }
 }
 
 /// One job ready to be written: the chunk unit of the enqueue script.
@@ -71,6 +107,7 @@ struct Prepared {
     priority: u8,
     delay_ms: u64,
     at_ms: u64,
+    unique: Option<Unique>,
 }
 
 /// Enqueues jobs and reads queue and job state. Cheap to clone.
@@ -122,9 +159,7 @@ impl Client {
     pub async fn enqueue_with<A: JobArgs>(&self, args: &A, opts: EnqueueOptions) -> Result<JobId> {
         let raw = encode_args(A::KIND, args)?;
         let job = prepare(A::KIND, raw, &A::options(), opts)?;
-        let id = job.id.clone();
-        self.write_chunk(&[job]).await?;
-        Ok(id)
+        Ok(self.write_chunk(&[job]).await?.remove(0))
     }
 
     /// Enqueues a job of any kind from JSON arguments (the HTTP API's path; also how
@@ -140,13 +175,11 @@ impl Client {
             return Err(Error::Invalid("kind must be 1 to 128 characters".into()));
         }
         let job = prepare(kind, args, defaults, opts)?;
-        let id = job.id.clone();
-        self.write_chunk(&[job]).await?;
-        Ok(id)
+        Ok(self.write_chunk(&[job]).await?.remove(0))
     }
 
     /// Enqueues many jobs of one kind, [`BULK_CHUNK`] per round trip, and returns
-    /// their ids in order.
+    /// their ids in order (for a duplicate unique key, the id of the job holding it).
     pub async fn enqueue_bulk<A, I>(&self, jobs: I) -> Result<Vec<JobId>>
     where
         A: JobArgs,
@@ -167,21 +200,22 @@ impl Client {
         let mut chunk: Vec<Prepared> = Vec::with_capacity(BULK_CHUNK);
         for (args, opts) in jobs {
             let raw = encode_args(A::KIND, &args)?;
-            let job = prepare(A::KIND, raw, &defaults, opts)?;
-            ids.push(job.id.clone());
-            chunk.push(job);
+            chunk.push(prepare(A::KIND, raw, &defaults, opts)?);
             if chunk.len() == BULK_CHUNK {
-                self.write_chunk(&chunk).await?;
+                ids.extend(self.write_chunk(&chunk).await?);
                 chunk.clear();
             }
         }
         if !chunk.is_empty() {
-            self.write_chunk(&chunk).await?;
+            ids.extend(self.write_chunk(&chunk).await?);
         }
         Ok(ids)
     }
 
-    async fn write_chunk(&self, jobs: &[Prepared]) -> Result<()> {
+    /// Writes jobs (grouped by queue, one script call per group) and returns the id
+    /// holding each: its own, or an existing job's for a duplicate.
+    async fn write_chunk(&self, jobs: &[Prepared]) -> Result<Vec<JobId>> {
+        let mut holders = Vec::with_capacity(jobs.len());
         let mut start = 0;
         while start < jobs.len() {
             let queue = &jobs[start].queue;
@@ -195,14 +229,50 @@ impl Client {
                 .key(&k.ready[2])
                 .key(&k.sched)
                 .key(&k.stats)
-                .key(&k.wake);
+                .key(&k.wake)
+                .key(&k.uniq)
+                .key(&k.uniqexp);
             for j in &jobs[start..end] {
-                inv.arg(j.id.as_str()).arg(&j.envelope).arg(j.priority).arg(j.delay_ms).arg(j.at_ms);
+                let (ukey, window) = match &j.unique {
+                    Some(u) => (u.key.as_str(), u.window.as_millis() as u64),
+                    None => ("", 0),
+                };
+                inv.arg(j.id.as_str())
+                    .arg(&j.envelope)
+                    .arg(j.priority)
+                    .arg(j.delay_ms)
+                    .arg(j.at_ms)
+                    .arg(ukey)
+                    .arg(window);
             }
-            let _created: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+            let ids: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+            holders.extend(ids.into_iter().map(JobId));
             start = end;
         }
-        Ok(())
+        Ok(holders)
+    }
+
+    /// Cancels a job that has not finished (queued, scheduled, retrying or running).
+    pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
+        let k = self.keys(queue);
+        let (code, prev): (i64, String) = scripts::CANCEL
+            .key(&k.state)
+            .key(&k.sched)
+            .key(&k.leases)
+            .key(&k.stats)
+            .key(&k.done)
+            .arg(id)
+            .arg(24 * 3600 * 1000)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let state = || {
+            JobState::parse(&prev).map(|(s, _)| s).ok_or_else(|| Error::Corrupt(format!("job {id} has state {prev:?}")))
+        };
+        Ok(match code {
+            1 => CancelOutcome::Cancelled(state()?),
+            2 => CancelOutcome::AlreadyFinished(state()?),
+            _ => CancelOutcome::NotFound,
+        })
     }
 
     /// Counters of `queue`, in one round trip.
@@ -310,6 +380,12 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
     let run_at = if at_ms > 0 { at_ms } else { now + delay_ms };
     let id = opts.id.unwrap_or_default();
+    if let Some(u) = &opts.unique
+        && (u.key.is_empty() || u.window.is_zero())
+    {
+        return Err(Error::Invalid("a unique key must be non-empty with a non-zero window".into()));
+    }
+    let epoch_ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let env = Envelope {
         id: id.clone(),
         kind: kind.to_owned(),
@@ -321,7 +397,8 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         priority,
         trace: opts.trace,
         timeout_ms: opts.timeout.or(defaults.timeout).map(|t| t.as_millis() as u64),
+        deadline: opts.deadline.map(epoch_ms),
     };
     let envelope = serde_json::to_string(&env).map_err(|source| Error::Encode { kind: kind.to_owned(), source })?;
-    Ok(Prepared { queue, id, envelope, priority: priority.digit(), delay_ms, at_ms })
+    Ok(Prepared { queue, id, envelope, priority: priority.digit(), delay_ms, at_ms, unique: opts.unique })
 }

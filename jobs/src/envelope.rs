@@ -98,6 +98,9 @@ pub struct Envelope {
     /// Execution timeout for one attempt, overriding the kind's, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A job not started by this time (ms since the epoch) expires instead of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
 }
 
 /// Milliseconds since the Unix epoch on this host's clock.

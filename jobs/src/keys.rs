@@ -34,6 +34,10 @@ pub struct QueueKeys {
     pub conf: String,
     /// Live worker instances: sorted set scored by last heartbeat.
     pub workers: String,
+    /// Unique keys: hash key -> id of the job holding it.
+    pub uniq: String,
+    /// Unique keys by end of their window: sorted set.
+    pub uniqexp: String,
 }
 
 impl QueueKeys {
@@ -54,6 +58,8 @@ impl QueueKeys {
             wake: k("wake"),
             conf: k("conf"),
             workers: k("workers"),
+            uniq: k("uniq"),
+            uniqexp: k("uniqexp"),
         }
     }
 }

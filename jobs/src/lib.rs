@@ -29,7 +29,7 @@ pub mod retry;
 mod scripts;
 pub mod state;
 
-pub use client::{Client, EnqueueOptions};
+pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};
 pub use error::{Error, Result};
 pub use kind::{JobArgs, KindOptions};

@@ -16,3 +16,4 @@ pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| with_prelude(incl
 pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/fetch.lua")));
 pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/ack.lua")));
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/heartbeat.lua")));
+pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/cancel.lua")));

@@ -130,6 +130,8 @@ pub struct QueueStats {
     pub snoozed: i64,
     /// Jobs that expired before they started.
     pub expired: i64,
+    /// Jobs cancelled before they finished.
+    pub cancelled: i64,
 }
 
 impl QueueStats {
@@ -150,6 +152,7 @@ impl QueueStats {
             evicted: g("evicted"),
             snoozed: g("snoozed"),
             expired: g("expired"),
+            cancelled: g("cancelled"),
         }
     }
 

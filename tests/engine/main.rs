@@ -13,6 +13,8 @@ use fleet_worker::{KindPolicy, Registry};
 use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
+mod controls;
+
 const T: Duration = Duration::from_secs(20);
 
 fn probe(action: ProbeAction) -> ProbeArgs {
@@ -20,7 +22,7 @@ fn probe(action: ProbeAction) -> ProbeArgs {
 }
 
 /// A registry whose probe retries after exactly `base`, doubling (no jitter).
-fn fixed_backoff(base: Duration) -> Registry {
+pub(crate) fn fixed_backoff(base: Duration) -> Registry {
     Registry::new()
         .register_with(Probe, KindPolicy { backoff: Backoff::exponential(base).jitter(Jitter::None), timeout: None })
 }

@@ -94,6 +94,13 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => "unknown", "outcome" => "dead").increment(1);
             return dead(&job, &env.kind, cfg, started_at, t0, reason);
         };
+        if let Some(deadline) = env.deadline
+            && started_at > deadline
+        {
+            tracing::info!(late_ms = started_at - deadline, "job expired before it started");
+            metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "expired").increment(1);
+            return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, op: Op::Expire };
+        }
         if job.attempt == 1 {
             let due = env.run_at.max(env.enqueued_at);
             let lag = started_at.saturating_sub(due) as f64 / 1000.0;
@@ -124,8 +131,19 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             .map(Duration::from_millis)
             .or(entry.policy.timeout)
             .unwrap_or(cfg.default_timeout);
-        let handle = AbortOnDrop(tokio::spawn(tokio::time::timeout(timeout, fut).in_current_span()));
-        let result = match (&mut { handle }.0).await {
+        let mut handle = AbortOnDrop(tokio::spawn(tokio::time::timeout(timeout, fut).in_current_span()));
+        let joined = tokio::select! {
+            j = &mut handle.0 => j,
+            _ = job.lost.cancelled() => {
+                // Cancelled by an operator, or the lease was taken back: stop the
+                // handler (dropping `handle` aborts it); there is nothing to record.
+                drop(handle);
+                tracing::warn!("job stopped: its lease is no longer this attempt's (cancelled or taken back)");
+                metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "abandoned").increment(1);
+                return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, op: Op::Lost };
+            }
+        };
+        let result = match joined {
             Ok(Ok(r)) => r,
             Ok(Err(_elapsed)) => Err(JobError::retry(format!("timed out after {} ms", timeout.as_millis()))),
             Err(e) if e.is_panic() => Err(JobError::retry(format!("panicked: {}", panic_message(e.into_panic())))),

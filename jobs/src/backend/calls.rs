@@ -88,6 +88,7 @@ pub async fn lease(
             token: string(tok),
             envelope: string(env),
             fetched_at: received,
+            lost: tokio_util::sync::CancellationToken::new(),
         });
     }
     Ok(Leased { now, next_due, paused, jobs })

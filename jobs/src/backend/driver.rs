@@ -22,16 +22,22 @@ struct Shared {
     cfg: EngineConfig,
     keys: QueueKeys,
     conn: ConnectionManager,
-    /// Jobs this process holds a lease on (buffered or running): id -> token.
-    leased: Mutex<HashMap<String, String>>,
+    /// Jobs this process holds a lease on (buffered or running): id -> lease.
+    leased: Mutex<HashMap<String, Held>>,
     /// Free concurrency slots.
     slots: Arc<Semaphore>,
     events: broadcast::Sender<JobEvent>,
     stop_fetch: CancellationToken,
 }
 
+/// A lease this process holds.
+struct Held {
+    token: String,
+    lost: CancellationToken,
+}
+
 impl Shared {
-    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.leased.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -159,7 +165,7 @@ impl EngineHandle {
         drop(self.completer);
         let _ = self.acker.await;
 
-        let leftover: Vec<(String, String)> = shared.leased().drain().collect();
+        let leftover: Vec<(String, String)> = shared.leased().drain().map(|(id, h)| (id, h.token)).collect();
         if !leftover.is_empty() {
             let batch: Vec<Completion> = leftover
                 .into_iter()
@@ -258,7 +264,7 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
             {
                 let mut leased = shared.leased();
                 for j in &fetched.jobs {
-                    leased.insert(j.id.clone(), j.token.clone());
+                    leased.insert(j.id.clone(), Held { token: j.token.clone(), lost: j.lost.clone() });
                 }
             }
             for job in fetched.jobs {
@@ -347,7 +353,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
         match apply(&shared, &batch).await {
             Ok(flags) => {
                 backoff.reset();
-                let stale = flags.iter().filter(|f| !**f).count();
+                let stale = flags.iter().zip(&batch).filter(|(f, c)| !**f && !matches!(c.op, Op::Lost)).count();
                 if stale > 0 {
                     metrics::counter!("fleet_stale_completions_total", "queue" => queue.clone())
                         .increment(stale as u64);
@@ -361,7 +367,9 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                 }
                 if shared.events.receiver_count() > 0 {
                     for (c, applied) in batch.drain(..).zip(flags) {
-                        let outcome = if !applied {
+                        let outcome = if matches!(c.op, Op::Lost) {
+                            Outcome::Abandoned
+                        } else if !applied {
                             Outcome::Stale
                         } else {
                             match c.op {
@@ -371,6 +379,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                                 Op::Snooze { .. } => Outcome::Snoozed,
                                 Op::Release => Outcome::Released,
                                 Op::Expire => Outcome::Expired,
+                                Op::Lost => Outcome::Abandoned,
                             }
                         };
                         let _ = shared.events.send(JobEvent {
@@ -404,9 +413,11 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let cfg = &shared.cfg;
     let k = &shared.keys;
-    let interval = (cfg.lease / 3).max(Duration::from_millis(50));
+    // A third of the lease, so two renewals can fail before it expires; at most 2 s,
+    // so a cancelled job's handler is stopped within about 2 s.
+    let interval = (cfg.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(2));
     loop {
-        let held: Vec<(String, String)> = shared.leased().iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+        let held: Vec<(String, String)> = shared.leased().iter().map(|(id, h)| (id.clone(), h.token.clone())).collect();
         match calls::heartbeat(&mut shared.conn.clone(), k, cfg, &held).await {
             Ok(report) => {
                 if report.reaped > 0 {
@@ -418,9 +429,12 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     metrics::counter!("fleet_leases_lost_total", "queue" => cfg.queue.clone())
                         .increment(report.lost.len() as u64);
                     tracing::warn!(queue = %cfg.queue, jobs = report.lost.len(), "leases lost: another attempt owns these jobs now");
-                    let mut leased = shared.leased();
+                    let leased = shared.leased();
                     for id in &report.lost {
-                        leased.remove(id);
+                        // The handler stops; its completion (Op::Lost) removes the entry.
+                        if let Some(h) = leased.get(id) {
+                            h.lost.cancel();
+                        }
                     }
                 }
             }

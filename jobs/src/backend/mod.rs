@@ -47,6 +47,9 @@ pub struct RawJob {
     pub envelope: String,
     /// When this process received the job.
     pub fetched_at: Instant,
+    /// Fired when the job's lease is no longer this attempt's (cancelled by an
+    /// operator, or taken back after expiry): the handler must stop.
+    pub lost: tokio_util::sync::CancellationToken,
 }
 
 /// What happens to a job after an attempt.
@@ -76,6 +79,9 @@ pub enum Op {
     Release,
     /// It was not started before its deadline.
     Expire,
+    /// The attempt was abandoned because its lease was lost (cancelled, or taken
+    /// back): nothing to record.
+    Lost,
 }
 
 impl Op {
@@ -87,6 +93,7 @@ impl Op {
             Op::Snooze { .. } => "snooze",
             Op::Release => "release",
             Op::Expire => "expire",
+            Op::Lost => "lost",
         }
     }
 }
@@ -124,6 +131,8 @@ pub enum Outcome {
     Expired,
     /// Refused: the lease token was stale.
     Stale,
+    /// Abandoned by this worker after its lease was lost (cancelled or taken back).
+    Abandoned,
 }
 
 /// One applied (or refused) completion.

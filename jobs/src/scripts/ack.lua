@@ -4,7 +4,8 @@
 -- KEYS: jobs state att r0 r1 r2 sched leases stats dead done hist wake
 -- ARGV: retention ms (0 = delete finished records), dead max count, dead max age ms,
 --       history cap, then groups of 5: id, token, op, delay ms, attempt record JSON
--- ops: ok, retry, dead, snooze, release, expire
+-- ops: ok, retry, dead, snooze, release, expire, lost (the worker gave the job up
+-- because its lease was taken back or it was cancelled: nothing to apply, not counted)
 -- Returns one flag per completion: 1 applied, 0 refused as stale.
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
             sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], dead = KEYS[10], done = KEYS[11],
@@ -29,7 +30,9 @@ for i = 5, #ARGV, 5 do
   local id, tok, op = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local delay, entry = tonumber(ARGV[i + 3]), ARGV[i + 4]
   local st = redis.call('HGET', K.state, id)
-  if (not st) or code_of(st) ~= 'r' or string.sub(st, 4) ~= tok then
+  if op == 'lost' then
+    res[#res + 1] = 0
+  elseif (not st) or code_of(st) ~= 'r' or string.sub(st, 4) ~= tok then
     n_stale = n_stale + 1
     res[#res + 1] = 0
   else

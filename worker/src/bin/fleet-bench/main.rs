@@ -16,12 +16,24 @@
 mod adapter;
 mod driver;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("run") | None => driver::run(&args[1.min(args.len())..]).await,
-        Some("version") => println!("fleet {} (fleet-jobs Redis engine, apalis-core 1.0)", env!("CARGO_PKG_VERSION")),
-        Some(_) => adapter::main(&args).await,
+    // A client enqueueing in a loop gains nothing from a second thread but pays
+    // cross-thread wake-ups on every round trip; workers use the multi-threaded runtime.
+    let single_client = matches!(args.first().map(String::as_str), Some("enqueue" | "trickle"));
+    let rt = if single_client {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
     }
+    .expect("tokio runtime");
+    rt.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("run") | None => driver::run(&args[1.min(args.len())..]).await,
+            Some("version") => {
+                println!("fleet {} (fleet-jobs Redis engine, apalis-core 1.0)", env!("CARGO_PKG_VERSION"))
+            }
+            Some(_) => adapter::main(&args).await,
+        }
+    });
 }

@@ -1,0 +1,24 @@
+-- Cancels a job that has not finished. A queued job's list entry stays behind and is
+-- dropped when a fetch reaches it; a running job loses its lease, so its worker
+-- learns of it at its next heartbeat, stops the handler, and any completion it
+-- still sends is refused.
+-- KEYS: state sched leases stats done
+-- ARGV: id, retention ms
+-- Returns { outcome, previous state }: outcome 1 cancelled, 0 unknown job, 2 already final.
+local K = { state = KEYS[1], sched = KEYS[2], leases = KEYS[3], stats = KEYS[4], done = KEYS[5] }
+local id, retention = ARGV[1], tonumber(ARGV[2])
+local st = redis.call('HGET', K.state, id)
+if not st then return { 0, '' } end
+local c, p = code_of(st), pri_of(st)
+if c == 's' or c == 'y' then
+  redis.call('ZREM', K.sched, id)
+elseif c == 'r' then
+  redis.call('ZREM', K.leases, id)
+elseif c ~= 'q' then
+  return { 2, st }
+end
+redis.call('HINCRBY', K.stats, GAUGE[c], -1)
+redis.call('HINCRBY', K.stats, 'cancelled', 1)
+redis.call('HSET', K.state, id, 'c' .. p)
+redis.call('ZADD', K.done, now_ms() + math.max(retention, 3600000), id)
+return { 1, st }
