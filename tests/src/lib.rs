@@ -158,3 +158,166 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+impl TestEnv {
+    /// A fresh namespace on the Redis at `url`.
+    pub async fn on(url: &str) -> Self {
+        let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+        let client = Client::connect(url, prefix.clone()).await.unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+        TestEnv { prefix, client }
+    }
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A `fleet-worker` process (the test package's copy of the shipped command).
+pub struct WorkerProcess {
+    child: std::process::Child,
+}
+
+impl WorkerProcess {
+    /// Starts `exe` (pass `env!("CARGO_BIN_EXE_fleet-worker-e2e")`) on `redis_url`
+    /// and `prefix`, with extra `FLEET_*` settings.
+    pub fn spawn(exe: &str, redis_url: &str, prefix: &str, settings: &[(&str, &str)]) -> WorkerProcess {
+        let mut cmd = std::process::Command::new(exe);
+        cmd.env("FLEET_REDIS_URL", redis_url)
+            .env("FLEET_PREFIX", prefix)
+            .env("FLEET_LISTEN", "")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(std::process::Stdio::null());
+        for (k, v) in settings {
+            cmd.env(k, v);
+        }
+        WorkerProcess { child: cmd.spawn().expect("start the worker process") }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM").
+    pub fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit (panics if it fails or takes over `timeout`).
+    pub fn terminate(mut self, timeout: Duration) {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "worker exited with {status} after SIGTERM");
+                return;
+            }
+            assert!(Instant::now() < deadline, "worker did not stop within {timeout:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if !self.exited() {
+            self.signal("KILL");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A Redis server of a test's own, on its own port, keeping data in an append-only
+/// file so a restart loses nothing that was acknowledged.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port and waits until it answers.
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fleet-test-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut s = RedisServer { port, dir, child: None };
+        s.launch().await;
+        s
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); install it with scripts/services.sh"));
+        self.child = Some(child);
+        let url = self.url();
+        eventually("the test's Redis to answer", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                let pong: String = redis::cmd("PING").query_async(&mut c).await.ok()?;
+                (pong == "PONG").then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Stops the server (SIGTERM: it flushes its append-only file and exits).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server, keeps it down for `down`, and starts it again on the same port.
+    pub async fn restart(&mut self, down: Duration) {
+        self.stop();
+        tokio::time::sleep(down).await;
+        self.launch().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The states of `ids` on `queue`.
+pub async fn states(client: &Client, queue: &str, ids: &[fleet_jobs::JobId]) -> Vec<Option<fleet_jobs::JobState>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(client.job_state(queue, id.as_str()).await.expect("job state"));
+    }
+    out
+}

@@ -16,8 +16,9 @@
 //! * [`config`]: typed configuration from a file and `FLEET_*` variables.
 //! * `http`: `/healthz` and `/metrics`.
 //!
-//! `main.rs` only parses arguments, starts telemetry and calls [`run`].
+//! `main.rs` only calls [`cli::main`], which parses arguments, starts telemetry and calls [`run`].
 
+pub mod cli;
 pub mod config;
 mod dispatch;
 pub mod handler;

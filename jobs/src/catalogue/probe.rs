@@ -19,6 +19,9 @@ pub enum ProbeAction {
     Fail,
     /// Panic.
     Panic,
+    /// Kill the whole worker process (abort), as a crashing native library would.
+    /// For crash-recovery tests: the job's lease expires and it is retried elsewhere.
+    Crash,
     /// Sleep, then succeed.
     Sleep {
         /// Milliseconds to sleep.

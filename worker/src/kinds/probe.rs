@@ -21,6 +21,10 @@ impl Handler for Probe {
             ProbeAction::FailTimes { .. } => Ok(()),
             ProbeAction::Fail => Err(JobError::retry("probe: scripted failure")),
             ProbeAction::Panic => panic!("probe: scripted panic"),
+            ProbeAction::Crash => {
+                tracing::error!("probe: scripted crash, aborting the worker process");
+                std::process::abort()
+            }
             ProbeAction::Sleep { ms } => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(())
