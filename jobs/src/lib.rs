@@ -13,6 +13,7 @@
 //! * [`catalogue`]: the job kinds Fleet knows, by stable name.
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
+//! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
 //! * [`retry`]: backoff policy for failed attempts.
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
@@ -25,6 +26,7 @@ pub mod envelope;
 pub mod error;
 pub mod keys;
 pub mod kind;
+pub mod limits;
 pub mod retry;
 mod scripts;
 pub mod state;

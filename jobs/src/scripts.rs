@@ -17,3 +17,4 @@ pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| with_prelude(includ
 pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/ack.lua")));
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/heartbeat.lua")));
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/cancel.lua")));
+pub(crate) static LIMIT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/limit.lua")));

@@ -132,6 +132,8 @@ pub struct QueueStats {
     pub expired: i64,
     /// Jobs cancelled before they finished.
     pub cancelled: i64,
+    /// Times a job was held back by a rate limit, a concurrency cap or a breaker.
+    pub deferred: i64,
 }
 
 impl QueueStats {
@@ -153,6 +155,7 @@ impl QueueStats {
             snoozed: g("snoozed"),
             expired: g("expired"),
             cancelled: g("cancelled"),
+            deferred: g("deferred"),
         }
     }
 

@@ -66,6 +66,9 @@ pub struct WorkerConfig {
     pub history_cap: u32,
     /// Log format.
     pub log_format: LogFormat,
+    /// Limits by limit key or key prefix ending in `*`, e.g.
+    /// `[limits."webhook:endpoint:*"] rate = 20`.
+    pub limits: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec>,
 }
 
 impl Default for WorkerConfig {
@@ -84,6 +87,7 @@ impl Default for WorkerConfig {
             dead_max_age_secs: 30 * 24 * 3600,
             history_cap: 10,
             log_format: LogFormat::Text,
+            limits: Default::default(),
         }
     }
 }
@@ -250,6 +254,17 @@ impl WorkerConfig {
         }
         if self.history_cap == 0 {
             return invalid("history_cap", "must be at least 1".into());
+        }
+        for (pattern, spec) in &self.limits {
+            let key = pattern.strip_suffix('*').unwrap_or(pattern);
+            if !key.is_empty()
+                && let Err(m) = fleet_jobs::limits::validate_limit_key(key)
+            {
+                return invalid("limits", m);
+            }
+            if let Err(m) = spec.validate() {
+                return invalid("limits", format!("{pattern:?}: {m}"));
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
 use fleet_jobs::backend::{Completer, Completion, Op, RawJob};
 use fleet_jobs::envelope::{Envelope, now_ms};
+use fleet_jobs::limits::WaitReason;
 use fleet_jobs::state::AttemptRecord;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub(crate) struct DispatchConfig {
     pub(crate) instance: Arc<str>,
     pub(crate) default_timeout: Duration,
     pub(crate) cpu: CpuPool,
+    pub(crate) guard: crate::limits::Guard,
 }
 
 /// The tower service of one queue's apalis worker.
@@ -117,8 +119,8 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             trace: env.trace.clone(),
             cpu: cfg.cpu.clone(),
         };
-        let fut = match entry.start(&env.args, ctx) {
-            Ok(f) => f,
+        let prepared = match entry.start(&env.args, ctx) {
+            Ok(p) => p,
             Err(e) => {
                 let reason = format!("arguments do not decode as kind {:?}: {e}", env.kind);
                 tracing::error!(%reason, "job sent to dead letters");
@@ -126,6 +128,25 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                 return dead(&job, &env.kind, cfg, started_at, t0, reason);
             }
         };
+        let held = if prepared.limit_keys.is_empty() {
+            None
+        } else {
+            match cfg.guard.admit(prepared.limit_keys, &job.id).await {
+                Ok(h) => Some(h),
+                Err((delay, reason, key)) => {
+                    // Rate waits are exact reserved slots; other waits are spread a little
+                    // so held-back jobs do not all come back at once.
+                    let delay = match reason {
+                        WaitReason::Rate => delay,
+                        _ => delay + delay.mul_f64(rand::random::<f64>() * 0.5),
+                    };
+                    tracing::debug!(%key, reason = reason.as_str(), wait_ms = delay.as_millis() as u64, "job deferred by a limit");
+                    metrics::counter!("fleet_limiter_waits_total", "key" => key, "reason" => reason.as_str()).increment(1);
+                    return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, op: Op::Defer { delay } };
+                }
+            }
+        };
+        let fut = prepared.run;
         let timeout = env
             .timeout_ms
             .map(Duration::from_millis)
@@ -138,6 +159,9 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                 // Cancelled by an operator, or the lease was taken back: stop the
                 // handler (dropping `handle` aborts it); there is nothing to record.
                 drop(handle);
+                if let Some(h) = held {
+                    cfg.guard.settle(h, &job.id, &Err(JobError::give_up("abandoned"))).await;
+                }
                 tracing::warn!("job stopped: its lease is no longer this attempt's (cancelled or taken back)");
                 metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "abandoned").increment(1);
                 return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, op: Op::Lost };
@@ -149,6 +173,9 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             Err(e) if e.is_panic() => Err(JobError::retry(format!("panicked: {}", panic_message(e.into_panic())))),
             Err(e) => Err(JobError::retry(format!("attempt aborted: {e}"))),
         };
+        if let Some(h) = held {
+            cfg.guard.settle(h, &job.id, &result).await;
+        }
         let elapsed = t0.elapsed();
         metrics::histogram!("fleet_job_duration_seconds", "queue" => job.queue.clone(), "kind" => env.kind.clone())
             .record(elapsed.as_secs_f64());
@@ -160,6 +187,18 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             duration_ms: Some(elapsed.as_millis() as u64),
             error,
         };
+        // The handler's own wait (Retry-After, slow-down) wins over the kind's backoff.
+        let retry_or_dead = |error: String, after: Option<Duration>| {
+            if job.attempt >= env.max_attempts {
+                let error = format!("{error} (attempt {} of {}: no attempts left)", job.attempt, env.max_attempts);
+                tracing::warn!(%error, "job failed its last attempt; sent to dead letters");
+                (Op::Dead { record: record(error) }, "dead")
+            } else {
+                let delay = after.unwrap_or_else(|| entry.policy.backoff.delay(job.attempt));
+                tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                (Op::Retry { delay, record: record(error) }, "retried")
+            }
+        };
         let (op, outcome) = match result {
             Ok(()) => (Op::Succeeded, "succeeded"),
             Err(JobError::Snooze { after }) => (Op::Snooze { delay: after }, "snoozed"),
@@ -167,17 +206,9 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                 tracing::warn!(%error, "job gave up; sent to dead letters");
                 (Op::Dead { record: record(error) }, "dead")
             }
-            Err(JobError::Retry { error, after }) => {
-                if job.attempt >= env.max_attempts {
-                    let error = format!("{error} (attempt {} of {}: no attempts left)", job.attempt, env.max_attempts);
-                    tracing::warn!(%error, "job failed its last attempt; sent to dead letters");
-                    (Op::Dead { record: record(error) }, "dead")
-                } else {
-                    let delay = after.unwrap_or_else(|| entry.policy.backoff.delay(job.attempt));
-                    tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-                    (Op::Retry { delay, record: record(error) }, "retried")
-                }
-            }
+            // A slow-down already held the job's limit keys back fleet-wide (in `settle`).
+            Err(JobError::SlowDown { error, after }) => retry_or_dead(error, Some(after)),
+            Err(JobError::Retry { error, after }) => retry_or_dead(error, after),
         };
         metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => outcome)
             .increment(1);

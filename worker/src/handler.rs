@@ -18,6 +18,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Runs one attempt.
     fn handle(&self, args: Self::Args, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// The limit keys this job uses (e.g. `webhook:endpoint:<id>` from its args): each
+    /// must admit the job before it runs (see the `limits` config). None by default.
+    fn limit_keys(&self, _args: &Self::Args) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Why an attempt did not succeed, and what the engine does next.
@@ -42,6 +48,15 @@ pub enum JobError {
         /// Wait before running again.
         after: Duration,
     },
+    /// The service said to slow down (e.g. HTTP 429 with Retry-After): every job of
+    /// this job's limit keys is held back for `after`, fleet-wide, and this job is
+    /// retried after it (counting an attempt).
+    SlowDown {
+        /// What the service said.
+        error: String,
+        /// How long to hold back.
+        after: Duration,
+    },
 }
 
 impl JobError {
@@ -61,6 +76,10 @@ impl JobError {
     pub fn snooze(after: Duration) -> Self {
         JobError::Snooze { after }
     }
+    /// The service asked to slow down: hold its limit keys back fleet-wide for `after`.
+    pub fn slow_down(error: impl fmt::Display, after: Duration) -> Self {
+        JobError::SlowDown { error: error.to_string(), after }
+    }
 }
 
 impl fmt::Display for JobError {
@@ -70,6 +89,7 @@ impl fmt::Display for JobError {
             JobError::Retry { error, after: Some(d) } => write!(f, "{error} (retry after {} ms)", d.as_millis()),
             JobError::GiveUp { error } => write!(f, "{error} (permanent)"),
             JobError::Snooze { after } => write!(f, "snoozed for {} ms", after.as_millis()),
+            JobError::SlowDown { error, after } => write!(f, "{error} (slow down for {} ms)", after.as_millis()),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! * [`handler`]: the [`Handler`] trait job kinds implement, [`JobError`] (retry,
 //!   retry after, give up, snooze) and [`JobContext`].
 //! * [`registry`]: kinds by stable name, with backoff and timeout policies.
+//! * [`limits`]: fleet-wide rate limits, concurrency caps and breakers around attempts.
 //! * `dispatch`: the tower service around every attempt (decode, timeout, panics, metrics).
 //! * [`kinds`]: one module per job kind.
 //! * [`config`]: typed configuration from a file and `FLEET_*` variables.
@@ -24,6 +25,7 @@ mod dispatch;
 pub mod handler;
 mod http;
 pub mod kinds;
+pub mod limits;
 pub mod registry;
 
 pub use config::{QueueConfig, WorkerConfig};
@@ -120,6 +122,11 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
         instance: instance.clone(),
         default_timeout: Duration::from_secs(config.job_timeout_secs),
         cpu: handler::CpuPool::new(config.cpu_threads),
+        guard: limits::Guard::new(
+            fleet_jobs::limits::Limiter::new(conn.clone(), config.prefix.clone(), config.lease()),
+            Arc::new(limits::LimitTable::new(&config.limits)),
+            config.lease(),
+        ),
     };
 
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(config.shutdown_grace_secs));

@@ -22,18 +22,25 @@ pub struct KindPolicy {
 
 type Started = BoxFuture<'static, Result<(), JobError>>;
 
+/// A decoded attempt, not started yet: the limit keys it needs and the handler's future.
+pub(crate) struct Prepared {
+    pub(crate) limit_keys: Vec<String>,
+    pub(crate) run: Started,
+}
+
 /// A handler with its argument type erased: decodes the JSON arguments, then runs.
 trait ErasedHandler: Send + Sync {
-    fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Started, serde_json::Error>;
+    fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Prepared, serde_json::Error>;
 }
 
 struct Typed<H>(Arc<H>);
 
 impl<H: Handler> ErasedHandler for Typed<H> {
-    fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Started, serde_json::Error> {
+    fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Prepared, serde_json::Error> {
         let args: H::Args = serde_json::from_str(args.get())?;
+        let limit_keys = self.0.limit_keys(&args);
         let h = self.0.clone();
-        Ok(Box::pin(async move { h.handle(args, ctx).await }))
+        Ok(Prepared { limit_keys, run: Box::pin(async move { h.handle(args, ctx).await }) })
     }
 }
 
@@ -43,7 +50,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Started, serde_json::Error> {
+    pub(crate) fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Prepared, serde_json::Error> {
         self.handler.start(args, ctx)
     }
 }

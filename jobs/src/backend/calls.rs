@@ -126,7 +126,7 @@ pub async fn complete(
                 (delay.as_millis() as u64, serde_json::to_string(record).unwrap_or_default())
             }
             Op::Dead { record } => (0, serde_json::to_string(record).unwrap_or_default()),
-            Op::Snooze { delay } => (delay.as_millis() as u64, String::new()),
+            Op::Snooze { delay } | Op::Defer { delay } => (delay.as_millis() as u64, String::new()),
             _ => (0, String::new()),
         };
         inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry);

@@ -74,6 +74,11 @@ pub enum Op {
         /// Wait before it runs again.
         delay: Duration,
     },
+    /// Held back by a limit, cap or breaker: runs again after `delay`, no attempt counted.
+    Defer {
+        /// Wait before it runs again.
+        delay: Duration,
+    },
     /// It was not started (or was cut off by shutdown): back to the front of ready,
     /// attempt not counted.
     Release,
@@ -91,6 +96,7 @@ impl Op {
             Op::Retry { .. } => "retry",
             Op::Dead { .. } => "dead",
             Op::Snooze { .. } => "snooze",
+            Op::Defer { .. } => "defer",
             Op::Release => "release",
             Op::Expire => "expire",
             Op::Lost => "lost",
@@ -125,6 +131,8 @@ pub enum Outcome {
     Dead,
     /// Snoozed.
     Snoozed,
+    /// Held back by a limit, cap or breaker, and rescheduled.
+    Deferred,
     /// Handed back to ready.
     Released,
     /// Expired before it started.

@@ -55,6 +55,9 @@ pub struct ProbeArgs {
     /// A free label, handy to tell jobs apart in tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// A limit key the job must be admitted on before it runs (see the `limits` config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<String>,
 }
 
 impl ProbeArgs {
@@ -63,7 +66,13 @@ impl ProbeArgs {
 
     /// A probe that does `action`.
     pub fn new(action: ProbeAction) -> Self {
-        ProbeArgs { action, tag: None }
+        ProbeArgs { action, tag: None, limit_key: None }
+    }
+
+    /// The same probe, held by a limit key.
+    pub fn limited(mut self, key: impl Into<String>) -> Self {
+        self.limit_key = Some(key.into());
+        self
     }
 
     /// The same probe with a tag.

@@ -4,7 +4,7 @@
 -- KEYS: jobs state att r0 r1 r2 sched leases stats dead done hist wake
 -- ARGV: retention ms (0 = delete finished records), dead max count, dead max age ms,
 --       history cap, then groups of 5: id, token, op, delay ms, attempt record JSON
--- ops: ok, retry, dead, snooze, release, expire, lost (the worker gave the job up
+-- ops: ok, retry, dead, snooze, defer, release, expire, lost (the worker gave the job up
 -- because its lease was taken back or it was cancelled: nothing to apply, not counted)
 -- Returns one flag per completion: 1 applied, 0 refused as stale.
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
@@ -56,13 +56,18 @@ for i = 5, #ARGV, 5 do
       n_failed = n_failed + 1
       append_history(K, id, entry, hist_cap)
       to_dead(K, id, p, now)
-    elseif op == 'snooze' then
+    elseif op == 'snooze' or op == 'defer' then
+      -- defer: held back by a limit, a cap or a breaker; like a snooze, no attempt counted.
       redis.call('HINCRBY', K.att, id, -1)
       redis.call('ZADD', K.sched, now + delay, id)
       n_later = n_later + 1
       redis.call('HSET', K.state, id, 's' .. p)
       redis.call('HINCRBY', K.stats, 'scheduled', 1)
-      redis.call('HINCRBY', K.stats, 'snoozed', 1)
+      if op == 'snooze' then
+        redis.call('HINCRBY', K.stats, 'snoozed', 1)
+      else
+        redis.call('HINCRBY', K.stats, 'deferred', 1)
+      end
     else -- release: back to the front of its ready list, attempt not counted
       redis.call('HINCRBY', K.att, id, -1)
       released[#released + 1] = { id, p }

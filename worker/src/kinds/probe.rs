@@ -12,6 +12,10 @@ pub struct Probe;
 impl Handler for Probe {
     type Args = ProbeArgs;
 
+    fn limit_keys(&self, args: &ProbeArgs) -> Vec<String> {
+        args.limit_key.iter().cloned().collect()
+    }
+
     async fn handle(&self, args: ProbeArgs, ctx: JobContext) -> Result<(), JobError> {
         match args.action {
             ProbeAction::Succeed => Ok(()),

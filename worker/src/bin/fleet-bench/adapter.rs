@@ -54,7 +54,8 @@ impl Handler for Bench {
                 tokio::time::sleep(Duration::from_millis(job.a as u64)).await;
                 emit(b"x");
             }
-            other => return Err(JobError::give_up(format!("unknown bench job {other:?}"))),
+            // Any other kind of bench job (e.g. "die") gives up: the dead-letter workload.
+            other => return Err(JobError::give_up(format!("bench job {other:?} gives up"))),
         }
         Ok(())
     }
@@ -140,13 +141,16 @@ pub async fn main(args: &[String]) {
         "worker" => {
             let concurrency: usize = args.get(1).map(|v| v.parse().expect("concurrency")).unwrap_or(10);
             let mut batch = None;
+            let mut lease_ms = WorkerConfig::default().lease_ms;
             for kv in &args[2.min(args.len())..] {
                 match kv.split_once('=') {
                     Some(("batch", v)) => batch = Some(v.parse().expect("batch")),
-                    _ => panic!("unknown worker option {kv:?} (known: batch=N)"),
+                    Some(("lease", v)) => lease_ms = v.parse().expect("lease"),
+                    _ => panic!("unknown worker option {kv:?} (known: batch=N, lease=MS)"),
                 }
             }
             let cfg = WorkerConfig {
+                lease_ms,
                 redis_url: url(),
                 prefix: prefix(),
                 listen: None,

@@ -32,12 +32,20 @@ impl Pipe {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (p, s) = (path.clone(), seen.clone());
         std::thread::spawn(move || {
+            // A worker that exits (or is killed) closes its end: reopen for the next one.
             let Ok(mut f) = std::fs::File::open(&p) else { return };
             let mut buf = vec![0u8; 1 << 16];
             let mut line = Vec::new();
             loop {
                 let n = match f.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) => match std::fs::File::open(&p) {
+                        Ok(reopened) => {
+                            f = reopened;
+                            continue;
+                        }
+                        Err(_) => return,
+                    },
+                    Err(_) => return,
                     Ok(n) => n,
                 };
                 let at = Instant::now();
@@ -318,6 +326,55 @@ async fn backlog(sizes: &[usize], measure: usize) {
     }
 }
 
+/// Redis bytes per dead job (envelope, state, attempt count, history, dead-set entry).
+async fn dead(n: usize) {
+    let c = fresh().await;
+    let mem0 = redis_memory(&c).await;
+    adapter_enqueue_queue(&c, n, "die", 0.0).await;
+    let pipe = Pipe::new("dead");
+    let w = Worker::spawn(&pipe, c.prefix(), &["100"]);
+    loop {
+        let s = c.stats("bench").await.expect("stats");
+        if s.dead as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.stop();
+    let mem1 = redis_memory(&c).await;
+    cleanup(&c).await;
+    println!(
+        "dead letters: {:.0} bytes of Redis memory per dead job ({n} jobs, one attempt each)",
+        (mem1 - mem0) / n as f64
+    );
+}
+
+/// Time from SIGKILL of a worker running a job to that job starting again on
+/// another worker, for a given lease length.
+async fn recovery(lease_ms: u64) {
+    let c = fresh().await;
+    adapter_enqueue_queue(&c, 1, "sleep", 600_000.0).await;
+    let pipe = Pipe::new("recovery");
+    let lease = format!("lease={lease_ms}");
+    let a = Worker::spawn(&pipe, c.prefix(), &["1", &lease]);
+    pipe.wait("the job to start", Duration::from_secs(30), |s| s.started == 1);
+    let b = Worker::spawn(&pipe, c.prefix(), &["1", &lease]);
+    // Let the second worker come up before the crash, as a replica would be.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    let mut a = a;
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    pipe.wait("the job to start again", Duration::from_secs(lease_ms / 1000 * 3 + 30), |s| s.started == 2);
+    let recovered = Instant::now();
+    b.stop();
+    cleanup(&c).await;
+    println!(
+        "crash recovery, lease {lease_ms} ms: a SIGKILLed worker's job started again on another worker {:.2} s after the kill",
+        (recovered - killed).as_secs_f64()
+    );
+}
+
 /// `n` jobs all due in the same second, then processed.
 async fn due(n: usize) {
     let c = fresh().await;
@@ -379,7 +436,12 @@ pub async fn run(args: &[String]) {
             "w4" => w4().await,
             "backlog" => backlog(&[10_000, 1_000_000], 10_000).await,
             "due" => due(100_000).await,
-            other => eprintln!("unknown workload {other} (w1, w2, w3, w4, backlog, due)"),
+            "dead" => dead(10_000).await,
+            "recovery" => {
+                recovery(5_000).await;
+                recovery(30_000).await;
+            }
+            other => eprintln!("unknown workload {other} (w1, w2, w3, w4, backlog, due, dead, recovery)"),
         }
     }
 }
