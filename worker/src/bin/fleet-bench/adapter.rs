@@ -42,10 +42,15 @@ struct Bench;
 
 impl Handler for Bench {
     type Args = BenchJob;
+
+    fn limit_keys(&self, job: &BenchJob) -> Vec<String> {
+        if job.k == "limited" { vec!["bench:limited".to_owned()] } else { Vec::new() }
+    }
+
     async fn handle(&self, job: BenchJob, _ctx: JobContext) -> Result<(), JobError> {
         match job.k.as_str() {
             "noop" => emit(b"x"),
-            "lat" => {
+            "lat" | "limited" => {
                 let t = now();
                 emit(format!("L {} {}\n", job.a, t).as_bytes());
             }
@@ -142,15 +147,25 @@ pub async fn main(args: &[String]) {
             let concurrency: usize = args.get(1).map(|v| v.parse().expect("concurrency")).unwrap_or(10);
             let mut batch = None;
             let mut lease_ms = WorkerConfig::default().lease_ms;
+            let mut limits = std::collections::BTreeMap::new();
             for kv in &args[2.min(args.len())..] {
                 match kv.split_once('=') {
                     Some(("batch", v)) => batch = Some(v.parse().expect("batch")),
                     Some(("lease", v)) => lease_ms = v.parse().expect("lease"),
-                    _ => panic!("unknown worker option {kv:?} (known: batch=N, lease=MS)"),
+                    Some(("rate", v)) => {
+                        let spec = fleet_jobs::limits::LimitSpec {
+                            rate: Some(v.parse().expect("rate")),
+                            burst: 1,
+                            ..Default::default()
+                        };
+                        limits.insert("bench:limited".to_owned(), spec);
+                    }
+                    _ => panic!("unknown worker option {kv:?} (known: batch=N, lease=MS, rate=R)"),
                 }
             }
             let cfg = WorkerConfig {
                 lease_ms,
+                limits,
                 redis_url: url(),
                 prefix: prefix(),
                 listen: None,
