@@ -102,7 +102,8 @@ async fn a_redis_restart_mid_run_loses_nothing_and_the_worker_goes_on() {
         (env.stats("default").await.succeeded >= 150).then_some(())
     })
     .await;
-    redis.restart(Duration::from_secs(3)).await;
+    // Unreachable for 10 s, then back with its data.
+    redis.restart(Duration::from_secs(10)).await;
     all_final(&env, 500, Duration::from_secs(120)).await;
     let s = env.stats("default").await;
     assert_eq!(s.succeeded, 500, "{s:?}");
@@ -113,6 +114,30 @@ async fn a_redis_restart_mid_run_loses_nothing_and_the_worker_goes_on() {
     let mut rx = worker.events();
     let id = env.client.enqueue(&ProbeArgs::new(ProbeAction::Succeed)).await.unwrap();
     fleet_tests::until_final(&mut rx, id.as_str(), Duration::from_secs(20)).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_comes_back_empty_does_not_stop_the_worker() {
+    let mut redis = RedisServer::start_ephemeral().await;
+    let env = TestEnv::on(&redis.url()).await;
+    let mut cfg = env.config("default", 5);
+    cfg.redis_url = redis.url();
+    cfg.lease_ms = 1500;
+    let worker = env.worker(cfg, Registry::builtin()).await;
+    let mut rx = worker.events();
+    // Jobs in flight when Redis loses everything: their completions are refused, nothing breaks.
+    env.client.enqueue_bulk((0..20).map(|_| ProbeArgs::new(ProbeAction::Sleep { ms: 300 }))).await.unwrap();
+    eventually("jobs to be running", Duration::from_secs(20), || async {
+        (env.client.stats("default").await.ok()?.running > 0).then_some(())
+    })
+    .await;
+    redis.restart(Duration::from_secs(2)).await;
+    let id = eventually("an enqueue to succeed again", Duration::from_secs(30), || async {
+        env.client.enqueue(&ProbeArgs::new(ProbeAction::Succeed)).await.ok()
+    })
+    .await;
+    fleet_tests::until_final(&mut rx, id.as_str(), Duration::from_secs(30)).await;
     worker.shutdown().await;
 }
 

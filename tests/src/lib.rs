@@ -239,22 +239,32 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// A Redis server of a test's own, on its own port, keeping data in an append-only
-/// file so a restart loses nothing that was acknowledged.
+/// A Redis server of a test's own, on its own port: either keeping data in an
+/// append-only file (a restart loses nothing acknowledged) or keeping nothing.
 pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: std::path::PathBuf,
+    persistent: bool,
     child: Option<std::process::Child>,
 }
 
 impl RedisServer {
-    /// Starts `redis-server` on a free port and waits until it answers.
+    /// Starts a persistent `redis-server` on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
+        Self::start_with(true).await
+    }
+
+    /// Starts a `redis-server` that keeps nothing on disk (a restart loses everything).
+    pub async fn start_ephemeral() -> RedisServer {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(persistent: bool) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("fleet-test-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut s = RedisServer { port, dir, child: None };
+        let mut s = RedisServer { port, dir, persistent, child: None };
         s.launch().await;
         s
     }
@@ -267,7 +277,7 @@ impl RedisServer {
     async fn launch(&mut self) {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(if self.persistent { ["--appendonly", "yes", "--appendfsync", "always"] } else { ["--appendonly", "no", "--appendfsync", "no"] })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())

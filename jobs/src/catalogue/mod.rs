@@ -1,11 +1,56 @@
 //! The catalogue of job kinds: argument types with their stable kind names.
 //!
 //! Workers register a handler per kind (see `fleet-worker`); apps enqueue these
-//! types with the [`Client`](crate::Client).
+//! types with the [`Client`](crate::Client); the HTTP API checks kinds and
+//! arguments against [`lookup`] before anything reaches Redis.
 
 pub mod probe;
 
 pub use probe::{ProbeAction, ProbeArgs};
 
-/// Every kind in the catalogue, by stable name.
-pub const KINDS: &[&str] = &[probe::ProbeArgs::KIND_NAME];
+use crate::kind::{JobArgs, KindOptions};
+use serde_json::value::RawValue;
+
+/// What the catalogue knows of one kind.
+#[derive(Debug, Clone, Copy)]
+pub struct KindInfo {
+    /// Stable kind name.
+    pub name: &'static str,
+    /// The kind's defaults.
+    pub options: fn() -> KindOptions,
+    /// Checks JSON arguments against the kind's argument type.
+    pub validate: fn(&RawValue) -> Result<(), String>,
+}
+
+fn info<A: JobArgs>() -> KindInfo {
+    KindInfo {
+        name: A::KIND,
+        options: A::options,
+        validate: |raw| serde_json::from_str::<A>(raw.get()).map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+/// Every kind in the catalogue.
+pub fn kinds() -> Vec<KindInfo> {
+    vec![info::<ProbeArgs>()]
+}
+
+/// The kind named `name`, if the catalogue has it.
+pub fn lookup(name: &str) -> Option<KindInfo> {
+    kinds().into_iter().find(|k| k.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_checked_against_the_kind() {
+        let probe = lookup("probe").expect("probe is in the catalogue");
+        let ok = RawValue::from_string(r#"{"do":"succeed"}"#.into()).unwrap();
+        let bad = RawValue::from_string(r#"{"do":"explode"}"#.into()).unwrap();
+        assert!((probe.validate)(&ok).is_ok());
+        assert!((probe.validate)(&bad).unwrap_err().contains("explode"));
+        assert!(lookup("nope").is_none());
+    }
+}
