@@ -1,7 +1,17 @@
 //! # fleet-scheduler
 //!
-//! Fleet's control plane: cron schedules that enqueue each tick exactly once,
-//! the HTTP enqueue API, batches, and the `fleetctl` operator CLI. Not built yet:
-//! upstream apps enqueue through [`fleet_jobs::Client`] meanwhile.
+//! Fleet's control plane: cron schedules that enqueue each tick exactly once however
+//! many replicas run, the HTTP enqueue API, and batches.
+//!
+//! ## Layout
+//!
+//! * [`schedule`]: cron with seconds and time zones, DST-correct fire times.
+//! * [`ticker`]: enqueues due ticks; a tick's unique key makes any number of replicas
+//!   enqueue it once.
+//! * [`db`]: PostgreSQL pool and migrations (under an advisory lock).
+
+pub mod db;
+pub mod schedule;
+pub mod ticker;
 
 pub use fleet_jobs::Client;

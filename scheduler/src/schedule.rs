@@ -79,7 +79,10 @@ pub const MAX_TICKS_PER_PASS: usize = 1000;
 impl Schedule {
     /// Parses and checks a spec: the expression, the zone, the kind and its arguments.
     pub fn parse(spec: ScheduleSpec) -> Result<Schedule, String> {
-        if spec.name.is_empty() || spec.name.len() > 200 || spec.name.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
+        if spec.name.is_empty()
+            || spec.name.len() > 200
+            || spec.name.chars().any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
             return Err(format!("schedule name {:?} must be 1 to 200 characters without spaces or braces", spec.name));
         }
         let cron = CronParser::builder()
@@ -87,14 +90,17 @@ impl Schedule {
             .build()
             .parse(&spec.cron)
             .map_err(|e| format!("schedule {:?}: cron {:?} is invalid: {e}", spec.name, spec.cron))?;
-        let tz: chrono_tz::Tz = spec
-            .timezone
-            .parse()
-            .map_err(|_| format!("schedule {:?}: unknown time zone {:?} (use an IANA name such as Europe/Berlin)", spec.name, spec.timezone))?;
+        let tz: chrono_tz::Tz = spec.timezone.parse().map_err(|_| {
+            format!(
+                "schedule {:?}: unknown time zone {:?} (use an IANA name such as Europe/Berlin)",
+                spec.name, spec.timezone
+            )
+        })?;
         let kind = fleet_jobs::catalogue::lookup(&spec.kind)
             .ok_or_else(|| format!("schedule {:?}: unknown job kind {:?}", spec.name, spec.kind))?;
         let raw = serde_json::value::to_raw_value(&spec.args).map_err(|e| e.to_string())?;
-        (kind.validate)(&raw).map_err(|e| format!("schedule {:?}: args do not fit kind {:?}: {e}", spec.name, spec.kind))?;
+        (kind.validate)(&raw)
+            .map_err(|e| format!("schedule {:?}: args do not fit kind {:?}: {e}", spec.name, spec.kind))?;
         if let Some(q) = &spec.queue {
             fleet_jobs::keys::validate_queue_name(q).map_err(|e| format!("schedule {:?}: {e}", spec.name))?;
         }
@@ -166,7 +172,12 @@ mod tests {
         let ticks = s.ticks(utc(2026, 3, 27, 12, 0, 0), utc(2026, 3, 31, 12, 0, 0), 10);
         assert_eq!(
             ticks,
-            vec![utc(2026, 3, 28, 8, 0, 0), utc(2026, 3, 29, 7, 0, 0), utc(2026, 3, 30, 7, 0, 0), utc(2026, 3, 31, 7, 0, 0)]
+            vec![
+                utc(2026, 3, 28, 8, 0, 0),
+                utc(2026, 3, 29, 7, 0, 0),
+                utc(2026, 3, 30, 7, 0, 0),
+                utc(2026, 3, 31, 7, 0, 0)
+            ]
         );
         // And back on 25 October 2026.
         let ticks = s.ticks(utc(2026, 10, 24, 12, 0, 0), utc(2026, 10, 26, 12, 0, 0), 10);
