@@ -38,6 +38,10 @@ pub struct EnqueueOptions {
     pub unique: Option<Unique>,
     /// A job not started by this instant expires instead of running.
     pub deadline: Option<SystemTime>,
+    /// The tenant it belongs to (set by the HTTP API).
+    pub tenant: Option<String>,
+    /// The batch it belongs to (set by batch creation).
+    pub batch: Option<String>,
 }
 
 /// A unique key and how long it holds.
@@ -398,6 +402,8 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         trace: opts.trace,
         timeout_ms: opts.timeout.or(defaults.timeout).map(|t| t.as_millis() as u64),
         deadline: opts.deadline.map(epoch_ms),
+        tenant: opts.tenant,
+        batch: opts.batch,
     };
     let envelope = serde_json::to_string(&env).map_err(|source| Error::Encode { kind: kind.to_owned(), source })?;
     Ok(Prepared { queue, id, envelope, priority: priority.digit(), delay_ms, at_ms, unique: opts.unique })

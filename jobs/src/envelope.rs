@@ -101,6 +101,12 @@ pub struct Envelope {
     /// A job not started by this time (ms since the epoch) expires instead of running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<u64>,
+    /// The tenant that enqueued it (through the HTTP API), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The batch it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch on this host's clock.

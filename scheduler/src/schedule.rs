@@ -2,7 +2,7 @@
 //! policy and paused flag. Pure logic: fire times are computed here (DST-correct,
 //! in the schedule's zone) and enqueued by the ticker.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use fleet_jobs::Priority;
@@ -112,9 +112,10 @@ impl Schedule {
         &self.spec.name
     }
 
-    /// The first fire time strictly after `t`.
+    /// The first fire time strictly after `t`; always a whole second (croner keeps
+    /// the start's sub-second part, and tick keys must be the same on every replica).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.tz);
+        let local = t.trunc_subsecs(0).with_timezone(&self.tz);
         self.cron.find_next_occurrence(&local, false).ok().map(|d| d.with_timezone(&Utc))
     }
 
@@ -193,6 +194,13 @@ mod tests {
         // 02:30 happens twice on 25 October 2026: it fires once, at the first (CEST, 00:30 UTC).
         let autumn = s.ticks(utc(2026, 10, 24, 12, 0, 0), utc(2026, 10, 25, 12, 0, 0), 10);
         assert_eq!(autumn, vec![utc(2026, 10, 25, 0, 30, 0)]);
+    }
+
+    #[test]
+    fn ticks_fall_on_whole_seconds_whatever_the_start() {
+        let s = Schedule::parse(spec("* * * * * *", "UTC")).unwrap();
+        let start = utc(2026, 1, 1, 0, 0, 0) + chrono::Duration::milliseconds(273);
+        assert_eq!(s.next_after(start), Some(utc(2026, 1, 1, 0, 0, 1)));
     }
 
     #[test]

@@ -2,6 +2,294 @@
 //!
 //! Exactly once per tick, with any number of replicas: each tick is enqueued with a
 //! unique key derived from (schedule, tick time), and the enqueue script refuses a
-//! second job with that key inside its window. Every replica may enqueue every tick;
-//! all but one are no-ops, so a replica dying at any moment neither skips nor doubles
-//! a tick.
+//! second job with that key inside its window. Every replica enqueues every due tick;
+//! all but the first are no-ops, so a replica dying at any moment neither skips nor
+//! doubles a tick. The job's `run_at` is the tick time.
+//!
+//! Each schedule's last fired tick, next fire time and missed ticks are recorded in
+//! PostgreSQL (`schedule_state`), so a scheduler that starts after downtime knows which
+//! ticks were missed and skips or catches them up as the schedule says.
+
+use crate::schedule::{MAX_TICKS_PER_PASS, Missed, Schedule, ScheduleSpec};
+use chrono::{DateTime, Utc};
+use fleet_jobs::{Client, EnqueueOptions, Unique};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// Ticks enqueued (or found already enqueued by another replica).
+    pub enqueued: Vec<(String, DateTime<Utc>)>,
+    /// Ticks counted as missed.
+    pub missed: u64,
+    /// Problems (bad schedules, failed enqueues); the ticker goes on.
+    pub errors: Vec<String>,
+}
+
+/// Enqueues due ticks. One per scheduler replica.
+pub struct Ticker {
+    client: Client,
+    db: Option<PgPool>,
+    config_specs: Vec<ScheduleSpec>,
+    schedules: Vec<Schedule>,
+    /// Per schedule: the last tick handled by this replica.
+    cursors: HashMap<String, DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticker").field("schedules", &self.schedules.len()).finish()
+    }
+}
+
+/// The unique key of one tick.
+pub fn tick_key(schedule: &str, tick: DateTime<Utc>) -> String {
+    format!("schedule:{schedule}:{}", tick.timestamp_millis())
+}
+
+impl Ticker {
+    /// A ticker over the config file's schedules and, with a database, the `schedules` table.
+    pub fn new(client: Client, db: Option<PgPool>, config_specs: Vec<ScheduleSpec>) -> Self {
+        Ticker { client, db, config_specs, schedules: Vec::new(), cursors: HashMap::new() }
+    }
+
+    /// The schedules in force.
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
+    }
+
+    /// Reads the schedules again (config, then PostgreSQL, which wins on a name clash).
+    /// A schedule that does not parse is skipped and its error recorded.
+    pub async fn reload(&mut self) -> Vec<String> {
+        let mut specs: HashMap<String, ScheduleSpec> =
+            self.config_specs.iter().map(|s| (s.name.clone(), s.clone())).collect();
+        let mut errors = Vec::new();
+        if let Some(db) = &self.db {
+            match load_specs(db).await {
+                Ok(rows) => {
+                    for s in rows {
+                        specs.insert(s.name.clone(), s);
+                    }
+                }
+                Err(e) => errors.push(format!("reading schedules from PostgreSQL: {e}")),
+            }
+        }
+        let mut parsed = Vec::new();
+        for (name, spec) in specs {
+            match Schedule::parse(spec) {
+                Ok(s) => parsed.push(s),
+                Err(e) => {
+                    self.record_error(&name, &e).await;
+                    errors.push(e);
+                }
+            }
+        }
+        parsed.sort_by(|a, b| a.name().cmp(b.name()));
+        self.cursors.retain(|name, _| parsed.iter().any(|s| s.name() == name));
+        self.schedules = parsed;
+        for e in &errors {
+            tracing::warn!(error = %e, "schedule skipped");
+        }
+        errors
+    }
+
+    /// Enqueues every tick due at `now` that this replica has not handled yet.
+    pub async fn tick(&mut self, now: DateTime<Utc>) -> TickReport {
+        let mut report = TickReport::default();
+        for i in 0..self.schedules.len() {
+            let s = self.schedules[i].clone();
+            let name = s.name().to_owned();
+            let (mut cursor, mut missed) = match self.cursors.get(&name) {
+                Some(c) => (*c, 0),
+                None => self.initial_cursor(&s, now).await,
+            };
+            if s.spec.paused {
+                missed += s.ticks(cursor, now, MAX_TICKS_PER_PASS).len() as u64;
+                cursor = now;
+            } else {
+                for tick in s.ticks(cursor, now, MAX_TICKS_PER_PASS) {
+                    match self.enqueue(&s, tick).await {
+                        Ok(()) => {
+                            cursor = tick;
+                            report.enqueued.push((name.clone(), tick));
+                        }
+                        Err(e) => {
+                            // Try this tick again on the next pass; other schedules go on.
+                            let msg = format!("schedule {name:?}: enqueue of the {tick} tick failed: {e}");
+                            tracing::warn!(error = %msg, "tick not enqueued yet");
+                            report.errors.push(msg);
+                            break;
+                        }
+                    }
+                }
+            }
+            let fired = report.enqueued.iter().filter(|(n, _)| *n == name).map(|(_, t)| *t).max();
+            self.cursors.insert(name.clone(), cursor);
+            report.missed += missed;
+            if fired.is_some() || missed > 0 {
+                metrics::counter!("fleet_schedule_ticks_total", "schedule" => name.clone())
+                    .increment(report.enqueued.iter().filter(|(n, _)| *n == name).count() as u64);
+                if missed > 0 {
+                    metrics::counter!("fleet_schedule_missed_ticks_total", "schedule" => name.clone())
+                        .increment(missed);
+                }
+                self.record_state(&s, fired, missed, now).await;
+            }
+        }
+        report
+    }
+
+    /// When the next tick of any schedule is due (at most one second away, so edits
+    /// in PostgreSQL are seen promptly).
+    pub fn next_wake(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let cap = now + chrono::Duration::seconds(1);
+        self.schedules
+            .iter()
+            .filter(|s| !s.spec.paused)
+            .filter_map(|s| s.next_after(*self.cursors.get(s.name()).unwrap_or(&now)))
+            .min()
+            .map_or(cap, |t| t.min(cap))
+    }
+
+    async fn enqueue(&self, s: &Schedule, tick: DateTime<Utc>) -> fleet_jobs::Result<()> {
+        let kind = fleet_jobs::catalogue::lookup(&s.spec.kind)
+            .ok_or_else(|| fleet_jobs::Error::Invalid(format!("unknown kind {:?}", s.spec.kind)))?;
+        let args = serde_json::value::to_raw_value(&s.spec.args)
+            .map_err(|e| fleet_jobs::Error::Invalid(format!("args: {e}")))?;
+        let opts = EnqueueOptions {
+            queue: s.spec.queue.clone(),
+            priority: s.spec.priority,
+            max_attempts: s.spec.max_attempts,
+            run_at: Some(std::time::UNIX_EPOCH + Duration::from_millis(tick.timestamp_millis().max(0) as u64)),
+            unique: Some(Unique { key: tick_key(s.name(), tick), window: s.catch_up() + Duration::from_secs(3600) }),
+            ..Default::default()
+        };
+        self.client.enqueue_raw(&s.spec.kind, args, &(kind.options)(), opts).await.map(|_| ())
+    }
+
+    /// Where a replica that has not handled `s` yet starts: now (skip), or the start of
+    /// the catch-up window; ticks between the last fired one and that point are missed.
+    async fn initial_cursor(&self, s: &Schedule, now: DateTime<Utc>) -> (DateTime<Utc>, u64) {
+        let last = match &self.db {
+            Some(db) => sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+                "SELECT last_fired_at FROM schedule_state WHERE name = $1",
+            )
+            .bind(s.name())
+            .fetch_optional(db)
+            .await
+            .ok()
+            .flatten()
+            .flatten(),
+            None => None,
+        };
+        let Some(last) = last else { return (now, 0) };
+        let start = match s.spec.missed {
+            Missed::Skip => now,
+            Missed::CatchUp => {
+                let window = chrono::Duration::from_std(s.catch_up()).unwrap_or_default();
+                last.max(now - window)
+            }
+        };
+        let missed = if start > last { s.ticks(last, start, 100_000).len() as u64 } else { 0 };
+        (start.max(last), missed)
+    }
+
+    async fn record_state(&self, s: &Schedule, fired: Option<DateTime<Utc>>, missed: u64, now: DateTime<Utc>) {
+        let Some(db) = &self.db else { return };
+        let next = s.next_after(now);
+        let r = sqlx::query(
+            "INSERT INTO schedule_state (name, last_fired_at, next_fire_at, missed_ticks, last_error, updated_at)
+             VALUES ($1, $2, $3, $4, NULL, now())
+             ON CONFLICT (name) DO UPDATE SET
+               last_fired_at = GREATEST(schedule_state.last_fired_at, EXCLUDED.last_fired_at),
+               next_fire_at = EXCLUDED.next_fire_at,
+               missed_ticks = schedule_state.missed_ticks + EXCLUDED.missed_ticks,
+               last_error = CASE WHEN EXCLUDED.last_fired_at IS NULL THEN schedule_state.last_error ELSE NULL END,
+               updated_at = now()",
+        )
+        .bind(s.name())
+        .bind(fired)
+        .bind(next)
+        .bind(missed as i64)
+        .execute(db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(schedule = %s.name(), error = %e, "could not record the schedule's state");
+        }
+    }
+
+    async fn record_error(&self, name: &str, error: &str) {
+        let Some(db) = &self.db else { return };
+        let _ = sqlx::query(
+            "INSERT INTO schedule_state (name, last_error) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET last_error = EXCLUDED.last_error, updated_at = now()",
+        )
+        .bind(name)
+        .bind(error)
+        .execute(db)
+        .await;
+    }
+}
+
+async fn load_specs(db: &PgPool) -> Result<Vec<ScheduleSpec>, sqlx::Error> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        serde_json::Value,
+        Option<String>,
+        Option<String>,
+        Option<i32>,
+        String,
+        i64,
+        bool,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused FROM schedules",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up, paused)| {
+            ScheduleSpec {
+                name,
+                cron,
+                timezone,
+                kind,
+                args,
+                queue,
+                priority: priority.and_then(|p| serde_json::from_value(serde_json::Value::String(p)).ok()),
+                max_attempts: max_attempts.map(|m| m.max(1) as u32),
+                missed: if missed == "catch_up" { Missed::CatchUp } else { Missed::Skip },
+                catch_up_secs: catch_up.max(0) as u64,
+                paused,
+            }
+        })
+        .collect())
+}
+
+/// Runs `ticker` until `shutdown`: reloads schedules every 5 s, enqueues due ticks,
+/// sleeps until the next one.
+pub async fn run(mut ticker: Ticker, shutdown: tokio_util::sync::CancellationToken) {
+    let mut last_reload = None::<std::time::Instant>;
+    loop {
+        if last_reload.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            ticker.reload().await;
+            last_reload = Some(std::time::Instant::now());
+        }
+        let report = ticker.tick(Utc::now()).await;
+        for (name, tick) in &report.enqueued {
+            tracing::debug!(schedule = %name, %tick, "tick enqueued");
+        }
+        let wake = ticker.next_wake(Utc::now());
+        let wait = (wake - Utc::now()).to_std().unwrap_or(Duration::ZERO).max(Duration::from_millis(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

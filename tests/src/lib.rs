@@ -335,3 +335,44 @@ pub async fn states(client: &Client, queue: &str, ids: &[fleet_jobs::JobId]) -> 
     }
     out
 }
+
+/// A PostgreSQL database of one test's own, created fresh and migrated, dropped by
+/// [`TestDb::drop_db`]. Server: `FLEET_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432`).
+pub struct TestDb {
+    /// URL of the test's database.
+    pub url: String,
+    /// A pool on it.
+    pub pool: sqlx::PgPool,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates and migrates a new database. Panics with a clear message when PostgreSQL is down.
+    pub async fn new() -> TestDb {
+        let base = std::env::var("FLEET_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let admin_url = format!("{base}/postgres");
+        let name = format!("fleet_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {base}: {e}. Start it with `scripts/services.sh` (or set FLEET_TEST_PG_URL).")
+        });
+        // The name is generated here (hex digits only): safe to splice.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let url = format!("{base}/{name}");
+        let pool = fleet_scheduler::db::connect_and_migrate(&url).await.expect("migrate the test database");
+        TestDb { url, pool, name, admin_url }
+    }
+
+    /// Drops the database.
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
