@@ -216,6 +216,26 @@ impl Client {
         Ok(ids)
     }
 
+    /// Enqueues already-checked jobs of any kinds in chunks of [`BULK_CHUNK`].
+    pub(crate) async fn enqueue_prepared(
+        &self,
+        jobs: Vec<(String, Box<RawValue>, KindOptions, EnqueueOptions)>,
+    ) -> Result<Vec<JobId>> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut chunk = Vec::with_capacity(BULK_CHUNK.min(jobs.len()));
+        for (kind, args, defaults, opts) in jobs {
+            chunk.push(prepare(&kind, args, &defaults, opts)?);
+            if chunk.len() == BULK_CHUNK {
+                ids.extend(self.write_chunk(&chunk).await?);
+                chunk.clear();
+            }
+        }
+        if !chunk.is_empty() {
+            ids.extend(self.write_chunk(&chunk).await?);
+        }
+        Ok(ids)
+    }
+
     /// Writes jobs (grouped by queue, one script call per group) and returns the id
     /// holding each: its own, or an existing job's for a duplicate.
     async fn write_chunk(&self, jobs: &[Prepared]) -> Result<Vec<JobId>> {
@@ -265,6 +285,9 @@ impl Client {
             .key(&k.leases)
             .key(&k.stats)
             .key(&k.done)
+            .key(&k.jobs)
+            .key(&k.batches)
+            .key(&k.batchdone)
             .arg(id)
             .arg(24 * 3600 * 1000)
             .invoke_async(&mut self.conn.clone())

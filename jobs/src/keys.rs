@@ -38,6 +38,12 @@ pub struct QueueKeys {
     pub uniq: String,
     /// Unique keys by end of their window: sorted set.
     pub uniqexp: String,
+    /// Batch counters: hash `<batch>:total|ok|fail|cb|fired` -> value.
+    pub batches: String,
+    /// Batches whose jobs have all finished and whose callbacks are to be enqueued.
+    pub batchdone: String,
+    /// Batches whose callbacks were enqueued, by time (for expiry of their counters).
+    pub batchfin: String,
 }
 
 impl QueueKeys {
@@ -60,6 +66,9 @@ impl QueueKeys {
             workers: k("workers"),
             uniq: k("uniq"),
             uniqexp: k("uniqexp"),
+            batches: k("batches"),
+            batchdone: k("batchdone"),
+            batchfin: k("batchfin"),
         }
     }
 }

@@ -14,12 +14,14 @@
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
+//! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
 //! * [`retry`]: backoff policy for failed attempts.
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
 pub mod backend;
+pub mod batches;
 pub mod catalogue;
 pub mod client;
 pub mod envelope;

@@ -9,7 +9,9 @@
 //! * [`ticker`]: enqueues due ticks; a tick's unique key makes any number of replicas
 //!   enqueue it once.
 //! * [`db`]: PostgreSQL pool and migrations (under an advisory lock).
+//! * [`api`]: the HTTP API (jobs, batches, OpenAPI).
 
+pub mod api;
 pub mod db;
 pub mod schedule;
 pub mod ticker;

@@ -224,13 +224,14 @@ async fn a_completion_with_a_stale_lease_token_is_refused_and_counted() {
         token: token.to_owned(),
         kind: "probe".into(),
         attempt: 1,
+        batch: None,
         op: Op::Succeeded,
     };
     let refused = calls::complete(&mut conn, &keys, &zombie, &[done(&old.token)]).await.unwrap();
-    assert_eq!(refused, vec![false], "the zombie's completion is refused");
+    assert_eq!(refused.applied, vec![false], "the zombie's completion is refused");
     assert_eq!(env.client.job_state("default", id.as_str()).await.unwrap(), Some(JobState::Running));
     let accepted = calls::complete(&mut conn, &keys, &other, &[done(&new.token)]).await.unwrap();
-    assert_eq!(accepted, vec![true]);
+    assert_eq!(accepted.applied, vec![true]);
     let s = env.stats("default").await;
     assert_eq!((s.stale, s.lease_expired, s.succeeded, s.running), (1, 1, 1, 0));
     env.cleanup().await;

@@ -1,1 +1,205 @@
-//! The HTTP API (next).
+//! The HTTP API through its router (no socket): auth, validation, idempotency, tenants,
+//! cancellation, batches with exactly one callback, OpenAPI.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use fleet_jobs::JobState;
+use fleet_scheduler::api::{ApiState, app, auth};
+use fleet_tests::{TestDb, TestEnv, eventually};
+use fleet_worker::{QueueConfig, Registry};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Api {
+    env: TestEnv,
+    db: TestDb,
+    router: Router,
+    key: String,
+}
+
+impl Api {
+    async fn new() -> Api {
+        let env = TestEnv::new().await;
+        let db = TestDb::new().await;
+        let key = auth::create_api_key(&db.pool, "acme", "test", &["enqueue"]).await.unwrap();
+        let router = app(ApiState { client: env.client.clone(), db: db.pool.clone() }, 64 * 1024);
+        Api { env, db, router, key }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        for (h, v) in headers {
+            req = req.header(*h, *v);
+        }
+        let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
+        let res = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", uri, Some(&self.key.clone()), Some(body), &[]).await
+    }
+
+    async fn done(self) {
+        self.db.drop_db().await;
+        self.env.cleanup().await;
+    }
+}
+
+fn probe(action: &str) -> Value {
+    json!({"kind": "probe", "args": {"do": action}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_key_get_401() {
+    let api = Api::new().await;
+    let body = Some(probe("succeed"));
+    assert_eq!(api.call("POST", "/v1/jobs", None, body.clone(), &[]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.call("POST", "/v1/jobs", Some("not-a-key"), body.clone(), &[]).await.0, StatusCode::UNAUTHORIZED);
+    let (id, _) = api.key.strip_prefix("fk_").unwrap().split_once('_').unwrap();
+    let wrong = format!("fk_{id}_{}", "0".repeat(48));
+    let (status, err) = api.call("POST", "/v1/jobs", Some(&wrong), body.clone(), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(err["error"]["code"], "unauthorized");
+    assert!(!err.to_string().contains(&api.key[10..]), "no secret echoed");
+    assert_eq!(api.post("/v1/jobs", probe("succeed")).await.0, StatusCode::CREATED);
+    auth::revoke_api_key(&api.db.pool, id).await.unwrap();
+    assert_eq!(api.post("/v1/jobs", probe("succeed")).await.0, StatusCode::UNAUTHORIZED, "revoked keys stop working");
+    api.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_4xx_errors() {
+    let api = Api::new().await;
+    let (s, e) = api.post("/v1/jobs", json!({"kind": "no.such", "args": {}})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(e["error"]["message"].as_str().unwrap().contains("unknown job kind \"no.such\""), "{e}");
+    let (s, e) = api.post("/v1/jobs", json!({"kind": "probe", "args": {"do": "explode"}})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(e["error"]["message"].as_str().unwrap().contains("args do not fit"), "{e}");
+    let (s, _) = api.post("/v1/jobs", json!({"kind": "probe", "args": {"do": "succeed"}, "queue": "bad{queue}"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, e) = api.post("/v1/jobs", json!({"kind": "probe"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let huge = json!({"kind": "probe", "args": {"do": "succeed", "tag": "x".repeat(100_000)}});
+    let (s, e) = api.post("/v1/jobs", huge).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{e}");
+    let (s, e) = api.post("/v1/jobs/bulk", json!({"jobs": [probe("succeed"), {"kind": "nope", "args": {}}]})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(e["error"]["message"].as_str().unwrap().starts_with("jobs[1]"), "{e}");
+    assert_eq!(api.env.stats("default").await.enqueued, 0, "nothing of a refused request is enqueued");
+    api.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_with_an_idempotency_key_returns_the_first_job() {
+    let api = Api::new().await;
+    let key = api.key.clone();
+    let idem = [("idempotency-key", "order-7-thumbnails")];
+    let (s1, first) = api.call("POST", "/v1/jobs", Some(&key), Some(probe("succeed")), &idem).await;
+    let (s2, again) = api.call("POST", "/v1/jobs", Some(&key), Some(probe("succeed")), &idem).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(api.env.stats("default").await.enqueued, 1);
+    let (s3, e) = api.call("POST", "/v1/jobs", Some(&key), Some(probe("fail")), &idem).await;
+    assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["code"], "idempotency_key_reused");
+    api.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_read_and_cancelled_within_their_tenant_only() {
+    let api = Api::new().await;
+    let (_, job) =
+        api.post("/v1/jobs", json!({"kind": "probe", "args": {"do": "succeed"}, "delay_ms": 3_600_000})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (s, view) = api.call("GET", &format!("/v1/jobs/default/{id}"), Some(&api.key.clone()), None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((view["kind"].as_str(), view["state"].as_str()), (Some("probe"), Some("scheduled")));
+    let other = auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    assert_eq!(
+        api.call("GET", &format!("/v1/jobs/default/{id}"), Some(&other), None, &[]).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call("DELETE", &format!("/v1/jobs/default/{id}"), Some(&other), None, &[]).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, c) = api.call("DELETE", &format!("/v1/jobs/default/{id}"), Some(&api.key.clone()), None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((c["outcome"].as_str(), c["state"].as_str()), (Some("cancelled"), Some("scheduled")));
+    assert_eq!(api.env.client.job_state("default", &id).await.unwrap(), Some(JobState::Cancelled));
+    let (s, bulk) = api.post("/v1/jobs/bulk", json!({"jobs": [probe("succeed"), probe("succeed")]})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(bulk["jobs"].as_array().unwrap().len(), 2);
+    api.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_300_with_3_failures_fires_its_completion_callback_exactly_once() {
+    let api = Api::new().await;
+    let jobs: Vec<Value> = (0..300).map(|i| if i % 100 == 7 { probe("give_up") } else { probe("succeed") }).collect();
+    let req = json!({
+        "jobs": jobs,
+        "on_success": {"kind": "probe", "args": {"do": "succeed", "tag": "all-good"}},
+        "on_complete": {"kind": "probe", "args": {"do": "succeed", "tag": "portfolio-processed"}, "queue": "callbacks"}
+    });
+    let (s, batch) = api.post("/v1/batches", req).await;
+    assert_eq!(s, StatusCode::CREATED, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    // Two workers share the batch's queue; a third runs the callback queue.
+    let mut cfg = api.env.config("default", 20);
+    cfg.queues.push(QueueConfig { name: "callbacks".into(), concurrency: 2, fetch_batch: None });
+    let a = api.env.worker(cfg.clone(), Registry::builtin()).await;
+    let b = api.env.worker(cfg, Registry::builtin()).await;
+    eventually("the completion callback to run", Duration::from_secs(60), || async {
+        (api.env.stats("callbacks").await.succeeded == 1).then_some(())
+    })
+    .await;
+    let (s, view) = api.call("GET", &format!("/v1/batches/{id}"), Some(&api.key.clone()), None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (view["total"].as_i64(), view["succeeded"].as_i64(), view["failed"].as_i64(), view["pending"].as_i64()),
+        (Some(300), Some(297), Some(3), Some(0))
+    );
+    assert_eq!(view["callbacks_enqueued"], true);
+    // Fire again, as a recovering worker would: still one callback.
+    api.env.client.fire_finished_batches("default").await.unwrap();
+    let cb = api.env.stats("callbacks").await;
+    assert_eq!(cb.enqueued, 1, "exactly one completion callback");
+    let callback = api.env.client.job("callbacks", &format!("{id}-complete")).await.unwrap().expect("the callback job");
+    assert_eq!(callback.envelope.unwrap().tenant.as_deref(), Some("acme"));
+    assert!(
+        api.env.client.job("default", &format!("{id}-success")).await.unwrap().is_none(),
+        "no success callback with failures"
+    );
+    assert_eq!(api.env.stats("default").await.enqueued, 300);
+    a.shutdown().await;
+    b.shutdown().await;
+    api.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_description_is_served() {
+    let api = Api::new().await;
+    let (s, doc) = api.call("GET", "/openapi.json", None, None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    for path in ["/v1/jobs", "/v1/jobs/bulk", "/v1/jobs/{queue}/{id}", "/v1/batches", "/v1/batches/{id}"] {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+    }
+    api.done().await;
+}

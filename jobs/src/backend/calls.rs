@@ -94,14 +94,22 @@ pub async fn lease(
     Ok(Leased { now, next_due, paused, jobs })
 }
 
-/// Applies completions in one script call; returns one flag per completion
-/// (true = applied, false = refused because its lease token is stale).
+/// What one completion call returned.
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// One flag per completion: true = applied, false = refused (stale lease token).
+    pub applied: Vec<bool>,
+    /// Batches whose last job this call finished: their callbacks are due.
+    pub finished_batches: Vec<String>,
+}
+
+/// Applies completions in one script call.
 pub async fn complete(
     conn: &mut ConnectionManager,
     k: &QueueKeys,
     cfg: &EngineConfig,
     batch: &[Completion],
-) -> RedisResult<Vec<bool>> {
+) -> RedisResult<Completed> {
     let mut inv = scripts::ACK.prepare_invoke();
     inv.key(&k.jobs)
         .key(&k.state)
@@ -116,6 +124,8 @@ pub async fn complete(
         .key(&k.done)
         .key(&k.hist)
         .key(&k.wake)
+        .key(&k.batches)
+        .key(&k.batchdone)
         .arg(cfg.retention.as_millis() as u64)
         .arg(cfg.dead_max_count)
         .arg(cfg.dead_max_age.as_millis() as u64)
@@ -129,10 +139,17 @@ pub async fn complete(
             Op::Snooze { delay } | Op::Defer { delay } => (delay.as_millis() as u64, String::new()),
             _ => (0, String::new()),
         };
-        inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry);
+        inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry).arg(c.batch.as_deref().unwrap_or(""));
     }
-    let flags: Vec<i64> = inv.invoke_async(conn).await?;
-    Ok(flags.into_iter().map(|f| f == 1).collect())
+    let out: Vec<Value> = inv.invoke_async(conn).await?;
+    let mut done = Completed::default();
+    for v in out {
+        match v {
+            Value::Int(f) => done.applied.push(f == 1),
+            other => done.finished_batches.push(string(other)),
+        }
+    }
+    Ok(done)
 }
 
 /// Renews the leases of `held` (id, token) pairs, records `cfg.instance` as alive,
@@ -156,6 +173,8 @@ pub async fn heartbeat(
         .key(&k.hist)
         .key(&k.workers)
         .key(&k.wake)
+        .key(&k.batches)
+        .key(&k.batchdone)
         .arg(cfg.lease.as_millis() as u64)
         .arg(&cfg.instance)
         .arg(100)

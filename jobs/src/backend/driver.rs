@@ -27,6 +27,8 @@ struct Shared {
     /// Free concurrency slots.
     slots: Arc<Semaphore>,
     events: broadcast::Sender<JobEvent>,
+    /// A client on the same connection, for batch callbacks.
+    client: crate::Client,
     stop_fetch: CancellationToken,
 }
 
@@ -59,6 +61,7 @@ impl QueueEngine {
         let concurrency = cfg.concurrency.max(1);
         let stop_fetch = CancellationToken::new();
         let shared = Arc::new(Shared {
+            client: crate::Client::new(conn.clone(), cfg.prefix.clone()),
             keys,
             conn,
             leased: Mutex::new(HashMap::new()),
@@ -169,7 +172,14 @@ impl EngineHandle {
         if !leftover.is_empty() {
             let batch: Vec<Completion> = leftover
                 .into_iter()
-                .map(|(id, token)| Completion { id, token, kind: String::new(), attempt: 0, op: Op::Release })
+                .map(|(id, token)| Completion {
+                    id,
+                    token,
+                    kind: String::new(),
+                    attempt: 0,
+                    batch: None,
+                    op: Op::Release,
+                })
                 .collect();
             let deadline = Instant::now() + RELEASE_DEADLINE;
             let mut delay = Duration::from_millis(50);
@@ -321,7 +331,7 @@ async fn waiting_connection(client: &redis::Client, idle_wait: Duration) -> Redi
     ConnectionManager::new_with_config(client.clone(), config).await
 }
 
-async fn apply(shared: &Shared, batch: &[Completion]) -> RedisResult<Vec<bool>> {
+async fn apply(shared: &Shared, batch: &[Completion]) -> RedisResult<calls::Completed> {
     calls::complete(&mut shared.conn.clone(), &shared.keys, &shared.cfg, batch).await
 }
 
@@ -351,8 +361,20 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
             }
         }
         match apply(&shared, &batch).await {
-            Ok(flags) => {
+            Ok(done) => {
                 backoff.reset();
+                if !done.finished_batches.is_empty() {
+                    // Enqueue their callbacks off the ack path (idempotent; the heartbeat
+                    // retries any left behind).
+                    let client = shared.client.clone();
+                    let q = queue.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.fire_finished_batches(&q).await {
+                            tracing::warn!(queue = %q, error = %e, "batch callbacks not enqueued yet; the heartbeat retries");
+                        }
+                    });
+                }
+                let flags = done.applied;
                 let stale = flags.iter().zip(&batch).filter(|(f, c)| !**f && !matches!(c.op, Op::Lost)).count();
                 if stale > 0 {
                     metrics::counter!("fleet_stale_completions_total", "queue" => queue.clone())
@@ -444,6 +466,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     .increment(1);
                 tracing::warn!(queue = %cfg.queue, error = %e, "heartbeat failed");
             }
+        }
+        if let Err(e) = shared.client.fire_finished_batches(&cfg.queue).await {
+            tracing::warn!(queue = %cfg.queue, error = %e, "batch callbacks not enqueued yet");
         }
         if let Ok(map) =
             redis::cmd("HGETALL").arg(&k.stats).query_async::<HashMap<String, i64>>(&mut shared.conn.clone()).await

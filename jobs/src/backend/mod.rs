@@ -115,6 +115,8 @@ pub struct Completion {
     pub kind: String,
     /// Attempt number.
     pub attempt: u32,
+    /// The batch the job belongs to, if any (from its envelope).
+    pub batch: Option<String>,
     /// What happens next.
     pub op: Op,
 }

@@ -1,15 +1,15 @@
 -- Applies a batch of job completions. A completion whose lease token is not
 -- the job's current one (its lease expired and the job moved on) is refused
 -- and counted in stats.stale.
--- KEYS: jobs state att r0 r1 r2 sched leases stats dead done hist wake
+-- KEYS: jobs state att r0 r1 r2 sched leases stats dead done hist wake batches batchdone
 -- ARGV: retention ms (0 = delete finished records), dead max count, dead max age ms,
---       history cap, then groups of 5: id, token, op, delay ms, attempt record JSON
+--       history cap, then groups of 6: id, token, op, delay ms, attempt record JSON, batch id
 -- ops: ok, retry, dead, snooze, defer, release, expire, lost (the worker gave the job up
 -- because its lease was taken back or it was cancelled: nothing to apply, not counted)
 -- Returns one flag per completion: 1 applied, 0 refused as stale.
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
             sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], dead = KEYS[10], done = KEYS[11],
-            hist = KEYS[12], wake = KEYS[13] }
+            hist = KEYS[12], wake = KEYS[13], batches = KEYS[14], batchdone = KEYS[15] }
 local retention, dead_max, dead_age, hist_cap =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
@@ -26,9 +26,9 @@ local function finish(id, code, pri)
   end
 end
 
-for i = 5, #ARGV, 5 do
+for i = 5, #ARGV, 6 do
   local id, tok, op = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local delay, entry = tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local delay, entry, batch = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
   local st = redis.call('HGET', K.state, id)
   if op == 'lost' then
     res[#res + 1] = 0
@@ -42,9 +42,11 @@ for i = 5, #ARGV, 5 do
     if op == 'ok' then
       n_ok = n_ok + 1
       finish(id, 'k', p)
+      batch_finished(K, batch, true)
     elseif op == 'expire' then
       redis.call('HINCRBY', K.stats, 'expired', 1)
       finish(id, 'x', p)
+      batch_finished(K, batch, false)
     elseif op == 'retry' then
       n_failed = n_failed + 1
       append_history(K, id, entry, hist_cap)
@@ -56,6 +58,7 @@ for i = 5, #ARGV, 5 do
       n_failed = n_failed + 1
       append_history(K, id, entry, hist_cap)
       to_dead(K, id, p, now)
+      batch_finished(K, batch, false)
     elseif op == 'snooze' or op == 'defer' then
       -- defer: held back by a limit, a cap or a breaker; like a snooze, no attempt counted.
       redis.call('HINCRBY', K.att, id, -1)
@@ -94,11 +97,13 @@ if n_stale > 0 then redis.call('HINCRBY', K.stats, 'stale', n_stale) end
 
 -- Expire finished records and bound the dead letters; at most a few per
 -- completion, so the work per call stays bounded and keeps up with the flow.
-local limit = 2 * (#ARGV - 4) / 5 + 10
+local limit = 2 * (#ARGV - 4) / 6 + 10
 local old = redis.call('ZRANGEBYSCORE', K.done, '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(old) do
   redis.call('ZREM', K.done, id)
   purge(K, id)
 end
 trim_dead(K, now, dead_max, dead_age, limit)
+-- After the flags: the batches this call finished.
+for _, b in ipairs(FIRED) do res[#res + 1] = b end
 return res

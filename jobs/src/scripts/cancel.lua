@@ -2,10 +2,11 @@
 -- dropped when a fetch reaches it; a running job loses its lease, so its worker
 -- learns of it at its next heartbeat, stops the handler, and any completion it
 -- still sends is refused.
--- KEYS: state sched leases stats done
+-- KEYS: state sched leases stats done jobs batches batchdone
 -- ARGV: id, retention ms
 -- Returns { outcome, previous state }: outcome 1 cancelled, 0 unknown job, 2 already final.
-local K = { state = KEYS[1], sched = KEYS[2], leases = KEYS[3], stats = KEYS[4], done = KEYS[5] }
+local K = { state = KEYS[1], sched = KEYS[2], leases = KEYS[3], stats = KEYS[4], done = KEYS[5],
+            jobs = KEYS[6], batches = KEYS[7], batchdone = KEYS[8] }
 local id, retention = ARGV[1], tonumber(ARGV[2])
 local st = redis.call('HGET', K.state, id)
 if not st then return { 0, '' } end
@@ -21,4 +22,12 @@ redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)
 redis.call('HSET', K.state, id, 'c' .. p)
 redis.call('ZADD', K.done, now_ms() + math.max(retention, 3600000), id)
+-- A cancelled job of a batch counts as finished (not succeeded).
+local env = redis.call('HGET', K.jobs, id)
+if env then
+  local ok, decoded = pcall(cjson.decode, env)
+  if ok and type(decoded) == 'table' and type(decoded.batch) == 'string' then
+    batch_finished(K, decoded.batch, false)
+  end
+end
 return { 1, st }

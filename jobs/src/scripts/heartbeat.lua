@@ -1,14 +1,14 @@
 -- A worker's periodic call: renews the leases of all its running jobs in one
 -- call, records the worker as alive, and returns expired leases of any worker
 -- to ready (attempt counted) or to the dead letters when out of attempts.
--- KEYS: jobs state att r0 r1 r2 leases stats dead hist workers wake
+-- KEYS: jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone
 -- ARGV: lease ms, instance id, reap limit, dead max count, dead max age ms,
 --       history cap, then pairs: id, token
 -- Returns: { reaped count, lost id, lost id, ... } where a lost id is a job
 -- this worker holds whose lease is no longer its own.
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
             leases = KEYS[7], stats = KEYS[8], dead = KEYS[9], hist = KEYS[10],
-            workers = KEYS[11], wake = KEYS[12] }
+            workers = KEYS[11], wake = KEYS[12], batches = KEYS[13], batchdone = KEYS[14] }
 local lease_ms, instance, reap_limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local dead_max, dead_age, hist_cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
@@ -36,11 +36,12 @@ for _, id in ipairs(expired) do
     local p = pri_of(st)
     local a = tonumber(redis.call('HGET', K.att, id) or '1')
     local env = redis.call('HGET', K.jobs, id)
-    local max = 1
+    local max, batch = 1, nil
     if env then
       local ok, decoded = pcall(cjson.decode, env)
-      if ok and type(decoded) == 'table' and tonumber(decoded.max_attempts) then
-        max = tonumber(decoded.max_attempts)
+      if ok and type(decoded) == 'table' then
+        if tonumber(decoded.max_attempts) then max = tonumber(decoded.max_attempts) end
+        if type(decoded.batch) == 'string' then batch = decoded.batch end
       end
     end
     local entry = cjson.encode({ attempt = a, at = now, error = 'lease expired: the worker holding the job stopped renewing it' })
@@ -50,6 +51,7 @@ for _, id in ipairs(expired) do
     redis.call('HINCRBY', K.stats, 'failed', 1)
     if a >= max then
       to_dead(K, id, p, now)
+      batch_finished(K, batch, false)
     else
       redis.call('LPUSH', ready_key(K, p), id)
       redis.call('HSET', K.state, id, 'q' .. p)

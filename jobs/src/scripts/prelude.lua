@@ -81,6 +81,25 @@ local function wake(K)
   end
 end
 
+-- Batches this call finished (returned to the worker, which enqueues their callbacks).
+local FIRED = {}
+
+-- Counts a finished job of a batch; the call that finishes the batch (and only
+-- that one) queues it for its callbacks.
+local function batch_finished(K, batch, ok)
+  if (not batch) or batch == '' then return end
+  local field = batch .. ':fail'
+  if ok then field = batch .. ':ok' end
+  redis.call('HINCRBY', K.batches, field, 1)
+  local total = tonumber(redis.call('HGET', K.batches, batch .. ':total') or '-1')
+  local okc = tonumber(redis.call('HGET', K.batches, batch .. ':ok') or '0')
+  local failc = tonumber(redis.call('HGET', K.batches, batch .. ':fail') or '0')
+  if total >= 0 and okc + failc >= total and redis.call('HSETNX', K.batches, batch .. ':fired', '1') == 1 then
+    redis.call('RPUSH', K.batchdone, batch)
+    FIRED[#FIRED + 1] = batch
+  end
+end
+
 local function ready_key(K, pri)
   return K.ready[tonumber(pri) + 1]
 end

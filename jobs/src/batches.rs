@@ -1,0 +1,222 @@
+//! Batches: a group of jobs on one queue with progress counters and callbacks that are
+//! themselves jobs: `on_success` when every job succeeded, `on_complete` when every job
+//! finished (succeeded, dead, expired or cancelled).
+//!
+//! Exactly one callback per batch, even when its last two jobs finish at once on
+//! different workers: the counters live in the queue's `batches` hash and are updated by
+//! the same script that records each job's end, and only the call that finishes the
+//! batch queues it (on the durable `batchdone` list). Workers then enqueue the
+//! callbacks with ids and unique keys derived from the batch, so doing it twice (a crash
+//! in between) still makes one job.
+
+use crate::client::{Client, EnqueueOptions, Unique};
+use crate::envelope::{JobId, Priority};
+use crate::error::{Error, Result};
+use crate::keys::QueueKeys;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+/// A callback job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Callback {
+    /// Job kind.
+    pub kind: String,
+    /// Arguments.
+    pub args: Box<RawValue>,
+    /// Queue (default: the kind's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Priority (default: the kind's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Attempts (default: the kind's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// A batch's callbacks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Callbacks {
+    /// Enqueued when every job succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Callback>,
+    /// Enqueued when every job finished, whatever the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_complete: Option<Callback>,
+    /// Tenant the callbacks belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// Progress of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchStatus {
+    /// Jobs in the batch.
+    pub total: i64,
+    /// Jobs that succeeded.
+    pub succeeded: i64,
+    /// Jobs that failed for good (dead, expired, cancelled).
+    pub failed: i64,
+    /// Jobs not finished yet.
+    pub pending: i64,
+    /// Whether its callbacks have been enqueued.
+    pub callbacks_enqueued: bool,
+}
+
+/// Ids of the callback jobs of `batch`.
+pub fn callback_id(batch: &str, which: &str) -> JobId {
+    JobId(format!("{batch}-{which}"))
+}
+
+impl Client {
+    /// Creates a batch on `queue`: records its size and callbacks, then enqueues its
+    /// jobs (at most [`crate::client::BULK_CHUNK`], one round trip). Returns the batch id.
+    pub async fn create_batch(
+        &self,
+        queue: &str,
+        jobs: Vec<(String, Box<RawValue>, crate::KindOptions, EnqueueOptions)>,
+        callbacks: &Callbacks,
+    ) -> Result<String> {
+        if jobs.is_empty() || jobs.len() > crate::client::BULK_CHUNK {
+            return Err(Error::Invalid(format!("a batch holds 1 to {} jobs", crate::client::BULK_CHUNK)));
+        }
+        crate::keys::validate_queue_name(queue).map_err(Error::Invalid)?;
+        let id = format!("b-{}", uuid::Uuid::now_v7().simple());
+        let k = self.keys(queue);
+        let cb = serde_json::to_string(callbacks).map_err(|e| Error::Invalid(format!("callbacks: {e}")))?;
+        let _: () = redis::pipe()
+            .hset(&k.batches, format!("{id}:total"), jobs.len())
+            .ignore()
+            .hset(&k.batches, format!("{id}:cb"), cb)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await?;
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for (kind, args, defaults, mut opts) in jobs {
+            if opts.queue.as_deref().is_some_and(|q| q != queue) {
+                return Err(Error::Invalid(format!("every job of a batch goes to its queue {queue:?}")));
+            }
+            opts.queue = Some(queue.to_owned());
+            opts.batch = Some(id.clone());
+            prepared.push((kind, args, defaults, opts));
+        }
+        self.enqueue_prepared(prepared).await?;
+        Ok(id)
+    }
+
+    /// Progress of a batch on `queue`, or `None` if unknown (or expired).
+    pub async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchStatus>> {
+        let k = self.keys(queue);
+        let (total, ok, fail, done): (Option<i64>, Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
+            .arg(&k.batches)
+            .arg(format!("{id}:total"))
+            .arg(format!("{id}:ok"))
+            .arg(format!("{id}:fail"))
+            .arg(format!("{id}:done"))
+            .query_async(&mut self.connection())
+            .await?;
+        let Some(total) = total else { return Ok(None) };
+        let (ok, fail) = (ok.unwrap_or(0), fail.unwrap_or(0));
+        Ok(Some(BatchStatus {
+            total,
+            succeeded: ok,
+            failed: fail,
+            pending: (total - ok - fail).max(0),
+            callbacks_enqueued: done.is_some(),
+        }))
+    }
+
+    /// Enqueues the callbacks of every finished batch of `queue` still waiting for them
+    /// (at most 20 per call), then forgets the counters of batches finished over a week
+    /// ago. Safe to run anywhere, any number of times.
+    pub async fn fire_finished_batches(&self, queue: &str) -> Result<usize> {
+        let k = self.keys(queue);
+        let ids: Vec<String> =
+            redis::cmd("LRANGE").arg(&k.batchdone).arg(0).arg(19).query_async(&mut self.connection()).await?;
+        for id in &ids {
+            self.fire(&k, id).await?;
+        }
+        self.forget_old_batches(&k).await?;
+        Ok(ids.len())
+    }
+
+    async fn fire(&self, k: &QueueKeys, id: &str) -> Result<()> {
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&k.batches)
+            .arg(format!("{id}:cb"))
+            .arg(format!("{id}:fail"))
+            .arg(format!("{id}:done"))
+            .query_async(&mut self.connection())
+            .await?;
+        let (cb, failed, done) = (fields[0].clone(), fields[1].clone(), fields[2].clone());
+        if done.is_none() {
+            let callbacks: Callbacks = match cb {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("callbacks of batch {id}: {e}")))?
+                }
+                None => Callbacks::default(),
+            };
+            let all_ok = failed.and_then(|f| f.parse::<i64>().ok()).unwrap_or(0) == 0;
+            let mut due = Vec::new();
+            if all_ok && let Some(c) = &callbacks.on_success {
+                due.push(("success", c));
+            }
+            if let Some(c) = &callbacks.on_complete {
+                due.push(("complete", c));
+            }
+            for (which, c) in due {
+                let defaults = crate::catalogue::lookup(&c.kind).map(|k| (k.options)()).unwrap_or_default();
+                let opts = EnqueueOptions {
+                    queue: c.queue.clone(),
+                    priority: c.priority,
+                    max_attempts: c.max_attempts,
+                    id: Some(callback_id(id, which)),
+                    unique: Some(Unique {
+                        key: format!("batch:{id}:{which}"),
+                        window: Duration::from_secs(7 * 24 * 3600),
+                    }),
+                    tenant: callbacks.tenant.clone(),
+                    ..Default::default()
+                };
+                self.enqueue_raw(&c.kind, c.args.clone(), &defaults, opts).await?;
+            }
+        }
+        let now = crate::envelope::now_ms();
+        let _: () = redis::pipe()
+            .hset(&k.batches, format!("{id}:done"), now)
+            .ignore()
+            .zadd(&k.batchfin, id, now)
+            .ignore()
+            .lrem(&k.batchdone, 0, id)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await?;
+        tracing::info!(batch = %id, "batch finished; callbacks enqueued");
+        Ok(())
+    }
+
+    async fn forget_old_batches(&self, k: &QueueKeys) -> Result<()> {
+        let cutoff = crate::envelope::now_ms().saturating_sub(7 * 24 * 3600 * 1000);
+        let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&k.batchfin)
+            .arg("-inf")
+            .arg(cutoff)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(50)
+            .query_async(&mut self.connection())
+            .await?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for id in &old {
+            let fields: Vec<String> =
+                ["total", "ok", "fail", "cb", "fired", "done"].iter().map(|f| format!("{id}:{f}")).collect();
+            pipe.hdel(&k.batches, fields).ignore().zrem(&k.batchfin, id).ignore();
+        }
+        let _: () = pipe.query_async(&mut self.connection()).await?;
+        Ok(())
+    }
+}

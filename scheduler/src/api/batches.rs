@@ -1,0 +1,132 @@
+//! `/v1/batches`: a group of jobs with progress counters and callbacks.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::jobs::{EnqueueRequest, prepare};
+use super::{ApiState, MAX_JOBS_PER_REQUEST};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use fleet_jobs::batches::{Callback, Callbacks};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A batch to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    /// Queue of every job of the batch (default `default`).
+    #[serde(default)]
+    queue: Option<String>,
+    /// The jobs (1 to 1000).
+    jobs: Vec<EnqueueRequest>,
+    /// Enqueued once when every job succeeded.
+    #[serde(default)]
+    on_success: Option<EnqueueRequest>,
+    /// Enqueued once when every job finished, whatever the outcome.
+    #[serde(default)]
+    on_complete: Option<EnqueueRequest>,
+}
+
+/// A batch and its progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchView {
+    id: String,
+    queue: String,
+    total: i64,
+    succeeded: i64,
+    failed: i64,
+    pending: i64,
+    /// Whether the callbacks have been enqueued (the batch is over).
+    callbacks_enqueued: bool,
+}
+
+fn callback(r: EnqueueRequest, tenant: &str) -> Result<Callback, ApiError> {
+    let (kind, args, _defaults, opts) = prepare(r, tenant)?;
+    Ok(Callback { kind, args, queue: opts.queue, priority: opts.priority, max_attempts: opts.max_attempts })
+}
+
+/// Create a batch.
+#[utoipa::path(post, path = "/v1/batches", request_body = BatchRequest,
+    responses((status = 201, body = BatchView), (status = 401, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn create_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    raw: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("enqueue")?;
+    let req: BatchRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
+    if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {
+        return Err(ApiError::invalid(format!(
+            "a batch holds 1 to {MAX_JOBS_PER_REQUEST} jobs, got {}",
+            req.jobs.len()
+        )));
+    }
+    let queue = req.queue.unwrap_or_else(|| "default".to_owned());
+    fleet_jobs::keys::validate_queue_name(&queue).map_err(ApiError::invalid)?;
+    let total = req.jobs.len() as i64;
+    let mut jobs = Vec::with_capacity(req.jobs.len());
+    for (i, j) in req.jobs.into_iter().enumerate() {
+        jobs.push(
+            prepare(j, &caller.tenant).map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e })?,
+        );
+    }
+    let callbacks = Callbacks {
+        on_success: req.on_success.map(|r| callback(r, &caller.tenant)).transpose()?,
+        on_complete: req.on_complete.map(|r| callback(r, &caller.tenant)).transpose()?,
+        tenant: Some(caller.tenant.clone()),
+    };
+    let id = state.client.create_batch(&queue, jobs, &callbacks).await?;
+    let json = |c: &Option<Callback>| c.as_ref().and_then(|c| serde_json::to_value(c).ok());
+    sqlx::query(
+        "INSERT INTO batches (id, tenant, queue, total, on_success, on_complete) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(&caller.tenant)
+    .bind(&queue)
+    .bind(total as i32)
+    .bind(json(&callbacks.on_success))
+    .bind(json(&callbacks.on_complete))
+    .execute(&state.db)
+    .await
+    .map_err(|e| ApiError::unavailable("recording the batch", e))?;
+    let view = BatchView { id, queue, total, succeeded: 0, failed: 0, pending: total, callbacks_enqueued: false };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Read a batch's progress.
+#[utoipa::path(get, path = "/v1/batches/{id}",
+    responses((status = 200, body = BatchView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn get_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<BatchView>, ApiError> {
+    let row: Option<(String, i32)> = sqlx::query_as("SELECT queue, total FROM batches WHERE id = $1 AND tenant = $2")
+        .bind(&id)
+        .bind(&caller.tenant)
+        .fetch_optional(&state.db)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the batch", e))?;
+    let (queue, total) = row.ok_or_else(|| ApiError::not_found(format!("no batch {id}")))?;
+    let status = state.client.batch(&queue, &id).await?;
+    let view = match status {
+        Some(s) => BatchView {
+            id,
+            queue,
+            total: s.total,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            pending: s.pending,
+            callbacks_enqueued: s.callbacks_enqueued,
+        },
+        // Counters are forgotten a week after the batch ended.
+        None => {
+            BatchView { id, queue, total: total as i64, succeeded: 0, failed: 0, pending: 0, callbacks_enqueued: true }
+        }
+    };
+    Ok(Json(view))
+}

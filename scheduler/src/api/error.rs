@@ -1,0 +1,77 @@
+//! The API's one error type: a status, a stable code and a message for the caller.
+//! Internal details are logged, never sent.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message, safe to show.
+    pub message: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+    /// A failure inside Fleet: logged in full, answered in general terms.
+    pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "{context}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+    }
+    /// The queue store or database is unreachable: worth retrying.
+    pub(crate) fn unavailable(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::warn!(%error, "{context}");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the job store is unavailable; retry later")
+    }
+}
+
+impl From<fleet_jobs::Error> for ApiError {
+    fn from(e: fleet_jobs::Error) -> Self {
+        match e {
+            fleet_jobs::Error::Invalid(m) => ApiError::invalid(m),
+            fleet_jobs::Error::Encode { kind, .. } => {
+                ApiError::invalid(format!("arguments for kind {kind:?} cannot be encoded"))
+            }
+            fleet_jobs::Error::Redis(e) => ApiError::unavailable("redis", e),
+            other => ApiError::internal("job store", other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,299 @@
+//! `/v1/jobs`: enqueue one or many, read one, cancel one.
+
+use super::ApiState;
+use super::MAX_JOBS_PER_REQUEST;
+use super::auth::Caller;
+use super::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Json, response::IntoResponse};
+use chrono::{DateTime, Utc};
+use fleet_jobs::{CancelOutcome, EnqueueOptions, JobId, JobState, Priority, Unique};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, UNIX_EPOCH};
+use utoipa::ToSchema;
+
+/// One job to enqueue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnqueueRequest {
+    /// Job kind (see the catalogue), e.g. `probe`.
+    kind: String,
+    /// Arguments of the kind, as JSON.
+    #[schema(value_type = Object)]
+    args: Box<RawValue>,
+    /// Queue (default: the kind's).
+    #[serde(default)]
+    queue: Option<String>,
+    /// `high`, `default` or `low`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    priority: Option<Priority>,
+    /// Run no earlier than this many milliseconds from now.
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    /// Run no earlier than this instant (RFC 3339).
+    #[serde(default)]
+    run_at: Option<DateTime<Utc>>,
+    /// Attempts before the dead letters.
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    /// Timeout of one attempt, in milliseconds.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// A duplicate with the same key inside the window returns the first job.
+    #[serde(default)]
+    unique_key: Option<String>,
+    /// The unique window in seconds (default 3600).
+    #[serde(default)]
+    unique_window_secs: Option<u64>,
+    /// Not started by this instant: the job expires instead of running.
+    #[serde(default)]
+    deadline: Option<DateTime<Utc>>,
+}
+
+/// An enqueued job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Enqueued {
+    /// Job id.
+    id: String,
+    /// Its queue.
+    queue: String,
+}
+
+/// Many jobs at once (at most 1000).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkRequest {
+    jobs: Vec<EnqueueRequest>,
+}
+
+/// The enqueued jobs, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BulkEnqueued {
+    jobs: Vec<Enqueued>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobView {
+    id: String,
+    queue: String,
+    kind: String,
+    /// ready, scheduled, running, retrying, succeeded, dead, cancelled or expired.
+    #[schema(value_type = String)]
+    state: JobState,
+    attempts: u32,
+    max_attempts: u32,
+    enqueued_at: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+    /// Errors of the last failed attempts, oldest first.
+    errors: Vec<String>,
+}
+
+/// The result of a cancel.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CancelView {
+    /// `cancelled` or `already_finished`.
+    outcome: String,
+    /// The state the job was in.
+    #[schema(value_type = String)]
+    state: JobState,
+}
+
+/// Checks one request and turns it into (kind, args, options) ready to enqueue.
+pub(crate) fn prepare(
+    r: EnqueueRequest,
+    tenant: &str,
+) -> Result<(String, Box<RawValue>, fleet_jobs::KindOptions, EnqueueOptions), ApiError> {
+    let kind = fleet_jobs::catalogue::lookup(&r.kind).ok_or_else(|| {
+        let known: Vec<&str> = fleet_jobs::catalogue::kinds().iter().map(|k| k.name).collect();
+        ApiError::invalid(format!("unknown job kind {:?}; known kinds: {}", r.kind, known.join(", ")))
+    })?;
+    (kind.validate)(&r.args).map_err(|e| ApiError::invalid(format!("args do not fit kind {:?}: {e}", r.kind)))?;
+    if let Some(q) = &r.queue {
+        fleet_jobs::keys::validate_queue_name(q).map_err(ApiError::invalid)?;
+    }
+    let to_system = |t: DateTime<Utc>| UNIX_EPOCH + Duration::from_millis(t.timestamp_millis().max(0) as u64);
+    let opts = EnqueueOptions {
+        queue: r.queue,
+        priority: r.priority,
+        delay: r.delay_ms.map(Duration::from_millis),
+        run_at: r.run_at.map(to_system),
+        max_attempts: r.max_attempts,
+        timeout: r.timeout_ms.map(Duration::from_millis),
+        unique: r.unique_key.map(|key| Unique {
+            // Unique keys are per tenant: one tenant cannot block another's.
+            key: format!("{tenant}:{key}"),
+            window: Duration::from_secs(r.unique_window_secs.unwrap_or(3600).max(1)),
+        }),
+        deadline: r.deadline.map(to_system),
+        tenant: Some(tenant.to_owned()),
+        ..Default::default()
+    };
+    Ok((r.kind, r.args, (kind.options)(), opts))
+}
+
+/// The `Idempotency-Key` header, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be ASCII"))?;
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::invalid("Idempotency-Key must be 1 to 200 characters"));
+            }
+            Ok(Some(k.to_owned()))
+        }
+    }
+}
+
+/// Job ids derived from (tenant, idempotency key, position): a retried request
+/// writes the same ids, and the enqueue script creates each job once. The request
+/// body's hash is kept 24 h so a key reused for a different request is refused.
+async fn idempotent_ids(
+    state: &ApiState,
+    tenant: &str,
+    key: &str,
+    body: &[u8],
+    n: usize,
+) -> Result<Vec<JobId>, ApiError> {
+    let fingerprint = hex::encode(Sha256::digest(body));
+    let digest = hex::encode(Sha256::digest(format!("{tenant}\0{key}").as_bytes()));
+    let redis_key = format!("{}:{{idem:{tenant}}}:{digest}", state.client.prefix());
+    let mut conn = state.client.connection();
+    let (set, existing): (Option<String>, String) = redis::pipe()
+        .cmd("SET")
+        .arg(&redis_key)
+        .arg(&fingerprint)
+        .arg("NX")
+        .arg("EX")
+        .arg(24 * 3600)
+        .cmd("GET")
+        .arg(&redis_key)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| ApiError::unavailable("idempotency key", e))?;
+    if set.is_none() && existing != fingerprint {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request in the last 24 h",
+        ));
+    }
+    Ok((0..n).map(|i| JobId(format!("idem-{}-{i}", &digest[..32]))).collect())
+}
+
+/// Enqueue one job.
+#[utoipa::path(post, path = "/v1/jobs", request_body = EnqueueRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the same job")),
+    responses((status = 201, body = Enqueued), (status = 401, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn enqueue(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    raw: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("enqueue")?;
+    let req: EnqueueRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
+    let (kind, args, defaults, mut opts) = prepare(req, &caller.tenant)?;
+    if let Some(key) = idempotency_key(&headers)? {
+        opts.id = idempotent_ids(&state, &caller.tenant, &key, &raw, 1).await?.pop();
+    }
+    let queue = opts.queue.clone().unwrap_or_else(|| defaults.queue.clone());
+    let id = state.client.enqueue_raw(&kind, args, &defaults, opts).await?;
+    metrics::counter!("fleet_api_enqueued_total", "kind" => kind).increment(1);
+    Ok((StatusCode::CREATED, Json(Enqueued { id: id.0, queue })))
+}
+
+/// Enqueue up to 1000 jobs in one request.
+#[utoipa::path(post, path = "/v1/jobs/bulk", request_body = BulkRequest,
+    responses((status = 201, body = BulkEnqueued), (status = 401, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn enqueue_bulk(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    raw: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("enqueue")?;
+    let req: BulkRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
+    if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {
+        return Err(ApiError::invalid(format!("send 1 to {MAX_JOBS_PER_REQUEST} jobs, got {}", req.jobs.len())));
+    }
+    let n = req.jobs.len();
+    let mut prepared = Vec::with_capacity(n);
+    for (i, j) in req.jobs.into_iter().enumerate() {
+        prepared.push(
+            prepare(j, &caller.tenant).map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e })?,
+        );
+    }
+    let ids = match idempotency_key(&headers)? {
+        Some(key) => Some(idempotent_ids(&state, &caller.tenant, &key, &raw, n).await?),
+        None => None,
+    };
+    let mut out = Vec::with_capacity(n);
+    for (i, (kind, args, defaults, mut opts)) in prepared.into_iter().enumerate() {
+        if let Some(ids) = &ids {
+            opts.id = Some(ids[i].clone());
+        }
+        let queue = opts.queue.clone().unwrap_or_else(|| defaults.queue.clone());
+        let id = state.client.enqueue_raw(&kind, args, &defaults, opts).await?;
+        out.push(Enqueued { id: id.0, queue });
+    }
+    metrics::counter!("fleet_api_enqueued_total", "kind" => "bulk").increment(n as u64);
+    Ok((StatusCode::CREATED, Json(BulkEnqueued { jobs: out })))
+}
+
+/// Read a job.
+#[utoipa::path(get, path = "/v1/jobs/{queue}/{id}",
+    responses((status = 200, body = JobView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn get_job(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<Json<JobView>, ApiError> {
+    fleet_jobs::keys::validate_queue_name(&queue).map_err(ApiError::invalid)?;
+    let not_found = || ApiError::not_found(format!("no job {id} on queue {queue}"));
+    let job = state.client.job(&queue, &id).await?.ok_or_else(not_found)?;
+    let env = job.envelope.ok_or_else(not_found)?;
+    // Another tenant's job does not exist for this caller.
+    if env.tenant.as_deref() != Some(caller.tenant.as_str()) {
+        return Err(not_found());
+    }
+    let ms = |v: u64| DateTime::from_timestamp_millis(v as i64).unwrap_or_default();
+    Ok(Json(JobView {
+        id: env.id.0,
+        queue,
+        kind: env.kind,
+        state: job.state,
+        attempts: job.attempts,
+        max_attempts: env.max_attempts,
+        enqueued_at: ms(env.enqueued_at),
+        run_at: ms(env.run_at),
+        errors: job.history.into_iter().map(|a| a.error).collect(),
+    }))
+}
+
+/// Cancel a job that has not finished.
+#[utoipa::path(delete, path = "/v1/jobs/{queue}/{id}",
+    responses((status = 200, body = CancelView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn cancel_job(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<Json<CancelView>, ApiError> {
+    caller.require("enqueue")?;
+    // Checks existence and tenant first.
+    let _ = get_job(State(state.clone()), caller, Path((queue.clone(), id.clone()))).await?;
+    match state.client.cancel(&queue, &id).await? {
+        CancelOutcome::Cancelled(s) => Ok(Json(CancelView { outcome: "cancelled".into(), state: s })),
+        CancelOutcome::AlreadyFinished(s) => Ok(Json(CancelView { outcome: "already_finished".into(), state: s })),
+        CancelOutcome::NotFound => Err(ApiError::not_found(format!("no job {id} on queue {queue}"))),
+    }
+}

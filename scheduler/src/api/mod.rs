@@ -1,0 +1,67 @@
+//! The HTTP API: enqueue one job or many, read a job's state, cancel it; batches.
+//! Authenticated with API keys, scoped per tenant, described in OpenAPI at
+//! `/openapi.json`. [`app`] returns the router, so tests call it without a socket.
+
+pub mod auth;
+mod batches;
+pub mod error;
+mod jobs;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use fleet_jobs::Client;
+use utoipa::OpenApi;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The job client.
+    pub client: Client,
+    /// PostgreSQL.
+    pub db: sqlx::PgPool,
+}
+
+/// Most jobs in one bulk request or batch.
+pub const MAX_JOBS_PER_REQUEST: usize = 1000;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
+    paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch),
+    components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
+    }
+}
+
+/// The OpenAPI description.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The API's routes; request bodies over `max_body` bytes get 413.
+pub fn app(state: ApiState, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(jobs::enqueue))
+        .route("/v1/jobs/bulk", post(jobs::enqueue_bulk))
+        .route("/v1/jobs/{queue}/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/v1/batches", post(batches::create_batch))
+        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
