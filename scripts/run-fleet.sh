@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Starts Fleet locally: makes sure Redis and PostgreSQL run, builds the release
-# binaries, and runs a worker in the foreground (Ctrl-C stops it gracefully).
-# Config: deploy/local/worker.toml, overridable with FLEET_* variables.
+# Starts Fleet locally: makes sure Redis and PostgreSQL run (installing them if
+# needed), builds the release binaries, starts the scheduler (HTTP API on
+# 127.0.0.1:8080, cron schedules) and a worker (health and metrics on 127.0.0.1:9464).
+# Ctrl-C stops both gracefully. Configs: deploy/local/*.toml, overridable with FLEET_*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
-cargo build --release --locked -p fleet-worker
-echo "run-fleet: worker health on http://127.0.0.1:9464/healthz, metrics on /metrics" >&2
-exec target/release/fleet-worker --config "${FLEET_CONFIG:-deploy/local/worker.toml}"
+cargo build --release --locked -p fleet-worker -p fleet-scheduler
+mkdir -p .fleet
+if [[ ! -s .fleet/api-key ]]; then
+  target/release/fleet-scheduler --config deploy/local/scheduler.toml create-api-key --tenant demo --name local > .fleet/api-key
+fi
+target/release/fleet-scheduler --config "${FLEET_SCHEDULER_CONFIG:-deploy/local/scheduler.toml}" &
+scheduler=$!
+trap 'kill -TERM "$scheduler" 2>/dev/null || true; wait "$scheduler" 2>/dev/null || true' EXIT
+cat >&2 <<MSG
+run-fleet: API      http://127.0.0.1:8080   (OpenAPI at /openapi.json; API key in .fleet/api-key)
+run-fleet: worker   http://127.0.0.1:9464/healthz and /metrics
+MSG
+target/release/fleet-worker --config "${FLEET_CONFIG:-deploy/local/worker.toml}"

@@ -83,5 +83,16 @@ ensure_postgres() {
   say "PostgreSQL is up on 127.0.0.1:$PG_PORT"
 }
 
+# The database the scheduler uses (tests make their own, one per test).
+ensure_fleet_database() {
+  local db="${FLEET_PG_DATABASE:-fleet}"
+  command -v psql >/dev/null 2>&1 || { say "psql missing: create the database $db yourself"; return; }
+  if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $db" || die "could not create database $db"
+    say "created database $db"
+  fi
+}
+
 ensure_redis
 ensure_postgres
+ensure_fleet_database

@@ -12,8 +12,64 @@
 //! * [`api`]: the HTTP API (jobs, batches, OpenAPI).
 
 pub mod api;
+pub mod cli;
+pub mod config;
 pub mod db;
 pub mod schedule;
 pub mod ticker;
 
 pub use fleet_jobs::Client;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use std::time::Duration;
+
+/// Runs the scheduler until `shutdown`: migrates PostgreSQL (under its advisory lock),
+/// runs the ticker, serves the API with `/healthz` and `/metrics`; then stops serving
+/// new requests and finishes those in flight.
+pub async fn run(
+    config: config::SchedulerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let db = loop {
+        match db::connect_and_migrate(&config.database_url).await {
+            Ok(db) => break db,
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL not ready; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let client = loop {
+        match Client::connect(&config.redis_url, config.prefix.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis not ready; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ticker = ticker::Ticker::new(client.clone(), Some(db.clone()), config.schedules.clone());
+    let ticking = tokio::spawn(ticker::run(ticker, stop.clone()));
+    let router = api::app(api::ApiState { client, db: db.clone() }, config.max_body_bytes)
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(move || std::future::ready(metrics.render())));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set `listen` or FLEET_API_LISTEN)", config.listen))?;
+    tracing::info!(listen = %config.listen, schedules = config.schedules.len(), "scheduler started");
+    let serve_stop = stop.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move { serve_stop.cancelled().await });
+    let serving = tokio::spawn(async move { server.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    let _ = ticking.await;
+    serving.await.context("api server task")?.context("api server")?;
+    db.close().await;
+    Ok(())
+}

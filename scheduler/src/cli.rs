@@ -1,0 +1,110 @@
+//! The `fleet-scheduler` command: run the scheduler (cron ticks + HTTP API), or manage
+//! API keys.
+
+use crate::config::SchedulerConfig;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Fleet scheduler: cron schedules and the HTTP API.
+#[derive(Parser)]
+#[command(name = "fleet-scheduler", version)]
+struct Args {
+    /// TOML config file (FLEET_* environment variables override it).
+    #[arg(long, short, env = "FLEET_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler (the default).
+    Run,
+    /// Create an API key for a tenant and print it (shown once).
+    CreateApiKey {
+        /// Tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Roles: enqueue, admin.
+        #[arg(long = "role", default_value = "enqueue")]
+        roles: Vec<String>,
+    },
+    /// Revoke an API key by its id (the part after `fk_`).
+    RevokeApiKey {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// Runs the command.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match SchedulerConfig::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet-scheduler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-scheduler: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match args.command.unwrap_or(Command::Run) {
+            Command::Run => crate::run(config, shutdown_signal()).await,
+            Command::CreateApiKey { tenant, name, roles } => {
+                let db = crate::db::connect_and_migrate(&config.database_url).await?;
+                let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                let key = crate::api::auth::create_api_key(&db, &tenant, &name, &roles).await?;
+                println!("{key}");
+                Ok(())
+            }
+            Command::RevokeApiKey { id } => {
+                let db = crate::db::connect_and_migrate(&config.database_url).await?;
+                if crate::api::auth::revoke_api_key(&db, &id).await? {
+                    println!("revoked {id}");
+                    Ok(())
+                } else {
+                    anyhow::bail!("no active key with id {id}")
+                }
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-scheduler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
