@@ -17,6 +17,7 @@
 //! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
 //! * [`retry`]: backoff policy for failed attempts.
 //! * [`state`]: job states, queue counters, dead letters.
+//! * [`webhooks`]: Standard Webhooks signing and verification.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod retry;
 mod scripts;
 pub mod state;
+pub mod webhooks;
 
 pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};

@@ -35,13 +35,33 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::run(config, Registry::builtin(), shutdown_signal())) {
+    let registry = match runtime.block_on(registry(&config)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-worker: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::run(config, registry, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("fleet-worker: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The built-in kinds, plus those that need PostgreSQL when it is configured.
+async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
+    let mut registry = Registry::builtin();
+    if let Some(url) = &config.database_url {
+        let db = crate::db::connect_and_migrate(url).await?;
+        let deliver = crate::kinds::webhook::Deliver::new(db, config.webhooks.clone()).map_err(anyhow::Error::msg)?;
+        registry = registry.register(deliver);
+    } else {
+        tracing::info!("no database_url: webhook deliveries are not handled by this worker");
+    }
+    Ok(registry)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -69,6 +69,10 @@ pub struct WorkerConfig {
     /// Limits by limit key or key prefix ending in `*`, e.g.
     /// `[limits."webhook:endpoint:*"] rate = 20`.
     pub limits: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec>,
+    /// PostgreSQL URL; job kinds that keep records there (webhooks) run only with it.
+    pub database_url: Option<String>,
+    /// Webhook delivery settings.
+    pub webhooks: crate::kinds::webhook::WebhookSettings,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +92,8 @@ impl Default for WorkerConfig {
             history_cap: 10,
             log_format: LogFormat::Text,
             limits: Default::default(),
+            database_url: None,
+            webhooks: Default::default(),
         }
     }
 }
@@ -166,6 +172,12 @@ impl WorkerConfig {
         }
         if let Some(v) = get("FLEET_REDIS_URL") {
             self.redis_url = v;
+        }
+        if let Some(v) = get("FLEET_DATABASE_URL") {
+            self.database_url = if v.trim().is_empty() { None } else { Some(v) };
+        }
+        if let Some(v) = get("FLEET_WEBHOOK_ALLOW") {
+            self.webhooks.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         }
         if let Some(v) = get("FLEET_PREFIX") {
             self.prefix = v;
@@ -254,6 +266,21 @@ impl WorkerConfig {
         }
         if self.history_cap == 0 {
             return invalid("history_cap", "must be at least 1".into());
+        }
+        for c in &self.webhooks.allow {
+            if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
+                return invalid("webhooks.allow", m);
+            }
+        }
+        if self.database_url.is_some() && self.lease_ms < self.webhooks.timeout_ms + 5_000 {
+            return invalid(
+                "lease_ms",
+                format!(
+                    "{} is shorter than webhooks.timeout_ms + 5 s ({}): a slow delivery would be sent twice",
+                    self.lease_ms,
+                    self.webhooks.timeout_ms + 5_000
+                ),
+            );
         }
         for (pattern, spec) in &self.limits {
             let key = pattern.strip_suffix('*').unwrap_or(pattern);

@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod db;
 mod dispatch;
 pub mod handler;
 mod http;

@@ -5,8 +5,10 @@
 //! arguments against [`lookup`] before anything reaches Redis.
 
 pub mod probe;
+pub mod webhook;
 
 pub use probe::{ProbeAction, ProbeArgs};
+pub use webhook::WebhookDelivery;
 
 use crate::kind::{JobArgs, KindOptions};
 use serde_json::value::RawValue;
@@ -32,7 +34,7 @@ fn info<A: JobArgs>() -> KindInfo {
 
 /// Every kind in the catalogue.
 pub fn kinds() -> Vec<KindInfo> {
-    vec![info::<ProbeArgs>()]
+    vec![info::<ProbeArgs>(), info::<WebhookDelivery>()]
 }
 
 /// The kind named `name`, if the catalogue has it.

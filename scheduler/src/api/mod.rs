@@ -6,6 +6,7 @@ pub mod auth;
 mod batches;
 pub mod error;
 mod jobs;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -28,8 +29,10 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
-    paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch),
-    components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView)),
+    paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch,
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event),
+    components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
+        webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -61,6 +64,9 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/jobs/{queue}/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/batches", post(batches::create_batch))
         .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
+        .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
+        .route("/v1/events", post(webhooks::publish_event))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

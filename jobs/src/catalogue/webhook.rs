@@ -1,0 +1,31 @@
+//! `webhook.deliver`: deliver one event message to one subscribed endpoint, signed per
+//! Standard Webhooks. The arguments are references; the message and endpoint live in
+//! PostgreSQL (`webhook_messages`, `webhook_endpoints`).
+
+use crate::kind::{JobArgs, KindOptions};
+use serde::{Deserialize, Serialize};
+
+/// Arguments of `webhook.deliver`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// The message (also the `webhook-id` on every attempt).
+    pub message_id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+}
+
+impl JobArgs for WebhookDelivery {
+    const KIND: &'static str = "webhook.deliver";
+
+    fn options() -> KindOptions {
+        KindOptions { queue: "webhooks".into(), max_attempts: 10, ..KindOptions::default() }
+    }
+}
+
+impl WebhookDelivery {
+    /// The limit key of the endpoint: its fleet-wide rate, cap and breaker.
+    pub fn limit_key(&self) -> String {
+        format!("webhook:endpoint:{}", self.endpoint_id)
+    }
+}

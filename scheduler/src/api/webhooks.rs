@@ -1,0 +1,208 @@
+//! `/v1/endpoints` (subscriptions) and `/v1/events` (the event log, fanned out to every
+//! enabled endpoint of the tenant whose event-type filter matches, one
+//! `webhook.deliver` job each).
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::ApiError;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use fleet_jobs::catalogue::WebhookDelivery;
+use fleet_jobs::webhooks::Secret;
+use fleet_jobs::{EnqueueOptions, Unique};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// An endpoint to subscribe.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EndpointRequest {
+    /// Where deliveries are POSTed (http or https).
+    url: String,
+    /// Event types to receive; empty or absent means all.
+    #[serde(default)]
+    event_types: Vec<String>,
+    /// A `whsec_` secret; generated when absent.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+/// An endpoint (its secret is only shown when it is created).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EndpointView {
+    id: String,
+    url: String,
+    event_types: Vec<String>,
+    enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
+    /// Only in the answer to the creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+/// An event to publish.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventRequest {
+    /// Event type, e.g. `portfolio.processed`.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// The payload: sent to subscribers byte for byte as received.
+    #[schema(value_type = Object)]
+    payload: Box<RawValue>,
+}
+
+/// A published event.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventView {
+    /// The message id (the `webhook-id` of its deliveries).
+    id: String,
+    /// Deliveries enqueued.
+    deliveries: usize,
+}
+
+/// Subscribe an endpoint.
+#[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointRequest,
+    responses((status = 201, body = EndpointView), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn create_endpoint(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<EndpointRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("enqueue")?;
+    let url = reqwest_free_url_check(&req.url)?;
+    let secret = match req.secret {
+        Some(s) => {
+            Secret::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
+            s
+        }
+        None => Secret::generate(),
+    };
+    if req.event_types.iter().any(|t| t.is_empty() || t.len() > 200) {
+        return Err(ApiError::invalid("event types must be 1 to 200 characters"));
+    }
+    let id = format!("ep_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query("INSERT INTO webhook_endpoints (id, tenant, url, secrets, event_types) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&id)
+        .bind(&caller.tenant)
+        .bind(&url)
+        .bind(vec![secret.clone()])
+        .bind(&req.event_types)
+        .execute(&state.db)
+        .await
+        .map_err(|e| ApiError::unavailable("creating the endpoint", e))?;
+    let view = EndpointView {
+        id,
+        url,
+        event_types: req.event_types,
+        enabled: true,
+        disabled_reason: None,
+        secret: Some(secret),
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The URL, checked: absolute http or https with a host. Addresses are checked by the
+/// worker's SSRF guard at delivery time (DNS answers change).
+fn reqwest_free_url_check(url: &str) -> Result<String, ApiError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2000;
+    let host = url.split("://").nth(1).and_then(|r| r.split(['/', '?', '#']).next()).unwrap_or("");
+    if !ok || host.is_empty() || host.contains('@') {
+        return Err(ApiError::invalid("url must be an absolute http(s) URL with a host and no credentials"));
+    }
+    Ok(url.to_owned())
+}
+
+/// List the tenant's endpoints.
+#[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<EndpointView>), (status = 401, body = super::error::ErrorBody)))]
+pub(crate) async fn list_endpoints(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<EndpointView>>, ApiError> {
+    let rows: Vec<(String, String, Vec<String>, bool, Option<String>)> = sqlx::query_as(
+        "SELECT id, url, event_types, enabled, disabled_reason FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at",
+    )
+    .bind(&caller.tenant)
+    .fetch_all(&state.db)
+    .await
+    .map_err(|e| ApiError::unavailable("listing endpoints", e))?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, url, event_types, enabled, disabled_reason)| EndpointView {
+                id,
+                url,
+                event_types,
+                enabled,
+                disabled_reason,
+                secret: None,
+            })
+            .collect(),
+    ))
+}
+
+/// Remove an endpoint (its pending deliveries give up).
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn delete_endpoint(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require("enqueue")?;
+    let r = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND tenant = $2")
+        .bind(&id)
+        .bind(&caller.tenant)
+        .execute(&state.db)
+        .await
+        .map_err(|e| ApiError::unavailable("deleting the endpoint", e))?;
+    if r.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!("no endpoint {id}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Publish an event to the tenant's subscribed endpoints.
+#[utoipa::path(post, path = "/v1/events", request_body = EventRequest,
+    responses((status = 201, body = EventView), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn publish_event(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<EventRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("enqueue")?;
+    if req.event_type.is_empty() || req.event_type.len() > 200 {
+        return Err(ApiError::invalid("type must be 1 to 200 characters"));
+    }
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query("INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, $2, $3, $4)")
+        .bind(&id)
+        .bind(&caller.tenant)
+        .bind(&req.event_type)
+        .bind(req.payload.get())
+        .execute(&state.db)
+        .await
+        .map_err(|e| ApiError::unavailable("recording the event", e))?;
+    let endpoints: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM webhook_endpoints WHERE tenant = $1 AND enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types))",
+    )
+    .bind(&caller.tenant)
+    .bind(&req.event_type)
+    .fetch_all(&state.db)
+    .await
+    .map_err(|e| ApiError::unavailable("finding subscribers", e))?;
+    for endpoint_id in &endpoints {
+        let args = WebhookDelivery { message_id: id.clone(), endpoint_id: endpoint_id.clone() };
+        let opts = EnqueueOptions {
+            unique: Some(Unique { key: format!("wh:{id}:{endpoint_id}"), window: Duration::from_secs(24 * 3600) }),
+            tenant: Some(caller.tenant.clone()),
+            ..Default::default()
+        };
+        state.client.enqueue_with(&args, opts).await?;
+    }
+    metrics::counter!("fleet_webhook_events_total").increment(1);
+    Ok((StatusCode::CREATED, Json(EventView { id, deliveries: endpoints.len() })))
+}

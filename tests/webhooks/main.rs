@@ -1,0 +1,316 @@
+//! Webhook delivery end to end: the API records endpoints and events, workers deliver
+//! to receivers this test starts on loopback, and every rule of the delivery job is
+//! checked from the receiver's side.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleet_jobs::limits::LimitSpec;
+use fleet_jobs::retry::{Backoff, Jitter};
+use fleet_jobs::webhooks::{Secret, verify};
+use fleet_scheduler::api::{ApiState, app, auth};
+use fleet_tests::{TestDb, TestEnv, eventually};
+use fleet_worker::kinds::webhook::{Deliver, WebhookSettings};
+use fleet_worker::{KindPolicy, Registry, RunningWorker};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+const T: Duration = Duration::from_secs(60);
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Got {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    fn count(&self, path: &str) -> usize {
+        self.got.lock().unwrap().iter().filter(|g| g.path == path).count()
+    }
+    fn of(&self, path: &str) -> Vec<Got> {
+        self.got.lock().unwrap().iter().filter(|g| g.path == path).cloned().collect()
+    }
+}
+
+async fn receive(
+    State(r): State<Receiver>,
+    Path(behaviour): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let n = {
+        let mut got = r.got.lock().unwrap();
+        got.push(Got { path: behaviour.clone(), headers, body, at: Instant::now() });
+        got.iter().filter(|g| g.path == behaviour).count()
+    };
+    match behaviour.as_str() {
+        "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        "throttle" if n == 1 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response(),
+        "gone" => StatusCode::GONE.into_response(),
+        "broken" => (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(200_000)).into_response(),
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            StatusCode::OK.into_response()
+        }
+        _ => StatusCode::OK.into_response(),
+    }
+}
+
+async fn start_receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let router = Router::new().route("/{behaviour}", axum::routing::post(receive)).with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (r, format!("http://{addr}"))
+}
+
+struct World {
+    env: TestEnv,
+    db: TestDb,
+    api: Router,
+    key: String,
+    receiver: Receiver,
+    base: String,
+    workers: Vec<RunningWorker>,
+}
+
+impl World {
+    async fn new(allow_loopback: bool, limits: &[(&str, LimitSpec)]) -> World {
+        let env = TestEnv::new().await;
+        let db = TestDb::new().await;
+        let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
+        let api = app(ApiState { client: env.client.clone(), db: db.pool.clone() }, 1 << 20);
+        let (receiver, base) = start_receiver().await;
+        let settings = WebhookSettings {
+            allow: if allow_loopback { vec!["127.0.0.0/8".into()] } else { vec![] },
+            connect_timeout_ms: 500,
+            timeout_ms: 800,
+            max_response_bytes: 64 * 1024,
+        };
+        let policy = KindPolicy {
+            backoff: Backoff::exponential(Duration::from_millis(200)).jitter(Jitter::None).max(Duration::from_secs(1)),
+            timeout: None,
+        };
+        let registry = Registry::new().register_with(Deliver::new(db.pool.clone(), settings).unwrap(), policy);
+        let mut cfg = env.config("webhooks", 20);
+        cfg.limits = limits.iter().map(|(k, s)| (k.to_string(), s.clone())).collect();
+        cfg.lease_ms = 10_000;
+        let workers = vec![env.worker(cfg, registry).await];
+        World { env, db, api, key, receiver, base, workers }
+    }
+
+    async fn call(&self, method: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let res = self.api.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Subscribes `url` and returns (endpoint id, secret).
+    async fn subscribe(&self, url: &str) -> (String, String) {
+        let (s, ep) = self.call("POST", "/v1/endpoints", json!({"url": url})).await;
+        assert_eq!(s, StatusCode::CREATED, "{ep}");
+        (ep["id"].as_str().unwrap().to_owned(), ep["secret"].as_str().unwrap().to_owned())
+    }
+
+    async fn publish(&self, event_type: &str, payload: &str) -> String {
+        // The payload is spliced as raw text so its exact bytes are what is sent.
+        let body = format!(r#"{{"type": "{event_type}", "payload": {payload}}}"#);
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/events")
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let res = self.api.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let v: Value = serde_json::from_slice(&axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap()).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn attempts(&self, endpoint: &str) -> Vec<(i32, String, Option<i32>, Option<String>)> {
+        sqlx::query_as(
+            "SELECT attempt, outcome, status, error FROM webhook_attempts WHERE endpoint_id = $1 ORDER BY id",
+        )
+        .bind(endpoint)
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn done(self) {
+        for w in self.workers {
+            w.shutdown().await;
+        }
+        self.db.drop_db().await;
+        self.env.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_signed_over_the_exact_payload_bytes() {
+    let w = World::new(true, &[]).await;
+    let (ep, secret) = w.subscribe(&format!("{}/ok", w.base)).await;
+    let payload = r#"{"gallery":  "Smith & Jones", "photos": [1 ,2,3], "note": "é"}"#;
+    let msg = w.publish("portfolio.processed", payload).await;
+    eventually("the delivery", T, || async { (w.receiver.count("ok") == 1).then_some(()) }).await;
+    let got = &w.receiver.of("ok")[0];
+    assert_eq!(got.body.as_ref(), payload.as_bytes(), "byte for byte");
+    let h = |n: &str| got.headers.get(n).and_then(|v| v.to_str().ok());
+    assert_eq!(h("webhook-id"), Some(msg.as_str()));
+    let now = chrono::Utc::now().timestamp();
+    verify(
+        &[Secret::parse(&secret).unwrap()],
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+        &got.body,
+        now,
+    )
+    .expect("the receiver verifies the signature");
+    let other = Secret::parse(&Secret::generate()).unwrap();
+    assert!(verify(&[other], h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"), &got.body, now).is_err());
+    eventually("the attempt log", T, || async { (w.attempts(&ep).await.len() == 1).then_some(()) }).await;
+    assert_eq!(w.attempts(&ep).await[0].1, "delivered");
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_endpoint_gets_it_on_the_third_attempt_with_growing_gaps_and_one_id() {
+    let w = World::new(true, &[]).await;
+    let (ep, _) = w.subscribe(&format!("{}/flaky", w.base)).await;
+    w.publish("booking.moved", r#"{"booking": 7}"#).await;
+    eventually("three attempts", T, || async { (w.receiver.count("flaky") == 3).then_some(()) }).await;
+    let got = w.receiver.of("flaky");
+    let ids: Vec<_> = got.iter().map(|g| g.headers["webhook-id"].clone()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "the same webhook-id on every attempt");
+    let sigs: std::collections::HashSet<_> = got.iter().map(|g| g.headers["webhook-signature"].clone()).collect();
+    assert!(!sigs.is_empty());
+    let (g1, g2) = (got[1].at - got[0].at, got[2].at - got[1].at);
+    assert!(
+        g1 >= Duration::from_millis(200) && g2 >= Duration::from_millis(400) && g2 > g1,
+        "growing gaps: {g1:?}, {g2:?}"
+    );
+    eventually("the log", T, || async { (w.attempts(&ep).await.len() == 3).then_some(()) }).await;
+    let outcomes: Vec<String> = w.attempts(&ep).await.into_iter().map(|a| a.1).collect();
+    assert_eq!(outcomes, vec!["failed", "failed", "delivered"]);
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_2_is_not_retried_before_2_seconds() {
+    let w = World::new(true, &[]).await;
+    w.subscribe(&format!("{}/throttle", w.base)).await;
+    w.publish("message.received", r#"{"n": 1}"#).await;
+    eventually("the retry", T, || async { (w.receiver.count("throttle") == 2).then_some(()) }).await;
+    let got = w.receiver.of("throttle");
+    assert!(got[1].at - got[0].at >= Duration::from_secs(2), "retried after {:?}", got[1].at - got[0].at);
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_endpoint_and_an_always_500_ends_in_dead_letters() {
+    let w = World::new(true, &[]).await;
+    let (gone, _) = w.subscribe(&format!("{}/gone", w.base)).await;
+    let (broken, _) = w.subscribe(&format!("{}/broken", w.base)).await;
+    w.publish("calendar.conflict", r#"{"id": 1}"#).await;
+    eventually("the 500s to run out of attempts", T, || async {
+        (w.env.stats("webhooks").await.dead == 2).then_some(())
+    })
+    .await;
+    assert_eq!(w.receiver.count("gone"), 1, "no retry after 410");
+    assert_eq!(w.receiver.count("broken"), 10, "every attempt of WebhookDelivery's 10");
+    let (enabled, reason): (bool, Option<String>) =
+        sqlx::query_as("SELECT enabled, disabled_reason FROM webhook_endpoints WHERE id = $1")
+            .bind(&gone)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert!(!enabled && reason.unwrap().contains("410"));
+    let log = w.attempts(&broken).await;
+    assert_eq!(log.len(), 10);
+    assert!(log.iter().all(|a| a.1 == "failed" && a.2 == Some(500)));
+    // A later event goes to the broken endpoint again but never to the disabled one.
+    w.publish("calendar.conflict", r#"{"id": 2}"#).await;
+    eventually("the next delivery", T, || async { (w.receiver.count("broken") > 10).then_some(()) }).await;
+    assert_eq!(w.receiver.count("gone"), 1);
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_times_out_while_the_others_keep_flowing() {
+    let w = World::new(true, &[]).await;
+    let (hang, _) = w.subscribe(&format!("{}/hang", w.base)).await;
+    w.subscribe(&format!("{}/ok", w.base)).await;
+    let t0 = Instant::now();
+    for i in 0..5 {
+        w.publish("message.received", &format!(r#"{{"n": {i}}}"#)).await;
+    }
+    eventually("deliveries to the healthy endpoint", T, || async { (w.receiver.count("ok") == 5).then_some(()) }).await;
+    assert!(t0.elapsed() < Duration::from_secs(3), "not held up by the hanging endpoint: {:?}", t0.elapsed());
+    eventually("a timed-out attempt", T, || async {
+        w.attempts(&hang).await.iter().any(|a| a.3.as_deref().is_some_and(|e| e.contains("timed out"))).then_some(())
+    })
+    .await;
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_are_refused_without_retries() {
+    let w = World::new(false, &[]).await;
+    let (meta, _) = w.subscribe("http://169.254.169.254/latest/meta-data").await;
+    let (private, _) = w.subscribe("http://10.0.0.1/hook").await;
+    // The receiver is on loopback, which this worker's guard does not allow: by name too.
+    let port = w.base.rsplit(':').next().unwrap().to_owned();
+    let (local, _) = w.subscribe(&format!("http://localhost:{port}/ok")).await;
+    w.publish("message.received", r#"{"n": 1}"#).await;
+    eventually("three refusals", T, || async { (w.env.stats("webhooks").await.dead == 3).then_some(()) }).await;
+    for ep in [&meta, &private, &local] {
+        let log = w.attempts(ep).await;
+        assert_eq!(log.len(), 1, "no retry for {ep}");
+        assert_eq!(log[0].1, "refused");
+        assert!(log[0].3.as_deref().unwrap().contains("SSRF guard"), "{log:?}");
+    }
+    assert_eq!(w.receiver.count("ok"), 0, "nothing reached the loopback receiver");
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_endpoint_never_gets_more_than_its_limit_per_second() {
+    let limit = LimitSpec { rate: Some(5.0), burst: 1, ..Default::default() };
+    let w = World::new(true, &[("webhook:endpoint:*", limit)]).await;
+    w.subscribe(&format!("{}/ok", w.base)).await;
+    for i in 0..15 {
+        w.publish("message.received", &format!(r#"{{"n": {i}}}"#)).await;
+    }
+    eventually("all deliveries", T, || async { (w.receiver.count("ok") == 15).then_some(()) }).await;
+    let mut at: Vec<Instant> = w.receiver.of("ok").into_iter().map(|g| g.at).collect();
+    at.sort();
+    let mut peak = 0;
+    for i in 0..at.len() {
+        peak = peak.max(at[i..].iter().take_while(|t| **t < at[i] + Duration::from_secs(1)).count());
+    }
+    assert!(peak <= 5, "{peak} deliveries in one second, limit 5");
+    w.done().await;
+}

@@ -1,0 +1,192 @@
+//! The SSRF guard: outgoing requests go only to public unicast addresses, unless an
+//! allow-list in config permits a range (tests allow loopback explicitly).
+//!
+//! Checked on the addresses a name resolves to (inside the HTTP client's resolver, so
+//! the address checked is the address connected to: no DNS-rebinding window) and on IP
+//! literals in URLs; one refused address refuses the whole name. Redirects are never
+//! followed. IPv6 is allowed only in global unicast `2000::/3`, minus its special
+//! ranges (documentation, 6to4, Teredo, ORCHID, NAT64's local use); mapped and
+//! translated IPv4 forms are refused whatever they embed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An allowed range: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() { max } else { p.parse().map_err(|_| format!("{s:?}: bad prefix length"))? };
+        if prefix > max {
+            return Err(format!("{s:?}: prefix longer than {max}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn v4_in(ip: Ipv4Addr, net: [u8; 4], prefix: u8) -> bool {
+    Cidr { addr: IpAddr::V4(Ipv4Addr::from(net)), prefix }.contains(IpAddr::V4(ip))
+}
+
+fn v6_in(ip: Ipv6Addr, net: &str, prefix: u8) -> bool {
+    let net: Ipv6Addr = net.parse().expect("static range");
+    Cidr { addr: IpAddr::V6(net), prefix }.contains(IpAddr::V6(ip))
+}
+
+/// Whether `ip` is a public unicast address.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            const BLOCKED: &[([u8; 4], u8)] = &[
+                ([0, 0, 0, 0], 8),       // "this network"
+                ([10, 0, 0, 0], 8),      // private
+                ([100, 64, 0, 0], 10),   // carrier-grade NAT
+                ([127, 0, 0, 0], 8),     // loopback
+                ([169, 254, 0, 0], 16),  // link-local, cloud metadata
+                ([172, 16, 0, 0], 12),   // private
+                ([192, 0, 0, 0], 24),    // IETF protocol assignments
+                ([192, 0, 2, 0], 24),    // documentation
+                ([192, 88, 99, 0], 24),  // 6to4 relay anycast
+                ([192, 168, 0, 0], 16),  // private
+                ([198, 18, 0, 0], 15),   // benchmarking
+                ([198, 51, 100, 0], 24), // documentation
+                ([203, 0, 113, 0], 24),  // documentation
+                ([224, 0, 0, 0], 4),     // multicast
+                ([240, 0, 0, 0], 4),     // reserved, broadcast
+            ];
+            !BLOCKED.iter().any(|(net, p)| v4_in(v4, *net, *p))
+        }
+        IpAddr::V6(v6) => {
+            if !v6_in(v6, "2000::", 3) {
+                return false; // loopback, unspecified, ULA, link-local, multicast, mapped, 64:ff9b::, 100::, 5f00::, ...
+            }
+            const SPECIAL: &[(&str, u8)] = &[
+                ("2001::", 32),     // Teredo (embeds IPv4)
+                ("2001:2::", 48),   // benchmarking
+                ("2001:10::", 28),  // ORCHID
+                ("2001:20::", 28),  // ORCHIDv2
+                ("2001:db8::", 32), // documentation
+                ("2002::", 16),     // 6to4 (embeds IPv4)
+                ("3fff::", 20),     // documentation
+            ];
+            !SPECIAL.iter().any(|(net, p)| v6_in(v6, net, *p))
+        }
+    }
+}
+
+/// The guard: public addresses, plus what the allow-list permits.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    allow: Vec<Cidr>,
+}
+
+impl Guard {
+    /// A guard allowing `allow` (e.g. `127.0.0.0/8`) besides public addresses.
+    pub fn new(allow: Vec<Cidr>) -> Self {
+        Guard { allow }
+    }
+
+    /// Whether a connection to `ip` is allowed.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            // An IPv4-mapped address is the IPv4 address for the allow-list's purposes.
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.allow.iter().any(|c| c.contains(ip)) || is_public(ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public(s: &str) -> bool {
+        is_public(s.parse().unwrap())
+    }
+
+    #[test]
+    fn private_and_special_addresses_are_refused() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.31.255.255",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "192.88.99.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::c0a8:0",
+            "64:ff9b:1::1",
+            "2002:a9fe:a9fe::1",
+            "::127.0.0.1",
+            "::5efe:a00:1",
+            "febf:ffff::1",
+            "fe80::1",
+            "fd7a:115c:a1e0::1",
+            "fd00:ec2::254",
+            "5f00::1",
+            "100::1:2:3:4",
+            "3fff::1",
+            "2001:db8::1",
+            "2001::1",
+            "ff02::1",
+            "fc00::1",
+        ] {
+            assert!(!public(a), "{a} must be refused");
+        }
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        for a in ["1.1.1.1", "8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e"] {
+            assert!(public(a), "{a} is public");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_opens_exactly_its_ranges() {
+        let g = Guard::new(vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
+        assert!(g.permits("127.0.0.1".parse().unwrap()));
+        assert!(g.permits("::1".parse().unwrap()));
+        assert!(g.permits("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!g.permits("10.0.0.1".parse().unwrap()));
+        assert!(!g.permits("169.254.169.254".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+    }
+}
