@@ -118,13 +118,16 @@ fn reqwest_free_url_check(url: &str) -> Result<String, ApiError> {
     Ok(url.to_owned())
 }
 
+/// id, url, event types, enabled, disabled reason.
+type EndpointRow = (String, String, Vec<String>, bool, Option<String>);
+
 /// List the tenant's endpoints.
 #[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<EndpointView>), (status = 401, body = super::error::ErrorBody)))]
 pub(crate) async fn list_endpoints(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<EndpointView>>, ApiError> {
-    let rows: Vec<(String, String, Vec<String>, bool, Option<String>)> = sqlx::query_as(
+    let rows: Vec<EndpointRow> = sqlx::query_as(
         "SELECT id, url, event_types, enabled, disabled_reason FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at",
     )
     .bind(&caller.tenant)
