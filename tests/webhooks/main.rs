@@ -314,3 +314,36 @@ async fn a_rate_limited_endpoint_never_gets_more_than_its_limit_per_second() {
     assert!(peak <= 5, "{peak} deliveries in one second, limit 5");
     w.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_receiver_verifies_the_signatures() {
+    // scripts/webhook-receiver.py checks signatures with Python's stdlib hmac, per the spec.
+    let w = World::new(true, &[]).await;
+    let port = fleet_tests::free_port();
+    let (ep, secret) = w.subscribe(&format!("http://127.0.0.1:{port}/hooks")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/webhook-receiver.py");
+    let mut receiver = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .env("WEBHOOK_SECRET", &secret)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the receiver");
+    let mut out = tokio::io::BufReader::new(receiver.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await.unwrap();
+    assert!(line.starts_with("listening"), "{line}");
+    let msg = w.publish("portfolio.processed", r#"{"gallery": "smith-jones", "photos": 312}"#).await;
+    line.clear();
+    tokio::time::timeout(T, tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line))
+        .await
+        .expect("a delivery")
+        .unwrap();
+    assert_eq!(line.trim(), format!(r#"verified {msg} {{"gallery": "smith-jones", "photos": 312}}"#));
+    eventually("the attempt log", T, || async {
+        (w.attempts(&ep).await.first().map(|a| a.1.clone()) == Some("delivered".into())).then_some(())
+    })
+    .await;
+    w.done().await;
+}
