@@ -12,6 +12,7 @@
 //! * [`kind`]: the [`JobArgs`] trait that gives typed arguments a stable kind name and defaults.
 //! * [`catalogue`]: the job kinds Fleet knows, by stable name.
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
+//! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
 //! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
@@ -21,6 +22,7 @@
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
+pub mod admin;
 pub mod backend;
 pub mod batches;
 pub mod catalogue;

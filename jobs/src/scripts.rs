@@ -18,3 +18,5 @@ pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| with_prelude(include_
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/heartbeat.lua")));
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/cancel.lua")));
 pub(crate) static LIMIT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/limit.lua")));
+pub(crate) static DEAD_LETTERS: LazyLock<Script> =
+    LazyLock::new(|| with_prelude(include_str!("scripts/deadletters.lua")));

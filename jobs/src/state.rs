@@ -134,6 +134,10 @@ pub struct QueueStats {
     pub cancelled: i64,
     /// Times a job was held back by a rate limit, a concurrency cap or a breaker.
     pub deferred: i64,
+    /// Dead letters replayed by operators.
+    pub replayed: i64,
+    /// Dead letters purged by operators.
+    pub purged: i64,
 }
 
 impl QueueStats {
@@ -156,6 +160,8 @@ impl QueueStats {
             expired: g("expired"),
             cancelled: g("cancelled"),
             deferred: g("deferred"),
+            replayed: g("replayed"),
+            purged: g("purged"),
         }
     }
 

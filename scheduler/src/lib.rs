@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fleetctl;
 pub mod schedule;
 pub mod ticker;
 

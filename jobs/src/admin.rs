@@ -1,0 +1,290 @@
+//! The operators' data API, used by `fleetctl` and the admin HTTP API and never by a
+//! worker's hot path: queues and their counters, jobs by state, dead letters grouped by
+//! reason, replay and purge of dead letters, live workers.
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::keys::QueueKeys;
+use crate::scripts;
+use crate::state::{DeadLetter, JobState, QueueStats};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    /// Exactly these ids (other filters are ignored).
+    pub ids: Vec<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only those whose reason contains this text.
+    pub reason_contains: Option<String>,
+    /// Only those that died before this time (ms since the epoch).
+    pub died_before: Option<u64>,
+    /// At most this many (default: all).
+    pub limit: Option<usize>,
+}
+
+impl DeadFilter {
+    fn matches(&self, d: &DeadLetter) -> bool {
+        let kind_ok = self.kind.as_deref().is_none_or(|k| d.job.envelope.as_ref().is_some_and(|e| e.kind == k));
+        let reason_ok = self.reason_contains.as_deref().is_none_or(|r| d.reason.contains(r));
+        let age_ok = self.died_before.is_none_or(|t| d.died_at < t);
+        kind_ok && reason_ok && age_ok
+    }
+}
+
+/// A live worker instance on a queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    /// Instance id (host, pid, random part).
+    pub instance: String,
+    /// Last heartbeat, ms since the epoch.
+    pub last_seen: u64,
+}
+
+/// A job as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    /// Id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// State.
+    pub state: JobState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Its score in the state's set (due time, lease end or death time, ms), if any.
+    pub at: Option<u64>,
+}
+
+impl Client {
+    /// Every queue under this prefix that has counters (found with SCAN: for operators only).
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let mut conn = self.connection();
+        let pattern = format!("{}:{{*}}:stats", self.prefix());
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            for k in keys {
+                if let (Some(a), Some(b)) = (k.find('{'), k.find('}')) {
+                    out.push(k[a + 1..b].to_owned());
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Counters of every queue.
+    pub async fn all_stats(&self) -> Result<Vec<(String, QueueStats)>> {
+        let mut out = Vec::new();
+        for q in self.queues().await? {
+            let s = self.stats(&q).await?;
+            out.push((q, s));
+        }
+        Ok(out)
+    }
+
+    /// Jobs of `queue` in `state`, `limit` from `offset` (ready: in run order; scheduled and
+    /// retrying: soonest first; running: by lease end; dead: newest first; succeeded: by expiry).
+    pub async fn jobs_in_state(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>> {
+        let k = self.keys(queue);
+        let mut conn = self.connection();
+        let window = ((offset + limit) * 10).min(100_000) as isize;
+        let page = |v: Vec<(String, f64)>| v.into_iter().map(|(id, s)| (id, Some(s as u64))).collect::<Vec<_>>();
+        let ids: Vec<(String, Option<u64>)> = match state {
+            JobState::Ready => {
+                let mut all = Vec::new();
+                for list in &k.ready {
+                    let ids: Vec<String> =
+                        redis::cmd("LRANGE").arg(list).arg(0).arg(offset + limit).query_async(&mut conn).await?;
+                    all.extend(ids.into_iter().map(|i| (i, None)));
+                }
+                all
+            }
+            JobState::Scheduled | JobState::Retrying => {
+                // The set mixes scheduled and retrying jobs: read a bounded window and filter.
+                page(
+                    redis::cmd("ZRANGE")
+                        .arg(&k.sched)
+                        .arg(0)
+                        .arg(window)
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn)
+                        .await?,
+                )
+            }
+            JobState::Running => page(
+                redis::cmd("ZRANGE")
+                    .arg(&k.leases)
+                    .arg(offset)
+                    .arg(offset + limit)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?,
+            ),
+            JobState::Dead => page(
+                redis::cmd("ZRANGE")
+                    .arg(&k.dead)
+                    .arg(offset)
+                    .arg(offset + limit)
+                    .arg("REV")
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?,
+            ),
+            JobState::Succeeded | JobState::Cancelled | JobState::Expired => page(
+                redis::cmd("ZRANGE").arg(&k.done).arg(0).arg(window).arg("WITHSCORES").query_async(&mut conn).await?,
+            ),
+        };
+        let mut out = Vec::new();
+        for (id, at) in ids {
+            let Some(job) = self.job(queue, &id).await? else { continue };
+            if job.state != state {
+                continue;
+            }
+            let kind = job.envelope.as_ref().map(|e| e.kind.clone()).unwrap_or_else(|| "(undecodable)".into());
+            out.push(JobSummary { id, kind, state: job.state, attempts: job.attempts, at });
+        }
+        let skip = if matches!(state, JobState::Running | JobState::Dead) { 0 } else { offset };
+        Ok(out.into_iter().skip(skip).take(limit).collect())
+    }
+
+    /// Dead letters of `queue` matching `filter`, newest first.
+    pub async fn dead_matching(&self, queue: &str, filter: &DeadFilter) -> Result<Vec<DeadLetter>> {
+        if !filter.ids.is_empty() {
+            let mut out = Vec::new();
+            for id in &filter.ids {
+                if let Some(job) = self.job(queue, id).await?
+                    && job.state == JobState::Dead
+                {
+                    let died: Option<f64> = redis::cmd("ZSCORE")
+                        .arg(self.keys(queue).dead)
+                        .arg(id)
+                        .query_async(&mut self.connection())
+                        .await?;
+                    let reason = job.history.last().map(|a| a.error.clone()).unwrap_or_default();
+                    out.push(DeadLetter { id: id.clone(), died_at: died.unwrap_or(0.0) as u64, reason, job });
+                }
+            }
+            return Ok(out);
+        }
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self.dead_letters(queue, offset, 500).await?;
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len();
+            for d in page {
+                if filter.matches(&d) {
+                    out.push(d);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dead letters of `queue` counted by reason (the first line, digits folded so the
+    /// same error with different numbers groups together), most frequent first.
+    pub async fn dead_by_reason(&self, queue: &str) -> Result<Vec<(String, usize)>> {
+        let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+        for d in self.dead_matching(queue, &DeadFilter::default()).await? {
+            let line = d.reason.lines().next().unwrap_or("").to_owned();
+            let folded: String = line.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+            *groups.entry(folded).or_default() += 1;
+        }
+        let mut v: Vec<(String, usize)> = groups.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
+    /// Replays the dead letters matching `filter`: back to ready with fresh attempts.
+    /// With `per_second`, replays are paced (in chunks) so a recovering service is not
+    /// flooded; replayed jobs also go through their kinds' limits as they run.
+    pub async fn replay(&self, queue: &str, filter: &DeadFilter, per_second: Option<u32>) -> Result<usize> {
+        let ids: Vec<String> = self.dead_matching(queue, filter).await?.into_iter().map(|d| d.id).collect();
+        self.dead_op(queue, "replay", &ids, per_second).await
+    }
+
+    /// Deletes the dead letters matching `filter` (only those; nothing else is touched).
+    pub async fn purge(&self, queue: &str, filter: &DeadFilter) -> Result<usize> {
+        let ids: Vec<String> = self.dead_matching(queue, filter).await?.into_iter().map(|d| d.id).collect();
+        self.dead_op(queue, "purge", &ids, None).await
+    }
+
+    async fn dead_op(&self, queue: &str, op: &str, ids: &[String], per_second: Option<u32>) -> Result<usize> {
+        let k: QueueKeys = self.keys(queue);
+        let chunk = per_second.map(|r| (r as usize).clamp(1, 200)).unwrap_or(200);
+        let mut moved = 0;
+        for (i, part) in ids.chunks(chunk).enumerate() {
+            if i > 0 && per_second.is_some() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut inv = scripts::DEAD_LETTERS.prepare_invoke();
+            inv.key(&k.jobs)
+                .key(&k.state)
+                .key(&k.att)
+                .key(&k.ready[0])
+                .key(&k.ready[1])
+                .key(&k.ready[2])
+                .key(&k.stats)
+                .key(&k.dead)
+                .key(&k.hist)
+                .key(&k.wake)
+                .arg(op);
+            for id in part {
+                inv.arg(id);
+            }
+            let n: usize = inv.invoke_async(&mut self.connection()).await?;
+            moved += n;
+        }
+        Ok(moved)
+    }
+
+    /// Worker instances that heartbeat on `queue`, most recent first.
+    pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>> {
+        let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.keys(queue).workers)
+            .arg(0)
+            .arg(-1)
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(v.into_iter().map(|(instance, s)| WorkerInfo { instance, last_seen: s as u64 }).collect())
+    }
+
+    /// Whether `queue` is paused.
+    pub async fn is_paused(&self, queue: &str) -> Result<bool> {
+        let v: Option<String> =
+            redis::cmd("HGET").arg(self.keys(queue).conf).arg("paused").query_async(&mut self.connection()).await?;
+        Ok(v.as_deref() == Some("1"))
+    }
+}

@@ -1,0 +1,422 @@
+//! `fleetctl`: the operator's command line, on the data API (`fleet_jobs::admin`).
+//! Tables by default, `--json` for scripts; replay and purge ask before they act
+//! unless `--yes`.
+
+use clap::{Parser, Subcommand};
+use fleet_jobs::admin::DeadFilter;
+use fleet_jobs::{Client, JobState};
+use serde::Serialize;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+/// Inspect and steer a Fleet deployment.
+#[derive(Parser)]
+#[command(name = "fleetctl", version)]
+struct Args {
+    /// Redis URL.
+    #[arg(long, env = "FLEET_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    redis_url: String,
+    /// Key prefix of the deployment.
+    #[arg(long, env = "FLEET_PREFIX", default_value = "fleet", global = true)]
+    prefix: String,
+    /// PostgreSQL URL (for `schedules`).
+    #[arg(long, env = "FLEET_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/fleet", global = true)]
+    database_url: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Select {
+    /// These dead letters (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// Dead letters of this kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Dead letters whose reason contains this text.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Every dead letter of the queue.
+    #[arg(long)]
+    all: bool,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl Select {
+    fn filter(&self) -> Result<DeadFilter, String> {
+        if self.ids.is_empty() && self.kind.is_none() && self.reason.is_none() && !self.all {
+            return Err("say which dead letters: --id, --kind, --reason or --all".into());
+        }
+        Ok(DeadFilter {
+            ids: self.ids.clone(),
+            kind: self.kind.clone(),
+            reason_contains: self.reason.clone(),
+            died_before: None,
+            limit: self.limit,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Queues with their counters.
+    Queues,
+    /// Jobs of a queue in one state.
+    Jobs {
+        /// Queue.
+        queue: String,
+        /// ready, scheduled, running, retrying, succeeded, dead, cancelled, expired.
+        #[arg(long, default_value = "ready")]
+        state: String,
+        /// Rows.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Rows to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// One job with its attempt history.
+    Job {
+        /// Queue.
+        queue: String,
+        /// Job id.
+        id: String,
+    },
+    /// Dead letters of a queue (`--group` counts them by reason).
+    Dead {
+        /// Queue.
+        queue: String,
+        /// Count by reason instead of listing.
+        #[arg(long)]
+        group: bool,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only reasons containing this.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Rows.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Send dead letters back to ready with fresh attempts.
+    Replay {
+        /// Queue.
+        queue: String,
+        #[command(flatten)]
+        select: Select,
+        /// At most this many per second.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete dead letters.
+    Purge {
+        /// Queue.
+        queue: String,
+        #[command(flatten)]
+        select: Select,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stop starting jobs of a queue, fleet-wide.
+    Pause {
+        /// Queue.
+        queue: String,
+    },
+    /// Start jobs of a queue again.
+    Resume {
+        /// Queue.
+        queue: String,
+    },
+    /// Live worker instances of a queue.
+    Workers {
+        /// Queue.
+        queue: String,
+    },
+    /// Schedules and their state (PostgreSQL).
+    Schedules,
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!("unknown state {s:?}: ready, scheduled, running, retrying, succeeded, dead, cancelled, expired")
+    })
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn confirm(question: &str, yes: bool) -> Result<bool, String> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(format!("{question}: refusing without --yes (stdin is not a terminal)"));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(|e| e.to_string())?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn ms(t: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(t as i64)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+async fn execute(args: Args) -> Result<(), String> {
+    let client = Client::connect(&args.redis_url, args.prefix.clone())
+        .await
+        .map_err(|e| format!("Redis at {}: {e}", args.redis_url))?;
+    let json = args.json;
+    let err = |e: fleet_jobs::Error| e.to_string();
+    match args.command {
+        Command::Queues => {
+            let all = client.all_stats().await.map_err(err)?;
+            let mut paused = Vec::new();
+            for (q, _) in &all {
+                paused.push(client.is_paused(q).await.map_err(err)?);
+            }
+            let rows: Vec<serde_json::Value> = all
+                .iter()
+                .zip(&paused)
+                .map(|((q, s), p)| serde_json::json!({"queue": q, "paused": p, "stats": s}))
+                .collect();
+            print(json, &rows, || {
+                table(
+                    &["QUEUE", "READY", "SCHEDULED", "RUNNING", "RETRYING", "DEAD", "SUCCEEDED", "FAILED", "PAUSED"],
+                    all.iter()
+                        .zip(&paused)
+                        .map(|((q, s), p)| {
+                            vec![
+                                q.clone(),
+                                s.ready.to_string(),
+                                s.scheduled.to_string(),
+                                s.running.to_string(),
+                                s.retrying.to_string(),
+                                s.dead.to_string(),
+                                s.succeeded.to_string(),
+                                s.failed.to_string(),
+                                if *p { "yes".into() } else { "".into() },
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
+        Command::Jobs { queue, state, limit, offset } => {
+            let state = parse_state(&state)?;
+            let jobs = client.jobs_in_state(&queue, state, offset, limit).await.map_err(err)?;
+            print(json, &jobs, || {
+                table(
+                    &["ID", "KIND", "STATE", "ATTEMPTS", "AT"],
+                    jobs.iter()
+                        .map(|j| {
+                            vec![
+                                j.id.clone(),
+                                j.kind.clone(),
+                                format!("{:?}", j.state).to_lowercase(),
+                                j.attempts.to_string(),
+                                j.at.map(ms).unwrap_or_default(),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
+        Command::Job { queue, id } => {
+            let job =
+                client.job(&queue, &id).await.map_err(err)?.ok_or_else(|| format!("no job {id} on queue {queue}"))?;
+            print(json, &job, || {
+                let mut s =
+                    format!("id        {id}\nstate     {:?}\nattempts  {}\n", job.state, job.attempts).to_lowercase();
+                if let Some(e) = &job.envelope {
+                    s.push_str(&format!(
+                        "kind      {}\nqueue     {}\nargs      {}\nenqueued  {}\n",
+                        e.kind,
+                        e.queue,
+                        e.args.get(),
+                        ms(e.enqueued_at)
+                    ));
+                } else {
+                    s.push_str(&format!("envelope  (undecodable) {}\n", job.raw_envelope));
+                }
+                for a in &job.history {
+                    s.push_str(&format!(
+                        "attempt {} at {} on {}: {}\n",
+                        a.attempt,
+                        ms(a.at),
+                        a.worker.as_deref().unwrap_or("?"),
+                        a.error
+                    ));
+                }
+                s.trim_end().to_owned()
+            });
+        }
+        Command::Dead { queue, group, kind, reason, limit } => {
+            if group {
+                let groups = client.dead_by_reason(&queue).await.map_err(err)?;
+                let rows: Vec<serde_json::Value> =
+                    groups.iter().map(|(r, n)| serde_json::json!({"reason": r, "count": n})).collect();
+                print(json, &rows, || {
+                    table(&["COUNT", "REASON"], groups.iter().map(|(r, n)| vec![n.to_string(), r.clone()]).collect())
+                });
+            } else {
+                let filter = DeadFilter { kind, reason_contains: reason, limit: Some(limit), ..Default::default() };
+                let dead = client.dead_matching(&queue, &filter).await.map_err(err)?;
+                print(json, &dead, || {
+                    table(
+                        &["ID", "KIND", "DIED", "ATTEMPTS", "REASON"],
+                        dead.iter()
+                            .map(|d| {
+                                let kind = d.job.envelope.as_ref().map(|e| e.kind.clone()).unwrap_or_default();
+                                vec![
+                                    d.id.clone(),
+                                    kind,
+                                    ms(d.died_at),
+                                    d.job.attempts.to_string(),
+                                    d.reason.lines().next().unwrap_or("").to_owned(),
+                                ]
+                            })
+                            .collect(),
+                    )
+                });
+            }
+        }
+        Command::Replay { queue, select, rate, yes } => {
+            let filter = select.filter()?;
+            let n = client.dead_matching(&queue, &filter).await.map_err(err)?.len();
+            if n == 0 {
+                println!("no matching dead letters");
+                return Ok(());
+            }
+            if !confirm(&format!("replay {n} dead letters of queue {queue}"), yes)? {
+                return Err("cancelled".into());
+            }
+            let moved = client.replay(&queue, &filter, rate).await.map_err(err)?;
+            print(json, &serde_json::json!({"replayed": moved}), || format!("replayed {moved}"));
+        }
+        Command::Purge { queue, select, yes } => {
+            let filter = select.filter()?;
+            let n = client.dead_matching(&queue, &filter).await.map_err(err)?.len();
+            if n == 0 {
+                println!("no matching dead letters");
+                return Ok(());
+            }
+            if !confirm(&format!("delete {n} dead letters of queue {queue} for good"), yes)? {
+                return Err("cancelled".into());
+            }
+            let gone = client.purge(&queue, &filter).await.map_err(err)?;
+            print(json, &serde_json::json!({"purged": gone}), || format!("purged {gone}"));
+        }
+        Command::Pause { queue } => {
+            client.pause(&queue).await.map_err(err)?;
+            println!("paused {queue}");
+        }
+        Command::Resume { queue } => {
+            client.resume(&queue).await.map_err(err)?;
+            println!("resumed {queue}");
+        }
+        Command::Workers { queue } => {
+            let ws = client.workers(&queue).await.map_err(err)?;
+            print(json, &ws, || {
+                table(
+                    &["INSTANCE", "LAST SEEN"],
+                    ws.iter().map(|w| vec![w.instance.clone(), ms(w.last_seen)]).collect(),
+                )
+            });
+        }
+        Command::Schedules => {
+            let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            type Row = (
+                String,
+                Option<chrono::DateTime<chrono::Utc>>,
+                Option<chrono::DateTime<chrono::Utc>>,
+                i64,
+                Option<String>,
+            );
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT name, last_fired_at, next_fire_at, missed_ticks, last_error FROM schedule_state ORDER BY name",
+            )
+            .fetch_all(&db)
+            .await
+            .map_err(|e| format!("reading schedules: {e}"))?;
+            let view: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| serde_json::json!({"name": r.0, "last_fired_at": r.1, "next_fire_at": r.2, "missed_ticks": r.3, "last_error": r.4}))
+                .collect();
+            let fmt = |t: &Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
+            };
+            print(json, &view, || {
+                table(
+                    &["SCHEDULE", "LAST FIRED", "NEXT", "MISSED", "ERROR"],
+                    rows.iter()
+                        .map(|r| {
+                            vec![r.0.clone(), fmt(&r.1), fmt(&r.2), r.3.to_string(), r.4.clone().unwrap_or_default()]
+                        })
+                        .collect(),
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `fleetctl`.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The operators' data API and `fleetctl` against real Redis: replay moves exactly the
+//! filtered dead letters, purge removes only what it names, destructive commands ask.
+
+use fleet_jobs::admin::DeadFilter;
+use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
+use fleet_jobs::{EnqueueOptions, JobState};
+use fleet_tests::{TestEnv, n_final, redis_url};
+use fleet_worker::Registry;
+use std::time::Duration;
+
+const FLEETCTL: &str = env!("CARGO_BIN_EXE_fleetctl-e2e");
+
+/// Five dead letters: three gave up, two ran out of attempts.
+async fn five_dead(env: &TestEnv) -> (Vec<String>, Vec<String>) {
+    let w = env.worker(env.config("default", 5), Registry::builtin()).await;
+    let mut rx = w.events();
+    let gave_up = env.client.enqueue_bulk((0..3).map(|_| ProbeArgs::new(ProbeAction::GiveUp))).await.unwrap();
+    let failed = env
+        .client
+        .enqueue_bulk_with(
+            (0..2).map(|_| (ProbeArgs::new(ProbeAction::Fail), EnqueueOptions::default().max_attempts(1))),
+        )
+        .await
+        .unwrap();
+    n_final(&mut rx, 5, Duration::from_secs(20)).await;
+    w.shutdown().await;
+    (gave_up.into_iter().map(|i| i.0).collect(), failed.into_iter().map(|i| i.0).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_moves_exactly_the_filtered_dead_letters_and_purge_only_what_it_names() {
+    let env = TestEnv::new().await;
+    let (gave_up, failed) = five_dead(&env).await;
+    let groups = env.client.dead_by_reason("default").await.unwrap();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert_eq!(groups[0].1, 3);
+    assert!(groups[0].0.contains("give-up"));
+
+    let filter = DeadFilter { reason_contains: Some("give-up".into()), ..Default::default() };
+    assert_eq!(env.client.replay("default", &filter, None).await.unwrap(), 3);
+    for id in &gave_up {
+        let job = env.client.job("default", id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Ready, 0), "replayed with fresh attempts");
+        assert_eq!(job.history.len(), 1, "its history is kept");
+    }
+    for id in &failed {
+        assert_eq!(env.client.job_state("default", id).await.unwrap(), Some(JobState::Dead), "not matched, not moved");
+    }
+    let s = env.stats("default").await;
+    assert_eq!((s.dead, s.ready, s.replayed), (2, 3, 3));
+
+    let one = DeadFilter { ids: vec![failed[0].clone()], ..Default::default() };
+    assert_eq!(env.client.purge("default", &one).await.unwrap(), 1);
+    assert!(env.client.job("default", &failed[0]).await.unwrap().is_none());
+    assert_eq!(env.client.job_state("default", &failed[1]).await.unwrap(), Some(JobState::Dead));
+    assert_eq!(
+        env.client.job_state("default", &gave_up[0]).await.unwrap(),
+        Some(JobState::Ready),
+        "purge touches only dead letters"
+    );
+    // Replaying an id that is not dead does nothing.
+    let not_dead = DeadFilter { ids: vec![gave_up[0].clone()], ..Default::default() };
+    assert_eq!(env.client.replay("default", &not_dead, None).await.unwrap(), 0);
+    let listed = env.client.jobs_in_state("default", JobState::Ready, 0, 10).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    env.cleanup().await;
+}
+
+fn fleetctl(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(FLEETCTL)
+        .args(["--redis-url", &redis_url(), "--prefix", &env.prefix])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run fleetctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_shows_queues_and_dead_letters_and_asks_before_destroying() {
+    let env = TestEnv::new().await;
+    five_dead(&env).await;
+    let (ok, out, _) = fleetctl(&env, &["queues", "--json"]);
+    assert!(ok);
+    let queues: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(queues[0]["queue"], "default");
+    assert_eq!(queues[0]["stats"]["dead"], 5);
+    let (ok, out, _) = fleetctl(&env, &["queues"]);
+    assert!(ok && out.starts_with("QUEUE") && out.contains("default"), "{out}");
+    let (ok, out, _) = fleetctl(&env, &["dead", "default", "--group"]);
+    assert!(ok && out.contains("probe: scripted give-up"), "{out}");
+
+    let (ok, _, err) = fleetctl(&env, &["purge", "default", "--all"]);
+    assert!(!ok && err.contains("refusing without --yes"), "{err}");
+    assert_eq!(env.stats("default").await.dead, 5, "nothing purged without confirmation");
+    let (ok, _, err) = fleetctl(&env, &["replay", "default", "--yes"]);
+    assert!(!ok && err.contains("--id, --kind, --reason or --all"), "{err}");
+
+    let (ok, out, _) = fleetctl(&env, &["replay", "default", "--reason", "scripted failure", "--yes", "--json"]);
+    assert!(ok, "{out}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["replayed"], 2);
+    let (ok, out, _) = fleetctl(&env, &["purge", "default", "--all", "--yes"]);
+    assert!(ok && out.contains("purged 3"), "{out}");
+    let s = env.stats("default").await;
+    assert_eq!((s.dead, s.ready), (0, 2));
+    let (ok, out, _) = fleetctl(&env, &["jobs", "default", "--state", "ready"]);
+    assert!(ok && out.lines().count() == 3, "{out}");
+    let (ok, _, err) = fleetctl(&env, &["jobs", "default", "--state", "sleeping"]);
+    assert!(!ok && err.contains("unknown state"), "{err}");
+    env.cleanup().await;
+}
