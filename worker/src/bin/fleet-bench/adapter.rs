@@ -174,7 +174,20 @@ pub async fn main(args: &[String]) {
                 ..WorkerConfig::default()
             };
             eprintln!("fleet worker concurrency={concurrency} fetch_batch={batch:?}");
-            let registry = Registry::new().register(Bench);
+            let mut registry = Registry::new().register(Bench);
+            let mut cfg = cfg;
+            if let Ok(db_url) = std::env::var("FLEET_DATABASE_URL") {
+                // The webhook workload: deliveries to a receiver on loopback.
+                let db = fleet_worker::db::connect_and_migrate(&db_url).await.expect("database");
+                let settings = fleet_worker::kinds::webhook::WebhookSettings {
+                    allow: vec!["127.0.0.0/8".into()],
+                    ..Default::default()
+                };
+                registry = registry
+                    .register(fleet_worker::kinds::webhook::Deliver::new(db, settings).expect("webhook handler"));
+                cfg.database_url = Some(db_url);
+                cfg.queues = vec![QueueConfig { name: "webhooks".into(), concurrency, fetch_batch: batch }];
+            }
             let stop = async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");

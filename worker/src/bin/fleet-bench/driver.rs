@@ -428,6 +428,140 @@ async fn limits() {
     );
 }
 
+/// Webhook deliveries by one worker process to a fast receiver on loopback: throughput
+/// with a backlog, and event-to-delivered latency at a steady 500 events/s.
+async fn webhooks() {
+    use axum::routing::post;
+    let base = std::env::var("FLEET_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("fleet_bench_{}", uuid_like());
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{base}/postgres")).await.expect("PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create db");
+    let db_url = format!("{base}/{name}");
+    let db = fleet_worker::db::connect_and_migrate(&db_url).await.expect("migrate");
+
+    // The receiver: records when each webhook-id arrived.
+    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let rec = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap| {
+            let rec = rec.clone();
+            async move {
+                let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                rec.lock().unwrap().push((id, Instant::now()));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let secret = fleet_jobs::webhooks::Secret::generate();
+    sqlx::query("INSERT INTO webhook_endpoints (id, tenant, url, secrets) VALUES ('ep_bench', 'bench', $1, $2)")
+        .bind(format!("http://{addr}/hook"))
+        .bind(vec![secret])
+        .execute(&db)
+        .await
+        .expect("endpoint");
+
+    let c = fresh().await;
+    let publish = |i: usize, db: sqlx::PgPool, c: Client| async move {
+        let id = format!("msg_{i:08}");
+        sqlx::query(
+            "INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, 'bench', 'bench.event', $2)",
+        )
+        .bind(&id)
+        .bind(format!(r#"{{"n":{i},"gallery":"smith-jones"}}"#))
+        .execute(&db)
+        .await
+        .expect("message");
+        let args = fleet_jobs::catalogue::WebhookDelivery { message_id: id.clone(), endpoint_id: "ep_bench".into() };
+        c.enqueue(&args).await.expect("enqueue");
+        id
+    };
+
+    // Throughput: 10,000 deliveries queued, then one worker at concurrency 100.
+    let n = 10_000;
+    let jobs: Vec<_> = (0..n)
+        .map(|i| fleet_jobs::catalogue::WebhookDelivery {
+            message_id: format!("msg_{i:08}"),
+            endpoint_id: "ep_bench".into(),
+        })
+        .collect();
+    let mut tx = db.begin().await.expect("tx");
+    for i in 0..n {
+        sqlx::query(
+            "INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, 'bench', 'bench.event', $2)",
+        )
+        .bind(format!("msg_{i:08}"))
+        .bind(format!(r#"{{"n":{i}}}"#))
+        .execute(&mut *tx)
+        .await
+        .expect("message");
+    }
+    tx.commit().await.expect("commit");
+    c.enqueue_bulk(jobs).await.expect("enqueue");
+    let pipe = Pipe::new("webhooks");
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .args(["worker", "100", "batch=100"])
+        .env("PEERS_FIFO", &pipe.path)
+        .env("FLEET_BENCH_PREFIX", c.prefix())
+        .env("FLEET_DATABASE_URL", &db_url)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("worker");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arrivals.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "deliveries did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (first, last) = {
+        let a = arrivals.lock().unwrap();
+        (a.iter().map(|x| x.1).min().unwrap(), a.iter().map(|x| x.1).max().unwrap())
+    };
+    let rate = (n - 1) as f64 / (last - first).as_secs_f64();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0;
+
+    // Latency: 500 events/s for 10 s, each published (PostgreSQL insert + enqueue) and timed.
+    arrivals.lock().unwrap().clear();
+    let mut published = Vec::new();
+    let start = tokio::time::Instant::now();
+    for i in 0..5_000 {
+        tokio::time::sleep_until(start + Duration::from_micros(2_000 * i as u64)).await;
+        let t = Instant::now();
+        let id = publish(n + i, db.clone(), c.clone()).await;
+        published.push((id, t));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().unwrap().len() < published.len() {
+        assert!(Instant::now() < deadline, "latency run did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got: std::collections::HashMap<String, Instant> = arrivals.lock().unwrap().iter().cloned().collect();
+    let mut lat: Vec<f64> =
+        published.iter().filter_map(|(id, t)| got.get(id).map(|a| (*a - *t).as_secs_f64() * 1000.0)).collect();
+    lat.sort_by(f64::total_cmp);
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    db.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&mut admin).await;
+    cleanup(&c).await;
+    println!(
+        "webhooks: {rate:.0} signed deliveries/s by one worker (concurrency 100) to a local receiver; at 500 events/s event-to-delivered p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; worker peak RSS {rss:.1} MB",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
 /// `n` jobs all due in the same second, then processed.
 async fn due(n: usize) {
     let c = fresh().await;
@@ -491,6 +625,7 @@ pub async fn run(args: &[String]) {
             "due" => due(100_000).await,
             "dead" => dead(10_000).await,
             "limits" => limits().await,
+            "webhooks" => webhooks().await,
             "recovery" => {
                 recovery(5_000).await;
                 recovery(30_000).await;
