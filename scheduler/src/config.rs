@@ -23,6 +23,8 @@ pub struct SchedulerConfig {
     pub log_format: String,
     /// Schedules from the file (PostgreSQL's `schedules` table adds more at run time).
     pub schedules: Vec<ScheduleSpec>,
+    /// Providers allowed to send webhooks to `/v1/intake/<name>`.
+    pub intake: std::collections::BTreeMap<String, crate::api::intake::IntakeProvider>,
 }
 
 impl Default for SchedulerConfig {
@@ -35,6 +37,7 @@ impl Default for SchedulerConfig {
             max_body_bytes: 1 << 20,
             log_format: "text".into(),
             schedules: Vec::new(),
+            intake: Default::default(),
         }
     }
 }
@@ -73,6 +76,9 @@ impl SchedulerConfig {
         }
         if !matches!(cfg.log_format.as_str(), "text" | "json") {
             return Err(format!("invalid setting log_format {:?}: expected text or json", cfg.log_format));
+        }
+        for (name, p) in &cfg.intake {
+            p.validate(name)?;
         }
         for s in &cfg.schedules {
             Schedule::parse(s.clone()).map_err(|e| format!("invalid schedule: {e}"))?;

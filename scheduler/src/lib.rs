@@ -56,7 +56,8 @@ pub async fn run(
     let stop = tokio_util::sync::CancellationToken::new();
     let ticker = ticker::Ticker::new(client.clone(), Some(db.clone()), config.schedules.clone());
     let ticking = tokio::spawn(ticker::run(ticker, stop.clone()));
-    let router = api::app(api::ApiState { client, db: db.clone() }, config.max_body_bytes)
+    let state = api::ApiState::new(client, db.clone()).with_intake(config.intake.clone());
+    let router = api::app(state, config.max_body_bytes)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(move || std::future::ready(metrics.render())));
     let listener = tokio::net::TcpListener::bind(config.listen)

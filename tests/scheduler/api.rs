@@ -24,7 +24,7 @@ impl Api {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
         let key = auth::create_api_key(&db.pool, "acme", "test", &["enqueue"]).await.unwrap();
-        let router = app(ApiState { client: env.client.clone(), db: db.pool.clone() }, 64 * 1024);
+        let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 64 * 1024);
         Api { env, db, router, key }
     }
 

@@ -92,7 +92,7 @@ impl World {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
         let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
-        let api = app(ApiState { client: env.client.clone(), db: db.pool.clone() }, 1 << 20);
+        let api = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
         let (receiver, base) = start_receiver().await;
         let settings = WebhookSettings {
             allow: if allow_loopback { vec!["127.0.0.0/8".into()] } else { vec![] },
@@ -104,7 +104,9 @@ impl World {
             backoff: Backoff::exponential(Duration::from_millis(200)).jitter(Jitter::None).max(Duration::from_secs(1)),
             timeout: None,
         };
-        let registry = Registry::new().register_with(Deliver::new(db.pool.clone(), settings).unwrap(), policy);
+        let registry = Registry::new()
+            .register_with(Deliver::new(db.pool.clone(), settings).unwrap(), policy)
+            .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()));
         let mut cfg = env.config("webhooks", 20);
         cfg.limits = limits.iter().map(|(k, s)| (k.to_string(), s.clone())).collect();
         cfg.lease_ms = 10_000;
@@ -345,5 +347,114 @@ async fn an_independent_receiver_verifies_the_signatures() {
         (w.attempts(&ep).await.first().map(|a| a.1.clone()) == Some("delivered".into())).then_some(())
     })
     .await;
+    w.done().await;
+}
+
+fn intake_router(w: &World) -> Router {
+    let providers: std::collections::BTreeMap<String, fleet_scheduler::api::intake::IntakeProvider> = toml::from_str(
+        r#"
+        [vision]
+        scheme = "standard_webhooks"
+        secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+
+        [sms]
+        scheme = "hmac_sha256"
+        secrets = ["sms-shared-secret"]
+        signature_header = "x-signature"
+        prefix = "sha256="
+        encoding = "hex"
+        id_header = "x-request-id"
+        timestamp_header = "x-timestamp"
+        "#,
+    )
+    .unwrap();
+    app(ApiState::new(w.env.client.clone(), w.db.pool.clone()).with_intake(providers), 64 * 1024)
+}
+
+async fn post_raw(router: &Router, uri: &str, headers: &[(&str, String)], body: &str) -> (StatusCode, String) {
+    let mut req = Request::builder().method("POST").uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let res = router.clone().oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
+    let status = res.status();
+    (status, String::from_utf8_lossy(&axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap()).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_accepts_a_good_call_and_refuses_tampered_stale_and_replayed_ones() {
+    let w = World::new(true, &[]).await;
+    let router = intake_router(&w);
+    let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let body = r#"{"image": "img_42", "labels": ["ceremony"]}"#;
+    let signed = |id: &str, ts: i64, body: &str| {
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", secret.sign(id, ts, body.as_bytes()).unwrap()),
+        ]
+    };
+    let now = chrono::Utc::now().timestamp();
+    let (s, _) = post_raw(&router, "/v1/intake/vision", &signed("evt_1", now, body), body).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    eventually("the call to be recorded", T, || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM intake_events WHERE provider = 'vision' AND id = 'evt_1'")
+                .fetch_one(&w.db.pool)
+                .await
+                .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    let stored: String =
+        sqlx::query_scalar("SELECT body FROM intake_events WHERE id = 'evt_1'").fetch_one(&w.db.pool).await.unwrap();
+    assert_eq!(stored, body);
+
+    let refused = r#"{"error":{"code":"unauthorized","message":"invalid signature"}}"#;
+    let cases = [
+        ("replayed", signed("evt_1", now, body), body.to_owned()),
+        ("tampered", signed("evt_2", now, body), body.replace("ceremony", "reception")),
+        ("stale", signed("evt_3", now - 400, body), body.to_owned()),
+        ("unsigned", vec![("webhook-id", "evt_4".to_owned()), ("webhook-timestamp", now.to_string())], body.to_owned()),
+    ];
+    for (what, headers, b) in cases {
+        let (s, text) = post_raw(&router, "/v1/intake/vision", &headers, &b).await;
+        assert_eq!((s, text.as_str()), (StatusCode::UNAUTHORIZED, refused), "{what}: the same bare 401");
+    }
+    assert_eq!(
+        post_raw(&router, "/v1/intake/nobody", &signed("evt_5", now, body), body).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The HMAC header scheme, signed over "{timestamp}.{body}".
+    use hmac::Mac;
+    let sms_body = r#"{"from":"+4917612345678","text":"See you Saturday!"}"#;
+    let sign = |key: &str, ts: i64| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(format!("{ts}.{sms_body}").as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let hmac_headers = |sig: String, id: &str, ts: i64| {
+        vec![("x-signature", sig), ("x-request-id", id.to_owned()), ("x-timestamp", ts.to_string())]
+    };
+    let (s, _) =
+        post_raw(&router, "/v1/intake/sms", &hmac_headers(sign("sms-shared-secret", now), "sms_1", now), sms_body)
+            .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) =
+        post_raw(&router, "/v1/intake/sms", &hmac_headers(sign("wrong-secret", now), "sms_2", now), sms_body).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = post_raw(
+        &router,
+        "/v1/intake/sms",
+        &hmac_headers(sign("sms-shared-secret", now - 400), "sms_3", now - 400),
+        sms_body,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) =
+        post_raw(&router, "/v1/intake/sms", &hmac_headers(sign("sms-shared-secret", now), "sms_1", now), sms_body)
+            .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "replayed id");
     w.done().await;
 }

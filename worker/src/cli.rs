@@ -56,8 +56,9 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
     let mut registry = Registry::builtin();
     if let Some(url) = &config.database_url {
         let db = crate::db::connect_and_migrate(url).await?;
-        let deliver = crate::kinds::webhook::Deliver::new(db, config.webhooks.clone()).map_err(anyhow::Error::msg)?;
-        registry = registry.register(deliver);
+        let deliver =
+            crate::kinds::webhook::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
+        registry = registry.register(deliver).register(crate::kinds::webhook::intake::Record::new(db));
     } else {
         tracing::info!("no database_url: webhook deliveries are not handled by this worker");
     }

@@ -29,3 +29,25 @@ impl WebhookDelivery {
         format!("webhook:endpoint:{}", self.endpoint_id)
     }
 }
+
+/// Arguments of `webhook.intake`: one verified incoming call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookIntake {
+    /// The configured provider it came from.
+    pub provider: String,
+    /// The sender's delivery id.
+    pub id: String,
+    /// The body as received (UTF-8; non-UTF-8 bytes are replaced).
+    pub body: String,
+    /// When it was received, ms since the epoch.
+    pub received_at: u64,
+}
+
+impl JobArgs for WebhookIntake {
+    const KIND: &'static str = "webhook.intake";
+
+    fn options() -> KindOptions {
+        KindOptions { queue: "webhooks".into(), max_attempts: 10, ..KindOptions::default() }
+    }
+}

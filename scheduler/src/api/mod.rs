@@ -5,6 +5,7 @@
 pub mod auth;
 mod batches;
 pub mod error;
+pub mod intake;
 mod jobs;
 mod webhooks;
 
@@ -21,6 +22,21 @@ pub struct ApiState {
     pub client: Client,
     /// PostgreSQL.
     pub db: sqlx::PgPool,
+    /// Providers allowed to call `/v1/intake/{provider}`.
+    pub intake: std::sync::Arc<std::collections::BTreeMap<String, intake::IntakeProvider>>,
+}
+
+impl ApiState {
+    /// State with no intake providers.
+    pub fn new(client: Client, db: sqlx::PgPool) -> Self {
+        ApiState { client, db, intake: Default::default() }
+    }
+
+    /// The same state with intake providers.
+    pub fn with_intake(mut self, providers: std::collections::BTreeMap<String, intake::IntakeProvider>) -> Self {
+        self.intake = std::sync::Arc::new(providers);
+        self
+    }
 }
 
 /// Most jobs in one bulk request or batch.
@@ -30,7 +46,7 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch,
-        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event),
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, intake::receive),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView)),
     modifiers(&BearerAuth)
@@ -67,6 +83,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
         .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
         .route("/v1/events", post(webhooks::publish_event))
+        .route("/v1/intake/{provider}", post(intake::receive))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

@@ -13,6 +13,7 @@
 //! * Every attempt is written to `webhook_attempts`.
 //! * The endpoint's limit key `webhook:endpoint:<id>` carries its rate, cap and breaker.
 
+pub mod intake;
 pub mod ssrf;
 
 use crate::handler::{Handler, JobContext, JobError};
