@@ -106,8 +106,11 @@ impl World {
         };
         let registry = Registry::new()
             .register_with(Deliver::new(db.pool.clone(), settings).unwrap(), policy)
-            .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()));
+            .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()))
+            .register(fleet_worker::kinds::webhook::publish::Publish::new(db.pool.clone(), env.client.clone()))
+            .register(fleet_worker::kinds::probe::Probe);
         let mut cfg = env.config("webhooks", 20);
+        cfg.queues.push(fleet_worker::QueueConfig { name: "default".into(), concurrency: 10, fetch_batch: None });
         cfg.limits = limits.iter().map(|(k, s)| (k.to_string(), s.clone())).collect();
         cfg.lease_ms = 10_000;
         let workers = vec![env.worker(cfg, registry).await];
@@ -146,7 +149,7 @@ impl World {
             .body(Body::from(body))
             .unwrap();
         let res = self.api.clone().oneshot(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
         let v: Value = serde_json::from_slice(&axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap()).unwrap();
         v["id"].as_str().unwrap().to_owned()
     }
@@ -456,5 +459,42 @@ async fn intake_accepts_a_good_call_and_refuses_tampered_stale_and_replayed_ones
         post_raw(&router, "/v1/intake/sms", &hmac_headers(sign("sms-shared-secret", now), "sms_1", now), sms_body)
             .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "replayed id");
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_batch_publishes_a_portfolio_processed_webhook() {
+    let w = World::new(true, &[]).await;
+    let (s, ep) = w
+        .call("POST", "/v1/endpoints", json!({"url": format!("{}/ok", w.base), "event_types": ["portfolio.processed"]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+    let analyses: Vec<Value> = (0..20).map(|_| json!({"kind": "probe", "args": {"do": "succeed"}})).collect();
+    let (s, batch) = w
+        .call(
+            "POST",
+            "/v1/batches",
+            json!({
+                "jobs": analyses,
+                "on_complete": {"kind": "webhook.publish", "args": {"event_type": "portfolio.processed", "payload": {"portfolio": "smith-jones", "photos": 20}}}
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{batch}");
+    eventually("the portfolio webhook", T, || async { (w.receiver.count("ok") == 1).then_some(()) }).await;
+    let got = &w.receiver.of("ok")[0];
+    // Exactly the payload as the API received it (serde_json's json! sorts the keys).
+    assert_eq!(got.body.as_ref(), br#"{"photos":20,"portfolio":"smith-jones"}"#);
+    let h = |n: &str| got.headers.get(n).and_then(|v| v.to_str().ok());
+    verify(
+        &[Secret::parse(&secret).unwrap()],
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+        &got.body,
+        chrono::Utc::now().timestamp(),
+    )
+    .expect("signed with the endpoint's secret");
     w.done().await;
 }

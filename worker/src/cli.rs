@@ -58,7 +58,11 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         let db = crate::db::connect_and_migrate(url).await?;
         let deliver =
             crate::kinds::webhook::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
-        registry = registry.register(deliver).register(crate::kinds::webhook::intake::Record::new(db));
+        let client = fleet_jobs::Client::connect(&config.redis_url, config.prefix.clone()).await?;
+        registry = registry
+            .register(deliver)
+            .register(crate::kinds::webhook::intake::Record::new(db.clone()))
+            .register(crate::kinds::webhook::publish::Publish::new(db, client));
     } else {
         tracing::info!("no database_url: webhook deliveries are not handled by this worker");
     }

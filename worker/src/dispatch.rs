@@ -117,6 +117,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             enqueued_at: env.enqueued_at,
             instance: cfg.instance.clone(),
             trace: env.trace.clone(),
+            tenant: env.tenant.clone(),
             cpu: cfg.cpu.clone(),
         };
         let prepared = match entry.start(&env.args, ctx) {

@@ -127,6 +127,8 @@ pub struct JobContext {
     pub instance: Arc<str>,
     /// Trace context of the enqueuing request.
     pub trace: Option<String>,
+    /// The tenant the job belongs to (set by the HTTP API from the caller's key).
+    pub tenant: Option<String>,
     pub(crate) cpu: CpuPool,
 }
 

@@ -8,7 +8,7 @@ pub mod probe;
 pub mod webhook;
 
 pub use probe::{ProbeAction, ProbeArgs};
-pub use webhook::{WebhookDelivery, WebhookIntake};
+pub use webhook::{WebhookDelivery, WebhookIntake, WebhookPublish};
 
 use crate::kind::{JobArgs, KindOptions};
 use serde_json::value::RawValue;
@@ -34,7 +34,7 @@ fn info<A: JobArgs>() -> KindInfo {
 
 /// Every kind in the catalogue.
 pub fn kinds() -> Vec<KindInfo> {
-    vec![info::<ProbeArgs>(), info::<WebhookDelivery>(), info::<WebhookIntake>()]
+    vec![info::<ProbeArgs>(), info::<WebhookDelivery>(), info::<WebhookIntake>(), info::<WebhookPublish>()]
 }
 
 /// The kind named `name`, if the catalogue has it.

@@ -51,3 +51,28 @@ impl JobArgs for WebhookIntake {
         KindOptions { queue: "webhooks".into(), max_attempts: 10, ..KindOptions::default() }
     }
 }
+
+/// Arguments of `webhook.publish`: an event to record and fan out to the tenant's
+/// subscribed endpoints. The tenant is the job's own (set by the API from the caller's
+/// key, or inherited by a batch callback); the message id is `msg_<job id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPublish {
+    /// Event type, e.g. `portfolio.processed`.
+    pub event_type: String,
+    /// The payload, sent to subscribers byte for byte.
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+impl JobArgs for WebhookPublish {
+    const KIND: &'static str = "webhook.publish";
+
+    fn options() -> KindOptions {
+        KindOptions { queue: "webhooks".into(), max_attempts: 20, ..KindOptions::default() }
+    }
+}
+
+/// The message id of the event published by the `webhook.publish` job `job_id`.
+pub fn message_id(job_id: &str) -> String {
+    format!("msg_{job_id}")
+}

@@ -1,6 +1,6 @@
-//! `/v1/endpoints` (subscriptions) and `/v1/events` (the event log, fanned out to every
-//! enabled endpoint of the tenant whose event-type filter matches, one
-//! `webhook.deliver` job each).
+//! `/v1/endpoints` (subscriptions) and `/v1/events` (accepted as a `webhook.publish` job,
+//! which records the event and fans it out to every enabled endpoint of the tenant whose
+//! event-type filter matches, one `webhook.deliver` job each).
 
 use super::ApiState;
 use super::auth::Caller;
@@ -9,12 +9,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use fleet_jobs::catalogue::WebhookDelivery;
+use fleet_jobs::EnqueueOptions;
+use fleet_jobs::catalogue::WebhookPublish;
+use fleet_jobs::catalogue::webhook::message_id;
 use fleet_jobs::webhooks::Secret;
-use fleet_jobs::{EnqueueOptions, Unique};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::time::Duration;
 use utoipa::ToSchema;
 
 /// An endpoint to subscribe.
@@ -57,13 +57,13 @@ pub(crate) struct EventRequest {
     payload: Box<RawValue>,
 }
 
-/// A published event.
+/// An accepted event.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct EventView {
     /// The message id (the `webhook-id` of its deliveries).
     id: String,
-    /// Deliveries enqueued.
-    deliveries: usize,
+    /// The job that records and fans it out.
+    job: String,
 }
 
 /// Subscribe an endpoint.
@@ -168,9 +168,11 @@ pub(crate) async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Publish an event to the tenant's subscribed endpoints.
+/// Publish an event to the tenant's subscribed endpoints. The event is accepted into
+/// the queue at once (202); a worker records it and enqueues one delivery per matching
+/// endpoint.
 #[utoipa::path(post, path = "/v1/events", request_body = EventRequest,
-    responses((status = 201, body = EventView), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+    responses((status = 202, body = EventView), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn publish_event(
     State(state): State<ApiState>,
     caller: Caller,
@@ -180,32 +182,10 @@ pub(crate) async fn publish_event(
     if req.event_type.is_empty() || req.event_type.len() > 200 {
         return Err(ApiError::invalid("type must be 1 to 200 characters"));
     }
-    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query("INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, $2, $3, $4)")
-        .bind(&id)
-        .bind(&caller.tenant)
-        .bind(&req.event_type)
-        .bind(req.payload.get())
-        .execute(&state.db)
-        .await
-        .map_err(|e| ApiError::unavailable("recording the event", e))?;
-    let endpoints: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM webhook_endpoints WHERE tenant = $1 AND enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types))",
-    )
-    .bind(&caller.tenant)
-    .bind(&req.event_type)
-    .fetch_all(&state.db)
-    .await
-    .map_err(|e| ApiError::unavailable("finding subscribers", e))?;
-    for endpoint_id in &endpoints {
-        let args = WebhookDelivery { message_id: id.clone(), endpoint_id: endpoint_id.clone() };
-        let opts = EnqueueOptions {
-            unique: Some(Unique { key: format!("wh:{id}:{endpoint_id}"), window: Duration::from_secs(24 * 3600) }),
-            tenant: Some(caller.tenant.clone()),
-            ..Default::default()
-        };
-        state.client.enqueue_with(&args, opts).await?;
-    }
+    let job = fleet_jobs::JobId::new();
+    let args = WebhookPublish { event_type: req.event_type, payload: req.payload };
+    let opts = EnqueueOptions { id: Some(job.clone()), tenant: Some(caller.tenant.clone()), ..Default::default() };
+    state.client.enqueue_with(&args, opts).await?;
     metrics::counter!("fleet_webhook_events_total").increment(1);
-    Ok((StatusCode::CREATED, Json(EventView { id, deliveries: endpoints.len() })))
+    Ok((StatusCode::ACCEPTED, Json(EventView { id: message_id(job.as_str()), job: job.0 })))
 }

@@ -14,6 +14,7 @@
 //! * The endpoint's limit key `webhook:endpoint:<id>` carries its rate, cap and breaker.
 
 pub mod intake;
+pub mod publish;
 pub mod ssrf;
 
 use crate::handler::{Handler, JobContext, JobError};
