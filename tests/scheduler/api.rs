@@ -203,3 +203,50 @@ async fn the_openapi_description_is_served() {
     }
     api.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_streams_its_progress_live_until_done() {
+    use futures::StreamExt;
+    let api = Api::new().await;
+    let jobs: Vec<Value> = (0..40).map(|_| json!({"kind": "probe", "args": {"do": "sleep", "ms": 20}})).collect();
+    let (_, batch) = api.post("/v1/batches", json!({"jobs": jobs})).await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let other = auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    assert_eq!(
+        api.call("GET", &format!("/v1/batches/{id}/events"), Some(&other), None, &[]).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let req = Request::builder()
+        .uri(format!("/v1/batches/{id}/events"))
+        .header("authorization", format!("Bearer {}", api.key))
+        .body(Body::empty())
+        .unwrap();
+    let res = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body().into_data_stream();
+    let worker = api.env.worker(api.env.config("default", 4), Registry::builtin()).await;
+    let mut text = String::new();
+    let mut progress: Vec<i64> = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if text.contains("event: done") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the stream ends with done");
+    for block in text.split("\n\n").filter(|b| b.contains("data:")) {
+        let data = block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let v: Value = serde_json::from_str(data).unwrap();
+        progress.push(v["succeeded"].as_i64().unwrap());
+    }
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "counts only grow: {progress:?}");
+    assert!(progress.len() >= 2, "progress was streamed before the end: {progress:?}");
+    assert_eq!(*progress.last().unwrap(), 40);
+    worker.shutdown().await;
+    api.done().await;
+}

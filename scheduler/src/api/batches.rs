@@ -97,6 +97,50 @@ pub(crate) async fn create_batch(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Live progress of a batch as server-sent events: a `progress` event whenever its
+/// counters change (checked every 250 ms), then `done` when its callbacks are enqueued.
+#[utoipa::path(get, path = "/v1/batches/{id}/events",
+    responses((status = 200, description = "text/event-stream of progress events"), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn batch_events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<
+    axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let row: Option<(String,)> = sqlx::query_as("SELECT queue FROM batches WHERE id = $1 AND tenant = $2")
+        .bind(&id)
+        .bind(&caller.tenant)
+        .fetch_optional(&state.db)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the batch", e))?;
+    let (queue,) = row.ok_or_else(|| ApiError::not_found(format!("no batch {id}")))?;
+    let client = state.client.clone();
+    let stream = futures::stream::unfold((None::<fleet_jobs::batches::BatchStatus>, false), move |(last, finished)| {
+        let (client, queue, id) = (client.clone(), queue.clone(), id.clone());
+        async move {
+            if finished {
+                return None;
+            }
+            loop {
+                let now = client.batch(&queue, &id).await.ok().flatten();
+                if let Some(s) = now
+                    && last.as_ref() != Some(&s)
+                {
+                    let done = s.callbacks_enqueued;
+                    let data = serde_json::json!({"id": id, "total": s.total, "succeeded": s.succeeded, "failed": s.failed, "pending": s.pending});
+                    let event = Event::default().event(if done { "done" } else { "progress" }).data(data.to_string());
+                    return Some((Ok(event), (Some(s), done)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
 /// Read a batch's progress.
 #[utoipa::path(get, path = "/v1/batches/{id}",
     responses((status = 200, body = BatchView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]

@@ -45,7 +45,7 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
-    paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch,
+    paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, intake::receive),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView)),
@@ -80,6 +80,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/jobs/{queue}/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/batches", post(batches::create_batch))
         .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/batches/{id}/events", get(batches::batch_events))
         .route("/v1/endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
         .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
         .route("/v1/events", post(webhooks::publish_event))
