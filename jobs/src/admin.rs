@@ -60,31 +60,34 @@ pub struct JobSummary {
 }
 
 impl Client {
-    /// Every queue under this prefix that has counters (found with SCAN: for operators only).
-    pub async fn queues(&self) -> Result<Vec<String>> {
+    /// Every key matching `pattern` (SCAN, 1000 at a time: for operators and tools, never
+    /// a worker's hot path).
+    pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
         let mut conn = self.connection();
-        let pattern = format!("{}:{{*}}:stats", self.prefix());
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            for k in keys {
-                if let (Some(a), Some(b)) = (k.find('{'), k.find('}')) {
-                    out.push(k[a + 1..b].to_owned());
-                }
-            }
+            out.extend(keys);
             if next == 0 {
-                break;
+                return Ok(out);
             }
             cursor = next;
         }
+    }
+
+    /// Every queue under this prefix that has counters.
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let keys = self.scan_keys(&format!("{}:{{*}}:stats", self.prefix())).await?;
+        let mut out: Vec<String> =
+            keys.iter().filter_map(|k| Some(k[k.find('{')? + 1..k.find('}')?].to_owned())).collect();
         out.sort();
         out.dedup();
         Ok(out)
@@ -247,18 +250,8 @@ impl Client {
             if i > 0 && per_second.is_some() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let mut inv = scripts::DEAD_LETTERS.prepare_invoke();
-            inv.key(&k.jobs)
-                .key(&k.state)
-                .key(&k.att)
-                .key(&k.ready[0])
-                .key(&k.ready[1])
-                .key(&k.ready[2])
-                .key(&k.stats)
-                .key(&k.dead)
-                .key(&k.hist)
-                .key(&k.wake)
-                .arg(op);
+            let mut inv = k.invoke(&scripts::DEAD_LETTERS, "jobs state att r0 r1 r2 stats dead hist wake");
+            inv.arg(op);
             for id in part {
                 inv.arg(id);
             }

@@ -245,17 +245,7 @@ impl Client {
             let queue = &jobs[start].queue;
             let end = jobs[start..].iter().position(|j| &j.queue != queue).map_or(jobs.len(), |n| start + n);
             let k = self.keys(queue);
-            let mut inv = scripts::ENQUEUE.prepare_invoke();
-            inv.key(&k.jobs)
-                .key(&k.state)
-                .key(&k.ready[0])
-                .key(&k.ready[1])
-                .key(&k.ready[2])
-                .key(&k.sched)
-                .key(&k.stats)
-                .key(&k.wake)
-                .key(&k.uniq)
-                .key(&k.uniqexp);
+            let mut inv = k.invoke(&scripts::ENQUEUE, "jobs state r0 r1 r2 sched stats wake uniq uniqexp");
             for j in &jobs[start..end] {
                 let (ukey, window) = match &j.unique {
                     Some(u) => (u.key.as_str(), u.window.as_millis() as u64),
@@ -279,15 +269,8 @@ impl Client {
     /// Cancels a job that has not finished (queued, scheduled, retrying or running).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
         let k = self.keys(queue);
-        let (code, prev): (i64, String) = scripts::CANCEL
-            .key(&k.state)
-            .key(&k.sched)
-            .key(&k.leases)
-            .key(&k.stats)
-            .key(&k.done)
-            .key(&k.jobs)
-            .key(&k.batches)
-            .key(&k.batchdone)
+        let (code, prev): (i64, String) = k
+            .invoke(&scripts::CANCEL, "state sched leases stats done jobs batches batchdone")
             .arg(id)
             .arg(24 * 3600 * 1000)
             .invoke_async(&mut self.conn.clone())

@@ -73,6 +73,45 @@ impl QueueKeys {
     }
 }
 
+impl QueueKeys {
+    /// The key called `name` in the scripts' `KEYS` comments (`jobs`, `r0`, `sched`, ...).
+    fn named(&self, name: &str) -> &str {
+        match name {
+            "jobs" => &self.jobs,
+            "state" => &self.state,
+            "att" => &self.att,
+            "r0" => &self.ready[0],
+            "r1" => &self.ready[1],
+            "r2" => &self.ready[2],
+            "sched" => &self.sched,
+            "leases" => &self.leases,
+            "stats" => &self.stats,
+            "dead" => &self.dead,
+            "done" => &self.done,
+            "hist" => &self.hist,
+            "wake" => &self.wake,
+            "conf" => &self.conf,
+            "workers" => &self.workers,
+            "uniq" => &self.uniq,
+            "uniqexp" => &self.uniqexp,
+            "batches" => &self.batches,
+            "batchdone" => &self.batchdone,
+            "batchfin" => &self.batchfin,
+            other => panic!("no queue key named {other:?}"),
+        }
+    }
+
+    /// A call of `script` with the keys `names` declared in order, exactly as the
+    /// script's `KEYS` comment lists them.
+    pub(crate) fn invoke<'a>(&self, script: &'a redis::Script, names: &str) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for name in names.split_whitespace() {
+            inv.key(self.named(name));
+        }
+        inv
+    }
+}
+
 /// Checks a queue name: non-empty, at most 64 characters, letters, digits and `-_.` only
 /// (no braces, so the hash tag stays intact).
 pub fn validate_queue_name(queue: &str) -> Result<(), String> {

@@ -62,27 +62,7 @@ impl TestEnv {
     /// Deletes this test's keys (SCAN + DEL on its own prefix only).
     pub async fn cleanup(self) {
         let mut conn = self.client.connection();
-        let pattern = format!("{}:*", self.prefix);
-        let keys: Vec<String> = {
-            let mut out = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("scan");
-                out.extend(batch);
-                if next == 0 {
-                    break out;
-                }
-                cursor = next;
-            }
-        };
+        let keys = self.client.scan_keys(&format!("{}:*", self.prefix)).await.expect("scan");
         for k in keys {
             let _: () = redis::cmd("DEL").arg(k).query_async(&mut conn).await.expect("del");
         }

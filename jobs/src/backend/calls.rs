@@ -57,18 +57,8 @@ pub async fn lease(
     cfg: &EngineConfig,
     want: usize,
 ) -> RedisResult<Leased> {
-    let v: Vec<Value> = scripts::FETCH
-        .key(&k.jobs)
-        .key(&k.state)
-        .key(&k.att)
-        .key(&k.ready[0])
-        .key(&k.ready[1])
-        .key(&k.ready[2])
-        .key(&k.sched)
-        .key(&k.leases)
-        .key(&k.stats)
-        .key(&k.wake)
-        .key(&k.conf)
+    let v: Vec<Value> = k
+        .invoke(&scripts::FETCH, "jobs state att r0 r1 r2 sched leases stats wake conf")
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
         .arg(cfg.promote_limit)
@@ -110,23 +100,9 @@ pub async fn complete(
     cfg: &EngineConfig,
     batch: &[Completion],
 ) -> RedisResult<Completed> {
-    let mut inv = scripts::ACK.prepare_invoke();
-    inv.key(&k.jobs)
-        .key(&k.state)
-        .key(&k.att)
-        .key(&k.ready[0])
-        .key(&k.ready[1])
-        .key(&k.ready[2])
-        .key(&k.sched)
-        .key(&k.leases)
-        .key(&k.stats)
-        .key(&k.dead)
-        .key(&k.done)
-        .key(&k.hist)
-        .key(&k.wake)
-        .key(&k.batches)
-        .key(&k.batchdone)
-        .arg(cfg.retention.as_millis() as u64)
+    let mut inv =
+        k.invoke(&scripts::ACK, "jobs state att r0 r1 r2 sched leases stats dead done hist wake batches batchdone");
+    inv.arg(cfg.retention.as_millis() as u64)
         .arg(cfg.dead_max_count)
         .arg(cfg.dead_max_age.as_millis() as u64)
         .arg(cfg.history_cap.max(1));
@@ -160,22 +136,9 @@ pub async fn heartbeat(
     cfg: &EngineConfig,
     held: &[(String, String)],
 ) -> RedisResult<HeartbeatReport> {
-    let mut inv = scripts::HEARTBEAT.prepare_invoke();
-    inv.key(&k.jobs)
-        .key(&k.state)
-        .key(&k.att)
-        .key(&k.ready[0])
-        .key(&k.ready[1])
-        .key(&k.ready[2])
-        .key(&k.leases)
-        .key(&k.stats)
-        .key(&k.dead)
-        .key(&k.hist)
-        .key(&k.workers)
-        .key(&k.wake)
-        .key(&k.batches)
-        .key(&k.batchdone)
-        .arg(cfg.lease.as_millis() as u64)
+    let mut inv =
+        k.invoke(&scripts::HEARTBEAT, "jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone");
+    inv.arg(cfg.lease.as_millis() as u64)
         .arg(&cfg.instance)
         .arg(100)
         .arg(cfg.dead_max_count)

@@ -163,25 +163,8 @@ async fn redis_memory(c: &Client) -> f64 {
 
 async fn cleanup(c: &Client) {
     let mut conn = c.connection();
-    let pattern = format!("{}:*", c.prefix());
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .expect("scan");
-        for k in keys {
-            let _: () = redis::cmd("UNLINK").arg(k).query_async(&mut conn).await.expect("unlink");
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+    for k in c.scan_keys(&format!("{}:*", c.prefix())).await.expect("scan") {
+        let _: () = redis::cmd("UNLINK").arg(k).query_async(&mut conn).await.expect("unlink");
     }
 }
 
