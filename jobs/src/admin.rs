@@ -44,6 +44,21 @@ pub struct WorkerInfo {
     pub last_seen: u64,
 }
 
+/// One queue at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueOverview {
+    /// Queue name.
+    pub queue: String,
+    /// Its counters.
+    pub stats: QueueStats,
+    /// Age of the oldest ready job, ms.
+    pub lag_ms: u64,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Live worker instances.
+    pub workers: usize,
+}
+
 /// A job as listed.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
@@ -90,6 +105,45 @@ impl Client {
             keys.iter().filter_map(|k| Some(k[k.find('{')? + 1..k.find('}')?].to_owned())).collect();
         out.sort();
         out.dedup();
+        Ok(out)
+    }
+
+    /// Age of the oldest ready job of `queue` (how long it has waited since it was due),
+    /// in ms; 0 when nothing is ready. Looks at the head of each priority list.
+    pub async fn lag_ms(&self, queue: &str) -> Result<u64> {
+        let k = self.keys(queue);
+        let mut conn = self.connection();
+        let now = crate::envelope::now_ms();
+        let mut lag = 0;
+        for list in &k.ready {
+            let head: Option<String> = redis::cmd("LINDEX").arg(list).arg(0).query_async(&mut conn).await?;
+            if let Some(id) = head {
+                let env: Option<String> = redis::cmd("HGET").arg(&k.jobs).arg(&id).query_async(&mut conn).await?;
+                if let Some(e) = env.and_then(|e| serde_json::from_str::<crate::Envelope>(&e).ok()) {
+                    lag = lag.max(now.saturating_sub(e.run_at.max(e.enqueued_at)));
+                }
+            }
+        }
+        Ok(lag)
+    }
+
+    /// One queue for a dashboard: counters, lag, paused, live workers.
+    pub async fn overview(&self, queue: &str) -> Result<QueueOverview> {
+        Ok(QueueOverview {
+            queue: queue.to_owned(),
+            stats: self.stats(queue).await?,
+            lag_ms: self.lag_ms(queue).await?,
+            paused: self.is_paused(queue).await?,
+            workers: self.workers(queue).await?.len(),
+        })
+    }
+
+    /// Every queue's overview.
+    pub async fn overviews(&self) -> Result<Vec<QueueOverview>> {
+        let mut out = Vec::new();
+        for q in self.queues().await? {
+            out.push(self.overview(&q).await?);
+        }
         Ok(out)
     }
 

@@ -56,7 +56,8 @@ pub async fn run(
     let stop = tokio_util::sync::CancellationToken::new();
     let ticker = ticker::Ticker::new(client.clone(), Some(db.clone()), config.schedules.clone());
     let ticking = tokio::spawn(ticker::run(ticker, stop.clone()));
-    let state = api::ApiState::new(client, db.clone()).with_intake(config.intake.clone());
+    let state = api::ApiState::new(client.clone(), db.clone()).with_intake(config.intake.clone());
+    let sampling = tokio::spawn(state.history.clone().run(client, stop.clone()));
     let router = api::app(state, config.max_body_bytes)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(move || std::future::ready(metrics.render())));
@@ -71,6 +72,7 @@ pub async fn run(
     tracing::info!("shutting down");
     stop.cancel();
     let _ = ticking.await;
+    let _ = sampling.await;
     serving.await.context("api server task")?.context("api server")?;
     db.close().await;
     Ok(())

@@ -113,3 +113,80 @@ async fn fleetctl_shows_queues_and_dead_letters_and_asks_before_destroying() {
     assert!(!ok && err.contains("unknown state"), "{err}");
     env.cleanup().await;
 }
+
+async fn http(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (axum::http::StatusCode, String) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let body = body.map(|b| axum::body::Body::from(b.to_string())).unwrap_or_else(axum::body::Body::empty);
+    let res = router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = res.status();
+    let mut stream = res.into_body().into_data_stream();
+    let mut text = String::new();
+    // A stream never ends: read its first event only.
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut stream)).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if uri.ends_with("/stream") && text.contains("\n\n") {
+            break;
+        }
+    }
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_an_operator_key_and_an_admin_role_to_change_anything() {
+    use axum::http::StatusCode;
+    use fleet_scheduler::api::{ApiState, app, auth};
+    let env = TestEnv::new().await;
+    let db = fleet_tests::TestDb::new().await;
+    five_dead(&env).await;
+    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
+    let operator = auth::create_api_key(&db.pool, "ops", "viewer", &["operator"]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+
+    assert_eq!(http(&router, "GET", "/admin/v1/queues", None, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(http(&router, "GET", "/admin/v1/queues", Some(&app_key), None).await.0, StatusCode::FORBIDDEN);
+    let (s, body) = http(&router, "GET", "/admin/v1/queues", Some(&operator), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let queues: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(queues[0]["queue"], "default");
+    assert_eq!(queues[0]["stats"]["dead"], 5);
+    let (s, groups) = http(&router, "GET", "/admin/v1/queues/default/dead/groups", Some(&operator), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(groups.contains("scripted give-up"), "{groups}");
+
+    let replay = serde_json::json!({"reason": "give-up"});
+    assert_eq!(
+        http(&router, "POST", "/admin/v1/queues/default/replay", Some(&operator), Some(replay.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, out) = http(&router, "POST", "/admin/v1/queues/default/replay", Some(&admin), Some(replay)).await;
+    assert_eq!((s, out.as_str()), (StatusCode::OK, r#"{"replayed":3}"#));
+    let (s, e) =
+        http(&router, "POST", "/admin/v1/queues/default/purge", Some(&admin), Some(serde_json::json!({}))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(
+        http(&router, "GET", "/admin/v1/queues/bad%7Bq%7D/jobs", Some(&operator), None).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let (s, event) = http(&router, "GET", "/admin/v1/stream", Some(&operator), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(event.starts_with("event: queues\ndata: "), "{event}");
+    let (s, page) = http(&router, "GET", "/dashboard", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("Operator key") && page.contains("/admin/v1/stream"));
+    db.drop_db().await;
+    env.cleanup().await;
+}

@@ -467,6 +467,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 tracing::warn!(queue = %cfg.queue, error = %e, "heartbeat failed");
             }
         }
+        if let Ok(lag) = shared.client.lag_ms(&cfg.queue).await {
+            metrics::gauge!("fleet_queue_lag_seconds", "queue" => cfg.queue.clone()).set(lag as f64 / 1000.0);
+        }
         if let Err(e) = shared.client.fire_finished_batches(&cfg.queue).await {
             tracing::warn!(queue = %cfg.queue, error = %e, "batch callbacks not enqueued yet");
         }
@@ -482,6 +485,17 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 ("dead", s.dead),
             ] {
                 metrics::gauge!("fleet_queue_jobs", "queue" => cfg.queue.clone(), "state" => state).set(v as f64);
+            }
+            // Queue-wide totals (kept in Redis by the scripts, so every worker reports the same).
+            for (name, v) in [
+                ("fleet_queue_succeeded_total", s.succeeded),
+                ("fleet_queue_failed_attempts_total", s.failed),
+                ("fleet_queue_dead_letters_total", s.died),
+                ("fleet_queue_dead_letter_evictions_total", s.evicted),
+                ("fleet_queue_lease_expiries_total", s.lease_expired),
+                ("fleet_queue_stale_completions_total", s.stale),
+            ] {
+                metrics::counter!(name, "queue" => cfg.queue.clone()).absolute(v.max(0) as u64);
             }
         }
         tokio::select! {

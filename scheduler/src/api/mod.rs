@@ -2,6 +2,7 @@
 //! Authenticated with API keys, scoped per tenant, described in OpenAPI at
 //! `/openapi.json`. [`app`] returns the router, so tests call it without a socket.
 
+pub mod admin;
 pub mod auth;
 mod batches;
 pub mod error;
@@ -24,12 +25,14 @@ pub struct ApiState {
     pub db: sqlx::PgPool,
     /// Providers allowed to call `/v1/intake/{provider}`.
     pub intake: std::sync::Arc<std::collections::BTreeMap<String, intake::IntakeProvider>>,
+    /// The last hour of queue samples for the dashboard's charts.
+    pub history: admin::History,
 }
 
 impl ApiState {
     /// State with no intake providers.
     pub fn new(client: Client, db: sqlx::PgPool) -> Self {
-        ApiState { client, db, intake: Default::default() }
+        ApiState { client, db, intake: Default::default(), history: Default::default() }
     }
 
     /// The same state with intake providers.
@@ -86,6 +89,19 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/events", post(webhooks::publish_event))
         .route("/v1/intake/{provider}", post(intake::receive))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
+        .route("/dashboard", get(admin::dashboard))
+        .route("/admin/v1/queues", get(admin::queues))
+        .route("/admin/v1/history", get(admin::history))
+        .route("/admin/v1/stream", get(admin::stream))
+        .route("/admin/v1/queues/{queue}/jobs", get(admin::jobs))
+        .route("/admin/v1/queues/{queue}/jobs/{id}", get(admin::job))
+        .route("/admin/v1/queues/{queue}/dead", get(admin::dead))
+        .route("/admin/v1/queues/{queue}/dead/groups", get(admin::dead_groups))
+        .route("/admin/v1/queues/{queue}/replay", post(admin::replay))
+        .route("/admin/v1/queues/{queue}/purge", post(admin::purge))
+        .route("/admin/v1/queues/{queue}/pause", post(admin::pause))
+        .route("/admin/v1/queues/{queue}/resume", post(admin::resume))
+        .route("/admin/v1/queues/{queue}/workers", get(admin::workers))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

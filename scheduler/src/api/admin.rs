@@ -1,0 +1,279 @@
+//! `/admin/v1/...`: the operators' HTTP API (the same views as `fleetctl`, on the same
+//! data API) and the live dashboard at `/dashboard`. Reads need the `operator` role,
+//! changes (replay, purge, pause, resume) the `admin` role.
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::ApiError;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse};
+use fleet_jobs::JobState;
+use fleet_jobs::admin::{DeadFilter, QueueOverview};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One sample of every queue, for the charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// When (ms since the epoch).
+    pub at: u64,
+    /// Per queue: (name, succeeded total, lag ms, ready).
+    pub queues: Vec<(String, i64, u64, i64)>,
+}
+
+/// The last hour of samples (one every 10 s), kept by the scheduler.
+#[derive(Clone, Default)]
+pub struct History(Arc<Mutex<VecDeque<Sample>>>);
+
+impl History {
+    /// Samples every queue every 10 s until `stop`, keeping one hour.
+    pub async fn run(self, client: fleet_jobs::Client, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Ok(all) = client.overviews().await {
+                let s = Sample {
+                    at: fleet_jobs::envelope::now_ms(),
+                    queues: all.into_iter().map(|o| (o.queue, o.stats.succeeded, o.lag_ms, o.stats.ready)).collect(),
+                };
+                let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                h.push_back(s);
+                while h.len() > 360 {
+                    h.pop_front();
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Sample> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+}
+
+fn read(caller: &Caller) -> Result<(), ApiError> {
+    caller.require("operator")
+}
+
+/// GET /admin/v1/queues
+pub(crate) async fn queues(State(s): State<ApiState>, caller: Caller) -> Result<Json<Vec<QueueOverview>>, ApiError> {
+    read(&caller)?;
+    Ok(Json(s.client.overviews().await?))
+}
+
+/// GET /admin/v1/history
+pub(crate) async fn history(State(s): State<ApiState>, caller: Caller) -> Result<Json<Vec<Sample>>, ApiError> {
+    read(&caller)?;
+    Ok(Json(s.history.snapshot()))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct JobsQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn queue_name(q: &str) -> Result<(), ApiError> {
+    fleet_jobs::keys::validate_queue_name(q).map_err(ApiError::invalid)
+}
+
+/// GET /admin/v1/queues/{queue}/jobs?state=ready
+pub(crate) async fn jobs(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    Query(q): Query<JobsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    queue_name(&queue)?;
+    let state: JobState = serde_json::from_value(serde_json::Value::String(q.state.unwrap_or_else(|| "ready".into())))
+        .map_err(|_| ApiError::invalid("unknown state"))?;
+    Ok(Json(s.client.jobs_in_state(&queue, state, q.offset, q.limit.unwrap_or(50).min(500)).await?))
+}
+
+/// GET /admin/v1/queues/{queue}/jobs/{id}
+pub(crate) async fn job(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    queue_name(&queue)?;
+    Ok(Json(s.client.job(&queue, &id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?))
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct DeadQuery {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// GET /admin/v1/queues/{queue}/dead
+pub(crate) async fn dead(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    Query(q): Query<DeadQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    queue_name(&queue)?;
+    let filter = DeadFilter {
+        kind: q.kind,
+        reason_contains: q.reason,
+        limit: Some(q.limit.unwrap_or(50).min(500)),
+        ..Default::default()
+    };
+    Ok(Json(s.client.dead_matching(&queue, &filter).await?))
+}
+
+/// GET /admin/v1/queues/{queue}/dead/groups
+pub(crate) async fn dead_groups(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    queue_name(&queue)?;
+    let groups: Vec<serde_json::Value> = s
+        .client
+        .dead_by_reason(&queue)
+        .await?
+        .into_iter()
+        .map(|(reason, count)| serde_json::json!({"reason": reason, "count": count}))
+        .collect();
+    Ok(Json(groups))
+}
+
+/// Which dead letters a replay or purge applies to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadSelect {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    all: bool,
+    /// Replays per second.
+    #[serde(default)]
+    rate: Option<u32>,
+}
+
+impl DeadSelect {
+    fn filter(&self) -> Result<DeadFilter, ApiError> {
+        if self.ids.is_empty() && self.kind.is_none() && self.reason.is_none() && !self.all {
+            return Err(ApiError::invalid("say which dead letters: ids, kind, reason or all"));
+        }
+        Ok(DeadFilter {
+            ids: self.ids.clone(),
+            kind: self.kind.clone(),
+            reason_contains: self.reason.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+/// POST /admin/v1/queues/{queue}/replay
+pub(crate) async fn replay(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    Json(sel): Json<DeadSelect>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("admin")?;
+    queue_name(&queue)?;
+    let n = s.client.replay(&queue, &sel.filter()?, sel.rate).await?;
+    tracing::info!(operator = %caller.key_id, %queue, replayed = n, "dead letters replayed");
+    Ok(Json(serde_json::json!({"replayed": n})))
+}
+
+/// POST /admin/v1/queues/{queue}/purge
+pub(crate) async fn purge(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    Json(sel): Json<DeadSelect>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("admin")?;
+    queue_name(&queue)?;
+    let n = s.client.purge(&queue, &sel.filter()?).await?;
+    tracing::info!(operator = %caller.key_id, %queue, purged = n, "dead letters purged");
+    Ok(Json(serde_json::json!({"purged": n})))
+}
+
+/// POST /admin/v1/queues/{queue}/pause
+pub(crate) async fn pause(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("admin")?;
+    queue_name(&queue)?;
+    s.client.pause(&queue).await?;
+    Ok(Json(serde_json::json!({"paused": true})))
+}
+
+/// POST /admin/v1/queues/{queue}/resume
+pub(crate) async fn resume(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("admin")?;
+    queue_name(&queue)?;
+    s.client.resume(&queue).await?;
+    Ok(Json(serde_json::json!({"paused": false})))
+}
+
+/// GET /admin/v1/queues/{queue}/workers
+pub(crate) async fn workers(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    queue_name(&queue)?;
+    Ok(Json(s.client.workers(&queue).await?))
+}
+
+/// GET /admin/v1/stream: a `queues` event with every queue's overview each second.
+pub(crate) async fn stream(
+    State(s): State<ApiState>,
+    caller: Caller,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    read(&caller)?;
+    let client = s.client.clone();
+    let stream = futures::stream::unfold((client, true), |(client, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let data = match client.overviews().await {
+            Ok(all) => serde_json::json!({"at": fleet_jobs::envelope::now_ms(), "queues": all}),
+            Err(_) => {
+                serde_json::json!({"at": fleet_jobs::envelope::now_ms(), "error": "the job store is unavailable"})
+            }
+        };
+        Some((Ok(Event::default().event("queues").data(data.to_string())), (client, false)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// GET /dashboard: the page (it asks for an operator key and calls the admin API with it).
+pub(crate) async fn dashboard() -> impl IntoResponse {
+    Html(include_str!("dashboard.html"))
+}
