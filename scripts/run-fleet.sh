@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo build --release --locked -p fleet-worker -p fleet-scheduler
 mkdir -p .fleet
-if [[ ! -s .fleet/api-key ]]; then
+if [[ ! -s .fleet/api-key ]] || ! grep -qx 'fk_[0-9a-f]*_[0-9a-f]*' .fleet/api-key; then
   target/release/fleet-scheduler --config deploy/local/scheduler.toml create-api-key --tenant demo --name local > .fleet/api-key
 fi
 target/release/fleet-scheduler --config "${FLEET_SCHEDULER_CONFIG:-deploy/local/scheduler.toml}" &
