@@ -8,6 +8,8 @@ use fleet_tests::{TestEnv, n_final, redis_url};
 use fleet_worker::Registry;
 use std::time::Duration;
 
+mod browser;
+
 const FLEETCTL: &str = env!("CARGO_BIN_EXE_fleetctl-e2e");
 
 /// Five dead letters: three gave up, two ran out of attempts.

@@ -1,0 +1,136 @@
+//! The dashboard in a real headless Chromium, driven through chromedriver (W3C WebDriver):
+//! it refuses a bad key, shows the queues, updates live, and its Replay button works.
+
+use super::five_dead;
+use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
+use fleet_scheduler::api::{ApiState, app, auth};
+use fleet_tests::{TestDb, TestEnv, eventually, free_port};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A WebDriver session.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    _driver: tokio::process::Child,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver runs (install it with scripts/browser.sh)");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        eventually("chromedriver to be ready", Duration::from_secs(20), || {
+            let (http, url) = (http.clone(), format!("{base}/status"));
+            async move { http.get(url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        let profile = std::env::temp_dir().join(format!("fleet-chrome-{port}"));
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.display())]
+        }}}});
+        let v = Self::send(&http, reqwest::Method::POST, &format!("{base}/session"), Some(caps)).await;
+        let session = v["sessionId"].as_str().expect("a WebDriver session").to_owned();
+        Browser { http, base, session, _driver: driver }
+    }
+
+    async fn send(http: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
+        let mut req = http.request(method, url);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let text = req.send().await.expect("webdriver").text().await.expect("webdriver body");
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        v["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        Self::send(
+            &self.http,
+            reqwest::Method::POST,
+            &format!("{}/session/{}/url", self.base, self.session),
+            Some(json!({"url": url})),
+        )
+        .await;
+    }
+
+    /// Runs `script` in the page and returns its value.
+    async fn js(&self, script: &str) -> Value {
+        let url = format!("{}/session/{}/execute/sync", self.base, self.session);
+        Self::send(&self.http, reqwest::Method::POST, &url, Some(json!({"script": script, "args": []}))).await
+    }
+
+    /// Waits until `script` returns `expected`.
+    async fn until(&self, what: &str, script: &str, expected: Value) {
+        eventually(what, Duration::from_secs(30), || async { (self.js(script).await == expected).then_some(()) }).await;
+    }
+
+    async fn close(self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        Self::send(&self.http, reqwest::Method::DELETE, &url, None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    five_dead(&env).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let browser = Browser::start().await;
+
+    // Without a valid key the page shows nothing of the fleet.
+    browser.go(&format!("{site}/dashboard#key=fk_000000000000_nope")).await;
+    browser
+        .until(
+            "the refusal",
+            "return document.getElementById('login-error').textContent",
+            json!("invalid or revoked API key"),
+        )
+        .await;
+    assert_eq!(browser.js("return document.getElementById('queues-box').hidden").await, json!(true));
+
+    // With one, the queues appear.
+    browser.go(&format!("{site}/dashboard#key={admin}")).await;
+    let cell = |n: usize| {
+        format!("var r = document.querySelector('#queues tbody tr'); return r ? r.children[{n}].textContent : null;")
+    };
+    browser.until("the default queue with its 5 dead letters", &cell(5), json!("5")).await;
+    assert_eq!(browser.js("return location.hash").await, json!(""), "the key left the address bar");
+
+    // Live: jobs enqueued now show up without a reload.
+    env.client.enqueue_bulk((0..3).map(|_| ProbeArgs::new(ProbeAction::Succeed))).await.unwrap();
+    browser.until("the 3 new ready jobs", &cell(1), json!("3")).await;
+
+    // The Replay button replays that reason's dead letters.
+    browser.until("the dead-letter groups", "return document.querySelectorAll('button.replay').length", json!(2)).await;
+    browser.js("document.querySelector('button.replay').click(); return true").await;
+    browser
+        .until(
+            "the replay",
+            "return document.querySelector('button.replay').textContent.startsWith('replayed')",
+            json!(true),
+        )
+        .await;
+    let s = env.stats("default").await;
+    assert!(s.replayed >= 2 && s.dead <= 3, "{s:?}");
+    browser.close().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
