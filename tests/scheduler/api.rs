@@ -250,3 +250,18 @@ async fn a_batch_streams_its_progress_live_until_done() {
     worker.shutdown().await;
     api.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enqueuing_requests_trace_context_travels_with_the_job() {
+    let api = Api::new().await;
+    let key = api.key.clone();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (_, job) = api.call("POST", "/v1/jobs", Some(&key), Some(probe("succeed")), &[("traceparent", tp)]).await;
+    let env = api.env.client.job("default", job["id"].as_str().unwrap()).await.unwrap().unwrap().envelope.unwrap();
+    assert_eq!(env.trace.as_deref(), Some(tp));
+    let (_, job) =
+        api.call("POST", "/v1/jobs", Some(&key), Some(probe("succeed")), &[("traceparent", "not-a-trace")]).await;
+    let env = api.env.client.job("default", job["id"].as_str().unwrap()).await.unwrap().unwrap().envelope.unwrap();
+    assert_eq!(env.trace, None, "a malformed traceparent is dropped");
+    api.done().await;
+}

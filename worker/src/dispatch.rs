@@ -86,8 +86,12 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             return dead(&job, "", None, cfg, started_at, t0, reason);
         }
     };
-    let span =
-        tracing::info_span!("job", job_id = %job.id, kind = %env.kind, queue = %job.queue, attempt = job.attempt);
+    // The enqueuing request's trace: every log line of the job carries its trace id and
+    // the request's span as parent, so the logs join the upstream trace.
+    let (trace_id, parent_span) =
+        env.trace.as_deref().and_then(fleet_jobs::envelope::parse_traceparent).unwrap_or(("", ""));
+    let span = tracing::info_span!("job", job_id = %job.id, kind = %env.kind, queue = %job.queue, attempt = job.attempt,
+        trace_id = trace_id, parent_span = parent_span);
     async move {
         let Some(entry) = registry.get(&env.kind) else {
             let known: Vec<&str> = registry.kinds().collect();

@@ -136,6 +136,12 @@ pub(crate) fn prepare(
     Ok((r.kind, r.args, (kind.options)(), opts))
 }
 
+/// The request's W3C `traceparent`, kept when well-formed (the job's logs join its trace).
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    fleet_jobs::envelope::parse_traceparent(v).map(|_| v.trim().to_owned())
+}
+
 /// The `Idempotency-Key` header, checked.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
@@ -201,6 +207,7 @@ pub(crate) async fn enqueue(
     let req: EnqueueRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
     let (kind, args, defaults, mut opts) = prepare(req, &caller.tenant)?;
+    opts.trace = traceparent(&headers);
     if let Some(key) = idempotency_key(&headers)? {
         opts.id = idempotent_ids(&state, &caller.tenant, &key, &raw, 1).await?.pop();
     }
@@ -242,6 +249,7 @@ pub(crate) async fn enqueue_bulk(
         if let Some(ids) = &ids {
             opts.id = Some(ids[i].clone());
         }
+        opts.trace = traceparent(&headers);
         let queue = opts.queue.clone().unwrap_or_else(|| defaults.queue.clone());
         let id = state.client.enqueue_raw(&kind, args, &defaults, opts).await?;
         out.push(Enqueued { id: id.0, queue });
