@@ -145,6 +145,16 @@ enum Command {
     },
     /// Schedules and their state (PostgreSQL).
     Schedules,
+    /// Stop a schedule from enqueueing (its ticks count as missed).
+    PauseSchedule {
+        /// Schedule name.
+        name: String,
+    },
+    /// Let a paused schedule enqueue again.
+    ResumeSchedule {
+        /// Schedule name.
+        name: String,
+    },
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -365,6 +375,16 @@ async fn execute(args: Args) -> Result<(), String> {
                 )
             });
         }
+        Command::PauseSchedule { name } => {
+            let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            crate::ticker::set_paused(&db, &name, true).await.map_err(|e| e.to_string())?;
+            println!("paused schedule {name} (every scheduler sees it within 5 s)");
+        }
+        Command::ResumeSchedule { name } => {
+            let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            crate::ticker::set_paused(&db, &name, false).await.map_err(|e| e.to_string())?;
+            println!("resumed schedule {name}");
+        }
         Command::Schedules => {
             let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
             type Row = (
@@ -375,7 +395,7 @@ async fn execute(args: Args) -> Result<(), String> {
                 Option<String>,
             );
             let rows: Vec<Row> = sqlx::query_as(
-                "SELECT name, last_fired_at, next_fire_at, missed_ticks, last_error FROM schedule_state ORDER BY name",
+                "SELECT name, last_fired_at, next_fire_at, missed_ticks, CASE WHEN paused THEN 'paused' ELSE last_error END FROM schedule_state ORDER BY name",
             )
             .fetch_all(&db)
             .await

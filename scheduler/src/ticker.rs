@@ -76,6 +76,19 @@ impl Ticker {
                 Err(e) => errors.push(format!("reading schedules from PostgreSQL: {e}")),
             }
         }
+        // Paused by an operator (fleetctl pause-schedule, the admin API).
+        if let Some(db) = &self.db {
+            match sqlx::query_scalar::<_, String>("SELECT name FROM schedule_state WHERE paused").fetch_all(db).await {
+                Ok(paused) => {
+                    for name in paused {
+                        if let Some(s) = specs.get_mut(&name) {
+                            s.paused = true;
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("reading paused schedules: {e}")),
+            }
+        }
         let mut parsed = Vec::new();
         for (name, spec) in specs {
             match Schedule::parse(spec) {
@@ -292,4 +305,18 @@ pub async fn run(mut ticker: Ticker, shutdown: tokio_util::sync::CancellationTok
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Pauses (or resumes) a schedule by name, whether it comes from the config file or the
+/// `schedules` table; every replica sees it at its next reload (within 5 s).
+pub async fn set_paused(db: &PgPool, name: &str, paused: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO schedule_state (name, paused) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()",
+    )
+    .bind(name)
+    .bind(paused)
+    .execute(db)
+    .await
+    .map(|_| ())
 }

@@ -196,3 +196,24 @@ async fn replicas_starting_at_once_apply_the_migrations_once() {
     assert_eq!(applied as usize, fleet_scheduler::db::MIGRATOR.iter().count());
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_and_resumes_a_config_schedule_at_run_time() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let mut ticker = Ticker::new(env.client.clone(), Some(db.pool.clone()), vec![every_second("digest")]);
+    ticker.reload().await;
+    let t0 = t0();
+    ticker.tick(at(t0, 0, 100)).await;
+    assert_eq!(ticker.tick(at(t0, 2, 100)).await.enqueued.len(), 2);
+    fleet_scheduler::ticker::set_paused(&db.pool, "digest", true).await.unwrap();
+    ticker.reload().await;
+    let paused = ticker.tick(at(t0, 5, 100)).await;
+    assert!(paused.enqueued.is_empty());
+    assert_eq!(paused.missed, 3);
+    fleet_scheduler::ticker::set_paused(&db.pool, "digest", false).await.unwrap();
+    ticker.reload().await;
+    assert_eq!(ticker.tick(at(t0, 7, 100)).await.enqueued.len(), 2, "enqueues again from where it was resumed");
+    db.drop_db().await;
+    env.cleanup().await;
+}

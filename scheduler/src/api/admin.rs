@@ -277,3 +277,58 @@ pub(crate) async fn stream(
 pub(crate) async fn dashboard() -> impl IntoResponse {
     Html(include_str!("dashboard.html"))
 }
+
+/// A schedule's state for operators.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct ScheduleView {
+    name: String,
+    last_fired_at: Option<chrono::DateTime<chrono::Utc>>,
+    next_fire_at: Option<chrono::DateTime<chrono::Utc>>,
+    missed_ticks: i64,
+    paused: bool,
+    last_error: Option<String>,
+}
+
+/// GET /admin/v1/schedules
+pub(crate) async fn schedules(State(s): State<ApiState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    let rows: Vec<ScheduleView> = sqlx::query_as(
+        "SELECT name, last_fired_at, next_fire_at, missed_ticks, paused, last_error FROM schedule_state ORDER BY name",
+    )
+    .fetch_all(&s.db)
+    .await
+    .map_err(|e| ApiError::unavailable("reading schedules", e))?;
+    Ok(Json(rows))
+}
+
+async fn set_schedule(
+    s: &ApiState,
+    caller: &Caller,
+    name: &str,
+    paused: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require("admin")?;
+    crate::ticker::set_paused(&s.db, name, paused)
+        .await
+        .map_err(|e| ApiError::unavailable("pausing the schedule", e))?;
+    tracing::info!(operator = %caller.key_id, schedule = %name, paused, "schedule paused state changed");
+    Ok(Json(serde_json::json!({"schedule": name, "paused": paused})))
+}
+
+/// POST /admin/v1/schedules/{name}/pause
+pub(crate) async fn pause_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_schedule(&s, &caller, &name, true).await
+}
+
+/// POST /admin/v1/schedules/{name}/resume
+pub(crate) async fn resume_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_schedule(&s, &caller, &name, false).await
+}

@@ -102,6 +102,9 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/queues/{queue}/pause", post(admin::pause))
         .route("/admin/v1/queues/{queue}/resume", post(admin::resume))
         .route("/admin/v1/queues/{queue}/workers", get(admin::workers))
+        .route("/admin/v1/schedules", get(admin::schedules))
+        .route("/admin/v1/schedules/{name}/pause", post(admin::pause_schedule))
+        .route("/admin/v1/schedules/{name}/resume", post(admin::resume_schedule))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
