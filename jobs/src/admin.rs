@@ -42,6 +42,10 @@ pub struct WorkerInfo {
     pub instance: String,
     /// Last heartbeat, ms since the epoch.
     pub last_seen: u64,
+    /// Jobs it held at its last heartbeat.
+    pub running: u64,
+    /// The first 20 of them.
+    pub jobs: Vec<String>,
 }
 
 /// One queue at a glance.
@@ -325,7 +329,21 @@ impl Client {
             .arg("WITHSCORES")
             .query_async(&mut self.connection())
             .await?;
-        Ok(v.into_iter().map(|(instance, s)| WorkerInfo { instance, last_seen: s as u64 }).collect())
+        let mut out = Vec::with_capacity(v.len());
+        for (instance, s) in v {
+            let info: Option<String> = redis::cmd("HGET")
+                .arg(self.keys(queue).workerjobs)
+                .arg(&instance)
+                .query_async(&mut self.connection())
+                .await?;
+            let info: serde_json::Value = info.and_then(|i| serde_json::from_str(&i).ok()).unwrap_or_default();
+            let jobs = info["ids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            out.push(WorkerInfo { instance, last_seen: s as u64, running: info["count"].as_u64().unwrap_or(0), jobs });
+        }
+        Ok(out)
     }
 
     /// Whether `queue` is paused.

@@ -34,6 +34,8 @@ pub struct QueueKeys {
     pub conf: String,
     /// Live worker instances: sorted set scored by last heartbeat.
     pub workers: String,
+    /// What each live worker holds: hash instance -> `{"count": n, "ids": [first 20]}`.
+    pub workerjobs: String,
     /// Unique keys: hash key -> id of the job holding it.
     pub uniq: String,
     /// Unique keys by end of their window: sorted set.
@@ -64,6 +66,7 @@ impl QueueKeys {
             wake: k("wake"),
             conf: k("conf"),
             workers: k("workers"),
+            workerjobs: k("workerjobs"),
             uniq: k("uniq"),
             uniqexp: k("uniqexp"),
             batches: k("batches"),
@@ -92,6 +95,7 @@ impl QueueKeys {
             "wake" => &self.wake,
             "conf" => &self.conf,
             "workers" => &self.workers,
+            "workerjobs" => &self.workerjobs,
             "uniq" => &self.uniq,
             "uniqexp" => &self.uniqexp,
             "batches" => &self.batches,

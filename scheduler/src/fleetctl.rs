@@ -370,8 +370,10 @@ async fn execute(args: Args) -> Result<(), String> {
             let ws = client.workers(&queue).await.map_err(err)?;
             print(json, &ws, || {
                 table(
-                    &["INSTANCE", "LAST SEEN"],
-                    ws.iter().map(|w| vec![w.instance.clone(), ms(w.last_seen)]).collect(),
+                    &["INSTANCE", "LAST SEEN", "RUNNING", "JOBS"],
+                    ws.iter()
+                        .map(|w| vec![w.instance.clone(), ms(w.last_seen), w.running.to_string(), w.jobs.join(" ")])
+                        .collect(),
                 )
             });
         }

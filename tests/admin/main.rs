@@ -192,3 +192,25 @@ async fn the_admin_api_needs_an_operator_key_and_an_admin_role_to_change_anythin
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_workers_are_listed_with_the_jobs_they_run() {
+    let env = TestEnv::new().await;
+    let mut cfg = env.config("default", 2);
+    cfg.lease_ms = 600; // heartbeats every 200 ms
+    let w = env.worker(cfg, Registry::builtin()).await;
+    let id = env.client.enqueue(&ProbeArgs::new(ProbeAction::Sleep { ms: 20_000 })).await.unwrap();
+    let workers = fleet_tests::eventually("the worker to report its job", Duration::from_secs(20), || async {
+        let ws = env.client.workers("default").await.unwrap();
+        ws.iter().any(|w| w.jobs.contains(&id.0)).then_some(ws)
+    })
+    .await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!((workers[0].instance.as_str(), workers[0].running), (w.instance(), 1));
+    let (ok, out, _) = fleetctl(&env, &["workers", "default"]);
+    assert!(ok && out.contains(w.instance()) && out.contains(id.as_str()), "{out}");
+    env.client.cancel("default", id.as_str()).await.unwrap();
+    w.shutdown().await;
+    assert!(env.client.workers("default").await.unwrap().is_empty(), "a stopped worker leaves the list");
+    env.cleanup().await;
+}

@@ -136,8 +136,10 @@ pub async fn heartbeat(
     cfg: &EngineConfig,
     held: &[(String, String)],
 ) -> RedisResult<HeartbeatReport> {
-    let mut inv =
-        k.invoke(&scripts::HEARTBEAT, "jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone");
+    let mut inv = k.invoke(
+        &scripts::HEARTBEAT,
+        "jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone workerjobs",
+    );
     inv.arg(cfg.lease.as_millis() as u64)
         .arg(&cfg.instance)
         .arg(100)

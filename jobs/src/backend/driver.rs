@@ -204,9 +204,11 @@ impl EngineHandle {
         }
         self.hb_stop.cancel();
         let _ = self.heartbeat.await;
-        let _: RedisResult<()> = redis::cmd("ZREM")
-            .arg(&shared.keys.workers)
-            .arg(&shared.cfg.instance)
+        let _: RedisResult<()> = redis::pipe()
+            .zrem(&shared.keys.workers, &shared.cfg.instance)
+            .ignore()
+            .hdel(&shared.keys.workerjobs, &shared.cfg.instance)
+            .ignore()
             .query_async(&mut shared.conn.clone())
             .await;
     }

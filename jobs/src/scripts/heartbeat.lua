@@ -1,14 +1,15 @@
 -- A worker's periodic call: renews the leases of all its running jobs in one
 -- call, records the worker as alive, and returns expired leases of any worker
 -- to ready (attempt counted) or to the dead letters when out of attempts.
--- KEYS: jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone
+-- KEYS: jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone workerjobs
 -- ARGV: lease ms, instance id, reap limit, dead max count, dead max age ms,
 --       history cap, then pairs: id, token
 -- Returns: { reaped count, lost id, lost id, ... } where a lost id is a job
 -- this worker holds whose lease is no longer its own.
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
             leases = KEYS[7], stats = KEYS[8], dead = KEYS[9], hist = KEYS[10],
-            workers = KEYS[11], wake = KEYS[12], batches = KEYS[13], batchdone = KEYS[14] }
+            workers = KEYS[11], wake = KEYS[12], batches = KEYS[13], batchdone = KEYS[14],
+            workerjobs = KEYS[15] }
 local lease_ms, instance, reap_limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local dead_max, dead_age, hist_cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
@@ -25,7 +26,19 @@ for i = 7, #ARGV, 2 do
 end
 
 redis.call('ZADD', K.workers, now, instance)
-redis.call('ZREMRANGEBYSCORE', K.workers, '-inf', now - 10 * lease_ms)
+local held, shown = 0, {}
+for i = 7, #ARGV, 2 do
+  held = held + 1
+  if #shown < 20 then shown[#shown + 1] = ARGV[i] end
+end
+local info = '{"count":' .. held .. ',"ids":' .. (#shown > 0 and cjson.encode(shown) or '[]') .. '}'
+redis.call('HSET', K.workerjobs, instance, info)
+-- Forget workers silent for ten leases (bounded per call).
+local gone = redis.call('ZRANGEBYSCORE', K.workers, '-inf', now - 10 * lease_ms, 'LIMIT', 0, 100)
+for _, w in ipairs(gone) do
+  redis.call('ZREM', K.workers, w)
+  redis.call('HDEL', K.workerjobs, w)
+end
 
 local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, reap_limit)
 local back = 0
