@@ -130,6 +130,27 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
         .await;
     let s = env.stats("default").await;
     assert!(s.replayed >= 2 && s.dead <= 3, "{s:?}");
+
+    // A batch created through the API shows up with its progress.
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
+    let jobs: Vec<Value> = (0..5).map(|_| json!({"kind": "probe", "args": {"do": "succeed"}})).collect();
+    let created = browser
+        .http
+        .post(format!("{site}/v1/batches"))
+        .header("authorization", format!("Bearer {app_key}"))
+        .header("content-type", "application/json")
+        .body(json!({"jobs": jobs}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    browser
+        .until(
+            "the batch's progress bar",
+            "var p = document.querySelector('#batches progress'); return p ? p.max : null;",
+            json!(5),
+        )
+        .await;
     browser.close().await;
     db.drop_db().await;
     env.cleanup().await;

@@ -186,6 +186,9 @@ async fn the_admin_api_needs_an_operator_key_and_an_admin_role_to_change_anythin
     let (s, event) = http(&router, "GET", "/admin/v1/stream", Some(&operator), None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(event.starts_with("event: queues\ndata: "), "{event}");
+    let data: serde_json::Value =
+        serde_json::from_str(event.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap();
+    assert!(data["queues"].is_array() && data["batches"].is_array(), "{data}");
     let (s, page) = http(&router, "GET", "/dashboard", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains("Operator key") && page.contains("/admin/v1/stream"));

@@ -257,20 +257,34 @@ pub(crate) async fn stream(
     caller: Caller,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
     read(&caller)?;
-    let client = s.client.clone();
-    let stream = futures::stream::unfold((client, true), |(client, first)| async move {
+    let stream = futures::stream::unfold((s, true), |(s, first)| async move {
         if !first {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let data = match client.overviews().await {
-            Ok(all) => serde_json::json!({"at": fleet_jobs::envelope::now_ms(), "queues": all}),
-            Err(_) => {
-                serde_json::json!({"at": fleet_jobs::envelope::now_ms(), "error": "the job store is unavailable"})
-            }
+        let now = fleet_jobs::envelope::now_ms();
+        let data = match s.client.overviews().await {
+            Ok(all) => serde_json::json!({"at": now, "queues": all, "batches": recent_batches(&s).await}),
+            Err(_) => serde_json::json!({"at": now, "error": "the job store is unavailable"}),
         };
-        Some((Ok(Event::default().event("queues").data(data.to_string())), (client, false)))
+        Some((Ok(Event::default().event("queues").data(data.to_string())), (s, false)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The ten most recent batches with their live counters (for the dashboard).
+async fn recent_batches(s: &ApiState) -> Vec<serde_json::Value> {
+    let rows: Vec<(String, String, String, i32)> =
+        sqlx::query_as("SELECT id, tenant, queue, total FROM batches ORDER BY created_at DESC LIMIT 10")
+            .fetch_all(&s.db)
+            .await
+            .unwrap_or_default();
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, tenant, queue, total) in rows {
+        let status = s.client.batch(&queue, &id).await.ok().flatten();
+        let (ok, failed, done) = status.map(|b| (b.succeeded, b.failed, b.callbacks_enqueued)).unwrap_or((0, 0, true));
+        out.push(serde_json::json!({"id": id, "tenant": tenant, "queue": queue, "total": total, "succeeded": ok, "failed": failed, "done": done}));
+    }
+    out
 }
 
 /// GET /dashboard: the page (it asks for an operator key and calls the admin API with it).
