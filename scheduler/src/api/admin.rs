@@ -188,6 +188,26 @@ impl DeadSelect {
     }
 }
 
+/// Replays or purges the selected dead letters (admin only), and logs who did it.
+async fn dead_op(
+    s: &ApiState,
+    caller: &Caller,
+    queue: &str,
+    sel: &DeadSelect,
+    replay: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require("admin")?;
+    queue_name(queue)?;
+    let filter = sel.filter()?;
+    let (n, what) = if replay {
+        (s.client.replay(queue, &filter, sel.rate).await?, "replayed")
+    } else {
+        (s.client.purge(queue, &filter).await?, "purged")
+    };
+    tracing::info!(operator = %caller.key_id, %queue, count = n, "dead letters {what}");
+    Ok(Json(serde_json::json!({ what: n })))
+}
+
 /// POST /admin/v1/queues/{queue}/replay
 pub(crate) async fn replay(
     State(s): State<ApiState>,
@@ -195,11 +215,7 @@ pub(crate) async fn replay(
     Path(queue): Path<String>,
     Json(sel): Json<DeadSelect>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("admin")?;
-    queue_name(&queue)?;
-    let n = s.client.replay(&queue, &sel.filter()?, sel.rate).await?;
-    tracing::info!(operator = %caller.key_id, %queue, replayed = n, "dead letters replayed");
-    Ok(Json(serde_json::json!({"replayed": n})))
+    dead_op(&s, &caller, &queue, &sel, true).await
 }
 
 /// POST /admin/v1/queues/{queue}/purge
@@ -209,11 +225,25 @@ pub(crate) async fn purge(
     Path(queue): Path<String>,
     Json(sel): Json<DeadSelect>,
 ) -> Result<impl IntoResponse, ApiError> {
+    dead_op(&s, &caller, &queue, &sel, false).await
+}
+
+/// Pauses or resumes a queue fleet-wide (admin only).
+async fn set_queue_paused(
+    s: &ApiState,
+    caller: &Caller,
+    queue: &str,
+    paused: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require("admin")?;
-    queue_name(&queue)?;
-    let n = s.client.purge(&queue, &sel.filter()?).await?;
-    tracing::info!(operator = %caller.key_id, %queue, purged = n, "dead letters purged");
-    Ok(Json(serde_json::json!({"purged": n})))
+    queue_name(queue)?;
+    if paused {
+        s.client.pause(queue).await?;
+    } else {
+        s.client.resume(queue).await?;
+    }
+    tracing::info!(operator = %caller.key_id, %queue, paused, "queue paused state changed");
+    Ok(Json(serde_json::json!({"paused": paused})))
 }
 
 /// POST /admin/v1/queues/{queue}/pause
@@ -222,10 +252,7 @@ pub(crate) async fn pause(
     caller: Caller,
     Path(queue): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("admin")?;
-    queue_name(&queue)?;
-    s.client.pause(&queue).await?;
-    Ok(Json(serde_json::json!({"paused": true})))
+    set_queue_paused(&s, &caller, &queue, true).await
 }
 
 /// POST /admin/v1/queues/{queue}/resume
@@ -234,10 +261,7 @@ pub(crate) async fn resume(
     caller: Caller,
     Path(queue): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("admin")?;
-    queue_name(&queue)?;
-    s.client.resume(&queue).await?;
-    Ok(Json(serde_json::json!({"paused": false})))
+    set_queue_paused(&s, &caller, &queue, false).await
 }
 
 /// GET /admin/v1/queues/{queue}/workers
