@@ -101,7 +101,7 @@ impl Client {
             opts.batch = Some(id.clone());
             prepared.push((kind, args, defaults, opts));
         }
-        self.enqueue_prepared(prepared).await?;
+        self.enqueue_many(prepared).await?;
         Ok(id)
     }
 

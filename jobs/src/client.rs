@@ -200,31 +200,28 @@ impl Client {
         I: IntoIterator<Item = (A, EnqueueOptions)>,
     {
         let defaults = A::options();
-        let mut ids = Vec::new();
-        let mut chunk: Vec<Prepared> = Vec::with_capacity(BULK_CHUNK);
-        for (args, opts) in jobs {
-            let raw = encode_args(A::KIND, &args)?;
-            chunk.push(prepare(A::KIND, raw, &defaults, opts)?);
-            if chunk.len() == BULK_CHUNK {
-                ids.extend(self.write_chunk(&chunk).await?);
-                chunk.clear();
-            }
-        }
-        if !chunk.is_empty() {
-            ids.extend(self.write_chunk(&chunk).await?);
-        }
-        Ok(ids)
+        self.write_all(
+            jobs.into_iter().map(|(args, opts)| prepare(A::KIND, encode_args(A::KIND, &args)?, &defaults, opts)),
+        )
+        .await
     }
 
-    /// Enqueues already-checked jobs of any kinds in chunks of [`BULK_CHUNK`].
-    pub(crate) async fn enqueue_prepared(
+    /// Enqueues jobs of any kinds from JSON arguments (the HTTP API's bulk path), in chunks
+    /// of [`BULK_CHUNK`]: one round trip per chunk and queue.
+    pub async fn enqueue_many(
         &self,
         jobs: Vec<(String, Box<RawValue>, KindOptions, EnqueueOptions)>,
     ) -> Result<Vec<JobId>> {
-        let mut ids = Vec::with_capacity(jobs.len());
-        let mut chunk = Vec::with_capacity(BULK_CHUNK.min(jobs.len()));
-        for (kind, args, defaults, opts) in jobs {
-            chunk.push(prepare(&kind, args, &defaults, opts)?);
+        self.write_all(jobs.into_iter().map(|(kind, args, defaults, opts)| prepare(&kind, args, &defaults, opts))).await
+    }
+
+    /// Writes jobs in chunks of [`BULK_CHUNK`], one round trip per chunk; stops at the
+    /// first job that does not prepare (earlier chunks are already written).
+    async fn write_all(&self, jobs: impl Iterator<Item = Result<Prepared>>) -> Result<Vec<JobId>> {
+        let mut ids = Vec::new();
+        let mut chunk: Vec<Prepared> = Vec::with_capacity(BULK_CHUNK);
+        for job in jobs {
+            chunk.push(job?);
             if chunk.len() == BULK_CHUNK {
                 ids.extend(self.write_chunk(&chunk).await?);
                 chunk.clear();

@@ -57,12 +57,6 @@ impl LimitTable {
             .max_by_key(|(p, _)| p.len())
             .map(|(_, r)| r)
     }
-
-    /// The spec of `key` (an unmatched key has no configured limits, but run-time
-    /// overrides set in Redis still apply).
-    pub fn spec(&self, key: &str) -> LimitSpec {
-        self.resolve(key).map(|(s, _)| s.clone()).unwrap_or_default()
-    }
 }
 
 /// Checks a job's limit keys and settles them afterwards.

@@ -6,7 +6,6 @@ use crate::keys::QueueKeys;
 use crate::scripts;
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
-use std::time::Instant;
 
 /// What one lease call returned.
 #[derive(Debug)]
@@ -64,7 +63,6 @@ pub async fn lease(
         .arg(cfg.promote_limit)
         .invoke_async(conn)
         .await?;
-    let received = Instant::now();
     let mut it = v.into_iter();
     let now = it.next().map(|v| int(&v)).unwrap_or(0);
     let next_due = it.next().map(|v| int(&v)).unwrap_or(-1);
@@ -77,7 +75,6 @@ pub async fn lease(
             attempt: int(&att).max(1) as u32,
             token: string(tok),
             envelope: string(env),
-            fetched_at: received,
             lost: tokio_util::sync::CancellationToken::new(),
         });
     }

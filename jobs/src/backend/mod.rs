@@ -26,7 +26,7 @@ use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tower::layer::util::Identity;
 
@@ -45,8 +45,6 @@ pub struct RawJob {
     pub token: String,
     /// The stored envelope text (JSON).
     pub envelope: String,
-    /// When this process received the job.
-    pub fetched_at: Instant,
     /// Fired when the job's lease is no longer this attempt's (cancelled by an
     /// operator, or taken back after expiry): the handler must stop.
     pub lost: tokio_util::sync::CancellationToken,

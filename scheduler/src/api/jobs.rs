@@ -244,16 +244,18 @@ pub(crate) async fn enqueue_bulk(
         Some(key) => Some(idempotent_ids(&state, &caller.tenant, &key, &raw, n).await?),
         None => None,
     };
-    let mut out = Vec::with_capacity(n);
-    for (i, (kind, args, defaults, mut opts)) in prepared.into_iter().enumerate() {
+    let trace = traceparent(&headers);
+    let mut queues = Vec::with_capacity(n);
+    for (i, (_, _, defaults, opts)) in prepared.iter_mut().enumerate() {
         if let Some(ids) = &ids {
             opts.id = Some(ids[i].clone());
         }
-        opts.trace = traceparent(&headers);
-        let queue = opts.queue.clone().unwrap_or_else(|| defaults.queue.clone());
-        let id = state.client.enqueue_raw(&kind, args, &defaults, opts).await?;
-        out.push(Enqueued { id: id.0, queue });
+        opts.trace = trace.clone();
+        queues.push(opts.queue.clone().unwrap_or_else(|| defaults.queue.clone()));
     }
+    // One round trip per queue in the request, not one per job.
+    let written = state.client.enqueue_many(prepared).await?;
+    let out: Vec<Enqueued> = written.into_iter().zip(queues).map(|(id, queue)| Enqueued { id: id.0, queue }).collect();
     metrics::counter!("fleet_api_enqueued_total", "kind" => "bulk").increment(n as u64);
     Ok((StatusCode::CREATED, Json(BulkEnqueued { jobs: out })))
 }
