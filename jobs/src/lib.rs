@@ -16,6 +16,7 @@
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
 //! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
+//! * [`events`]: live job events per tenant (a capped Redis stream each).
 //! * [`retry`]: backoff policy for failed attempts.
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`webhooks`]: Standard Webhooks signing and verification.
@@ -29,6 +30,7 @@ pub mod catalogue;
 pub mod client;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod kind;
 pub mod limits;

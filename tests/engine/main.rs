@@ -225,6 +225,7 @@ async fn a_completion_with_a_stale_lease_token_is_refused_and_counted() {
         kind: "probe".into(),
         attempt: 1,
         batch: None,
+        tenant: None,
         op: Op::Succeeded,
     };
     let refused = calls::complete(&mut conn, &keys, &zombie, &[done(&old.token)]).await.unwrap();

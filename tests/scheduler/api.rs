@@ -265,3 +265,101 @@ async fn the_enqueuing_requests_trace_context_travels_with_the_job() {
     assert_eq!(env.trace, None, "a malformed traceparent is dropped");
     api.done().await;
 }
+
+/// Reads server-sent events from `body` until `enough` says so (or 60 s pass):
+/// `(id, event, data)` per event.
+async fn read_sse(
+    body: &mut (impl futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    enough: impl Fn(&[(String, String, Value)]) -> bool,
+) -> Vec<(String, String, Value)> {
+    use futures::StreamExt;
+    let mut text = String::new();
+    let mut events = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("").to_owned();
+                let data = field("data: ");
+                if data.is_empty() {
+                    continue;
+                }
+                events.push((field("id: "), field("event: "), serde_json::from_str(&data).unwrap()));
+            }
+            if enough(&events) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream did not deliver the expected events; got {events:?}"));
+    events
+}
+
+fn stream_request(uri: &str, key: &str, last_event_id: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().uri(uri).header("authorization", format!("Bearer {key}"));
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_follows_its_own_jobs_live_and_resumes_after_a_reconnect() {
+    let api = Api::new().await;
+    let key = api.key.clone();
+    let other = auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    assert_eq!(api.call("GET", "/v1/stream", None, None, &[]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.router.clone().oneshot(stream_request("/v1/stream", &key, Some("garbage"))).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let res = api.router.clone().oneshot(stream_request("/v1/stream", &key, None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body().into_data_stream();
+
+    let (_, ok) = api.post("/v1/jobs", probe("succeed")).await;
+    let (_, dead) = api.post("/v1/jobs", probe("give_up")).await;
+    let (_, flaky) = api
+        .post("/v1/jobs", json!({"kind": "probe", "args": {"do": "fail_times", "times": 1}, "max_attempts": 3}))
+        .await;
+    let (_, theirs) = api.call("POST", "/v1/jobs", Some(&other), Some(probe("succeed")), &[]).await;
+    let (_, batch) = api.post("/v1/batches", json!({"jobs": [probe("succeed"), probe("succeed")]})).await;
+    let id = |v: &Value| v["id"].as_str().unwrap().to_owned();
+    let (ok, dead, flaky, theirs, batch) = (id(&ok), id(&dead), id(&flaky), id(&theirs), id(&batch));
+
+    let worker = api.env.worker(api.env.config("default", 4), Registry::builtin()).await;
+    let seen = |events: &[(String, String, Value)], kind: &str, job: &str| {
+        events.iter().any(|(_, e, d)| e == kind && d["id"] == job)
+    };
+    let events = read_sse(&mut body, |ev| {
+        seen(ev, "job.succeeded", &ok)
+            && seen(ev, "job.dead", &dead)
+            && seen(ev, "job.retrying", &flaky)
+            && seen(ev, "job.succeeded", &flaky)
+            && ev.iter().any(|(_, e, d)| e == "batch.progress" && d["id"] == batch && d["finished"] == true)
+    })
+    .await;
+    assert!(!events.iter().any(|(_, _, d)| d["id"] == theirs), "another tenant's job is not in this stream");
+    let dead_event = events.iter().find(|(_, e, d)| e == "job.dead" && d["id"] == dead).unwrap();
+    assert_eq!((dead_event.2["kind"].as_str(), dead_event.2["attempt"].as_u64()), (Some("probe"), Some(1)));
+    let job_events: Vec<&(String, String, Value)> = events.iter().filter(|(_, e, _)| e.starts_with("job.")).collect();
+    assert!(job_events.iter().all(|(id, _, _)| !id.is_empty()), "every job event has an id to resume from");
+    assert_eq!(job_events.len(), 6, "each outcome once: {job_events:?}");
+
+    // Reconnect after the first event, as a browser does with Last-Event-ID: the rest
+    // comes again, in the same order, and nothing before it.
+    let first = job_events[0].0.clone();
+    let res = api.router.clone().oneshot(stream_request("/v1/stream", &key, Some(&first))).await.unwrap();
+    let mut body = res.into_body().into_data_stream();
+    let rest = read_sse(&mut body, |ev| ev.iter().filter(|(_, e, _)| e.starts_with("job.")).count() >= 5).await;
+    let rest_ids: Vec<&str> =
+        rest.iter().filter(|(_, e, _)| e.starts_with("job.")).map(|(id, _, _)| id.as_str()).collect();
+    let expected: Vec<&str> = job_events[1..].iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(rest_ids, expected);
+    worker.shutdown().await;
+    api.done().await;
+}

@@ -202,6 +202,51 @@ async fn deliveries_are_signed_over_the_exact_payload_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_old_one_until_its_grace_period_ends() {
+    let w = World::new(true, &[]).await;
+    let (ep, old) = w.subscribe(&format!("{}/ok", w.base)).await;
+    let (s, rotated) =
+        w.call("POST", &format!("/v1/endpoints/{ep}/secrets"), json!({"previous_valid_secs": 3600})).await;
+    assert_eq!(s, StatusCode::OK, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let (s, listed) = w.call("GET", "/v1/endpoints", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!listed.to_string().contains("whsec_"), "secrets are never listed: {listed}");
+
+    let verify_with = |got: &Got, secret: &str| {
+        let h = |n: &str| got.headers.get(n).and_then(|v| v.to_str().ok());
+        let now = chrono::Utc::now().timestamp();
+        let key = Secret::parse(secret).unwrap();
+        verify(&[key], h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"), &got.body, now).is_ok()
+    };
+    w.publish("portfolio.processed", r#"{"n": 1}"#).await;
+    eventually("the first delivery", T, || async { (w.receiver.count("ok") == 1).then_some(()) }).await;
+    let got = &w.receiver.of("ok")[0];
+    assert!(verify_with(got, &new) && verify_with(got, &old), "both secrets verify during the grace period");
+
+    // End the grace period: only the new secret signs.
+    sqlx::query("UPDATE webhook_endpoints SET previous_secrets_until = now() - interval '1 second' WHERE id = $1")
+        .bind(&ep)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.publish("portfolio.processed", r#"{"n": 2}"#).await;
+    eventually("the second delivery", T, || async { (w.receiver.count("ok") == 2).then_some(()) }).await;
+    let got = &w.receiver.of("ok")[1];
+    assert!(verify_with(got, &new) && !verify_with(got, &old), "the replaced secret no longer signs");
+
+    let (s, _) =
+        w.call("POST", &format!("/v1/endpoints/{ep}/secrets"), json!({"previous_valid_secs": 999_999_999})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = w.call("POST", &format!("/v1/endpoints/{ep}/secrets"), json!({"secret": "not-a-secret"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = w.call("POST", "/v1/endpoints/ep_nope/secrets", json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_endpoint_gets_it_on_the_third_attempt_with_growing_gaps_and_one_id() {
     let w = World::new(true, &[]).await;
     let (ep, _) = w.subscribe(&format!("{}/flaky", w.base)).await;

@@ -83,7 +83,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
         Err(e) => {
             let reason = format!("undecodable envelope: {e}");
             tracing::error!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, %reason, "job sent to dead letters");
-            return dead(&job, "", None, cfg, started_at, t0, reason);
+            return dead(&job, None, cfg, started_at, t0, reason);
         }
     };
     // The enqueuing request's trace: every log line of the job carries its trace id and
@@ -98,14 +98,14 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             let reason = format!("unknown kind {:?}: this worker handles {}", env.kind, known.join(", "));
             tracing::error!(%reason, "job sent to dead letters");
             metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => "unknown", "outcome" => "dead").increment(1);
-            return dead(&job, &env.kind, env.batch.clone(), cfg, started_at, t0, reason);
+            return dead(&job, Some(&env), cfg, started_at, t0, reason);
         };
         if let Some(deadline) = env.deadline
             && started_at > deadline
         {
             tracing::info!(late_ms = started_at - deadline, "job expired before it started");
             metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "expired").increment(1);
-            return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), op: Op::Expire };
+            return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), tenant: env.tenant.clone(), op: Op::Expire };
         }
         if job.attempt == 1 {
             let due = env.run_at.max(env.enqueued_at);
@@ -130,7 +130,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                 let reason = format!("arguments do not decode as kind {:?}: {e}", env.kind);
                 tracing::error!(%reason, "job sent to dead letters");
                 metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "dead").increment(1);
-                return dead(&job, &env.kind, env.batch.clone(), cfg, started_at, t0, reason);
+                return dead(&job, Some(&env), cfg, started_at, t0, reason);
             }
         };
         let held = if prepared.limit_keys.is_empty() {
@@ -147,7 +147,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                     };
                     tracing::debug!(%key, reason = reason.as_str(), wait_ms = delay.as_millis() as u64, "job deferred by a limit");
                     metrics::counter!("fleet_limiter_waits_total", "key" => key, "reason" => reason.as_str()).increment(1);
-                    return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), op: Op::Defer { delay } };
+                    return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), tenant: env.tenant.clone(), op: Op::Defer { delay } };
                 }
             }
         };
@@ -169,7 +169,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                 }
                 tracing::warn!("job stopped: its lease is no longer this attempt's (cancelled or taken back)");
                 metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "abandoned").increment(1);
-                return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), op: Op::Lost };
+                return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), tenant: env.tenant.clone(), op: Op::Lost };
             }
         };
         let result = match joined {
@@ -217,7 +217,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
         };
         metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => outcome)
             .increment(1);
-        Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), op }
+        Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), tenant: env.tenant.clone(), op }
     }
     .instrument(span)
     .await
@@ -225,8 +225,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
 
 fn dead(
     job: &RawJob,
-    kind: &str,
-    batch: Option<String>,
+    env: Option<&Envelope>,
     cfg: &DispatchConfig,
     started_at: u64,
     t0: Instant,
@@ -235,9 +234,10 @@ fn dead(
     Completion {
         id: job.id.clone(),
         token: job.token.clone(),
-        kind: kind.to_owned(),
+        kind: env.map(|e| e.kind.clone()).unwrap_or_default(),
         attempt: job.attempt,
-        batch,
+        batch: env.and_then(|e| e.batch.clone()),
+        tenant: env.and_then(|e| e.tenant.clone()),
         op: Op::Dead {
             record: AttemptRecord {
                 attempt: job.attempt,

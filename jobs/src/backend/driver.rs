@@ -178,6 +178,7 @@ impl EngineHandle {
                     kind: String::new(),
                     attempt: 0,
                     batch: None,
+                    tenant: None,
                     op: Op::Release,
                 })
                 .collect();
@@ -389,6 +390,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                         leased.remove(&c.id);
                     }
                 }
+                publish_tenant_events(&shared, &batch, &flags);
                 if shared.events.receiver_count() > 0 {
                     for (c, applied) in batch.drain(..).zip(flags) {
                         let outcome = if matches!(c.op, Op::Lost) {
@@ -433,6 +435,47 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
             }
         }
     }
+}
+
+/// Appends the outcomes of applied tenant jobs to their tenants' event streams, off
+/// the ack path (a notification channel: a failed append is logged, not retried).
+fn publish_tenant_events(shared: &Shared, batch: &[Completion], applied: &[bool]) {
+    let at = crate::envelope::now_ms();
+    let events: Vec<(String, crate::events::TenantEvent)> = batch
+        .iter()
+        .zip(applied)
+        .filter(|(_, ok)| **ok)
+        .filter_map(|(c, _)| {
+            let tenant = c.tenant.as_ref()?;
+            let event_type = match c.op {
+                Op::Succeeded => "job.succeeded",
+                Op::Retry { .. } => "job.retrying",
+                Op::Dead { .. } => "job.dead",
+                Op::Expire => "job.expired",
+                _ => return None,
+            };
+            let event = crate::events::TenantEvent {
+                event_type: event_type.to_owned(),
+                queue: shared.cfg.queue.clone(),
+                id: c.id.clone(),
+                kind: c.kind.clone(),
+                attempt: c.attempt,
+                batch: c.batch.clone(),
+                at,
+            };
+            Some((tenant.clone(), event))
+        })
+        .collect();
+    if events.is_empty() {
+        return;
+    }
+    let mut conn = shared.conn.clone();
+    let prefix = shared.cfg.prefix.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::events::append(&mut conn, &prefix, &events).await {
+            tracing::warn!(error = %e, events = events.len(), "tenant job events not appended to their streams");
+        }
+    });
 }
 
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {

@@ -115,6 +115,9 @@ pub struct Completion {
     pub attempt: u32,
     /// The batch the job belongs to, if any (from its envelope).
     pub batch: Option<String>,
+    /// The tenant that enqueued it, if any (from its envelope): its outcome is
+    /// appended to the tenant's event stream.
+    pub tenant: Option<String>,
     /// What happens next.
     pub op: Op,
 }

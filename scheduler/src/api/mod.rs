@@ -8,6 +8,7 @@ mod batches;
 pub mod error;
 pub mod intake;
 mod jobs;
+mod stream;
 mod webhooks;
 
 use axum::Router;
@@ -49,9 +50,9 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
-        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, intake::receive),
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, intake::receive, stream::tenant_stream),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
-        webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView)),
+        webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -86,7 +87,9 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/batches/{id}/events", get(batches::batch_events))
         .route("/v1/endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
         .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
+        .route("/v1/endpoints/{id}/secrets", post(webhooks::rotate_secret))
         .route("/v1/events", post(webhooks::publish_event))
+        .route("/v1/stream", get(stream::tenant_stream))
         .route("/v1/intake/{provider}", post(intake::receive))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .route("/dashboard", get(admin::dashboard))

@@ -168,6 +168,73 @@ pub(crate) async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A new signing secret for an endpoint.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateRequest {
+    /// The new `whsec_` secret; generated when absent.
+    #[serde(default)]
+    secret: Option<String>,
+    /// How long the replaced secret keeps signing beside the new one, in seconds
+    /// (0 to 604800; default 86400), so receivers can switch without missing a delivery.
+    #[serde(default)]
+    previous_valid_secs: Option<u32>,
+}
+
+/// The result of a rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RotatedView {
+    /// Endpoint id.
+    id: String,
+    /// The new secret (shown only here).
+    secret: String,
+    /// Until when the replaced secret also signs (RFC 3339).
+    previous_valid_until: String,
+}
+
+/// Longest grace period of a replaced secret.
+const MAX_PREVIOUS_VALID_SECS: u32 = 7 * 24 * 3600;
+
+/// Rotate an endpoint's signing secret: the new one signs from now on, and during the
+/// grace period every delivery also carries a signature with the replaced one (Standard
+/// Webhooks lists several `v1,` signatures). An earlier replaced secret stops signing.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/secrets", request_body = RotateRequest,
+    responses((status = 200, body = RotatedView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn rotate_secret(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<RotateRequest>>,
+) -> Result<Json<RotatedView>, ApiError> {
+    caller.require("enqueue")?;
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let grace = req.previous_valid_secs.unwrap_or(86_400);
+    if grace > MAX_PREVIOUS_VALID_SECS {
+        return Err(ApiError::invalid("previous_valid_secs must be at most 604800 (7 days)"));
+    }
+    let secret = match req.secret {
+        Some(s) => {
+            Secret::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
+            s
+        }
+        None => Secret::generate(),
+    };
+    let until: Option<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(
+        "UPDATE webhook_endpoints SET secrets = ARRAY[$3, secrets[1]], \
+         previous_secrets_until = now() + make_interval(secs => $4), updated_at = now() \
+         WHERE id = $1 AND tenant = $2 RETURNING previous_secrets_until",
+    )
+    .bind(&id)
+    .bind(&caller.tenant)
+    .bind(&secret)
+    .bind(grace as f64)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| ApiError::unavailable("rotating the secret", e))?;
+    let (until,) = until.ok_or_else(|| ApiError::not_found(format!("no endpoint {id}")))?;
+    Ok(Json(RotatedView { id, secret, previous_valid_until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) }))
+}
+
 /// Publish an event to the tenant's subscribed endpoints. The event is accepted into
 /// the queue at once (202); a worker records it and enqueues one delivery per matching
 /// endpoint.

@@ -263,7 +263,11 @@ impl Handler for Deliver {
 
     async fn handle(&self, a: WebhookDelivery, ctx: JobContext) -> Result<(), JobError> {
         let endpoint: Option<(String, Vec<String>, bool, Option<String>)> =
-            sqlx::query_as("SELECT url, secrets, enabled, disabled_reason FROM webhook_endpoints WHERE id = $1")
+            // After a rotation's grace period only the current secret (the first) signs.
+            sqlx::query_as(
+                "SELECT url, CASE WHEN previous_secrets_until < now() THEN secrets[1:1] ELSE secrets END, enabled, disabled_reason \
+                 FROM webhook_endpoints WHERE id = $1",
+            )
                 .bind(&a.endpoint_id)
                 .fetch_optional(&self.db)
                 .await

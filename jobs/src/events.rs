@@ -1,0 +1,136 @@
+//! Live job events per tenant: what became of each of a tenant's jobs (succeeded,
+//! retrying, dead, expired), kept in one capped Redis stream per tenant so an upstream
+//! app can follow its work ("analysing 120 / 300") and resume after a reconnect.
+//!
+//! Workers append after their completions are applied (one pipelined round trip per
+//! acknowledged batch that holds tenant jobs; jobs without a tenant cost nothing). The
+//! stream is a notification channel, not the record: a job's state in its queue is the
+//! truth, and an append lost to a Redis error is logged, never retried at the expense
+//! of the ack path. The HTTP API serves it as server-sent events (`GET /v1/stream`).
+
+use crate::error::Result;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+/// Entries kept per tenant stream (approximately: Redis trims whole nodes).
+pub const STREAM_MAX_LEN: usize = 10_000;
+
+/// The stream key of `tenant`: its own hash tag, apart from every queue.
+pub fn stream_key(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}:{{tenant:{tenant}}}:events")
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantEvent {
+    /// `job.succeeded`, `job.retrying`, `job.dead` or `job.expired`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Queue.
+    pub queue: String,
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// The attempt that ended this way.
+    pub attempt: u32,
+    /// The batch the job belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// When it was recorded (ms since the epoch).
+    pub at: u64,
+}
+
+/// Appends each `(tenant, event)` to its tenant's stream, in one pipelined round trip.
+pub async fn append(conn: &mut ConnectionManager, prefix: &str, events: &[(String, TenantEvent)]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (tenant, event) in events {
+        let data = serde_json::to_string(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?;
+        pipe.cmd("XADD")
+            .arg(stream_key(prefix, tenant))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAX_LEN)
+            .arg("*")
+            .arg("e")
+            .arg(data)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// Up to `count` events of `tenant` after the stream id `after` (`"$"`-like starts are
+/// the caller's: pass [`latest_id`]'s answer to see only new events, `"0"` for all kept).
+/// Entries whose data does not decode are skipped.
+pub async fn read_after(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    tenant: &str,
+    after: &str,
+    count: usize,
+) -> Result<Vec<(String, TenantEvent)>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream_key(prefix, tenant))
+        .arg(format!("({after}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .filter_map(|entry| {
+            let data: String = entry.get("e")?;
+            let event = serde_json::from_str(&data).ok()?;
+            Some((entry.id, event))
+        })
+        .collect())
+}
+
+/// The id of the newest event of `tenant`, or `"0-0"` when there is none.
+pub async fn latest_id(conn: &mut ConnectionManager, prefix: &str, tenant: &str) -> Result<String> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stream_key(prefix, tenant))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(reply.ids.into_iter().next().map(|e| e.id).unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// Whether `id` has the shape of a stream id (`<ms>-<seq>` or `<ms>`), as a client's
+/// `Last-Event-ID` must.
+pub fn is_stream_id(id: &str) -> bool {
+    let mut parts = id.splitn(2, '-');
+    let ms = parts.next().unwrap_or("");
+    let ok_num = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    ok_num(ms) && parts.next().is_none_or(ok_num)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_are_checked() {
+        assert!(is_stream_id("1700000000000-0"));
+        assert!(is_stream_id("0"));
+        assert!(!is_stream_id(""));
+        assert!(!is_stream_id("1-"));
+        assert!(!is_stream_id("+"));
+        assert!(!is_stream_id("1-2-3"));
+        assert!(!is_stream_id("abc"));
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_slot() {
+        assert_eq!(stream_key("fleet", "acme"), "fleet:{tenant:acme}:events");
+    }
+}
