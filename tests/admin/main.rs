@@ -9,6 +9,7 @@ use fleet_worker::Registry;
 use std::time::Duration;
 
 mod browser;
+mod traces;
 
 const FLEETCTL: &str = env!("CARGO_BIN_EXE_fleetctl-e2e");
 

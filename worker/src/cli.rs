@@ -2,7 +2,6 @@
 //! SIGTERM or SIGINT. Shared by the real binary and the end-to-end test binary, so
 //! tests run exactly what ships.
 
-use crate::config::LogFormat;
 use crate::{Registry, WorkerConfig};
 use clap::Parser;
 use std::path::PathBuf;
@@ -27,7 +26,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,6 +33,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = crate::telemetry::init(config.log_format, runtime.handle());
     let registry = match runtime.block_on(registry(&config)) {
         Ok(r) => r,
         Err(e) => {
@@ -42,13 +41,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::run(config, registry, shutdown_signal())) {
+    let code = match runtime.block_on(crate::run(config, registry, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("fleet-worker: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flush buffered spans while the runtime that sends them still runs.
+    telemetry.shutdown();
+    code
 }
 
 /// The built-in kinds, plus those that need PostgreSQL when it is configured.
@@ -67,15 +69,6 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         tracing::info!("no database_url: webhook deliveries are not handled by this worker");
     }
     Ok(registry)
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 async fn shutdown_signal() {

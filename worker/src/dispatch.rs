@@ -92,6 +92,9 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
         env.trace.as_deref().and_then(fleet_jobs::envelope::parse_traceparent).unwrap_or(("", ""));
     let span = tracing::info_span!("job", job_id = %job.id, kind = %env.kind, queue = %job.queue, attempt = job.attempt,
         trace_id = trace_id, parent_span = parent_span);
+    if let Some(tp) = env.trace.as_deref() {
+        crate::telemetry::set_remote_parent(&span, tp);
+    }
     async move {
         let Some(entry) = registry.get(&env.kind) else {
             let known: Vec<&str> = registry.kinds().collect();

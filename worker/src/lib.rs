@@ -16,6 +16,7 @@
 //! * [`kinds`]: one module per job kind.
 //! * [`config`]: typed configuration from a file and `FLEET_*` variables.
 //! * `http`: `/healthz` and `/metrics`.
+//! * [`telemetry`]: logs, and job spans exported over OTLP as children of the enqueuer's trace.
 //!
 //! `main.rs` only calls [`cli::main`], which parses arguments, starts telemetry and calls [`run`].
 
@@ -28,6 +29,9 @@ mod http;
 pub mod kinds;
 pub mod limits;
 pub mod registry;
+pub mod storage;
+pub mod telemetry;
+pub mod vision;
 
 pub use config::{QueueConfig, WorkerConfig};
 pub use handler::{Handler, JobContext, JobError};
