@@ -61,12 +61,23 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         let deliver =
             crate::kinds::webhook::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
         let client = fleet_jobs::Client::connect(&config.redis_url, config.prefix.clone()).await?;
+        let limiter = fleet_jobs::limits::Limiter::new(
+            fleet_jobs::connect(&config.redis_url).await?,
+            config.prefix.clone(),
+            std::time::Duration::from_millis(config.lease_ms),
+        );
+        let table = std::sync::Arc::new(crate::limits::LimitTable::new(&config.limits));
+        let images = crate::kinds::image::Images::new(db.clone(), &config.images)
+            .map_err(anyhow::Error::msg)?
+            .with_provider_limits(limiter, table);
         registry = registry
+            .register(images.analyzer())
+            .register(images.variants())
             .register(deliver)
             .register(crate::kinds::webhook::intake::Record::new(db.clone()))
             .register(crate::kinds::webhook::publish::Publish::new(db, client));
     } else {
-        tracing::info!("no database_url: webhook deliveries are not handled by this worker");
+        tracing::info!("no database_url: webhook and image jobs are not handled by this worker");
     }
     Ok(registry)
 }

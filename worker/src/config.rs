@@ -36,7 +36,7 @@ pub enum LogFormat {
 }
 
 /// The worker's settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
@@ -73,6 +73,8 @@ pub struct WorkerConfig {
     pub database_url: Option<String>,
     /// Webhook delivery settings.
     pub webhooks: crate::kinds::webhook::WebhookSettings,
+    /// Image analysis and variants: object store, memory budget, vision providers.
+    pub images: crate::kinds::image::ImageSettings,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +96,7 @@ impl Default for WorkerConfig {
             limits: Default::default(),
             database_url: None,
             webhooks: Default::default(),
+            images: Default::default(),
         }
     }
 }

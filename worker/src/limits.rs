@@ -47,6 +47,11 @@ impl LimitTable {
         LimitTable { rules }
     }
 
+    /// The limits of `key` (its exact entry or longest matching prefix), if any.
+    pub fn spec(&self, key: &str) -> Option<&LimitSpec> {
+        self.resolve(key).map(|(s, _)| s)
+    }
+
     fn resolve(&self, key: &str) -> Option<&(LimitSpec, Option<ProcessLimiter>)> {
         if let Some(r) = self.rules.get(key) {
             return Some(r);

@@ -4,9 +4,11 @@
 //! types with the [`Client`](crate::Client); the HTTP API checks kinds and
 //! arguments against [`lookup`] before anything reaches Redis.
 
+pub mod image;
 pub mod probe;
 pub mod webhook;
 
+pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
 pub use probe::{ProbeAction, ProbeArgs};
 pub use webhook::{WebhookDelivery, WebhookIntake, WebhookPublish};
 
@@ -34,7 +36,14 @@ fn info<A: JobArgs>() -> KindInfo {
 
 /// Every kind in the catalogue.
 pub fn kinds() -> Vec<KindInfo> {
-    vec![info::<ProbeArgs>(), info::<WebhookDelivery>(), info::<WebhookIntake>(), info::<WebhookPublish>()]
+    vec![
+        info::<ProbeArgs>(),
+        info::<WebhookDelivery>(),
+        info::<WebhookIntake>(),
+        info::<WebhookPublish>(),
+        info::<ImageAnalyze>(),
+        info::<ImageVariants>(),
+    ]
 }
 
 /// The kind named `name`, if the catalogue has it.

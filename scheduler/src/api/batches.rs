@@ -47,6 +47,31 @@ fn callback(r: EnqueueRequest, tenant: &str) -> Result<Callback, ApiError> {
     Ok(Callback { kind, args, queue: opts.queue, priority: opts.priority, max_attempts: opts.max_attempts })
 }
 
+/// Records a created batch in PostgreSQL (its tenant, for reads, and its callbacks).
+pub(crate) async fn record_batch(
+    db: &sqlx::PgPool,
+    id: &str,
+    tenant: &str,
+    queue: &str,
+    total: i64,
+    callbacks: &Callbacks,
+) -> Result<(), ApiError> {
+    let json = |c: &Option<Callback>| c.as_ref().and_then(|c| serde_json::to_value(c).ok());
+    sqlx::query(
+        "INSERT INTO batches (id, tenant, queue, total, on_success, on_complete) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(queue)
+    .bind(total as i32)
+    .bind(json(&callbacks.on_success))
+    .bind(json(&callbacks.on_complete))
+    .execute(db)
+    .await
+    .map_err(|e| ApiError::unavailable("recording the batch", e))?;
+    Ok(())
+}
+
 /// Create a batch.
 #[utoipa::path(post, path = "/v1/batches", request_body = BatchRequest,
     responses((status = 201, body = BatchView), (status = 401, body = super::error::ErrorBody),
@@ -80,19 +105,7 @@ pub(crate) async fn create_batch(
         tenant: Some(caller.tenant.clone()),
     };
     let id = state.client.create_batch(&queue, jobs, &callbacks).await?;
-    let json = |c: &Option<Callback>| c.as_ref().and_then(|c| serde_json::to_value(c).ok());
-    sqlx::query(
-        "INSERT INTO batches (id, tenant, queue, total, on_success, on_complete) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&id)
-    .bind(&caller.tenant)
-    .bind(&queue)
-    .bind(total as i32)
-    .bind(json(&callbacks.on_success))
-    .bind(json(&callbacks.on_complete))
-    .execute(&state.db)
-    .await
-    .map_err(|e| ApiError::unavailable("recording the batch", e))?;
+    record_batch(&state.db, &id, &caller.tenant, &queue, total, &callbacks).await?;
     let view = BatchView { id, queue, total, succeeded: 0, failed: 0, pending: total, callbacks_enqueued: false };
     Ok((StatusCode::CREATED, Json(view)))
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 mod batches;
 pub mod error;
+mod images;
 pub mod intake;
 mod jobs;
 mod stream;
@@ -50,9 +51,10 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
-        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, intake::receive, stream::tenant_stream),
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, intake::receive, stream::tenant_stream, images::create_portfolio, images::get_portfolio),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
-        webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView)),
+        webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView,
+        images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -85,6 +87,8 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/batches", post(batches::create_batch))
         .route("/v1/batches/{id}", get(batches::get_batch))
         .route("/v1/batches/{id}/events", get(batches::batch_events))
+        .route("/v1/portfolios", post(images::create_portfolio))
+        .route("/v1/portfolios/{portfolio}", get(images::get_portfolio))
         .route("/v1/endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
         .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
         .route("/v1/endpoints/{id}/secrets", post(webhooks::rotate_secret))

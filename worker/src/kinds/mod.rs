@@ -1,4 +1,5 @@
 //! One module per job kind, each with its handler and tests.
 
+pub mod image;
 pub mod probe;
 pub mod webhook;

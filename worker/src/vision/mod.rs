@@ -341,21 +341,30 @@ impl Vision {
 
     /// Like [`Vision::analyze`], passing over the providers named in `held_back`.
     pub async fn analyze_skipping(&self, image: &[u8], held_back: &[&str]) -> VisionOutcome {
+        self.analyze_gated(image, &HeldBack(held_back)).await
+    }
+
+    /// Like [`Vision::analyze`], asking `gate` before each provider's turn (a fleet-wide
+    /// rate limit, concurrency cap or breaker may hold it back) and telling it how the
+    /// call went, so only providers actually called use up their limits.
+    pub async fn analyze_gated(&self, image: &[u8], gate: &impl ProviderGate) -> VisionOutcome {
         let deadline = Instant::now() + self.total_timeout;
         let mut skipped = Vec::new();
         for p in &self.providers {
             let skip = |reason| Skip { provider: p.name.clone(), reason };
-            if held_back.contains(&p.name.as_str()) {
-                skipped.push(skip(SkipReason::HeldBack));
-                continue;
-            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(1) {
                 skipped.push(skip(SkipReason::NoTimeLeft));
                 continue;
             }
+            if !gate.admit(&p.name).await {
+                skipped.push(skip(SkipReason::HeldBack));
+                continue;
+            }
             let timeout = left.min(Duration::from_millis(p.timeout_ms));
-            match self.call(p, image, timeout).await {
+            let answer = self.call(p, image, timeout).await;
+            gate.settle(&p.name, answer.as_ref().map(|_| ())).await;
+            match answer {
                 Ok(found) => {
                     let result = finish(p, found, std::mem::take(&mut skipped));
                     tracing::debug!(provider = %p.name, category = ?result.category,
@@ -386,6 +395,24 @@ impl Vision {
         };
         result.map_err(|r| scrub(r, p.api_key_str()))
     }
+}
+
+/// Asked by [`Vision::analyze_gated`] before and after each provider's call.
+pub trait ProviderGate: Sync {
+    /// Whether `provider` may be called now; `false` passes it over (`held_back`).
+    fn admit(&self, provider: &str) -> impl std::future::Future<Output = bool> + Send;
+    /// How the call to an admitted provider went.
+    fn settle(&self, provider: &str, outcome: Result<(), &SkipReason>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A gate that holds back a fixed list of providers.
+struct HeldBack<'a>(&'a [&'a str]);
+
+impl ProviderGate for HeldBack<'_> {
+    async fn admit(&self, provider: &str) -> bool {
+        !self.0.contains(&provider)
+    }
+    async fn settle(&self, _: &str, _: Result<(), &SkipReason>) {}
 }
 
 impl ProviderConfig {

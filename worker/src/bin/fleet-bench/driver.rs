@@ -609,11 +609,14 @@ pub async fn run(args: &[String]) {
             "dead" => dead(10_000).await,
             "limits" => limits().await,
             "webhooks" => webhooks().await,
+            "images" => crate::images::run(&fresh().await).await,
             "recovery" => {
                 recovery(5_000).await;
                 recovery(30_000).await;
             }
-            other => eprintln!("unknown workload {other} (w1, w2, w3, w4, backlog, due, dead, recovery, limits)"),
+            other => eprintln!(
+                "unknown workload {other} (w1, w2, w3, w4, backlog, due, dead, recovery, limits, webhooks, images)"
+            ),
         }
     }
 }

@@ -15,6 +15,7 @@
 
 mod adapter;
 mod driver;
+mod images;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,0 +1,304 @@
+//! `/v1/portfolios`: a photographer's upload of N images becomes one batch of
+//! `image.analyze` + `image.variants` jobs (queue `images`) with an optional completion
+//! callback; the portfolio's analyses, variants and near-duplicate groups are read back.
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::jobs::{EnqueueRequest, prepare};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use fleet_jobs::JobArgs;
+use fleet_jobs::batches::{Callback, Callbacks};
+use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants, WatermarkArgs};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// Most images in one portfolio request (two jobs each, within one batch).
+pub const MAX_IMAGES: usize = 500;
+/// Perceptual-hash distance at or under which two images are near-duplicates (the
+/// image library's threshold).
+const NEAR_DUPLICATE_DISTANCE: i32 = 10;
+
+/// One uploaded image.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UploadedImage {
+    /// The caller's id for the image (unique within the tenant).
+    id: String,
+    /// Its object key in the store the workers read.
+    key: String,
+}
+
+/// Variant settings for the whole upload.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VariantRequest {
+    /// Widths (default 320, 640, 1280, 2048).
+    #[serde(default)]
+    widths: Option<Vec<u32>>,
+    /// `jpeg` and/or `webp` (default both).
+    #[serde(default)]
+    formats: Option<Vec<String>>,
+    /// Watermark: `{"key", "position", "opacity", "scale"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    watermark: Option<WatermarkArgs>,
+}
+
+/// A portfolio upload to process.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PortfolioRequest {
+    /// The portfolio (gallery) name, e.g. `smith-jones-2027`.
+    portfolio: String,
+    /// The images (1 to 500).
+    images: Vec<UploadedImage>,
+    /// Keep GPS positions in the stored analyses (default: only whether there was one).
+    #[serde(default)]
+    allow_gps: bool,
+    /// Ask the configured vision providers for categories, tags and alt text.
+    #[serde(default)]
+    vision: bool,
+    /// Variant settings.
+    #[serde(default)]
+    variants: Option<VariantRequest>,
+    /// A job enqueued once every analysis and variant job has finished, e.g. a
+    /// `webhook.publish` of `portfolio.processed`.
+    #[serde(default)]
+    on_complete: Option<EnqueueRequest>,
+}
+
+/// The batch that processes an upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PortfolioAccepted {
+    /// Follow it at `/v1/batches/{batch}` (and `/events`).
+    batch: String,
+    /// Jobs in the batch (two per image).
+    jobs: usize,
+}
+
+fn raw<A: Serialize>(a: &A) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(a).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Process an upload: one analysis and one variants job per image, in one batch.
+#[utoipa::path(post, path = "/v1/portfolios", request_body = PortfolioRequest,
+    responses((status = 201, body = PortfolioAccepted), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(crate) async fn create_portfolio(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<PortfolioRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("enqueue")?;
+    if req.images.is_empty() || req.images.len() > MAX_IMAGES {
+        return Err(ApiError::invalid(format!("a portfolio request holds 1 to {MAX_IMAGES} images")));
+    }
+    if req.portfolio.is_empty() || req.portfolio.len() > 200 {
+        return Err(ApiError::invalid("portfolio must be 1 to 200 characters"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for img in &req.images {
+        if img.id.is_empty() || img.id.len() > 200 || img.key.is_empty() || img.key.len() > 1024 {
+            return Err(ApiError::invalid("image ids are 1 to 200 characters and keys 1 to 1024"));
+        }
+        if !seen.insert(img.id.as_str()) {
+            return Err(ApiError::invalid(format!("image id {:?} appears twice", img.id)));
+        }
+    }
+    let variants = req.variants.unwrap_or_default();
+    let queue = ImageAnalyze::options().queue;
+    let opts = || fleet_jobs::EnqueueOptions { tenant: Some(caller.tenant.clone()), ..Default::default() };
+    let mut jobs = Vec::with_capacity(req.images.len() * 2);
+    for img in &req.images {
+        let analyze = ImageAnalyze {
+            image_id: img.id.clone(),
+            key: img.key.clone(),
+            portfolio: Some(req.portfolio.clone()),
+            allow_gps: req.allow_gps,
+            vision: req.vision,
+        };
+        let vary = ImageVariants {
+            image_id: img.id.clone(),
+            key: img.key.clone(),
+            widths: variants.widths.clone(),
+            formats: variants.formats.clone(),
+            watermark: variants.watermark.clone(),
+        };
+        jobs.push((ImageAnalyze::KIND.to_owned(), raw(&analyze)?, ImageAnalyze::options(), opts()));
+        jobs.push((ImageVariants::KIND.to_owned(), raw(&vary)?, ImageVariants::options(), opts()));
+    }
+    let on_complete = match req.on_complete {
+        Some(r) => {
+            let (kind, args, _, o) = prepare(r, &caller.tenant)?;
+            Some(Callback { kind, args, queue: o.queue, priority: o.priority, max_attempts: o.max_attempts })
+        }
+        None => None,
+    };
+    let callbacks = Callbacks { on_success: None, on_complete, tenant: Some(caller.tenant.clone()) };
+    let total = jobs.len();
+    let batch = state.client.create_batch(&queue, jobs, &callbacks).await?;
+    super::batches::record_batch(&state.db, &batch, &caller.tenant, &queue, total as i64, &callbacks).await?;
+    Ok((StatusCode::CREATED, Json(PortfolioAccepted { batch, jobs: total })))
+}
+
+/// One analysed image of a portfolio.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ImageView {
+    id: String,
+    format: String,
+    width: i32,
+    height: i32,
+    /// Perceptual hash, 16 hex digits.
+    phash: String,
+    /// Higher is sharper (variance of the Laplacian on a 512 px copy).
+    sharpness: f64,
+    #[schema(value_type = Object)]
+    exposure: serde_json::Value,
+    #[schema(value_type = Object)]
+    colours: serde_json::Value,
+    /// Camera, lens, taken-at, orientation; GPS only when the upload allowed it.
+    #[schema(value_type = Object)]
+    metadata: serde_json::Value,
+    gps_present: bool,
+    #[schema(value_type = Option<Object>)]
+    vision: Option<serde_json::Value>,
+    /// Variants written: `{width, height, format, key, bytes}`.
+    #[schema(value_type = Vec<Object>)]
+    variants: Vec<serde_json::Value>,
+}
+
+/// A portfolio's images and their near-duplicate groups.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PortfolioView {
+    portfolio: String,
+    images: Vec<ImageView>,
+    /// Groups (two or more) of image ids that are near-duplicates of each other.
+    near_duplicates: Vec<Vec<String>>,
+}
+
+type AnalysisRow = (
+    String,
+    String,
+    i32,
+    i32,
+    i64,
+    f64,
+    serde_json::Value,
+    serde_json::Value,
+    serde_json::Value,
+    bool,
+    Option<serde_json::Value>,
+);
+
+/// A portfolio's analysed images (sharpest first), their variants and near-duplicates.
+#[utoipa::path(get, path = "/v1/portfolios/{portfolio}",
+    responses((status = 200, body = PortfolioView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn get_portfolio(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(portfolio): Path<String>,
+) -> Result<Json<PortfolioView>, ApiError> {
+    let unavailable = |e| ApiError::unavailable("reading the portfolio", e);
+    let rows: Vec<AnalysisRow> = sqlx::query_as(
+        "SELECT image_id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision \
+         FROM image_analyses WHERE tenant = $1 AND portfolio = $2 ORDER BY sharpness DESC, image_id LIMIT 5000",
+    )
+    .bind(&caller.tenant)
+    .bind(&portfolio)
+    .fetch_all(&state.db)
+    .await
+    .map_err(unavailable)?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found(format!("no analysed images in portfolio {portfolio}")));
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let variants: Vec<(String, i32, i32, String, String, i32)> = sqlx::query_as(
+        "SELECT image_id, width, height, format, key, bytes FROM image_variants \
+         WHERE tenant = $1 AND image_id = ANY($2) ORDER BY image_id, format, width",
+    )
+    .bind(&caller.tenant)
+    .bind(&ids)
+    .fetch_all(&state.db)
+    .await
+    .map_err(unavailable)?;
+    // Pairs within the distance, counted by PostgreSQL over the 64-bit hashes.
+    let pairs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.image_id, b.image_id FROM image_analyses a JOIN image_analyses b \
+           ON a.tenant = b.tenant AND a.portfolio = b.portfolio AND a.image_id < b.image_id \
+         WHERE a.tenant = $1 AND a.portfolio = $2 AND bit_count((a.phash # b.phash)::bit(64)) <= $3",
+    )
+    .bind(&caller.tenant)
+    .bind(&portfolio)
+    .bind(NEAR_DUPLICATE_DISTANCE)
+    .fetch_all(&state.db)
+    .await
+    .map_err(unavailable)?;
+    let images = rows
+        .into_iter()
+        .map(|(id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision)| {
+            let variants = variants
+                .iter()
+                .filter(|v| v.0 == id)
+                .map(|(_, w, h, f, k, b)| serde_json::json!({"width": w, "height": h, "format": f, "key": k, "bytes": b}))
+                .collect();
+            ImageView {
+                phash: format!("{:016x}", phash as u64),
+                id,
+                format,
+                width,
+                height,
+                sharpness,
+                exposure,
+                colours,
+                metadata,
+                gps_present,
+                vision,
+                variants,
+            }
+        })
+        .collect();
+    Ok(Json(PortfolioView { portfolio, images, near_duplicates: groups(&pairs) }))
+}
+
+/// Connected groups of the near-duplicate pairs (union-find over the ids).
+fn groups(pairs: &[(String, String)]) -> Vec<Vec<String>> {
+    let mut parent: std::collections::BTreeMap<&str, &str> = Default::default();
+    fn root<'a>(parent: &mut std::collections::BTreeMap<&'a str, &'a str>, x: &'a str) -> &'a str {
+        let mut r = x;
+        while let Some(&p) = parent.get(r).filter(|p| **p != r) {
+            r = p;
+        }
+        parent.insert(x, r);
+        r
+    }
+    for (a, b) in pairs {
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        if ra != rb {
+            parent.insert(ra.max(rb), ra.min(rb));
+        }
+    }
+    let mut out: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    let ids: Vec<&str> = parent.keys().copied().collect();
+    for id in ids {
+        let r = root(&mut parent, id);
+        out.entry(r).or_default().push(id.to_owned());
+    }
+    out.into_values().filter(|g| g.len() > 1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::groups;
+
+    #[test]
+    fn pairs_join_into_groups() {
+        let p = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        let g = groups(&[p("a", "b"), p("c", "d"), p("b", "e"), p("d", "f")]);
+        assert_eq!(g, vec![vec!["a", "b", "e"], vec!["c", "d", "f"]]);
+        assert!(groups(&[]).is_empty());
+    }
+}

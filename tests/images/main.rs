@@ -1,0 +1,318 @@
+//! Image jobs end to end: uploads in a local object store, a worker with the image
+//! kinds, results in PostgreSQL and variants back in the store, checked by decoding
+//! them again with the `image` crate. Hostile uploads (a decompression bomb, a truncated
+//! JPEG, a HEIC named .jpg) each end as one clear dead letter while the others go on.
+
+use fleet_jobs::EnqueueOptions;
+use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
+use fleet_tests::{TestDb, TestEnv, n_final};
+use fleet_worker::kinds::image::{ImageSettings, Images};
+use fleet_worker::storage::{LocalConfig, StoreConfig};
+use fleet_worker::{QueueConfig, Registry};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/images");
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(Path::new(FIXTURES).join(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// A store folder of the test's own, removed at the end.
+struct Store(PathBuf);
+
+impl Store {
+    fn new(name: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("fleet-images-{name}-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Store(dir)
+    }
+    fn put(&self, key: &str, bytes: &[u8]) {
+        let path = self.0.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    fn get(&self, key: &str) -> Vec<u8> {
+        std::fs::read(self.0.join(key)).unwrap_or_else(|e| panic!("object {key}: {e}"))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A PNG whose header claims 50,000 × 50,000 pixels, followed by a little deflate data:
+/// what a decompression bomb looks like before its pixels are inflated.
+fn png_bomb() -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&50_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&50_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit grey, no interlace
+    chunk(&mut png, b"IHDR", &ihdr);
+    // A stored deflate stream of zeros (a real bomb would compress 2.5 GB into ~2.4 MB).
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+fn settings(store: &Store) -> ImageSettings {
+    ImageSettings { storage: StoreConfig::Local(LocalConfig { root: store.0.clone() }), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_letter_each() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let store = Store::new("e2e");
+    store.put("uploads/gps.jpg", &fixture("exif/gps/DSCN0010.jpg"));
+    store.put("uploads/gps-allowed.jpg", &fixture("exif/gps/DSCN0010.jpg"));
+    store.put("uploads/people.jpg", &fixture("formats/people.jpg"));
+    store.put("uploads/tree.webp", &fixture("formats/tree.webp"));
+    store.put("uploads/really-a-png.jpg", &fixture("pngsuite/basn6a08.png"));
+    store.put("uploads/bomb.png", &png_bomb());
+    let people = fixture("formats/people.jpg");
+    store.put("uploads/truncated.jpg", &people[..people.len() / 2]);
+    store.put("uploads/heic-named.jpg", &fixture("formats/tree.heic"));
+
+    let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
+    let analyze = |id: &str, key: &str, allow_gps: bool| {
+        (
+            ImageAnalyze {
+                image_id: id.into(),
+                key: format!("uploads/{key}"),
+                portfolio: Some("smith-jones".into()),
+                allow_gps,
+                vision: false,
+            },
+            tenant.clone(),
+        )
+    };
+    let good = env
+        .client
+        .enqueue_bulk_with(vec![
+            analyze("gps", "gps.jpg", false),
+            analyze("gps-allowed", "gps-allowed.jpg", true),
+            analyze("people", "people.jpg", false),
+            analyze("tree", "tree.webp", false),
+            analyze("png", "really-a-png.jpg", false),
+        ])
+        .await
+        .unwrap();
+    let variants = |id: &str, key: &str| {
+        (
+            ImageVariants {
+                image_id: id.into(),
+                key: format!("uploads/{key}"),
+                widths: Some(vec![320, 640, 1280, 2048]),
+                formats: None,
+                watermark: None,
+            },
+            tenant.clone(),
+        )
+    };
+    let varied =
+        env.client.enqueue_bulk_with(vec![variants("gps", "gps.jpg"), variants("people", "people.jpg")]).await.unwrap();
+    let bad = env
+        .client
+        .enqueue_bulk_with(vec![
+            analyze("bomb", "bomb.png", false),
+            analyze("truncated", "truncated.jpg", false),
+            analyze("heic", "heic-named.jpg", false),
+        ])
+        .await
+        .unwrap();
+
+    let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
+    let registry = Registry::new().register(images.analyzer()).register(images.variants());
+    let mut cfg = env.config("images", 4);
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 4, fetch_batch: None }];
+    let worker = env.worker(cfg, registry).await;
+    let mut rx = worker.events();
+    n_final(&mut rx, 10, Duration::from_secs(120)).await;
+
+    let stats = env.stats("images").await;
+    assert_eq!((stats.succeeded, stats.dead), (7, 3), "{stats:?}");
+    // Each hostile upload: one attempt, one dead letter, a reason that says what is wrong.
+    let dead = env.client.dead_letters("images", 0, 10).await.unwrap();
+    let reason = |id: &fleet_jobs::JobId| {
+        let d = dead.iter().find(|d| d.id == id.as_str()).expect("a dead letter");
+        assert_eq!(d.job.attempts, 1, "no retries for {}: {}", d.id, d.reason);
+        d.reason.clone()
+    };
+    assert!(reason(&bad[0]).contains("too large"), "{}", reason(&bad[0]));
+    assert!(reason(&bad[1]).contains("truncated"), "{}", reason(&bad[1]));
+    assert!(reason(&bad[2]).contains("unsupported format: heic"), "{}", reason(&bad[2]));
+    let _ = (&good, &varied);
+
+    // Analyses: the format from the bytes, GPS withheld unless allowed.
+    type Row = (String, String, i32, i32, bool, serde_json::Value, f64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT image_id, format, width, height, gps_present, metadata, sharpness FROM image_analyses \
+         WHERE tenant = 'studio' ORDER BY image_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let row = |id: &str| rows.iter().find(|r| r.0 == id).unwrap_or_else(|| panic!("analysis of {id}"));
+    assert_eq!(rows.len(), 5);
+    assert_eq!(row("png").1, "png", "detected from the bytes, not the .jpg name");
+    assert_eq!(row("tree").1, "webp");
+    assert_eq!(row("people").1, "jpeg");
+    let gps = row("gps");
+    assert!(gps.4, "the photo had a position");
+    assert!(gps.5["gps"].is_null(), "withheld by default: {}", gps.5);
+    let allowed = row("gps-allowed");
+    let lat = allowed.5["gps"]["latitude"].as_f64().expect("kept when the tenant allows it");
+    assert!((-90.0..=90.0).contains(&lat) && lat != 0.0);
+    assert_eq!(gps.5["make"].as_str().map(str::trim), Some("NIKON"));
+
+    // Variants: every width the source allows × JPEG and WebP, decoded again.
+    let rows: Vec<(String, i32, i32, String, String)> = sqlx::query_as(
+        "SELECT image_id, width, height, format, key FROM image_variants WHERE tenant = 'studio' ORDER BY image_id, format, width",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (id, src) in [("gps", "exif/gps/DSCN0010.jpg"), ("people", "formats/people.jpg")] {
+        let source = image::load_from_memory(&fixture(src)).unwrap();
+        let mine: Vec<_> = rows.iter().filter(|r| r.0 == id).collect();
+        let expected_widths: std::collections::BTreeSet<u32> =
+            [320u32, 640, 1280, 2048].iter().map(|w| (*w).min(source.width())).collect();
+        assert_eq!(mine.len(), expected_widths.len() * 2, "{id}: {mine:?}");
+        for (_, width, height, format, key) in mine {
+            let bytes = store.get(key);
+            let got = image::load_from_memory(&bytes).unwrap();
+            assert_eq!((got.width() as i32, got.height() as i32), (*width, *height));
+            let want = if format == "jpg" { image::ImageFormat::Jpeg } else { image::ImageFormat::WebP };
+            assert_eq!(image::guess_format(&bytes).unwrap(), want);
+            let aspect = f64::from(source.width()) / f64::from(source.height());
+            assert!((f64::from(*width) / f64::from(*height) - aspect).abs() < 0.02, "aspect kept");
+            assert!(!bytes.windows(6).any(|w| w == b"Exif\0\0"), "no EXIF in {key}");
+            assert!(!bytes.windows(4).any(|w| w == b"EXIF" || w == b"XMP "), "no metadata chunks in {key}");
+        }
+    }
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use fleet_scheduler::api::{ApiState, app, auth};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let store = Store::new("portfolio");
+    let people = fixture("formats/people.jpg");
+    store.put("up/people.jpg", &people);
+    // The same photo, halved, re-encoded at JPEG q60 and 10 % brighter: a near-duplicate.
+    let copy = image::load_from_memory(&people).unwrap();
+    let copy = copy.resize(copy.width() / 2, copy.height() / 2, image::imageops::FilterType::Triangle).brighten(12);
+    let mut reencoded = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut reencoded, 60).encode_image(&copy.to_rgb8()).unwrap();
+    store.put("up/people-copy.jpg", &reencoded);
+    store.put("up/tree.webp", &fixture("formats/tree.webp"));
+    store.put("up/dog.jpg", &fixture("formats/image-rs_jpg_progressive_cat.jpg"));
+
+    let key = auth::create_api_key(&db.pool, "studio", "uploads", &["enqueue"]).await.unwrap();
+    let api = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+    let call = |method: &str, uri: &str, body: Option<Value>| {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+            .unwrap();
+        let api = api.clone();
+        async move {
+            let res = api.oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 22).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let upload = json!({
+        "portfolio": "smith-jones",
+        "images": [
+            {"id": "people", "key": "up/people.jpg"},
+            {"id": "people-copy", "key": "up/people-copy.jpg"},
+            {"id": "tree", "key": "up/tree.webp"},
+            {"id": "cat", "key": "up/dog.jpg"}
+        ],
+        "variants": {"widths": [320, 640], "formats": ["webp"]},
+        "on_complete": {"kind": "probe", "args": {"do": "succeed", "tag": "portfolio-processed"}, "queue": "callbacks"}
+    });
+    let (s, dup) = call(
+        "POST",
+        "/v1/portfolios",
+        Some(json!({"portfolio": "x", "images": [
+        {"id": "a", "key": "k"}, {"id": "a", "key": "k2"}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{dup}");
+    let (s, accepted) = call("POST", "/v1/portfolios", Some(upload)).await;
+    assert_eq!(s, StatusCode::CREATED, "{accepted}");
+    assert_eq!(accepted["jobs"], 8);
+    let batch = accepted["batch"].as_str().unwrap().to_owned();
+
+    let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
+    let registry = Registry::builtin().register(images.analyzer()).register(images.variants());
+    let mut cfg = env.config("images", 2);
+    cfg.queues = vec![
+        QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None },
+        QueueConfig { name: "callbacks".into(), concurrency: 1, fetch_batch: None },
+    ];
+    let worker = env.worker(cfg, registry).await;
+    fleet_tests::eventually("the portfolio's completion callback", Duration::from_secs(120), || async {
+        (env.stats("callbacks").await.succeeded == 1).then_some(())
+    })
+    .await;
+    let (s, progress) = call("GET", &format!("/v1/batches/{batch}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((progress["succeeded"].as_i64(), progress["failed"].as_i64()), (Some(8), Some(0)), "{progress}");
+
+    let (s, view) = call("GET", "/v1/portfolios/smith-jones", None).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!(view["images"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        view["near_duplicates"],
+        json!([["people", "people-copy"]]),
+        "only the copy matches: {}",
+        view["near_duplicates"]
+    );
+    for img in view["images"].as_array().unwrap() {
+        let formats: Vec<&str> =
+            img["variants"].as_array().unwrap().iter().map(|v| v["format"].as_str().unwrap()).collect();
+        assert!(!formats.is_empty() && formats.iter().all(|f| *f == "webp"), "{img}");
+    }
+    let (s, _) = call("GET", "/v1/portfolios/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,356 @@
+//! Web variants: resized (never upscaled, aspect kept) with Lanczos3 in a cascade from the largest
+//! width down, optionally watermarked, encoded as JPEG (`jpeg-encoder`) and lossy WebP (libwebp).
+//! Outputs carry no metadata at all: no EXIF, no GPS, no XMP, no ICC (pixels are already sRGB).
+
+use fast_image_resize::Resizer;
+use image::DynamicImage;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::decode::{Decoded, decode};
+use crate::error::{ImageError, catch_encoder_panic};
+use crate::limits::Limits;
+use crate::resize::{self, QUALITY};
+
+/// Bump when the pipeline changes output bytes for the same spec (encoder settings, resampling),
+/// so stored variants keyed by [`VariantSpec::recipe_hash`] are not reused.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// WebP cannot be wider or taller than this.
+const WEBP_MAX_SIDE: u32 = 16_383;
+
+/// An output encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// Baseline JPEG, 4:2:0 below q90, alpha flattened onto white.
+    Jpeg,
+    /// Lossy WebP (alpha kept).
+    Webp,
+}
+
+impl OutputFormat {
+    /// File extension without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "jpg",
+            OutputFormat::Webp => "webp",
+        }
+    }
+
+    /// MIME type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "image/jpeg",
+            OutputFormat::Webp => "image/webp",
+        }
+    }
+}
+
+/// Where a watermark goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatermarkPosition {
+    /// Top-left corner.
+    TopLeft,
+    /// Top-right corner.
+    TopRight,
+    /// Bottom-left corner.
+    BottomLeft,
+    /// Bottom-right corner.
+    BottomRight,
+    /// Centred.
+    Center,
+}
+
+/// An image watermark (typically a PNG with alpha), blended over every variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// The encoded watermark image (PNG, WebP …), at most 4096×4096.
+    #[serde(with = "base64_bytes")]
+    pub image: Vec<u8>,
+    /// Placement.
+    pub position: WatermarkPosition,
+    /// 0 (invisible) … 1 (as drawn, alpha respected).
+    pub opacity: f32,
+    /// Watermark width as a share of the variant width (0 < scale ≤ 1), aspect kept.
+    pub scale: f32,
+    /// Gap to the edges as a share of the variant width (ignored for `Center`).
+    pub margin: f32,
+}
+
+/// What to produce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VariantSpec {
+    /// Target widths. A width at or above the source width yields one variant at the source
+    /// width (never upscaled); duplicates collapse.
+    pub widths: Vec<u32>,
+    /// Output formats; each width is encoded in each.
+    pub formats: Vec<OutputFormat>,
+    /// JPEG quality, 1–100.
+    pub jpeg_quality: u8,
+    /// WebP quality, 1–100.
+    pub webp_quality: u8,
+    /// libwebp effort, 0 (fastest) – 6 (smallest). 4 is libwebp's default; 2 is about twice as fast
+    /// for ~3 % bigger files.
+    pub webp_method: u8,
+    /// Optional watermark.
+    pub watermark: Option<Watermark>,
+}
+
+impl Default for VariantSpec {
+    fn default() -> Self {
+        VariantSpec {
+            widths: vec![320, 640, 1280, 2048],
+            formats: vec![OutputFormat::Jpeg, OutputFormat::Webp],
+            jpeg_quality: 80,
+            webp_quality: 80,
+            webp_method: 4,
+            watermark: None,
+        }
+    }
+}
+
+impl VariantSpec {
+    /// A deterministic hash of everything that changes the output bytes (and [`RECIPE_VERSION`]),
+    /// as 64 hex digits. With `sha256(source)` it makes an idempotent storage key: a retried job
+    /// finds finished variants under the same key.
+    pub fn recipe_hash(&self) -> String {
+        let mut widths = self.widths.clone();
+        widths.sort_unstable();
+        widths.dedup();
+        let mut formats: Vec<&str> = self.formats.iter().map(|f| f.extension()).collect();
+        formats.sort_unstable();
+        formats.dedup();
+        let mut canonical = format!(
+            "fleet-image/v{RECIPE_VERSION};widths={widths:?};formats={formats:?};jpeg_q={};webp_q={};webp_m={}",
+            self.jpeg_quality, self.webp_quality, self.webp_method
+        );
+        if let Some(w) = &self.watermark {
+            canonical.push_str(&format!(
+                ";watermark={};pos={:?};opacity={};scale={};margin={}",
+                hex::encode(Sha256::digest(&w.image)),
+                w.position,
+                w.opacity,
+                w.scale,
+                w.margin
+            ));
+        }
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    }
+
+    fn validate(&self) -> Result<(), ImageError> {
+        let bad = |m: String| Err(ImageError::InvalidRequest(m));
+        if self.widths.is_empty() || self.widths.contains(&0) {
+            return bad(format!("widths must be non-empty and positive: {:?}", self.widths));
+        }
+        if self.formats.is_empty() {
+            return bad("formats must not be empty".into());
+        }
+        for q in [self.jpeg_quality, self.webp_quality] {
+            if !(1..=100).contains(&q) {
+                return bad(format!("quality {q} is outside 1–100"));
+            }
+        }
+        if self.webp_method > 6 {
+            return bad(format!("webp_method {} is outside 0–6", self.webp_method));
+        }
+        if let Some(w) = &self.watermark {
+            let in_unit = |v: f32| v.is_finite() && (0.0..=1.0).contains(&v);
+            if !(in_unit(w.opacity) && in_unit(w.margin) && w.scale > 0.0 && w.scale <= 1.0) {
+                return bad("watermark opacity, margin must be in 0–1 and scale in (0, 1]".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One encoded variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Encoding.
+    pub format: OutputFormat,
+    /// Size of `bytes`.
+    pub byte_len: usize,
+    /// SHA-256 of `bytes`, hex.
+    pub sha256: String,
+    /// The encoded file (not serialized: the caller stores it).
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+}
+
+/// SHA-256 of some bytes as 64 hex digits (for `sha256(source) + recipe` storage keys).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Produces every width × format of `spec` from a decoded (upright, sRGB) image, largest width
+/// first. The resize cascades: each width is made from the next larger one, which is several
+/// times cheaper than resizing the full image each time and looks the same with Lanczos3.
+pub fn make_variants(decoded: &Decoded, spec: &VariantSpec) -> Result<Vec<Variant>, ImageError> {
+    spec.validate()?;
+    let source = &decoded.image;
+    let (src_w, src_h) = (source.width(), source.height());
+    let mut widths: Vec<u32> = spec.widths.iter().map(|&w| w.min(src_w)).collect();
+    widths.sort_unstable_by(|a, b| b.cmp(a));
+    widths.dedup();
+    let watermark = spec.watermark.as_ref().map(LoadedWatermark::load).transpose()?;
+
+    let mut resizer = Resizer::new();
+    let mut out = Vec::with_capacity(widths.len() * spec.formats.len());
+    let mut previous: Option<DynamicImage> = None;
+    for width in widths {
+        let height = ((u64::from(src_h) * u64::from(width) + u64::from(src_w) / 2) / u64::from(src_w)).max(1) as u32;
+        let from = previous.as_ref().unwrap_or(source);
+        let level = resize::resize(&mut resizer, from, width, height, QUALITY)?;
+        let marked = match &watermark {
+            Some(wm) => {
+                let mut copy = level.clone();
+                wm.apply(&mut resizer, &mut copy)?;
+                Some(copy)
+            }
+            None => None,
+        };
+        let pixels = marked.as_ref().unwrap_or(&level);
+        for &format in &spec.formats {
+            let bytes = catch_encoder_panic("encoder", || encode(pixels, format, spec))?;
+            out.push(Variant { width, height, format, byte_len: bytes.len(), sha256: sha256_hex(&bytes), bytes });
+        }
+        previous = Some(level);
+    }
+    Ok(out)
+}
+
+fn encode(image: &DynamicImage, format: OutputFormat, spec: &VariantSpec) -> Result<Vec<u8>, ImageError> {
+    let (w, h) = (image.width(), image.height());
+    match format {
+        OutputFormat::Jpeg => {
+            let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => return Err(ImageError::InvalidRequest(format!("{w}x{h} is too large for JPEG"))),
+            };
+            let rgb;
+            let data: &[u8] = match image {
+                DynamicImage::ImageRgb8(b) => b.as_raw(),
+                other => {
+                    rgb = resize::flatten_onto_white(other.clone());
+                    rgb.as_raw()
+                }
+            };
+            let mut bytes = Vec::with_capacity(data.len() / 8);
+            let encoder = jpeg_encoder::Encoder::new(&mut bytes, spec.jpeg_quality);
+            // JFIF APP0 is the only header segment written. Optimized Huffman tables stay off:
+            // jpeg-encoder 0.7.1's output with them decodes as striped garbage in zune-jpeg
+            // (seen on the orientation fixtures; the variants test would catch a regression).
+            encoder
+                .encode(data, w16, h16, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| ImageError::Internal(format!("JPEG encoder: {e}")))?;
+            Ok(bytes)
+        }
+        OutputFormat::Webp => {
+            if w > WEBP_MAX_SIDE || h > WEBP_MAX_SIDE {
+                return Err(ImageError::InvalidRequest(format!("{w}x{h} is too large for WebP")));
+            }
+            let (layout, data) = match image {
+                DynamicImage::ImageRgb8(b) => (webp::PixelLayout::Rgb, b.as_raw()),
+                DynamicImage::ImageRgba8(b) => (webp::PixelLayout::Rgba, b.as_raw()),
+                _ => return Err(ImageError::Internal("WebP encoder expects RGB or RGBA".into())),
+            };
+            let mut config =
+                libwebp_sys::WebPConfig::new().map_err(|()| ImageError::Internal("libwebp config init".into()))?;
+            config.lossless = 0;
+            config.quality = f32::from(spec.webp_quality);
+            config.method = i32::from(spec.webp_method);
+            config.alpha_compression = 1;
+            let memory = webp::Encoder::new(data, layout, w, h)
+                .encode_advanced(&config)
+                .map_err(|e| ImageError::Internal(format!("WebP encoder: {e:?}")))?;
+            Ok(memory.to_vec())
+        }
+    }
+}
+
+/// The watermark decoded once per job.
+struct LoadedWatermark {
+    /// Always `ImageRgba8`.
+    image: DynamicImage,
+    position: WatermarkPosition,
+    opacity: f32,
+    scale: f32,
+    margin: f32,
+}
+
+impl LoadedWatermark {
+    fn load(w: &Watermark) -> Result<Self, ImageError> {
+        let limits = Limits { max_width: 4096, max_height: 4096, max_pixels: 4096 * 4096, ..Limits::default() };
+        let decoded =
+            decode(&w.image, &limits).map_err(|e| ImageError::InvalidRequest(format!("watermark image: {e}")))?;
+        Ok(LoadedWatermark {
+            image: DynamicImage::ImageRgba8(decoded.image.into_rgba8()),
+            position: w.position,
+            opacity: w.opacity,
+            scale: w.scale,
+            margin: w.margin,
+        })
+    }
+
+    /// Scales the watermark to the variant and alpha-blends it in place.
+    fn apply(&self, resizer: &mut Resizer, target: &mut DynamicImage) -> Result<(), ImageError> {
+        let (tw, th) = (target.width(), target.height());
+        let want_w = ((tw as f32 * self.scale).round() as u32).max(1);
+        let (ww, wh) = (self.image.width(), self.image.height());
+        let want_h = ((u64::from(wh) * u64::from(want_w)) / u64::from(ww).max(1)).max(1) as u32;
+        let (mw, mh) = resize::fit_within(want_w, want_h, tw, th);
+        let mark = resize::resize(resizer, &self.image, mw, mh, QUALITY)?.into_rgba8();
+        let margin = (tw as f32 * self.margin).round() as u32;
+        let (x0, y0) = match self.position {
+            WatermarkPosition::TopLeft => (margin, margin),
+            WatermarkPosition::TopRight => (tw.saturating_sub(mw + margin), margin),
+            WatermarkPosition::BottomLeft => (margin, th.saturating_sub(mh + margin)),
+            WatermarkPosition::BottomRight => (tw.saturating_sub(mw + margin), th.saturating_sub(mh + margin)),
+            WatermarkPosition::Center => ((tw - mw) / 2, (th - mh) / 2),
+        };
+        let (channels, buf): (usize, &mut [u8]) = match target {
+            DynamicImage::ImageRgb8(b) => (3, &mut **b),
+            DynamicImage::ImageRgba8(b) => (4, &mut **b),
+            _ => return Err(ImageError::Internal("watermark target must be RGB or RGBA".into())),
+        };
+        for (mx, my, px) in mark.enumerate_pixels() {
+            let (x, y) = (x0 + mx, y0 + my);
+            if x >= tw || y >= th {
+                continue;
+            }
+            let a = f32::from(px.0[3]) / 255.0 * self.opacity;
+            if a <= 0.0 {
+                continue;
+            }
+            let i = (y as usize * tw as usize + x as usize) * channels;
+            for c in 0..3 {
+                let under = f32::from(buf[i + c]);
+                buf[i + c] = (f32::from(px.0[c]) * a + under * (1.0 - a)).round() as u8;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Watermark bytes as base64 in JSON.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,391 @@
+//! `image.analyze` and `image.variants`: a photographer's uploads, analysed and turned
+//! into the variants a portfolio shows.
+//!
+//! Both read the upload from the object store ([`crate::storage`]), read its header
+//! first (format from the bytes, dimensions against the pixel budget: a bomb is refused
+//! before any pixel is decoded), wait for room in the process's memory budget for the
+//! decoded pixels, and decode on the bounded CPU pool ([`fleet_image`]). An image that
+//! cannot be decoded (corrupt, truncated, unsupported, too large) is a permanent error:
+//! one clear dead letter, no retries. Results go to PostgreSQL; variants go back to the
+//! store under content-addressed keys, so a retry rewrites nothing.
+
+use crate::handler::{Handler, JobContext, JobError};
+use crate::limits::LimitTable;
+use crate::storage::{ObjectStore, StorageError, StoreConfig};
+use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
+use fleet_image::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
+use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
+use fleet_jobs::limits::{Admission, LimitSpec, Limiter};
+use serde::Deserialize;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Settings of the image kinds (`[images]` in the worker's config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Where uploads are read and variants written.
+    pub storage: StoreConfig,
+    /// Decoded pixels held at once by this process, in MiB: image jobs wait for room,
+    /// so a burst of large photos cannot exhaust memory.
+    pub memory_budget_mb: u64,
+    /// Largest image accepted, in megapixels (checked from the header before decoding).
+    pub max_megapixels: u64,
+    /// Largest upload accepted, in MiB.
+    pub max_upload_mb: u64,
+    /// Key prefix of the variants in the store.
+    pub variants_prefix: String,
+    /// Optional outside vision providers (tried in order).
+    pub vision: Option<VisionConfig>,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            storage: StoreConfig::default(),
+            memory_budget_mb: 768,
+            max_megapixels: 100,
+            max_upload_mb: 100,
+            variants_prefix: "variants".to_owned(),
+            vision: None,
+        }
+    }
+}
+
+/// What both image handlers share.
+#[derive(Debug, Clone)]
+pub struct Images {
+    db: PgPool,
+    store: Arc<dyn ObjectStore>,
+    limits: Limits,
+    /// Permits are MiB of decoded pixels.
+    memory: Arc<Semaphore>,
+    budget_mb: u32,
+    variants_prefix: String,
+    vision: Option<Arc<Vision>>,
+    /// Fleet-wide limits of the vision providers (`[limits."ai:provider:*"]`).
+    provider_limits: Option<(Limiter, Arc<LimitTable>)>,
+}
+
+impl Images {
+    /// Handlers on `db` with `settings` (the store and vision settings are checked here).
+    pub fn new(db: PgPool, settings: &ImageSettings) -> Result<Self, String> {
+        let store = crate::storage::from_config(&settings.storage).map_err(|e| format!("[images.storage]: {e}"))?;
+        let vision = match &settings.vision {
+            Some(v) => Some(Arc::new(Vision::new(v.clone()).map_err(|e| format!("[images.vision]: {e}"))?)),
+            None => None,
+        };
+        let limits = Limits {
+            max_pixels: settings.max_megapixels * 1_000_000,
+            max_bytes: settings.max_upload_mb * 1024 * 1024,
+            ..Limits::default()
+        };
+        let budget_mb = settings.memory_budget_mb.clamp(64, u64::from(u32::MAX >> 3)) as u32;
+        Ok(Images {
+            db,
+            store,
+            limits,
+            memory: Arc::new(Semaphore::new(budget_mb as usize)),
+            budget_mb,
+            variants_prefix: settings.variants_prefix.trim_matches('/').to_owned(),
+            vision,
+            provider_limits: None,
+        })
+    }
+
+    /// Holds the vision providers to their fleet-wide limits (`ai:provider:<name>`):
+    /// a provider over its rate, at its concurrency cap or with an open breaker is passed
+    /// over for the next one, a 429 holds it back fleet-wide for its `Retry-After`, and
+    /// its failures feed its breaker.
+    pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
+        self.provider_limits = Some((limiter, table));
+        self
+    }
+
+    /// Asks the vision providers about `jpeg`, through their limits.
+    async fn ask_vision(&self, vision: &Vision, jpeg: &[u8], holder: &str) -> crate::vision::VisionOutcome {
+        let gate = LimitGate { vision, limits: self.provider_limits.as_ref(), holder };
+        vision.analyze_gated(jpeg, &gate).await
+    }
+
+    /// The `image.analyze` handler.
+    pub fn analyzer(&self) -> Analyze {
+        Analyze(self.clone())
+    }
+
+    /// The `image.variants` handler.
+    pub fn variants(&self) -> Variants {
+        Variants(self.clone())
+    }
+
+    /// The upload's bytes.
+    async fn source(&self, key: &str) -> Result<bytes::Bytes, JobError> {
+        match self.store.get(key).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(JobError::give_up(format!("source image {key:?} not found in the store"))),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    /// Reads the header (refusing what the limits refuse), then waits for room in the
+    /// memory budget for the decoded pixels. The permit is held until it is dropped.
+    async fn admit(&self, bytes: &[u8]) -> Result<tokio::sync::OwnedSemaphorePermit, JobError> {
+        let header = fleet_image::read_header(bytes, &self.limits).map_err(image_error)?;
+        // Decoded pixels plus the working copies (resize, encode): about twice the estimate.
+        let mb = (fleet_image::estimate_decoded_bytes(&header) * 2).div_ceil(1024 * 1024);
+        let permits = (mb as u32).clamp(1, self.budget_mb);
+        self.memory.clone().acquire_many_owned(permits).await.map_err(|_| JobError::retry("memory budget closed"))
+    }
+
+    fn tenant(ctx: &JobContext) -> String {
+        ctx.tenant.clone().unwrap_or_default()
+    }
+}
+
+/// Checks each provider's fleet-wide limits before its turn and reports after it.
+struct LimitGate<'a> {
+    vision: &'a Vision,
+    limits: Option<&'a (Limiter, Arc<LimitTable>)>,
+    holder: &'a str,
+}
+
+impl LimitGate<'_> {
+    fn spec(&self, provider: &str) -> Option<(String, LimitSpec)> {
+        let (_, table) = self.limits?;
+        let key = self.vision.limit_key(provider);
+        table.spec(&key).cloned().map(|s| (key, s))
+    }
+}
+
+impl ProviderGate for LimitGate<'_> {
+    async fn admit(&self, provider: &str) -> bool {
+        let (Some((limiter, _)), Some((key, spec))) = (self.limits, self.spec(provider)) else { return true };
+        match limiter.acquire(&key, self.holder, &spec).await {
+            Ok((Admission::Admitted, _)) => true,
+            Ok((Admission::Wait { reason, .. }, _)) => {
+                metrics::counter!("fleet_limiter_waits_total", "key" => key, "reason" => reason.as_str()).increment(1);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "limit check failed; passing the provider over");
+                false
+            }
+        }
+    }
+
+    async fn settle(&self, provider: &str, outcome: Result<(), &SkipReason>) {
+        let (Some((limiter, _)), Some((key, spec))) = (self.limits, self.spec(provider)) else { return };
+        let done = match outcome {
+            Ok(()) => limiter.report(&key, self.holder, &spec, true).await.map(|_| ()),
+            Err(SkipReason::RateLimited { retry_after }) => {
+                let wait = retry_after.unwrap_or(std::time::Duration::from_secs(5));
+                let _ = limiter.slow_down(&key, &spec, wait).await;
+                limiter.release(&key, self.holder, &spec).await
+            }
+            Err(SkipReason::Timeout { .. } | SkipReason::ServerError { .. } | SkipReason::Connection { .. }) => {
+                limiter.report(&key, self.holder, &spec, false).await.map(|_| ())
+            }
+            Err(_) => limiter.release(&key, self.holder, &spec).await,
+        };
+        if let Err(e) = done {
+            tracing::warn!(%key, error = %e, "could not report to the limiter");
+        }
+    }
+}
+
+fn image_error(e: ImageError) -> JobError {
+    if e.is_permanent() { JobError::give_up(e) } else { JobError::retry(e) }
+}
+
+fn storage_error(e: StorageError) -> JobError {
+    if e.is_retryable() {
+        JobError::retry(format!("object store: {e}"))
+    } else {
+        JobError::give_up(format!("object store: {e}"))
+    }
+}
+
+fn db_error(e: sqlx::Error) -> JobError {
+    JobError::retry(format!("database: {e}"))
+}
+
+/// Handler of `image.analyze`.
+#[derive(Debug, Clone)]
+pub struct Analyze(Images);
+
+impl Handler for Analyze {
+    type Args = ImageAnalyze;
+
+    async fn handle(&self, a: ImageAnalyze, ctx: JobContext) -> Result<(), JobError> {
+        let images = &self.0;
+        let bytes = images.source(&a.key).await?;
+        let permit = images.admit(&bytes).await?;
+        let limits = images.limits.clone();
+        let (allow_gps, want_vision) = (a.allow_gps, a.vision && images.vision.is_some());
+        let src = bytes.clone();
+        let (analysis, metadata, decoded_warnings, source_sha256, preview) = ctx
+            .blocking(move || -> Result<_, ImageError> {
+                let decoded = fleet_image::decode(&src, &limits)?;
+                let analysis = fleet_image::analyze(&decoded)?;
+                let metadata = fleet_image::read_metadata(&src, allow_gps);
+                // Vision providers get a small upright JPEG with no metadata, never the upload.
+                let preview = if want_vision {
+                    let spec =
+                        VariantSpec { widths: vec![640], formats: vec![OutputFormat::Jpeg], ..Default::default() };
+                    fleet_image::make_variants(&decoded, &spec)?.into_iter().next().map(|v| v.bytes)
+                } else {
+                    None
+                };
+                Ok((analysis, metadata, decoded.warnings.clone(), fleet_image::sha256_hex(&src), preview))
+            })
+            .await?
+            .map_err(image_error)?;
+        drop(permit);
+
+        // A provider outage never fails the local analysis: the outcome records why.
+        let vision = match (&images.vision, preview) {
+            (Some(v), Some(jpeg)) => {
+                Some(serde_json::to_value(images.ask_vision(v, &jpeg, &ctx.id).await).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let mut metadata_json = serde_json::to_value(&metadata).unwrap_or_default();
+        if !decoded_warnings.is_empty() {
+            metadata_json["decode_warnings"] = serde_json::json!(decoded_warnings);
+        }
+        let tenant = Images::tenant(&ctx);
+        sqlx::query(
+            "INSERT INTO image_analyses (tenant, image_id, portfolio, source_key, source_sha256, format, width, height, \
+               phash, sharpness, exposure, colours, metadata, gps_present, vision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (tenant, image_id) DO UPDATE SET portfolio = EXCLUDED.portfolio, source_key = EXCLUDED.source_key, \
+               source_sha256 = EXCLUDED.source_sha256, format = EXCLUDED.format, width = EXCLUDED.width, \
+               height = EXCLUDED.height, phash = EXCLUDED.phash, sharpness = EXCLUDED.sharpness, \
+               exposure = EXCLUDED.exposure, colours = EXCLUDED.colours, metadata = EXCLUDED.metadata, \
+               gps_present = EXCLUDED.gps_present, vision = EXCLUDED.vision, analyzed_at = now()",
+        )
+        .bind(&tenant)
+        .bind(&a.image_id)
+        .bind(&a.portfolio)
+        .bind(&a.key)
+        .bind(&source_sha256)
+        .bind(analysis.format.name())
+        .bind(analysis.width as i32)
+        .bind(analysis.height as i32)
+        .bind(analysis.phash.0 as i64)
+        .bind(analysis.sharpness)
+        .bind(serde_json::to_value(analysis.exposure).unwrap_or_default())
+        .bind(serde_json::to_value(&analysis.dominant_colours).unwrap_or_default())
+        .bind(metadata_json)
+        .bind(metadata.gps_present)
+        .bind(vision)
+        .execute(&images.db)
+        .await
+        .map_err(db_error)?;
+        tracing::info!(image_id = %a.image_id, format = analysis.format.name(), width = analysis.width,
+            height = analysis.height, phash = %analysis.phash, "image analysed");
+        Ok(())
+    }
+}
+
+/// Handler of `image.variants`.
+#[derive(Debug, Clone)]
+pub struct Variants(Images);
+
+impl Variants {
+    async fn spec(&self, a: &ImageVariants) -> Result<VariantSpec, JobError> {
+        let mut spec = VariantSpec::default();
+        if let Some(w) = &a.widths {
+            spec.widths = w.clone();
+        }
+        if let Some(f) = &a.formats {
+            spec.formats = f
+                .iter()
+                .map(|f| match f.as_str() {
+                    "jpeg" | "jpg" => Ok(OutputFormat::Jpeg),
+                    "webp" => Ok(OutputFormat::Webp),
+                    other => Err(JobError::give_up(format!("unknown variant format {other:?}: use jpeg or webp"))),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(w) = &a.watermark {
+            let image = self.0.source(&w.key).await?.to_vec();
+            let position = match w.position.as_deref().unwrap_or("bottom_right") {
+                "top_left" => WatermarkPosition::TopLeft,
+                "top_right" => WatermarkPosition::TopRight,
+                "bottom_left" => WatermarkPosition::BottomLeft,
+                "bottom_right" => WatermarkPosition::BottomRight,
+                "center" => WatermarkPosition::Center,
+                other => return Err(JobError::give_up(format!("unknown watermark position {other:?}"))),
+            };
+            spec.watermark = Some(Watermark {
+                image,
+                position,
+                opacity: w.opacity.unwrap_or(0.5),
+                scale: w.scale.unwrap_or(0.2),
+                margin: 0.02,
+            });
+        }
+        Ok(spec)
+    }
+}
+
+impl Handler for Variants {
+    type Args = ImageVariants;
+
+    async fn handle(&self, a: ImageVariants, ctx: JobContext) -> Result<(), JobError> {
+        let images = &self.0;
+        let spec = self.spec(&a).await?;
+        let bytes = images.source(&a.key).await?;
+        let source_sha256 = fleet_image::sha256_hex(&bytes);
+        let recipe = spec.recipe_hash();
+        let tenant = Images::tenant(&ctx);
+        let base = format!("{}/{}/{}", images.variants_prefix, &source_sha256, &recipe[..recipe.len().min(16)]);
+
+        let permit = images.admit(&bytes).await?;
+        let limits = images.limits.clone();
+        let variants = ctx
+            .blocking(move || -> Result<_, ImageError> {
+                let decoded = fleet_image::decode(&bytes, &limits)?;
+                fleet_image::make_variants(&decoded, &spec)
+            })
+            .await?
+            .map_err(image_error)?;
+        drop(permit);
+
+        for v in &variants {
+            let key = format!("{base}/{}.{}", v.width, v.format.extension());
+            // Content-addressed: an object already there from an earlier attempt is the same.
+            let present =
+                images.store.head(&key).await.map_err(storage_error)?.is_some_and(|m| m.size == v.byte_len as u64);
+            if !present {
+                images
+                    .store
+                    .put(&key, bytes::Bytes::from(v.bytes.clone()), v.format.mime())
+                    .await
+                    .map_err(storage_error)?;
+            }
+            sqlx::query(
+                "INSERT INTO image_variants (tenant, image_id, width, height, format, key, bytes, sha256, recipe) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (tenant, image_id, format, width) DO UPDATE SET height = EXCLUDED.height, key = EXCLUDED.key, \
+                   bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, recipe = EXCLUDED.recipe, created_at = now()",
+            )
+            .bind(&tenant)
+            .bind(&a.image_id)
+            .bind(v.width as i32)
+            .bind(v.height as i32)
+            .bind(v.format.extension())
+            .bind(&key)
+            .bind(v.byte_len as i32)
+            .bind(&v.sha256)
+            .bind(&recipe)
+            .execute(&images.db)
+            .await
+            .map_err(db_error)?;
+        }
+        tracing::info!(image_id = %a.image_id, variants = variants.len(), "image variants written");
+        Ok(())
+    }
+}
