@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+scripts/build-deps.sh
 cargo build --release --locked -p fleet-worker -p fleet-scheduler
 mkdir -p .fleet
 if [[ ! -s .fleet/api-key ]] || ! grep -qx 'fk_[0-9a-f]*_[0-9a-f]*' .fleet/api-key; then

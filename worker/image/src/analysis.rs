@@ -136,10 +136,11 @@ pub fn analyze(decoded: &Decoded) -> Result<Analysis, ImageError> {
     let colours = dominant_colours(&small);
     let rgb = resize::flatten_onto_white(small);
     let luma = Luma::from_rgb(&rgb);
+    let (width, height) = decoded.source_size();
     Ok(Analysis {
         format: decoded.header.format,
-        width: image.width(),
-        height: image.height(),
+        width,
+        height,
         has_alpha: decoded.has_alpha(),
         phash: phash_of_luma(&luma),
         sharpness: luma.laplacian_variance(),

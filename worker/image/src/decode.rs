@@ -71,6 +71,15 @@ impl Decoded {
         self.image.height()
     }
 
+    /// Upright size of the source image (larger than the pixels after [`decode_scaled`]).
+    pub fn source_size(&self) -> (u32, u32) {
+        if (5..=8).contains(&self.orientation) {
+            (self.header.height, self.header.width)
+        } else {
+            (self.header.width, self.header.height)
+        }
+    }
+
     /// Whether the pixels carry an alpha channel (some pixel is not opaque).
     pub fn has_alpha(&self) -> bool {
         matches!(self.image, DynamicImage::ImageRgba8(_))
@@ -84,16 +93,32 @@ impl Decoded {
 /// (including decoder panics). All of them are permanent.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
     let header = read_header(bytes, limits)?;
-    catch_decoder_panic("decoder", || decode_pixels(bytes, header, limits))
+    catch_decoder_panic("decoder", || decode_pixels(bytes, header, limits, None))
 }
 
-fn decode_pixels(bytes: &[u8], header: Header, limits: &Limits) -> Result<Decoded, ImageError> {
+/// Like [`decode`], but a JPEG may come out smaller, as long as its upright size is at least
+/// `min_width` × `min_height`: libjpeg-turbo decodes at 1/8 … 7/8 of the size straight from the
+/// DCT coefficients, several times cheaper than a full decode followed by a resize. Analysis
+/// needs ~512 px, the largest variant its own width. Other formats decode at full size.
+pub fn decode_scaled(bytes: &[u8], limits: &Limits, min_width: u32, min_height: u32) -> Result<Decoded, ImageError> {
+    let header = read_header(bytes, limits)?;
+    catch_decoder_panic("decoder", || decode_pixels(bytes, header, limits, Some((min_width, min_height))))
+}
+
+fn decode_pixels(
+    bytes: &[u8],
+    header: Header,
+    limits: &Limits,
+    at_least: Option<(u32, u32)>,
+) -> Result<Decoded, ImageError> {
     let mut warnings = Vec::new();
     if header.format == Format::Jpeg && !jpeg_markers::ends_with_eoi(bytes) {
         return Err(ImageError::Truncated("JPEG data ends without an end-of-image marker".into()));
     }
     let (image, icc, orientation, mut colour) = if header.cmyk {
         decode_cmyk_jpeg(bytes, &header, limits, &mut warnings)?
+    } else if let (Format::Jpeg, Some(min)) = (header.format, at_least) {
+        decode_jpeg_scaled(bytes, &header, limits, min)?
     } else {
         decode_generic(bytes, &header, limits)?
     };
@@ -130,6 +155,35 @@ fn decode_generic(bytes: &[u8], header: &Header, limits: &Limits) -> Result<Pixe
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(ImageError::from_decode)?;
     Ok((image, icc, orientation, ColourConversion::Untagged))
+}
+
+/// A YCbCr or grey JPEG at the smallest n/8 scale whose upright size is at least `min`, through
+/// libjpeg-turbo (mozjpeg); at full scale, the generic path.
+fn decode_jpeg_scaled(bytes: &[u8], header: &Header, limits: &Limits, min: (u32, u32)) -> Result<Pixels, ImageError> {
+    let (icc, orientation) = {
+        let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
+        let mut decoder = reader.into_decoder().map_err(ImageError::from_decode)?;
+        (decoder.icc_profile().ok().flatten(), decoder.orientation().unwrap_or(Orientation::NoTransforms))
+    };
+    let swapped = matches!(
+        orientation,
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    );
+    let (need_w, need_h) = if swapped { (min.1, min.0) } else { min };
+    let fits = |n: u32| {
+        u64::from(header.width) * u64::from(n) >= u64::from(need_w) * 8
+            && u64::from(header.height) * u64::from(n) >= u64::from(need_h) * 8
+    };
+    let Some(n) = (1..8u32).find(|&n| fits(n)) else { return decode_generic(bytes, header, limits) };
+    let mut d = mozjpeg::Decompress::new_mem(bytes).map_err(|e| ImageError::Corrupt(format!("JPEG: {e}")))?;
+    d.scale(n as u8);
+    let mut started = d.rgb().map_err(|e| ImageError::Corrupt(format!("JPEG: {e}")))?;
+    let (w, h) = (started.width() as u32, started.height() as u32);
+    let rgb = started.read_scanlines::<u8>().map_err(|e| ImageError::Corrupt(format!("JPEG: {e}")))?;
+    started.finish().map_err(|e| ImageError::Corrupt(format!("JPEG: {e}")))?;
+    let buffer = image::RgbImage::from_raw(w, h, rgb)
+        .ok_or_else(|| ImageError::Corrupt("JPEG decoder returned a short buffer".into()))?;
+    Ok((DynamicImage::ImageRgb8(buffer), icc, orientation, ColourConversion::Untagged))
 }
 
 /// CMYK/YCCK JPEG: zune-jpeg directly, for the raw CMYK samples the ICC transform needs (`image`

@@ -41,7 +41,7 @@ pub mod variants;
 pub use analysis::{
     Analysis, DominantColour, Exposure, ExposureVerdict, NEAR_DUPLICATE_DISTANCE, NearDuplicates, PHash, analyze,
 };
-pub use decode::{ColourConversion, Decoded, decode};
+pub use decode::{ColourConversion, Decoded, decode, decode_scaled};
 pub use error::ImageError;
 pub use format::{Format, Header, read_header, sniff};
 pub use limits::{Limits, estimate_decoded_bytes};

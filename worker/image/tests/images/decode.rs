@@ -287,3 +287,31 @@ fn rgb_icc_profiles_are_converted_to_srgb() {
     let dice = decode_fixture("formats/transparent_with_icc_profile.png");
     assert!(matches!(dice.colour, ColourConversion::Srgb | ColourConversion::IccToSrgb), "{dice:?}");
 }
+
+#[test]
+fn a_scaled_jpeg_decode_covers_the_size_asked_for_upright_and_looks_the_same() {
+    use fleet_image::decode_scaled;
+    let limits = Limits::default();
+    // landscape_6 is stored 450×600 and shown 600×450 (rotated): the size asked for is upright.
+    for n in [1, 6, 8] {
+        let bytes = fixture(&format!("exif/orientation/landscape_{n}.jpg"));
+        let full = decode(&bytes, &limits).unwrap();
+        let small = decode_scaled(&bytes, &limits, 290, 0).unwrap();
+        assert_eq!(full.width(), 600, "landscape_{n}");
+        assert!(small.width() >= 290 && small.width() < 600, "landscape_{n}: {}x{}", small.width(), small.height());
+        assert_eq!(small.source_size(), (600, 450), "the source's upright size is kept");
+        let back = image::imageops::resize(&small.image.to_rgb8(), 600, 450, image::imageops::FilterType::Triangle);
+        let d = mean_abs_diff(&full.image.to_rgb8(), &back);
+        assert!(d < 12.0, "landscape_{n}: the scaled decode shows the same upright picture (diff {d:.1})");
+        let a = fleet_image::analyze(&small).unwrap();
+        assert_eq!((a.width, a.height), (600, 450), "analysis reports the source's size");
+    }
+    // Asking for more than the image has decodes it whole; other formats are never scaled.
+    let bytes = fixture("formats/people.jpg");
+    let whole = decode(&bytes, &limits).unwrap();
+    assert_eq!(decode_scaled(&bytes, &limits, 100_000, 0).unwrap().width(), whole.width());
+    let png = fixture("pngsuite/basn6a08.png");
+    assert_eq!(decode_scaled(&png, &limits, 1, 1).unwrap().width(), 32);
+    // A truncated JPEG is refused on the scaled path too.
+    assert!(matches!(decode_scaled(&bytes[..bytes.len() / 2], &limits, 100, 100), Err(ImageError::Truncated(_))));
+}

@@ -118,7 +118,7 @@ pub async fn run(client: &Client) {
     std::fs::write(
         &config,
         format!(
-            "redis_url = {redis:?}\nprefix = {prefix:?}\nlisten = \"\"\ndatabase_url = {db_url:?}\n\
+            "redis_url = {redis:?}\nprefix = {prefix:?}\ndatabase_url = {db_url:?}\n\
              [[queues]]\nname = \"images\"\nconcurrency = 2\n\
              [images]\nvariants_prefix = \"bench-images-out/variants\"\n[images.storage]\nkind = \"local\"\nroot = {root:?}\n",
             redis = crate::adapter::url(),
@@ -158,6 +158,7 @@ pub async fn run(client: &Client) {
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
+        .env("FLEET_LISTEN", "")
         .spawn()
         .expect("start target/release/fleet-worker (cargo build --release first)");
     let mut peak = 0.0f64;
@@ -230,4 +231,85 @@ pub async fn run(client: &Client) {
         n as f64 / vips,
         wall / vips
     );
+}
+
+/// `fleet-bench image-steps <file>`: the time of each step on one image, in this
+/// process (best of 3), to see where an image job's CPU goes.
+pub fn steps(path: &str) {
+    use fleet_image::{Limits, OutputFormat, VariantSpec};
+    let bytes = std::fs::read(path).expect("read the image");
+    let limits = Limits::default();
+    let best = |f: &mut dyn FnMut()| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let decoded = fleet_image::decode(&bytes, &limits).expect("decode");
+    println!("{path}: {}x{} {:.1} MB", decoded.width(), decoded.height(), bytes.len() as f64 / 1e6);
+    println!(
+        "  decode            {:7.1} ms",
+        best(&mut || drop(fleet_image::decode(&bytes, &limits).expect("decode")))
+    );
+    println!(
+        "  decode ≥2048 wide {:7.1} ms (DCT-scaled)",
+        best(&mut || drop(fleet_image::decode_scaled(&bytes, &limits, 2048, 0).expect("decode")))
+    );
+    println!(
+        "  decode ≥640       {:7.1} ms (DCT-scaled)",
+        best(&mut || drop(fleet_image::decode_scaled(&bytes, &limits, 640, 640).expect("decode")))
+    );
+    println!("  analyze           {:7.1} ms", best(&mut || drop(fleet_image::analyze(&decoded).expect("analyze"))));
+    let half = fleet_image::decode_scaled(&bytes, &limits, 2048, 0).expect("decode");
+    println!(
+        "  analyze (scaled)  {:7.1} ms",
+        best(&mut || drop(
+            fleet_image::analyze(&fleet_image::decode_scaled(&bytes, &limits, 640, 640).expect("d")).expect("a")
+        ))
+    );
+    println!("  metadata          {:7.1} ms", best(&mut || drop(fleet_image::read_metadata(&bytes, false))));
+    let widths = WIDTHS.to_vec();
+    for (label, spec) in [
+        ("4 widths both, defaults", VariantSpec { widths: widths.clone(), ..Default::default() }),
+        (
+            "4 widths JPEG    ",
+            VariantSpec { widths: widths.clone(), formats: vec![OutputFormat::Jpeg], ..Default::default() },
+        ),
+        (
+            "4 widths WebP m0 ",
+            VariantSpec {
+                widths: widths.clone(),
+                formats: vec![OutputFormat::Webp],
+                webp_method: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "4 widths WebP m2 ",
+            VariantSpec {
+                widths: widths.clone(),
+                formats: vec![OutputFormat::Webp],
+                webp_method: 2,
+                ..Default::default()
+            },
+        ),
+        (
+            "4 widths WebP m4 ",
+            VariantSpec {
+                widths: widths.clone(),
+                formats: vec![OutputFormat::Webp],
+                webp_method: 4,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut size = 0;
+        let ms = best(&mut || {
+            size = fleet_image::make_variants(&half, &spec).expect("variants").iter().map(|v| v.byte_len).sum();
+        });
+        println!("  {label}  {ms:7.1} ms  {:6.0} KB", size as f64 / 1024.0);
+    }
 }

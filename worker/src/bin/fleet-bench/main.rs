@@ -31,6 +31,7 @@ fn main() {
     rt.block_on(async {
         match args.first().map(String::as_str) {
             Some("run") | None => driver::run(&args[1.min(args.len())..]).await,
+            Some("image-steps") => images::steps(args.get(1).map(String::as_str).expect("image-steps <file>")),
             Some("version") => {
                 println!("fleet {} (fleet-jobs Redis engine, apalis-core 1.0)", env!("CARGO_PKG_VERSION"))
             }

@@ -226,7 +226,8 @@ impl Handler for Analyze {
         let src = bytes.clone();
         let (analysis, metadata, decoded_warnings, source_sha256, preview) = ctx
             .blocking(move || -> Result<_, ImageError> {
-                let decoded = fleet_image::decode(&src, &limits)?;
+                // Analysis works on a ~512 px copy; vision gets 640 px: decode no larger than needed.
+                let decoded = fleet_image::decode_scaled(&src, &limits, 640, 640)?;
                 let analysis = fleet_image::analyze(&decoded)?;
                 let metadata = fleet_image::read_metadata(&src, allow_gps);
                 // Vision providers get a small upright JPEG with no metadata, never the upload.
@@ -347,7 +348,10 @@ impl Handler for Variants {
         let limits = images.limits.clone();
         let variants = ctx
             .blocking(move || -> Result<_, ImageError> {
-                let decoded = fleet_image::decode(&bytes, &limits)?;
+                // The largest width is all the variants need: a JPEG decodes at the smallest
+                // DCT scale that still covers it.
+                let widest = spec.widths.iter().copied().max().unwrap_or(0);
+                let decoded = fleet_image::decode_scaled(&bytes, &limits, widest, 0)?;
                 fleet_image::make_variants(&decoded, &spec)
             })
             .await?
