@@ -1,5 +1,5 @@
 //! Web variants: resized (never upscaled, aspect kept) with Lanczos3 in a cascade from the largest
-//! width down, optionally watermarked, encoded as JPEG (`jpeg-encoder`) and lossy WebP (libwebp).
+//! width down, optionally watermarked, encoded as JPEG (libjpeg-turbo through `mozjpeg`) and lossy WebP (libwebp).
 //! Outputs carry no metadata at all: no EXIF, no GPS, no XMP, no ICC (pixels are already sRGB).
 
 use fast_image_resize::Resizer;
@@ -14,10 +14,12 @@ use crate::resize::{self, QUALITY};
 
 /// Bump when the pipeline changes output bytes for the same spec (encoder settings, resampling),
 /// so stored variants keyed by [`VariantSpec::recipe_hash`] are not reused.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 /// WebP cannot be wider or taller than this.
 const WEBP_MAX_SIDE: u32 = 16_383;
+/// libjpeg's largest side.
+const JPEG_MAX_SIDE: u32 = 65_500;
 
 /// An output encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -230,10 +232,9 @@ fn encode(image: &DynamicImage, format: OutputFormat, spec: &VariantSpec) -> Res
     let (w, h) = (image.width(), image.height());
     match format {
         OutputFormat::Jpeg => {
-            let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
-                (Ok(a), Ok(b)) => (a, b),
-                _ => return Err(ImageError::InvalidRequest(format!("{w}x{h} is too large for JPEG"))),
-            };
+            if w > JPEG_MAX_SIDE || h > JPEG_MAX_SIDE {
+                return Err(ImageError::InvalidRequest(format!("{w}x{h} is too large for JPEG")));
+            }
             let rgb;
             let data: &[u8] = match image {
                 DynamicImage::ImageRgb8(b) => b.as_raw(),
@@ -242,15 +243,19 @@ fn encode(image: &DynamicImage, format: OutputFormat, spec: &VariantSpec) -> Res
                     rgb.as_raw()
                 }
             };
-            let mut bytes = Vec::with_capacity(data.len() / 8);
-            let encoder = jpeg_encoder::Encoder::new(&mut bytes, spec.jpeg_quality);
-            // JFIF APP0 is the only header segment written. Optimized Huffman tables stay off:
-            // jpeg-encoder 0.7.1's output with them decodes as striped garbage in zune-jpeg
-            // (seen on the orientation fixtures; the variants test would catch a regression).
-            encoder
-                .encode(data, w16, h16, jpeg_encoder::ColorType::Rgb)
+            // libjpeg-turbo through mozjpeg: its fastest profile (baseline, no trellis) with
+            // optimized Huffman tables. Only the JFIF APP0 header is written: no EXIF, no ICC.
+            // Errors arrive as panics; the caller's `catch_encoder_panic` turns them into errors.
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+            c.set_fastest_defaults();
+            c.set_size(w as usize, h as usize);
+            c.set_quality(f32::from(spec.jpeg_quality));
+            c.set_optimize_coding(true);
+            let mut started = c
+                .start_compress(Vec::with_capacity(data.len() / 8))
                 .map_err(|e| ImageError::Internal(format!("JPEG encoder: {e}")))?;
-            Ok(bytes)
+            started.write_scanlines(data).map_err(|e| ImageError::Internal(format!("JPEG encoder: {e}")))?;
+            started.finish().map_err(|e| ImageError::Internal(format!("JPEG encoder: {e}")))
         }
         OutputFormat::Webp => {
             if w > WEBP_MAX_SIDE || h > WEBP_MAX_SIDE {
