@@ -316,3 +316,109 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let store = Store::new("vision");
+    store.put("up/a.jpg", &fixture("formats/people.jpg"));
+    store.put("up/b.jpg", &fixture("exif/gps/DSCN0010.jpg"));
+
+    // "busy" speaks Azure's API and answers 429 with Retry-After 60; "labels" speaks
+    // Google's and knows a wedding when it sees one.
+    let busy_hits = Arc::new(AtomicUsize::new(0));
+    let hits = busy_hits.clone();
+    let busy = axum::Router::new().route(
+        "/computervision/imageanalysis:analyze",
+        axum::routing::post(move || {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async { (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "60")], "slow down").into_response() }
+        }),
+    );
+    let labels = axum::Router::new().route(
+        "/v1/images:annotate",
+        axum::routing::post(|| async {
+            axum::Json(serde_json::json!({"responses": [{"labelAnnotations": [
+                {"description": "Wedding cake", "score": 0.96},
+                {"description": "Dance", "score": 0.81},
+                {"description": "Blurry thing", "score": 0.2}
+            ]}]}))
+        }),
+    );
+    let serve = |router: axum::Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        url
+    };
+    let (busy_url, labels_url) = (serve(busy).await, serve(labels).await);
+
+    let mut settings = settings(&store);
+    settings.vision = Some(
+        toml::from_str(&format!(
+            r#"allow = ["127.0.0.0/8"]
+               [[providers]]
+               name = "busy"
+               kind = "azure"
+               base_url = "{busy_url}"
+               api_key = "azure-key-never-logged"
+               [[providers]]
+               name = "labels"
+               kind = "google"
+               base_url = "{labels_url}"
+               api_key = "google-key-never-logged"
+               min_confidence = 0.5"#
+        ))
+        .unwrap(),
+    );
+    let limiter = fleet_jobs::limits::Limiter::new(
+        fleet_jobs::connect(&fleet_tests::redis_url()).await.unwrap(),
+        env.prefix.clone(),
+        Duration::from_secs(30),
+    );
+    let rules: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec> =
+        toml::from_str("[\"ai:provider:*\"]\nrate = 100\nbreaker_failures = 5\n").unwrap();
+    let table = Arc::new(fleet_worker::limits::LimitTable::new(&rules));
+    let images = Images::new(db.pool.clone(), &settings).unwrap().with_provider_limits(limiter, table);
+    let registry = Registry::new().register(images.analyzer());
+    let mut cfg = env.config("images", 1);
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 1, fetch_batch: None }];
+    let worker = env.worker(cfg, registry).await;
+    let mut rx = worker.events();
+    for (id, key) in [("a", "up/a.jpg"), ("b", "up/b.jpg")] {
+        let args =
+            ImageAnalyze { image_id: id.into(), key: key.into(), portfolio: None, allow_gps: false, vision: true };
+        env.client.enqueue(&args).await.unwrap();
+        n_final(&mut rx, 1, Duration::from_secs(60)).await;
+    }
+    assert_eq!(env.stats("images").await.succeeded, 2, "a provider outage never fails the analysis");
+    let rows: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT image_id, vision FROM image_analyses ORDER BY image_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for (id, v) in &rows {
+        assert_eq!(v["status"], "analyzed", "{id}: {v}");
+        assert_eq!(v["provider"], "labels", "{id}: fell back to the second provider");
+        assert_eq!(v["category"], "reception", "{id}: {v}");
+        let tags: Vec<&str> = v["tags"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(tags, ["Wedding cake", "Dance"], "below-threshold labels dropped");
+        assert!(!v.to_string().contains("never-logged"), "no API key in the stored outcome");
+    }
+    assert_eq!(rows[0].1["skipped"][0]["reason"]["kind"], "rate_limited");
+    assert_eq!(
+        rows[1].1["skipped"][0]["reason"]["kind"], "held_back",
+        "the 429's Retry-After holds the provider back fleet-wide: {}",
+        rows[1].1
+    );
+    assert_eq!(busy_hits.load(Ordering::SeqCst), 1, "the rate-limited provider is not called again");
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
