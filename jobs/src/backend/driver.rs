@@ -36,6 +36,9 @@ struct Shared {
 struct Held {
     token: String,
     lost: CancellationToken,
+    /// Its completion is on its way to Redis: a heartbeat that no longer finds the
+    /// lease there is seeing the completion, not another attempt.
+    completing: bool,
 }
 
 impl Shared {
@@ -185,6 +188,14 @@ impl EngineHandle {
             let deadline = Instant::now() + RELEASE_DEADLINE;
             let mut delay = Duration::from_millis(50);
             loop {
+                {
+                    let mut leased = shared.leased();
+                    for c in &batch {
+                        if let Some(h) = leased.get_mut(&c.id) {
+                            h.completing = true;
+                        }
+                    }
+                }
                 match apply(&shared, &batch).await {
                     Ok(_) => {
                         tracing::info!(queue = %shared.cfg.queue, jobs = batch.len(), "handed unfinished jobs back to ready");
@@ -277,7 +288,8 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
             {
                 let mut leased = shared.leased();
                 for j in &fetched.jobs {
-                    leased.insert(j.id.clone(), Held { token: j.token.clone(), lost: j.lost.clone() });
+                    leased
+                        .insert(j.id.clone(), Held { token: j.token.clone(), lost: j.lost.clone(), completing: false });
                 }
             }
             for job in fetched.jobs {
@@ -494,15 +506,21 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     tracing::warn!(queue = %cfg.queue, jobs = report.reaped, "took back jobs whose leases expired");
                 }
                 if !report.lost.is_empty() {
-                    metrics::counter!("fleet_leases_lost_total", "queue" => cfg.queue.clone())
-                        .increment(report.lost.len() as u64);
-                    tracing::warn!(queue = %cfg.queue, jobs = report.lost.len(), "leases lost: another attempt owns these jobs now");
+                    // Jobs whose completion was applied meanwhile are not lost: only those
+                    // still running here are (cancelled, or taken back after an expiry).
                     let leased = shared.leased();
+                    let mut lost = 0u64;
                     for id in &report.lost {
                         // The handler stops; its completion (Op::Lost) removes the entry.
-                        if let Some(h) = leased.get(id) {
+                        if let Some(h) = leased.get(id).filter(|h| !h.completing) {
                             h.lost.cancel();
+                            lost += 1;
                         }
+                    }
+                    drop(leased);
+                    if lost > 0 {
+                        metrics::counter!("fleet_leases_lost_total", "queue" => cfg.queue.clone()).increment(lost);
+                        tracing::warn!(queue = %cfg.queue, jobs = lost, "leases lost: another attempt owns these jobs now");
                     }
                 }
             }
