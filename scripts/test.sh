@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 scripts/s3.sh
+scripts/radicale.sh
+scripts/calendar-oracle.sh >/dev/null
+scripts/dovecot.sh
 scripts/browser.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"

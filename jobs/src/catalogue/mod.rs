@@ -4,10 +4,14 @@
 //! types with the [`Client`](crate::Client); the HTTP API checks kinds and
 //! arguments against [`lookup`] before anything reaches Redis.
 
+pub mod calendar;
+pub mod comms;
 pub mod image;
 pub mod probe;
 pub mod webhook;
 
+pub use calendar::CalendarSync;
+pub use comms::CommsSync;
 pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
 pub use probe::{ProbeAction, ProbeArgs};
 pub use webhook::{WebhookDelivery, WebhookIntake, WebhookPublish};
@@ -43,6 +47,8 @@ pub fn kinds() -> Vec<KindInfo> {
         info::<WebhookPublish>(),
         info::<ImageAnalyze>(),
         info::<ImageVariants>(),
+        info::<CommsSync>(),
+        info::<CalendarSync>(),
     ]
 }
 

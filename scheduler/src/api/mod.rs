@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod auth;
 mod batches;
+mod calendar;
+mod comms;
 pub mod error;
 mod images;
 pub mod intake;
@@ -29,12 +31,26 @@ pub struct ApiState {
     pub intake: std::sync::Arc<std::collections::BTreeMap<String, intake::IntakeProvider>>,
     /// The last hour of queue samples for the dashboard's charts.
     pub history: admin::History,
+    /// Seals communication-source secrets (`FLEET_SECRETS_KEY`; `None`: sources cannot be stored).
+    pub secrets: Option<fleet_comms::secrets::SecretBox>,
 }
 
 impl ApiState {
     /// State with no intake providers.
     pub fn new(client: Client, db: sqlx::PgPool) -> Self {
-        ApiState { client, db, intake: Default::default(), history: Default::default() }
+        ApiState {
+            client,
+            db,
+            intake: Default::default(),
+            history: Default::default(),
+            secrets: fleet_comms::secrets::SecretBox::from_env().ok(),
+        }
+    }
+
+    /// The same state with this key for communication-source secrets.
+    pub fn with_secrets(mut self, secrets: fleet_comms::secrets::SecretBox) -> Self {
+        self.secrets = Some(secrets);
+        self
     }
 
     /// The same state with intake providers.
@@ -51,10 +67,14 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
-        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, intake::receive, stream::tenant_stream, images::create_portfolio, images::get_portfolio),
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, intake::receive, stream::tenant_stream, images::create_portfolio, images::get_portfolio,
+        calendar::create_source, calendar::list_sources, calendar::delete_source, calendar::sync_source, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
+        comms::create_source, comms::list_sources, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView,
-        images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView)),
+        images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView,
+        calendar::CalendarSourceRequest, calendar::CalendarSourceView, calendar::CalendarSyncView, calendar::SupplierSettings, calendar::OccurrenceView, calendar::ConflictView,
+        comms::SourceRequest, comms::SourceView, comms::SyncView, comms::ContactRequest, comms::ContactView, comms::TimelinePage, comms::QuarantinedView)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -93,6 +113,18 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
         .route("/v1/endpoints/{id}/secrets", post(webhooks::rotate_secret))
         .route("/v1/events", post(webhooks::publish_event))
+        .route("/v1/comms/sources", post(comms::create_source).get(comms::list_sources))
+        .route("/v1/comms/sources/{id}", axum::routing::delete(comms::delete_source))
+        .route("/v1/comms/sources/{id}/sync", post(comms::sync_source))
+        .route("/v1/comms/sources/{id}/quarantine", get(comms::source_quarantine))
+        .route("/v1/comms/contacts", post(comms::put_contact))
+        .route("/v1/comms/clients/{client}/timeline", get(comms::client_timeline))
+        .route("/v1/calendar/sources", post(calendar::create_source).get(calendar::list_sources))
+        .route("/v1/calendar/sources/{id}", axum::routing::delete(calendar::delete_source))
+        .route("/v1/calendar/sources/{id}/sync", post(calendar::sync_source))
+        .route("/v1/calendar/suppliers/{supplier}", axum::routing::put(calendar::put_supplier))
+        .route("/v1/calendar/suppliers/{supplier}/occurrences", get(calendar::occurrences))
+        .route("/v1/calendar/suppliers/{supplier}/conflicts", get(calendar::conflicts))
         .route("/v1/stream", get(stream::tenant_stream))
         .route("/v1/intake/{provider}", post(intake::receive))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))

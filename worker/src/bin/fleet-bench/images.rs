@@ -4,7 +4,7 @@
 //!
 //! The photos are generated once (gradients, shapes and grain, so they compress like
 //! photos) into `target/bench-images/` and reused. Set `FLEET_BENCH_IMAGES` to change
-//! the count, `FLEET_BENCH_PG_URL` for PostgreSQL.
+//! the count, `FLEET_BENCH_PG_URL` for PostgreSQL, `FLEET_BENCH_VIPS=0` to skip libvips.
 
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_jobs::{Client, EnqueueOptions};
@@ -192,6 +192,10 @@ pub async fn run(client: &Client) {
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&mut admin).await.ok();
 
     // The same resizes with libvips, two processes at a time (one per core).
+    if std::env::var("FLEET_BENCH_VIPS").is_ok_and(|v| v == "0") {
+        println!("  vipsthumbnail: skipped (FLEET_BENCH_VIPS=0)");
+        return;
+    }
     if Command::new("vipsthumbnail").arg("--vips-version").output().is_err() {
         println!("  vipsthumbnail: not installed (apt-get install libvips-tools) — no ratio");
         return;

@@ -1,0 +1,116 @@
+//! Bytes → iCalendar text, at the byte level.
+//!
+//! Unfolding happens on bytes, before any decoding: RFC 5545 §3.1 allows a fold inside a
+//! multi-octet UTF-8 sequence, and a strict decode of the folded bytes fails while a lossy
+//! one turns the character into U+FFFD.
+
+use thiserror::Error;
+
+/// Why a body is not an iCalendar object. A sync must never read this as "everything was deleted".
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The body is empty or only whitespace.
+    #[error("empty body")]
+    Empty,
+    /// The body looks like an HTML page (a login or error page served with 200).
+    #[error("HTML instead of iCalendar")]
+    Html,
+    /// The body has no `BEGIN:VCALENDAR` (or bare `BEGIN:VEVENT`) line.
+    #[error("not iCalendar: no BEGIN:VCALENDAR")]
+    NotICalendar,
+}
+
+/// Decodes an iCalendar body: strips a BOM, unfolds lines (CRLF, bare LF or bare CR followed by
+/// a space or tab), normalises line ends to CRLF and decodes UTF-8, or Latin-1 when the bytes are
+/// not UTF-8. Returns an error when the body is not iCalendar at all.
+pub fn decode(body: &[u8]) -> Result<String, DecodeError> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let trimmed = body.trim_ascii_start();
+    if trimmed.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let head = &trimmed[..trimmed.len().min(512)];
+    let head_lower = head.to_ascii_lowercase();
+    if head_lower.starts_with(b"<!doctype")
+        || head_lower.starts_with(b"<html")
+        || head_lower.starts_with(b"<?xml")
+        || head_lower.starts_with(b"<head")
+    {
+        return Err(DecodeError::Html);
+    }
+    let unfolded = unfold(trimmed);
+    if !contains_begin(&unfolded) {
+        return Err(DecodeError::NotICalendar);
+    }
+    Ok(match String::from_utf8(unfolded) {
+        Ok(text) => text,
+        // Not UTF-8: a legacy charset. Latin-1 maps every byte to a char, so nothing is lost.
+        Err(err) => err.into_bytes().iter().map(|&b| b as char).collect(),
+    })
+}
+
+fn contains_begin(bytes: &[u8]) -> bool {
+    bytes.split(|&b| b == b'\n').any(|line| {
+        let line = line.trim_ascii();
+        (line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"BEGIN:VCALENDAR"))
+            || (line.len() >= 12 && line[..12].eq_ignore_ascii_case(b"BEGIN:VEVENT"))
+    })
+}
+
+/// Removes line folds and normalises line ends to CRLF, on bytes.
+fn unfold(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'\r' || b == b'\n' {
+            // One line end: CRLF, LF or CR.
+            let mut end = i + 1;
+            if b == b'\r' && input.get(end) == Some(&b'\n') {
+                end += 1;
+            }
+            if matches!(input.get(end), Some(b' ' | b'\t')) {
+                // A fold: drop the line end and the one whitespace after it.
+                i = end + 1;
+                continue;
+            }
+            out.extend_from_slice(b"\r\n");
+            i = end;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_inside_a_utf8_sequence_is_joined_before_decoding() {
+        // "Müller" with the fold between the two bytes of "ü" (0xC3 0xBC).
+        let body = b"BEGIN:VCALENDAR\r\nSUMMARY:M\xC3\r\n \xBCller\r\nEND:VCALENDAR\r\n";
+        let text = decode(body).unwrap();
+        assert!(text.contains("SUMMARY:M\u{fc}ller\r\n"), "{text}");
+    }
+
+    #[test]
+    fn bom_bare_lf_and_latin1() {
+        let body = b"\xEF\xBB\xBFBEGIN:VCALENDAR\nSUMMARY:caf\xE9\n  x\nEND:VCALENDAR";
+        let text = decode(body).unwrap();
+        assert_eq!(text, "BEGIN:VCALENDAR\r\nSUMMARY:caf\u{e9} x\r\nEND:VCALENDAR\r\n");
+    }
+
+    #[test]
+    fn not_icalendar_bodies() {
+        assert_eq!(decode(b""), Err(DecodeError::Empty));
+        assert_eq!(decode(b"  \r\n"), Err(DecodeError::Empty));
+        assert_eq!(decode(b"<!DOCTYPE html><html><body>Sign in</body></html>"), Err(DecodeError::Html));
+        assert_eq!(decode(b"{\"error\":\"nope\"}"), Err(DecodeError::NotICalendar));
+    }
+}

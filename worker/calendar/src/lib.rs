@@ -1,0 +1,35 @@
+//! Fleet's calendar core: everything a `calendar.sync` job needs that is not the database.
+//!
+//! # Layout
+//!
+//! - [`decode`]: bytes → text. Detects bodies that are not iCalendar (an HTML login page, an empty
+//!   body), strips a BOM, unfolds lines *before* decoding (a fold may split a UTF-8 sequence) and
+//!   falls back to Latin-1 for non-UTF-8 charsets.
+//! - [`parse`]: text → [`Calendar`] of [`Event`]s through `calcard`'s lenient parser. One broken
+//!   event becomes a [`Warning`] and is skipped; the others import.
+//! - [`zone`]: TZID resolution (VTIMEZONE, IANA, Windows names; unknown → default zone + warning)
+//!   and local → UTC conversion following RFC 5545 §3.3.5 exactly in gaps and folds, which is
+//!   where the recurrence crates go wrong.
+//! - [`expand`]: RRULE / RDATE / EXDATE / RECURRENCE-ID (incl. THISANDFUTURE, cancelled instances,
+//!   overrides in another zone) into [`Occurrence`]s over a window, capped by count and time.
+//! - [`conflict`]: double bookings among busy occurrences (half-open intervals).
+//! - [`push`]: push-back with `If-None-Match: *` / `If-Match`, 412 → compare versions, newer wins.
+//! - [`caldav`]: a small CalDAV client (RFC 4791, RFC 6578 sync-collection with 507 continuation,
+//!   ETag listing fallback, conditional writes) and conditional GET of `.ics` feeds.
+//!
+//! Recurrence rules are iterated by the `rrule` crate in *floating* time (local wall-clock time
+//! treated as UTC); this crate alone maps wall-clock times to instants, so DST handling lives in
+//! one place ([`zone::localize`]).
+
+pub mod caldav;
+pub mod conflict;
+pub mod decode;
+pub mod expand;
+pub mod parse;
+pub mod push;
+pub mod zone;
+
+pub use conflict::{BusyInterval, Conflict, find_conflicts};
+pub use decode::{DecodeError, decode};
+pub use expand::{ExpandOptions, Expansion, Occurrence, expand};
+pub use parse::{Calendar, Event, EventStatus, TimeValue, Warning, parse};

@@ -1,0 +1,703 @@
+//! `calendar.sync`: one calendar source pulled into its supplier's events, occurrences and
+//! double bookings.
+//!
+//! A run: load the source (`calendar_sources`), pull what changed (CalDAV `sync-collection`
+//! with the stored token, ETag listing when refused; conditional GET for feeds), parse with
+//! [`fleet_calendar`], refuse to apply anything that is not iCalendar or would delete more than
+//! the source's `max_delete_share` (quarantine, reported on the source), then in one
+//! transaction under a per-supplier lock: upsert events by (UID, RECURRENCE-ID) — unchanged
+//! content hash: not rewritten; lower (SEQUENCE, DTSTAMP): not applied — delete what is gone,
+//! re-expand the source's occurrences over the window and write only the differences,
+//! recompute the supplier's conflicts and write each new or resolved one to the outbox once.
+
+use crate::handler::{Handler, JobContext, JobError};
+use chrono::{DateTime, Months, TimeDelta, Utc};
+use fleet_calendar::caldav::{
+    CalDavClient, CalDavError, ClientOptions, CollectionState, FeedOutcome, fetch_feed, pull_changes,
+};
+use fleet_calendar::zone::Zone;
+use fleet_calendar::{BusyInterval, ExpandOptions, decode, expand, find_conflicts, parse};
+use fleet_comms::secrets::SecretBox;
+use fleet_jobs::catalogue::CalendarSync;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use std::collections::{HashMap, HashSet};
+
+/// (UID, RECURRENCE-ID as stored).
+type EventKey = (String, String);
+/// A stored event's href, SEQUENCE, DTSTAMP and content hash.
+type StoredVersion = (String, i64, Option<DateTime<Utc>>, String);
+/// (source, occurrence key) of both sides, and the overlap.
+type OpenConflict = ((String, String), (String, String), DateTime<Utc>, DateTime<Utc>);
+
+/// How far ahead occurrences are materialised.
+pub const WINDOW_MONTHS: u32 = 24;
+
+/// The `calendar.sync` handler.
+#[derive(Debug, Clone)]
+pub struct CalendarSyncHandler {
+    db: PgPool,
+    secrets: Option<SecretBox>,
+    client_options: ClientOptions,
+}
+
+/// What one sync did (also stored as the source's `last_report`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncReport {
+    /// Objects fetched.
+    pub fetched: usize,
+    /// Events written (new or changed).
+    pub events_written: usize,
+    /// Events seen with an unchanged content hash (not rewritten).
+    pub events_unchanged: usize,
+    /// Events not applied because the stored version is newer.
+    pub events_stale: usize,
+    /// Events deleted.
+    pub events_deleted: usize,
+    /// Occurrences inserted or changed.
+    pub occurrences_written: usize,
+    /// Occurrences removed.
+    pub occurrences_deleted: usize,
+    /// Conflicts newly detected.
+    pub conflicts_detected: usize,
+    /// Conflicts resolved.
+    pub conflicts_resolved: usize,
+    /// Why the fetch was quarantined instead of applied.
+    pub quarantined: Option<String>,
+    /// Parse and expansion warnings (the first 50).
+    pub warnings: Vec<String>,
+    /// How changes were found (`initial`, `incremental`, `listing`, `feed`, `not_modified`).
+    pub mode: String,
+}
+
+struct Source {
+    tenant: String,
+    supplier: String,
+    kind: String,
+    url: String,
+    username: Option<String>,
+    secret: Option<String>,
+    state: serde_json::Value,
+    max_delete_share: f64,
+}
+
+/// A fetch, before it is applied.
+struct Fetched {
+    /// (href, etag, body) of new or changed objects.
+    changed: Vec<(String, Option<String>, String)>,
+    /// Hrefs gone.
+    removed: Vec<String>,
+    /// The source state to store when applied.
+    state: serde_json::Value,
+    mode: &'static str,
+}
+
+enum SyncError {
+    /// Retry later (after a delay when the server said so).
+    Transient(String, Option<std::time::Duration>),
+    /// Retrying will not help: recorded on the source.
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for SyncError {
+    fn from(e: sqlx::Error) -> Self {
+        SyncError::Transient(format!("database: {e}"), None)
+    }
+}
+
+impl From<CalDavError> for SyncError {
+    fn from(e: CalDavError) -> Self {
+        match e {
+            CalDavError::RateLimited { retry_after, .. } => SyncError::Transient(e.to_string(), retry_after),
+            ref other if other.is_transient() => SyncError::Transient(e.to_string(), None),
+            other => SyncError::Permanent(other.to_string()),
+        }
+    }
+}
+
+impl CalendarSyncHandler {
+    /// A handler on `db`; `secrets` opens sealed source credentials (`FLEET_SECRETS_KEY`).
+    pub fn new(db: PgPool, secrets: Option<SecretBox>) -> Self {
+        CalendarSyncHandler { db, secrets, client_options: ClientOptions::default() }
+    }
+
+    /// Syncs one source now (what the job does; tests call it directly).
+    pub async fn sync_source(&self, source_id: &str) -> Result<SyncReport, String> {
+        match self.run(source_id).await {
+            Ok(report) => Ok(report),
+            Err(SyncError::Transient(e, _)) | Err(SyncError::Permanent(e)) => Err(e),
+        }
+    }
+
+    async fn run(&self, source_id: &str) -> Result<SyncReport, SyncError> {
+        let source = self.load(source_id).await?;
+        let fetched = match self.fetch(source_id, &source).await {
+            Ok(f) => f,
+            Err(SyncError::Permanent(e)) => {
+                sqlx::query("UPDATE calendar_sources SET last_sync_at = now(), last_error = $2 WHERE id = $1")
+                    .bind(source_id)
+                    .bind(&e)
+                    .execute(&self.db)
+                    .await?;
+                return Err(SyncError::Permanent(e));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(fetched) = fetched else {
+            sqlx::query(
+                "UPDATE calendar_sources SET last_sync_at = now(), last_ok_at = now(), last_error = NULL WHERE id = $1",
+            )
+            .bind(source_id)
+            .execute(&self.db)
+            .await?;
+            return Ok(SyncReport { mode: "not_modified".into(), ..SyncReport::default() });
+        };
+        self.apply(source_id, &source, fetched).await
+    }
+
+    async fn load(&self, source_id: &str) -> Result<Source, SyncError> {
+        let row = sqlx::query(
+            "SELECT tenant, supplier, kind, url, username, secret, state, max_delete_share FROM calendar_sources WHERE id = $1",
+        )
+        .bind(source_id)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or_else(|| SyncError::Permanent(format!("calendar source {source_id} not found")))?;
+        Ok(Source {
+            tenant: row.get("tenant"),
+            supplier: row.get("supplier"),
+            kind: row.get("kind"),
+            url: row.get("url"),
+            username: row.get("username"),
+            secret: row.get("secret"),
+            state: row.get("state"),
+            max_delete_share: row.get("max_delete_share"),
+        })
+    }
+
+    fn client(&self, source_id: &str, source: &Source, url: &str) -> Result<CalDavClient, SyncError> {
+        let password = match &source.secret {
+            None => None,
+            Some(sealed) => {
+                let secrets = self.secrets.as_ref().ok_or_else(|| {
+                    SyncError::Permanent("the source has a sealed secret but FLEET_SECRETS_KEY is not set".into())
+                })?;
+                Some(secrets.open(source_id, sealed).map_err(|e| SyncError::Permanent(e.to_string()))?.into())
+            }
+        };
+        CalDavClient::new(url, source.username.clone(), password, self.client_options.clone())
+            .map_err(|e| SyncError::Permanent(e.to_string()))
+    }
+
+    /// Pulls what changed; `None` when a feed is unchanged.
+    async fn fetch(&self, source_id: &str, source: &Source) -> Result<Option<Fetched>, SyncError> {
+        match source.kind.as_str() {
+            "caldav" => {
+                let client = self.client(source_id, source, &source.url)?;
+                let mut etags = HashMap::new();
+                for row in sqlx::query("SELECT href, etag FROM calendar_objects WHERE source_id = $1")
+                    .bind(source_id)
+                    .fetch_all(&self.db)
+                    .await?
+                {
+                    etags.insert(row.get::<String, _>("href"), row.get::<Option<String>, _>("etag"));
+                }
+                let state = CollectionState {
+                    token: source.state.get("token").and_then(|t| t.as_str()).map(str::to_owned),
+                    etags,
+                };
+                let pull = pull_changes(&client, &state).await?;
+                let mode = match pull.mode {
+                    fleet_calendar::caldav::PullMode::Initial => "initial",
+                    fleet_calendar::caldav::PullMode::Incremental => "incremental",
+                    fleet_calendar::caldav::PullMode::Listing => "listing",
+                };
+                Ok(Some(Fetched {
+                    changed: pull
+                        .changed
+                        .into_iter()
+                        .map(|o| (o.href, o.etag, String::from_utf8_lossy(&o.body).into_owned()))
+                        .collect(),
+                    removed: pull.removed,
+                    state: json!({ "token": pull.state.token }),
+                    mode,
+                }))
+            }
+            "ics" => {
+                let client = self.client(source_id, source, &source.url)?;
+                let etag = source.state.get("etag").and_then(|v| v.as_str());
+                let last_modified = source.state.get("last_modified").and_then(|v| v.as_str());
+                match fetch_feed(&client, &source.url, etag, last_modified).await? {
+                    FeedOutcome::NotModified => Ok(None),
+                    FeedOutcome::Body { body, etag, last_modified } => Ok(Some(Fetched {
+                        // Decoded (and checked to be iCalendar) in `apply`.
+                        changed: vec![(String::new(), etag.clone(), String::from_utf8_lossy(&body).into_owned())],
+                        removed: Vec::new(),
+                        state: json!({ "etag": etag, "last_modified": last_modified }),
+                        mode: "feed",
+                    })),
+                }
+            }
+            other => Err(SyncError::Permanent(format!("calendar source kind {other} is not supported yet"))),
+        }
+    }
+
+    async fn quarantine(
+        &self,
+        source_id: &str,
+        reason: String,
+        mut report: SyncReport,
+    ) -> Result<SyncReport, SyncError> {
+        report.quarantined = Some(reason.clone());
+        sqlx::query(
+            "UPDATE calendar_sources SET quarantined = $2, last_sync_at = now(), last_error = $2, last_report = $3 WHERE id = $1",
+        )
+        .bind(source_id)
+        .bind(&reason)
+        .bind(json!(report))
+        .execute(&self.db)
+        .await?;
+        tracing::warn!(source = source_id, reason = %reason, "calendar fetch quarantined, not applied");
+        Ok(report)
+    }
+
+    async fn apply(&self, source_id: &str, source: &Source, fetched: Fetched) -> Result<SyncReport, SyncError> {
+        let mut report =
+            SyncReport { fetched: fetched.changed.len(), mode: fetched.mode.into(), ..SyncReport::default() };
+        // Parse every changed object; a body that is not iCalendar is never "everything deleted".
+        let mut new_events: HashMap<(String, String), (String, fleet_calendar::Event)> = HashMap::new();
+        let mut changed_hrefs: HashSet<String> = HashSet::new();
+        let mut bodies: Vec<(String, Option<String>, String)> = Vec::new();
+        for (href, etag, body) in fetched.changed {
+            let text = match decode(body.as_bytes()) {
+                Ok(text) => text,
+                Err(e) if source.kind == "ics" => {
+                    return self.quarantine(source_id, format!("feed is not iCalendar: {e}"), report).await;
+                }
+                Err(e) => {
+                    report.warnings.push(format!("{href}: not iCalendar ({e}), skipped"));
+                    continue;
+                }
+            };
+            let calendar = parse(&text);
+            for w in calendar.warnings.iter().take(50usize.saturating_sub(report.warnings.len())) {
+                report.warnings.push(format!(
+                    "{href}: {}{}",
+                    w.uid.as_deref().map(|u| format!("{u}: ")).unwrap_or_default(),
+                    w.message
+                ));
+            }
+            for event in calendar.events {
+                let rid = event.recurrence_id.as_ref().map(|r| rid_text(r.instant(&Zone::Utc))).unwrap_or_default();
+                let key = (event.uid.clone(), rid);
+                // The newest version of one (UID, RECURRENCE-ID) within the fetch.
+                let newer = new_events
+                    .get(&key)
+                    .is_none_or(|(_, e)| (event.sequence, event.dtstamp) >= (e.sequence, e.dtstamp));
+                if newer {
+                    new_events.insert(key, (href.clone(), event));
+                }
+            }
+            changed_hrefs.insert(href.clone());
+            bodies.push((href, etag, text));
+        }
+
+        let mut tx = self.db.begin().await?;
+        // One sync per supplier at a time: conflicts are computed over all its sources.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('calendar:' || $1 || ':' || $2))")
+            .bind(&source.tenant)
+            .bind(&source.supplier)
+            .execute(&mut *tx)
+            .await?;
+        let mut existing: HashMap<EventKey, StoredVersion> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT uid, rid, href, sequence, dtstamp, content_hash FROM calendar_events WHERE source_id = $1",
+        )
+        .bind(source_id)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            existing.insert(
+                (row.get("uid"), row.get("rid")),
+                (row.get("href"), row.get("sequence"), row.get("dtstamp"), row.get("content_hash")),
+            );
+        }
+        // Gone: events in removed or re-fetched objects that the fetch no longer has.
+        let removed: HashSet<&String> = fetched.removed.iter().collect();
+        let gone: Vec<(String, String)> = existing
+            .iter()
+            .filter(|(key, (href, ..))| {
+                (removed.contains(href) || changed_hrefs.contains(href)) && !new_events.contains_key(*key)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        // Mass-deletion guard.
+        // Emptying a calendar of several events, or deleting more than the source's share of
+        // a larger one, is far more often a broken server or account than a supplier's intent.
+        let emptied = existing.len() >= 2 && gone.len() == existing.len();
+        let too_many = existing.len() >= 4 && gone.len() as f64 > source.max_delete_share * existing.len() as f64;
+        if !gone.is_empty() && (emptied || too_many) {
+            tx.rollback().await?;
+            let reason = format!(
+                "would delete {} of {} events (more than {:.0}%): quarantined",
+                gone.len(),
+                existing.len(),
+                source.max_delete_share * 100.0
+            );
+            return self.quarantine(source_id, reason, report).await;
+        }
+
+        for (href, etag, body) in &bodies {
+            sqlx::query(
+                "INSERT INTO calendar_objects (source_id, href, etag, body) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (source_id, href) DO UPDATE SET etag = EXCLUDED.etag, body = EXCLUDED.body",
+            )
+            .bind(source_id)
+            .bind(href)
+            .bind(etag)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !fetched.removed.is_empty() {
+            sqlx::query("DELETE FROM calendar_objects WHERE source_id = $1 AND href = ANY($2)")
+                .bind(source_id)
+                .bind(&fetched.removed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for ((uid, rid), (href, event)) in &new_events {
+            if let Some((old_href, sequence, dtstamp, hash)) = existing.get(&(uid.clone(), rid.clone())) {
+                if *hash == event.content_hash && old_href == href {
+                    report.events_unchanged += 1;
+                    continue;
+                }
+                if (event.sequence, event.dtstamp) < (*sequence, *dtstamp) {
+                    report.events_stale += 1;
+                    continue;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO calendar_events (source_id, uid, rid, href, sequence, dtstamp, content_hash, summary)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (source_id, uid, rid) DO UPDATE SET href = EXCLUDED.href, sequence = EXCLUDED.sequence,
+                   dtstamp = EXCLUDED.dtstamp, content_hash = EXCLUDED.content_hash, summary = EXCLUDED.summary, updated_at = now()",
+            )
+            .bind(source_id)
+            .bind(uid)
+            .bind(rid)
+            .bind(href)
+            .bind(event.sequence)
+            .bind(event.dtstamp)
+            .bind(&event.content_hash)
+            .bind(&event.summary)
+            .execute(&mut *tx)
+            .await?;
+            report.events_written += 1;
+        }
+        for (uid, rid) in &gone {
+            sqlx::query("DELETE FROM calendar_events WHERE source_id = $1 AND uid = $2 AND rid = $3")
+                .bind(source_id)
+                .bind(uid)
+                .bind(rid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        report.events_deleted = gone.len();
+
+        self.rewrite_occurrences(&mut tx, source_id, source, &mut report).await?;
+        self.recompute_conflicts(&mut tx, source, &mut report).await?;
+
+        sqlx::query(
+            "UPDATE calendar_sources SET state = $2, quarantined = NULL, last_sync_at = now(), last_ok_at = now(),
+               last_error = NULL, last_report = $3 WHERE id = $1",
+        )
+        .bind(source_id)
+        .bind(&fetched.state)
+        .bind(json!(report))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Re-expands every object of the source and writes only the occurrences that changed.
+    async fn rewrite_occurrences(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        source_id: &str,
+        source: &Source,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let zone_name: Option<String> =
+            sqlx::query_scalar("SELECT time_zone FROM calendar_suppliers WHERE tenant = $1 AND supplier = $2")
+                .bind(&source.tenant)
+                .bind(&source.supplier)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let zone = zone_name.and_then(|z| z.parse::<chrono_tz::Tz>().ok()).map(Zone::Iana).unwrap_or(Zone::Utc);
+        let mut text = String::new();
+        for body in
+            sqlx::query_scalar::<_, String>("SELECT body FROM calendar_objects WHERE source_id = $1 ORDER BY href")
+                .bind(source_id)
+                .fetch_all(&mut **tx)
+                .await?
+        {
+            text.push_str(&body);
+        }
+        let calendar = parse(&text);
+        let now = Utc::now();
+        let mut options = ExpandOptions::window(now - TimeDelta::days(1), now + Months::new(WINDOW_MONTHS));
+        options.default_zone = zone;
+        let expansion = expand(&calendar, &options);
+        for w in expansion.warnings.iter().take(50usize.saturating_sub(report.warnings.len())) {
+            report.warnings.push(format!(
+                "{}{}",
+                w.uid.as_deref().map(|u| format!("{u}: ")).unwrap_or_default(),
+                w.message
+            ));
+        }
+        let mut stored: HashMap<String, String> = HashMap::new();
+        for row in sqlx::query("SELECT key, fingerprint FROM calendar_occurrences WHERE source_id = $1")
+            .bind(source_id)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            stored.insert(row.get("key"), row.get("fingerprint"));
+        }
+        let mut seen = HashSet::new();
+        for o in &expansion.occurrences {
+            let key = format!("{}|{}", o.uid, o.recurrence_id.map(rid_text).unwrap_or_default());
+            let fingerprint = {
+                let mut h = Sha256::new();
+                h.update(serde_json::to_vec(o).unwrap_or_default());
+                hex::encode(h.finalize())
+            };
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            if stored.get(&key) == Some(&fingerprint) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO calendar_occurrences (source_id, key, tenant, supplier, uid, recurrence_id, start_at, end_at,
+                   start_local, end_local, zone, all_day, status, transparent, summary, fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 ON CONFLICT (source_id, key) DO UPDATE SET start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,
+                   start_local = EXCLUDED.start_local, end_local = EXCLUDED.end_local, zone = EXCLUDED.zone,
+                   all_day = EXCLUDED.all_day, status = EXCLUDED.status, transparent = EXCLUDED.transparent,
+                   summary = EXCLUDED.summary, fingerprint = EXCLUDED.fingerprint",
+            )
+            .bind(source_id)
+            .bind(&key)
+            .bind(&source.tenant)
+            .bind(&source.supplier)
+            .bind(&o.uid)
+            .bind(o.recurrence_id)
+            .bind(o.start)
+            .bind(o.end)
+            .bind(o.start_local)
+            .bind(o.end_local)
+            .bind(&o.zone)
+            .bind(o.all_day)
+            .bind(o.status.as_str())
+            .bind(o.transparent)
+            .bind(&o.summary)
+            .bind(&fingerprint)
+            .execute(&mut **tx)
+            .await?;
+            report.occurrences_written += 1;
+        }
+        let gone: Vec<String> = stored.into_keys().filter(|k| !seen.contains(k)).collect();
+        if !gone.is_empty() {
+            sqlx::query("DELETE FROM calendar_occurrences WHERE source_id = $1 AND key = ANY($2)")
+                .bind(source_id)
+                .bind(&gone)
+                .execute(&mut **tx)
+                .await?;
+        }
+        report.occurrences_deleted = gone.len();
+        Ok(())
+    }
+
+    /// Every busy occurrence of the supplier checked against every other; new and resolved
+    /// conflicts stored and written to the outbox once each.
+    async fn recompute_conflicts(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        source: &Source,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let all_day_busy: bool =
+            sqlx::query_scalar("SELECT all_day_busy FROM calendar_suppliers WHERE tenant = $1 AND supplier = $2")
+                .bind(&source.tenant)
+                .bind(&source.supplier)
+                .fetch_optional(&mut **tx)
+                .await?
+                .unwrap_or(false);
+        let rows = sqlx::query(
+            "SELECT source_id, key, uid, start_at, end_at FROM calendar_occurrences
+             WHERE tenant = $1 AND supplier = $2 AND status <> 'cancelled' AND NOT transparent AND end_at > start_at
+               AND end_at > now() AND ($3 OR NOT all_day)",
+        )
+        .bind(&source.tenant)
+        .bind(&source.supplier)
+        .bind(all_day_busy)
+        .fetch_all(&mut **tx)
+        .await?;
+        let intervals: Vec<BusyInterval<(String, String, String)>> = rows
+            .iter()
+            .map(|r| BusyInterval {
+                key: (r.get("source_id"), r.get("key"), r.get("uid")),
+                start: r.get("start_at"),
+                end: r.get("end_at"),
+            })
+            .collect();
+        let mut current: HashMap<String, OpenConflict> = HashMap::new();
+        for c in find_conflicts(&intervals) {
+            // The same UID in two calendars is one booking copied, not a double booking.
+            if c.a.2 == c.b.2 {
+                continue;
+            }
+            let (a, b) = {
+                let a = (c.a.0.clone(), c.a.1.clone());
+                let b = (c.b.0.clone(), c.b.1.clone());
+                if a <= b { (a, b) } else { (b, a) }
+            };
+            let id = {
+                let mut h = Sha256::new();
+                h.update(format!("{}\u{0}{}\u{0}{}\u{0}{}", a.0, a.1, b.0, b.1));
+                format!("cf_{}", &hex::encode(h.finalize())[..32])
+            };
+            current.insert(id, (a, b, c.start, c.end));
+        }
+        let mut open: HashSet<String> = HashSet::new();
+        for row in
+            sqlx::query("SELECT id FROM calendar_conflicts WHERE tenant = $1 AND supplier = $2 AND resolved_at IS NULL")
+                .bind(&source.tenant)
+                .bind(&source.supplier)
+                .fetch_all(&mut **tx)
+                .await?
+        {
+            open.insert(row.get("id"));
+        }
+        for (id, (a, b, start, end)) in &current {
+            if open.contains(id) {
+                sqlx::query("UPDATE calendar_conflicts SET start_at = $2, end_at = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(start)
+                    .bind(end)
+                    .execute(&mut **tx)
+                    .await?;
+                continue;
+            }
+            let generation: i32 = sqlx::query_scalar(
+                "INSERT INTO calendar_conflicts (id, tenant, supplier, a_source, a_key, b_source, b_key, start_at, end_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (id) DO UPDATE SET generation = calendar_conflicts.generation + 1, resolved_at = NULL,
+                   detected_at = now(), start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at
+                 RETURNING generation",
+            )
+            .bind(id)
+            .bind(&source.tenant)
+            .bind(&source.supplier)
+            .bind(&a.0)
+            .bind(&a.1)
+            .bind(&b.0)
+            .bind(&b.1)
+            .bind(start)
+            .bind(end)
+            .fetch_one(&mut **tx)
+            .await?;
+            outbox(
+                tx,
+                &source.tenant,
+                "calendar.conflict.detected",
+                &format!("{id}:{generation}:detected"),
+                json!({
+                    "conflict": id, "supplier": source.supplier, "start": start, "end": end,
+                    "a": {"source": a.0, "occurrence": a.1}, "b": {"source": b.0, "occurrence": b.1},
+                }),
+            )
+            .await?;
+            report.conflicts_detected += 1;
+        }
+        for id in open.iter().filter(|id| !current.contains_key(*id)) {
+            let generation: i32 = sqlx::query_scalar(
+                "UPDATE calendar_conflicts SET resolved_at = now() WHERE id = $1 RETURNING generation",
+            )
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+            outbox(
+                tx,
+                &source.tenant,
+                "calendar.conflict.resolved",
+                &format!("{id}:{generation}:resolved"),
+                json!({
+                    "conflict": id, "supplier": source.supplier,
+                }),
+            )
+            .await?;
+            report.conflicts_resolved += 1;
+        }
+        Ok(())
+    }
+}
+
+async fn outbox(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+    event_type: &str,
+    dedup: &str,
+    payload: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO calendar_outbox (tenant, event_type, dedup, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (dedup) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(event_type)
+    .bind(dedup)
+    .bind(payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// RECURRENCE-ID as stored: the instant in UTC, RFC 3339.
+fn rid_text(instant: DateTime<Utc>) -> String {
+    instant.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Handler for CalendarSyncHandler {
+    type Args = CalendarSync;
+
+    /// `calendar:account:<source>`: the fleet-wide rate, concurrency cap and breaker of the
+    /// account behind the source (`[limits."calendar:account:*"]`); a 429/503 with
+    /// Retry-After holds every job of the key back (see `SlowDown`).
+    fn limit_keys(&self, args: &CalendarSync) -> Vec<String> {
+        vec![format!("calendar:account:{}", args.source_id)]
+    }
+
+    async fn handle(&self, args: CalendarSync, _ctx: JobContext) -> Result<(), JobError> {
+        match self.run(&args.source_id).await {
+            Ok(report) => {
+                tracing::info!(
+                    source = %args.source_id,
+                    mode = %report.mode,
+                    fetched = report.fetched,
+                    written = report.events_written,
+                    deleted = report.events_deleted,
+                    conflicts = report.conflicts_detected,
+                    quarantined = report.quarantined.is_some(),
+                    "calendar synced"
+                );
+                Ok(())
+            }
+            Err(SyncError::Transient(e, Some(after))) => Err(JobError::slow_down(e, after)),
+            Err(SyncError::Transient(e, None)) => Err(JobError::retry(e)),
+            Err(SyncError::Permanent(e)) => Err(JobError::give_up(e)),
+        }
+    }
+}
