@@ -32,6 +32,8 @@ pub async fn run(
     config: config::SchedulerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // A set but malformed key stops the start (unset: sources with secrets are refused).
+    fleet_comms::secrets::SecretBox::from_env_if_set().map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;

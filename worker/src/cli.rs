@@ -71,10 +71,9 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .map_err(anyhow::Error::msg)?
             .with_provider_limits(limiter, table);
         // calendar.sync opens sealed source credentials with FLEET_SECRETS_KEY.
-        let calendar = crate::kinds::calendar::CalendarSyncHandler::new(
-            db.clone(),
-            fleet_comms::secrets::SecretBox::from_env().ok(),
-        );
+        let secrets = fleet_comms::secrets::SecretBox::from_env_if_set()
+            .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+        let calendar = crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone());
         registry = registry
             .register(calendar)
             .register(images.analyzer())
@@ -83,7 +82,6 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(crate::kinds::webhook::intake::Record::new(db.clone()))
             .register(crate::kinds::webhook::publish::Publish::new(db.clone(), client));
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.
-        let secrets = fleet_comms::secrets::SecretBox::from_env().ok();
         registry = registry.register(crate::kinds::comms::SyncSource::new(db, secrets));
     } else {
         tracing::info!("no database_url: webhook and image jobs are not handled by this worker");

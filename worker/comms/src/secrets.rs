@@ -62,6 +62,17 @@ impl SecretBox {
         }
     }
 
+    /// The box of `FLEET_SECRETS_KEY` if it is set, `None` if it is not, and an error if
+    /// it is set to something that is not a key: a typo must stop the start, not silently
+    /// turn sealing off.
+    pub fn from_env_if_set() -> Result<Option<Self>, SecretError> {
+        match SecretBox::from_env() {
+            Ok(b) => Ok(Some(b)),
+            Err(SecretError::NoKey) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Seals `plaintext` for source `source_id`.
     pub fn seal(&self, source_id: &str, plaintext: &str) -> Result<String, SecretError> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
