@@ -6,35 +6,10 @@
 //! proxies from the environment are not used, and bodies are read up to a cap.
 
 use super::SkipReason;
-use crate::kinds::webhook::ssrf::{Cidr, Guard};
-use std::net::{IpAddr, SocketAddr};
+use crate::kinds::webhook::ssrf::{Cidr, Guard, GuardedResolver, Refused};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Resolves names to addresses the guard permits; one refused address refuses the name.
-struct GuardedResolver(Arc<Guard>);
-
-/// A refusal by the guard, raised from the resolver (surfaces as a connect error).
-#[derive(Debug, thiserror::Error)]
-#[error("{0} resolves to a private or reserved address")]
-struct Refused(String);
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let guard = self.0.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} has no addresses").into());
-            }
-            if addrs.iter().any(|a| !guard.permits(a.ip())) {
-                return Err(Box::new(Refused(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
 
 /// A client whose every request passes the SSRF guard.
 pub(super) struct GuardedClient {

@@ -22,7 +22,6 @@ use fleet_jobs::catalogue::WebhookDelivery;
 use fleet_jobs::webhooks::{Secret, signature_header};
 use serde::Deserialize;
 use sqlx::PgPool;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,31 +51,6 @@ impl Default for WebhookSettings {
 }
 
 /// Refusal by the SSRF guard (surfaces as a connect error).
-#[derive(Debug, thiserror::Error)]
-#[error("refused by the SSRF guard: {0} resolves to a private or reserved address")]
-struct Refused(String);
-
-/// A resolver that returns only addresses the guard permits; one refused address
-/// refuses the name. The client connects to exactly what it returns.
-struct GuardedResolver(Arc<ssrf::Guard>);
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let guard = self.0.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} has no addresses").into());
-            }
-            if addrs.iter().any(|a| !guard.permits(a.ip())) {
-                return Err(Box::new(Refused(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// The `webhook.deliver` handler.
 pub struct Deliver {
     db: PgPool,
@@ -104,7 +78,7 @@ impl Deliver {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .timeout(Duration::from_millis(settings.timeout_ms))
-            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+            .dns_resolver(Arc::new(ssrf::GuardedResolver(guard.clone())))
             .user_agent(concat!("Fleet-Webhooks/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()
@@ -233,7 +207,7 @@ fn chain_text(e: &dyn std::error::Error) -> String {
 fn chain_has_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
-        if c.is::<Refused>() || c.to_string().starts_with("refused by the SSRF guard") {
+        if c.is::<ssrf::Refused>() || c.to_string().starts_with("refused by the SSRF guard") {
             return true;
         }
         cur = c.source();

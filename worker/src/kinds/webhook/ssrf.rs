@@ -8,7 +8,8 @@
 //! ranges (documentation, 6to4, Teredo, ORCHID, NAT64's local use); mapped and
 //! translated IPv4 forms are refused whatever they embed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 /// An allowed range: address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,33 @@ impl Guard {
             v4 => v4,
         };
         self.allow.iter().any(|c| c.contains(ip)) || is_public(ip)
+    }
+}
+
+/// A name refused by the guard, raised from [`GuardedResolver`] (it surfaces as a
+/// connect error whose source chain holds it).
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the SSRF guard: {0} resolves to a private or reserved address")]
+pub struct Refused(pub String);
+
+/// A `reqwest` resolver that returns only addresses the guard permits; one refused address
+/// refuses the name. The client connects to exactly what it returns.
+pub struct GuardedResolver(pub Arc<Guard>);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} has no addresses").into());
+            }
+            if addrs.iter().any(|a| !guard.permits(a.ip())) {
+                return Err(Box::new(Refused(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
