@@ -13,7 +13,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use fleet_comms::secrets::SecretBox;
-use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::CalendarSync;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -213,25 +212,9 @@ pub(crate) async fn sync_source(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM calendar_sources WHERE id = $1 AND tenant = $2")
-        .bind(&id)
-        .bind(&caller.tenant)
-        .fetch_optional(&state.db)
-        .await
-        .map_err(|e| ApiError::unavailable("reading a source", e))?;
-    if exists.is_none() {
-        return Err(ApiError::not_found(format!("no source {id}")));
-    }
-    let opts = EnqueueOptions {
-        tenant: Some(caller.tenant.clone()),
-        unique: Some(fleet_jobs::Unique {
-            key: format!("calendar.sync:{id}"),
-            window: std::time::Duration::from_secs(60),
-        }),
-        ..Default::default()
-    };
-    let job = state.client.enqueue_with(&CalendarSync { source_id: id }, opts).await?;
+    let job =
+        super::enqueue_source_sync(&state, &caller, "calendar_sources", &id, CalendarSync { source_id: id.clone() })
+            .await?;
     Ok((StatusCode::ACCEPTED, Json(CalendarSyncView { job: job.to_string() })))
 }
 

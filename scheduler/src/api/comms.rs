@@ -15,7 +15,6 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use fleet_comms::contacts::{normalise_email, normalise_phone};
 use fleet_comms::secrets::SecretBox;
-use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::CommsSync;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -235,25 +234,8 @@ pub(crate) async fn sync_source(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM comms_sources WHERE id = $1 AND tenant = $2")
-        .bind(&id)
-        .bind(&caller.tenant)
-        .fetch_optional(&state.db)
-        .await
-        .map_err(|e| ApiError::unavailable("reading a source", e))?;
-    if exists.is_none() {
-        return Err(ApiError::not_found(format!("no source {id}")));
-    }
-    let opts = EnqueueOptions {
-        tenant: Some(caller.tenant.clone()),
-        unique: Some(fleet_jobs::Unique {
-            key: format!("comms.sync:{id}"),
-            window: std::time::Duration::from_secs(60),
-        }),
-        ..Default::default()
-    };
-    let job = state.client.enqueue_with(&CommsSync { source_id: id }, opts).await?;
+    let job =
+        super::enqueue_source_sync(&state, &caller, "comms_sources", &id, CommsSync { source_id: id.clone() }).await?;
     Ok((StatusCode::ACCEPTED, Json(SyncView { job: job.to_string() })))
 }
 

@@ -60,6 +60,38 @@ impl ApiState {
     }
 }
 
+/// Enqueues the sync job `args` of the caller's source `id` in `table` (`calendar_sources`,
+/// `comms_sources`): 404 when the tenant has no such source; while a sync of it is pending
+/// (one minute), the same job's id comes back instead of a second job.
+pub(crate) async fn enqueue_source_sync<A: fleet_jobs::JobArgs>(
+    state: &ApiState,
+    caller: &auth::Caller,
+    table: &'static str,
+    id: &str,
+    args: A,
+) -> Result<fleet_jobs::JobId, error::ApiError> {
+    caller.require("enqueue")?;
+    let sql = format!("SELECT 1 FROM {table} WHERE id = $1 AND tenant = $2");
+    let exists: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(&caller.tenant)
+        .fetch_optional(&state.db)
+        .await
+        .map_err(|e| error::ApiError::unavailable("reading a source", e))?;
+    if exists.is_none() {
+        return Err(error::ApiError::not_found(format!("no source {id}")));
+    }
+    let opts = fleet_jobs::EnqueueOptions {
+        tenant: Some(caller.tenant.clone()),
+        unique: Some(fleet_jobs::Unique {
+            key: format!("{}:{id}", A::KIND),
+            window: std::time::Duration::from_secs(60),
+        }),
+        ..Default::default()
+    };
+    Ok(state.client.enqueue_with(&args, opts).await?)
+}
+
 /// Most jobs in one bulk request or batch.
 pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 
