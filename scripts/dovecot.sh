@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Makes sure an IMAP server is running for the communication tests: Fleet's own
 # Dovecot (Debian's dovecot-imapd) with its own config, on 127.0.0.1:10143 (plain
-# IMAP, plaintext login allowed on loopback only), mail under /tmp.
+# IMAP and STARTTLS, plaintext login allowed) and 127.0.0.1:10993 (implicit TLS), mail
+# under /tmp. The TLS certificate is generated here with openssl: a throwaway CA
+# ($DIR/tls/ca.pem, what the tests trust through `ca_file`) and a server certificate
+# for 127.0.0.1 and localhost signed by it.
 # Installs dovecot-imapd when it is missing, starts Fleet's instance when nothing
 # answers on the port, and says plainly what is missing when it cannot. Running it
 # again when the instance is up does nothing. Override the port with
-# FLEET_DOVECOT_PORT (the tests read FLEET_TEST_IMAP_PORT, default 10143) and the
-# folder with FLEET_DOVECOT_DIR.
+# FLEET_DOVECOT_PORT (the tests read FLEET_TEST_IMAP_PORT, default 10143), the TLS
+# port with FLEET_DOVECOT_TLS_PORT (tests: FLEET_TEST_IMAPS_PORT, default 10993) and the
+# folder with FLEET_DOVECOT_DIR. An instance of an older version of this script (plain
+# port only) is reconfigured and reloaded in place.
 #
 # Users live in passwd-files, one per user ($DIR/users/<user>, one line
 # `user:{PLAIN}password::::::`), so a test writes a user of its own and gets an empty
 # mailbox at once (tests run in parallel; one shared file edited within the same
 # second is not always re-read). `fleet` / `fleet` is always there.
+#
+# OAuth2: `AUTHENTICATE XOAUTH2` (and OAUTHBEARER) is checked by Dovecot's oauth2
+# passdb with local JWT validation: an HS256 token signed with the key in
+# $DIR/oauth2/secret (made here), whose `sub` is the user name and `exp` is in the
+# future, logs that user in. No token service is needed.
 set -euo pipefail
 
 PORT="${FLEET_DOVECOT_PORT:-10143}"
+TLS_PORT="${FLEET_DOVECOT_TLS_PORT:-10993}"
 DIR="${FLEET_DOVECOT_DIR:-/tmp/fleet-dovecot}"
 
 say() { printf 'dovecot: %s\n' "$*" >&2; }
@@ -25,6 +36,34 @@ imap_up() {
   local reply
   reply=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && head -n 1 <&3' _ "$PORT" 2>/dev/null) || true
   [[ "$reply" == "* OK"* ]]
+}
+
+# True when a TLS handshake on the TLS port verifies against the test CA.
+imaps_up() {
+  [[ -s "$DIR/tls/ca.pem" ]] || return 1
+  timeout 3 openssl s_client -connect "127.0.0.1:$TLS_PORT" -CAfile "$DIR/tls/ca.pem" -verify_return_error \
+    </dev/null 2>/dev/null | grep -q 'Verify return code: 0 (ok)'
+}
+
+# A throwaway CA and a server certificate for 127.0.0.1 / localhost, made once.
+ensure_cert() {
+  [[ -s "$DIR/tls/ca.pem" && -s "$DIR/tls/server.pem" && -s "$DIR/tls/server.key" ]] && return
+  command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test TLS certificate: apt-get install openssl"
+  mkdir -p "$DIR/tls"
+  local t="$DIR/tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Fleet test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" >/dev/null 2>&1 ||
+    die "openssl could not make the test CA"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$t/server.key" -out "$t/server.csr" >/dev/null 2>&1 ||
+    die "openssl could not make the server key"
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/server.ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$t/server.ext" -out "$t/server.pem" >/dev/null 2>&1 || die "openssl could not sign the server certificate"
+  chmod 0644 "$t/ca.pem" "$t/server.pem"
+  chmod 0600 "$t/server.key" "$t/ca.key"
+  [[ $(id -u) -eq 0 ]] && id dovecot >/dev/null 2>&1 && chown root:root "$t/server.key"
+  return 0
 }
 
 port_taken() {
@@ -68,16 +107,36 @@ write_config() {
   [[ -f "$DIR/users/fleet" ]] || printf 'fleet:{PLAIN}fleet::::::\n' >"$DIR/users/fleet"
   chmod 0755 "$DIR/users"
   chmod 0644 "$DIR/users/fleet"
-  cat >"$DIR/dovecot.conf" <<EOF
+  mkdir -p "$DIR/oauth2/keys/default/HS256" "$DIR/oauth2/keys/shared/default/HS256"
+  if [[ ! -s "$DIR/oauth2/secret" ]]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/oauth2/secret"
+  fi
+  local key64
+  key64=$(tr -d '\n' <"$DIR/oauth2/secret" | base64 -w0)
+  printf '%s' "$key64" >"$DIR/oauth2/keys/default/HS256/default"
+  printf '%s' "$key64" >"$DIR/oauth2/keys/shared/default/HS256/default"
+  chmod -R a+rX "$DIR/oauth2"
+  cat >"$DIR/oauth2.conf.ext" <<EOF
+# Local JWT validation (HS256, key in $DIR/oauth2/secret); the user is the token's sub.
+introspection_mode = local
+local_validation_key_dict = fs:posix:prefix=$DIR/oauth2/keys/
+username_attribute = sub
+EOF
+  local conf="$DIR/dovecot.conf.new.$$"
+  cat >"$conf" <<EOF
 # Fleet's test Dovecot (written by scripts/dovecot.sh; edits are overwritten).
 base_dir = $DIR/run
 state_dir = $DIR/run/state
 instance_name = fleet-dovecot
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+# TLS on the imaps port and STARTTLS on the plain one; plaintext login still allowed
+# (loopback only) so the plain tests keep working.
+ssl = yes
+ssl_cert = <$DIR/tls/server.pem
+ssl_key = <$DIR/tls/server.key
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 log_path = $DIR/log/dovecot.log
 info_log_path = $DIR/log/dovecot.log
 default_internal_user = $me
@@ -96,7 +155,9 @@ service imap-login {
     port = $PORT
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = $TLS_PORT
+    ssl = yes
   }
   chroot =
   process_min_avail = 1
@@ -110,7 +171,13 @@ service stats {
   }
 }
 passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $DIR/oauth2.conf.ext
+}
+passdb {
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN $DIR/users/%u
 }
 userdb {
@@ -132,13 +199,30 @@ protocol imap {
   imap_max_line_length = 1M
 }
 EOF
+  if cmp -s "$conf" "$DIR/dovecot.conf"; then rm -f "$conf"; CONFIG_CHANGED=0
+  else mv -f "$conf" "$DIR/dovecot.conf"; CONFIG_CHANGED=1; fi
   mkdir -p "$DIR/run/state"
 }
 
 ensure_dovecot() {
-  if imap_up; then say "Dovecot is up on 127.0.0.1:$PORT"; return; fi
+  if imap_up; then
+    ensure_cert
+    if [[ -s "$DIR/run/master.pid" ]] && kill -0 "$(cat "$DIR/run/master.pid")" 2>/dev/null; then
+      # Fleet's instance: bring its config up to date (TLS, OAuth2) and reload it in place.
+      write_config
+      if [[ "$CONFIG_CHANGED" == 1 ]]; then
+        say "config changed; reloading Dovecot"
+        kill -HUP "$(cat "$DIR/run/master.pid")"
+        for _ in $(seq 1 100); do imaps_up && break; sleep 0.1; done
+      fi
+    fi
+    imaps_up || say "WARNING: no TLS listener on 127.0.0.1:$TLS_PORT (not Fleet's instance?); TLS tests will fail"
+    say "Dovecot is up on 127.0.0.1:$PORT (TLS: $TLS_PORT)"
+    return
+  fi
   port_taken && die "something that is not an IMAP server listens on 127.0.0.1:$PORT; stop it or set FLEET_DOVECOT_PORT"
   ensure_installed
+  ensure_cert
   write_config
   local bin
   bin=$(dovecot_bin)
@@ -146,7 +230,7 @@ ensure_dovecot() {
   "$bin" -c "$DIR/dovecot.conf" 2>>"$DIR/log/dovecot.log" ||
     die "Dovecot did not start; see $DIR/log/dovecot.log"
   for _ in $(seq 1 100); do
-    if imap_up; then say "Dovecot is up on 127.0.0.1:$PORT"; return; fi
+    if imap_up && imaps_up; then say "Dovecot is up on 127.0.0.1:$PORT (TLS: $TLS_PORT)"; return; fi
     sleep 0.1
   done
   die "Dovecot did not answer on 127.0.0.1:$PORT within 10 s; see $DIR/log/dovecot.log"

@@ -20,25 +20,53 @@ pub fn stream_key(prefix: &str, tenant: &str) -> String {
     format!("{prefix}:{{tenant:{tenant}}}:events")
 }
 
-/// What became of one job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What became of one job, or a domain event of the tenant (a double booking found in its
+/// calendars, a new message in a client's timeline) carried in `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantEvent {
-    /// `job.succeeded`, `job.retrying`, `job.dead` or `job.expired`.
+    /// `job.succeeded`, `job.retrying`, `job.dead`, `job.expired`, or a domain event type
+    /// such as `calendar.conflict.detected` or `comms.entry.created`.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// Queue.
+    /// Queue (empty for domain events).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub queue: String,
-    /// Job id.
+    /// Job id, or the domain event's id (stable: a consumer dedups by it).
     pub id: String,
-    /// Kind.
+    /// Kind (empty for domain events).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
-    /// The attempt that ended this way.
+    /// The attempt that ended this way (0 for domain events).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
     /// The batch the job belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
     /// When it was recorded (ms since the epoch).
     pub at: u64,
+    /// A domain event's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl TenantEvent {
+    /// A domain event: `event_type` with its stable `id` and payload.
+    pub fn domain(event_type: impl Into<String>, id: impl Into<String>, at: u64, data: serde_json::Value) -> Self {
+        TenantEvent {
+            event_type: event_type.into(),
+            queue: String::new(),
+            id: id.into(),
+            kind: String::new(),
+            attempt: 0,
+            batch: None,
+            at,
+            data: Some(data),
+        }
+    }
 }
 
 /// Appends each `(tenant, event)` to its tenant's stream, in one pipelined round trip.

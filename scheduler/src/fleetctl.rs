@@ -1,6 +1,8 @@
-//! `fleetctl`: the operator's command line, on the data API (`fleet_jobs::admin`).
-//! Tables by default, `--json` for scripts; replay and purge ask before they act
-//! unless `--yes`.
+//! `fleetctl`: the operator's command line, on the data API (`fleet_jobs::admin`) and,
+//! for schedules and calendar and comms sources, PostgreSQL. Tables by default, `--json`
+//! for scripts; replay, purge and removing a source ask before they act unless `--yes`.
+
+mod sources;
 
 use clap::{Parser, Subcommand};
 use fleet_jobs::admin::DeadFilter;
@@ -19,7 +21,7 @@ struct Args {
     /// Key prefix of the deployment.
     #[arg(long, env = "FLEET_PREFIX", default_value = "fleet", global = true)]
     prefix: String,
-    /// PostgreSQL URL (for `schedules`).
+    /// PostgreSQL URL (for schedules and the calendar and comms commands).
     #[arg(long, env = "FLEET_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/fleet", global = true)]
     database_url: String,
     /// Print JSON instead of tables.
@@ -65,6 +67,39 @@ impl Select {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Queue(QueueCommand),
+    /// Calendar sources, occurrences and double bookings (PostgreSQL).
+    #[command(subcommand)]
+    Calendar(sources::CalendarCommand),
+    /// Communication sources and timelines (PostgreSQL).
+    #[command(subcommand)]
+    Comms(sources::CommsCommand),
+}
+
+/// Where the deployment's stores are.
+struct Stores {
+    redis_url: String,
+    prefix: String,
+    database_url: String,
+}
+
+impl Stores {
+    async fn client(&self) -> Result<Client, String> {
+        Client::connect(&self.redis_url, self.prefix.clone())
+            .await
+            .map_err(|e| format!("Redis at {}: {e}", self.redis_url))
+    }
+
+    async fn db(&self) -> Result<sqlx::PgPool, String> {
+        sqlx::PgPool::connect(&self.database_url)
+            .await
+            .map_err(|e| format!("PostgreSQL at {}: {e}", crate::db::redacted(&self.database_url)))
+    }
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
     /// Queues with their counters.
     Queues,
     /// Jobs of a queue in one state.
@@ -208,19 +243,28 @@ fn confirm(question: &str, yes: bool) -> Result<bool, String> {
 }
 
 fn ms(t: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(t as i64)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(t as i64).map(|d| when(Some(d))).unwrap_or_default()
+}
+
+/// A time for a table cell (UTC, to the second; empty for none).
+fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
 }
 
 async fn execute(args: Args) -> Result<(), String> {
-    let client = Client::connect(&args.redis_url, args.prefix.clone())
-        .await
-        .map_err(|e| format!("Redis at {}: {e}", args.redis_url))?;
-    let json = args.json;
-    let err = |e: fleet_jobs::Error| e.to_string();
+    let stores = Stores { redis_url: args.redis_url, prefix: args.prefix, database_url: args.database_url };
     match args.command {
-        Command::Queues => {
+        Command::Queue(command) => queues(&stores, args.json, command).await,
+        Command::Calendar(command) => sources::calendar(&stores, args.json, command).await,
+        Command::Comms(command) => sources::comms(&stores, args.json, command).await,
+    }
+}
+
+async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<(), String> {
+    let client = stores.client().await?;
+    let err = |e: fleet_jobs::Error| e.to_string();
+    match command {
+        QueueCommand::Queues => {
             let all = client.all_stats().await.map_err(err)?;
             let mut paused = Vec::new();
             for (q, _) in &all {
@@ -253,7 +297,7 @@ async fn execute(args: Args) -> Result<(), String> {
                 )
             });
         }
-        Command::Jobs { queue, state, limit, offset } => {
+        QueueCommand::Jobs { queue, state, limit, offset } => {
             let state = parse_state(&state)?;
             let jobs = client.jobs_in_state(&queue, state, offset, limit).await.map_err(err)?;
             print(json, &jobs, || {
@@ -273,7 +317,7 @@ async fn execute(args: Args) -> Result<(), String> {
                 )
             });
         }
-        Command::Job { queue, id } => {
+        QueueCommand::Job { queue, id } => {
             let job =
                 client.job(&queue, &id).await.map_err(err)?.ok_or_else(|| format!("no job {id} on queue {queue}"))?;
             print(json, &job, || {
@@ -302,7 +346,7 @@ async fn execute(args: Args) -> Result<(), String> {
                 s.trim_end().to_owned()
             });
         }
-        Command::Dead { queue, group, kind, reason, limit } => {
+        QueueCommand::Dead { queue, group, kind, reason, limit } => {
             if group {
                 let groups = client.dead_by_reason(&queue).await.map_err(err)?;
                 let rows: Vec<serde_json::Value> =
@@ -332,7 +376,7 @@ async fn execute(args: Args) -> Result<(), String> {
                 });
             }
         }
-        Command::Replay { queue, select, rate, yes } => {
+        QueueCommand::Replay { queue, select, rate, yes } => {
             let filter = select.filter()?;
             let n = client.dead_matching(&queue, &filter).await.map_err(err)?.len();
             if n == 0 {
@@ -345,7 +389,7 @@ async fn execute(args: Args) -> Result<(), String> {
             let moved = client.replay(&queue, &filter, rate).await.map_err(err)?;
             print(json, &serde_json::json!({"replayed": moved}), || format!("replayed {moved}"));
         }
-        Command::Purge { queue, select, yes } => {
+        QueueCommand::Purge { queue, select, yes } => {
             let filter = select.filter()?;
             let n = client.dead_matching(&queue, &filter).await.map_err(err)?.len();
             if n == 0 {
@@ -358,15 +402,15 @@ async fn execute(args: Args) -> Result<(), String> {
             let gone = client.purge(&queue, &filter).await.map_err(err)?;
             print(json, &serde_json::json!({"purged": gone}), || format!("purged {gone}"));
         }
-        Command::Pause { queue } => {
+        QueueCommand::Pause { queue } => {
             client.pause(&queue).await.map_err(err)?;
             println!("paused {queue}");
         }
-        Command::Resume { queue } => {
+        QueueCommand::Resume { queue } => {
             client.resume(&queue).await.map_err(err)?;
             println!("resumed {queue}");
         }
-        Command::Workers { queue } => {
+        QueueCommand::Workers { queue } => {
             let ws = client.workers(&queue).await.map_err(err)?;
             print(json, &ws, || {
                 table(
@@ -377,18 +421,18 @@ async fn execute(args: Args) -> Result<(), String> {
                 )
             });
         }
-        Command::PauseSchedule { name } => {
-            let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+        QueueCommand::PauseSchedule { name } => {
+            let db = stores.db().await?;
             crate::ticker::set_paused(&db, &name, true).await.map_err(|e| e.to_string())?;
             println!("paused schedule {name} (every scheduler sees it within 5 s)");
         }
-        Command::ResumeSchedule { name } => {
-            let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+        QueueCommand::ResumeSchedule { name } => {
+            let db = stores.db().await?;
             crate::ticker::set_paused(&db, &name, false).await.map_err(|e| e.to_string())?;
             println!("resumed schedule {name}");
         }
-        Command::Schedules => {
-            let db = sqlx::PgPool::connect(&args.database_url).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+        QueueCommand::Schedules => {
+            let db = stores.db().await?;
             type Row = (
                 String,
                 Option<chrono::DateTime<chrono::Utc>>,
@@ -406,15 +450,12 @@ async fn execute(args: Args) -> Result<(), String> {
                 .iter()
                 .map(|r| serde_json::json!({"name": r.0, "last_fired_at": r.1, "next_fire_at": r.2, "missed_ticks": r.3, "last_error": r.4}))
                 .collect();
-            let fmt = |t: &Option<chrono::DateTime<chrono::Utc>>| {
-                t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
-            };
             print(json, &view, || {
                 table(
                     &["SCHEDULE", "LAST FIRED", "NEXT", "MISSED", "ERROR"],
                     rows.iter()
                         .map(|r| {
-                            vec![r.0.clone(), fmt(&r.1), fmt(&r.2), r.3.to_string(), r.4.clone().unwrap_or_default()]
+                            vec![r.0.clone(), when(r.1), when(r.2), r.3.to_string(), r.4.clone().unwrap_or_default()]
                         })
                         .collect(),
                 )

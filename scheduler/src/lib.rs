@@ -10,13 +10,19 @@
 //!   enqueue it once.
 //! * [`db`]: PostgreSQL pool and migrations (under an advisory lock).
 //! * [`api`]: the HTTP API (jobs, batches, OpenAPI).
+//! * [`calendar_store`], [`comms_store`], [`sources`]: calendar and comms sources in
+//!   PostgreSQL, shared by the API, `fleetctl` and the ticker (which syncs each source on
+//!   its own cron schedule).
 
 pub mod api;
+pub mod calendar_store;
 pub mod cli;
+pub mod comms_store;
 pub mod config;
 pub mod db;
 pub mod fleetctl;
 pub mod schedule;
+pub mod sources;
 pub mod ticker;
 
 pub use fleet_jobs::Client;

@@ -85,10 +85,7 @@ impl Schedule {
         {
             return Err(format!("schedule name {:?} must be 1 to 200 characters without spaces or braces", spec.name));
         }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .build()
-            .parse(&spec.cron)
+        let cron = parse_cron(&spec.cron, Seconds::Optional)
             .map_err(|e| format!("schedule {:?}: cron {:?} is invalid: {e}", spec.name, spec.cron))?;
         let tz: chrono_tz::Tz = spec.timezone.parse().map_err(|_| {
             format!(
@@ -115,8 +112,7 @@ impl Schedule {
     /// The first fire time strictly after `t`; always a whole second (croner keeps
     /// the start's sub-second part, and tick keys must be the same on every replica).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.trunc_subsecs(0).with_timezone(&self.tz);
-        self.cron.find_next_occurrence(&local, false).ok().map(|d| d.with_timezone(&Utc))
+        next_fire(&self.cron, &self.tz, t)
     }
 
     /// Fire times in `(after, until]`, at most `limit`.
@@ -138,6 +134,36 @@ impl Schedule {
     /// The catch-up window.
     pub fn catch_up(&self) -> Duration {
         Duration::from_secs(self.spec.catch_up_secs)
+    }
+}
+
+fn parse_cron(expr: &str, seconds: Seconds) -> Result<Cron, croner::errors::CronError> {
+    CronParser::builder().seconds(seconds).build().parse(expr)
+}
+
+fn next_fire(cron: &Cron, tz: &chrono_tz::Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let local = t.trunc_subsecs(0).with_timezone(tz);
+    cron.find_next_occurrence(&local, false).ok().map(|d| d.with_timezone(&Utc))
+}
+
+/// A calendar or comms source's sync schedule: a five-field cron expression (minute
+/// hour day-of-month month day-of-week, no seconds) read in UTC.
+#[derive(Debug, Clone)]
+pub struct SourceCron {
+    cron: Cron,
+}
+
+impl SourceCron {
+    /// Parses `expr`; the error says what is wrong with it.
+    pub fn parse(expr: &str) -> Result<SourceCron, String> {
+        parse_cron(expr, Seconds::Disallowed)
+            .map(|cron| SourceCron { cron })
+            .map_err(|e| format!("schedule {expr:?} is not a five-field cron expression (e.g. \"*/15 * * * *\"): {e}"))
+    }
+
+    /// The first time strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        next_fire(&self.cron, &chrono_tz::UTC, t)
     }
 }
 
@@ -209,6 +235,16 @@ mod tests {
         assert_eq!(every_second.ticks(utc(2026, 1, 1, 0, 0, 0), utc(2026, 1, 1, 0, 0, 3), 10).len(), 3);
         let hourly = Schedule::parse(spec("0 * * * *", "UTC")).unwrap();
         assert_eq!(hourly.next_after(utc(2026, 1, 1, 0, 10, 0)), Some(utc(2026, 1, 1, 1, 0, 0)));
+    }
+
+    #[test]
+    fn source_schedules_have_five_fields_in_utc() {
+        let every_15 = SourceCron::parse("*/15 * * * *").unwrap();
+        assert_eq!(every_15.next_after(utc(2026, 1, 1, 0, 15, 0)), Some(utc(2026, 1, 1, 0, 30, 0)));
+        assert_eq!(every_15.next_after(utc(2026, 1, 1, 0, 16, 40)), Some(utc(2026, 1, 1, 0, 30, 0)));
+        for bad in ["* * * * * *", "*/15 * * *", "every 5 minutes", "61 * * * *", ""] {
+            assert!(SourceCron::parse(bad).unwrap_err().contains("five-field cron"), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! Each schedule's last fired tick, next fire time and missed ticks are recorded in
 //! PostgreSQL (`schedule_state`), so a scheduler that starts after downtime knows which
 //! ticks were missed and skips or catches them up as the schedule says.
+//!
+//! Each pass also enqueues a sync of every calendar and comms source whose own cron
+//! schedule is due ([`crate::sources::enqueue_due`]: rows claimed with `SKIP LOCKED`, so
+//! replicas share the work and each due sync is enqueued once).
 
 use crate::schedule::{MAX_TICKS_PER_PASS, Missed, Schedule, ScheduleSpec};
 use chrono::{DateTime, Utc};
@@ -24,6 +28,8 @@ pub struct TickReport {
     pub enqueued: Vec<(String, DateTime<Utc>)>,
     /// Ticks counted as missed.
     pub missed: u64,
+    /// Syncs of calendar and comms sources whose schedules were due.
+    pub sources: Vec<crate::sources::DueSync>,
     /// Problems (bad schedules, failed enqueues); the ticker goes on.
     pub errors: Vec<String>,
 }
@@ -108,7 +114,8 @@ impl Ticker {
         errors
     }
 
-    /// Enqueues every tick due at `now` that this replica has not handled yet.
+    /// Enqueues every tick due at `now` that this replica has not handled yet, and a sync
+    /// of every source due at `now`.
     pub async fn tick(&mut self, now: DateTime<Utc>) -> TickReport {
         let mut report = TickReport::default();
         for i in 0..self.schedules.len() {
@@ -149,6 +156,18 @@ impl Ticker {
                         .increment(missed);
                 }
                 self.record_state(&s, fired, missed, now).await;
+            }
+        }
+        if let Some(db) = &self.db {
+            let before = report.errors.len();
+            for table in crate::sources::SourceTable::ALL {
+                match crate::sources::enqueue_due(db, &self.client, table, now, &mut report.errors).await {
+                    Ok(done) => report.sources.extend(done),
+                    Err(e) => report.errors.push(format!("enqueueing due syncs of {}: {e}", table.table())),
+                }
+            }
+            for e in &report.errors[before..] {
+                tracing::warn!(error = %e, "source sync not enqueued yet");
             }
         }
         report

@@ -10,6 +10,11 @@ use fleet_tests::TestDb;
 use fleet_worker::kinds::calendar::CalendarSyncHandler;
 use sqlx::Row;
 
+mod bench;
+mod providers;
+mod push;
+mod release;
+
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 fn caldav_base() -> String {
@@ -255,7 +260,7 @@ mod api {
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
-    async fn call(
+    pub(crate) async fn call(
         router: &axum::Router,
         key: &str,
         method: &str,

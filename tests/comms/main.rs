@@ -38,7 +38,7 @@ fn new_user() -> ImapAccount {
     std::fs::write(format!("{dir}/users/{user}"), format!("{user}:{{PLAIN}}{password}::::::\n"))
         .expect("Dovecot's users folder (scripts/dovecot.sh makes it)");
     let port = std::env::var("FLEET_TEST_IMAP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(10143);
-    ImapAccount { host: "127.0.0.1".into(), port, tls: false, user, password, folders: None }
+    ImapAccount::plain("127.0.0.1", port, user, password)
 }
 
 async fn load(account: &ImapAccount, folder: &str, msgs: &[Vec<u8>]) {
@@ -149,7 +149,165 @@ async fn the_postgres_timeline_resumes_a_killed_sync_and_survives_a_uidvalidity_
         sqlx::query_scalar("SELECT id FROM comms_entries ORDER BY id").fetch_all(&db.pool).await.unwrap();
     assert_eq!(ids_before, ids_after, "zero duplicates after a UIDVALIDITY change");
     assert_eq!(count(&db, "SELECT count(*) FROM comms_locations").await, 12, "old UIDs dropped");
+    // One event per entry, written with it; none for the copies or the re-read.
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_outbox WHERE event_type = 'comms.entry.created'").await, 10);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM comms_outbox o JOIN comms_entries e ON o.payload->>'entry_id' = e.id AND o.payload->>'thread_id' = e.thread_id AND o.dedup = 'studio:' || e.id").await,
+        10,
+        "payloads name the entry and its final thread"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_outbox WHERE payload ? 'text'").await, 0, "no full text");
     db.drop_db().await;
+}
+
+/// In a batch, a parent arriving after its replies, a reply linking two threads and
+/// a reused Message-ID all behave as one message at a time would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_commits_keep_dedup_and_threading_rules_within_one_chunk() {
+    let db = TestDb::new().await;
+    let account = new_user();
+    add_source(&db, "src-b", "studio", &account).await;
+    let reused = b"From: Anna <anna@example.com>\r\nMessage-ID: <a1@x>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nSubject: Other\r\n\r\ncompletely different words\r\n".to_vec();
+    let two_parents = b"From: Anna <anna@example.com>\r\nMessage-ID: <link@x>\r\nIn-Reply-To: <a2@x>\r\nReferences: <b1@x> <a2@x>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nSubject: Re: Booking\r\n\r\nlinks both\r\n".to_vec();
+    let msgs = vec![
+        mail("a2@x", Some("a1@x"), "reply a"),
+        mail("a1@x", None, "root a"),
+        mail("b1@x", None, "root b"),
+        two_parents,
+        reused,
+        mail("a1@x", None, "root a"),
+    ];
+    load(&account, "INBOX", &msgs).await;
+    let mut store = PgStore::new(db.pool.clone(), "studio");
+    let report =
+        sync_account(&account, "src-b", &Arc::new(ContactBook::new("GB")), &mut store, &SyncOptions::default())
+            .await
+            .unwrap();
+    assert_eq!(report.total(|f| f.new), 5, "{report:?}");
+    assert_eq!(report.total(|f| f.duplicates), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_entries").await, 5);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT thread_id) FROM comms_entries WHERE message_id IN ('a1@x', 'a2@x', 'b1@x', 'link@x')"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_entries WHERE message_id = 'a1@x' AND id_collision").await, 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_locations").await, 6);
+    assert_eq!(count(&db, "SELECT count(DISTINCT thread_id) FROM comms_thread_ids").await, 1, "ghost ids merged too");
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_outbox").await, 5);
+    db.drop_db().await;
+}
+
+async fn in_app(db: &TestDb, tenant: &str, id: &str, thread_ref: Option<&str>, body: &str) {
+    sqlx::query(
+        "INSERT INTO platform_messages (tenant, id, client, sender, direction, body, sent_at, thread_ref)
+         VALUES ($1, $2, 'anna', 'u_anna', 'inbound', $3, '2026-12-01T10:00:00Z', $4)",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(body)
+    .bind(thread_ref)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_app_messages_join_the_timeline_in_commit_order_and_are_published() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    sqlx::query("INSERT INTO comms_sources (id, tenant, kind, config) VALUES ('app', 'studio', 'in_app', '{}')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for (id, r) in [("m1", None), ("m2", None), ("m3", Some("booking-7")), ("m4", Some("booking-7"))] {
+        in_app(&db, "studio", id, r, &format!("hello {id}")).await;
+    }
+    in_app(&db, "other", "m1", None, "another tenant's").await;
+
+    let relay = fleet_worker::outbox::Relay::new(db.pool.clone(), env.client.clone());
+    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), None).with_relay(relay));
+    let mut cfg = env.config("comms", 1);
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    let worker = env.worker(cfg, registry).await;
+    let mut rx = worker.events();
+    let job = CommsSync { source_id: "app".into() };
+    let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
+    // Rows are read once every older transaction of the cluster has finished; another
+    // test's open transaction can hold them back for a moment, so sync until they land.
+    let sync_until = async |rx: &mut tokio::sync::broadcast::Receiver<_>, want: i64| {
+        for _ in 0..100 {
+            env.client.enqueue_with(&job, tenant.clone()).await.unwrap();
+            let done = n_final(rx, 1, Duration::from_secs(60)).await;
+            assert!(matches!(done[0].outcome, fleet_jobs::backend::Outcome::Succeeded), "{:?}", done[0]);
+            if count(&db, "SELECT count(*) FROM comms_entries WHERE channel = 'in_app'").await >= want {
+                return;
+            }
+        }
+        panic!("in-app rows were not read");
+    };
+    sync_until(&mut rx, 4).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_entries WHERE channel = 'in_app' AND client = 'anna'").await, 4);
+    assert_eq!(count(&db, "SELECT count(DISTINCT thread_id) FROM comms_entries WHERE channel = 'in_app'").await, 2);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM comms_outbox WHERE published_at IS NOT NULL").await,
+        4,
+        "published after the commit"
+    );
+
+    // A slow writer: its row (lower seq) is not committed yet when a later row is.
+    let mut slow = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO platform_messages (tenant, id, client, sender, direction, body, sent_at)
+         VALUES ('studio', 'late', 'anna', 'studio', 'outbound', 'committed last', '2026-12-01T11:00:00Z')",
+    )
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    in_app(&db, "studio", "m5", None, "committed first").await;
+    env.client.enqueue_with(&job, tenant.clone()).await.unwrap();
+    n_final(&mut rx, 1, Duration::from_secs(60)).await;
+    let held: i64 = count(&db, "SELECT count(*) FROM comms_entries WHERE channel = 'in_app'").await;
+    assert_eq!(held, 4, "nothing past a running writer is read, so its row cannot be skipped");
+    slow.commit().await.unwrap();
+    sync_until(&mut rx, 6).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_entries WHERE channel = 'in_app'").await, 6, "none lost");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM comms_entries WHERE message_id = 'in_app:late' AND direction = 'outbound'")
+            .await,
+        1
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_outbox").await, 6, "one event per entry");
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_cursors WHERE source_id = 'app' AND folder = 'in_app'").await, 1);
+    let pool = db.pool.clone();
+    eventually("every event published", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM comms_outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+    // Re-reading from scratch doubles nothing (dedup by id).
+    sqlx::query("DELETE FROM comms_cursors WHERE source_id = 'app'").execute(&db.pool).await.unwrap();
+    let (mut read, mut new) = (0, 0);
+    for _ in 0..100 {
+        let report = PgStore::new(db.pool.clone(), "studio").sync_in_app("app", 2).await.unwrap();
+        (read, new) = (read + report.read, new + report.new);
+        if read >= 6 {
+            break;
+        }
+    }
+    assert_eq!((read, new), (6, 0));
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,4 +661,80 @@ async fn bench_postgres_ten_thousand_messages() {
         after - before
     );
     db.drop_db().await;
+}
+
+/// Answers 429 to every page: `Retry-After: 1` until the last try, then 30.
+async fn always_busy(
+    axum::extract::State(calls): axum::extract::State<Arc<std::sync::atomic::AtomicUsize>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let wait = if n >= 5 { "30" } else { "1" };
+    (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", wait)], "slow down").into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route("/2010-04-01/Accounts/{account}/{resource}", axum::routing::get(always_busy))
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let secrets = SecretBox::new(KEY).unwrap();
+    sqlx::query(
+        "INSERT INTO comms_sources (id, tenant, kind, config, secret) VALUES ('sms-busy', 'studio', 'sms', $1, $2)",
+    )
+    .bind(serde_json::json!({"api_base": base, "account_sid": "AC429", "calls": false}))
+    .bind(secrets.seal("sms-busy", "auth-token").unwrap())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let limiter = fleet_jobs::limits::Limiter::new(
+        fleet_jobs::connect(&fleet_tests::redis_url()).await.unwrap(),
+        env.prefix.clone(),
+        Duration::from_secs(30),
+    );
+    let rules: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec> =
+        toml::from_str("[\"sms:*\"]\nbreaker_failures = 5\n").unwrap();
+    let table = Arc::new(fleet_worker::limits::LimitTable::new(&rules));
+    let spec = table.spec("sms:AC429").cloned().expect("sms:* matches the account");
+    let handler = SyncSource::new(db.pool.clone(), Some(secrets)).with_provider_limits(limiter.clone(), table);
+    let mut cfg = env.config("comms", 1);
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    let worker = env.worker(cfg, Registry::new().register(handler)).await;
+    env.client.enqueue(&CommsSync { source_id: "sms-busy".into() }).await.unwrap();
+
+    // The run retries each 429 after its Retry-After, then holds the account back for the
+    // last Retry-After: any job of any source of AC429 now waits, fleet-wide.
+    let (limiter2, spec2) = (limiter.clone(), spec.clone());
+    eventually("the account is slowed down", Duration::from_secs(60), || {
+        let (limiter, spec) = (limiter2.clone(), spec2.clone());
+        async move {
+            match limiter.acquire("sms:AC429", "probe", &spec).await.ok()?.0 {
+                fleet_jobs::limits::Admission::Wait { reason: fleet_jobs::limits::WaitReason::SlowDown, delay } => {
+                    Some(delay)
+                }
+                fleet_jobs::limits::Admission::Admitted => {
+                    limiter.release("sms:AC429", "probe", &spec).await.ok();
+                    None
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 5, "five tries, each after the Retry-After");
+    let error: Option<String> = sqlx::query_scalar("SELECT last_error FROM comms_sources WHERE id = 'sms-busy'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(error.is_some_and(|e| e.contains("429")));
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
 }

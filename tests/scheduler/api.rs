@@ -12,15 +12,16 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tower::ServiceExt;
 
-struct Api {
-    env: TestEnv,
-    db: TestDb,
-    router: Router,
-    key: String,
+/// A router on a fresh database and namespace, with an `enqueue` key of tenant `acme`.
+pub(crate) struct Api {
+    pub(crate) env: TestEnv,
+    pub(crate) db: TestDb,
+    pub(crate) router: Router,
+    pub(crate) key: String,
 }
 
 impl Api {
-    async fn new() -> Api {
+    pub(crate) async fn new() -> Api {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
         let key = auth::create_api_key(&db.pool, "acme", "test", &["enqueue"]).await.unwrap();
@@ -28,7 +29,7 @@ impl Api {
         Api { env, db, router, key }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         uri: &str,
@@ -50,11 +51,11 @@ impl Api {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
         self.call("POST", uri, Some(&self.key.clone()), Some(body), &[]).await
     }
 
-    async fn done(self) {
+    pub(crate) async fn done(self) {
         self.db.drop_db().await;
         self.env.cleanup().await;
     }

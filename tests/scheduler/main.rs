@@ -2,6 +2,8 @@
 //! replicas, missed ticks, schedules edited at run time, and the HTTP API.
 
 mod api;
+mod fleetctl;
+mod sources;
 
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
 use fleet_scheduler::schedule::{Missed, ScheduleSpec};

@@ -69,12 +69,15 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         let table = std::sync::Arc::new(crate::limits::LimitTable::new(&config.limits));
         let images = crate::kinds::image::Images::new(db.clone(), &config.images)
             .map_err(anyhow::Error::msg)?
-            .with_provider_limits(limiter, table);
+            .with_provider_limits(limiter.clone(), table.clone());
         // calendar.sync opens sealed source credentials with FLEET_SECRETS_KEY.
         let secrets = fleet_comms::secrets::SecretBox::from_env_if_set()
             .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
-        let calendar = crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone());
+        let relay = crate::outbox::Relay::new(db.clone(), client.clone());
+        let calendar =
+            crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone()).with_relay(relay.clone());
         registry = registry
+            .register(calendar.push_handler())
             .register(calendar)
             .register(images.analyzer())
             .register(images.variants())
@@ -82,7 +85,10 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(crate::kinds::webhook::intake::Record::new(db.clone()))
             .register(crate::kinds::webhook::publish::Publish::new(db.clone(), client));
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.
-        registry = registry.register(crate::kinds::comms::SyncSource::new(db, secrets));
+        // New entries are published through the relay; SMS accounts use `[limits."sms:*"]`.
+        registry = registry.register(
+            crate::kinds::comms::SyncSource::new(db, secrets).with_relay(relay).with_provider_limits(limiter, table),
+        );
     } else {
         tracing::info!("no database_url: webhook and image jobs are not handled by this worker");
     }

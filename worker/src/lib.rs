@@ -28,6 +28,7 @@ pub mod handler;
 mod http;
 pub mod kinds;
 pub mod limits;
+pub mod outbox;
 pub mod registry;
 pub mod storage;
 pub mod telemetry;

@@ -474,6 +474,7 @@ fn publish_tenant_events(shared: &Shared, batch: &[Completion], applied: &[bool]
                 attempt: c.attempt,
                 batch: c.batch.clone(),
                 at,
+                data: None,
             };
             Some((tenant.clone(), event))
         })

@@ -28,3 +28,30 @@ impl JobArgs for CalendarSync {
         }
     }
 }
+
+/// Arguments of `calendar.push`: write one booking made in the platform
+/// (`calendar_bookings`) to its supplier's calendar (create, update or delete, whichever
+/// the booking's current version needs). A reference again: the booking and the target
+/// source's credentials live in PostgreSQL, so retries and duplicates push the newest
+/// version, idempotently (the remote event's identity comes from the booking id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarPush {
+    /// The tenant the booking belongs to.
+    pub tenant: String,
+    /// The booking (`calendar_bookings.id`).
+    pub booking_id: String,
+}
+
+impl JobArgs for CalendarPush {
+    const KIND: &'static str = "calendar.push";
+
+    fn options() -> KindOptions {
+        KindOptions {
+            queue: "calendar".into(),
+            max_attempts: 10,
+            timeout: Some(Duration::from_secs(120)),
+            ..KindOptions::default()
+        }
+    }
+}

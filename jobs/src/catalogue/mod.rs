@@ -10,7 +10,7 @@ pub mod image;
 pub mod probe;
 pub mod webhook;
 
-pub use calendar::CalendarSync;
+pub use calendar::{CalendarPush, CalendarSync};
 pub use comms::CommsSync;
 pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
 pub use probe::{ProbeAction, ProbeArgs};
@@ -49,6 +49,7 @@ pub fn kinds() -> Vec<KindInfo> {
         info::<ImageVariants>(),
         info::<CommsSync>(),
         info::<CalendarSync>(),
+        info::<CalendarPush>(),
     ]
 }
 

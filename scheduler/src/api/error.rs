@@ -69,6 +69,22 @@ impl From<fleet_jobs::Error> for ApiError {
     }
 }
 
+impl From<crate::sources::StoreError> for ApiError {
+    fn from(e: crate::sources::StoreError) -> Self {
+        use crate::sources::StoreError;
+        match e {
+            StoreError::Invalid(m) => ApiError::invalid(m),
+            StoreError::BadSchedule(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", m),
+            StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ StoreError::NoKey(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_configured", e.to_string()),
+            StoreError::Seal(e) => ApiError::internal("sealing a secret", e),
+            StoreError::Db(e) => ApiError::unavailable("PostgreSQL", e),
+            StoreError::Jobs(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };

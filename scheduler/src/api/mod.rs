@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 mod batches;
+mod bookings;
 mod calendar;
 mod comms;
 pub mod error;
@@ -60,36 +61,17 @@ impl ApiState {
     }
 }
 
-/// Enqueues the sync job `args` of the caller's source `id` in `table` (`calendar_sources`,
-/// `comms_sources`): 404 when the tenant has no such source; while a sync of it is pending
-/// (one minute), the same job's id comes back instead of a second job.
-pub(crate) async fn enqueue_source_sync<A: fleet_jobs::JobArgs>(
+/// Enqueues a sync of the caller's source `id` (see [`crate::sources::sync_now`]): 404
+/// when the tenant has no such source; while a sync of it is pending (one minute), the
+/// same job's id comes back instead of a second job.
+pub(crate) async fn enqueue_source_sync(
     state: &ApiState,
     caller: &auth::Caller,
-    table: &'static str,
+    table: crate::sources::SourceTable,
     id: &str,
-    args: A,
 ) -> Result<fleet_jobs::JobId, error::ApiError> {
     caller.require("enqueue")?;
-    let sql = format!("SELECT 1 FROM {table} WHERE id = $1 AND tenant = $2");
-    let exists: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .bind(&caller.tenant)
-        .fetch_optional(&state.db)
-        .await
-        .map_err(|e| error::ApiError::unavailable("reading a source", e))?;
-    if exists.is_none() {
-        return Err(error::ApiError::not_found(format!("no source {id}")));
-    }
-    let opts = fleet_jobs::EnqueueOptions {
-        tenant: Some(caller.tenant.clone()),
-        unique: Some(fleet_jobs::Unique {
-            key: format!("{}:{id}", A::KIND),
-            window: std::time::Duration::from_secs(60),
-        }),
-        ..Default::default()
-    };
-    Ok(state.client.enqueue_with(&args, opts).await?)
+    Ok(crate::sources::sync_now(&state.db, &state.client, table, Some(&caller.tenant), id).await?)
 }
 
 /// Most jobs in one bulk request or batch.
@@ -100,13 +82,15 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, intake::receive, stream::tenant_stream, images::create_portfolio, images::get_portfolio,
-        calendar::create_source, calendar::list_sources, calendar::delete_source, calendar::sync_source, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
-        comms::create_source, comms::list_sources, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine),
+        calendar::create_source, calendar::list_sources, calendar::get_source, calendar::delete_source, calendar::sync_source, calendar::release_source, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
+        bookings::put_booking, bookings::get_booking, bookings::delete_booking,
+        comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView,
-        calendar::CalendarSourceRequest, calendar::CalendarSourceView, calendar::CalendarSyncView, calendar::SupplierSettings, calendar::OccurrenceView, calendar::ConflictView,
-        comms::SourceRequest, comms::SourceView, comms::SyncView, comms::ContactRequest, comms::ContactView, comms::TimelinePage, comms::QuarantinedView)),
+        crate::sources::SyncStatus, crate::calendar_store::CalendarSourceRequest, crate::calendar_store::CalendarSourceView, calendar::CalendarSyncView, crate::calendar_store::SupplierSettings, crate::calendar_store::OccurrenceView, crate::calendar_store::ConflictView,
+        bookings::BookingRequest, bookings::BookingView,
+        crate::comms_store::SourceRequest, crate::comms_store::SourceView, comms::SyncView, crate::comms_store::ContactRequest, crate::comms_store::ContactView, crate::comms_store::TimelinePage, crate::comms_store::QuarantinedView)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -146,17 +130,23 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/endpoints/{id}/secrets", post(webhooks::rotate_secret))
         .route("/v1/events", post(webhooks::publish_event))
         .route("/v1/comms/sources", post(comms::create_source).get(comms::list_sources))
-        .route("/v1/comms/sources/{id}", axum::routing::delete(comms::delete_source))
+        .route("/v1/comms/sources/{id}", get(comms::get_source).delete(comms::delete_source))
         .route("/v1/comms/sources/{id}/sync", post(comms::sync_source))
         .route("/v1/comms/sources/{id}/quarantine", get(comms::source_quarantine))
+        .route("/v1/comms/sources/{id}/entries", get(comms::source_entries))
         .route("/v1/comms/contacts", post(comms::put_contact))
         .route("/v1/comms/clients/{client}/timeline", get(comms::client_timeline))
         .route("/v1/calendar/sources", post(calendar::create_source).get(calendar::list_sources))
-        .route("/v1/calendar/sources/{id}", axum::routing::delete(calendar::delete_source))
+        .route("/v1/calendar/sources/{id}", get(calendar::get_source).delete(calendar::delete_source))
         .route("/v1/calendar/sources/{id}/sync", post(calendar::sync_source))
+        .route("/v1/calendar/sources/{id}/release", post(calendar::release_source))
         .route("/v1/calendar/suppliers/{supplier}", axum::routing::put(calendar::put_supplier))
         .route("/v1/calendar/suppliers/{supplier}/occurrences", get(calendar::occurrences))
         .route("/v1/calendar/suppliers/{supplier}/conflicts", get(calendar::conflicts))
+        .route(
+            "/v1/calendar/suppliers/{supplier}/bookings/{id}",
+            get(bookings::get_booking).put(bookings::put_booking).delete(bookings::delete_booking),
+        )
         .route("/v1/stream", get(stream::tenant_stream))
         .route("/v1/intake/{provider}", post(intake::receive))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))

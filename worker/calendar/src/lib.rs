@@ -14,6 +14,11 @@
 //!   overrides in another zone) into [`Occurrence`]s over a window, capped by count and time.
 //! - [`conflict`]: double bookings among busy occurrences (half-open intervals).
 //! - [`push`]: push-back with `If-None-Match: *` / `If-Match`, 412 → compare versions, newer wins.
+//! - [`google`], [`graph`]: Google Calendar v3 and Microsoft Graph calendars — incremental pulls
+//!   (sync token, delta link; expired → full listing) with each event written as iCalendar so
+//!   the pipeline above applies unchanged, and idempotent conditional push-back. [`provider`]
+//!   holds what they share (bearer-token HTTP with timeouts and a body cap, typed errors with
+//!   Retry-After).
 //! - [`caldav`]: a small CalDAV client (RFC 4791, RFC 6578 sync-collection with 507 continuation,
 //!   ETag listing fallback, conditional writes) and conditional GET of `.ics` feeds.
 //!
@@ -25,7 +30,10 @@ pub mod caldav;
 pub mod conflict;
 pub mod decode;
 pub mod expand;
+pub mod google;
+pub mod graph;
 pub mod parse;
+pub mod provider;
 pub mod push;
 pub mod zone;
 

@@ -192,9 +192,49 @@ impl Zone {
 /// Graph and Outlook send them) or a decorated form such as `/Europe/Berlin`. `None` for a TZID
 /// nobody knows; the caller then uses its default zone and reports a warning.
 pub fn resolve_tzid(resolver: &calcard::icalendar::timezone::TzResolver<&str>, tzid: &str) -> Option<Zone> {
-    let tz = resolver.resolve(tzid.trim())?;
     // A TZID that resolves to "floating" is as good as unknown.
-    Zone::from_calcard(tz)
+    let tzid = tzid.trim();
+    windows_extra(tzid).map(Zone::Iana).or_else(|| resolver.resolve(tzid).and_then(Zone::from_calcard))
+}
+
+/// Resolves a zone name outside any iCalendar file, as the provider APIs send them: an IANA
+/// name (Google), a Windows name (Microsoft Graph: `Pacific Standard Time`, `W. Europe
+/// Standard Time`, `UTC-11`, `Central Standard Time (Mexico)`), or a spelling of UTC. `None`
+/// for a name nobody knows.
+pub fn resolve_name(name: &str) -> Option<Zone> {
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "utc" | "z" | "gmt" | "etc/utc" | "etc/gmt" | "coordinated universal time" | "tzone://microsoft/utc"
+    ) {
+        return Some(Zone::Utc);
+    }
+    if let Ok(tz) = name.parse::<chrono_tz::Tz>() {
+        return Some(if tz == chrono_tz::UTC { Zone::Utc } else { Zone::Iana(tz) });
+    }
+    if let Some(tz) = windows_extra(name) {
+        return Some(Zone::Iana(tz));
+    }
+    name.parse::<calcard::common::timezone::Tz>().ok().and_then(Zone::from_calcard)
+}
+
+/// Windows zone names (CLDR `windowsZones.xml`, territory 001) that calcard 0.3.14's table lacks
+/// or maps to a zone whose rules have since diverged; calcard's table covers the rest.
+fn windows_extra(name: &str) -> Option<chrono_tz::Tz> {
+    use chrono_tz::Tz;
+    Some(match name {
+        // calcard says America/Chihuahua, which moved to UTC−6 without DST in 2022; CLDR now
+        // maps this name to Mazatlán (UTC−7).
+        "Mountain Standard Time (Mexico)" => Tz::America__Mazatlan,
+        "Mid-Atlantic Standard Time" => Tz::Etc__GMTPlus2,
+        "Kamchatka Standard Time" => Tz::Asia__Kamchatka,
+        "South Sudan Standard Time" => Tz::Africa__Juba,
+        _ => return None,
+    })
 }
 
 /// The instant of a wall-clock time in a zone, per RFC 5545 §3.3.5: in a gap the offset before
@@ -255,6 +295,36 @@ mod tests {
         assert_eq!(localize(at(2024, 3, 31, 2, 30), &berlin), at(2024, 3, 31, 1, 30).and_utc());
         let santiago = Zone::Iana(chrono_tz::America::Santiago);
         assert_eq!(localize(at(2023, 9, 3, 0, 30), &santiago), at(2023, 9, 3, 4, 30).and_utc());
+    }
+
+    #[test]
+    fn provider_zone_names() {
+        for (name, iana) in [
+            ("Pacific Standard Time", "America/Los_Angeles"),
+            ("GMT Standard Time", "Europe/London"),
+            ("W. Europe Standard Time", "Europe/Berlin"),
+            ("Romance Standard Time", "Europe/Paris"),
+            ("Eastern Standard Time", "America/New_York"),
+            ("AUS Eastern Standard Time", "Australia/Sydney"),
+            ("India Standard Time", "Asia/Calcutta"),
+            ("Tokyo Standard Time", "Asia/Tokyo"),
+            ("Central Standard Time (Mexico)", "America/Mexico_City"),
+            ("Mountain Standard Time (Mexico)", "America/Mazatlan"),
+            ("Kamchatka Standard Time", "Asia/Kamchatka"),
+            ("UTC-11", "Etc/GMT+11"),
+            ("America/Los_Angeles", "America/Los_Angeles"),
+        ] {
+            let zone = resolve_name(name).unwrap_or_else(|| panic!("{name} unresolved"));
+            // Equal offsets through a year stand in for "the same zone" (aliases differ by name).
+            let reference: chrono_tz::Tz = iana.parse().unwrap();
+            for month in 1..=12 {
+                let t = at(2027, month, 14, 12, 0).and_utc();
+                assert_eq!(zone.offset_at(t), Zone::Iana(reference).offset_at(t), "{name} in month {month}");
+            }
+        }
+        assert_eq!(resolve_name("UTC"), Some(Zone::Utc));
+        assert_eq!(resolve_name("tzone://Microsoft/Utc"), Some(Zone::Utc));
+        assert_eq!(resolve_name("Mars Standard Time"), None);
     }
 
     #[test]

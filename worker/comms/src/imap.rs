@@ -20,6 +20,11 @@
 //! A changed UIDVALIDITY re-reads the folder; content identity (see
 //! [`crate::timeline`]) maps the new UIDs onto the existing entries, so nothing is
 //! doubled. No date windows anywhere: downtime of any length loses nothing.
+//!
+//! Connections ([`connect`]): implicit TLS (`tls`, port 993) or `STARTTLS` (`starttls`,
+//! refused rather than downgraded when the server does not offer it), with rustls,
+//! Mozilla's roots and an optional extra CA file; plain IMAP only to loopback servers.
+//! Authentication by `LOGIN` (password) or SASL `XOAUTH2` (an OAuth2 access token).
 
 use crate::contacts::ContactBook;
 use crate::entry::{NewEntry, entry_from_mail};
@@ -40,19 +45,63 @@ use tokio::net::TcpStream;
 pub struct ImapAccount {
     /// Server host name or address.
     pub host: String,
-    /// Server port.
+    /// Server port (993 is the usual implicit-TLS port, 143 plain or STARTTLS).
     pub port: u16,
-    /// `true` for implicit TLS. Only plain connections are implemented so far, and
-    /// only to loopback addresses.
+    /// `true` for implicit TLS (IMAPS).
     #[serde(default)]
     pub tls: bool,
+    /// `true` to upgrade a plain connection with `STARTTLS` before logging in
+    /// (ignored with `tls`).
+    #[serde(default)]
+    pub starttls: bool,
+    /// A PEM file of extra CA certificates trusted besides Mozilla's roots (a private
+    /// CA, or a test server's self-signed certificate).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// How to authenticate: `login` (password) or `xoauth2` (OAuth2 bearer token).
+    #[serde(default)]
+    pub auth: AuthMethod,
     /// Login name.
     pub user: String,
-    /// Password (never logged or shown in errors).
+    /// Password, or the OAuth2 access token with [`AuthMethod::Xoauth2`] (never logged
+    /// or shown in errors).
     pub password: String,
     /// Folders to read; `None` reads every selectable folder.
     #[serde(default)]
     pub folders: Option<Vec<String>>,
+}
+
+impl ImapAccount {
+    /// A plain-IMAP account with password login (loopback servers only).
+    pub fn plain(host: impl Into<String>, port: u16, user: impl Into<String>, password: impl Into<String>) -> Self {
+        ImapAccount {
+            host: host.into(),
+            port,
+            tls: false,
+            starttls: false,
+            ca_file: None,
+            auth: AuthMethod::Login,
+            user: user.into(),
+            password: password.into(),
+            folders: None,
+        }
+    }
+
+    /// True when the connection is encrypted (implicit TLS or STARTTLS).
+    pub fn encrypted(&self) -> bool {
+        self.tls || self.starttls
+    }
+}
+
+/// How a sync authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// `LOGIN user password`.
+    #[default]
+    Login,
+    /// `AUTHENTICATE XOAUTH2` with an OAuth2 bearer token (Gmail, Microsoft 365).
+    Xoauth2,
 }
 
 impl std::fmt::Debug for ImapAccount {
@@ -61,6 +110,9 @@ impl std::fmt::Debug for ImapAccount {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
+            .field("starttls", &self.starttls)
+            .field("ca_file", &self.ca_file)
+            .field("auth", &self.auth)
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("folders", &self.folders)
@@ -326,26 +378,144 @@ impl SyncReport {
     }
 }
 
-type Session = async_imap::Session<TcpStream>;
+/// A connection to the server: plain TCP (loopback only) or TLS.
+#[derive(Debug)]
+pub enum ImapStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (implicit TLS or after STARTTLS).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
-/// Connects and logs in.
-pub async fn connect(account: &ImapAccount, timeout: Duration) -> Result<Session, SyncError> {
-    if account.tls {
-        return Err(SyncError::Unsupported("IMAP over TLS is not implemented yet; use a plain loopback server".into()));
+impl tokio::io::AsyncRead for ImapStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ImapStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
+}
+
+impl tokio::io::AsyncWrite for ImapStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ImapStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ImapStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ImapStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl ImapStream {
+    /// True over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ImapStream::Tls(_))
+    }
+}
+
+/// A logged-in IMAP session.
+pub type Session = async_imap::Session<ImapStream>;
+
+/// The TLS settings of `account`: Mozilla's roots (webpki-roots) plus the CA
+/// certificates of `account.ca_file`, if any.
+pub fn tls_config(account: &ImapAccount) -> Result<Arc<rustls::ClientConfig>, SyncError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = &account.ca_file {
+        let bad = |e: String| SyncError::Unsupported(format!("ca_file {path}: {e}"));
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+            roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad("no certificate in it".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SyncError::Unsupported(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The SASL `XOAUTH2` initial response (before base64): `user=…^Aauth=Bearer …^A^A`.
+pub fn xoauth2_response(user: &str, token: &str) -> String {
+    format!("user={user}\x01auth=Bearer {token}\x01\x01")
+}
+
+/// `AUTHENTICATE XOAUTH2`: the token first; an empty answer to the server's error
+/// challenge (a JSON status) so it finishes with its `NO`.
+struct XOauth2 {
+    response: Option<String>,
+}
+
+impl async_imap::Authenticator for XOauth2 {
+    type Response = String;
+
+    fn process(&mut self, _challenge: &[u8]) -> String {
+        self.response.take().unwrap_or_default()
+    }
+}
+
+/// Connects, secures the connection as configured and authenticates.
+pub async fn connect(account: &ImapAccount, timeout: Duration) -> Result<Session, SyncError> {
     let connect_err = |reason: String| SyncError::Connect { host: account.host.clone(), port: account.port, reason };
+    let tls = if account.encrypted() { Some(tls_config(account)?) } else { None };
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((account.host.as_str(), account.port)))
         .await
         .map_err(|_| connect_err("timed out".into()))?
         .map_err(|e| connect_err(e.to_string()))?;
     let peer = tcp.peer_addr().map_err(|e| connect_err(e.to_string()))?;
-    if !peer.ip().is_loopback() {
+    if tls.is_none() && !peer.ip().is_loopback() {
         return Err(SyncError::Unsupported(format!(
-            "plain IMAP sends the password in clear; only loopback servers may use it ({peer} is not)"
+            "plain IMAP sends the password in clear; only loopback servers may use it ({peer} is not): set tls or starttls"
         )));
     }
     tcp.set_nodelay(true).ok();
-    let mut client = async_imap::Client::new(tcp);
+    let handshake = |tcp: TcpStream, config: Arc<rustls::ClientConfig>| async move {
+        let name = rustls_pki_types::ServerName::try_from(account.host.clone())
+            .map_err(|e| SyncError::Unsupported(format!("TLS server name {}: {e}", account.host)))?;
+        let tls = tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+            .await
+            .map_err(|_| SyncError::Timeout("TLS handshake"))?
+            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+        Ok::<_, SyncError>(ImapStream::Tls(Box::new(tls)))
+    };
+    let stream = match &tls {
+        Some(config) if account.tls => handshake(tcp, Arc::clone(config)).await?,
+        _ => ImapStream::Plain(tcp),
+    };
+    let mut client = async_imap::Client::new(stream);
     let greeting = tokio::time::timeout(timeout, client.read_response())
         .await
         .map_err(|_| SyncError::Timeout("greeting"))?
@@ -353,7 +523,28 @@ pub async fn connect(account: &ImapAccount, timeout: Duration) -> Result<Session
     if greeting.is_none() {
         return Err(connect_err("closed before greeting".into()));
     }
-    match tokio::time::timeout(timeout, client.login(&account.user, &account.password)).await {
+    if let Some(config) = tls.filter(|_| !account.tls) {
+        // STARTTLS: the server must agree, or nothing (least of all the password) is sent.
+        match tokio::time::timeout(timeout, client.run_command_and_check_ok("STARTTLS", None)).await {
+            Err(_) => return Err(SyncError::Timeout("STARTTLS")),
+            Ok(Err(e)) => return Err(connect_err(format!("STARTTLS refused: {}", short_error(&e)))),
+            Ok(Ok(())) => {}
+        }
+        let ImapStream::Plain(tcp) = client.into_inner() else {
+            return Err(connect_err("STARTTLS on a TLS connection".into()));
+        };
+        client = async_imap::Client::new(handshake(tcp, config).await?);
+    }
+    let auth = async {
+        match account.auth {
+            AuthMethod::Login => client.login(&account.user, &account.password).await,
+            AuthMethod::Xoauth2 => {
+                let response = Some(xoauth2_response(&account.user, &account.password));
+                client.authenticate("XOAUTH2", XOauth2 { response }).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, auth).await {
         Err(_) => Err(SyncError::Timeout("login")),
         Ok(Ok(session)) => Ok(session),
         // Only the server's words: never the command, which holds the password.
@@ -724,14 +915,35 @@ mod tests {
 
     #[test]
     fn the_password_is_never_printed() {
-        let a = ImapAccount {
-            host: "h".into(),
-            port: 1,
-            tls: false,
-            user: "u".into(),
-            password: "hunter2".into(),
-            folders: None,
-        };
+        let a = ImapAccount::plain("h", 1, "u", "hunter2");
         assert!(!format!("{a:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn xoauth2_initial_response_is_rfc_shaped() {
+        // Google's documented example: user=someuser@example.com^Aauth=Bearer ya29...^A^A
+        let r = xoauth2_response("someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg");
+        assert_eq!(
+            r,
+            "user=someuser@example.com\u{1}auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\u{1}\u{1}"
+        );
+        use base64::Engine;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(&r),
+            "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
+        );
+        let mut a = XOauth2 { response: Some(r) };
+        use async_imap::Authenticator;
+        assert!(a.process(b"").starts_with("user="));
+        assert_eq!(a.process(b"{\"status\":\"401\"}"), "", "the error challenge gets an empty answer");
+    }
+
+    #[test]
+    fn tls_config_reads_an_extra_ca_and_refuses_a_bad_path() {
+        let mut a = ImapAccount::plain("h", 993, "u", "p");
+        a.tls = true;
+        assert!(tls_config(&a).is_ok());
+        a.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(tls_config(&a), Err(SyncError::Unsupported(_))));
     }
 }

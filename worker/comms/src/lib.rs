@@ -14,6 +14,7 @@
 //! - [`imap`]: exact incremental IMAP sync with per-folder cursors.
 //! - [`secrets`]: source secrets sealed with AES-256-GCM.
 //! - [`sms`]: SMS and call records of a Twilio-style API as entries.
+//! - [`in_app`]: the platform's own messages as entries.
 //!
 //! Nothing here polls by date window: cursors are exact, so downtime never loses mail.
 
@@ -21,6 +22,7 @@ pub mod contacts;
 pub mod entry;
 pub mod html;
 pub mod imap;
+pub mod in_app;
 pub mod parse;
 pub mod secrets;
 pub mod sms;

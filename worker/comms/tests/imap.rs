@@ -1,9 +1,9 @@
 //! IMAP sync against a real Dovecot (`scripts/dovecot.sh`), each test with a user of
 //! its own (appended to the server's passwd-file), loaded over IMAP with mail built here.
 
-use async_imap::Session;
 use base64::Engine as _;
 use fleet_comms::contacts::ContactBook;
+use fleet_comms::imap::Session;
 use fleet_comms::imap::{
     FolderBatch, FolderCursor, ImapAccount, MemoryStore, StoreError, SyncError, SyncOptions, SyncStore, sync_account,
 };
@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 fn port() -> u16 {
     std::env::var("FLEET_TEST_IMAP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(10143)
@@ -46,19 +45,19 @@ fn new_user() -> ImapAccount {
     let password = format!("pw-{nanos}");
     std::fs::write(format!("{}/users/{user}", dovecot_dir()), format!("{user}:{{PLAIN}}{password}::::::\n"))
         .expect("Dovecot's users folder (scripts/dovecot.sh makes it)");
-    ImapAccount { host: "127.0.0.1".into(), port: port(), tls: false, user, password, folders: None }
+    ImapAccount::plain("127.0.0.1", port(), user, password)
 }
 
-async fn admin(account: &ImapAccount) -> Session<TcpStream> {
+async fn admin(account: &ImapAccount) -> Session {
     fleet_comms::imap::connect(account, Duration::from_secs(10)).await.expect("admin login")
 }
 
-async fn append(s: &mut Session<TcpStream>, folder: &str, raw: &[u8], flags: Option<&str>, internal: Option<&str>) {
+async fn append(s: &mut Session, folder: &str, raw: &[u8], flags: Option<&str>, internal: Option<&str>) {
     let date = internal.map(|d| format!("\"{d}\""));
     s.append(folder, flags, date.as_deref(), raw).await.unwrap_or_else(|e| panic!("APPEND to {folder}: {e}"));
 }
 
-async fn create(s: &mut Session<TcpStream>, folder: &str) {
+async fn create(s: &mut Session, folder: &str) {
     s.create(folder).await.unwrap_or_else(|e| panic!("CREATE {folder}: {e}"));
 }
 
@@ -471,5 +470,100 @@ async fn load_parallel(account: &ImapAccount, folder: &str, msgs: &[Vec<u8>]) {
     }
     for t in tasks {
         t.await.unwrap();
+    }
+}
+
+fn tls_port() -> u16 {
+    std::env::var("FLEET_TEST_IMAPS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(10993)
+}
+
+/// The test CA `scripts/dovecot.sh` made (the server certificate is for 127.0.0.1 and localhost).
+fn test_ca() -> String {
+    format!("{}/tls/ca.pem", dovecot_dir())
+}
+
+#[tokio::test]
+async fn implicit_tls_and_starttls_sync_with_an_extra_ca_and_refuse_an_unknown_one() {
+    let plain = new_user();
+    let mut s = admin(&plain).await;
+    append(&mut s, "INBOX", &mail(Some("tls1@x"), "Over TLS", "sealed"), None, None).await;
+    s.logout().await.ok();
+
+    // Implicit TLS on the imaps port, trusting the test CA besides Mozilla's roots.
+    let mut tls = plain.clone();
+    tls.port = tls_port();
+    tls.tls = true;
+    tls.ca_file = Some(test_ca());
+    let session = fleet_comms::imap::connect(&tls, Duration::from_secs(10)).await.expect("TLS login");
+    assert!(session.get_ref().is_tls());
+    drop(session);
+    let mut store = MemoryStore::default();
+    let report = sync(&tls, &mut store).await;
+    assert_eq!(report.total(|f| f.new), 1);
+
+    // STARTTLS on the plain port: the same mailbox, nothing new.
+    let mut starttls = plain.clone();
+    starttls.starttls = true;
+    starttls.ca_file = Some(test_ca());
+    let session = fleet_comms::imap::connect(&starttls, Duration::from_secs(10)).await.expect("STARTTLS login");
+    assert!(session.get_ref().is_tls(), "the connection was upgraded before LOGIN");
+    drop(session);
+    let report = sync_account(&starttls, "src", &book(), &mut store, &SyncOptions::default()).await.unwrap();
+    assert_eq!(report.total(|f| f.new), 0);
+    assert_eq!(store.timeline.len(), 1);
+
+    // Without the test CA the certificate is unknown: no login is attempted.
+    let mut untrusted = tls.clone();
+    untrusted.ca_file = None;
+    let err = fleet_comms::imap::connect(&untrusted, Duration::from_secs(10)).await.map(|_| ()).unwrap_err();
+    assert!(matches!(&err, SyncError::Connect { reason, .. } if reason.contains("TLS")), "{err}");
+    assert!(!err.to_string().contains(&plain.password));
+    // A name the certificate does not cover is refused too.
+    let mut wrong_name = tls.clone();
+    wrong_name.host = "127.0.0.2".into();
+    assert!(fleet_comms::imap::connect(&wrong_name, Duration::from_secs(10)).await.is_err());
+}
+
+/// An HS256 JWT for `user` signed with the test Dovecot's OAuth2 key (`scripts/dovecot.sh`).
+fn oauth2_token(user: &str, valid_for: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let key = std::fs::read_to_string(format!("{}/oauth2/secret", dovecot_dir())).expect("the test OAuth2 key");
+    let b64u = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = chrono::Utc::now().timestamp();
+    let header = b64u(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = b64u(
+        serde_json::json!({"sub": user, "iat": now - 10, "nbf": now - 10, "exp": now + valid_for})
+            .to_string()
+            .as_bytes(),
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.trim().as_bytes()).unwrap();
+    mac.update(format!("{header}.{claims}").as_bytes());
+    format!("{header}.{claims}.{}", b64u(&mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn xoauth2_logs_in_with_a_bearer_token_and_a_bad_token_is_an_auth_error_without_it() {
+    let plain = new_user();
+    let mut s = admin(&plain).await;
+    append(&mut s, "INBOX", &mail(Some("oauth1@x"), "Over OAuth", "token"), None, None).await;
+    s.logout().await.ok();
+
+    // Dovecot's oauth2 passdb validates the JWT locally; the password is not used.
+    let mut account = plain.clone();
+    account.tls = true;
+    account.port = tls_port();
+    account.ca_file = Some(test_ca());
+    account.auth = fleet_comms::imap::AuthMethod::Xoauth2;
+    account.password = oauth2_token(&plain.user, 600);
+    let mut store = MemoryStore::default();
+    let report = sync(&account, &mut store).await;
+    assert_eq!(report.total(|f| f.new), 1);
+
+    // An expired token and a token for someone else are refused, and never echoed.
+    for bad in [oauth2_token(&plain.user, -60), oauth2_token("someone-else", 600)] {
+        account.password = bad.clone();
+        let err = fleet_comms::imap::connect(&account, Duration::from_secs(10)).await.map(|_| ()).unwrap_err();
+        assert!(matches!(err, SyncError::Auth { .. }), "{err}");
+        assert!(!err.to_string().contains(&bad), "{err}");
     }
 }

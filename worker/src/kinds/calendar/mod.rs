@@ -24,6 +24,11 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 
+mod providers;
+mod push;
+
+pub use push::{CalendarPushHandler, PushResult, booking_uid};
+
 /// (UID, RECURRENCE-ID as stored).
 type EventKey = (String, String);
 /// A stored event's href, SEQUENCE, DTSTAMP and content hash.
@@ -40,6 +45,7 @@ pub struct CalendarSyncHandler {
     db: PgPool,
     secrets: Option<SecretBox>,
     client_options: ClientOptions,
+    relay: Option<crate::outbox::Relay>,
 }
 
 /// What one sync did (also stored as the source's `last_report`).
@@ -67,7 +73,7 @@ pub struct SyncReport {
     pub quarantined: Option<String>,
     /// Parse and expansion warnings (the first 50).
     pub warnings: Vec<String>,
-    /// How changes were found (`initial`, `incremental`, `listing`, `feed`, `not_modified`).
+    /// How changes were found (`initial`, `incremental`, `listing`, `resync`, `feed`, `not_modified`).
     pub mode: String,
 }
 
@@ -119,7 +125,13 @@ impl From<CalDavError> for SyncError {
 impl CalendarSyncHandler {
     /// A handler on `db`; `secrets` opens sealed source credentials (`FLEET_SECRETS_KEY`).
     pub fn new(db: PgPool, secrets: Option<SecretBox>) -> Self {
-        CalendarSyncHandler { db, secrets, client_options: ClientOptions::default() }
+        CalendarSyncHandler { db, secrets, client_options: ClientOptions::default(), relay: None }
+    }
+
+    /// Publishes conflict events (the outbox) to webhooks and the live stream after each sync.
+    pub fn with_relay(mut self, relay: crate::outbox::Relay) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Syncs one source now (what the job does; tests call it directly).
@@ -132,7 +144,21 @@ impl CalendarSyncHandler {
 
     async fn run(&self, source_id: &str) -> Result<SyncReport, SyncError> {
         let source = self.load(source_id).await?;
-        let fetched = match self.fetch(source_id, &source).await {
+        let result = self.pull_and_apply(source_id, &source).await;
+        // Conflict events committed by this run (or left by a crashed one) go out now.
+        if let Some(relay) = &self.relay {
+            match relay.publish_pending("calendar_outbox", &source.tenant).await {
+                Ok(n) if n > 0 => tracing::info!(source = source_id, events = n, "calendar events published"),
+                Ok(_) => {}
+                Err(e) if result.is_ok() => return Err(SyncError::Transient(e, None)),
+                Err(e) => tracing::warn!(source = source_id, error = %e, "calendar events not published yet"),
+            }
+        }
+        result
+    }
+
+    async fn pull_and_apply(&self, source_id: &str, source: &Source) -> Result<SyncReport, SyncError> {
+        let fetched = match self.fetch(source_id, source).await {
             Ok(f) => f,
             Err(SyncError::Permanent(e)) => {
                 sqlx::query("UPDATE calendar_sources SET last_sync_at = now(), last_error = $2 WHERE id = $1")
@@ -145,6 +171,16 @@ impl CalendarSyncHandler {
             Err(e) => return Err(e),
         };
         let Some(fetched) = fetched else {
+            if window_stale(&source.state) {
+                // Nothing changed, but the 24-month window slides daily: re-expand.
+                let fetched = Fetched {
+                    changed: Vec::new(),
+                    removed: Vec::new(),
+                    state: source.state.clone(),
+                    mode: "not_modified",
+                };
+                return self.apply(source_id, source, fetched).await;
+            }
             sqlx::query(
                 "UPDATE calendar_sources SET last_sync_at = now(), last_ok_at = now(), last_error = NULL WHERE id = $1",
             )
@@ -153,7 +189,7 @@ impl CalendarSyncHandler {
             .await?;
             return Ok(SyncReport { mode: "not_modified".into(), ..SyncReport::default() });
         };
-        self.apply(source_id, &source, fetched).await
+        self.apply(source_id, source, fetched).await
     }
 
     async fn load(&self, source_id: &str) -> Result<Source, SyncError> {
@@ -239,6 +275,7 @@ impl CalendarSyncHandler {
                     })),
                 }
             }
+            "google" | "graph" => self.fetch_provider(source_id, source).await.map(Some),
             other => Err(SyncError::Permanent(format!("calendar source kind {other} is not supported yet"))),
         }
     }
@@ -251,7 +288,8 @@ impl CalendarSyncHandler {
     ) -> Result<SyncReport, SyncError> {
         report.quarantined = Some(reason.clone());
         sqlx::query(
-            "UPDATE calendar_sources SET quarantined = $2, last_sync_at = now(), last_error = $2, last_report = $3 WHERE id = $1",
+            "UPDATE calendar_sources SET quarantined = $2, last_sync_at = now(), last_error = $2, last_report = $3,
+               state = state - 'force_apply' WHERE id = $1",
         )
         .bind(source_id)
         .bind(&reason)
@@ -335,9 +373,12 @@ impl CalendarSyncHandler {
         // Mass-deletion guard.
         // Emptying a calendar of several events, or deleting more than the source's share of
         // a larger one, is far more often a broken server or account than a supplier's intent.
+        // An operator's release (`force_apply` in the state, set by the API) lets one fetch through.
         let emptied = existing.len() >= 2 && gone.len() == existing.len();
         let too_many = existing.len() >= 4 && gone.len() as f64 > source.max_delete_share * existing.len() as f64;
-        if !gone.is_empty() && (emptied || too_many) {
+        let released = source.state.get("force_apply").and_then(|v| v.as_bool()) == Some(true);
+        let own_write = fetched.mode == "push";
+        if !gone.is_empty() && (emptied || too_many) && !released && !own_write {
             tx.rollback().await?;
             let reason = format!(
                 "would delete {} of {} events (more than {:.0}%): quarantined",
@@ -406,15 +447,34 @@ impl CalendarSyncHandler {
         }
         report.events_deleted = gone.len();
 
-        self.rewrite_occurrences(&mut tx, source_id, source, &mut report).await?;
-        self.recompute_conflicts(&mut tx, source, &mut report).await?;
+        // Occurrences are re-expanded when something changed, and once a day so the window
+        // slides; an incremental sync that found nothing costs two queries.
+        let changed = !bodies.is_empty() || !fetched.removed.is_empty() || report.events_written + gone.len() > 0;
+        let expand_now = changed || window_stale(&source.state);
+        if expand_now {
+            self.rewrite_occurrences(&mut tx, source_id, source, &mut report).await?;
+            self.recompute_conflicts(&mut tx, source, &mut report).await?;
+        }
+        // A push applies its own write and keeps the source's sync state (a sync may be
+        // between reading and storing its token); a sync stores its new state.
+        let state = match fetched.state {
+            serde_json::Value::Null => None,
+            mut state => {
+                if let Some(map) = state.as_object_mut() {
+                    map.remove("force_apply");
+                    let day = if expand_now { Some(today()) } else { window_day(&source.state).map(str::to_owned) };
+                    map.insert("window_day".into(), json!(day));
+                }
+                Some(state)
+            }
+        };
 
         sqlx::query(
-            "UPDATE calendar_sources SET state = $2, quarantined = NULL, last_sync_at = now(), last_ok_at = now(),
+            "UPDATE calendar_sources SET state = COALESCE($2, state), quarantined = NULL, last_sync_at = now(), last_ok_at = now(),
                last_error = NULL, last_report = $3 WHERE id = $1",
         )
         .bind(source_id)
-        .bind(&fetched.state)
+        .bind(&state)
         .bind(json!(report))
         .execute(&mut *tx)
         .await?;
@@ -666,6 +726,21 @@ async fn outbox(
 }
 
 /// RECURRENCE-ID as stored: the instant in UTC, RFC 3339.
+/// The UTC day the source's occurrences were last expanded on.
+fn window_day(state: &serde_json::Value) -> Option<&str> {
+    state.get("window_day").and_then(|v| v.as_str())
+}
+
+/// Today (UTC) as `YYYY-MM-DD`.
+fn today() -> String {
+    Utc::now().format("%Y-%m-%d").to_string()
+}
+
+/// Whether the source's window has not been slid to today yet.
+fn window_stale(state: &serde_json::Value) -> bool {
+    window_day(state) != Some(today().as_str())
+}
+
 fn rid_text(instant: DateTime<Utc>) -> String {
     instant.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }

@@ -5,6 +5,21 @@
 //! PostgreSQL store ([`store::PgStore`]), which commits each chunk of messages with the
 //! cursor that covers it: a retry, or a sync after a crash, goes on from there.
 //!
+//! Kinds: `imap` (password `LOGIN` or OAuth2 `XOAUTH2`; implicit TLS, STARTTLS, or plain
+//! on loopback only), `sms` (a Twilio-style API, see [`sms`]) and `in_app` (the
+//! platform's own `platform_messages`, see [`PgStore::sync_in_app`]).
+//!
+//! Every new entry is written with a `comms.entry.created` row in `comms_outbox` in the
+//! same transaction; with a relay ([`SyncSource::with_relay`]) the handler publishes the
+//! tenant's pending rows after the sync (whatever its outcome: committed chunks count).
+//!
+//! Fleet-wide limits of SMS providers: `sms:<account sid>` (e.g. `[limits."sms:*"]`).
+//! The key depends on the source's settings, which are in PostgreSQL, not in the job's
+//! arguments, so it is taken in the handler once the source is read (like the vision
+//! providers of `image.analyze`) rather than through [`Handler::limit_keys`]: a source
+//! over its rate or cap is snoozed, a 429 past the in-run retries holds the whole
+//! account back for its `Retry-After`, and failures feed its breaker.
+//!
 //! Isolation: each source is its own job. A source that fails (wrong password, server
 //! down) records the error on its row and is retried with the kind's backoff; the
 //! other sources of the same supplier are other jobs and sync regardless. Inside one
@@ -14,10 +29,13 @@ pub mod sms;
 pub mod store;
 
 use crate::handler::{Handler, JobContext, JobError};
+use crate::limits::LimitTable;
+use crate::outbox::Relay;
 use fleet_comms::contacts::ContactBook;
-use fleet_comms::imap::{ImapAccount, SyncOptions, sync_account};
+use fleet_comms::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
 use fleet_comms::secrets::SecretBox;
 use fleet_jobs::catalogue::CommsSync;
+use fleet_jobs::limits::{Admission, Limiter};
 use serde::Deserialize;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -32,9 +50,19 @@ pub struct ImapSourceConfig {
     pub host: String,
     /// Server port.
     pub port: u16,
-    /// Implicit TLS.
+    /// Implicit TLS (usually port 993).
     #[serde(default)]
     pub tls: bool,
+    /// Upgrade with STARTTLS before logging in (usually port 143).
+    #[serde(default)]
+    pub starttls: bool,
+    /// A PEM file of extra CA certificates to trust besides Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// `login` (the secret is the password) or `xoauth2` (the secret is an OAuth2
+    /// access token).
+    #[serde(default)]
+    pub auth: AuthMethod,
     /// Login name.
     pub user: String,
     /// Folders to read (default: every selectable folder).
@@ -49,6 +77,8 @@ pub struct SyncSource {
     http: reqwest::Client,
     secrets: Option<SecretBox>,
     options: SyncOptions,
+    relay: Option<Relay>,
+    provider_limits: Option<(Limiter, Arc<LimitTable>)>,
 }
 
 impl SyncSource {
@@ -61,7 +91,49 @@ impl SyncSource {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        SyncSource { db, http, secrets, options: SyncOptions::default() }
+        SyncSource { db, http, secrets, options: SyncOptions::default(), relay: None, provider_limits: None }
+    }
+
+    /// Publishes the new entries' events (`comms_outbox`) after each sync.
+    pub fn with_relay(mut self, relay: Relay) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// Holds SMS provider accounts to their fleet-wide limits (`sms:<account sid>`).
+    pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
+        self.provider_limits = Some((limiter, table));
+        self
+    }
+
+    /// Publishes the tenant's pending events; a failure leaves them for the next run.
+    async fn publish(&self, tenant: &str) {
+        if let Some(relay) = &self.relay
+            && let Err(e) = relay.publish_pending("comms_outbox", tenant).await
+        {
+            tracing::warn!(tenant, error = %e, "could not publish new timeline entries; the next sync retries");
+        }
+    }
+
+    async fn sync_in_app(&self, source: &str, tenant: &str, config: serde_json::Value) -> Result<(), JobError> {
+        if let Some(map) = config.as_object().filter(|m| !m.is_empty()) {
+            let keys: Vec<&String> = map.keys().collect();
+            let e = format!("source settings are not valid: in_app sources take no settings (got {keys:?})");
+            self.record(source, Err(e.clone())).await;
+            return Err(JobError::give_up(e));
+        }
+        let store = PgStore::new(self.db.clone(), tenant);
+        match store.sync_in_app(source, self.options.chunk).await {
+            Ok(report) => {
+                metrics::counter!("fleet_comms_entries_total", "channel" => "in_app").increment(report.new as u64);
+                self.record(source, Ok(serde_json::to_value(report).unwrap_or_default())).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.record(source, Err(e.to_string())).await;
+                Err(JobError::retry(e))
+            }
+        }
     }
 
     /// The same handler with other sync options (chunk sizes, limits, timeouts).
@@ -90,6 +162,7 @@ impl SyncSource {
         Ok(book)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn sync_sms(
         &self,
         source: &str,
@@ -97,6 +170,7 @@ impl SyncSource {
         config: serde_json::Value,
         secret: Option<String>,
         region: &str,
+        holder: &str,
     ) -> Result<(), JobError> {
         let cfg: sms::SmsSourceConfig = match serde_json::from_value(config) {
             Ok(c) => c,
@@ -122,8 +196,43 @@ impl SyncSource {
             }
         };
         let book = self.contact_book(tenant, region).await?;
+        // The provider account's fleet-wide limits, when configured.
+        let key = sms::limit_key(&cfg.account_sid);
+        let limit = self.provider_limits.as_ref().and_then(|(l, t)| t.spec(&key).cloned().map(|s| (l, s)));
+        if let Some((limiter, spec)) = &limit {
+            match limiter.acquire(&key, holder, spec).await {
+                Ok((Admission::Admitted, _)) => {}
+                Ok((Admission::Wait { delay, reason }, _)) => {
+                    metrics::counter!("fleet_limiter_waits_total", "key" => key.clone(), "reason" => reason.as_str())
+                        .increment(1);
+                    return Err(JobError::snooze(delay.max(std::time::Duration::from_millis(1))));
+                }
+                Err(e) => {
+                    // Without Redis the limits cannot be checked: do not call the provider.
+                    tracing::warn!(%key, error = %e, "limit check failed; deferring the SMS sync");
+                    return Err(JobError::snooze(std::time::Duration::from_secs(1)));
+                }
+            }
+        }
         let mut store = PgStore::new(self.db.clone(), tenant);
-        match sms::sync_sms(&self.http, &cfg, &token, source, &book, &mut store).await {
+        let outcome = sms::sync_sms(&self.http, &cfg, &token, source, &book, &mut store).await;
+        if let Some((limiter, spec)) = &limit {
+            let settled = match &outcome {
+                Ok(_) => limiter.report(&key, holder, spec, true).await.map(|_| ()),
+                Err(sms::SmsError::RateLimited(after)) => {
+                    if let Err(e) = limiter.slow_down(&key, spec, *after).await {
+                        tracing::warn!(%key, error = %e, "could not record the slow-down");
+                    }
+                    limiter.release(&key, holder, spec).await
+                }
+                Err(sms::SmsError::Unavailable(_)) => limiter.report(&key, holder, spec, false).await.map(|_| ()),
+                Err(_) => limiter.release(&key, holder, spec).await,
+            };
+            if let Err(e) = settled {
+                tracing::warn!(%key, error = %e, "could not report to the limiter");
+            }
+        }
+        match outcome {
             Ok(report) => {
                 metrics::counter!("fleet_comms_entries_total", "channel" => "sms").increment(report.new as u64);
                 self.record(source, Ok(serde_json::to_value(report).unwrap_or_default())).await;
@@ -164,7 +273,7 @@ impl SyncSource {
 impl Handler for SyncSource {
     type Args = CommsSync;
 
-    async fn handle(&self, a: CommsSync, _ctx: JobContext) -> Result<(), JobError> {
+    async fn handle(&self, a: CommsSync, ctx: JobContext) -> Result<(), JobError> {
         let row = sqlx::query("SELECT tenant, kind, config, secret, default_region FROM comms_sources WHERE id = $1")
             .bind(&a.source_id)
             .fetch_optional(&self.db)
@@ -175,7 +284,14 @@ impl Handler for SyncSource {
         let (tenant, kind, config, secret, region): (String, String, serde_json::Value, Option<String>, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         if kind == "sms" {
-            return self.sync_sms(&a.source_id, &tenant, config, secret, &region).await;
+            let r = self.sync_sms(&a.source_id, &tenant, config, secret, &region, &ctx.id).await;
+            self.publish(&tenant).await;
+            return r;
+        }
+        if kind == "in_app" {
+            let r = self.sync_in_app(&a.source_id, &tenant, config).await;
+            self.publish(&tenant).await;
+            return r;
         }
         if kind != "imap" {
             let e = format!("{kind} sources are not synced by this worker yet");
@@ -209,13 +325,18 @@ impl Handler for SyncSource {
             host: cfg.host,
             port: cfg.port,
             tls: cfg.tls,
+            starttls: cfg.starttls,
+            ca_file: cfg.ca_file,
+            auth: cfg.auth,
             user: cfg.user,
             password,
             folders: cfg.folders,
         };
         let book = Arc::new(self.contact_book(&tenant, &region).await?);
-        let mut store = PgStore::new(self.db.clone(), tenant);
-        match sync_account(&account, &a.source_id, &book, &mut store, &self.options).await {
+        let mut store = PgStore::new(self.db.clone(), tenant.clone());
+        let outcome = sync_account(&account, &a.source_id, &book, &mut store, &self.options).await;
+        self.publish(&tenant).await;
+        match outcome {
             Ok(report) => {
                 let failed: Vec<String> = report
                     .folders

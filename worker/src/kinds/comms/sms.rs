@@ -69,6 +69,25 @@ pub struct SmsReport {
 /// Tries per page.
 const TRIES: u32 = 5;
 
+/// The fleet-wide limit key of a provider account (`[limits."sms:*"]`).
+pub fn limit_key(account_sid: &str) -> String {
+    format!("sms:{account_sid}")
+}
+
+/// `Retry-After` as seconds or as an HTTP date, capped at 30 s (longer waits are the
+/// engine's: the job is retried, or the account slowed down fleet-wide).
+pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+            (at - now).to_std().unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(Duration::from_secs(30)))
+}
+
 async fn get_page(
     http: &reqwest::Client,
     url: &str,
@@ -97,8 +116,7 @@ async fn get_page(
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|s| Duration::from_secs(s.min(30)));
+                    .and_then(|v| retry_after(v, Utc::now()));
                 if status == 429 {
                     if attempt + 1 == TRIES {
                         return Err(SmsError::RateLimited(retry_after.unwrap_or(Duration::from_secs(5))));
@@ -196,4 +214,20 @@ pub async fn sync_sms(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates_and_is_capped() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 7, 0, 0).unwrap();
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("Wed, 02 Dec 2026 07:00:12 GMT", now), Some(Duration::from_secs(12)));
+        assert_eq!(retry_after("Wed, 02 Dec 2026 06:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("3600", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(limit_key("AC1"), "sms:AC1");
+    }
 }

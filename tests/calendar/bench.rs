@@ -1,0 +1,152 @@
+//! Calendar figures for BENCHMARKS.md (a program that prints them; not run by CI):
+//!
+//! `cargo test --release -p fleet-tests --test calendar -- --ignored --nocapture bench`
+//!
+//! A 5,000-event calendar on the local Radicale (4,000 single events and 1,000 weekly series
+//! over two years, all in Europe/London), synced through the `calendar.sync` handler into
+//! PostgreSQL: the full sync, an incremental one after 10 changes, one with nothing changed,
+//! the expansion rate of the calendar core, and the time from a change on the CalDAV server
+//! to the conflict event in the tenant's live stream, through a running worker.
+//!
+//! Radicale's own upload path (one PUT per event, or a whole-calendar PUT it splits) takes
+//! many minutes for 5,000 events, so the items are written straight into Radicale's storage
+//! folder (`FLEET_RADICALE_STORAGE`, default the one `scripts/radicale.sh` configures), one
+//! file per event as Radicale itself stores them; every change after that goes through CalDAV.
+
+use super::{setup, wrap};
+use fleet_calendar::{ExpandOptions, decode, expand, parse};
+use fleet_jobs::catalogue::CalendarSync;
+use fleet_jobs::events;
+use fleet_tests::TestEnv;
+use fleet_worker::Registry;
+use fleet_worker::outbox::Relay;
+use std::time::{Duration, Instant};
+
+const EVENTS: usize = 5000;
+
+fn storage_root() -> String {
+    std::env::var("FLEET_RADICALE_STORAGE").unwrap_or_else(|_| "/tmp/fleet-services/radicale/collections".to_owned())
+}
+
+/// Event `i`: a 2-hour single event on its own day, or (every fifth) a weekly series of 20.
+fn event(i: usize) -> String {
+    let day = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap() + chrono::Days::new((i % 700) as u64);
+    let hour = 8 + (i / 700) % 10;
+    let start = format!("{}T{hour:02}0000", day.format("%Y%m%d"));
+    let end = format!("{}T{:02}3000", day.format("%Y%m%d"), hour + 1);
+    let rule = if i.is_multiple_of(5) { "RRULE:FREQ=WEEKLY;COUNT=20\r\n" } else { "" };
+    format!(
+        "BEGIN:VEVENT\r\nUID:bench-{i}@fleet\r\nDTSTAMP:20261201T000000Z\r\nDTSTART;TZID=Europe/London:{start}\r\n\
+         DTEND;TZID=Europe/London:{end}\r\n{rule}SUMMARY:Booking {i}\r\nEND:VEVENT\r\n"
+    )
+}
+
+#[tokio::test]
+#[ignore]
+async fn bench_sync_5000_events() {
+    let mut s = setup("bench-supplier").await;
+    let collection = s.cal.collection().path().trim_matches('/').to_owned();
+    let dir = format!("{}/collection-root/{collection}", storage_root());
+    assert!(
+        std::path::Path::new(&dir).is_dir(),
+        "Radicale's storage folder {dir} not found: set FLEET_RADICALE_STORAGE"
+    );
+    for i in 0..EVENTS {
+        std::fs::write(format!("{dir}/bench-{i}.ics"), wrap(&event(i))).unwrap();
+    }
+
+    // Radicale parses and caches each item on first read (its PUT path does that on upload):
+    // one untimed pass with a patient client so the measured sync meets a warm server.
+    let started = Instant::now();
+    let patient = fleet_calendar::caldav::CalDavClient::new(
+        s.cal.collection().as_ref(),
+        Some("fleet".into()),
+        Some("fleet".to_owned().into()),
+        fleet_calendar::caldav::ClientOptions { timeout: Duration::from_secs(900), ..Default::default() },
+    )
+    .unwrap();
+    let warm = fleet_calendar::caldav::pull_changes(&patient, &Default::default()).await.unwrap();
+    assert_eq!(warm.changed.len(), EVENTS);
+    println!("Radicale's first read of the folder (cache build, not Fleet): {:.1} s", started.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    let full = s.sync().await;
+    let full_time = started.elapsed();
+    println!(
+        "full sync of {EVENTS} events: {:.2} s ({} events, {} occurrences written, {} conflicts)",
+        full_time.as_secs_f64(),
+        full.events_written,
+        full.occurrences_written,
+        full.conflicts_detected
+    );
+    assert_eq!(full.events_written, EVENTS);
+
+    let started = Instant::now();
+    let idle = s.sync().await;
+    println!("incremental sync, nothing changed: {:.3} s (mode {})", started.elapsed().as_secs_f64(), idle.mode);
+
+    for i in 0..10 {
+        s.put(&format!("bench-{i}"), &wrap(&event(i).replace("SUMMARY:Booking", "SUMMARY:Moved booking"))).await;
+    }
+    let started = Instant::now();
+    let incremental = s.sync().await;
+    println!(
+        "incremental sync, 10 of {EVENTS} changed: {:.2} s ({} fetched, {} written, mode {})",
+        started.elapsed().as_secs_f64(),
+        incremental.fetched,
+        incremental.events_written,
+        incremental.mode
+    );
+    assert_eq!(incremental.events_written, 10);
+
+    // The calendar core alone: parse + expand the 5,000 events over 24 months.
+    let mut text = String::new();
+    for i in 0..EVENTS {
+        text.push_str(&wrap(&event(i)));
+    }
+    let options =
+        ExpandOptions::window("2027-01-01T00:00:00Z".parse().unwrap(), "2029-01-01T00:00:00Z".parse().unwrap());
+    let calendar = parse(&decode(text.as_bytes()).unwrap());
+    let rounds = 5;
+    let started = Instant::now();
+    let mut occurrences = 0;
+    for _ in 0..rounds {
+        occurrences = expand(&calendar, &options).occurrences.len();
+    }
+    let per_round = started.elapsed().as_secs_f64() / rounds as f64;
+    println!(
+        "expansion: {occurrences} occurrences from {EVENTS} events in {:.1} ms: {:.0} occurrences/s",
+        per_round * 1000.0,
+        occurrences as f64 / per_round
+    );
+
+    // Change → conflict event, through a running worker and the live stream.
+    let env = TestEnv::new().await;
+    s.handler = s.handler.clone().with_relay(Relay::new(s.db.pool.clone(), env.client.clone()));
+    let worker = env.worker(env.config("calendar", 1), Registry::new().register(s.handler.clone())).await;
+    let mut conn = env.client.connection();
+    let after = events::latest_id(&mut conn, env.client.prefix(), "t1").await.unwrap();
+    // A new event overlapping bench-1 (2027-01-02 08:00-09:30 London).
+    let clash = "BEGIN:VEVENT\r\nUID:clash@fleet\r\nDTSTAMP:20261201T000000Z\r\n\
+                 DTSTART;TZID=Europe/London:20270102T090000\r\nDTEND;TZID=Europe/London:20270102T100000\r\n\
+                 SUMMARY:Double booked\r\nEND:VEVENT\r\n";
+    let started = Instant::now();
+    s.put("clash", &wrap(clash)).await;
+    env.client.enqueue(&CalendarSync { source_id: s.source.clone() }).await.unwrap();
+    let latency = loop {
+        let read = events::read_after(&mut conn, env.client.prefix(), "t1", &after, 100).await.unwrap();
+        if read.iter().any(|(_, e)| e.event_type == "calendar.conflict.detected") {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no conflict event within 120 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    println!(
+        "change on the CalDAV server → calendar.conflict.detected in the live stream: {:.2} s \
+         (PUT, on-demand sync of the {EVENTS}-event calendar, relay)",
+        latency.as_secs_f64()
+    );
+    worker.shutdown().await;
+    env.cleanup().await;
+    s.finish().await;
+}
