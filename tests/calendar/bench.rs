@@ -2,9 +2,9 @@
 //!
 //! `cargo test --release -p fleet-tests --test calendar -- --ignored --nocapture bench`
 //!
-//! A 5,000-event calendar on the local Radicale (4,000 single events and 1,000 weekly series
-//! over two years, all in Europe/London), synced through the `calendar.sync` handler into
-//! PostgreSQL: the full sync, an incremental one after 10 changes, one with nothing changed,
+//! A 5,000-event calendar on the local Radicale (a photographer's two years in Europe/London:
+//! 4,950 bookings, about 20 of them double-booked, and 50 recurring series), synced through
+//! the `calendar.sync` handler into PostgreSQL: the full sync, an incremental one after 10 changes, one with nothing changed,
 //! the expansion rate of the calendar core, and the time from a change on the CalDAV server
 //! to the conflict event in the tenant's live stream, through a running worker.
 //!
@@ -23,21 +23,33 @@ use fleet_worker::outbox::Relay;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 5000;
+/// Recurring series among them.
+const SERIES: usize = 50;
 
 fn storage_root() -> String {
     std::env::var("FLEET_RADICALE_STORAGE").unwrap_or_else(|_| "/tmp/fleet-services/radicale/collections".to_owned())
 }
 
-/// Event `i`: a 2-hour single event on its own day, or (every fifth) a weekly series of 20.
+/// Event `i`, a photographer's two years: 4,950 single bookings in seven 90-minute slots a
+/// day (07:00, 09:00, ... 19:00, so they do not overlap), of which every 250th is double-booked
+/// on purpose (the slot of the booking before it, 30 minutes later), and 50 series of studio
+/// hours at 05:00 every eight weeks, each on its own day (they never overlap either).
 fn event(i: usize) -> String {
-    let day = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap() + chrono::Days::new((i % 700) as u64);
-    let hour = 8 + (i / 700) % 10;
-    let start = format!("{}T{hour:02}0000", day.format("%Y%m%d"));
-    let end = format!("{}T{:02}3000", day.format("%Y%m%d"), hour + 1);
-    let rule = if i.is_multiple_of(5) { "RRULE:FREQ=WEEKLY;COUNT=20\r\n" } else { "" };
+    let base = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
+    let (day, start, end, rule) = if i < SERIES {
+        (base + chrono::Days::new(i as u64), 5 * 60, 6 * 60, "RRULE:FREQ=WEEKLY;INTERVAL=8\r\n")
+    } else {
+        let n = i - SERIES;
+        let (slot, offset) = if n % 250 == 249 { (n - 1, 30) } else { (n, 0) };
+        let start = (7 + 2 * (slot / 730) as u32) * 60 + offset;
+        (base + chrono::Days::new((slot % 730) as u64), start, start + 90, "")
+    };
+    let d = day.format("%Y%m%d");
+    let (sh, sm, eh, em) = (start / 60, start % 60, end / 60, end % 60);
     format!(
-        "BEGIN:VEVENT\r\nUID:bench-{i}@fleet\r\nDTSTAMP:20261201T000000Z\r\nDTSTART;TZID=Europe/London:{start}\r\n\
-         DTEND;TZID=Europe/London:{end}\r\n{rule}SUMMARY:Booking {i}\r\nEND:VEVENT\r\n"
+        "BEGIN:VEVENT\r\nUID:bench-{i}@fleet\r\nDTSTAMP:20261201T000000Z\r\n\
+         DTSTART;TZID=Europe/London:{d}T{sh:02}{sm:02}00\r\nDTEND;TZID=Europe/London:{d}T{eh:02}{em:02}00\r\n\
+         {rule}SUMMARY:Booking {i}\r\nEND:VEVENT\r\n"
     )
 }
 
@@ -126,7 +138,7 @@ async fn bench_sync_5000_events() {
     let worker = env.worker(env.config("calendar", 1), Registry::new().register(s.handler.clone())).await;
     let mut conn = env.client.connection();
     let after = events::latest_id(&mut conn, env.client.prefix(), "t1").await.unwrap();
-    // A new event overlapping bench-1 (2027-01-02 08:00-09:30 London).
+    // A new event overlapping bench-781 (2027-01-02 09:00-10:30 London).
     let clash = "BEGIN:VEVENT\r\nUID:clash@fleet\r\nDTSTAMP:20261201T000000Z\r\n\
                  DTSTART;TZID=Europe/London:20270102T090000\r\nDTEND;TZID=Europe/London:20270102T100000\r\n\
                  SUMMARY:Double booked\r\nEND:VEVENT\r\n";

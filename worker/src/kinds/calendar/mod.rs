@@ -39,6 +39,9 @@ type OpenConflict = ((String, String), (String, String), DateTime<Utc>, DateTime
 /// How far ahead occurrences are materialised.
 pub const WINDOW_MONTHS: u32 = 24;
 
+/// Rows per multi-row statement.
+const WRITE_CHUNK: usize = 1000;
+
 /// The `calendar.sync` handler.
 #[derive(Debug, Clone)]
 pub struct CalendarSyncHandler {
@@ -408,8 +411,9 @@ impl CalendarSyncHandler {
                 .execute(&mut *tx)
                 .await?;
         }
-        for ((uid, rid), (href, event)) in &new_events {
-            if let Some((old_href, sequence, dtstamp, hash)) = existing.get(&(uid.clone(), rid.clone())) {
+        let mut writes: Vec<(&EventKey, &String, &fleet_calendar::Event)> = Vec::new();
+        for (key, (href, event)) in &new_events {
+            if let Some((old_href, sequence, dtstamp, hash)) = existing.get(key) {
                 if *hash == event.content_hash && old_href == href {
                     report.events_unchanged += 1;
                     continue;
@@ -419,31 +423,42 @@ impl CalendarSyncHandler {
                     continue;
                 }
             }
+            writes.push((key, href, event));
+        }
+        // Multi-row statements, a bounded number of rows each: a 5,000-event first sync is a
+        // handful of round trips, not 5,000.
+        for chunk in writes.chunks(WRITE_CHUNK) {
+            let column = |f: &dyn Fn(&(&EventKey, &String, &fleet_calendar::Event)) -> String| -> Vec<String> {
+                chunk.iter().map(f).collect()
+            };
             sqlx::query(
                 "INSERT INTO calendar_events (source_id, uid, rid, href, sequence, dtstamp, content_hash, summary)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[], $8::text[])
                  ON CONFLICT (source_id, uid, rid) DO UPDATE SET href = EXCLUDED.href, sequence = EXCLUDED.sequence,
                    dtstamp = EXCLUDED.dtstamp, content_hash = EXCLUDED.content_hash, summary = EXCLUDED.summary, updated_at = now()",
             )
             .bind(source_id)
-            .bind(uid)
-            .bind(rid)
-            .bind(href)
-            .bind(event.sequence)
-            .bind(event.dtstamp)
-            .bind(&event.content_hash)
-            .bind(&event.summary)
+            .bind(column(&|w| w.0.0.clone()))
+            .bind(column(&|w| w.0.1.clone()))
+            .bind(column(&|w| w.1.clone()))
+            .bind(chunk.iter().map(|w| w.2.sequence).collect::<Vec<i64>>())
+            .bind(chunk.iter().map(|w| w.2.dtstamp).collect::<Vec<Option<DateTime<Utc>>>>())
+            .bind(column(&|w| w.2.content_hash.clone()))
+            .bind(chunk.iter().map(|w| w.2.summary.clone()).collect::<Vec<Option<String>>>())
             .execute(&mut *tx)
             .await?;
-            report.events_written += 1;
         }
-        for (uid, rid) in &gone {
-            sqlx::query("DELETE FROM calendar_events WHERE source_id = $1 AND uid = $2 AND rid = $3")
-                .bind(source_id)
-                .bind(uid)
-                .bind(rid)
-                .execute(&mut *tx)
-                .await?;
+        report.events_written = writes.len();
+        for chunk in gone.chunks(WRITE_CHUNK) {
+            sqlx::query(
+                "DELETE FROM calendar_events WHERE source_id = $1
+                   AND (uid, rid) IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
+            )
+            .bind(source_id)
+            .bind(chunk.iter().map(|g| g.0.clone()).collect::<Vec<String>>())
+            .bind(chunk.iter().map(|g| g.1.clone()).collect::<Vec<String>>())
+            .execute(&mut *tx)
+            .await?;
         }
         report.events_deleted = gone.len();
 
@@ -527,6 +542,7 @@ impl CalendarSyncHandler {
             stored.insert(row.get("key"), row.get("fingerprint"));
         }
         let mut seen = HashSet::new();
+        let mut writes: Vec<(String, String, &fleet_calendar::Occurrence)> = Vec::new();
         for o in &expansion.occurrences {
             let key = format!("{}|{}", o.uid, o.recurrence_id.map(rid_text).unwrap_or_default());
             let fingerprint = {
@@ -540,35 +556,46 @@ impl CalendarSyncHandler {
             if stored.get(&key) == Some(&fingerprint) {
                 continue;
             }
+            writes.push((key, fingerprint, o));
+        }
+        for chunk in writes.chunks(WRITE_CHUNK) {
+            let texts = |f: &dyn Fn(&fleet_calendar::Occurrence) -> String| -> Vec<String> {
+                chunk.iter().map(|w| f(w.2)).collect()
+            };
+            let options = |f: &dyn Fn(&fleet_calendar::Occurrence) -> Option<String>| -> Vec<Option<String>> {
+                chunk.iter().map(|w| f(w.2)).collect()
+            };
             sqlx::query(
-                "INSERT INTO calendar_occurrences (source_id, key, tenant, supplier, uid, recurrence_id, start_at, end_at,
-                   start_local, end_local, zone, all_day, status, transparent, summary, fingerprint)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                "INSERT INTO calendar_occurrences (source_id, tenant, supplier, key, fingerprint, uid, recurrence_id,
+                   start_at, end_at, start_local, end_local, zone, all_day, status, transparent, summary)
+                 SELECT $1, $2, $3, * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
+                   $9::timestamptz[], $10::timestamp[], $11::timestamp[], $12::text[], $13::bool[], $14::text[], $15::bool[], $16::text[])
                  ON CONFLICT (source_id, key) DO UPDATE SET start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,
                    start_local = EXCLUDED.start_local, end_local = EXCLUDED.end_local, zone = EXCLUDED.zone,
                    all_day = EXCLUDED.all_day, status = EXCLUDED.status, transparent = EXCLUDED.transparent,
-                   summary = EXCLUDED.summary, fingerprint = EXCLUDED.fingerprint",
+                   summary = EXCLUDED.summary, fingerprint = EXCLUDED.fingerprint, uid = EXCLUDED.uid,
+                   recurrence_id = EXCLUDED.recurrence_id",
             )
             .bind(source_id)
-            .bind(&key)
             .bind(&source.tenant)
             .bind(&source.supplier)
-            .bind(&o.uid)
-            .bind(o.recurrence_id)
-            .bind(o.start)
-            .bind(o.end)
-            .bind(o.start_local)
-            .bind(o.end_local)
-            .bind(&o.zone)
-            .bind(o.all_day)
-            .bind(o.status.as_str())
-            .bind(o.transparent)
-            .bind(&o.summary)
-            .bind(&fingerprint)
+            .bind(chunk.iter().map(|w| w.0.clone()).collect::<Vec<String>>())
+            .bind(chunk.iter().map(|w| w.1.clone()).collect::<Vec<String>>())
+            .bind(texts(&|o| o.uid.clone()))
+            .bind(chunk.iter().map(|w| w.2.recurrence_id).collect::<Vec<Option<DateTime<Utc>>>>())
+            .bind(chunk.iter().map(|w| w.2.start).collect::<Vec<DateTime<Utc>>>())
+            .bind(chunk.iter().map(|w| w.2.end).collect::<Vec<DateTime<Utc>>>())
+            .bind(chunk.iter().map(|w| w.2.start_local).collect::<Vec<chrono::NaiveDateTime>>())
+            .bind(chunk.iter().map(|w| w.2.end_local).collect::<Vec<chrono::NaiveDateTime>>())
+            .bind(options(&|o| o.zone.clone()))
+            .bind(chunk.iter().map(|w| w.2.all_day).collect::<Vec<bool>>())
+            .bind(texts(&|o| o.status.as_str().to_owned()))
+            .bind(chunk.iter().map(|w| w.2.transparent).collect::<Vec<bool>>())
+            .bind(options(&|o| o.summary.clone()))
             .execute(&mut **tx)
             .await?;
-            report.occurrences_written += 1;
         }
+        report.occurrences_written = writes.len();
         let gone: Vec<String> = stored.into_keys().filter(|k| !seen.contains(k)).collect();
         if !gone.is_empty() {
             sqlx::query("DELETE FROM calendar_occurrences WHERE source_id = $1 AND key = ANY($2)")
@@ -632,18 +659,22 @@ impl CalendarSyncHandler {
             };
             current.insert(id, (a, b, c.start, c.end));
         }
-        let mut open: HashSet<String> = HashSet::new();
-        for row in
-            sqlx::query("SELECT id FROM calendar_conflicts WHERE tenant = $1 AND supplier = $2 AND resolved_at IS NULL")
-                .bind(&source.tenant)
-                .bind(&source.supplier)
-                .fetch_all(&mut **tx)
-                .await?
+        let mut open: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT id, start_at, end_at FROM calendar_conflicts WHERE tenant = $1 AND supplier = $2 AND resolved_at IS NULL",
+        )
+        .bind(&source.tenant)
+        .bind(&source.supplier)
+        .fetch_all(&mut **tx)
+        .await?
         {
-            open.insert(row.get("id"));
+            open.insert(row.get("id"), (row.get("start_at"), row.get("end_at")));
         }
         for (id, (a, b, start, end)) in &current {
-            if open.contains(id) {
+            if let Some(stored) = open.get(id) {
+                if *stored == (*start, *end) {
+                    continue;
+                }
                 sqlx::query("UPDATE calendar_conflicts SET start_at = $2, end_at = $3 WHERE id = $1")
                     .bind(id)
                     .bind(start)
@@ -683,7 +714,7 @@ impl CalendarSyncHandler {
             .await?;
             report.conflicts_detected += 1;
         }
-        for id in open.iter().filter(|id| !current.contains_key(*id)) {
+        for id in open.keys().filter(|id| !current.contains_key(*id)) {
             let generation: i32 = sqlx::query_scalar(
                 "UPDATE calendar_conflicts SET resolved_at = now() WHERE id = $1 RETURNING generation",
             )
