@@ -85,8 +85,10 @@ async fn bench_sync_5000_events() {
     let full = s.sync().await;
     let full_time = started.elapsed();
     println!(
-        "full sync of {EVENTS} events: {:.2} s ({} events, {} occurrences written, {} conflicts)",
+        "full sync of {EVENTS} events: {:.2} s (fetch {} ms, apply {} ms; {} events, {} occurrences written, {} conflicts)",
         full_time.as_secs_f64(),
+        full.fetch_ms,
+        full.apply_ms,
         full.events_written,
         full.occurrences_written,
         full.conflicts_detected
@@ -103,8 +105,10 @@ async fn bench_sync_5000_events() {
     let started = Instant::now();
     let incremental = s.sync().await;
     println!(
-        "incremental sync, 10 of {EVENTS} changed: {:.2} s ({} fetched, {} written, mode {})",
+        "incremental sync, 10 of {EVENTS} changed: {:.2} s (fetch {} ms, apply {} ms; {} fetched, {} written, mode {})",
         started.elapsed().as_secs_f64(),
+        incremental.fetch_ms,
+        incremental.apply_ms,
         incremental.fetched,
         incremental.events_written,
         incremental.mode

@@ -87,6 +87,43 @@ fn unfold(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Joins decoded calendar objects into one text for [`crate::parse`], keeping each distinct
+/// VTIMEZONE once. CalDAV servers put the same VTIMEZONE into every object (Radicale does), and
+/// parsing a calendar of 5,000 objects with 5,000 copies of it cost seconds; a VTIMEZONE that
+/// differs from the ones before it, even under the same TZID, is kept as it was.
+pub fn join_objects<'a>(bodies: impl IntoIterator<Item = &'a str>) -> String {
+    let mut seen: std::collections::HashSet<&'a str> = std::collections::HashSet::new();
+    let mut out = String::new();
+    for body in bodies {
+        let mut block_start: Option<usize> = None;
+        let mut offset = 0;
+        for line in body.split_inclusive('\n') {
+            let name = line.trim_end_matches(['\r', '\n']);
+            match block_start {
+                None if name.eq_ignore_ascii_case("BEGIN:VTIMEZONE") => block_start = Some(offset),
+                None => out.push_str(line),
+                Some(start) if name.eq_ignore_ascii_case("END:VTIMEZONE") => {
+                    let block = &body[start..offset + line.len()];
+                    if seen.insert(block) {
+                        out.push_str(block);
+                    }
+                    block_start = None;
+                }
+                Some(_) => {}
+            }
+            offset += line.len();
+        }
+        // A VTIMEZONE cut off by the end of the object is passed on as it is.
+        if let Some(start) = block_start {
+            out.push_str(&body[start..]);
+        }
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +149,30 @@ mod tests {
         assert_eq!(decode(b"  \r\n"), Err(DecodeError::Empty));
         assert_eq!(decode(b"<!DOCTYPE html><html><body>Sign in</body></html>"), Err(DecodeError::Html));
         assert_eq!(decode(b"{\"error\":\"nope\"}"), Err(DecodeError::NotICalendar));
+    }
+
+    #[test]
+    fn joined_objects_keep_each_distinct_vtimezone_once() {
+        let tz = "BEGIN:VTIMEZONE\r\nTZID:Europe/London\r\nBEGIN:STANDARD\r\nDTSTART:20001029T020000\r\n\
+                  TZOFFSETFROM:+0100\r\nTZOFFSETTO:+0000\r\nEND:STANDARD\r\nEND:VTIMEZONE\r\n";
+        let other = tz.replace("+0000", "+0030");
+        let object = |uid: &str, tz: &str| {
+            format!(
+                "BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{tz}BEGIN:VEVENT\r\nUID:{uid}\r\n\
+                 DTSTART;TZID=Europe/London:20270101T090000\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+            )
+        };
+        let bodies = [object("a", tz), object("b", tz), object("c", &other), object("d", "")];
+        let joined = join_objects(bodies.iter().map(String::as_str));
+        assert_eq!(joined.matches("BEGIN:VTIMEZONE").count(), 2, "{joined}");
+        assert_eq!(joined.matches("TZOFFSETTO:+0030").count(), 1);
+        for uid in ["a", "b", "c", "d"] {
+            assert!(joined.contains(&format!("UID:{uid}\r\n")));
+        }
+        let calendar = crate::parse(&joined);
+        assert_eq!(calendar.events.len(), 4);
+        // Without the duplicates, the text is what the objects say.
+        let plain = object("x", "");
+        assert_eq!(join_objects([plain.as_str()]), plain);
     }
 }

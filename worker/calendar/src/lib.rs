@@ -38,6 +38,6 @@ pub mod push;
 pub mod zone;
 
 pub use conflict::{BusyInterval, Conflict, find_conflicts};
-pub use decode::{DecodeError, decode};
+pub use decode::{DecodeError, decode, join_objects};
 pub use expand::{ExpandOptions, Expansion, Occurrence, expand};
 pub use parse::{Calendar, Event, EventStatus, TimeValue, Warning, parse};

@@ -16,7 +16,7 @@ use fleet_calendar::caldav::{
     CalDavClient, CalDavError, ClientOptions, CollectionState, FeedOutcome, fetch_feed, pull_changes,
 };
 use fleet_calendar::zone::Zone;
-use fleet_calendar::{BusyInterval, ExpandOptions, decode, expand, find_conflicts, parse};
+use fleet_calendar::{BusyInterval, ExpandOptions, decode, expand, find_conflicts, join_objects, parse};
 use fleet_comms::secrets::SecretBox;
 use fleet_jobs::catalogue::CalendarSync;
 use serde_json::json;
@@ -78,6 +78,10 @@ pub struct SyncReport {
     pub warnings: Vec<String>,
     /// How changes were found (`initial`, `incremental`, `listing`, `resync`, `feed`, `not_modified`).
     pub mode: String,
+    /// Milliseconds spent fetching from the server (the pull).
+    pub fetch_ms: u64,
+    /// Milliseconds spent applying it (parse, expand, write, conflicts).
+    pub apply_ms: u64,
 }
 
 struct Source {
@@ -161,6 +165,7 @@ impl CalendarSyncHandler {
     }
 
     async fn pull_and_apply(&self, source_id: &str, source: &Source) -> Result<SyncReport, SyncError> {
+        let started = std::time::Instant::now();
         let fetched = match self.fetch(source_id, source).await {
             Ok(f) => f,
             Err(SyncError::Permanent(e)) => {
@@ -192,7 +197,12 @@ impl CalendarSyncHandler {
             .await?;
             return Ok(SyncReport { mode: "not_modified".into(), ..SyncReport::default() });
         };
-        self.apply(source_id, source, fetched).await
+        let fetch_ms = started.elapsed().as_millis() as u64;
+        let started = std::time::Instant::now();
+        let mut report = self.apply(source_id, source, fetched).await?;
+        report.fetch_ms = fetch_ms;
+        report.apply_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
     }
 
     async fn load(&self, source_id: &str) -> Result<Source, SyncError> {
@@ -512,16 +522,12 @@ impl CalendarSyncHandler {
                 .fetch_optional(&mut **tx)
                 .await?;
         let zone = zone_name.and_then(|z| z.parse::<chrono_tz::Tz>().ok()).map(Zone::Iana).unwrap_or(Zone::Utc);
-        let mut text = String::new();
-        for body in
-            sqlx::query_scalar::<_, String>("SELECT body FROM calendar_objects WHERE source_id = $1 ORDER BY href")
+        let bodies: Vec<String> =
+            sqlx::query_scalar("SELECT body FROM calendar_objects WHERE source_id = $1 ORDER BY href")
                 .bind(source_id)
                 .fetch_all(&mut **tx)
-                .await?
-        {
-            text.push_str(&body);
-        }
-        let calendar = parse(&text);
+                .await?;
+        let calendar = parse(&join_objects(bodies.iter().map(String::as_str)));
         let now = Utc::now();
         let mut options = ExpandOptions::window(now - TimeDelta::days(1), now + Months::new(WINDOW_MONTHS));
         options.default_zone = zone;
