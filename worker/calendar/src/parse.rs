@@ -213,7 +213,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 fn read_icalendar(ical: &ICalendar, calendar: &mut Calendar, unknown: &mut BTreeSet<String>) {
     let mut resolver =
-        Resolver { names: ical.build_tz_resolver(), vtimezones: crate::zone::vtimezones(ical), calendar_zone: None };
+        Resolver { names: ical.build_tz_resolver(), ical, vtimezones: std::cell::OnceCell::new(), calendar_zone: None };
     // X-WR-TIMEZONE (Google, Apple exports): floating times of this calendar are in that zone.
     let wr_timezone = ical.components.first().and_then(|c| {
         c.entries.iter().find_map(|e| match (&e.name, e.values.first()) {
@@ -245,7 +245,10 @@ fn read_icalendar(ical: &ICalendar, calendar: &mut Calendar, unknown: &mut BTree
 /// authoritative), then the names calcard knows (IANA, Windows, decorated forms).
 struct Resolver<'x> {
     names: calcard::icalendar::timezone::TzResolver<&'x str>,
-    vtimezones: std::collections::HashMap<String, Zone>,
+    ical: &'x ICalendar,
+    /// The VTIMEZONE definitions, read only when a TZID is not a known name: reading one
+    /// expands its rules to 2100, and most calendars carry IANA-named ones.
+    vtimezones: std::cell::OnceCell<std::collections::HashMap<String, Zone>>,
     /// X-WR-TIMEZONE: the zone of floating times.
     calendar_zone: Option<Zone>,
 }
@@ -254,7 +257,9 @@ impl Resolver<'_> {
     fn resolve(&self, tzid: &str) -> Option<Zone> {
         // A VTIMEZONE named like an IANA zone is taken by name: compiled tzdata is more
         // complete than most exported definitions.
-        resolve_tzid(&self.names, tzid).or_else(|| globally_unique(tzid)).or_else(|| self.vtimezones.get(tzid).cloned())
+        resolve_tzid(&self.names, tzid)
+            .or_else(|| globally_unique(tzid))
+            .or_else(|| self.vtimezones.get_or_init(|| crate::zone::vtimezones(self.ical)).get(tzid).cloned())
     }
 }
 
