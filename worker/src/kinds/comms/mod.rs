@@ -32,43 +32,14 @@ use crate::handler::{Handler, JobContext, JobError};
 use crate::limits::LimitTable;
 use crate::outbox::Relay;
 use fleet_comms::contacts::ContactBook;
-use fleet_comms::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
+use fleet_comms::imap::{ImapAccount, SyncOptions, sync_account};
 use fleet_comms::secrets::SecretBox;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_jobs::limits::{Admission, Limiter};
-use serde::Deserialize;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 
 pub use store::PgStore;
-
-/// The non-secret settings of an IMAP source (`comms_sources.config`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImapSourceConfig {
-    /// Server host.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// Implicit TLS (usually port 993).
-    #[serde(default)]
-    pub tls: bool,
-    /// Upgrade with STARTTLS before logging in (usually port 143).
-    #[serde(default)]
-    pub starttls: bool,
-    /// A PEM file of extra CA certificates to trust besides Mozilla's roots.
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// `login` (the secret is the password) or `xoauth2` (the secret is an OAuth2
-    /// access token).
-    #[serde(default)]
-    pub auth: AuthMethod,
-    /// Login name.
-    pub user: String,
-    /// Folders to read (default: every selectable folder).
-    #[serde(default)]
-    pub folders: Option<Vec<String>>,
-}
 
 /// The `comms.sync` handler.
 #[derive(Debug, Clone)]
@@ -298,7 +269,12 @@ impl Handler for SyncSource {
             self.record(&a.source_id, Err(e.clone())).await;
             return Err(JobError::give_up(e));
         }
-        let cfg: ImapSourceConfig = match serde_json::from_value(config) {
+        // `config` holds everything but the secret (the API writes it; never a password).
+        let mut config = config;
+        if let Some(map) = config.as_object_mut() {
+            map.insert("password".into(), serde_json::Value::String(String::new()));
+        }
+        let mut account: ImapAccount = match serde_json::from_value(config) {
             Ok(c) => c,
             Err(e) => {
                 let e = format!("source settings are not valid: {e}");
@@ -321,17 +297,7 @@ impl Handler for SyncSource {
                 return Err(JobError::retry(e));
             }
         };
-        let account = ImapAccount {
-            host: cfg.host,
-            port: cfg.port,
-            tls: cfg.tls,
-            starttls: cfg.starttls,
-            ca_file: cfg.ca_file,
-            auth: cfg.auth,
-            user: cfg.user,
-            password,
-            folders: cfg.folders,
-        };
+        account.password = password;
         let book = Arc::new(self.contact_book(&tenant, &region).await?);
         let mut store = PgStore::new(self.db.clone(), tenant.clone());
         let outcome = sync_account(&account, &a.source_id, &book, &mut store, &self.options).await;
