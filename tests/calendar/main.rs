@@ -53,7 +53,9 @@ async fn setup(supplier: &str) -> Setup {
     .execute(&db.pool)
     .await
     .unwrap();
-    let handler = CalendarSyncHandler::new(db.pool.clone(), Some(secrets));
+    // Radicale runs on loopback: allowed here, refused by a default handler (the SSRF guard).
+    let handler =
+        CalendarSyncHandler::new(db.pool.clone(), Some(secrets)).with_allowed(vec!["127.0.0.0/8".parse().unwrap()]);
     Setup { db, cal, handler, source }
 }
 

@@ -169,7 +169,8 @@ async fn a_google_source_syncs_incrementally_double_books_a_feed_and_a_mass_dele
     let google =
         source(&db, &secrets, "google", &format!("{base}/calendar/v3/calendars/studio"), Some("ya29.e2e")).await;
     let feed = source(&db, &secrets, "ics", &format!("{base}/feed.ics"), None).await;
-    let handler = CalendarSyncHandler::new(db.pool.clone(), Some(secrets));
+    let handler =
+        CalendarSyncHandler::new(db.pool.clone(), Some(secrets)).with_allowed(vec!["127.0.0.0/8".parse().unwrap()]);
 
     let report = handler.sync_source(&google).await.unwrap();
     assert_eq!((report.mode.as_str(), report.fetched, report.events_written), ("initial", 4, 4), "{report:?}");

@@ -213,3 +213,36 @@ async fn bookings_through_the_api_are_pushed_by_a_worker() {
     env.cleanup().await;
     s.finish().await;
 }
+
+/// Calendar URLs are a tenant's input: a handler without an allow-list refuses a server at a
+/// private address (here the loopback Radicale, and a metadata-service literal) for good, with
+/// the reason on the source, and pushes are refused the same way.
+#[tokio::test]
+async fn a_calendar_server_at_a_private_address_is_refused_by_default() {
+    use fleet_worker::kinds::calendar::CalendarSyncHandler;
+    let s = setup("photographer-ssrf").await;
+    let secrets = fleet_comms::secrets::SecretBox::new(super::KEY).unwrap();
+    let guarded = CalendarSyncHandler::new(s.db.pool.clone(), Some(secrets));
+    let error = guarded.sync_source(&s.source).await.unwrap_err();
+    assert!(error.contains("SSRF guard"), "{error}");
+    let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM calendar_sources WHERE id = $1")
+        .bind(&s.source)
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+    assert!(last_error.unwrap().contains("SSRF guard"));
+
+    sqlx::query("UPDATE calendar_sources SET url = 'http://169.254.169.254/latest/meta-data/' WHERE id = $1")
+        .bind(&s.source)
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let error = guarded.sync_source(&s.source).await.unwrap_err();
+    assert!(error.contains("169.254.169.254"), "{error}");
+
+    book(&s, "bk-ssrf", "2027-06-12T14:00:00Z", "2027-06-12T18:00:00Z", 1).await;
+    let error = guarded.push_handler().push("t1", "bk-ssrf").await.unwrap_err();
+    assert!(error.contains("SSRF guard") || error.contains("169.254.169.254"), "{error}");
+    assert_eq!(booking_state(&s, "bk-ssrf").await.0, "failed");
+    s.finish().await;
+}

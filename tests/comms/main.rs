@@ -729,11 +729,20 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
     })
     .await;
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 5, "five tries, each after the Retry-After");
-    let error: Option<String> = sqlx::query_scalar("SELECT last_error FROM comms_sources WHERE id = 'sms-busy'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(error.is_some_and(|e| e.contains("429")));
+    // The hold is set as the run ends; its error is recorded on the source right after.
+    let pool = db.pool.clone();
+    let error = eventually("the 429 is recorded on the source", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>("SELECT last_error FROM comms_sources WHERE id = 'sms-busy'")
+                .fetch_one(&pool)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    assert!(error.contains("429"), "{error}");
     worker.shutdown().await;
     db.drop_db().await;
     env.cleanup().await;

@@ -74,8 +74,10 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         let secrets = fleet_comms::secrets::SecretBox::from_env_if_set()
             .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
         let relay = crate::outbox::Relay::new(db.clone(), client.clone());
-        let calendar =
-            crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone()).with_relay(relay.clone());
+        let calendar = crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone())
+            .with_settings(&config.calendar)
+            .map_err(|e| anyhow::anyhow!("calendar.allow: {e}"))?
+            .with_relay(relay.clone());
         registry = registry
             .register(calendar.push_handler())
             .register(calendar)

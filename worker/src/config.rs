@@ -75,6 +75,8 @@ pub struct WorkerConfig {
     pub webhooks: crate::kinds::webhook::WebhookSettings,
     /// Image analysis and variants: object store, memory budget, vision providers.
     pub images: crate::kinds::image::ImageSettings,
+    /// Calendar sync settings (the SSRF guard's allow-list for calendar servers).
+    pub calendar: crate::kinds::calendar::CalendarSettings,
 }
 
 impl Default for WorkerConfig {
@@ -97,6 +99,7 @@ impl Default for WorkerConfig {
             database_url: None,
             webhooks: Default::default(),
             images: Default::default(),
+            calendar: Default::default(),
         }
     }
 }
@@ -181,6 +184,9 @@ impl WorkerConfig {
         }
         if let Some(v) = get("FLEET_WEBHOOK_ALLOW") {
             self.webhooks.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = get("FLEET_CALENDAR_ALLOW") {
+            self.calendar.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         }
         if let Some(v) = get("FLEET_PREFIX") {
             self.prefix = v;
@@ -273,6 +279,11 @@ impl WorkerConfig {
         for c in &self.webhooks.allow {
             if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
                 return invalid("webhooks.allow", m);
+            }
+        }
+        for c in &self.calendar.allow {
+            if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
+                return invalid("calendar.allow", m);
             }
         }
         if self.database_url.is_some() && self.lease_ms < self.webhooks.timeout_ms + 5_000 {

@@ -45,6 +45,9 @@ pub enum CalDavError {
     /// A URL that cannot be built.
     #[error("bad URL: {0}")]
     Url(String),
+    /// The server's address is private or reserved and not allowed (the SSRF guard).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl CalDavError {
@@ -66,6 +69,9 @@ pub struct ClientOptions {
     pub max_response_bytes: usize,
     /// Hrefs per `calendar-multiget` REPORT.
     pub multiget_batch: usize,
+    /// The SSRF guard every request passes (names when they resolve, IP literals and
+    /// redirect targets before they are called); `None`: no guard (tests, trusted setups).
+    pub guard: Option<std::sync::Arc<fleet_net::Guard>>,
 }
 
 impl Default for ClientOptions {
@@ -75,6 +81,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             max_response_bytes: 32 * 1024 * 1024,
             multiget_batch: 100,
+            guard: None,
         }
     }
 }
@@ -171,12 +178,15 @@ impl CalDavClient {
         }
         // reqwest is built without a default TLS provider in this workspace; ring is the one used.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .map_err(|e| CalDavError::Transport(e.to_string()))?;
+        let builder = reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.connect_timeout);
+        let builder = match &options.guard {
+            Some(guard) => {
+                guard.check_url(&collection).map_err(|e| CalDavError::Refused(e.to_string()))?;
+                guard.client(builder, 3)
+            }
+            None => builder.redirect(reqwest::redirect::Policy::limited(3)),
+        };
+        let http = builder.build().map_err(|e| CalDavError::Transport(e.to_string()))?;
         Ok(CalDavClient { http, collection, username, password, options })
     }
 
@@ -475,6 +485,9 @@ pub fn diff_listing(stored: &HashMap<String, Option<String>>, listing: &[RemoteI
 }
 
 fn transport(err: reqwest::Error) -> CalDavError {
+    if let Some(refusal) = fleet_net::refusal_in(&err) {
+        return CalDavError::Refused(refusal);
+    }
     // reqwest's Display includes the URL but never the Basic auth header; strip any userinfo.
     CalDavError::Transport(err.without_url().to_string())
 }

@@ -55,6 +55,9 @@ pub enum ProviderError {
     /// A URL that cannot be built, or a link to another origin.
     #[error("bad URL: {0}")]
     Url(String),
+    /// The provider's address is private or reserved and not allowed (the SSRF guard).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ProviderError {
@@ -189,13 +192,16 @@ impl Http {
     pub fn new(base: &Url, token: SecretString, options: &ClientOptions) -> Result<Http, ProviderError> {
         // reqwest is built without a default TLS provider in this workspace; ring is the one used.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            // Redirects would carry the bearer token to wherever they point: none.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Transport(e.without_url().to_string()))?;
+        let builder = reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.connect_timeout);
+        // Redirects would carry the bearer token to wherever they point: none.
+        let builder = match &options.guard {
+            Some(guard) => {
+                guard.check_url(base).map_err(|e| ProviderError::Refused(e.to_string()))?;
+                guard.client(builder, 0)
+            }
+            None => builder.redirect(reqwest::redirect::Policy::none()),
+        };
+        let client = builder.build().map_err(|e| ProviderError::Transport(e.without_url().to_string()))?;
         Ok(Http { client, token, origin: base.clone(), max_response_bytes: options.max_response_bytes })
     }
 
@@ -255,6 +261,9 @@ impl Http {
 }
 
 fn transport(err: reqwest::Error) -> ProviderError {
+    if let Some(refusal) = fleet_net::refusal_in(&err) {
+        return ProviderError::Refused(refusal);
+    }
     ProviderError::Transport(err.without_url().to_string())
 }
 

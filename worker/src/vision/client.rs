@@ -7,7 +7,6 @@
 
 use super::SkipReason;
 use crate::kinds::webhook::ssrf::{Cidr, Guard, GuardedResolver, Refused};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,14 +38,7 @@ impl GuardedClient {
 
     /// A POST to `url` (checked by the guard when it is an IP literal).
     pub(super) fn post(&self, url: reqwest::Url) -> Result<reqwest::RequestBuilder, SkipReason> {
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && !self.guard.permits(ip)
-        {
+        if let Err(Refused(ip)) = self.guard.check_url(&url) {
             return Err(SkipReason::Refused { message: format!("{ip} is a private or reserved address") });
         }
         Ok(self.http.post(url))

@@ -42,6 +42,16 @@ pub const WINDOW_MONTHS: u32 = 24;
 /// Rows per multi-row statement.
 const WRITE_CHUNK: usize = 1000;
 
+/// Calendar settings (`[calendar]` in the worker's config, `FLEET_CALENDAR_ALLOW`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalendarSettings {
+    /// Address ranges calendar servers and provider APIs may be at besides public ones, e.g.
+    /// `["127.0.0.0/8"]` for a CalDAV server on the worker's host. Everything else private or
+    /// reserved is refused (the SSRF guard): a source URL is a tenant's input.
+    pub allow: Vec<String>,
+}
+
 /// The `calendar.sync` handler.
 #[derive(Debug, Clone)]
 pub struct CalendarSyncHandler {
@@ -132,7 +142,26 @@ impl From<CalDavError> for SyncError {
 impl CalendarSyncHandler {
     /// A handler on `db`; `secrets` opens sealed source credentials (`FLEET_SECRETS_KEY`).
     pub fn new(db: PgPool, secrets: Option<SecretBox>) -> Self {
-        CalendarSyncHandler { db, secrets, client_options: ClientOptions::default(), relay: None }
+        let guard = Some(std::sync::Arc::new(fleet_net::Guard::new(Vec::new())));
+        CalendarSyncHandler {
+            db,
+            secrets,
+            client_options: ClientOptions { guard, ..ClientOptions::default() },
+            relay: None,
+        }
+    }
+
+    /// Lets requests reach these address ranges besides public ones (the SSRF guard refuses
+    /// every other private or reserved address).
+    pub fn with_allowed(mut self, allow: Vec<fleet_net::Cidr>) -> Self {
+        self.client_options.guard = Some(std::sync::Arc::new(fleet_net::Guard::new(allow)));
+        self
+    }
+
+    /// The same, from the worker's settings (`[calendar] allow`).
+    pub fn with_settings(self, settings: &CalendarSettings) -> Result<Self, String> {
+        let allow = settings.allow.iter().map(|c| c.parse()).collect::<Result<Vec<fleet_net::Cidr>, String>>()?;
+        Ok(self.with_allowed(allow))
     }
 
     /// Publishes conflict events (the outbox) to webhooks and the live stream after each sync.

@@ -98,12 +98,11 @@ impl CalendarPushHandler {
             let e = format!("pushing bookings to {} calendars is not supported", source.kind);
             return self.fail(tenant, booking_id, e).await;
         }
-        let client = self.sync.client(&booking.target_source, &source, &source.url)?;
         let uid = booking_uid(tenant, booking_id);
-        let result = if booking.deleted {
-            self.delete(&client, &source, tenant, booking_id, &booking).await
-        } else {
-            self.write(&client, &source, tenant, booking_id, &uid, &booking).await
+        let result = match self.sync.client(&booking.target_source, &source, &source.url) {
+            Err(e) => Err(e),
+            Ok(client) if booking.deleted => self.delete(&client, &source, tenant, booking_id, &booking).await,
+            Ok(client) => self.write(&client, &source, tenant, booking_id, &uid, &booking).await,
         };
         match result {
             Err(SyncError::Permanent(e)) => self.fail(tenant, booking_id, e).await,

@@ -15,7 +15,8 @@
 
 pub mod intake;
 pub mod publish;
-pub mod ssrf;
+/// The SSRF guard (the `fleet-net` crate, shared with the calendar and vision clients).
+pub use fleet_net as ssrf;
 
 use crate::handler::{Handler, JobContext, JobError};
 use fleet_jobs::catalogue::WebhookDelivery;
@@ -98,14 +99,7 @@ impl Deliver {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             _ => return fail(format!("invalid endpoint URL {url:?}: http or https expected"), true),
         };
-        let literal = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && !self.guard.permits(ip)
-        {
+        if let Err(ssrf::Refused(ip)) = self.guard.check_url(&parsed) {
             return fail(format!("refused by the SSRF guard: {ip} is a private or reserved address"), true);
         }
         let keys: Vec<Secret> = secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect();
@@ -205,14 +199,7 @@ fn chain_text(e: &dyn std::error::Error) -> String {
 }
 
 fn chain_has_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.is::<ssrf::Refused>() || c.to_string().starts_with("refused by the SSRF guard") {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+    ssrf::refusal_in(e).is_some()
 }
 
 /// `Retry-After` as seconds or an HTTP date, clamped to 1 s..10 h; garbage, negative

@@ -1,10 +1,12 @@
-//! The SSRF guard: outgoing requests go only to public unicast addresses, unless an
-//! allow-list in config permits a range (tests allow loopback explicitly).
+//! The SSRF guard shared by every client that calls an address a tenant gave (webhook
+//! endpoints, calendar servers and provider APIs, vision endpoints): outgoing requests go
+//! only to public unicast addresses, unless an allow-list in config permits a range
+//! (tests allow loopback explicitly).
 //!
 //! Checked on the addresses a name resolves to (inside the HTTP client's resolver, so
 //! the address checked is the address connected to: no DNS-rebinding window) and on IP
-//! literals in URLs; one refused address refuses the whole name. Redirects are never
-//! followed. IPv6 is allowed only in global unicast `2000::/3`, minus its special
+//! literals in URLs ([`Guard::check_url`]); one refused address refuses the whole name.
+//! Clients that follow redirects check each hop's IP literal the same way. IPv6 is allowed only in global unicast `2000::/3`, minus its special
 //! ranges (documentation, 6to4, Teredo, ORCHID, NAT64's local use); mapped and
 //! translated IPv4 forms are refused whatever they embed.
 
@@ -119,6 +121,56 @@ impl Guard {
         };
         self.allow.iter().any(|c| c.contains(ip)) || is_public(ip)
     }
+
+    /// Refuses a URL whose host is an IP literal the guard does not permit (a name is
+    /// checked by [`GuardedResolver`] when it resolves).
+    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), Refused> {
+        match ip_literal(url) {
+            Some(ip) if !self.permits(ip) => Err(Refused(ip.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// `builder` with this guard: names resolve through [`GuardedResolver`], proxies from
+    /// the environment are not used, and up to `max_redirects` redirects are followed, each
+    /// to a target whose IP literal the guard permits (0: none followed).
+    pub fn client(self: &Arc<Self>, builder: reqwest::ClientBuilder, max_redirects: usize) -> reqwest::ClientBuilder {
+        let guard = self.clone();
+        let policy = if max_redirects == 0 {
+            reqwest::redirect::Policy::none()
+        } else {
+            reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > max_redirects {
+                    attempt.error("too many redirects")
+                } else if let Err(refused) = guard.check_url(attempt.url()) {
+                    attempt.error(refused)
+                } else {
+                    attempt.follow()
+                }
+            })
+        };
+        builder.dns_resolver(Arc::new(GuardedResolver(self.clone()))).redirect(policy).no_proxy()
+    }
+}
+
+/// The IP address a URL names literally, if it does.
+pub fn ip_literal(url: &reqwest::Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// The guard's refusal somewhere in an error's source chain (a request to a refused name
+/// or redirect fails with a transport error that wraps it), as its message.
+pub fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(c) = cause {
+        // Matched by text too: the resolver's error may come back re-wrapped.
+        if c.is::<Refused>() || c.to_string().starts_with("refused by the SSRF guard") {
+            return Some(c.to_string());
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// A name refused by the guard, raised from [`GuardedResolver`] (it surfaces as a
