@@ -18,6 +18,11 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// Dovecot and the fake providers run on loopback: allowed past the SSRF guard here.
+fn loopback() -> Vec<fleet_worker::kinds::webhook::ssrf::Cidr> {
+    vec!["127.0.0.0/8".parse().unwrap()]
+}
+
 const KEY: &str = "8f1c2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
 
 fn ensure_dovecot() {
@@ -229,7 +234,8 @@ async fn in_app_messages_join_the_timeline_in_commit_order_and_are_published() {
     in_app(&db, "other", "m1", None, "another tenant's").await;
 
     let relay = fleet_worker::outbox::Relay::new(db.pool.clone(), env.client.clone());
-    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), None).with_relay(relay));
+    let registry =
+        Registry::new().register(SyncSource::new(db.pool.clone(), None).with_allowed(loopback()).with_relay(relay));
     let mut cfg = env.config("comms", 1);
     cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
     let worker = env.worker(cfg, registry).await;
@@ -321,7 +327,8 @@ async fn a_failing_source_is_isolated_and_records_its_error() {
     bad.password = "wrong-password-xyz".into();
     add_source(&db, "src-bad", "studio", &bad).await;
 
-    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())));
+    let registry = Registry::new()
+        .register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())).with_allowed(loopback()));
     let mut cfg = env.config("comms", 2);
     cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 2, fetch_batch: None }];
     let worker = env.worker(cfg, registry).await;
@@ -438,7 +445,7 @@ async fn sms_and_calls_page_retry_overlap_a_day_and_merge_status() {
     .await
     .unwrap();
 
-    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets)));
+    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets)).with_allowed(loopback()));
     let mut cfg = env.config("comms", 1);
     cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
     let worker = env.worker(cfg, registry).await;
@@ -549,7 +556,8 @@ async fn sources_are_registered_synced_and_read_through_the_api() {
         call(&api, &key, "POST", "/v1/comms/sources", serde_json::json!({"kind": "fax", "password": "x"})).await;
     assert_eq!(s, 422);
 
-    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())));
+    let registry = Registry::new()
+        .register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())).with_allowed(loopback()));
     let mut cfg = env.config("comms", 1);
     cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
     let worker = env.worker(cfg, registry).await;
@@ -703,7 +711,9 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
         toml::from_str("[\"sms:*\"]\nbreaker_failures = 5\n").unwrap();
     let table = Arc::new(fleet_worker::limits::LimitTable::new(&rules));
     let spec = table.spec("sms:AC429").cloned().expect("sms:* matches the account");
-    let handler = SyncSource::new(db.pool.clone(), Some(secrets)).with_provider_limits(limiter.clone(), table);
+    let handler = SyncSource::new(db.pool.clone(), Some(secrets))
+        .with_allowed(loopback())
+        .with_provider_limits(limiter.clone(), table);
     let mut cfg = env.config("comms", 1);
     cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
     let worker = env.worker(cfg, Registry::new().register(handler)).await;
@@ -743,6 +753,58 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
     })
     .await;
     assert!(error.contains("429"), "{error}");
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+/// A source's host is a tenant's input: without an allow-list, a mail server at a private
+/// address (here the loopback Dovecot) and an SMS API at one are refused for good, each with
+/// the reason on its source, and nothing is read.
+#[tokio::test]
+async fn servers_at_private_addresses_are_refused_by_default() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let account = new_user();
+    load(&account, "INBOX", &[mail("p1@x", None, "hello")]).await;
+    add_source(&db, "src-private", "studio", &account).await;
+    let secrets = SecretBox::new(KEY).unwrap();
+    sqlx::query(
+        "INSERT INTO comms_sources (id, tenant, kind, config, secret) VALUES ('sms-private', 'studio', 'sms', $1, $2)",
+    )
+    .bind(serde_json::json!({"api_base": "http://10.1.2.3", "account_sid": "AC1"}))
+    .bind(secrets.seal("sms-private", "auth-token").unwrap())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets)));
+    let mut cfg = env.config("comms", 2);
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 2, fetch_batch: None }];
+    let worker = env.worker(cfg, registry).await;
+    let mut rx = worker.events();
+    let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
+    env.client.enqueue_with(&CommsSync { source_id: "src-private".into() }, tenant.clone()).await.unwrap();
+    env.client.enqueue_with(&CommsSync { source_id: "sms-private".into() }, tenant).await.unwrap();
+    let finals = n_final(&mut rx, 2, Duration::from_secs(60)).await;
+    assert_eq!(finals.len(), 2);
+    for source in ["src-private", "sms-private"] {
+        let pool = db.pool.clone();
+        let error = eventually("the refusal is recorded", Duration::from_secs(10), || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, Option<String>>("SELECT last_error FROM comms_sources WHERE id = $1")
+                    .bind(source)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        })
+        .await;
+        assert!(error.contains("SSRF guard"), "{source}: {error}");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM comms_entries").await, 0);
     worker.shutdown().await;
     db.drop_db().await;
     env.cleanup().await;

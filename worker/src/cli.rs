@@ -89,7 +89,10 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.
         // New entries are published through the relay; SMS accounts use `[limits."sms:*"]`.
         registry = registry.register(
-            crate::kinds::comms::SyncSource::new(db, secrets).with_relay(relay).with_provider_limits(limiter, table),
+            crate::kinds::comms::SyncSource::new(db, secrets)
+                .with_allowed(config.comms.ranges().map_err(|e| anyhow::anyhow!("comms.allow: {e}"))?)
+                .with_relay(relay)
+                .with_provider_limits(limiter, table),
         );
     } else {
         tracing::info!("no database_url: webhook and image jobs are not handled by this worker");

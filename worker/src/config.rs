@@ -77,6 +77,8 @@ pub struct WorkerConfig {
     pub images: crate::kinds::image::ImageSettings,
     /// Calendar sync settings (the SSRF guard's allow-list for calendar servers).
     pub calendar: crate::kinds::calendar::CalendarSettings,
+    /// Communication sync settings (the SSRF guard's allow-list for mail servers and SMS APIs).
+    pub comms: crate::kinds::calendar::CalendarSettings,
 }
 
 impl Default for WorkerConfig {
@@ -100,6 +102,7 @@ impl Default for WorkerConfig {
             webhooks: Default::default(),
             images: Default::default(),
             calendar: Default::default(),
+            comms: Default::default(),
         }
     }
 }
@@ -187,6 +190,9 @@ impl WorkerConfig {
         }
         if let Some(v) = get("FLEET_CALENDAR_ALLOW") {
             self.calendar.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = get("FLEET_COMMS_ALLOW") {
+            self.comms.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         }
         if let Some(v) = get("FLEET_PREFIX") {
             self.prefix = v;
@@ -281,9 +287,11 @@ impl WorkerConfig {
                 return invalid("webhooks.allow", m);
             }
         }
-        for c in &self.calendar.allow {
-            if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
-                return invalid("calendar.allow", m);
+        for (setting, allow) in [("calendar.allow", &self.calendar.allow), ("comms.allow", &self.comms.allow)] {
+            for c in allow {
+                if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
+                    return invalid(setting, m);
+                }
             }
         }
         if self.database_url.is_some() && self.lease_ms < self.webhooks.timeout_ms + 5_000 {

@@ -277,6 +277,9 @@ pub struct SyncOptions {
     pub chunk_bytes: usize,
     /// Time allowed for connecting and for each command.
     pub timeout: Duration,
+    /// The SSRF guard the server's addresses must pass (`None`: any address; the worker's
+    /// handler always sets one, since a source's host is a tenant's input).
+    pub guard: Option<Arc<fleet_net::Guard>>,
 }
 
 impl Default for SyncOptions {
@@ -286,6 +289,7 @@ impl Default for SyncOptions {
             chunk: 200,
             chunk_bytes: 16 * 1024 * 1024,
             timeout: Duration::from_secs(60),
+            guard: None,
         }
     }
 }
@@ -489,9 +493,31 @@ impl async_imap::Authenticator for XOauth2 {
 
 /// Connects, secures the connection as configured and authenticates.
 pub async fn connect(account: &ImapAccount, timeout: Duration) -> Result<Session, SyncError> {
+    connect_with(account, &SyncOptions { timeout, ..SyncOptions::default() }).await
+}
+
+/// [`connect`] with `options`' timeout and SSRF guard.
+pub async fn connect_with(account: &ImapAccount, options: &SyncOptions) -> Result<Session, SyncError> {
+    let timeout = options.timeout;
     let connect_err = |reason: String| SyncError::Connect { host: account.host.clone(), port: account.port, reason };
     let tls = if account.encrypted() { Some(tls_config(account)?) } else { None };
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((account.host.as_str(), account.port)))
+    let addrs: Vec<std::net::SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((account.host.as_str(), account.port)))
+            .await
+            .map_err(|_| connect_err("resolving timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?
+            .collect();
+    // Checked on the addresses connected to: one refused address refuses the host.
+    if let Some(guard) = &options.guard
+        && let Some(refused) = addrs.iter().find(|a| !guard.permits(a.ip()))
+    {
+        return Err(SyncError::Unsupported(format!(
+            "refused by the SSRF guard: {} resolves to a private or reserved address ({})",
+            account.host,
+            refused.ip()
+        )));
+    }
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addrs[..]))
         .await
         .map_err(|_| connect_err("timed out".into()))?
         .map_err(|e| connect_err(e.to_string()))?;
@@ -574,7 +600,7 @@ pub async fn sync_account<S: SyncStore>(
     store: &mut S,
     options: &SyncOptions,
 ) -> Result<SyncReport, SyncError> {
-    let mut session = connect(account, options.timeout).await?;
+    let mut session = connect_with(account, options).await?;
     let caps = timed(options, "CAPABILITY", session.capabilities()).await?.map_err(proto)?;
     let condstore = caps.has_str("CONDSTORE") || caps.has_str("QRESYNC");
     let folders = list_folders(&mut session, options).await?;

@@ -42,14 +42,22 @@ pub const WINDOW_MONTHS: u32 = 24;
 /// Rows per multi-row statement.
 const WRITE_CHUNK: usize = 1000;
 
-/// Calendar settings (`[calendar]` in the worker's config, `FLEET_CALENDAR_ALLOW`).
+/// Settings of a kind that calls servers its sources name (`[calendar]` and `[comms]` in the
+/// worker's config, `FLEET_CALENDAR_ALLOW` and `FLEET_COMMS_ALLOW`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CalendarSettings {
-    /// Address ranges calendar servers and provider APIs may be at besides public ones, e.g.
-    /// `["127.0.0.0/8"]` for a CalDAV server on the worker's host. Everything else private or
-    /// reserved is refused (the SSRF guard): a source URL is a tenant's input.
+    /// Address ranges the servers may be at besides public ones, e.g. `["127.0.0.0/8"]` for
+    /// a CalDAV or IMAP server on the worker's host. Everything else private or reserved is
+    /// refused (the SSRF guard): a source's URL or host is a tenant's input.
     pub allow: Vec<String>,
+}
+
+impl CalendarSettings {
+    /// The allow-list, parsed.
+    pub fn ranges(&self) -> Result<Vec<fleet_net::Cidr>, String> {
+        self.allow.iter().map(|c| c.parse()).collect()
+    }
 }
 
 /// The `calendar.sync` handler.
@@ -160,8 +168,7 @@ impl CalendarSyncHandler {
 
     /// The same, from the worker's settings (`[calendar] allow`).
     pub fn with_settings(self, settings: &CalendarSettings) -> Result<Self, String> {
-        let allow = settings.allow.iter().map(|c| c.parse()).collect::<Result<Vec<fleet_net::Cidr>, String>>()?;
-        Ok(self.with_allowed(allow))
+        Ok(self.with_allowed(settings.ranges()?))
     }
 
     /// Publishes conflict events (the outbox) to webhooks and the live stream after each sync.

@@ -52,17 +52,35 @@ pub struct SyncSource {
     provider_limits: Option<(Limiter, Arc<LimitTable>)>,
 }
 
+/// The provider HTTP client: the SSRF guard, no redirects (they would carry the credentials).
+fn guarded_http(guard: &Arc<fleet_net::Guard>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    guard.client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)), 0).build().unwrap_or_default()
+}
+
 impl SyncSource {
     /// A handler on `db`, opening secrets with `secrets` (`None`: sources with a secret
     /// fail with a clear error naming `FLEET_SECRETS_KEY`).
+    /// Mail servers and provider APIs must be at public addresses ([`Self::with_allowed`]
+    /// opens ranges): a source's host is a tenant's input.
     pub fn new(db: PgPool, secrets: Option<SecretBox>) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        SyncSource { db, http, secrets, options: SyncOptions::default(), relay: None, provider_limits: None }
+        let guard = Arc::new(fleet_net::Guard::new(Vec::new()));
+        SyncSource {
+            db,
+            http: guarded_http(&guard),
+            secrets,
+            options: SyncOptions { guard: Some(guard), ..SyncOptions::default() },
+            relay: None,
+            provider_limits: None,
+        }
+    }
+
+    /// Lets mail servers and provider APIs be in these address ranges besides public ones.
+    pub fn with_allowed(mut self, allow: Vec<fleet_net::Cidr>) -> Self {
+        let guard = Arc::new(fleet_net::Guard::new(allow));
+        self.http = guarded_http(&guard);
+        self.options.guard = Some(guard);
+        self
     }
 
     /// Publishes the new entries' events (`comms_outbox`) after each sync.
@@ -166,6 +184,20 @@ impl SyncSource {
                 return Err(JobError::retry(e));
             }
         };
+        // The API's host is the tenant's input: a private IP literal is refused here (names
+        // are checked by the client's resolver; pages stay on this host).
+        let refused = match (reqwest::Url::parse(&cfg.api_base), &self.options.guard) {
+            (Err(e), _) => Some(format!("api_base is not a URL: {e}")),
+            (Ok(url), Some(guard)) => guard
+                .check_url(&url)
+                .err()
+                .map(|ip| format!("refused by the SSRF guard: {} is a private or reserved address", ip.0)),
+            (Ok(_), None) => None,
+        };
+        if let Some(e) = refused {
+            self.record(source, Err(e.clone())).await;
+            return Err(JobError::give_up(e));
+        }
         let book = self.contact_book(tenant, region).await?;
         // The provider account's fleet-wide limits, when configured.
         let key = sms::limit_key(&cfg.account_sid);
