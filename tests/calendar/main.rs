@@ -11,6 +11,7 @@ use fleet_worker::kinds::calendar::CalendarSyncHandler;
 use sqlx::Row;
 
 mod bench;
+mod oauth;
 mod providers;
 mod push;
 mod release;

@@ -32,6 +32,7 @@ pub mod decode;
 pub mod expand;
 pub mod google;
 pub mod graph;
+pub mod oauth;
 pub mod parse;
 pub mod provider;
 pub mod push;

@@ -260,7 +260,7 @@ impl Http {
     }
 }
 
-fn transport(err: reqwest::Error) -> ProviderError {
+pub(crate) fn transport(err: reqwest::Error) -> ProviderError {
     if let Some(refusal) = fleet_net::refusal_in(&err) {
         return ProviderError::Refused(refusal);
     }

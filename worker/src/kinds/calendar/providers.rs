@@ -15,6 +15,7 @@ use chrono::{Months, TimeDelta, Utc};
 use fleet_calendar::caldav::CalendarObject;
 use fleet_calendar::google::{GoogleCalendar, GoogleState};
 use fleet_calendar::graph::{GraphCalendar, GraphState};
+use fleet_calendar::oauth::OAuthCredentials;
 use fleet_calendar::provider::ProviderError;
 use secrecy::SecretString;
 use sqlx::Row;
@@ -30,6 +31,24 @@ impl From<ProviderError> for SyncError {
     }
 }
 
+/// Why a provider pull failed: the provider (a refused token may be refreshed) or the rest.
+enum PullError {
+    Provider(ProviderError),
+    Sync(SyncError),
+}
+
+impl From<ProviderError> for PullError {
+    fn from(e: ProviderError) -> Self {
+        PullError::Provider(e)
+    }
+}
+
+impl From<sqlx::Error> for PullError {
+    fn from(e: sqlx::Error) -> Self {
+        PullError::Sync(e.into())
+    }
+}
+
 /// What a provider pull gives the sync, before the listing is turned into removals.
 struct ProviderFetch {
     changed: Vec<CalendarObject>,
@@ -41,7 +60,16 @@ struct ProviderFetch {
 }
 
 impl CalendarSyncHandler {
-    pub(super) fn access_token(&self, source_id: &str, source: &Source) -> Result<SecretString, SyncError> {
+    /// The source's access token, and whether it can be refreshed: the sealed secret is a bare
+    /// token or OAuth credentials ([`OAuthCredentials`]), refreshed here when the token is
+    /// about to expire or `force` says the provider refused it; a new token is sealed and
+    /// stored before it is used.
+    pub(super) async fn access_token(
+        &self,
+        source_id: &str,
+        source: &Source,
+        force: bool,
+    ) -> Result<(SecretString, bool), SyncError> {
         let sealed = source
             .secret
             .as_ref()
@@ -49,12 +77,51 @@ impl CalendarSyncHandler {
         let secrets = self.secrets.as_ref().ok_or_else(|| {
             SyncError::Permanent("the source has a sealed secret but FLEET_SECRETS_KEY is not set".into())
         })?;
-        Ok(secrets.open(source_id, sealed).map_err(|e| SyncError::Permanent(e.to_string()))?.into())
+        // A refresh by a concurrent run may have replaced the secret since `source` was read.
+        let sealed: String = sqlx::query_scalar("SELECT secret FROM calendar_sources WHERE id = $1")
+            .bind(source_id)
+            .fetch_optional(&self.db)
+            .await?
+            .flatten()
+            .unwrap_or_else(|| sealed.clone());
+        let opened = secrets.open(source_id, &sealed).map_err(|e| SyncError::Permanent(e.to_string()))?;
+        let Some(mut credentials) = OAuthCredentials::from_secret(&opened) else {
+            return Ok((opened.into(), false));
+        };
+        let now = Utc::now().timestamp();
+        if force || credentials.needs_refresh(now) {
+            credentials.refresh(&self.client_options, now).await?;
+            let resealed =
+                secrets.seal(source_id, &credentials.to_secret()).map_err(|e| SyncError::Permanent(e.to_string()))?;
+            sqlx::query("UPDATE calendar_sources SET secret = $2 WHERE id = $1")
+                .bind(source_id)
+                .bind(resealed)
+                .execute(&self.db)
+                .await?;
+            tracing::info!(source = source_id, "provider access token refreshed");
+        }
+        Ok((credentials.access_token.into(), true))
     }
 
     /// Pulls a Google or Graph source.
     pub(super) async fn fetch_provider(&self, source_id: &str, source: &Source) -> Result<Fetched, SyncError> {
-        let token = self.access_token(source_id, source)?;
+        let (token, refreshable) = self.access_token(source_id, source, false).await?;
+        match self.pull_provider(source_id, source, token).await {
+            Err(PullError::Provider(ProviderError::Unauthorised(status))) if refreshable => {
+                // Revoked early or expired without notice: renew now; the retry uses it.
+                self.access_token(source_id, source, true).await?;
+                Err(SyncError::Transient(
+                    format!("the provider refused the access token ({status}); refreshed it, retrying"),
+                    Some(std::time::Duration::from_secs(1)),
+                ))
+            }
+            Err(PullError::Provider(e)) => Err(e.into()),
+            Err(PullError::Sync(e)) => Err(e),
+            Ok(fetched) => Ok(fetched),
+        }
+    }
+
+    async fn pull_provider(&self, source_id: &str, source: &Source, token: SecretString) -> Result<Fetched, PullError> {
         let had_state = !source.state.get("sync_token").is_none_or(|v| v.is_null())
             || !source.state.get("delta_link").is_none_or(|v| v.is_null());
         let pull = match source.kind.as_str() {
@@ -95,7 +162,7 @@ impl CalendarSyncHandler {
                     state: serde_json::to_value(&pull.state).unwrap_or_default(),
                 }
             }
-            other => return Err(SyncError::Permanent(format!("{other} is not a provider source"))),
+            other => return Err(PullError::Sync(SyncError::Permanent(format!("{other} is not a provider source")))),
         };
         for skipped in pull.skipped.iter().take(20) {
             tracing::warn!(source = source_id, item = %skipped, "provider event skipped");

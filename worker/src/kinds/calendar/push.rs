@@ -225,7 +225,7 @@ impl CalendarPushHandler {
         use fleet_calendar::google::GoogleCalendar;
         use fleet_calendar::graph::{GraphCalendar, GraphRef};
         use fleet_calendar::provider::{PushEvent, PushTime};
-        let token = self.sync.access_token(&booking.target_source, source)?;
+        let (token, _) = self.sync.access_token(&booking.target_source, source, false).await?;
         let remote_id = format!("{tenant}.{booking_id}");
         let options = &self.sync.client_options;
         let google = source.kind == "google";
