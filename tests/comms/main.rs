@@ -809,3 +809,99 @@ async fn servers_at_private_addresses_are_refused_by_default() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+/// An HS256 JWT for `user` signed with the test Dovecot's OAuth2 key (`scripts/dovecot.sh`).
+fn dovecot_jwt(user: &str, valid_for: i64) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let dir = std::env::var("FLEET_DOVECOT_DIR").unwrap_or_else(|_| "/tmp/fleet-dovecot".into());
+    let key = std::fs::read_to_string(format!("{dir}/oauth2/secret")).expect("the test OAuth2 key");
+    let b64u = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = chrono::Utc::now().timestamp();
+    let header = b64u(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = b64u(
+        serde_json::json!({"sub": user, "iat": now - 10, "nbf": now - 10, "exp": now + valid_for})
+            .to_string()
+            .as_bytes(),
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.trim().as_bytes()).unwrap();
+    mac.update(format!("{header}.{claims}").as_bytes());
+    format!("{header}.{claims}.{}", b64u(&mac.finalize().into_bytes()))
+}
+
+/// XOAUTH2 mail with OAuth credentials: the server refuses the stored (expired) access token,
+/// the sync renews it at the token endpoint, stores it sealed and the retry reads the mail.
+#[tokio::test]
+async fn an_xoauth2_source_renews_a_refused_access_token_and_syncs() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let account = new_user();
+    load(&account, "INBOX", &[mail("oauth-renew@x", None, "hello over oauth")]).await;
+
+    // A token endpoint minting Dovecot-valid tokens for this user's refresh token.
+    let refreshes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let user = account.user.clone();
+    let counter = refreshes.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move |body: String| {
+            let (user, counter) = (user.clone(), counter.clone());
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert!(body.contains("grant_type=refresh_token") && body.contains("refresh_token=rt-mail"), "{body}");
+                axum::Json(serde_json::json!({"access_token": dovecot_jwt(&user, 600), "expires_in": 600}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = std::env::var("FLEET_DOVECOT_DIR").unwrap_or_else(|_| "/tmp/fleet-dovecot".into());
+    let tls_port: u16 = std::env::var("FLEET_TEST_IMAPS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(10993);
+    let config = serde_json::json!({"host": "127.0.0.1", "port": tls_port, "user": account.user, "tls": true,
+        "ca_file": format!("{dir}/tls/ca.pem"), "auth": "xoauth2"});
+    let credentials = serde_json::json!({"access_token": dovecot_jwt(&account.user, -60),
+        "expires_at": chrono::Utc::now().timestamp() + 3600, "refresh_token": "rt-mail", "token_url": token_url,
+        "client_id": "cid"});
+    let secrets = SecretBox::new(KEY).unwrap();
+    sqlx::query(
+        "INSERT INTO comms_sources (id, tenant, kind, config, secret) VALUES ('src-oauth', 'studio', 'imap', $1, $2)",
+    )
+    .bind(config)
+    .bind(secrets.seal("src-oauth", &credentials.to_string()).unwrap())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let registry =
+        Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets.clone())).with_allowed(loopback()));
+    let mut cfg = env.config("comms", 1);
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    let worker = env.worker(cfg, registry).await;
+    let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
+    env.client.enqueue_with(&CommsSync { source_id: "src-oauth".into() }, tenant).await.unwrap();
+    let pool = db.pool.clone();
+    eventually("the mail is read after the renewal", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM comms_entries WHERE source_id = 'src-oauth'")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(refreshes.load(std::sync::atomic::Ordering::SeqCst), 1, "one renewal");
+    let sealed: String = sqlx::query_scalar("SELECT secret FROM comms_sources WHERE id = 'src-oauth'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&secrets.open("src-oauth", &sealed).unwrap()).unwrap();
+    assert_ne!(stored["access_token"], credentials["access_token"], "the renewed token is stored");
+    assert_eq!(stored["refresh_token"], "rt-mail");
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}

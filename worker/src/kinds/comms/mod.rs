@@ -31,8 +31,9 @@ pub mod store;
 use crate::handler::{Handler, JobContext, JobError};
 use crate::limits::LimitTable;
 use crate::outbox::Relay;
+use fleet_calendar::oauth::OAuthCredentials;
 use fleet_comms::contacts::ContactBook;
-use fleet_comms::imap::{ImapAccount, SyncOptions, sync_account};
+use fleet_comms::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
 use fleet_comms::secrets::SecretBox;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_jobs::limits::{Admission, Limiter};
@@ -93,6 +94,33 @@ impl SyncSource {
     pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
         self.provider_limits = Some((limiter, table));
         self
+    }
+
+    /// Refreshes `credentials` when their access token is due (or `force`), and stores them
+    /// sealed again; a refused refresh is recorded on the source and not retried.
+    async fn renew(&self, source: &str, credentials: &mut OAuthCredentials, force: bool) -> Result<(), JobError> {
+        let now = chrono::Utc::now().timestamp();
+        if !force && !credentials.needs_refresh(now) {
+            return Ok(());
+        }
+        let options = fleet_calendar::caldav::ClientOptions {
+            guard: self.options.guard.clone(),
+            ..fleet_calendar::caldav::ClientOptions::default()
+        };
+        if let Err(e) = credentials.refresh(&options, now).await {
+            self.record(source, Err(e.to_string())).await;
+            return Err(if e.is_transient() { JobError::retry(e) } else { JobError::give_up(e) });
+        }
+        let Some(secrets) = &self.secrets else { return Err(JobError::retry("FLEET_SECRETS_KEY is not set")) };
+        let sealed = secrets.seal(source, &credentials.to_secret()).map_err(JobError::give_up)?;
+        sqlx::query("UPDATE comms_sources SET secret = $2 WHERE id = $1")
+            .bind(source)
+            .bind(sealed)
+            .execute(&self.db)
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        tracing::info!(source, "mail access token refreshed");
+        Ok(())
     }
 
     /// Publishes the tenant's pending events; a failure leaves them for the next run.
@@ -329,11 +357,27 @@ impl Handler for SyncSource {
                 return Err(JobError::retry(e));
             }
         };
-        account.password = password;
+        // XOAUTH2 with OAuth credentials as the secret: the access token is kept fresh (the
+        // same refresh as calendar providers), a refused one renewed before the retry.
+        let mut oauth =
+            (account.auth == AuthMethod::Xoauth2).then(|| OAuthCredentials::from_secret(&password)).flatten();
+        account.password = match &mut oauth {
+            Some(credentials) => match self.renew(&a.source_id, credentials, false).await {
+                Ok(()) => credentials.access_token.clone(),
+                Err(e) => return Err(e),
+            },
+            None => password,
+        };
         let book = Arc::new(self.contact_book(&tenant, &region).await?);
         let mut store = PgStore::new(self.db.clone(), tenant.clone());
         let outcome = sync_account(&account, &a.source_id, &book, &mut store, &self.options).await;
         self.publish(&tenant).await;
+        if let (Err(fleet_comms::imap::SyncError::Auth { .. }), Some(credentials)) = (&outcome, &mut oauth) {
+            self.renew(&a.source_id, credentials, true).await?;
+            let e = "the server refused the access token; refreshed it, retrying";
+            self.record(&a.source_id, Err(e.into())).await;
+            return Err(JobError::retry_after(e, std::time::Duration::from_secs(1)));
+        }
         match outcome {
             Ok(report) => {
                 let failed: Vec<String> = report
