@@ -7,7 +7,7 @@
 
 use super::KEY;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use fleet_comms::secrets::SecretBox;
@@ -43,7 +43,7 @@ SUMMARY:jones\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:feed-class-slot\r\nDTSTAMP:20
 DTSTART;TZID=Europe/London:20270320T100000\r\nDTEND;TZID=Europe/London:20270320T110000\r\nSUMMARY:slot\r\nEND:VEVENT\r\n\
 END:VCALENDAR\r\n";
 
-async fn fake(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+async fn fake(State(state): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: String) -> Response {
     if uri.path() == "/feed.ics" {
         return ([("content-type", "text/calendar")], FEED).into_response();
     }
@@ -52,6 +52,18 @@ async fn fake(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Resp
     }
     assert_eq!(uri.path(), "/calendar/v3/calendars/studio/events");
     let mut g = state.lock().unwrap();
+    if method == Method::POST {
+        // events.insert with a client-chosen id: 409 when it exists.
+        let mut event: Value = serde_json::from_str(&body).unwrap();
+        let id = event["id"].as_str().unwrap().to_owned();
+        if g.events.contains_key(&id) {
+            return StatusCode::CONFLICT.into_response();
+        }
+        event["iCalUID"] = json!(format!("{id}@google.com"));
+        event["updated"] = json!("2026-12-02T10:00:00.000Z");
+        g.put(event);
+        return Json(g.events[&id].1.clone()).into_response();
+    }
     if std::mem::take(&mut g.rate_limited) {
         return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "30")], "").into_response();
     }
@@ -267,4 +279,60 @@ async fn a_google_source_syncs_incrementally_double_books_a_feed_and_a_mass_dele
     assert_eq!((report.mode.as_str(), report.events_deleted), ("incremental", 2), "{report:?}");
     assert_eq!(occurrences(&db, &google).await, [occ("portrait@google.com", "2027-07-01T10:00Z", "confirmed")]);
     db.drop_db().await;
+}
+
+/// A booking pushed to a Google calendar: written through events.insert (a client-chosen id
+/// from the booking), a sync of the source is asked for at once, and that sync brings the
+/// provider's version into Fleet's copy, where it double-books the feed's event.
+#[tokio::test]
+async fn a_booking_pushed_to_google_is_synced_back_at_once() {
+    let db = TestDb::new().await;
+    let env = fleet_tests::TestEnv::new().await;
+    let state: Shared = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().fallback(fake).with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let secrets = SecretBox::new(KEY).unwrap();
+    let google =
+        source(&db, &secrets, "google", &format!("{base}/calendar/v3/calendars/studio"), Some("ya29.e2e")).await;
+    let feed = source(&db, &secrets, "ics", &format!("{base}/feed.ics"), None).await;
+    let relay = fleet_worker::outbox::Relay::new(db.pool.clone(), env.client.clone());
+    let handler = CalendarSyncHandler::new(db.pool.clone(), Some(secrets))
+        .with_allowed(vec!["127.0.0.0/8".parse().unwrap()])
+        .with_relay(relay);
+    handler.sync_source(&feed).await.unwrap();
+    handler.sync_source(&google).await.unwrap();
+    sqlx::query(
+        "INSERT INTO calendar_bookings (tenant, id, supplier, target_source, summary, start_at, end_at, version)
+         VALUES ('t1', 'bk-g1', 'studio-9', $1, 'Jones reception', '2027-06-12T19:00:00Z', '2027-06-12T21:00:00Z', 1)",
+    )
+    .bind(&google)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let result = handler.push_handler().push("t1", "bk-g1").await.unwrap();
+    assert_eq!(result, fleet_worker::kinds::calendar::PushResult::Pushed);
+    let id = fleet_calendar::google::event_id_for("t1.bk-g1");
+    assert!(state.lock().unwrap().events.contains_key(&id), "inserted under the booking's id");
+    let row = sqlx::query("SELECT push_state, remote_href FROM calendar_bookings WHERE id = 'bk-g1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>("push_state"), "pushed");
+    assert_eq!(row.get::<Option<String>, _>("remote_href"), Some(id.clone()));
+    // A retried push of the same version writes nothing more.
+    assert_eq!(
+        handler.push_handler().push("t1", "bk-g1").await.unwrap(),
+        fleet_worker::kinds::calendar::PushResult::AlreadyPushed
+    );
+
+    // The sync asked for is on the calendar queue; running it brings the booking in.
+    assert_eq!(env.client.stats("calendar").await.unwrap().ready, 1);
+    let report = handler.sync_source(&google).await.unwrap();
+    assert_eq!(report.events_written, 1, "{report:?}");
+    assert_eq!(open_conflicts(&db).await, [("feed-jones".to_owned(), format!("{id}@google.com"))]);
+    db.drop_db().await;
+    env.cleanup().await;
 }

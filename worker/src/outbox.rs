@@ -73,6 +73,11 @@ impl Relay {
         Relay { db, client }
     }
 
+    /// The job client it enqueues with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Publishes every pending row of `table` for `tenant`; returns how many.
     pub async fn publish_pending(&self, table: &'static str, tenant: &str) -> Result<usize, String> {
         let Some(sql) = statements(table) else {

@@ -272,6 +272,9 @@ impl CalendarPushHandler {
             };
             GraphCalendar::new(&source.url, token, options)?.push(&event, known.as_ref()).await?
         };
+        // The provider's own version of the event reaches Fleet's copy through a sync of the
+        // source (so its identity is what later syncs pull): ask for one now.
+        self.sync_soon(tenant, &booking.target_source).await;
         match outcome {
             PushOutcome::Written { href, etag } | PushOutcome::Unchanged { href, etag } => {
                 self.record(tenant, booking_id, booking.version, Some(&href), etag.as_deref(), "pushed", None).await?;
@@ -291,6 +294,17 @@ impl CalendarPushHandler {
                 .await?;
                 Ok(PushResult::KeptTheirs)
             }
+        }
+    }
+
+    /// Enqueues a sync of `source` when the handler has a job client (its relay); the
+    /// source's schedule syncs it anyway, so a failure here is only logged.
+    async fn sync_soon(&self, tenant: &str, source: &str) {
+        let Some(relay) = &self.sync.relay else { return };
+        let args = fleet_jobs::catalogue::CalendarSync { source_id: source.to_owned() };
+        let opts = fleet_jobs::EnqueueOptions { tenant: Some(tenant.to_owned()), ..Default::default() };
+        if let Err(e) = relay.client().enqueue_with(&args, opts).await {
+            tracing::warn!(source, error = %e, "sync after a provider push not enqueued; the schedule will sync it");
         }
     }
 
