@@ -12,6 +12,15 @@ mkdir -p .fleet
 if [[ ! -s .fleet/api-key ]] || ! grep -qx 'fk_[0-9a-f]*_[0-9a-f]*' .fleet/api-key; then
   target/release/fleet-scheduler --config deploy/local/scheduler.toml create-api-key --tenant demo --name local > .fleet/api-key
 fi
+# Calendar and mail source credentials are sealed with FLEET_SECRETS_KEY: a local key is made
+# once (kept in .fleet/secrets-key, readable by this user only) unless one is set already.
+if [[ -z "${FLEET_SECRETS_KEY:-}" ]]; then
+  if [[ ! -s .fleet/secrets-key ]]; then
+    (umask 077 && openssl rand -hex 32 > .fleet/secrets-key)
+  fi
+  FLEET_SECRETS_KEY=$(cat .fleet/secrets-key)
+  export FLEET_SECRETS_KEY
+fi
 target/release/fleet-scheduler --config "${FLEET_SCHEDULER_CONFIG:-deploy/local/scheduler.toml}" &
 scheduler=$!
 trap 'kill -TERM "$scheduler" 2>/dev/null || true; wait "$scheduler" 2>/dev/null || true' EXIT

@@ -193,6 +193,16 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
     };
     tracing::info!(instance = %instance, queues = ?config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(),
         kinds = ?registry.kinds().collect::<Vec<_>>(), "worker started");
+    // A kind whose default queue this worker does not serve only runs if another worker
+    // serves it: say so, since its jobs would otherwise wait without a word.
+    for kind in registry.kinds() {
+        if let Some(info) = fleet_jobs::catalogue::lookup(kind) {
+            let queue = (info.options)().queue;
+            if !config.queues.iter().any(|q| q.name == queue) {
+                tracing::warn!(kind, queue = %queue, "this worker handles the kind but does not serve its queue; add the queue unless another worker serves it");
+            }
+        }
+    }
     Ok(RunningWorker { instance, engines, events, signal, monitor, http })
 }
 
