@@ -200,6 +200,18 @@ async fn bookings_through_the_api_are_pushed_by_a_worker() {
     // Unchanged: same version, nothing new to write.
     let (_, body) = call("PUT", uri.clone(), Some(booking.clone())).await;
     assert_eq!(body["version"].as_i64(), Some(1));
+    // Moving it to another calendar would leave this copy behind: refused, with the way out.
+    let other = format!("cal_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query("INSERT INTO calendar_sources (id, tenant, supplier, kind, url) VALUES ($1, 't1', 'photographer-api-push', 'ics', 'https://x.example/c.ics')")
+        .bind(&other)
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let mut moved = booking.clone();
+    moved["source"] = json!(other);
+    let (status, body) = call("PUT", uri.clone(), Some(moved)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("delete it"), "{body}");
 
     let (status, body) = call("DELETE", uri.clone(), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -72,7 +72,8 @@ const TEXT_LIMIT: usize = 8 * 1024;
 #[utoipa::path(put, path = "/v1/calendar/suppliers/{supplier}/bookings/{id}", request_body = BookingRequest,
     params(("supplier" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = BookingView), (status = 422, description = "end not after start, bad id", body = super::error::ErrorBody),
-        (status = 401, body = super::error::ErrorBody), (status = 404, description = "no such source", body = super::error::ErrorBody)))]
+        (status = 401, body = super::error::ErrorBody), (status = 404, description = "no such source", body = super::error::ErrorBody),
+        (status = 409, description = "the booking is already in another of the supplier's calendars", body = super::error::ErrorBody)))]
 pub(crate) async fn put_booking(
     State(state): State<ApiState>,
     caller: Caller,
@@ -106,6 +107,24 @@ pub(crate) async fn put_booking(
             return Err(ApiError::invalid(format!("calendar source {} belongs to another supplier", req.source)));
         }
         Some(_) => {}
+    }
+    // A booking lives in one calendar: moving it would leave the old copy behind.
+    let placed: Option<(String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT target_source, remote_href, deleted FROM calendar_bookings WHERE tenant = $1 AND id = $2",
+    )
+    .bind(&caller.tenant)
+    .bind(&id)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(db_error)?;
+    if let Some((current, Some(_), false)) = placed
+        && current != req.source
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "booking_in_another_calendar",
+            format!("booking {id} is in calendar source {current}: delete it and book again to move it"),
+        ));
     }
     // The version rises only when something the calendar shows changed.
     sqlx::query(
