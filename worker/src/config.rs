@@ -76,9 +76,9 @@ pub struct WorkerConfig {
     /// Image analysis and variants: object store, memory budget, vision providers.
     pub images: crate::kinds::image::ImageSettings,
     /// Calendar sync settings (the SSRF guard's allow-list for calendar servers).
-    pub calendar: crate::kinds::calendar::CalendarSettings,
+    pub calendar: crate::kinds::calendar::SourceSettings,
     /// Communication sync settings (the SSRF guard's allow-list for mail servers and SMS APIs).
-    pub comms: crate::kinds::calendar::CalendarSettings,
+    pub comms: crate::kinds::calendar::SourceSettings,
 }
 
 impl Default for WorkerConfig {

@@ -46,14 +46,14 @@ const WRITE_CHUNK: usize = 1000;
 /// worker's config, `FLEET_CALENDAR_ALLOW` and `FLEET_COMMS_ALLOW`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CalendarSettings {
+pub struct SourceSettings {
     /// Address ranges the servers may be at besides public ones, e.g. `["127.0.0.0/8"]` for
     /// a CalDAV or IMAP server on the worker's host. Everything else private or reserved is
     /// refused (the SSRF guard): a source's URL or host is a tenant's input.
     pub allow: Vec<String>,
 }
 
-impl CalendarSettings {
+impl SourceSettings {
     /// The allow-list, parsed.
     pub fn ranges(&self) -> Result<Vec<fleet_net::Cidr>, String> {
         self.allow.iter().map(|c| c.parse()).collect()
@@ -167,7 +167,7 @@ impl CalendarSyncHandler {
     }
 
     /// The same, from the worker's settings (`[calendar] allow`).
-    pub fn with_settings(self, settings: &CalendarSettings) -> Result<Self, String> {
+    pub fn with_settings(self, settings: &SourceSettings) -> Result<Self, String> {
         Ok(self.with_allowed(settings.ranges()?))
     }
 
