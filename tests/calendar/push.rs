@@ -202,16 +202,28 @@ async fn bookings_through_the_api_are_pushed_by_a_worker() {
     assert_eq!(body["version"].as_i64(), Some(1));
     // Moving it to another calendar would leave this copy behind: refused, with the way out.
     let other = format!("cal_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query("INSERT INTO calendar_sources (id, tenant, supplier, kind, url) VALUES ($1, 't1', 'photographer-api-push', 'ics', 'https://x.example/c.ics')")
-        .bind(&other)
+    let feed = format!("cal_{}", uuid::Uuid::now_v7().simple());
+    for (id, kind) in [(&other, "caldav"), (&feed, "ics")] {
+        sqlx::query(
+            "INSERT INTO calendar_sources (id, tenant, supplier, kind, url) VALUES ($1, 't1', 'photographer-api-push', $2, 'https://x.example/c/')",
+        )
+        .bind(id)
+        .bind(kind)
         .execute(&s.db.pool)
         .await
         .unwrap();
+    }
     let mut moved = booking.clone();
     moved["source"] = json!(other);
     let (status, body) = call("PUT", uri.clone(), Some(moved)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("delete it"), "{body}");
+    // And a feed cannot take bookings at all.
+    let mut into_feed = booking.clone();
+    into_feed["source"] = json!(feed);
+    let (status, body) = call("PUT", format!("{uri}-feed"), Some(into_feed)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("read-only"), "{body}");
 
     let (status, body) = call("DELETE", uri.clone(), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -94,8 +94,8 @@ pub(crate) async fn put_booking(
     if too_long {
         return Err(ApiError::invalid(format!("summary, description and location are at most {TEXT_LIMIT} bytes")));
     }
-    let owner: Option<String> =
-        sqlx::query_scalar("SELECT supplier FROM calendar_sources WHERE id = $1 AND tenant = $2")
+    let owner: Option<(String, String)> =
+        sqlx::query_as("SELECT supplier, kind FROM calendar_sources WHERE id = $1 AND tenant = $2")
             .bind(&req.source)
             .bind(&caller.tenant)
             .fetch_optional(&state.db)
@@ -103,8 +103,14 @@ pub(crate) async fn put_booking(
             .map_err(db_error)?;
     match owner {
         None => return Err(ApiError::not_found(format!("calendar source {} not found", req.source))),
-        Some(s) if s != supplier => {
+        Some((s, _)) if s != supplier => {
             return Err(ApiError::invalid(format!("calendar source {} belongs to another supplier", req.source)));
+        }
+        Some((_, kind)) if kind == "ics" => {
+            return Err(ApiError::invalid(format!(
+                "calendar source {} is an .ics feed, which is read-only: book into a CalDAV, Google or Graph source",
+                req.source
+            )));
         }
         Some(_) => {}
     }

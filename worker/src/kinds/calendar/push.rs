@@ -95,7 +95,7 @@ impl CalendarPushHandler {
             };
         }
         if source.kind != "caldav" {
-            let e = format!("pushing bookings to {} calendars is not supported", source.kind);
+            let e = format!("a {} source is read-only: book into a CalDAV, Google or Graph source", source.kind);
             return self.fail(tenant, booking_id, e).await;
         }
         let uid = booking_uid(tenant, booking_id);
