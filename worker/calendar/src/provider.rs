@@ -99,6 +99,21 @@ pub struct ProviderPull<S> {
     pub state: S,
 }
 
+impl<S: serde::Serialize> ProviderPull<S> {
+    /// The same pull with its state as JSON, as a source stores it.
+    pub fn with_json_state(self) -> ProviderPull<serde_json::Value> {
+        ProviderPull {
+            changed: self.changed,
+            removed: self.removed,
+            full: self.full,
+            resynced: self.resynced,
+            pages: self.pages,
+            skipped: self.skipped,
+            state: serde_json::to_value(&self.state).unwrap_or_default(),
+        }
+    }
+}
+
 /// A time of a pushed event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushTime {

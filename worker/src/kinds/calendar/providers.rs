@@ -12,7 +12,6 @@
 
 use super::{CalendarSyncHandler, Fetched, Source, SyncError, WINDOW_MONTHS};
 use chrono::{Months, TimeDelta, Utc};
-use fleet_calendar::caldav::CalendarObject;
 use fleet_calendar::google::{GoogleCalendar, GoogleState};
 use fleet_calendar::graph::{GraphCalendar, GraphState};
 use fleet_calendar::oauth::OAuthCredentials;
@@ -49,16 +48,6 @@ impl From<sqlx::Error> for PullError {
     }
 }
 
-/// What a provider pull gives the sync, before the listing is turned into removals.
-struct ProviderFetch {
-    changed: Vec<CalendarObject>,
-    removed: Vec<String>,
-    full: bool,
-    resynced: bool,
-    skipped: Vec<String>,
-    state: serde_json::Value,
-}
-
 impl CalendarSyncHandler {
     /// The source's access token, and whether it can be refreshed: the sealed secret is a bare
     /// token or OAuth credentials ([`OAuthCredentials`]), refreshed here when the token is
@@ -77,14 +66,7 @@ impl CalendarSyncHandler {
         let secrets = self.secrets.as_ref().ok_or_else(|| {
             SyncError::Permanent("the source has a sealed secret but FLEET_SECRETS_KEY is not set".into())
         })?;
-        // A refresh by a concurrent run may have replaced the secret since `source` was read.
-        let sealed: String = sqlx::query_scalar("SELECT secret FROM calendar_sources WHERE id = $1")
-            .bind(source_id)
-            .fetch_optional(&self.db)
-            .await?
-            .flatten()
-            .unwrap_or_else(|| sealed.clone());
-        let opened = secrets.open(source_id, &sealed).map_err(|e| SyncError::Permanent(e.to_string()))?;
+        let opened = secrets.open(source_id, sealed).map_err(|e| SyncError::Permanent(e.to_string()))?;
         let Some(mut credentials) = OAuthCredentials::from_secret(&opened) else {
             return Ok((opened.into(), false));
         };
@@ -138,29 +120,16 @@ impl CalendarSyncHandler {
                 {
                     known.insert(row.get::<String, _>("href"), row.get::<String, _>("uid"));
                 }
-                let pull = client.pull(&state, &known).await?;
-                ProviderFetch {
-                    changed: pull.changed,
-                    removed: pull.removed,
-                    full: pull.full,
-                    resynced: pull.resynced,
-                    skipped: pull.skipped,
-                    state: serde_json::to_value(&pull.state).unwrap_or_default(),
-                }
+                client.pull(&state, &known).await?.with_json_state()
             }
             "graph" => {
                 let client = GraphCalendar::new(&source.url, token, &self.client_options)?;
                 let state: GraphState = serde_json::from_value(source.state.clone()).unwrap_or_default();
                 let now = Utc::now();
-                let pull = client.pull(&state, (now - TimeDelta::days(1), now + Months::new(WINDOW_MONTHS))).await?;
-                ProviderFetch {
-                    changed: pull.changed,
-                    removed: pull.removed,
-                    full: pull.full,
-                    resynced: pull.resynced,
-                    skipped: pull.skipped,
-                    state: serde_json::to_value(&pull.state).unwrap_or_default(),
-                }
+                client
+                    .pull(&state, (now - TimeDelta::days(1), now + Months::new(WINDOW_MONTHS)))
+                    .await?
+                    .with_json_state()
             }
             other => return Err(PullError::Sync(SyncError::Permanent(format!("{other} is not a provider source")))),
         };
