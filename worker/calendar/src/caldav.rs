@@ -196,8 +196,14 @@ impl CalDavClient {
     }
 
     /// The URL of a member href (absolute path or relative name).
+    /// An href the server gave may only point at the collection's own server: an absolute
+    /// href elsewhere would take the Basic credentials (and the request) to another host.
     pub fn url_of(&self, href: &str) -> Result<Url, CalDavError> {
-        self.collection.join(href).map_err(|e| CalDavError::Url(e.to_string()))
+        let url = self.collection.join(href).map_err(|e| CalDavError::Url(e.to_string()))?;
+        if url.origin() != self.collection.origin() {
+            return Err(CalDavError::Url(format!("{href} is not on the calendar's server")));
+        }
+        Ok(url)
     }
 
     /// The href Fleet writes its own event with UID `uid` to: derived from the UID only, so a
@@ -612,6 +618,20 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hrefs_stay_on_the_calendar_server() {
+        let client =
+            CalDavClient::new("https://dav.example.com/cal/studio/", Some("u".into()), None, ClientOptions::default())
+                .unwrap();
+        assert_eq!(client.url_of("/cal/studio/a.ics").unwrap().as_str(), "https://dav.example.com/cal/studio/a.ics");
+        assert_eq!(client.url_of("b.ics").unwrap().as_str(), "https://dav.example.com/cal/studio/b.ics");
+        for elsewhere in
+            ["http://169.254.169.254/latest/meta-data", "https://evil.example/a.ics", "//evil.example/a.ics"]
+        {
+            assert!(matches!(client.url_of(elsewhere), Err(CalDavError::Url(_))), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn truncated_multistatus_is_recognised() {
