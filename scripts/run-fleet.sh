@@ -16,7 +16,7 @@ fi
 # once (kept in .fleet/secrets-key, readable by this user only) unless one is set already.
 if [[ -z "${FLEET_SECRETS_KEY:-}" ]]; then
   if [[ ! -s .fleet/secrets-key ]]; then
-    (umask 077 && openssl rand -hex 32 > .fleet/secrets-key)
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > .fleet/secrets-key)
   fi
   FLEET_SECRETS_KEY=$(cat .fleet/secrets-key)
   export FLEET_SECRETS_KEY
