@@ -112,6 +112,32 @@ impl Client {
         Ok(out)
     }
 
+    /// The ready lists of `queue`, highest priority first: per priority the list of jobs
+    /// without a tenant, then the lists of the first 100 tenants in the ring and of the
+    /// tenants parked at their cap.
+    async fn ready_lists(&self, queue: &str) -> Result<Vec<String>> {
+        let k = self.keys(queue);
+        let mut conn = self.connection();
+        let tpark = format!("{}tpark", k.jobs.trim_end_matches("jobs"));
+        let parked: Vec<(String, String)> =
+            redis::cmd("HSCAN").arg(&tpark).arg(0).arg("COUNT").arg(100).query_async::<(u64, _)>(&mut conn).await?.1;
+        let mut out = Vec::new();
+        for (p, base) in k.ready.iter().enumerate() {
+            out.push(base.clone());
+            let ring: Vec<String> =
+                redis::cmd("LRANGE").arg(format!("{base}:ring")).arg(0).arg(99).query_async(&mut conn).await?;
+            let digit = char::from(b'0' + p as u8);
+            let at_cap = parked.iter().filter(|(_, pris)| pris.contains(digit)).map(|(t, _)| t.clone());
+            for t in ring.into_iter().chain(at_cap).filter(|t| !t.is_empty()) {
+                let list = format!("{base}:t:{t}");
+                if !out.contains(&list) {
+                    out.push(list);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Age of the oldest ready job of `queue` (how long it has waited since it was due),
     /// in ms; 0 when nothing is ready. Looks at the head of each priority list.
     pub async fn lag_ms(&self, queue: &str) -> Result<u64> {
@@ -119,7 +145,7 @@ impl Client {
         let mut conn = self.connection();
         let now = crate::envelope::now_ms();
         let mut lag = 0;
-        for list in &k.ready {
+        for list in &self.ready_lists(queue).await? {
             let head: Option<String> = redis::cmd("LINDEX").arg(list).arg(0).query_async(&mut conn).await?;
             if let Some(id) = head {
                 let env: Option<String> = redis::cmd("HGET").arg(&k.jobs).arg(&id).query_async(&mut conn).await?;
@@ -177,7 +203,10 @@ impl Client {
         let ids: Vec<(String, Option<u64>)> = match state {
             JobState::Ready => {
                 let mut all = Vec::new();
-                for list in &k.ready {
+                for list in &self.ready_lists(queue).await? {
+                    if all.len() >= offset + limit {
+                        break;
+                    }
                     let ids: Vec<String> =
                         redis::cmd("LRANGE").arg(list).arg(0).arg(offset + limit).query_async(&mut conn).await?;
                     all.extend(ids.into_iter().map(|i| (i, None)));

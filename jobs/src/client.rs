@@ -112,6 +112,7 @@ struct Prepared {
     delay_ms: u64,
     at_ms: u64,
     unique: Option<Unique>,
+    tenant: Option<String>,
 }
 
 /// Enqueues jobs and reads queue and job state. Cheap to clone.
@@ -254,10 +255,21 @@ impl Client {
                     .arg(j.delay_ms)
                     .arg(j.at_ms)
                     .arg(ukey)
-                    .arg(window);
+                    .arg(window)
+                    .arg(j.tenant.as_deref().unwrap_or(""));
             }
-            let ids: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
-            holders.extend(ids.into_iter().map(JobId));
+            let reply: Vec<redis::Value> = inv.invoke_async(&mut self.conn.clone()).await?;
+            let texts: Vec<String> = reply.into_iter().map(value_text).collect();
+            if texts.first().is_some_and(|t| t == "!quota") {
+                let num = |i: usize| texts.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+                return Err(Error::QuotaExceeded {
+                    tenant: texts.get(1).cloned().unwrap_or_default(),
+                    queue: queue.clone(),
+                    open: num(2),
+                    quota: num(3),
+                });
+            }
+            holders.extend(texts.into_iter().map(JobId));
             start = end;
         }
         Ok(holders)
@@ -369,6 +381,16 @@ impl Client {
     }
 }
 
+/// A script reply element as text (ids, markers and numbers alike).
+fn value_text(v: redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::SimpleString(s) => s,
+        redis::Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
 fn encode_args<A: JobArgs>(kind: &str, args: &A) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(args).map_err(|source| Error::Encode { kind: kind.to_owned(), source })
 }
@@ -392,6 +414,9 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     {
         return Err(Error::Invalid("a unique key must be non-empty with a non-zero window".into()));
     }
+    if let Some(t) = &opts.tenant {
+        crate::tenant::validate_tenant(t).map_err(Error::Invalid)?;
+    }
     let epoch_ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let env = Envelope {
         id: id.clone(),
@@ -405,9 +430,18 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         trace: opts.trace,
         timeout_ms: opts.timeout.or(defaults.timeout).map(|t| t.as_millis() as u64),
         deadline: opts.deadline.map(epoch_ms),
-        tenant: opts.tenant,
+        tenant: opts.tenant.clone(),
         batch: opts.batch,
     };
     let envelope = serde_json::to_string(&env).map_err(|source| Error::Encode { kind: kind.to_owned(), source })?;
-    Ok(Prepared { queue, id, envelope, priority: priority.digit(), delay_ms, at_ms, unique: opts.unique })
+    Ok(Prepared {
+        queue,
+        id,
+        envelope,
+        priority: priority.digit(),
+        delay_ms,
+        at_ms,
+        unique: opts.unique,
+        tenant: opts.tenant,
+    })
 }

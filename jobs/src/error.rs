@@ -18,6 +18,19 @@ pub enum Error {
     /// An enqueue option or name is invalid.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// The enqueue would take a tenant past its queued-job quota on a queue; nothing was
+    /// written.
+    #[error("tenant {tenant:?} has {open} unfinished jobs on queue {queue:?}, its quota is {quota}")]
+    QuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// The queue.
+        queue: String,
+        /// Its jobs not finished on the queue.
+        open: u64,
+        /// Its quota there.
+        quota: u64,
+    },
     /// Redis returned data Fleet did not write (another program changed the keys).
     #[error("unexpected data in redis: {0}")]
     Corrupt(String),

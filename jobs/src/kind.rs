@@ -13,6 +13,10 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable kind name, e.g. `"webhook.deliver"`.
     const KIND: &'static str;
 
+    /// Who may enqueue jobs of this kind: internal by default, so a kind is never
+    /// open to tenants by accident.
+    const AUDIENCE: Audience = Audience::Internal;
+
     /// Defaults for jobs of this kind; enqueue options override them per job.
     fn options() -> KindOptions {
         KindOptions::default()
@@ -44,4 +48,17 @@ impl Default for KindOptions {
             timeout: None,
         }
     }
+}
+
+/// Who may enqueue a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Audience {
+    /// Tenants, through the HTTP API and in batch and portfolio callbacks.
+    Public,
+    /// Only Fleet itself (deliveries, intake, syncs, pushes): the API refuses it.
+    Internal,
+    /// Tests and benchmarks (`probe`): the API takes it only where the config allows
+    /// test kinds, and production workers do not run it unless told to.
+    Test,
 }

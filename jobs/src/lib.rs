@@ -21,6 +21,7 @@
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`webhooks`]: Standard Webhooks signing and verification.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
+//! * [`tenant`]: tenant names, the namespaces a tenant's keys live in, fair shares and quotas.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
 pub mod admin;
@@ -37,12 +38,13 @@ pub mod limits;
 pub mod retry;
 mod scripts;
 pub mod state;
+pub mod tenant;
 pub mod webhooks;
 
 pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};
 pub use error::{Error, Result};
-pub use kind::{JobArgs, KindOptions};
+pub use kind::{Audience, JobArgs, KindOptions};
 pub use state::{JobState, QueueStats};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

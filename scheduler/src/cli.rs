@@ -70,6 +70,7 @@ pub fn main() -> ExitCode {
             Command::CreateApiKey { tenant, name, roles } => {
                 let db = crate::db::connect_and_migrate(&config.database_url).await?;
                 let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                fleet_jobs::tenant::validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
                 let key = crate::api::auth::create_api_key(&db, &tenant, &name, &roles).await?;
                 println!("{key}");
                 Ok(())

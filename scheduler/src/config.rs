@@ -25,6 +25,8 @@ pub struct SchedulerConfig {
     pub schedules: Vec<ScheduleSpec>,
     /// Providers allowed to send webhooks to `/v1/intake/<name>`.
     pub intake: std::collections::BTreeMap<String, crate::api::intake::IntakeProvider>,
+    /// What tenants may enqueue and where, and their default cap and quota per queue.
+    pub tenants: crate::tenancy::TenancyConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -38,6 +40,7 @@ impl Default for SchedulerConfig {
             log_format: "text".into(),
             schedules: Vec::new(),
             intake: Default::default(),
+            tenants: Default::default(),
         }
     }
 }
@@ -79,6 +82,9 @@ impl SchedulerConfig {
         }
         for (name, p) in &cfg.intake {
             p.validate(name)?;
+        }
+        for q in &cfg.tenants.queues {
+            fleet_jobs::keys::validate_queue_name(q).map_err(|e| format!("invalid setting tenants.queues: {e}"))?;
         }
         for s in &cfg.schedules {
             Schedule::parse(s.clone()).map_err(|e| format!("invalid schedule: {e}"))?;

@@ -23,6 +23,7 @@ pub mod db;
 pub mod fleetctl;
 pub mod schedule;
 pub mod sources;
+pub mod tenancy;
 pub mod ticker;
 
 pub use fleet_jobs::Client;
@@ -64,7 +65,13 @@ pub async fn run(
     let stop = tokio_util::sync::CancellationToken::new();
     let ticker = ticker::Ticker::new(client.clone(), Some(db.clone()), config.schedules.clone());
     let ticking = tokio::spawn(ticker::run(ticker, stop.clone()));
-    let state = api::ApiState::new(client.clone(), db.clone()).with_intake(config.intake.clone());
+    // The default cap and quota of every tenant, where the engine reads them.
+    if let Err(e) = config.tenants.apply_defaults(&client).await {
+        tracing::warn!(error = %e, "could not write the tenants' default limits; the previous ones stay");
+    }
+    let state = api::ApiState::new(client.clone(), db.clone())
+        .with_intake(config.intake.clone())
+        .with_tenancy(config.tenants.clone());
     let sampling = tokio::spawn(state.history.clone().run(client, stop.clone()));
     let router = api::app(state, config.max_body_bytes)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))

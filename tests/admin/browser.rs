@@ -90,7 +90,11 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
     five_dead(&env).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let site = format!("http://{}", listener.local_addr().unwrap());
-    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
     let browser = Browser::start().await;

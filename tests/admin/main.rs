@@ -153,7 +153,11 @@ async fn the_admin_api_needs_an_operator_key_and_an_admin_role_to_change_anythin
     let env = TestEnv::new().await;
     let db = fleet_tests::TestDb::new().await;
     five_dead(&env).await;
-    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
     let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
     let operator = auth::create_api_key(&db.pool, "ops", "viewer", &["operator"]).await.unwrap();
     let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();

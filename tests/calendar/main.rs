@@ -290,7 +290,11 @@ mod api {
         let s = setup("photographer-3").await;
         let env = TestEnv::new().await;
         let key = auth::create_api_key(&s.db.pool, "t1", "test", &["enqueue"]).await.unwrap();
-        let router = app(ApiState::new(env.client.clone(), s.db.pool.clone()), 1 << 20);
+        let router = app(
+            ApiState::new(env.client.clone(), s.db.pool.clone())
+                .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+            1 << 20,
+        );
         s.put("feed-a", &wrap(&vevent("feed-a", 0, "20270801T100000", "20270801T120000", ""))).await;
         s.put("feed-b", &wrap(&vevent("feed-b", 0, "20270801T110000", "20270801T130000", ""))).await;
 

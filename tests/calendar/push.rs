@@ -152,7 +152,11 @@ async fn bookings_through_the_api_are_pushed_by_a_worker() {
     let s = setup("photographer-api-push").await;
     let env = TestEnv::new().await;
     let key = auth::create_api_key(&s.db.pool, "t1", "test", &["enqueue"]).await.unwrap();
-    let router = app(ApiState::new(env.client.clone(), s.db.pool.clone()), 1 << 20);
+    let router = app(
+        ApiState::new(env.client.clone(), s.db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
     let call = |method: &'static str, uri: String, body: Option<Value>| {
         let (router, key) = (router.clone(), key.clone());
         async move { super::api::call(&router, &key, method, &uri, body).await }

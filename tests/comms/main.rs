@@ -525,8 +525,12 @@ async fn sources_are_registered_synced_and_read_through_the_api() {
     msgs.push(deep.into_bytes());
     load(&account, "INBOX", &msgs).await;
     let key = auth::create_api_key(&db.pool, "studio", "comms", &["enqueue"]).await.unwrap();
-    let api =
-        app(ApiState::new(env.client.clone(), db.pool.clone()).with_secrets(SecretBox::new(KEY).unwrap()), 1 << 20);
+    let api = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+            .with_secrets(SecretBox::new(KEY).unwrap()),
+        1 << 20,
+    );
 
     let (s, v) = call(
         &api,

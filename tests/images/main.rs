@@ -239,7 +239,11 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     store.put("up/dog.jpg", &fixture("formats/image-rs_jpg_progressive_cat.jpg"));
 
     let key = auth::create_api_key(&db.pool, "studio", "uploads", &["enqueue"]).await.unwrap();
-    let api = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+    let api = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
     let call = |method: &str, uri: &str, body: Option<Value>| {
         let req = Request::builder()
             .method(method)

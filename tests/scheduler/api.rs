@@ -25,7 +25,11 @@ impl Api {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
         let key = auth::create_api_key(&db.pool, "acme", "test", &["enqueue"]).await.unwrap();
-        let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 64 * 1024);
+        let router = app(
+            ApiState::new(env.client.clone(), db.pool.clone())
+                .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+            64 * 1024,
+        );
         Api { env, db, router, key }
     }
 

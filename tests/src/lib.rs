@@ -166,6 +166,7 @@ impl WorkerProcess {
         cmd.env("FLEET_REDIS_URL", redis_url)
             .env("FLEET_PREFIX", prefix)
             .env("FLEET_LISTEN", "")
+            .env("FLEET_TEST_KINDS", "1")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(std::process::Stdio::null());
         for (k, v) in settings {

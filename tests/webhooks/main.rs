@@ -92,7 +92,11 @@ impl World {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
         let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
-        let api = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+        let api = app(
+            ApiState::new(env.client.clone(), db.pool.clone())
+                .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+            1 << 20,
+        );
         let (receiver, base) = start_receiver().await;
         let settings = WebhookSettings {
             allow: if allow_loopback { vec!["127.0.0.0/8".into()] } else { vec![] },
@@ -416,7 +420,12 @@ fn intake_router(w: &World) -> Router {
         "#,
     )
     .unwrap();
-    app(ApiState::new(w.env.client.clone(), w.db.pool.clone()).with_intake(providers), 64 * 1024)
+    app(
+        ApiState::new(w.env.client.clone(), w.db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+            .with_intake(providers),
+        64 * 1024,
+    )
 }
 
 async fn post_raw(router: &Router, uri: &str, headers: &[(&str, String)], body: &str) -> (StatusCode, String) {

@@ -53,9 +53,9 @@ pub fn main() -> ExitCode {
     code
 }
 
-/// The built-in kinds, plus those that need PostgreSQL when it is configured.
+/// The kinds that need PostgreSQL when it is configured, and `probe` when test kinds are on.
 async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
-    let mut registry = Registry::builtin();
+    let mut registry = if config.test_kinds { Registry::builtin() } else { Registry::new() };
     if let Some(url) = &config.database_url {
         let db = crate::db::connect_and_migrate(url).await?;
         let deliver =

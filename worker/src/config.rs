@@ -79,6 +79,10 @@ pub struct WorkerConfig {
     pub calendar: crate::kinds::calendar::SourceSettings,
     /// Communication sync settings (the SSRF guard's allow-list for mail servers and SMS APIs).
     pub comms: crate::kinds::calendar::SourceSettings,
+    /// Run the test and benchmark kind `probe` (which can abort the process on request).
+    /// Off in production; the local demo, tests and benchmarks turn it on
+    /// (`test_kinds = true` or `FLEET_TEST_KINDS=1`).
+    pub test_kinds: bool,
 }
 
 impl Default for WorkerConfig {
@@ -103,6 +107,7 @@ impl Default for WorkerConfig {
             images: Default::default(),
             calendar: Default::default(),
             comms: Default::default(),
+            test_kinds: false,
         }
     }
 }
@@ -193,6 +198,19 @@ impl WorkerConfig {
         }
         if let Some(v) = get("FLEET_COMMS_ALLOW") {
             self.comms.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = get("FLEET_TEST_KINDS") {
+            self.test_kinds = match v.trim() {
+                "1" | "true" => true,
+                "0" | "false" | "" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FLEET_TEST_KINDS",
+                        value: v,
+                        message: "expected 1/true or 0/false".into(),
+                    });
+                }
+            };
         }
         if let Some(v) = get("FLEET_PREFIX") {
             self.prefix = v;

@@ -24,6 +24,15 @@ pub trait Handler: Send + Sync + 'static {
     fn limit_keys(&self, _args: &Self::Args) -> Vec<String> {
         Vec::new()
     }
+
+    /// Limit keys named by the job's arguments, which a tenant chooses: the engine puts
+    /// each in the job's tenant's namespace (`tenant:<tenant>:<key>`, see
+    /// `fleet_jobs::tenant::limit_key`), so one tenant can never use up, slow down or open
+    /// the breaker of another's key, or of Fleet's own. Jobs without a tenant (Fleet's
+    /// own, trusted Rust apps) use them as named. None by default.
+    fn tenant_limit_keys(&self, _args: &Self::Args) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Why an attempt did not succeed, and what the engine does next.

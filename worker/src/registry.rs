@@ -38,7 +38,12 @@ struct Typed<H>(Arc<H>);
 impl<H: Handler> ErasedHandler for Typed<H> {
     fn start(&self, args: &RawValue, ctx: JobContext) -> Result<Prepared, serde_json::Error> {
         let args: H::Args = serde_json::from_str(args.get())?;
-        let limit_keys = self.0.limit_keys(&args);
+        let mut limit_keys = self.0.limit_keys(&args);
+        // Jobs without a tenant come from Fleet itself or a trusted Rust app: their keys stay as named.
+        limit_keys.extend(self.0.tenant_limit_keys(&args).into_iter().map(|k| match ctx.tenant.as_deref() {
+            Some(t) => fleet_jobs::tenant::limit_key(t, &k),
+            None => k,
+        }));
         let h = self.0.clone();
         Ok(Prepared { limit_keys, run: Box::pin(async move { h.handle(args, ctx).await }) })
     }
@@ -73,7 +78,8 @@ impl Registry {
         Self::default()
     }
 
-    /// Every kind Fleet ships, with default policies.
+    /// The kinds that need nothing outside Redis: the scripted test kind `probe`. Tests and
+    /// benchmarks start from here; the worker binary registers it only with `test_kinds`.
     pub fn builtin() -> Self {
         Registry::new().register(crate::kinds::probe::Probe)
     }

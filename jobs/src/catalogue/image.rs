@@ -3,7 +3,7 @@
 //! is an object in the worker's object store (a local folder or S3), results go to
 //! PostgreSQL (`image_analyses`, `image_variants`) and variants back to the store.
 
-use crate::kind::{JobArgs, KindOptions};
+use crate::kind::{Audience, JobArgs, KindOptions};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub struct ImageAnalyze {
 
 impl JobArgs for ImageAnalyze {
     const KIND: &'static str = "image.analyze";
+    const AUDIENCE: Audience = Audience::Public;
 
     fn options() -> KindOptions {
         KindOptions {
@@ -78,6 +79,7 @@ pub struct ImageVariants {
 
 impl JobArgs for ImageVariants {
     const KIND: &'static str = "image.variants";
+    const AUDIENCE: Audience = Audience::Public;
 
     fn options() -> KindOptions {
         KindOptions {

@@ -16,7 +16,7 @@ pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
 pub use probe::{ProbeAction, ProbeArgs};
 pub use webhook::{WebhookDelivery, WebhookIntake, WebhookPublish};
 
-use crate::kind::{JobArgs, KindOptions};
+use crate::kind::{Audience, JobArgs, KindOptions};
 use serde_json::value::RawValue;
 
 /// What the catalogue knows of one kind.
@@ -24,6 +24,8 @@ use serde_json::value::RawValue;
 pub struct KindInfo {
     /// Stable kind name.
     pub name: &'static str,
+    /// Who may enqueue it.
+    pub audience: Audience,
     /// The kind's defaults.
     pub options: fn() -> KindOptions,
     /// Checks JSON arguments against the kind's argument type.
@@ -33,6 +35,7 @@ pub struct KindInfo {
 fn info<A: JobArgs>() -> KindInfo {
     KindInfo {
         name: A::KIND,
+        audience: A::AUDIENCE,
         options: A::options,
         validate: |raw| serde_json::from_str::<A>(raw.get()).map(|_| ()).map_err(|e| e.to_string()),
     }
@@ -53,6 +56,15 @@ pub fn kinds() -> Vec<KindInfo> {
     ]
 }
 
+/// The kinds tenants may enqueue (with test kinds when `test_kinds`).
+pub fn public_kinds(test_kinds: bool) -> Vec<&'static str> {
+    kinds()
+        .into_iter()
+        .filter(|k| k.audience == Audience::Public || (test_kinds && k.audience == Audience::Test))
+        .map(|k| k.name)
+        .collect()
+}
+
 /// The kind named `name`, if the catalogue has it.
 pub fn lookup(name: &str) -> Option<KindInfo> {
     kinds().into_iter().find(|k| k.name == name)
@@ -70,5 +82,14 @@ mod tests {
         assert!((probe.validate)(&ok).is_ok());
         assert!((probe.validate)(&bad).unwrap_err().contains("explode"));
         assert!(lookup("nope").is_none());
+    }
+
+    #[test]
+    fn only_the_kinds_meant_for_tenants_are_public() {
+        assert_eq!(public_kinds(false), vec!["webhook.publish", "image.analyze", "image.variants"]);
+        assert!(public_kinds(true).contains(&"probe"));
+        for internal in ["webhook.deliver", "webhook.intake", "calendar.sync", "calendar.push", "comms.sync"] {
+            assert_eq!(lookup(internal).unwrap().audience, Audience::Internal, "{internal}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `probe`: a scripted job whose arguments say what to do. Tests and benchmarks use it
 //! to drive every path of the engine.
 
-use crate::kind::{JobArgs, KindOptions};
+use crate::kind::{Audience, JobArgs, KindOptions};
 use serde::{Deserialize, Serialize};
 
 /// What a probe job does.
@@ -84,6 +84,7 @@ impl ProbeArgs {
 
 impl JobArgs for ProbeArgs {
     const KIND: &'static str = Self::KIND_NAME;
+    const AUDIENCE: Audience = Audience::Test;
 
     fn options() -> KindOptions {
         KindOptions { max_attempts: 5, ..KindOptions::default() }

@@ -2,7 +2,7 @@
 //! Standard Webhooks. The arguments are references; the message and endpoint live in
 //! PostgreSQL (`webhook_messages`, `webhook_endpoints`).
 
-use crate::kind::{JobArgs, KindOptions};
+use crate::kind::{Audience, JobArgs, KindOptions};
 use serde::{Deserialize, Serialize};
 
 /// Arguments of `webhook.deliver`.
@@ -66,6 +66,7 @@ pub struct WebhookPublish {
 
 impl JobArgs for WebhookPublish {
     const KIND: &'static str = "webhook.publish";
+    const AUDIENCE: Audience = Audience::Public;
 
     fn options() -> KindOptions {
         KindOptions { queue: "webhooks".into(), max_attempts: 20, ..KindOptions::default() }

@@ -37,8 +37,10 @@ for i = 5, #ARGV, 6 do
     res[#res + 1] = 0
   else
     local p = pri_of(st)
+    local t = tenant_of(K, id)
     redis.call('ZREM', K.leases, id)
     n_running = n_running + 1
+    left_running(t, op == 'ok' or op == 'expire' or op == 'dead')
     if op == 'ok' then
       n_ok = n_ok + 1
       finish(id, 'k', p)
@@ -73,7 +75,7 @@ for i = 5, #ARGV, 6 do
       end
     else -- release: back to the front of its ready list, attempt not counted
       redis.call('HINCRBY', K.att, id, -1)
-      released[#released + 1] = { id, p }
+      released[#released + 1] = { id, p, t }
       redis.call('HSET', K.state, id, 'q' .. p)
       n_released = n_released + 1
     end
@@ -82,11 +84,12 @@ for i = 5, #ARGV, 6 do
 end
 -- Released jobs go back in their original order: push the last one first.
 for j = #released, 1, -1 do
-  redis.call('LPUSH', ready_key(K, released[j][2]), released[j][1])
+  push_ready(K, released[j][2], released[j][3], released[j][1], true)
 end
 if n_released > 0 then
   redis.call('HINCRBY', K.stats, 'ready', n_released)
 end
+tenants_settle(K)
 -- An idle worker must learn of jobs released or rescheduled soon, so it can wait
 -- for exactly their due time instead of its idle timeout.
 if n_released + n_later > 0 then wake(K) end

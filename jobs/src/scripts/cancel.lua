@@ -7,6 +7,7 @@
 -- Returns { outcome, previous state }: outcome 1 cancelled, 0 unknown job, 2 already final.
 local K = { state = KEYS[1], sched = KEYS[2], leases = KEYS[3], stats = KEYS[4], done = KEYS[5],
             jobs = KEYS[6], batches = KEYS[7], batchdone = KEYS[8] }
+K.ready = { qkey(K, 'ready:0'), qkey(K, 'ready:1'), qkey(K, 'ready:2') }
 local id, retention = ARGV[1], tonumber(ARGV[2])
 local st = redis.call('HGET', K.state, id)
 if not st then return { 0, '' } end
@@ -18,6 +19,9 @@ elseif c == 'r' then
 elseif c ~= 'q' then
   return { 2, st }
 end
+local t = tenant_of(K, id)
+if c == 'r' then left_running(t, true) else finished_only(t) end
+tenants_settle(K)
 redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)
 redis.call('HSET', K.state, id, 'c' .. p)

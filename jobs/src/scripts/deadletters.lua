@@ -16,7 +16,9 @@ for i = 2, #ARGV do
       local p = pri_of(st)
       redis.call('HSET', K.att, id, 0)
       redis.call('HSET', K.state, id, 'q' .. p)
-      redis.call('RPUSH', ready_key(K, p), id)
+      local t = tenant_of(K, id)
+      push_ready(K, p, t, id, false)
+      if t ~= '' then redis.call('HINCRBY', qkey(K, 'topen'), t, 1) end
     else
       purge(K, id)
     end

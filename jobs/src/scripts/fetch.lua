@@ -1,5 +1,7 @@
--- Promotes due scheduled jobs (bounded) and leases up to N ready jobs,
--- highest priority first, FIFO within a priority.
+-- Promotes due scheduled jobs (bounded) and leases up to N ready jobs, highest
+-- priority first; within a priority, tenants take turns (round-robin over the ring of
+-- tenants with ready work, each served a share of the batch) and each tenant's jobs
+-- run in order. A tenant at its concurrency cap is parked until one of its jobs stops.
 -- KEYS: jobs state att r0 r1 r2 sched leases stats wake conf
 -- ARGV: max jobs, lease ms, promote limit
 -- Returns: { now, next due ms or -1, paused 0/1, id, envelope, attempt, token, ... }
@@ -25,7 +27,7 @@ if #due > 0 then
       local c, p = code_of(st), pri_of(st)
       if c == 's' or c == 'y' then
         if c == 's' then from_sched = from_sched + 1 else from_retry = from_retry + 1 end
-        redis.call('RPUSH', ready_key(K, p), id)
+        push_ready(K, p, tenant_of(K, id), id, false)
         redis.call('HSET', K.state, id, 'q' .. p)
         moved = moved + 1
       end
@@ -42,30 +44,70 @@ if redis.call('HGET', K.conf, 'paused') == '1' then
   return { now, next_due(), 1 }
 end
 
--- 2. Lease ready jobs. Entries whose state is no longer "ready" (cancelled
--- while queued) are dropped as they surface; pops are bounded by 2 * want.
+-- 2. Lease ready jobs. Entries whose state is no longer "ready" (cancelled while
+-- queued) are dropped as they surface. Work is bounded: at most 2 * want entries
+-- popped and 2 * want + 3 tenant turns.
 local out = { now, 0, 0 }
-local got, popped = 0, 0
+local got, popped, turns = 0, 0, 0
 local seq = nil
 local deadline = now + lease_ms
+local running = {}
 for p = 1, 3 do
-  while got < want and popped < 2 * want do
-    local ids = redis.call('LPOP', K.ready[p], want - got)
-    if not ids then break end
-    popped = popped + #ids
-    for _, id in ipairs(ids) do
-      local st = redis.call('HGET', K.state, id)
-      if st and code_of(st) == 'q' then
-        if not seq then seq = redis.call('HINCRBY', K.stats, 'fseq', 1) end
-        got = got + 1
-        local tok = seq .. '.' .. got
-        local a = redis.call('HINCRBY', K.att, id, 1)
-        redis.call('HSET', K.state, id, 'r' .. pri_of(st) .. ':' .. tok)
-        redis.call('ZADD', K.leases, deadline, id)
-        out[#out + 1] = id
-        out[#out + 1] = redis.call('HGET', K.jobs, id)
-        out[#out + 1] = a
-        out[#out + 1] = tok
+  local pri = tostring(p - 1)
+  local base = K.ready[p]
+  local ring = base .. ':ring'
+  -- Jobs left in the plain list by an older version, with no ring entry yet.
+  if redis.call('LLEN', ring) == 0 and redis.call('LLEN', base) > 0 then ring_add(K, pri, '', false) end
+  while got < want and popped < 2 * want and turns < 2 * want + 3 do
+    local t = redis.call('LPOP', ring)
+    if not t then break end
+    turns = turns + 1
+    local share = math.ceil((want - got) / (redis.call('LLEN', ring) + 1))
+    local cap = 0
+    if t ~= '' then
+      cap = tenant_setting(K, 'cap', t)
+      if cap > 0 then
+        if running[t] == nil then running[t] = tonumber(redis.call('HGET', qkey(K, 'trun'), t) or '0') end
+        share = math.min(share, cap - running[t])
+      end
+    end
+    local list = tenant_list(K, pri, t)
+    if share <= 0 then
+      -- At its cap: out of the ring until one of its jobs stops (see tenants_settle).
+      redis.call('SREM', base .. ':rset', t)
+      local parked = redis.call('HGET', qkey(K, 'tpark'), t) or ''
+      if not string.find(parked, pri, 1, true) then redis.call('HSET', qkey(K, 'tpark'), t, parked .. pri) end
+    else
+      local ids = redis.call('LPOP', list, share)
+      local taken = 0
+      if ids then
+        popped = popped + #ids
+        for _, id in ipairs(ids) do
+          local st = redis.call('HGET', K.state, id)
+          if st and code_of(st) == 'q' then
+            if not seq then seq = redis.call('HINCRBY', K.stats, 'fseq', 1) end
+            got = got + 1
+            taken = taken + 1
+            local tok = seq .. '.' .. got
+            local a = redis.call('HINCRBY', K.att, id, 1)
+            redis.call('HSET', K.state, id, 'r' .. pri_of(st) .. ':' .. tok)
+            redis.call('ZADD', K.leases, deadline, id)
+            out[#out + 1] = id
+            out[#out + 1] = redis.call('HGET', K.jobs, id)
+            out[#out + 1] = a
+            out[#out + 1] = tok
+          end
+        end
+      end
+      if t ~= '' and taken > 0 then
+        redis.call('HINCRBY', qkey(K, 'trun'), t, taken)
+        if running[t] then running[t] = running[t] + taken end
+      end
+      -- Back to the end of the ring while it has work, else out of it.
+      if redis.call('LLEN', list) > 0 then
+        redis.call('RPUSH', ring, t)
+      else
+        redis.call('SREM', base .. ':rset', t)
       end
     end
   end
@@ -77,7 +119,7 @@ end
 -- Chain wake-up: jobs remain after a full batch, so let another idle worker know.
 if got == want then
   for p = 1, 3 do
-    if redis.call('LLEN', K.ready[p]) > 0 then wake(K) break end
+    if redis.call('LLEN', K.ready[p] .. ':ring') > 0 then wake(K) break end
   end
 end
 out[2] = next_due()

@@ -47,6 +47,7 @@ for _, id in ipairs(expired) do
   local st = redis.call('HGET', K.state, id)
   if st and code_of(st) == 'r' then
     local p = pri_of(st)
+    local t = tenant_of(K, id)
     local a = tonumber(redis.call('HGET', K.att, id) or '1')
     local env = redis.call('HGET', K.jobs, id)
     local max, batch = 1, nil
@@ -62,11 +63,12 @@ for _, id in ipairs(expired) do
     redis.call('HINCRBY', K.stats, 'running', -1)
     redis.call('HINCRBY', K.stats, 'lease_expired', 1)
     redis.call('HINCRBY', K.stats, 'failed', 1)
+    left_running(t, a >= max)
     if a >= max then
       to_dead(K, id, p, now)
       batch_finished(K, batch, false)
     else
-      redis.call('LPUSH', ready_key(K, p), id)
+      push_ready(K, p, t, id, true)
       redis.call('HSET', K.state, id, 'q' .. p)
       redis.call('HINCRBY', K.stats, 'ready', 1)
       back = back + 1
@@ -74,6 +76,7 @@ for _, id in ipairs(expired) do
     out[1] = out[1] + 1
   end
 end
+tenants_settle(K)
 if back > 0 then wake(K) end
 if #expired > 0 then trim_dead(K, now, dead_max, dead_age, reap_limit) end
 return out

@@ -18,8 +18,13 @@ local function pri_of(st) return string.sub(st, 2, 2) end
 -- Counter field names in the stats hash, by state code.
 local GAUGE = { q = 'ready', s = 'scheduled', y = 'retrying', r = 'running', d = 'dead' }
 
+-- A key of this queue by name, derived from K.jobs (`<prefix>:{<queue>}:jobs`), so it
+-- shares the queue's hash tag: the tenant structures below are found this way.
+local function qkey(K, name) return string.sub(K.jobs, 1, -5) .. name end
+
 -- Removes every trace of a job record.
 local function purge(K, id)
+  redis.call('HDEL', qkey(K, 'ten'), id)
   redis.call('HDEL', K.jobs, id)
   redis.call('HDEL', K.state, id)
   redis.call('HDEL', K.att, id)
@@ -102,4 +107,97 @@ end
 
 local function ready_key(K, pri)
   return K.ready[tonumber(pri) + 1]
+end
+
+-- Tenants. A job of a tenant waits in its tenant's list of its priority,
+-- `<ready:p>:t:<tenant>`; jobs without a tenant wait in the plain `<ready:p>` list, the
+-- tenant '' here. Per priority, a ring (a LIST, `<ready:p>:ring`) holds the tenants that
+-- have ready work and a SET (`<ready:p>:rset`) mirrors its members, so fetch serves the
+-- tenants round-robin and a tenant is never in the ring twice. Per queue:
+--   ten    hash job id -> tenant (jobs of a tenant only)
+--   trun   hash tenant -> jobs running (leased) now
+--   topen  hash tenant -> jobs not finished (ready, scheduled, retrying, running)
+--   tpark  hash tenant -> priority digits it was parked at (at its concurrency cap)
+-- Settings in `conf`: tcap / tquota (every tenant), tcap:<t> / tquota:<t> (one tenant);
+-- 0 or absent means no limit.
+local function tenant_of(K, id)
+  local t = redis.call('HGET', qkey(K, 'ten'), id)
+  if t then return t end
+  return ''
+end
+
+local function tenant_list(K, pri, t)
+  local base = ready_key(K, pri)
+  if t == '' then return base end
+  return base .. ':t:' .. t
+end
+
+-- Puts tenant t in the ring of priority pri unless it is there already.
+local function ring_add(K, pri, t, front)
+  local base = ready_key(K, pri)
+  if redis.call('SADD', base .. ':rset', t) == 1 then
+    if front then redis.call('LPUSH', base .. ':ring', t) else redis.call('RPUSH', base .. ':ring', t) end
+  end
+end
+
+-- Makes a job ready: at the end of its tenant's list (the front for a job handed back).
+local RINGED = {}
+local function push_ready(K, pri, t, id, front)
+  if front then
+    redis.call('LPUSH', tenant_list(K, pri, t), id)
+    ring_add(K, pri, t, true)
+  else
+    redis.call('RPUSH', tenant_list(K, pri, t), id)
+    local mark = pri .. '|' .. t
+    if not RINGED[mark] then
+      ring_add(K, pri, t, false)
+      RINGED[mark] = true
+    end
+  end
+end
+
+-- A tenant's setting ('cap' or 'quota'): its own, else the queue's default; 0 = none.
+local TSET = {}
+local function tenant_setting(K, name, t)
+  local mark = name .. '|' .. t
+  local v = TSET[mark]
+  if v == nil then
+    local own = redis.call('HGET', qkey(K, 'conf'), 't' .. name .. ':' .. t)
+    if not own then own = redis.call('HGET', qkey(K, 'conf'), 't' .. name) end
+    v = tonumber(own or '0') or 0
+    TSET[mark] = v
+  end
+  return v
+end
+
+-- Counts jobs that stopped running, per tenant, applied once per call by tenants_settle.
+local LEFT = {}
+local FINISHED = {}
+local function left_running(t, finished)
+  if t == '' then return end
+  LEFT[t] = (LEFT[t] or 0) + 1
+  if finished then FINISHED[t] = (FINISHED[t] or 0) + 1 end
+end
+
+local function finished_only(t)
+  if t == '' then return end
+  FINISHED[t] = (FINISHED[t] or 0) + 1
+end
+
+-- Applies the counts: running and open jobs go down, and a tenant parked at its cap
+-- goes back in the rings it left, to be looked at again by the next fetch.
+local function tenants_settle(K)
+  for t, n in pairs(LEFT) do
+    if redis.call('HINCRBY', qkey(K, 'trun'), t, -n) <= 0 then redis.call('HDEL', qkey(K, 'trun'), t) end
+    local parked = redis.call('HGET', qkey(K, 'tpark'), t)
+    if parked then
+      redis.call('HDEL', qkey(K, 'tpark'), t)
+      for i = 1, #parked do ring_add(K, string.sub(parked, i, i), t, false) end
+      local wk = qkey(K, 'wake')
+      if redis.call('LLEN', wk) == 0 then redis.call('RPUSH', wk, '1') end
+    end
+  end
+  for t, n in pairs(FINISHED) do
+    if redis.call('HINCRBY', qkey(K, 'topen'), t, -n) <= 0 then redis.call('HDEL', qkey(K, 'topen'), t) end
+  end
 end

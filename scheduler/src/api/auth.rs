@@ -30,13 +30,16 @@ impl Caller {
     }
 }
 
-/// Creates a key for `tenant` and returns it; it is shown once and never stored.
+/// Creates a key for `tenant` and returns it; it is shown once and never stored. The
+/// tenant name must pass `fleet_jobs::tenant::validate_tenant` (a malformed one is
+/// refused as a protocol error before anything is written).
 pub async fn create_api_key(
     db: &sqlx::PgPool,
     tenant: &str,
     name: &str,
     roles: &[&str],
 ) -> Result<String, sqlx::Error> {
+    fleet_jobs::tenant::validate_tenant(tenant).map_err(sqlx::Error::Protocol)?;
     let id = hex::encode(rand::random::<[u8; 6]>());
     let secret = hex::encode(rand::random::<[u8; 24]>());
     let hash = Sha256::digest(secret.as_bytes()).to_vec();

@@ -42,8 +42,8 @@ pub(crate) struct BatchView {
     callbacks_enqueued: bool,
 }
 
-fn callback(r: EnqueueRequest, tenant: &str) -> Result<Callback, ApiError> {
-    let (kind, args, _defaults, opts) = prepare(r, tenant)?;
+fn callback(r: EnqueueRequest, tenant: &str, tenancy: &crate::tenancy::TenancyConfig) -> Result<Callback, ApiError> {
+    let (kind, args, _defaults, opts) = prepare(r, tenant, tenancy)?;
     Ok(Callback { kind, args, queue: opts.queue, priority: opts.priority, max_attempts: opts.max_attempts })
 }
 
@@ -92,16 +92,18 @@ pub(crate) async fn create_batch(
     }
     let queue = req.queue.unwrap_or_else(|| "default".to_owned());
     fleet_jobs::keys::validate_queue_name(&queue).map_err(ApiError::invalid)?;
+    state.tenancy.check_queue(&queue).map_err(|e| ApiError::invalid(e.to_string()))?;
     let total = req.jobs.len() as i64;
     let mut jobs = Vec::with_capacity(req.jobs.len());
     for (i, j) in req.jobs.into_iter().enumerate() {
         jobs.push(
-            prepare(j, &caller.tenant).map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e })?,
+            prepare(j, &caller.tenant, &state.tenancy)
+                .map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e })?,
         );
     }
     let callbacks = Callbacks {
-        on_success: req.on_success.map(|r| callback(r, &caller.tenant)).transpose()?,
-        on_complete: req.on_complete.map(|r| callback(r, &caller.tenant)).transpose()?,
+        on_success: req.on_success.map(|r| callback(r, &caller.tenant, &state.tenancy)).transpose()?,
+        on_complete: req.on_complete.map(|r| callback(r, &caller.tenant, &state.tenancy)).transpose()?,
         tenant: Some(caller.tenant.clone()),
     };
     let id = state.client.create_batch(&queue, jobs, &callbacks).await?;

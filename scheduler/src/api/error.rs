@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message, safe to show.
     pub message: String,
+    /// Seconds to wait before retrying (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -30,7 +32,7 @@ pub(crate) struct ErrorDetail {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -43,6 +45,11 @@ impl ApiError {
     }
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+    /// The same error with a `Retry-After` of `secs` seconds.
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     /// A failure inside Fleet: logged in full, answered in general terms.
     pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Self {
@@ -64,6 +71,9 @@ impl From<fleet_jobs::Error> for ApiError {
                 ApiError::invalid(format!("arguments for kind {kind:?} cannot be encoded"))
             }
             fleet_jobs::Error::Redis(e) => ApiError::unavailable("redis", e),
+            e @ fleet_jobs::Error::QuotaExceeded { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()).retry_after(5)
+            }
             other => ApiError::internal("job store", other),
         }
     }
@@ -88,6 +98,10 @@ impl From<crate::sources::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        res
     }
 }

@@ -133,7 +133,7 @@ pub(crate) async fn create_portfolio(
     }
     let on_complete = match req.on_complete {
         Some(r) => {
-            let (kind, args, _, o) = prepare(r, &caller.tenant)?;
+            let (kind, args, _, o) = prepare(r, &caller.tenant, &state.tenancy)?;
             Some(Callback { kind, args, queue: o.queue, priority: o.priority, max_attempts: o.max_attempts })
         }
         None => None,

@@ -103,18 +103,47 @@ pub(crate) struct CancelView {
     state: JobState,
 }
 
-/// Checks one request and turns it into (kind, args, options) ready to enqueue.
+/// Longest delay, and furthest `run_at`, a tenant may ask for: 30 days.
+pub const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most attempts a tenant may ask for.
+pub const MAX_ATTEMPTS: u32 = 50;
+/// Longest per-attempt timeout a tenant may ask for: 1 hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest unique window: 7 days.
+pub const MAX_UNIQUE_WINDOW_SECS: u64 = 7 * 24 * 3600;
+
+/// Checks one request and turns it into (kind, args, options) ready to enqueue: a kind
+/// tenants may enqueue, a declared queue, options within their maxima, and the job's
+/// tenant from the caller's key (never from the request).
 pub(crate) fn prepare(
     r: EnqueueRequest,
     tenant: &str,
+    tenancy: &crate::tenancy::TenancyConfig,
 ) -> Result<(String, Box<RawValue>, fleet_jobs::KindOptions, EnqueueOptions), ApiError> {
-    let kind = fleet_jobs::catalogue::lookup(&r.kind).ok_or_else(|| {
-        let known: Vec<&str> = fleet_jobs::catalogue::kinds().iter().map(|k| k.name).collect();
-        ApiError::invalid(format!("unknown job kind {:?}; known kinds: {}", r.kind, known.join(", ")))
-    })?;
+    let kind = tenancy.public_kind(&r.kind).map_err(|e| ApiError::invalid(e.to_string()))?;
     (kind.validate)(&r.args).map_err(|e| ApiError::invalid(format!("args do not fit kind {:?}: {e}", r.kind)))?;
-    if let Some(q) = &r.queue {
-        fleet_jobs::keys::validate_queue_name(q).map_err(ApiError::invalid)?;
+    let defaults = (kind.options)();
+    let queue = r.queue.as_deref().unwrap_or(&defaults.queue);
+    fleet_jobs::keys::validate_queue_name(queue).map_err(ApiError::invalid)?;
+    tenancy.check_queue(queue).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let over = |what: &str, max: String| ApiError::invalid(format!("{what} is over its maximum of {max}"));
+    if r.delay_ms.is_some_and(|d| d > MAX_DELAY.as_millis() as u64) {
+        return Err(over("delay_ms", format!("{} (30 days)", MAX_DELAY.as_millis())));
+    }
+    if r.run_at.is_some_and(|t| t > Utc::now() + MAX_DELAY) {
+        return Err(over("run_at", "30 days from now".into()));
+    }
+    if r.max_attempts.is_some_and(|n| n == 0 || n > MAX_ATTEMPTS) {
+        return Err(ApiError::invalid(format!("max_attempts must be 1 to {MAX_ATTEMPTS}")));
+    }
+    if r.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT.as_millis() as u64) {
+        return Err(ApiError::invalid(format!("timeout_ms must be 1 to {} (1 hour)", MAX_TIMEOUT.as_millis())));
+    }
+    if r.unique_window_secs.is_some_and(|w| w > MAX_UNIQUE_WINDOW_SECS) {
+        return Err(over("unique_window_secs", format!("{MAX_UNIQUE_WINDOW_SECS} (7 days)")));
+    }
+    if r.unique_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
+        return Err(ApiError::invalid("unique_key must be 1 to 200 characters"));
     }
     let to_system = |t: DateTime<Utc>| UNIX_EPOCH + Duration::from_millis(t.timestamp_millis().max(0) as u64);
     let opts = EnqueueOptions {
@@ -125,15 +154,15 @@ pub(crate) fn prepare(
         max_attempts: r.max_attempts,
         timeout: r.timeout_ms.map(Duration::from_millis),
         unique: r.unique_key.map(|key| Unique {
-            // Unique keys are per tenant: one tenant cannot block another's.
-            key: format!("{tenant}:{key}"),
+            // In the tenant's namespace: no tenant can take another's key, or Fleet's own.
+            key: fleet_jobs::tenant::unique_key(tenant, &key),
             window: Duration::from_secs(r.unique_window_secs.unwrap_or(3600).max(1)),
         }),
         deadline: r.deadline.map(to_system),
         tenant: Some(tenant.to_owned()),
         ..Default::default()
     };
-    Ok((r.kind, r.args, (kind.options)(), opts))
+    Ok((r.kind, r.args, defaults, opts))
 }
 
 /// The request's W3C `traceparent`, kept when well-formed (the job's logs join its trace).
@@ -206,7 +235,7 @@ pub(crate) async fn enqueue(
     caller.require("enqueue")?;
     let req: EnqueueRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
-    let (kind, args, defaults, mut opts) = prepare(req, &caller.tenant)?;
+    let (kind, args, defaults, mut opts) = prepare(req, &caller.tenant, &state.tenancy)?;
     opts.trace = traceparent(&headers);
     if let Some(key) = idempotency_key(&headers)? {
         opts.id = idempotent_ids(&state, &caller.tenant, &key, &raw, 1).await?.pop();
@@ -237,7 +266,8 @@ pub(crate) async fn enqueue_bulk(
     let mut prepared = Vec::with_capacity(n);
     for (i, j) in req.jobs.into_iter().enumerate() {
         prepared.push(
-            prepare(j, &caller.tenant).map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e })?,
+            prepare(j, &caller.tenant, &state.tenancy)
+                .map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e })?,
         );
     }
     let ids = match idempotency_key(&headers)? {

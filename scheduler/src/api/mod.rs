@@ -34,6 +34,8 @@ pub struct ApiState {
     pub history: admin::History,
     /// Seals communication-source secrets (`FLEET_SECRETS_KEY`; `None`: sources cannot be stored).
     pub secrets: Option<fleet_comms::secrets::SecretBox>,
+    /// What tenants may enqueue, and where.
+    pub tenancy: std::sync::Arc<crate::tenancy::TenancyConfig>,
 }
 
 impl ApiState {
@@ -45,7 +47,15 @@ impl ApiState {
             intake: Default::default(),
             history: Default::default(),
             secrets: fleet_comms::secrets::SecretBox::from_env().ok(),
+            tenancy: Default::default(),
         }
+    }
+
+    /// The same state with these rules for tenants (default: no test kinds, the public
+    /// kinds' queues).
+    pub fn with_tenancy(mut self, tenancy: crate::tenancy::TenancyConfig) -> Self {
+        self.tenancy = std::sync::Arc::new(tenancy);
+        self
     }
 
     /// The same state with this key for communication-source secrets.

@@ -12,7 +12,7 @@ pub struct Probe;
 impl Handler for Probe {
     type Args = ProbeArgs;
 
-    fn limit_keys(&self, args: &ProbeArgs) -> Vec<String> {
+    fn tenant_limit_keys(&self, args: &ProbeArgs) -> Vec<String> {
         args.limit_key.iter().cloned().collect()
     }
 
