@@ -5,4 +5,5 @@
 mod api;
 mod engine;
 mod handlers;
+mod kinds;
 mod secrets;
