@@ -178,6 +178,29 @@ enum QueueCommand {
         /// Queue.
         queue: String,
     },
+    /// Tenants of a queue: jobs running and unfinished against their cap and quota.
+    Tenants {
+        /// Queue.
+        queue: String,
+        /// Rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Set a tenant's concurrency cap and queued-job quota on a queue (without --tenant:
+    /// the default of every tenant); 0 removes a value.
+    TenantLimits {
+        /// Queue.
+        queue: String,
+        /// The tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Jobs of the tenant running at once, fleet-wide.
+        #[arg(long)]
+        concurrency: Option<u64>,
+        /// Unfinished jobs of the tenant on the queue.
+        #[arg(long)]
+        quota: Option<u64>,
+    },
     /// Schedules and their state (PostgreSQL).
     Schedules,
     /// Stop a schedule from enqueueing (its ticks count as missed).
@@ -420,6 +443,36 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                         .collect(),
                 )
             });
+        }
+        QueueCommand::Tenants { queue, limit } => {
+            let ts = client.tenants(&queue, limit).await.map_err(err)?;
+            let num = |n: u64| if n == 0 { "-".to_owned() } else { n.to_string() };
+            print(json, &ts, || {
+                table(
+                    &["TENANT", "RUNNING", "CAP", "UNFINISHED", "QUOTA", "OWN LIMITS"],
+                    ts.iter()
+                        .map(|(t, u)| {
+                            vec![
+                                t.clone(),
+                                u.running.to_string(),
+                                num(u.concurrency),
+                                u.open.to_string(),
+                                num(u.quota),
+                                if u.own_limits { "yes" } else { "no" }.to_owned(),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
+        QueueCommand::TenantLimits { queue, tenant, concurrency, quota } => {
+            if concurrency.is_none() && quota.is_none() {
+                return Err("give --concurrency and/or --quota (0 removes a value)".into());
+            }
+            let limits = fleet_jobs::tenant::TenantLimits { concurrency, quota };
+            client.set_tenant_limits(&queue, tenant.as_deref(), limits).await.map_err(err)?;
+            let who = tenant.as_deref().map_or("every tenant".to_owned(), |t| format!("tenant {t}"));
+            println!("limits of {who} on queue {queue} set (concurrency {concurrency:?}, quota {quota:?})");
         }
         QueueCommand::PauseSchedule { name } => {
             let db = stores.db().await?;

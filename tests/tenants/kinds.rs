@@ -201,3 +201,33 @@ async fn a_worker_without_test_kinds_dead_letters_a_crash_probe_and_keeps_runnin
     worker.terminate(Duration::from_secs(10));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_and_override_a_tenants_limits_at_run_time_and_tenants_cannot() {
+    let api = Api::new(TenancyConfig::for_tests()).await;
+    let admin = auth::create_api_key(&api.db.pool, "ops", "ops", &["admin"]).await.unwrap();
+    let put = json!({"concurrency": 2, "quota": 1});
+    // A tenant's own key cannot raise its limits, nor read another's usage.
+    assert_eq!(
+        api.call(&api.a, "PUT", "/admin/v1/queues/default/tenants/tenant-a", put.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call(&api.a, "GET", "/admin/v1/queues/default/tenants/tenant-b", json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, _, view) = api.call(&admin, "PUT", "/admin/v1/queues/default/tenants/tenant-a", put).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!((view["concurrency"].as_u64(), view["quota"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(api.call(&api.a, "POST", "/v1/jobs", job("probe", r#"{"do": "succeed"}"#)).await.0, StatusCode::CREATED);
+    assert_eq!(
+        api.call(&api.a, "POST", "/v1/jobs", job("probe", r#"{"do": "succeed"}"#)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (_, _, list) = api.call(&admin, "GET", "/admin/v1/queues/default/tenants", json!({})).await;
+    assert_eq!(list[0]["tenant"], "tenant-a");
+    assert_eq!(list[0]["open"], 1);
+    let bad = api.call(&admin, "PUT", "/admin/v1/queues/default/tenants/a:b", json!({"quota": 1})).await;
+    assert_eq!(bad.0, StatusCode::UNPROCESSABLE_ENTITY);
+    api.done().await;
+}

@@ -13,6 +13,7 @@ mod images;
 pub mod intake;
 mod jobs;
 mod stream;
+mod tenants;
 mod webhooks;
 
 use axum::Router;
@@ -173,6 +174,8 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/queues/{queue}/pause", post(admin::pause))
         .route("/admin/v1/queues/{queue}/resume", post(admin::resume))
         .route("/admin/v1/queues/{queue}/workers", get(admin::workers))
+        .route("/admin/v1/queues/{queue}/tenants", get(tenants::list))
+        .route("/admin/v1/queues/{queue}/tenants/{tenant}", get(tenants::get).put(tenants::set))
         .route("/admin/v1/schedules", get(admin::schedules))
         .route("/admin/v1/schedules/{name}/pause", post(admin::pause_schedule))
         .route("/admin/v1/schedules/{name}/resume", post(admin::resume_schedule))
