@@ -206,8 +206,26 @@ async fn w1(n: usize) {
 }
 
 async fn w2(n: usize, label: &str, args: &[&str]) {
+    w2_tenants(n, 0, label, args).await
+}
+
+/// W2 with the jobs spread round-robin over `tenants` tenants (0: no tenant, as W2).
+async fn w2_tenants(n: usize, tenants: usize, label: &str, args: &[&str]) {
     let c = fresh().await;
-    adapter_enqueue_queue(&c, n, "noop", 0.0).await;
+    if tenants == 0 {
+        adapter_enqueue_queue(&c, n, "noop", 0.0).await;
+    } else {
+        let mut i = 0;
+        while i < n {
+            let end = (i + 1000).min(n);
+            let jobs = (i..end).map(|j| {
+                let opts = EnqueueOptions { tenant: Some(format!("tenant-{}", j % tenants)), ..Default::default() };
+                (BenchJob { k: "noop".into(), a: j as f64 }, opts.queue("bench"))
+            });
+            c.enqueue_bulk_with(jobs).await.expect("enqueue");
+            i = end;
+        }
+    }
     let pipe = Pipe::new("w2");
     let cpu0 = redis_cpu(&c).await;
     let w = Worker::spawn(&pipe, c.prefix(), args);
@@ -224,6 +242,50 @@ async fn w2(n: usize, label: &str, args: &[&str]) {
         "W2 drain {n} queued no-op jobs, {label}: {rate:.0} jobs/s; Redis CPU {:.1} µs/job; worker CPU {:.1} µs/job; worker peak RSS {rss:.1} MB",
         (cpu1 - cpu0) * 1e6 / n as f64,
         worker_cpu * 1e6 / n as f64
+    );
+}
+
+/// Fairness between tenants on one queue: tenant A queues 20,000 jobs of 10 ms, then
+/// tenant B enqueues one job every 100 ms while A's backlog lasts; B's enqueue-to-start
+/// latency, with tenants (fair turns) and with the same jobs enqueued without tenants
+/// (one FIFO list, as before tenants), in one run.
+async fn fairness(with_tenants: bool) {
+    let c = fresh().await;
+    let tenant = |t: &str| with_tenants.then(|| t.to_owned());
+    let backlog = 20_000;
+    let mut i = 0;
+    while i < backlog {
+        let end = (i + 1000).min(backlog);
+        let jobs = (i..end).map(|_| {
+            let opts = EnqueueOptions { tenant: tenant("studio-a"), ..Default::default() };
+            (BenchJob { k: "sleep".into(), a: 10.0 }, opts.queue("bench"))
+        });
+        c.enqueue_bulk_with(jobs).await.expect("enqueue");
+        i = end;
+    }
+    let pipe = Pipe::new("fair");
+    let w = Worker::spawn(&pipe, c.prefix(), &["20"]);
+    pipe.wait("A's jobs to start", Duration::from_secs(30), |s| s.started > 0);
+    let count = 50;
+    let start = tokio::time::Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until(start + Duration::from_millis(100 * i as u64)).await;
+        let opts = EnqueueOptions { tenant: tenant("venue-b"), ..Default::default() }.queue("bench");
+        c.enqueue_with(&BenchJob { k: "lat".into(), a: adapter::now() }, opts).await.expect("enqueue");
+    }
+    pipe.wait("B's jobs", Duration::from_secs(120), |s| s.lat.len() == count);
+    let a_done = pipe.seen.lock().unwrap().done;
+    w.stop();
+    let mut lat: Vec<f64> = pipe.seen.lock().unwrap().lat.iter().map(|s| s * 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    cleanup(&c).await;
+    println!(
+        "Fairness, tenant A {backlog} queued jobs of 10 ms, tenant B one job every 100 ms (x{count}), concurrency 20, {}: \
+         B enqueue-to-start p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; A jobs done meanwhile {a_done}",
+        if with_tenants { "with tenants" } else { "without tenants (one FIFO)" },
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
     );
 }
 
@@ -602,6 +664,20 @@ pub async fn run(args: &[String]) {
                 let best_args: Vec<&str> = best.split_whitespace().collect();
                 w2(n, &format!("best ({best})"), &best_args).await;
             }
+            "fairness" => {
+                fairness(true).await;
+                fairness(false).await;
+            }
+            "w2-tenants" => {
+                let best_args: Vec<&str> = best.split_whitespace().collect();
+                for _ in 0..3 {
+                    w2_tenants(n, 0, &format!("no tenants, best ({best})"), &best_args).await;
+                    w2_tenants(n, 1, &format!("1 tenant, best ({best})"), &best_args).await;
+                    w2_tenants(n, 100, &format!("100 tenants, best ({best})"), &best_args).await;
+                    w2_tenants(n, 0, "no tenants, concurrency 10", &["10"]).await;
+                    w2_tenants(n, 100, "100 tenants, concurrency 10", &["10"]).await;
+                }
+            }
             "w3" => w3().await,
             "w4" => w4().await,
             "backlog" => backlog(&[10_000, 1_000_000], 10_000).await,
@@ -615,7 +691,7 @@ pub async fn run(args: &[String]) {
                 recovery(30_000).await;
             }
             other => eprintln!(
-                "unknown workload {other} (w1, w2, w3, w4, backlog, due, dead, recovery, limits, webhooks, images)"
+                "unknown workload {other} (w1, w2, w2-tenants, w3, w4, fairness, backlog, due, dead, recovery, limits, webhooks, images)"
             ),
         }
     }
