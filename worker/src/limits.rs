@@ -64,6 +64,12 @@ impl LimitTable {
     }
 }
 
+/// Whether a limit key gets metric series of its own. Keys a tenant names (in its
+/// `tenant:<name>:` namespace) do not: tenants could otherwise add series without bound.
+fn has_series(key: &str) -> bool {
+    !key.starts_with("tenant:")
+}
+
 /// Checks a job's limit keys and settles them afterwards.
 #[derive(Clone, Debug)]
 pub(crate) struct Guard {
@@ -101,14 +107,20 @@ impl Guard {
             }
             match self.limiter.acquire(&key, holder, &spec).await {
                 Ok((Admission::Admitted, status)) => {
-                    if let Some(t) = status.tokens {
+                    if let Some(t) = status.tokens
+                        && has_series(&key)
+                    {
                         metrics::gauge!("fleet_limiter_tokens", "key" => key.clone()).set(t as f64);
                     }
-                    metrics::gauge!("fleet_breaker_state", "key" => key.clone()).set(status.breaker.gauge());
+                    if has_series(&key) {
+                        metrics::gauge!("fleet_breaker_state", "key" => key.clone()).set(status.breaker.gauge());
+                    }
                     held.push((key, spec));
                 }
                 Ok((Admission::Wait { delay, reason }, status)) => {
-                    metrics::gauge!("fleet_breaker_state", "key" => key.clone()).set(status.breaker.gauge());
+                    if has_series(&key) {
+                        metrics::gauge!("fleet_breaker_state", "key" => key.clone()).set(status.breaker.gauge());
+                    }
                     self.give_back(&held, holder).await;
                     return Err((delay, reason, key));
                 }
@@ -165,7 +177,9 @@ impl Guard {
             }
             let r = match outcome {
                 Some(ok) => self.limiter.report(k, holder, s, ok).await.map(|st| {
-                    metrics::gauge!("fleet_breaker_state", "key" => k.clone()).set(st.breaker.gauge());
+                    if has_series(k) {
+                        metrics::gauge!("fleet_breaker_state", "key" => k.clone()).set(st.breaker.gauge());
+                    }
                 }),
                 None => self.limiter.release(k, holder, s).await,
             };

@@ -107,3 +107,37 @@ impl Registry {
         self.kinds.keys().map(String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::CpuPool;
+    use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
+
+    fn ctx(tenant: Option<&str>) -> JobContext {
+        JobContext {
+            id: "j".into(),
+            kind: "probe".into(),
+            queue: "default".into(),
+            attempt: 1,
+            max_attempts: 1,
+            enqueued_at: 0,
+            instance: "test".into(),
+            trace: None,
+            tenant: tenant.map(str::to_owned),
+            cpu: CpuPool::new(1),
+        }
+    }
+
+    #[test]
+    fn limit_keys_a_tenant_names_live_in_its_namespace() {
+        let registry = Registry::builtin();
+        let args = serde_json::to_string(&ProbeArgs::new(ProbeAction::Succeed).limited("webhook:endpoint:ep_1")).unwrap();
+        let raw = RawValue::from_string(args).unwrap();
+        let entry = registry.get("probe").unwrap();
+        let hostile = entry.start(&raw, ctx(Some("mallory"))).unwrap();
+        assert_eq!(hostile.limit_keys, vec!["tenant:mallory:webhook:endpoint:ep_1"]);
+        let own = entry.start(&raw, ctx(None)).unwrap();
+        assert_eq!(own.limit_keys, vec!["webhook:endpoint:ep_1"], "Fleet's own jobs name keys as they are");
+    }
+}
