@@ -25,6 +25,9 @@ pub struct SchedulerConfig {
     pub schedules: Vec<ScheduleSpec>,
     /// Providers allowed to send webhooks to `/v1/intake/<name>`.
     pub intake: std::collections::BTreeMap<String, crate::api::intake::IntakeProvider>,
+    /// `[api]`: per-key and per-provider request rates, request and statement timeouts,
+    /// event streams per tenant.
+    pub api: crate::api::limits::ApiLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -38,6 +41,7 @@ impl Default for SchedulerConfig {
             log_format: "text".into(),
             schedules: Vec::new(),
             intake: Default::default(),
+            api: Default::default(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl SchedulerConfig {
         if !matches!(cfg.log_format.as_str(), "text" | "json") {
             return Err(format!("invalid setting log_format {:?}: expected text or json", cfg.log_format));
         }
+        cfg.api.validate()?;
         for (name, p) in &cfg.intake {
             p.validate(name)?;
         }

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message, safe to show.
     pub message: String,
+    /// Seconds to wait before retrying, sent as `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -30,7 +32,12 @@ pub(crate) struct ErrorDetail {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+    /// The same error with `Retry-After: secs`.
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -88,6 +95,10 @@ impl From<crate::sources::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        let res = (self.status, Json(body)).into_response();
+        match self.retry_after {
+            Some(secs) => super::limits::with_retry_after(res, secs),
+            None => res,
+        }
     }
 }

@@ -163,6 +163,7 @@ pub(crate) async fn receive(
 ) -> Result<impl IntoResponse, ApiError> {
     let p =
         state.intake.get(&provider).ok_or_else(|| ApiError::not_found(format!("no intake provider {provider:?}")))?;
+    state.limits.check_provider(&provider)?;
     let refuse = |reason: &'static str| {
         metrics::counter!("fleet_intake_rejected_total", "provider" => provider.clone(), "reason" => reason)
             .increment(1);
