@@ -139,7 +139,10 @@ pub(crate) async fn dead(
     Ok(Json(s.client.dead_matching(&queue, &filter).await?))
 }
 
-/// GET /admin/v1/queues/{queue}/dead/groups
+/// Most reason groups answered by `dead/groups`.
+const MAX_DEAD_GROUPS: usize = 500;
+
+/// GET /admin/v1/queues/{queue}/dead/groups (the 500 largest groups at most)
 pub(crate) async fn dead_groups(
     State(s): State<ApiState>,
     caller: Caller,
@@ -152,6 +155,7 @@ pub(crate) async fn dead_groups(
         .dead_by_reason(&queue)
         .await?
         .into_iter()
+        .take(MAX_DEAD_GROUPS)
         .map(|(reason, count)| serde_json::json!({"reason": reason, "count": count}))
         .collect();
     Ok(Json(groups))
@@ -371,12 +375,20 @@ pub(crate) struct ScheduleView {
     last_error: Option<String>,
 }
 
-/// GET /admin/v1/schedules
-pub(crate) async fn schedules(State(s): State<ApiState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+/// GET /admin/v1/schedules?limit=&offset= (by name; 100 per page by default, 500 at most)
+pub(crate) async fn schedules(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Query(page): Query<crate::sources::ListPage>,
+) -> Result<impl IntoResponse, ApiError> {
     read(&caller)?;
+    let (limit, offset) = page.bounds()?;
     let rows: Vec<ScheduleView> = sqlx::query_as(
-        "SELECT name, last_fired_at, next_fire_at, missed_ticks, paused, last_error FROM schedule_state ORDER BY name",
+        "SELECT name, last_fired_at, next_fire_at, missed_ticks, paused, last_error FROM schedule_state
+          ORDER BY name LIMIT $1 OFFSET $2",
     )
+    .bind(limit)
+    .bind(offset)
     .fetch_all(&s.db)
     .await
     .map_err(|e| ApiError::unavailable("reading schedules", e))?;
