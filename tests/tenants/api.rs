@@ -319,3 +319,81 @@ async fn postgres_statements_of_the_scheduler_pool_are_bounded() {
     pool.close().await;
     t.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stuck_on_the_database_answers_503_within_the_request_timeout() {
+    let t = Tenants::new().await;
+    let r = t.router(Some(ApiLimits { request_timeout_secs: 1, ..ApiLimits::generous() }));
+    let json = Some("application/json");
+    let (s, _, created) = send(&r, request("POST", "/v1/calendar/sources", bearer(&t.a), json, feed(None))).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Something else holds the source's row: the delete waits on its lock.
+    let mut holder = t.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM calendar_sources WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let uri = format!("/v1/calendar/sources/{id}");
+    let (s, h, b) = send(&r, request("DELETE", &uri, bearer(&t.a), None, vec![])).await;
+    assert_error(s, &h, &b, StatusCode::SERVICE_UNAVAILABLE, "timeout");
+    assert!(h.get(header::RETRY_AFTER).is_some());
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at the timeout: {:?}", started.elapsed());
+    // Meanwhile the other tenant is served.
+    let (s, _, b) = send(&r, request("GET", "/v1/calendar/sources", bearer(&t.b), None, vec![])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    holder.rollback().await.unwrap();
+    t.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_provider_over_its_rate_gets_429_and_another_provider_does_not() {
+    use fleet_jobs::webhooks::Secret;
+    let t = Tenants::new().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let providers = toml::from_str(&format!(
+        "[vision]\nscheme = \"standard_webhooks\"\nsecrets = [\"{secret}\"]\n\
+         [labels]\nscheme = \"standard_webhooks\"\nsecrets = [\"{secret}\"]\n"
+    ))
+    .unwrap();
+    let limits = ApiLimits { rate_per_provider: 1, burst_per_provider: 2, ..ApiLimits::generous() };
+    let state = ApiState::new(t.env.client.clone(), t.db.pool.clone()).with_intake(providers).with_limits(limits);
+    let r = app(state, MAX_BODY);
+    let secret = Secret::parse(secret).unwrap();
+    let body = r#"{"image": "img_1"}"#;
+    let call = |provider: &str, id: &str, signed: bool| {
+        let now = chrono::Utc::now().timestamp();
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("/v1/intake/{provider}"))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", now.to_string());
+        if signed {
+            req = req.header("webhook-signature", secret.sign(id, now, body.as_bytes()).unwrap());
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    // Unsigned calls are refused and spend nothing of the provider's rate.
+    for i in 0..5 {
+        let (s, h, b) = send(&r, call("vision", &format!("forged_{i}"), false)).await;
+        assert_error(s, &h, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let mut refused = None;
+    for i in 0..10 {
+        let (s, h, b) = send(&r, call("vision", &format!("evt_{i}"), true)).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(i >= 2, "refused within the burst, at call {i}");
+            refused = Some((s, h, b));
+            break;
+        }
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    }
+    let (s, h, b) = refused.expect("10 calls at 1/s with a burst of 2 are over the rate");
+    assert_error(s, &h, &b, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(h.get(header::RETRY_AFTER).is_some());
+    let (s, _, b) = send(&r, call("labels", "evt_other", true)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "another provider is not limited: {b}");
+    t.done().await;
+}

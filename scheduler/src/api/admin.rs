@@ -279,22 +279,27 @@ pub(crate) async fn workers(
     Ok(Json(s.client.workers(&queue).await?))
 }
 
-/// GET /admin/v1/stream: a `queues` event with every queue's overview each second.
+/// GET /admin/v1/stream: a `queues` event with every queue's overview each second (one
+/// of the key's tenant's stream slots).
 pub(crate) async fn stream(
     State(s): State<ApiState>,
     caller: Caller,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
     read(&caller)?;
-    let stream = futures::stream::unfold((s, true), |(s, first)| async move {
-        if !first {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    let slot = s.limits.open_stream(&caller.tenant)?;
+    let stream = futures::stream::unfold((s, true), move |(s, first)| {
+        let _held = &slot;
+        async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let now = fleet_jobs::envelope::now_ms();
+            let data = match s.client.overviews().await {
+                Ok(all) => serde_json::json!({"at": now, "queues": all, "batches": recent_batches(&s).await}),
+                Err(_) => serde_json::json!({"at": now, "error": "the job store is unavailable"}),
+            };
+            Some((Ok(Event::default().event("queues").data(data.to_string())), (s, false)))
         }
-        let now = fleet_jobs::envelope::now_ms();
-        let data = match s.client.overviews().await {
-            Ok(all) => serde_json::json!({"at": now, "queues": all, "batches": recent_batches(&s).await}),
-            Err(_) => serde_json::json!({"at": now, "error": "the job store is unavailable"}),
-        };
-        Some((Ok(Event::default().event("queues").data(data.to_string())), (s, false)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

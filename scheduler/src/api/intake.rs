@@ -163,7 +163,6 @@ pub(crate) async fn receive(
 ) -> Result<impl IntoResponse, ApiError> {
     let p =
         state.intake.get(&provider).ok_or_else(|| ApiError::not_found(format!("no intake provider {provider:?}")))?;
-    state.limits.check_provider(&provider)?;
     let refuse = |reason: &'static str| {
         metrics::counter!("fleet_intake_rejected_total", "provider" => provider.clone(), "reason" => reason)
             .increment(1);
@@ -172,6 +171,7 @@ pub(crate) async fn receive(
     };
     let now = chrono::Utc::now().timestamp();
     let id = p.check(&headers, &body, now).map_err(refuse)?;
+    state.limits.check_provider(&provider)?;
     // The same id twice within the tolerance window is a replay.
     let digest = hex::encode(Sha256::digest(id.as_bytes()));
     let key = format!("{}:{{intake:{provider}}}:{digest}", state.client.prefix());
