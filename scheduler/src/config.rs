@@ -91,3 +91,27 @@ impl SchedulerConfig {
         Ok(cfg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_configs_load_with_their_api_limits() {
+        for file in ["local", "compose"] {
+            let path =
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/{file}/scheduler.toml"));
+            let cfg = SchedulerConfig::load(Some(&path)).unwrap();
+            assert_eq!(cfg.api, crate::api::limits::ApiLimits::default(), "{file}");
+        }
+    }
+
+    #[test]
+    fn api_limits_are_checked() {
+        let cfg: SchedulerConfig = toml::from_str("[api]\nrate_per_key = 0").unwrap();
+        assert!(cfg.api.validate().unwrap_err().contains("api.rate_per_key"));
+        assert!(toml::from_str::<SchedulerConfig>("[api]\nrate_per_kee = 5").is_err());
+        let cfg: SchedulerConfig = toml::from_str("[api]\nrate_per_key = 5").unwrap();
+        assert_eq!((cfg.api.rate_per_key, cfg.api.burst_per_key), (5, 100));
+    }
+}
