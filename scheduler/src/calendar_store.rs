@@ -122,11 +122,15 @@ pub async fn create(
     get(db, Some(tenant), &id).await
 }
 
-/// Which sources to list.
+/// Which sources to list, and which page of them.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 pub struct SourceFilter {
     /// Only this supplier's sources.
     pub supplier: Option<String>,
+    /// Rows per page (1 to 500, default 100).
+    pub limit: Option<i64>,
+    /// Rows to skip (default 0).
+    pub offset: Option<i64>,
 }
 
 async fn select(
@@ -135,15 +139,33 @@ async fn select(
     supplier: Option<&str>,
     id: Option<&str>,
 ) -> Result<Vec<CalendarSourceView>, StoreError> {
+    select_page(db, tenant, supplier, id, None, 0).await
+}
+
+async fn select_page(
+    db: &PgPool,
+    tenant: Option<&str>,
+    supplier: Option<&str>,
+    id: Option<&str>,
+    limit: Option<i64>,
+    offset: i64,
+) -> Result<Vec<CalendarSourceView>, StoreError> {
     let sql = format!(
         "SELECT id, tenant, supplier, kind, url, username, secret IS NOT NULL AS has_password, max_delete_share,
                 quarantined, state, {}
            FROM calendar_sources
           WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR supplier = $2) AND ($3::text IS NULL OR id = $3)
-          ORDER BY created_at, id",
+          ORDER BY created_at, id LIMIT $4 OFFSET $5",
         SyncStatus::COLUMNS
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(supplier).bind(id).fetch_all(db).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(supplier)
+        .bind(id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(db)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| CalendarSourceView {
@@ -169,6 +191,17 @@ pub async fn list(
     supplier: Option<&str>,
 ) -> Result<Vec<CalendarSourceView>, StoreError> {
     select(db, tenant, supplier, None).await
+}
+
+/// A page of the tenant's sources (of `filter.supplier`, when given) by registration.
+pub async fn list_page(
+    db: &PgPool,
+    tenant: &str,
+    filter: &SourceFilter,
+) -> Result<Vec<CalendarSourceView>, StoreError> {
+    let page = crate::sources::ListPage { limit: filter.limit, offset: filter.offset };
+    let (limit, offset) = page.bounds()?;
+    select_page(db, Some(tenant), filter.supplier.as_deref(), None, Some(limit), offset).await
 }
 
 /// One source.
@@ -263,7 +296,10 @@ pub async fn put_supplier(
     Ok(())
 }
 
-/// A time window (RFC 3339); default: now to 24 months ahead.
+/// Longest window of an occurrences query.
+pub const MAX_WINDOW_MONTHS: u32 = 36;
+
+/// A time window (RFC 3339); default: now to 24 months ahead; at most 36 months.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 pub struct Window {
     /// Start (inclusive).
@@ -303,7 +339,8 @@ pub struct OccurrenceView {
     pub summary: Option<String>,
 }
 
-/// A supplier's occurrences overlapping `window`, by start (at most 10,000).
+/// A supplier's occurrences overlapping `window` (at most [`MAX_WINDOW_MONTHS`] long), by
+/// start (at most 10,000).
 pub async fn occurrences(
     db: &PgPool,
     tenant: &str,
@@ -312,6 +349,14 @@ pub async fn occurrences(
 ) -> Result<Vec<OccurrenceView>, StoreError> {
     let from = window.from.unwrap_or_else(Utc::now);
     let to = window.to.unwrap_or_else(|| from + chrono::Months::new(24));
+    if to <= from {
+        return Err(StoreError::Invalid("the window's `to` must be after its `from`".into()));
+    }
+    if to > from + chrono::Months::new(MAX_WINDOW_MONTHS) {
+        return Err(StoreError::Invalid(format!(
+            "a window spans at most {MAX_WINDOW_MONTHS} months; ask for several windows"
+        )));
+    }
     let rows = sqlx::query(
         "SELECT source_id, uid, recurrence_id, start_at, end_at, start_local, end_local, zone, all_day, status, transparent, summary
            FROM calendar_occurrences WHERE tenant = $1 AND supplier = $2 AND start_at < $4 AND end_at > $3

@@ -177,6 +177,16 @@ pub async fn create(
 }
 
 async fn select(db: &PgPool, tenant: Option<&str>, id: Option<&str>) -> Result<Vec<SourceView>, StoreError> {
+    select_page(db, tenant, id, None, 0).await
+}
+
+async fn select_page(
+    db: &PgPool,
+    tenant: Option<&str>,
+    id: Option<&str>,
+    limit: Option<i64>,
+    offset: i64,
+) -> Result<Vec<SourceView>, StoreError> {
     let sql = format!(
         "SELECT s.id, s.tenant, s.kind, s.name, s.config, s.default_region, s.secret IS NOT NULL AS has_secret, {},
                 COALESCE((SELECT json_agg(json_build_object('folder', c.folder, 'uidvalidity', c.uidvalidity,
@@ -186,10 +196,11 @@ async fn select(db: &PgPool, tenant: Option<&str>, id: Option<&str>) -> Result<V
                 (SELECT count(*) FROM comms_quarantine q WHERE q.source_id = s.id) AS quarantined
            FROM comms_sources s
           WHERE ($1::text IS NULL OR s.tenant = $1) AND ($2::text IS NULL OR s.id = $2)
-          ORDER BY s.created_at, s.id",
+          ORDER BY s.created_at, s.id LIMIT $3 OFFSET $4",
         SyncStatus::COLUMNS
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id).fetch_all(db).await?;
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id).bind(limit).bind(offset).fetch_all(db).await?;
     Ok(rows
         .into_iter()
         .map(|r| SourceView {
@@ -210,6 +221,16 @@ async fn select(db: &PgPool, tenant: Option<&str>, id: Option<&str>) -> Result<V
 /// The sources (of `tenant`, when given) by registration, with their sync state.
 pub async fn list(db: &PgPool, tenant: Option<&str>) -> Result<Vec<SourceView>, StoreError> {
     select(db, tenant, None).await
+}
+
+/// A page of the tenant's sources by registration, with their sync state.
+pub async fn list_page(
+    db: &PgPool,
+    tenant: &str,
+    page: &crate::sources::ListPage,
+) -> Result<Vec<SourceView>, StoreError> {
+    let (limit, offset) = page.bounds()?;
+    select_page(db, Some(tenant), None, Some(limit), offset).await
 }
 
 /// One source with its sync state.

@@ -27,6 +27,9 @@ pub struct SchedulerConfig {
     pub intake: std::collections::BTreeMap<String, crate::api::intake::IntakeProvider>,
     /// What tenants may enqueue and where, and their default cap and quota per queue.
     pub tenants: crate::tenancy::TenancyConfig,
+    /// `[api]`: per-key and per-provider request rates, request and statement timeouts,
+    /// event streams per tenant.
+    pub api: crate::api::limits::ApiLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -41,6 +44,7 @@ impl Default for SchedulerConfig {
             schedules: Vec::new(),
             intake: Default::default(),
             tenants: Default::default(),
+            api: Default::default(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl SchedulerConfig {
         if !matches!(cfg.log_format.as_str(), "text" | "json") {
             return Err(format!("invalid setting log_format {:?}: expected text or json", cfg.log_format));
         }
+        cfg.api.validate()?;
         for (name, p) in &cfg.intake {
             p.validate(name)?;
         }
@@ -90,5 +95,29 @@ impl SchedulerConfig {
             Schedule::parse(s.clone()).map_err(|e| format!("invalid schedule: {e}"))?;
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_configs_load_with_their_api_limits() {
+        for file in ["local", "compose"] {
+            let path =
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/{file}/scheduler.toml"));
+            let cfg = SchedulerConfig::load(Some(&path)).unwrap();
+            assert_eq!(cfg.api, crate::api::limits::ApiLimits::default(), "{file}");
+        }
+    }
+
+    #[test]
+    fn api_limits_are_checked() {
+        let cfg: SchedulerConfig = toml::from_str("[api]\nrate_per_key = 0").unwrap();
+        assert!(cfg.api.validate().unwrap_err().contains("api.rate_per_key"));
+        assert!(toml::from_str::<SchedulerConfig>("[api]\nrate_per_kee = 5").is_err());
+        let cfg: SchedulerConfig = toml::from_str("[api]\nrate_per_key = 5").unwrap();
+        assert_eq!((cfg.api.rate_per_key, cfg.api.burst_per_key), (5, 100));
     }
 }

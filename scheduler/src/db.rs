@@ -2,22 +2,42 @@
 //! applied at start-up. sqlx holds a PostgreSQL advisory lock while it migrates, so
 //! replicas starting at once apply each migration once.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Connects (2 s timeout per connection attempt) and applies pending migrations.
+/// Connects (5 s timeout to get a connection) and applies pending migrations.
 pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| anyhow::anyhow!("PostgreSQL is not reachable at {}: {e}", redacted(url)))?;
-    MIGRATOR.run(&pool).await.map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))?;
-    Ok(pool)
+    connect_and_migrate_with(url, None).await
+}
+
+/// Like [`connect_and_migrate`], and every statement of the returned pool is cancelled by
+/// PostgreSQL after `statement_timeout` (its `statement_timeout` setting, per connection),
+/// so one slow query cannot hold a pooled connection for long. Migrations run before, on a
+/// connection without the limit.
+pub async fn connect_and_migrate_with(url: &str, statement_timeout: Option<Duration>) -> anyhow::Result<PgPool> {
+    let unreachable = |e: sqlx::Error| anyhow::anyhow!("PostgreSQL is not reachable at {}: {e}", redacted(url));
+    let options: PgConnectOptions = url.parse().map_err(unreachable)?;
+    let pool_options = || PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(5));
+    let Some(limit) = statement_timeout.filter(|d| !d.is_zero()) else {
+        let pool = pool_options().connect_with(options).await.map_err(unreachable)?;
+        MIGRATOR.run(&pool).await.map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))?;
+        return Ok(pool);
+    };
+    {
+        let migrating = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await
+            .map_err(unreachable)?;
+        MIGRATOR.run(&migrating).await.map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))?;
+        migrating.close().await;
+    }
+    let options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
+    pool_options().connect_with(options).await.map_err(unreachable)
 }
 
 /// A database URL without its password, for messages.

@@ -45,7 +45,8 @@ pub async fn run(
         .install_recorder()
         .context("installing the metrics recorder")?;
     let db = loop {
-        match db::connect_and_migrate(&config.database_url).await {
+        let statement_timeout = Duration::from_millis(config.api.statement_timeout_ms);
+        match db::connect_and_migrate_with(&config.database_url, Some(statement_timeout)).await {
             Ok(db) => break db,
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL not ready; retrying in 2 s");
@@ -71,7 +72,8 @@ pub async fn run(
     }
     let state = api::ApiState::new(client.clone(), db.clone())
         .with_intake(config.intake.clone())
-        .with_tenancy(config.tenants.clone());
+        .with_tenancy(config.tenants.clone())
+        .with_limits(config.api.clone());
     let sampling = tokio::spawn(state.history.clone().run(client, stop.clone()));
     let router = api::app(state, config.max_body_bytes)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))

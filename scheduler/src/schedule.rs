@@ -93,6 +93,7 @@ impl Schedule {
                 spec.name, spec.timezone
             )
         })?;
+        check_fires(&cron, &tz).map_err(|e| format!("schedule {:?}: cron {:?} {e}", spec.name, spec.cron))?;
         let kind = fleet_jobs::catalogue::lookup(&spec.kind)
             .ok_or_else(|| format!("schedule {:?}: unknown job kind {:?}", spec.name, spec.kind))?;
         let raw = serde_json::value::to_raw_value(&spec.args).map_err(|e| e.to_string())?;
@@ -137,6 +138,20 @@ impl Schedule {
     }
 }
 
+/// How far ahead a schedule must fire at least once.
+pub const MAX_FIRST_FIRE_YEARS: u32 = 5;
+
+/// An expression that parses but never fires (`0 0 30 2 *`, 30 February) or not for years
+/// is a mistake: refused, so it cannot sit in the ticker forever.
+fn check_fires(cron: &Cron, tz: &chrono_tz::Tz) -> Result<(), String> {
+    let now = Utc::now();
+    let horizon = now + chrono::Months::new(12 * MAX_FIRST_FIRE_YEARS);
+    match next_fire(cron, tz, now) {
+        Some(t) if t <= horizon => Ok(()),
+        _ => Err(format!("never fires within {MAX_FIRST_FIRE_YEARS} years (a date that does not exist?)")),
+    }
+}
+
 fn parse_cron(expr: &str, seconds: Seconds) -> Result<Cron, croner::errors::CronError> {
     CronParser::builder().seconds(seconds).build().parse(expr)
 }
@@ -156,9 +171,11 @@ pub struct SourceCron {
 impl SourceCron {
     /// Parses `expr`; the error says what is wrong with it.
     pub fn parse(expr: &str) -> Result<SourceCron, String> {
-        parse_cron(expr, Seconds::Disallowed)
-            .map(|cron| SourceCron { cron })
-            .map_err(|e| format!("schedule {expr:?} is not a five-field cron expression (e.g. \"*/15 * * * *\"): {e}"))
+        let cron = parse_cron(expr, Seconds::Disallowed).map_err(|e| {
+            format!("schedule {expr:?} is not a five-field cron expression (e.g. \"*/15 * * * *\"): {e}")
+        })?;
+        check_fires(&cron, &chrono_tz::UTC).map_err(|e| format!("schedule {expr:?} {e}"))?;
+        Ok(SourceCron { cron })
     }
 
     /// The first time strictly after `t`.
@@ -245,6 +262,18 @@ mod tests {
         for bad in ["* * * * * *", "*/15 * * *", "every 5 minutes", "61 * * * *", ""] {
             assert!(SourceCron::parse(bad).unwrap_err().contains("five-field cron"), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn expressions_that_never_fire_are_refused() {
+        for never in ["0 0 30 2 *", "0 0 0 31 4 *", "0 0 31 11 *"] {
+            let e = Schedule::parse(spec(never, "UTC")).unwrap_err();
+            assert!(e.contains("never fires"), "{never}: {e}");
+        }
+        assert!(SourceCron::parse("0 0 30 2 *").unwrap_err().contains("never fires"));
+        // Rare but real: 29 February.
+        Schedule::parse(spec("0 0 29 2 *", "UTC")).unwrap();
+        SourceCron::parse("0 0 29 2 *").unwrap();
     }
 
     #[test]

@@ -122,6 +122,36 @@ impl SyncStatus {
     }
 }
 
+/// A page of a list: `limit` rows (1 to [`ListPage::MAX`], default [`ListPage::DEFAULT`])
+/// after skipping `offset`.
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
+pub struct ListPage {
+    /// Rows per page (1 to 500, default 100).
+    pub limit: Option<i64>,
+    /// Rows to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+impl ListPage {
+    /// Default rows per page.
+    pub const DEFAULT: i64 = 100;
+    /// Most rows per page.
+    pub const MAX: i64 = 500;
+
+    /// `(limit, offset)`, checked.
+    pub fn bounds(&self) -> Result<(i64, i64), StoreError> {
+        let limit = self.limit.unwrap_or(Self::DEFAULT);
+        if !(1..=Self::MAX).contains(&limit) {
+            return Err(StoreError::Invalid(format!("limit must be 1 to {}", Self::MAX)));
+        }
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(StoreError::Invalid("offset must be 0 or more".into()));
+        }
+        Ok((limit, offset))
+    }
+}
+
 /// The schedule to store: `schedule`, checked, or the table's default.
 pub fn check_schedule(table: SourceTable, schedule: Option<&str>) -> Result<String, StoreError> {
     let expr = schedule.map(str::trim).unwrap_or(table.default_schedule());

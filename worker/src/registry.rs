@@ -132,7 +132,8 @@ mod tests {
     #[test]
     fn limit_keys_a_tenant_names_live_in_its_namespace() {
         let registry = Registry::builtin();
-        let args = serde_json::to_string(&ProbeArgs::new(ProbeAction::Succeed).limited("webhook:endpoint:ep_1")).unwrap();
+        let args =
+            serde_json::to_string(&ProbeArgs::new(ProbeAction::Succeed).limited("webhook:endpoint:ep_1")).unwrap();
         let raw = RawValue::from_string(args).unwrap();
         let entry = registry.get("probe").unwrap();
         let hostile = entry.start(&raw, ctx(Some("mallory"))).unwrap();

@@ -139,7 +139,10 @@ pub(crate) async fn dead(
     Ok(Json(s.client.dead_matching(&queue, &filter).await?))
 }
 
-/// GET /admin/v1/queues/{queue}/dead/groups
+/// Most reason groups answered by `dead/groups`.
+const MAX_DEAD_GROUPS: usize = 500;
+
+/// GET /admin/v1/queues/{queue}/dead/groups (the 500 largest groups at most)
 pub(crate) async fn dead_groups(
     State(s): State<ApiState>,
     caller: Caller,
@@ -152,6 +155,7 @@ pub(crate) async fn dead_groups(
         .dead_by_reason(&queue)
         .await?
         .into_iter()
+        .take(MAX_DEAD_GROUPS)
         .map(|(reason, count)| serde_json::json!({"reason": reason, "count": count}))
         .collect();
     Ok(Json(groups))
@@ -275,22 +279,27 @@ pub(crate) async fn workers(
     Ok(Json(s.client.workers(&queue).await?))
 }
 
-/// GET /admin/v1/stream: a `queues` event with every queue's overview each second.
+/// GET /admin/v1/stream: a `queues` event with every queue's overview each second (one
+/// of the key's tenant's stream slots).
 pub(crate) async fn stream(
     State(s): State<ApiState>,
     caller: Caller,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
     read(&caller)?;
-    let stream = futures::stream::unfold((s, true), |(s, first)| async move {
-        if !first {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    let slot = s.limits.open_stream(&caller.tenant)?;
+    let stream = futures::stream::unfold((s, true), move |(s, first)| {
+        let _held = &slot;
+        async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let now = fleet_jobs::envelope::now_ms();
+            let data = match s.client.overviews().await {
+                Ok(all) => serde_json::json!({"at": now, "queues": all, "batches": recent_batches(&s).await}),
+                Err(_) => serde_json::json!({"at": now, "error": "the job store is unavailable"}),
+            };
+            Some((Ok(Event::default().event("queues").data(data.to_string())), (s, false)))
         }
-        let now = fleet_jobs::envelope::now_ms();
-        let data = match s.client.overviews().await {
-            Ok(all) => serde_json::json!({"at": now, "queues": all, "batches": recent_batches(&s).await}),
-            Err(_) => serde_json::json!({"at": now, "error": "the job store is unavailable"}),
-        };
-        Some((Ok(Event::default().event("queues").data(data.to_string())), (s, false)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -311,9 +320,53 @@ async fn recent_batches(s: &ApiState) -> Vec<serde_json::Value> {
     out
 }
 
-/// GET /dashboard: the page (it asks for an operator key and calls the admin API with it).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `'sha256-…'` of every inline `<tag>…</tag>` block of the page, for its CSP.
+fn inline_hashes(html: &str, tag: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        let digest = sha2::Sha256::digest(&body.as_bytes()[..end]);
+        out.push(format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest)));
+        rest = &body[end + close.len()..];
+    }
+    out.join(" ")
+}
+
+/// The dashboard's Content-Security-Policy: nothing but its own inline script and style
+/// (by hash) and calls to this origin; no framing, no forms, no plugins.
+fn dashboard_csp() -> &'static str {
+    static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            inline_hashes(DASHBOARD, "script"),
+            inline_hashes(DASHBOARD, "style")
+        )
+    });
+    &CSP
+}
+
+/// GET /dashboard: the page (it asks for an operator key and calls the admin API with it),
+/// with a strict CSP, no framing, no sniffing and no referrer (a key could be in the URL).
 pub(crate) async fn dashboard() -> impl IntoResponse {
-    Html(include_str!("dashboard.html"))
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, dashboard_csp()),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(DASHBOARD),
+    )
 }
 
 /// A schedule's state for operators.
@@ -327,12 +380,20 @@ pub(crate) struct ScheduleView {
     last_error: Option<String>,
 }
 
-/// GET /admin/v1/schedules
-pub(crate) async fn schedules(State(s): State<ApiState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+/// GET /admin/v1/schedules?limit=&offset= (by name; 100 per page by default, 500 at most)
+pub(crate) async fn schedules(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Query(page): Query<crate::sources::ListPage>,
+) -> Result<impl IntoResponse, ApiError> {
     read(&caller)?;
+    let (limit, offset) = page.bounds()?;
     let rows: Vec<ScheduleView> = sqlx::query_as(
-        "SELECT name, last_fired_at, next_fire_at, missed_ticks, paused, last_error FROM schedule_state ORDER BY name",
+        "SELECT name, last_fired_at, next_fire_at, missed_ticks, paused, last_error FROM schedule_state
+          ORDER BY name LIMIT $1 OFFSET $2",
     )
+    .bind(limit)
+    .bind(offset)
     .fetch_all(&s.db)
     .await
     .map_err(|e| ApiError::unavailable("reading schedules", e))?;

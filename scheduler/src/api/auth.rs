@@ -73,9 +73,8 @@ impl FromRequestParts<ApiState> for Caller {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
+        let token =
+            bearer_token(header).ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
         let (id, secret) = token
             .strip_prefix("fk_")
             .and_then(|rest| rest.split_once('_'))
@@ -93,13 +92,36 @@ impl FromRequestParts<ApiState> for Caller {
         if !matches || tenant.is_empty() {
             return Err(ApiError::unauthorized("invalid or revoked API key"));
         }
+        // Counted once the key is proven: a caller cannot spend another key's rate.
+        state.limits.check_key(id)?;
         Ok(Caller { tenant, key_id: id.to_owned(), roles })
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 7235 §2.1) and may be followed by more than one space.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer fk_a_b", "bearer fk_a_b", "BEARER fk_a_b", "bEaReR  fk_a_b"] {
+            assert_eq!(bearer_token(h), Some("fk_a_b"), "{h}");
+        }
+        for h in ["Basic fk_a_b", "Bearerfk_a_b", "Bearer ", "fk_a_b"] {
+            assert_eq!(bearer_token(h), None, "{h}");
+        }
+    }
 
     #[test]
     fn hashes_compare_in_constant_time_and_exactly() {

@@ -112,10 +112,20 @@ pub(crate) async fn create_batch(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// How a batch event stream goes on after an event.
+#[derive(Clone, Copy, PartialEq)]
+enum Next {
+    Continue,
+    End,
+}
+
 /// Live progress of a batch as server-sent events: a `progress` event whenever its
 /// counters change (checked every 250 ms), then `done` when its callbacks are enqueued.
+/// When the batch's counters are gone (deleted, or forgotten a week after it ended), one
+/// `gone` event and the stream ends. The stream takes one of the tenant's stream slots.
 #[utoipa::path(get, path = "/v1/batches/{id}/events",
-    responses((status = 200, description = "text/event-stream of progress events"), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, description = "text/event-stream of progress events, then `done` or `gone`"), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+        (status = 429, description = "the tenant has the most streams open", body = super::error::ErrorBody)))]
 pub(crate) async fn batch_events(
     State(state): State<ApiState>,
     caller: Caller,
@@ -132,27 +142,43 @@ pub(crate) async fn batch_events(
         .await
         .map_err(|e| ApiError::unavailable("reading the batch", e))?;
     let (queue,) = row.ok_or_else(|| ApiError::not_found(format!("no batch {id}")))?;
+    let slot = state.limits.open_stream(&caller.tenant)?;
     let client = state.client.clone();
-    let stream = futures::stream::unfold((None::<fleet_jobs::batches::BatchStatus>, false), move |(last, finished)| {
-        let (client, queue, id) = (client.clone(), queue.clone(), id.clone());
-        async move {
-            if finished {
-                return None;
-            }
-            loop {
-                let now = client.batch(&queue, &id).await.ok().flatten();
-                if let Some(s) = now
-                    && last.as_ref() != Some(&s)
-                {
-                    let done = s.callbacks_enqueued;
-                    let data = serde_json::json!({"id": id, "total": s.total, "succeeded": s.succeeded, "failed": s.failed, "pending": s.pending});
-                    let event = Event::default().event(if done { "done" } else { "progress" }).data(data.to_string());
-                    return Some((Ok(event), (Some(s), done)));
+    let stream = futures::stream::unfold(
+        (None::<fleet_jobs::batches::BatchStatus>, Next::Continue),
+        move |(last, next)| {
+            let _held = &slot;
+            let (client, queue, id) = (client.clone(), queue.clone(), id.clone());
+            async move {
+                if next == Next::End {
+                    return None;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                loop {
+                    match client.batch(&queue, &id).await {
+                        Ok(Some(s)) if last.as_ref() != Some(&s) => {
+                            let done = s.callbacks_enqueued;
+                            let data = serde_json::json!({"id": id, "total": s.total, "succeeded": s.succeeded, "failed": s.failed, "pending": s.pending});
+                            let event =
+                                Event::default().event(if done { "done" } else { "progress" }).data(data.to_string());
+                            return Some((Ok(event), (Some(s), if done { Next::End } else { Next::Continue })));
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            let data = serde_json::json!({"id": id, "reason": "the batch no longer exists"});
+                            return Some((
+                                Ok(Event::default().event("gone").data(data.to_string())),
+                                (last, Next::End),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, batch = %id, "batch stream: reading counters failed; retrying")
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

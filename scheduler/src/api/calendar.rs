@@ -34,15 +34,16 @@ pub(crate) async fn create_source(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// List the tenant's calendar sources with their sync state.
+/// List the tenant's calendar sources with their sync state, by registration, a page at a
+/// time (`limit` 1 to 500, default 100; `offset`).
 #[utoipa::path(get, path = "/v1/calendar/sources", params(SourceFilter),
-    responses((status = 200, body = Vec<CalendarSourceView>), (status = 401, body = super::error::ErrorBody)))]
+    responses((status = 200, body = Vec<CalendarSourceView>), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn list_sources(
     State(state): State<ApiState>,
     caller: Caller,
     Query(filter): Query<SourceFilter>,
 ) -> Result<Json<Vec<CalendarSourceView>>, ApiError> {
-    Ok(Json(store::list(&state.db, Some(&caller.tenant), filter.supplier.as_deref()).await?))
+    Ok(Json(store::list_page(&state.db, &caller.tenant, &filter).await?))
 }
 
 /// One source: its sync state, last error, quarantine reason and last report.
@@ -116,9 +117,10 @@ pub(crate) async fn put_supplier(
     Ok(Json(settings))
 }
 
-/// A supplier's occurrences in a window, by start.
+/// A supplier's occurrences in a window (at most 36 months; default the next 24), by start,
+/// at most 10,000.
 #[utoipa::path(get, path = "/v1/calendar/suppliers/{supplier}/occurrences", params(("supplier" = String, Path), Window),
-    responses((status = 200, body = Vec<OccurrenceView>), (status = 401, body = super::error::ErrorBody)))]
+    responses((status = 200, body = Vec<OccurrenceView>), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn occurrences(
     State(state): State<ApiState>,
     caller: Caller,
@@ -128,7 +130,7 @@ pub(crate) async fn occurrences(
     Ok(Json(store::occurrences(&state.db, &caller.tenant, &supplier, &window).await?))
 }
 
-/// A supplier's open double bookings, by start.
+/// A supplier's open double bookings, by start, at most 10,000.
 #[utoipa::path(get, path = "/v1/calendar/suppliers/{supplier}/conflicts", params(("supplier" = String, Path)),
     responses((status = 200, body = Vec<ConflictView>), (status = 401, body = super::error::ErrorBody)))]
 pub(crate) async fn conflicts(

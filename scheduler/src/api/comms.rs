@@ -34,13 +34,16 @@ pub(crate) async fn create_source(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// List the tenant's sources with their sync state.
-#[utoipa::path(get, path = "/v1/comms/sources", responses((status = 200, body = Vec<SourceView>), (status = 401, body = super::error::ErrorBody)))]
+/// List the tenant's sources with their sync state, by registration, a page at a time
+/// (`limit` 1 to 500, default 100; `offset`).
+#[utoipa::path(get, path = "/v1/comms/sources", params(crate::sources::ListPage),
+    responses((status = 200, body = Vec<SourceView>), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn list_sources(
     State(state): State<ApiState>,
     caller: Caller,
+    Query(page): Query<crate::sources::ListPage>,
 ) -> Result<Json<Vec<SourceView>>, ApiError> {
-    Ok(Json(store::list(&state.db, Some(&caller.tenant)).await?))
+    Ok(Json(store::list_page(&state.db, &caller.tenant, &page).await?))
 }
 
 /// One source's sync state: per-folder cursors, last error and report, quarantined count.

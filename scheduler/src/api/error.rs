@@ -15,7 +15,7 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message, safe to show.
     pub message: String,
-    /// Seconds to wait before retrying (sent as `Retry-After`).
+    /// Seconds to wait before retrying, sent as `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
 }
 
@@ -34,6 +34,11 @@ impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
+    /// The same error with `Retry-After: secs`.
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
@@ -45,11 +50,6 @@ impl ApiError {
     }
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-    }
-    /// The same error with a `Retry-After` of `secs` seconds.
-    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
-        self
     }
     /// A failure inside Fleet: logged in full, answered in general terms.
     pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Self {
@@ -98,10 +98,10 @@ impl From<crate::sources::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
-        let mut res = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        let res = (self.status, Json(body)).into_response();
+        match self.retry_after {
+            Some(secs) => super::limits::with_retry_after(res, secs),
+            None => res,
         }
-        res
     }
 }

@@ -171,6 +171,7 @@ pub(crate) async fn receive(
     };
     let now = chrono::Utc::now().timestamp();
     let id = p.check(&headers, &body, now).map_err(refuse)?;
+    state.limits.check_provider(&provider)?;
     // The same id twice within the tolerance window is a replay.
     let digest = hex::encode(Sha256::digest(id.as_bytes()));
     let key = format!("{}:{{intake:{provider}}}:{digest}", state.client.prefix());

@@ -12,6 +12,8 @@ pub mod error;
 mod images;
 pub mod intake;
 mod jobs;
+pub mod limits;
+mod shape;
 mod stream;
 mod tenants;
 mod webhooks;
@@ -37,10 +39,12 @@ pub struct ApiState {
     pub secrets: Option<fleet_comms::secrets::SecretBox>,
     /// What tenants may enqueue, and where.
     pub tenancy: std::sync::Arc<crate::tenancy::TenancyConfig>,
+    /// Per-process request rates, timeout and stream caps.
+    pub limits: limits::Limiter,
 }
 
 impl ApiState {
-    /// State with no intake providers.
+    /// State with no intake providers and generous limits ([`limits::ApiLimits::generous`]).
     pub fn new(client: Client, db: sqlx::PgPool) -> Self {
         ApiState {
             client,
@@ -49,6 +53,7 @@ impl ApiState {
             history: Default::default(),
             secrets: fleet_comms::secrets::SecretBox::from_env().ok(),
             tenancy: Default::default(),
+            limits: limits::Limiter::new(limits::ApiLimits::generous()),
         }
     }
 
@@ -57,6 +62,20 @@ impl ApiState {
     pub fn with_tenancy(mut self, tenancy: crate::tenancy::TenancyConfig) -> Self {
         self.tenancy = std::sync::Arc::new(tenancy);
         self
+    }
+
+    /// The same state with these limits (rates, timeout, stream caps).
+    pub fn with_limits(mut self, settings: limits::ApiLimits) -> Self {
+        self.limits = limits::Limiter::new(settings);
+        self
+    }
+
+    /// The same state with `per_second` requests per API key and `burst` at once (the
+    /// other limits unchanged).
+    pub fn with_rate_limit(self, per_second: u32, burst: u32) -> Self {
+        let settings =
+            limits::ApiLimits { rate_per_key: per_second, burst_per_key: burst, ..self.limits.settings().clone() };
+        self.with_limits(settings)
     }
 
     /// The same state with this key for communication-source secrets.
@@ -125,7 +144,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The API's routes; request bodies over `max_body` bytes get 413.
+/// The API's routes; request bodies over `max_body` bytes get 413. Every answer passes
+/// through [`shape::guard`]: the request timeout, errors in one shape, `nosniff`.
 pub fn app(state: ApiState, max_body: usize) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::enqueue))
@@ -180,5 +200,6 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/schedules/{name}/pause", post(admin::pause_schedule))
         .route("/admin/v1/schedules/{name}/resume", post(admin::resume_schedule))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shape::guard))
         .with_state(state)
 }

@@ -7,6 +7,9 @@
 //! After the job events of one read, every batch they touched gets one
 //! `batch.progress` event with its counters (`finished` once none is pending), so an
 //! app can show "analysing 120 / 300" from one connection.
+//!
+//! A tenant holds at most `api.streams_per_tenant` streams (this one and batch event
+//! streams) open at once per scheduler process; one more gets 429 with `Retry-After`.
 
 use super::ApiState;
 use super::auth::Caller;
@@ -36,7 +39,8 @@ pub(crate) struct StreamQuery {
 /// The tenant's live job and batch events, as server-sent events.
 #[utoipa::path(get, path = "/v1/stream", params(StreamQuery),
     responses((status = 200, description = "text/event-stream: `job.*` events (JSON: type, queue, id, kind, attempt, batch, at) and `batch.progress` (JSON: id, queue, total, succeeded, failed, pending, finished)"),
-        (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+        (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, description = "the tenant has the most streams open", body = super::error::ErrorBody)))]
 pub(crate) async fn tenant_stream(
     State(state): State<ApiState>,
     caller: Caller,
@@ -51,9 +55,12 @@ pub(crate) async fn tenant_stream(
         Some(_) => return Err(ApiError::invalid("Last-Event-ID / after must be an event id such as 1700000000000-0")),
         None => events::latest_id(&mut conn, &prefix, &caller.tenant).await?,
     };
+    // One of the tenant's stream slots, held by the stream and freed when the client goes.
+    let slot = state.limits.open_stream(&caller.tenant)?;
     let client = state.client.clone();
     let tenant = caller.tenant;
     let stream = futures::stream::unfold((start, Vec::<Event>::new()), move |(mut after, mut pending)| {
+        let _held = &slot;
         let (client, tenant, prefix) = (client.clone(), tenant.clone(), prefix.clone());
         async move {
             loop {
