@@ -88,3 +88,109 @@ impl JobArgs for ImageVariants {
         }
     }
 }
+
+/// Longest object key accepted, in bytes (S3's limit).
+pub const MAX_OBJECT_KEY_BYTES: usize = 1024;
+
+/// The object-store prefix a tenant's keys live under: `tenants/<tenant>/`. Uploads,
+/// watermarks and the variants Fleet writes for the tenant are all under it, so one
+/// tenant can never name (read the EXIF of, or the variants of) another's objects.
+pub fn tenant_object_prefix(tenant: &str) -> String {
+    format!("tenants/{tenant}/")
+}
+
+/// Checks that `key` is an object key `tenant` may name: a well-formed key (1 to 1024
+/// bytes of `/`-separated segments, none empty, `.` or `..`; no leading `/`, backslash,
+/// `%` (no percent-encoded form of any of these), control character or look-alike of
+/// `/` and `.`) under [`tenant_object_prefix`] with at least one segment after it.
+/// The key is refused rather than normalised: what is checked is what the store is
+/// asked for. The error names the required prefix.
+pub fn check_tenant_object_key(tenant: &str, key: &str) -> Result<(), String> {
+    let prefix = tenant_object_prefix(tenant);
+    let refuse = |why: &str| Err(format!("object key {key:?} {why}: keys must be under {prefix:?}"));
+    if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!("tenant {tenant:?} cannot own object keys (its name is not a plain path segment)"));
+    }
+    if tenant == "." || tenant == ".." {
+        return Err(format!("tenant {tenant:?} cannot own object keys (its name is not a plain path segment)"));
+    }
+    if key.is_empty() {
+        return refuse("is empty");
+    }
+    if key.len() > MAX_OBJECT_KEY_BYTES {
+        return refuse("is longer than 1024 bytes");
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return refuse("contains a control character");
+    }
+    if key.contains('\\') {
+        return refuse("contains a backslash");
+    }
+    if key.contains('%') {
+        return refuse("contains `%` (percent-encoding is not decoded)");
+    }
+    // Characters some layers fold into `/` or `.` (NFKC, lenient path handling).
+    const LOOK_ALIKES: &[char] = &['\u{2215}', '\u{2044}', '\u{ff0f}', '\u{29f8}', '\u{ff0e}', '\u{2024}', '\u{fe52}'];
+    if key.contains(LOOK_ALIKES) {
+        return refuse("contains a look-alike of `/` or `.`");
+    }
+    if key.starts_with('/') {
+        return refuse("is absolute (starts with `/`)");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return refuse("has an empty segment (`//` or a trailing `/`)"),
+            "." | ".." => return refuse("has a `.` or `..` segment"),
+            _ => {}
+        }
+    }
+    if !key.starts_with(&prefix) {
+        return refuse("is outside the tenant's prefix");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_names_only_keys_under_its_own_prefix() {
+        assert_eq!(tenant_object_prefix("acme"), "tenants/acme/");
+        for good in
+            ["tenants/acme/uploads/x.jpg", "tenants/acme/a", "tenants/acme/ünï côdé.jpg", "tenants/acme/a..b/.c"]
+        {
+            assert_eq!(check_tenant_object_key("acme", good), Ok(()), "{good:?}");
+        }
+        let long = format!("tenants/acme/{}", "a".repeat(1100));
+        for bad in [
+            "",
+            "uploads/x.jpg",
+            "tenants/acme",
+            "tenants/acme/",
+            "tenants/acme2/x.jpg",
+            "tenants/acmex.jpg",
+            "tenants/other/x.jpg",
+            "/tenants/acme/x.jpg",
+            "tenants/acme/../other/x.jpg",
+            "tenants/acme/./x.jpg",
+            "tenants/acme//x.jpg",
+            "tenants//acme/x.jpg",
+            "tenants/acme/x/",
+            "tenants/acme\\..\\other\\x.jpg",
+            "tenants/acme/%2e%2e/other/x.jpg",
+            "tenants%2Facme/x.jpg",
+            "tenants/acme/x\0.jpg",
+            "tenants/acme/x\n.jpg",
+            "tenants/acme/\u{ff0e}\u{ff0e}\u{ff0f}other/x.jpg",
+            "tenants/acme/a\u{2215}b",
+            &long,
+        ] {
+            let e = check_tenant_object_key("acme", bad).unwrap_err();
+            assert!(e.contains("\"tenants/acme/\""), "{bad:?}: {e}");
+        }
+        for tenant in ["", "..", "a/b", "a\\b", "a%2f"] {
+            assert!(check_tenant_object_key(tenant, &format!("tenants/{tenant}/x.jpg")).is_err(), "{tenant:?}");
+        }
+    }
+}
