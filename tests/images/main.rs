@@ -311,6 +311,29 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
             img["variants"].as_array().unwrap().iter().map(|v| v["format"].as_str().unwrap()).collect();
         assert!(!formats.is_empty() && formats.iter().all(|f| *f == "webp"), "{img}");
     }
+    // Paged, sharpest first: two pages of two, every image once, the groups on each page.
+    let (s, first) = call("GET", "/v1/portfolios/smith-jones?limit=2", None).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let next = first["next"].as_str().expect("a next page").to_owned();
+    let (s, second) = call("GET", &format!("/v1/portfolios/smith-jones?limit=2&cursor={next}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    assert!(second.get("next").is_none(), "the last page: {second}");
+    let ids = |page: &Value| -> Vec<String> {
+        page["images"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut paged = [ids(&first), ids(&second)].concat();
+    let sharpness: Vec<f64> = [&first, &second]
+        .iter()
+        .flat_map(|p| p["images"].as_array().unwrap().iter().map(|i| i["sharpness"].as_f64().unwrap()))
+        .collect();
+    assert!(sharpness.windows(2).all(|w| w[0] >= w[1]), "sharpest first across pages: {sharpness:?}");
+    paged.sort();
+    assert_eq!(paged, ["cat", "people", "people-copy", "tree"]);
+    assert_eq!(second["near_duplicates"], json!([["people", "people-copy"]]));
+    for bad in ["limit=0", "limit=501", "cursor=not-a-cursor"] {
+        let (s, body) = call("GET", &format!("/v1/portfolios/smith-jones?{bad}"), None).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
     let (s, _) = call("GET", "/v1/portfolios/nope", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     worker.shutdown().await;
