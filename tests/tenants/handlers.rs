@@ -437,3 +437,83 @@ async fn variants_live_under_each_tenant_s_prefix_so_no_tenant_names_another_s()
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_fleet_enqueues_on_schedule_or_for_an_operator_carry_the_source_s_tenant() {
+    use fleet_scheduler::sources::{SourceTable, enqueue_due, sync_now};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    insert_calendar_source(&db, A, "cal-acme").await;
+    sqlx::query("INSERT INTO comms_sources (id, tenant, kind, config) VALUES ('app-acme', $1, 'in_app', '{}')")
+        .bind(A)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let tenant_of = |queue: &'static str, id: String| {
+        let client = env.client.clone();
+        async move {
+            let info = client.job(queue, &id).await.unwrap().expect("the job exists");
+            info.envelope.expect("a readable envelope").tenant
+        }
+    };
+    // Both sources are due now (a new source's first sync is).
+    let mut errors = Vec::new();
+    for (table, queue) in [(SourceTable::Calendar, "calendar"), (SourceTable::Comms, "comms")] {
+        let due = enqueue_due(&db.pool, &env.client, table, chrono::Utc::now(), &mut errors).await.unwrap();
+        assert_eq!(due.len(), 1, "{errors:?}");
+        assert_eq!(tenant_of(queue, due[0].job.clone()).await.as_deref(), Some(A), "a scheduled sync is A's job");
+    }
+    // fleetctl's "sync now" (no tenant of its own): the job is still the source's tenant's.
+    let job = sync_now(&db.pool, &env.client, SourceTable::Calendar, None, "cal-acme").await.unwrap();
+    assert_eq!(tenant_of("calendar", job.0).await.as_deref(), Some(A));
+    // B's API key cannot sync A's source at all.
+    assert!(sync_now(&db.pool, &env.client, SourceTable::Calendar, Some(B), "cal-acme").await.is_err());
+
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_duplicates_are_found_within_a_tenant_s_portfolio_never_across_tenants() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let store = Store::new();
+    // The same photo in a portfolio of the same name, for both tenants (twice for A).
+    let photo = fixture("formats/people.jpg");
+    store.put("tenants/acme/uploads/1.jpg", &photo);
+    store.put("tenants/acme/uploads/2.jpg", &photo);
+    store.put("tenants/rival/uploads/1.jpg", &photo);
+    let images = Images::new(db.pool.clone(), &store.settings()).unwrap();
+    let worker = worker(&env, &["images"], Registry::new().register(images.analyzer())).await;
+    let analyze = |tenant: &str, id: &str| {
+        let args = ImageAnalyze {
+            image_id: id.into(),
+            key: format!("tenants/{tenant}/uploads/{id}.jpg"),
+            portfolio: Some("wedding".into()),
+            allow_gps: false,
+            vision: false,
+        };
+        (args, as_tenant(tenant))
+    };
+    let reasons = outcomes(&env, &worker, vec![analyze(A, "1"), analyze(B, "1"), analyze(A, "2")]).await;
+    assert_eq!(reasons, vec![None, None, None]);
+
+    let get = |tenant: &'static str| {
+        let (env, db) = (&env, &db);
+        async move {
+            let call = api_as(env, db, tenant).await;
+            let (s, view) = call("GET", "/v1/portfolios/wedding", None).await;
+            assert_eq!(s, StatusCode::OK, "{view}");
+            view
+        }
+    };
+    let (a, b) = (get(A).await, get(B).await);
+    assert_eq!(a["near_duplicates"], json!([["1", "2"]]), "{a}");
+    assert_eq!(a["images"].as_array().unwrap().len(), 2);
+    assert_eq!(b["near_duplicates"], json!([]), "B's photo is no near-duplicate of A's: {b}");
+    assert_eq!(b["images"].as_array().unwrap().len(), 1);
+
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
