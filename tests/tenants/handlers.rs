@@ -513,6 +513,13 @@ async fn near_duplicates_are_found_within_a_tenant_s_portfolio_never_across_tena
     assert_eq!(b["near_duplicates"], json!([]), "B's photo is no near-duplicate of A's: {b}");
     assert_eq!(b["images"].as_array().unwrap().len(), 1);
 
+    // A moves "2" to another portfolio: its pairs go with it.
+    let mut moved = analyze(A, "2");
+    moved.0.portfolio = Some("other".into());
+    assert_eq!(outcomes(&env, &worker, vec![moved]).await, vec![None]);
+    let a = get(A).await;
+    assert_eq!((a["near_duplicates"].clone(), a["images"].as_array().unwrap().len()), (json!([]), 1), "{a}");
+
     worker.shutdown().await;
     db.drop_db().await;
     env.cleanup().await;

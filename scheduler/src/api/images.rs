@@ -286,9 +286,13 @@ pub(crate) async fn get_portfolio(
     .fetch_all(&state.db)
     .await
     .map_err(unavailable)?;
-    // Pairs stored by `image.analyze` when the analyses landed.
+    // Pairs stored by `image.analyze` when the analyses landed, of images still in this
+    // portfolio (one moved elsewhere by a concurrent re-analysis is left out).
     let mut pairs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT a, b FROM image_near_duplicates WHERE tenant = $1 AND portfolio = $2 ORDER BY a, b LIMIT $3",
+        "SELECT d.a, d.b FROM image_near_duplicates d \
+         JOIN image_analyses x ON x.tenant = d.tenant AND x.image_id = d.a AND x.portfolio = d.portfolio \
+         JOIN image_analyses y ON y.tenant = d.tenant AND y.image_id = d.b AND y.portfolio = d.portfolio \
+         WHERE d.tenant = $1 AND d.portfolio = $2 ORDER BY d.a, d.b LIMIT $3",
     )
     .bind(&caller.tenant)
     .bind(&portfolio)
