@@ -4,6 +4,9 @@
 -- pairs instead of comparing every image with every other on each request.
 -- `a < b`; an image is in one portfolio (image ids are unique per tenant), so its pairs
 -- are keyed by tenant and id and rewritten when it is analysed again.
+-- Analyses stored before this migration have no pairs until they are analysed again (a
+-- backfill here would be the quadratic comparison this table exists to avoid, run at
+-- start-up): re-submit such portfolios to find their near-duplicates.
 CREATE TABLE image_near_duplicates (
     tenant    TEXT NOT NULL,
     portfolio TEXT NOT NULL,
