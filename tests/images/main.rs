@@ -276,6 +276,22 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{dup}");
+    // Variant requests stay within the documented maxima (one request cannot ask for
+    // thousands of variants per image).
+    for variants in [
+        json!({"widths": (1..=9).map(|i| i * 100).collect::<Vec<_>>()}),
+        json!({"widths": [100_000]}),
+        json!({"widths": [0]}),
+        json!({"formats": ["png"]}),
+    ] {
+        let (s, body) = call(
+            "POST",
+            "/v1/portfolios",
+            Some(json!({"portfolio": "x", "images": [{"id": "a", "key": "tenants/studio/k"}], "variants": variants})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{variants}: {body}");
+    }
     let (s, accepted) = call("POST", "/v1/portfolios", Some(upload)).await;
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
     assert_eq!(accepted["jobs"], 8);

@@ -65,7 +65,8 @@ pub struct ImageVariants {
     pub image_id: String,
     /// Object key of the uploaded image in the store.
     pub key: String,
-    /// Widths in pixels (default 320, 640, 1280, 2048); never upscaled.
+    /// Widths in pixels (default 320, 640, 1280, 2048; 1 to [`MAX_VARIANT_WIDTHS`] of
+    /// [`MIN_VARIANT_WIDTH`] to [`MAX_VARIANT_WIDTH`]); never upscaled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub widths: Option<Vec<u32>>,
     /// `jpeg` and/or `webp` (default both).
@@ -87,6 +88,44 @@ impl JobArgs for ImageVariants {
             ..KindOptions::default()
         }
     }
+}
+
+/// Most widths one `image.variants` job makes (each in every format).
+pub const MAX_VARIANT_WIDTHS: usize = 8;
+/// Narrowest variant width accepted, in pixels.
+pub const MIN_VARIANT_WIDTH: u32 = 16;
+/// Widest variant width accepted, in pixels (a narrower source is never upscaled).
+pub const MAX_VARIANT_WIDTH: u32 = 8192;
+
+/// Checks a variants request against the documented maxima: 1 to 8 widths of 16 to
+/// 8,192 pixels, formats among `jpeg` (or `jpg`) and `webp`, each once.
+pub fn check_variant_request(widths: Option<&[u32]>, formats: Option<&[String]>) -> Result<(), String> {
+    if let Some(w) = widths {
+        if w.is_empty() || w.len() > MAX_VARIANT_WIDTHS {
+            return Err(format!("variants take 1 to {MAX_VARIANT_WIDTHS} widths, not {}", w.len()));
+        }
+        if let Some(bad) = w.iter().find(|w| !(MIN_VARIANT_WIDTH..=MAX_VARIANT_WIDTH).contains(w)) {
+            return Err(format!("variant width {bad} is outside {MIN_VARIANT_WIDTH} to {MAX_VARIANT_WIDTH} pixels"));
+        }
+    }
+    if let Some(f) = formats {
+        let mut seen = Vec::new();
+        for format in f {
+            let canonical = match format.as_str() {
+                "jpeg" | "jpg" => "jpeg",
+                "webp" => "webp",
+                other => return Err(format!("unknown variant format {other:?}: use jpeg or webp")),
+            };
+            if seen.contains(&canonical) {
+                return Err(format!("variant format {canonical} appears twice"));
+            }
+            seen.push(canonical);
+        }
+        if seen.is_empty() {
+            return Err("variants take at least one format".into());
+        }
+    }
+    Ok(())
 }
 
 /// Longest object key accepted, in bytes (S3's limit).
@@ -153,6 +192,19 @@ pub fn check_tenant_object_key(tenant: &str, key: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variant_requests_stay_within_the_documented_maxima() {
+        let s = |v: &[&str]| v.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_variant_request(None, None), Ok(()));
+        assert_eq!(check_variant_request(Some(&[16, 320, 8192]), Some(&s(&["jpg", "webp"]))), Ok(()));
+        for widths in [&[][..], &[0], &[15], &[8193], &[u32::MAX], &[100, 200, 300, 400, 500, 600, 700, 800, 900]] {
+            assert!(check_variant_request(Some(widths), None).is_err(), "{widths:?}");
+        }
+        for formats in [s(&[]), s(&["png"]), s(&["jpeg", "jpg"]), s(&["webp", "webp"])] {
+            assert!(check_variant_request(None, Some(&formats)).is_err(), "{formats:?}");
+        }
+    }
 
     #[test]
     fn a_tenant_names_only_keys_under_its_own_prefix() {

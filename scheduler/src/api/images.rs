@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fleet_jobs::JobArgs;
 use fleet_jobs::batches::{Callback, Callbacks};
-use fleet_jobs::catalogue::image::check_tenant_object_key;
+use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants, WatermarkArgs};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -36,7 +36,7 @@ pub(crate) struct UploadedImage {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VariantRequest {
-    /// Widths (default 320, 640, 1280, 2048).
+    /// Widths (default 320, 640, 1280, 2048; 1 to 8 of 16 to 8,192 pixels).
     #[serde(default)]
     widths: Option<Vec<u32>>,
     /// `jpeg` and/or `webp` (default both).
@@ -111,6 +111,7 @@ pub(crate) async fn create_portfolio(
         check_tenant_object_key(&caller.tenant, &img.key).map_err(ApiError::invalid)?;
     }
     let variants = req.variants.unwrap_or_default();
+    check_variant_request(variants.widths.as_deref(), variants.formats.as_deref()).map_err(ApiError::invalid)?;
     if let Some(w) = &variants.watermark {
         check_tenant_object_key(&caller.tenant, &w.key).map_err(|e| ApiError::invalid(format!("watermark: {e}")))?;
     }

@@ -19,7 +19,7 @@ use crate::limits::LimitTable;
 use crate::storage::{ObjectStore, StorageError, StoreConfig};
 use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
 use fleet_image::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
-use fleet_jobs::catalogue::image::{check_tenant_object_key, tenant_object_prefix};
+use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request, tenant_object_prefix};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_jobs::limits::{Admission, LimitSpec, Limiter};
 use serde::Deserialize;
@@ -382,6 +382,7 @@ pub struct Variants(Images);
 
 impl Variants {
     async fn spec(&self, a: &ImageVariants) -> Result<VariantSpec, JobError> {
+        check_variant_request(a.widths.as_deref(), a.formats.as_deref()).map_err(JobError::give_up)?;
         let mut spec = VariantSpec::default();
         if let Some(w) = &a.widths {
             spec.widths = w.clone();
