@@ -128,7 +128,9 @@ async fn conflict_events_reach_webhooks_and_the_live_stream_once() {
     let data = event.data.as_ref().expect("payload");
     assert!(data.to_string().contains("photographer-events"), "{data}");
     let job = env.client.job("webhooks", &event.id).await.unwrap().expect("the publish job has the event's id");
-    assert_eq!(job.envelope.expect("envelope").kind, <WebhookPublish as fleet_jobs::JobArgs>::KIND);
+    let envelope = job.envelope.expect("envelope");
+    assert_eq!(envelope.kind, <WebhookPublish as fleet_jobs::JobArgs>::KIND);
+    assert_eq!(envelope.tenant.as_deref(), Some("t1"), "the publish is the source's tenant's job");
 
     // Resolved: a second event, still one per change.
     s.delete("b").await;

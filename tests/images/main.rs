@@ -84,22 +84,22 @@ async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_
     let env = TestEnv::new().await;
     let db = TestDb::new().await;
     let store = Store::new("e2e");
-    store.put("uploads/gps.jpg", &fixture("exif/gps/DSCN0010.jpg"));
-    store.put("uploads/gps-allowed.jpg", &fixture("exif/gps/DSCN0010.jpg"));
-    store.put("uploads/people.jpg", &fixture("formats/people.jpg"));
-    store.put("uploads/tree.webp", &fixture("formats/tree.webp"));
-    store.put("uploads/really-a-png.jpg", &fixture("pngsuite/basn6a08.png"));
-    store.put("uploads/bomb.png", &png_bomb());
+    store.put("tenants/studio/uploads/gps.jpg", &fixture("exif/gps/DSCN0010.jpg"));
+    store.put("tenants/studio/uploads/gps-allowed.jpg", &fixture("exif/gps/DSCN0010.jpg"));
+    store.put("tenants/studio/uploads/people.jpg", &fixture("formats/people.jpg"));
+    store.put("tenants/studio/uploads/tree.webp", &fixture("formats/tree.webp"));
+    store.put("tenants/studio/uploads/really-a-png.jpg", &fixture("pngsuite/basn6a08.png"));
+    store.put("tenants/studio/uploads/bomb.png", &png_bomb());
     let people = fixture("formats/people.jpg");
-    store.put("uploads/truncated.jpg", &people[..people.len() / 2]);
-    store.put("uploads/heic-named.jpg", &fixture("formats/tree.heic"));
+    store.put("tenants/studio/uploads/truncated.jpg", &people[..people.len() / 2]);
+    store.put("tenants/studio/uploads/heic-named.jpg", &fixture("formats/tree.heic"));
 
     let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
     let analyze = |id: &str, key: &str, allow_gps: bool| {
         (
             ImageAnalyze {
                 image_id: id.into(),
-                key: format!("uploads/{key}"),
+                key: format!("tenants/studio/uploads/{key}"),
                 portfolio: Some("smith-jones".into()),
                 allow_gps,
                 vision: false,
@@ -122,7 +122,7 @@ async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_
         (
             ImageVariants {
                 image_id: id.into(),
-                key: format!("uploads/{key}"),
+                key: format!("tenants/studio/uploads/{key}"),
                 widths: Some(vec![320, 640, 1280, 2048]),
                 formats: None,
                 watermark: None,
@@ -200,6 +200,7 @@ async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_
             [320u32, 640, 1280, 2048].iter().map(|w| (*w).min(source.width())).collect();
         assert_eq!(mine.len(), expected_widths.len() * 2, "{id}: {mine:?}");
         for (_, width, height, format, key) in mine {
+            assert!(key.starts_with("tenants/studio/variants/"), "variants live under the tenant's prefix: {key}");
             let bytes = store.get(key);
             let got = image::load_from_memory(&bytes).unwrap();
             assert_eq!((got.width() as i32, got.height() as i32), (*width, *height));
@@ -228,15 +229,15 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     let db = TestDb::new().await;
     let store = Store::new("portfolio");
     let people = fixture("formats/people.jpg");
-    store.put("up/people.jpg", &people);
+    store.put("tenants/studio/up/people.jpg", &people);
     // The same photo, halved, re-encoded at JPEG q60 and 10 % brighter: a near-duplicate.
     let copy = image::load_from_memory(&people).unwrap();
     let copy = copy.resize(copy.width() / 2, copy.height() / 2, image::imageops::FilterType::Triangle).brighten(12);
     let mut reencoded = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut reencoded, 60).encode_image(&copy.to_rgb8()).unwrap();
-    store.put("up/people-copy.jpg", &reencoded);
-    store.put("up/tree.webp", &fixture("formats/tree.webp"));
-    store.put("up/dog.jpg", &fixture("formats/image-rs_jpg_progressive_cat.jpg"));
+    store.put("tenants/studio/up/people-copy.jpg", &reencoded);
+    store.put("tenants/studio/up/tree.webp", &fixture("formats/tree.webp"));
+    store.put("tenants/studio/up/dog.jpg", &fixture("formats/image-rs_jpg_progressive_cat.jpg"));
 
     let key = auth::create_api_key(&db.pool, "studio", "uploads", &["enqueue"]).await.unwrap();
     let api = app(
@@ -263,10 +264,10 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     let upload = json!({
         "portfolio": "smith-jones",
         "images": [
-            {"id": "people", "key": "up/people.jpg"},
-            {"id": "people-copy", "key": "up/people-copy.jpg"},
-            {"id": "tree", "key": "up/tree.webp"},
-            {"id": "cat", "key": "up/dog.jpg"}
+            {"id": "people", "key": "tenants/studio/up/people.jpg"},
+            {"id": "people-copy", "key": "tenants/studio/up/people-copy.jpg"},
+            {"id": "tree", "key": "tenants/studio/up/tree.webp"},
+            {"id": "cat", "key": "tenants/studio/up/dog.jpg"}
         ],
         "variants": {"widths": [320, 640], "formats": ["webp"]},
         "on_complete": {"kind": "probe", "args": {"do": "succeed", "tag": "portfolio-processed"}, "queue": "callbacks"}
@@ -275,10 +276,26 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
         "POST",
         "/v1/portfolios",
         Some(json!({"portfolio": "x", "images": [
-        {"id": "a", "key": "k"}, {"id": "a", "key": "k2"}]})),
+        {"id": "a", "key": "tenants/studio/k"}, {"id": "a", "key": "tenants/studio/k2"}]})),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{dup}");
+    // Variant requests stay within the documented maxima (one request cannot ask for
+    // thousands of variants per image).
+    for variants in [
+        json!({"widths": (1..=9).map(|i| i * 100).collect::<Vec<_>>()}),
+        json!({"widths": [100_000]}),
+        json!({"widths": [0]}),
+        json!({"formats": ["png"]}),
+    ] {
+        let (s, body) = call(
+            "POST",
+            "/v1/portfolios",
+            Some(json!({"portfolio": "x", "images": [{"id": "a", "key": "tenants/studio/k"}], "variants": variants})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{variants}: {body}");
+    }
     let (s, accepted) = call("POST", "/v1/portfolios", Some(upload)).await;
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
     assert_eq!(accepted["jobs"], 8);
@@ -313,6 +330,29 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
         let formats: Vec<&str> =
             img["variants"].as_array().unwrap().iter().map(|v| v["format"].as_str().unwrap()).collect();
         assert!(!formats.is_empty() && formats.iter().all(|f| *f == "webp"), "{img}");
+    }
+    // Paged, sharpest first: two pages of two, every image once, the groups on each page.
+    let (s, first) = call("GET", "/v1/portfolios/smith-jones?limit=2", None).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let next = first["next"].as_str().expect("a next page").to_owned();
+    let (s, second) = call("GET", &format!("/v1/portfolios/smith-jones?limit=2&cursor={next}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    assert!(second.get("next").is_none(), "the last page: {second}");
+    let ids = |page: &Value| -> Vec<String> {
+        page["images"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut paged = [ids(&first), ids(&second)].concat();
+    let sharpness: Vec<f64> = [&first, &second]
+        .iter()
+        .flat_map(|p| p["images"].as_array().unwrap().iter().map(|i| i["sharpness"].as_f64().unwrap()))
+        .collect();
+    assert!(sharpness.windows(2).all(|w| w[0] >= w[1]), "sharpest first across pages: {sharpness:?}");
+    paged.sort();
+    assert_eq!(paged, ["cat", "people", "people-copy", "tree"]);
+    assert_eq!(second["near_duplicates"], json!([["people", "people-copy"]]));
+    for bad in ["limit=0", "limit=501", "cursor=not-a-cursor"] {
+        let (s, body) = call("GET", &format!("/v1/portfolios/smith-jones?{bad}"), None).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
     }
     let (s, _) = call("GET", "/v1/portfolios/nope", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);

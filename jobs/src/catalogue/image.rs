@@ -66,7 +66,8 @@ pub struct ImageVariants {
     pub image_id: String,
     /// Object key of the uploaded image in the store.
     pub key: String,
-    /// Widths in pixels (default 320, 640, 1280, 2048); never upscaled.
+    /// Widths in pixels (default 320, 640, 1280, 2048; 1 to [`MAX_VARIANT_WIDTHS`] of
+    /// [`MIN_VARIANT_WIDTH`] to [`MAX_VARIANT_WIDTH`]); never upscaled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub widths: Option<Vec<u32>>,
     /// `jpeg` and/or `webp` (default both).
@@ -87,6 +88,159 @@ impl JobArgs for ImageVariants {
             max_attempts: 5,
             timeout: Some(Duration::from_secs(180)),
             ..KindOptions::default()
+        }
+    }
+}
+
+/// Most widths one `image.variants` job makes (each in every format).
+pub const MAX_VARIANT_WIDTHS: usize = 8;
+/// Narrowest variant width accepted, in pixels.
+pub const MIN_VARIANT_WIDTH: u32 = 16;
+/// Widest variant width accepted, in pixels (a narrower source is never upscaled).
+pub const MAX_VARIANT_WIDTH: u32 = 8192;
+
+/// Checks a variants request against the documented maxima: 1 to 8 widths of 16 to
+/// 8,192 pixels, formats among `jpeg` (or `jpg`) and `webp`, each once.
+pub fn check_variant_request(widths: Option<&[u32]>, formats: Option<&[String]>) -> Result<(), String> {
+    if let Some(w) = widths {
+        if w.is_empty() || w.len() > MAX_VARIANT_WIDTHS {
+            return Err(format!("variants take 1 to {MAX_VARIANT_WIDTHS} widths, not {}", w.len()));
+        }
+        if let Some(bad) = w.iter().find(|w| !(MIN_VARIANT_WIDTH..=MAX_VARIANT_WIDTH).contains(w)) {
+            return Err(format!("variant width {bad} is outside {MIN_VARIANT_WIDTH} to {MAX_VARIANT_WIDTH} pixels"));
+        }
+    }
+    if let Some(f) = formats {
+        let mut seen = Vec::new();
+        for format in f {
+            let canonical = match format.as_str() {
+                "jpeg" | "jpg" => "jpeg",
+                "webp" => "webp",
+                other => return Err(format!("unknown variant format {other:?}: use jpeg or webp")),
+            };
+            if seen.contains(&canonical) {
+                return Err(format!("variant format {canonical} appears twice"));
+            }
+            seen.push(canonical);
+        }
+        if seen.is_empty() {
+            return Err("variants take at least one format".into());
+        }
+    }
+    Ok(())
+}
+
+/// Longest object key accepted, in bytes (S3's limit).
+pub const MAX_OBJECT_KEY_BYTES: usize = 1024;
+
+/// The object-store prefix a tenant's keys live under: `tenants/<tenant>/`. Uploads,
+/// watermarks and the variants Fleet writes for the tenant are all under it, so one
+/// tenant can never name (read the EXIF of, or the variants of) another's objects.
+pub fn tenant_object_prefix(tenant: &str) -> String {
+    format!("tenants/{tenant}/")
+}
+
+/// Checks that `key` is an object key `tenant` may name: a well-formed key (1 to 1024
+/// bytes of `/`-separated segments, none empty, `.` or `..`; no leading `/`, backslash,
+/// `%` (no percent-encoded form of any of these), control character or look-alike of
+/// `/` and `.`) under [`tenant_object_prefix`] with at least one segment after it.
+/// The key is refused rather than normalised: what is checked is what the store is
+/// asked for. The error names the required prefix.
+pub fn check_tenant_object_key(tenant: &str, key: &str) -> Result<(), String> {
+    let prefix = tenant_object_prefix(tenant);
+    let refuse = |why: &str| Err(format!("object key {key:?} {why}: keys must be under {prefix:?}"));
+    // The one tenant-name rule (a plain path segment: no `/`, never `.` or `..`).
+    crate::tenant::validate_tenant(tenant).map_err(|e| format!("tenant cannot own object keys: {e}"))?;
+    if key.is_empty() {
+        return refuse("is empty");
+    }
+    if key.len() > MAX_OBJECT_KEY_BYTES {
+        return refuse("is longer than 1024 bytes");
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return refuse("contains a control character");
+    }
+    if key.contains('\\') {
+        return refuse("contains a backslash");
+    }
+    if key.contains('%') {
+        return refuse("contains `%` (percent-encoding is not decoded)");
+    }
+    // Characters some layers fold into `/` or `.` (NFKC, lenient path handling).
+    const LOOK_ALIKES: &[char] = &['\u{2215}', '\u{2044}', '\u{ff0f}', '\u{29f8}', '\u{ff0e}', '\u{2024}', '\u{fe52}'];
+    if key.contains(LOOK_ALIKES) {
+        return refuse("contains a look-alike of `/` or `.`");
+    }
+    if key.starts_with('/') {
+        return refuse("is absolute (starts with `/`)");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return refuse("has an empty segment (`//` or a trailing `/`)"),
+            "." | ".." => return refuse("has a `.` or `..` segment"),
+            _ => {}
+        }
+    }
+    if !key.starts_with(&prefix) {
+        return refuse("is outside the tenant's prefix");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_requests_stay_within_the_documented_maxima() {
+        let s = |v: &[&str]| v.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_variant_request(None, None), Ok(()));
+        assert_eq!(check_variant_request(Some(&[16, 320, 8192]), Some(&s(&["jpg", "webp"]))), Ok(()));
+        for widths in [&[][..], &[0], &[15], &[8193], &[u32::MAX], &[100, 200, 300, 400, 500, 600, 700, 800, 900]] {
+            assert!(check_variant_request(Some(widths), None).is_err(), "{widths:?}");
+        }
+        for formats in [s(&[]), s(&["png"]), s(&["jpeg", "jpg"]), s(&["webp", "webp"])] {
+            assert!(check_variant_request(None, Some(&formats)).is_err(), "{formats:?}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_names_only_keys_under_its_own_prefix() {
+        assert_eq!(tenant_object_prefix("acme"), "tenants/acme/");
+        for good in
+            ["tenants/acme/uploads/x.jpg", "tenants/acme/a", "tenants/acme/ünï côdé.jpg", "tenants/acme/a..b/.c"]
+        {
+            assert_eq!(check_tenant_object_key("acme", good), Ok(()), "{good:?}");
+        }
+        let long = format!("tenants/acme/{}", "a".repeat(1100));
+        for bad in [
+            "",
+            "uploads/x.jpg",
+            "tenants/acme",
+            "tenants/acme/",
+            "tenants/acme2/x.jpg",
+            "tenants/acmex.jpg",
+            "tenants/other/x.jpg",
+            "/tenants/acme/x.jpg",
+            "tenants/acme/../other/x.jpg",
+            "tenants/acme/./x.jpg",
+            "tenants/acme//x.jpg",
+            "tenants//acme/x.jpg",
+            "tenants/acme/x/",
+            "tenants/acme\\..\\other\\x.jpg",
+            "tenants/acme/%2e%2e/other/x.jpg",
+            "tenants%2Facme/x.jpg",
+            "tenants/acme/x\0.jpg",
+            "tenants/acme/x\n.jpg",
+            "tenants/acme/\u{ff0e}\u{ff0e}\u{ff0f}other/x.jpg",
+            "tenants/acme/a\u{2215}b",
+            &long,
+        ] {
+            let e = check_tenant_object_key("acme", bad).unwrap_err();
+            assert!(e.contains("\"tenants/acme/\""), "{bad:?}: {e}");
+        }
+        for tenant in ["", "..", "a/b", "a\\b", "a%2f"] {
+            assert!(check_tenant_object_key(tenant, &format!("tenants/{tenant}/x.jpg")).is_err(), "{tenant:?}");
         }
     }
 }

@@ -7,21 +7,19 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::jobs::{EnqueueRequest, prepare};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fleet_jobs::JobArgs;
 use fleet_jobs::batches::{Callback, Callbacks};
+use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants, WatermarkArgs};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Most images in one portfolio request (two jobs each, within one batch).
 pub const MAX_IMAGES: usize = 500;
-/// Perceptual-hash distance at or under which two images are near-duplicates (the
-/// image library's threshold).
-const NEAR_DUPLICATE_DISTANCE: i32 = 10;
 
 /// One uploaded image.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -29,7 +27,8 @@ const NEAR_DUPLICATE_DISTANCE: i32 = 10;
 pub(crate) struct UploadedImage {
     /// The caller's id for the image (unique within the tenant).
     id: String,
-    /// Its object key in the store the workers read.
+    /// Its object key in the store the workers read: under the caller's own prefix,
+    /// `tenants/<tenant>/` (any other key is refused with 422).
     key: String,
 }
 
@@ -37,7 +36,7 @@ pub(crate) struct UploadedImage {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VariantRequest {
-    /// Widths (default 320, 640, 1280, 2048).
+    /// Widths (default 320, 640, 1280, 2048; 1 to 8 of 16 to 8,192 pixels).
     #[serde(default)]
     widths: Option<Vec<u32>>,
     /// `jpeg` and/or `webp` (default both).
@@ -108,8 +107,14 @@ pub(crate) async fn create_portfolio(
         if !seen.insert(img.id.as_str()) {
             return Err(ApiError::invalid(format!("image id {:?} appears twice", img.id)));
         }
+        // A tenant names only its own objects: `tenants/<tenant>/...`.
+        check_tenant_object_key(&caller.tenant, &img.key).map_err(ApiError::invalid)?;
     }
     let variants = req.variants.unwrap_or_default();
+    check_variant_request(variants.widths.as_deref(), variants.formats.as_deref()).map_err(ApiError::invalid)?;
+    if let Some(w) = &variants.watermark {
+        check_tenant_object_key(&caller.tenant, &w.key).map_err(|e| ApiError::invalid(format!("watermark: {e}")))?;
+    }
     let queue = ImageAnalyze::options().queue;
     let opts = || fleet_jobs::EnqueueOptions { tenant: Some(caller.tenant.clone()), ..Default::default() };
     let mut jobs = Vec::with_capacity(req.images.len() * 2);
@@ -171,14 +176,37 @@ pub(crate) struct ImageView {
     variants: Vec<serde_json::Value>,
 }
 
-/// A portfolio's images and their near-duplicate groups.
+/// A page of a portfolio's images and its near-duplicate groups.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PortfolioView {
     portfolio: String,
+    /// This page's images, sharpest first.
     images: Vec<ImageView>,
-    /// Groups (two or more) of image ids that are near-duplicates of each other.
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    /// Groups (two or more) of image ids of the whole portfolio that are near-duplicates
+    /// of each other, found when the analyses landed (from at most 5,000 pairs).
     near_duplicates: Vec<Vec<String>>,
+    /// Whether the portfolio has more near-duplicate pairs than the groups were made of.
+    near_duplicates_truncated: bool,
 }
+
+/// Paging of a portfolio.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub(crate) struct PortfolioQuery {
+    /// Images per page (1 to 500, default 100).
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Images per page by default.
+const DEFAULT_PAGE: i64 = 100;
+/// Most images per page.
+const MAX_PAGE: i64 = 500;
+/// Most near-duplicate pairs read per request.
+const MAX_PAIRS: i64 = 5_000;
 
 type AnalysisRow = (
     String,
@@ -194,27 +222,61 @@ type AnalysisRow = (
     Option<serde_json::Value>,
 );
 
-/// A portfolio's analysed images (sharpest first), their variants and near-duplicates.
-#[utoipa::path(get, path = "/v1/portfolios/{portfolio}",
-    responses((status = 200, body = PortfolioView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+/// The opaque cursor after the image `id` of sharpness `sharpness`.
+fn encode_cursor(sharpness: f64, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{:016x}~{id}", sharpness.to_bits()))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(f64, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (bits, id) = raw.split_once('~')?;
+    let sharpness = f64::from_bits(u64::from_str_radix(bits, 16).ok()?);
+    (!sharpness.is_nan()).then(|| (sharpness, id.to_owned()))
+}
+
+/// A page of a portfolio's analysed images (sharpest first), their variants and the
+/// portfolio's near-duplicate groups. Every read is bounded: a page of at most 500 images
+/// (by an index), their variants, and at most 5,000 stored pairs.
+#[utoipa::path(get, path = "/v1/portfolios/{portfolio}", params(("portfolio" = String, Path), PortfolioQuery),
+    responses((status = 200, body = PortfolioView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn get_portfolio(
     State(state): State<ApiState>,
     caller: Caller,
     Path(portfolio): Path<String>,
+    Query(q): Query<PortfolioQuery>,
 ) -> Result<Json<PortfolioView>, ApiError> {
     let unavailable = |e| ApiError::unavailable("reading the portfolio", e);
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let after = match &q.cursor {
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid("malformed cursor"))?),
+        None => None,
+    };
     let rows: Vec<AnalysisRow> = sqlx::query_as(
         "SELECT image_id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision \
-         FROM image_analyses WHERE tenant = $1 AND portfolio = $2 ORDER BY sharpness DESC, image_id LIMIT 5000",
+         FROM image_analyses WHERE tenant = $1 AND portfolio = $2 \
+           AND ($3::float8 IS NULL OR (sharpness, image_id) < ($3, $4)) \
+         ORDER BY sharpness DESC, image_id DESC LIMIT $5",
     )
     .bind(&caller.tenant)
     .bind(&portfolio)
+    .bind(after.as_ref().map(|a| a.0))
+    .bind(after.as_ref().map(|a| a.1.as_str()).unwrap_or(""))
+    .bind(limit + 1)
     .fetch_all(&state.db)
     .await
     .map_err(unavailable)?;
-    if rows.is_empty() {
+    if rows.is_empty() && after.is_none() {
         return Err(ApiError::not_found(format!("no analysed images in portfolio {portfolio}")));
     }
+    let more = rows.len() as i64 > limit;
+    let rows: Vec<AnalysisRow> = rows.into_iter().take(limit as usize).collect();
+    let next = rows.last().filter(|_| more).map(|r| encode_cursor(r.5, &r.0));
     let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let variants: Vec<(String, i32, i32, String, String, i32)> = sqlx::query_as(
         "SELECT image_id, width, height, format, key, bytes FROM image_variants \
@@ -225,18 +287,22 @@ pub(crate) async fn get_portfolio(
     .fetch_all(&state.db)
     .await
     .map_err(unavailable)?;
-    // Pairs within the distance, counted by PostgreSQL over the 64-bit hashes.
-    let pairs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT a.image_id, b.image_id FROM image_analyses a JOIN image_analyses b \
-           ON a.tenant = b.tenant AND a.portfolio = b.portfolio AND a.image_id < b.image_id \
-         WHERE a.tenant = $1 AND a.portfolio = $2 AND bit_count((a.phash # b.phash)::bit(64)) <= $3",
+    // Pairs stored by `image.analyze` when the analyses landed, of images still in this
+    // portfolio (one moved elsewhere by a concurrent re-analysis is left out).
+    let mut pairs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT d.a, d.b FROM image_near_duplicates d \
+         JOIN image_analyses x ON x.tenant = d.tenant AND x.image_id = d.a AND x.portfolio = d.portfolio \
+         JOIN image_analyses y ON y.tenant = d.tenant AND y.image_id = d.b AND y.portfolio = d.portfolio \
+         WHERE d.tenant = $1 AND d.portfolio = $2 ORDER BY d.a, d.b LIMIT $3",
     )
     .bind(&caller.tenant)
     .bind(&portfolio)
-    .bind(NEAR_DUPLICATE_DISTANCE)
+    .bind(MAX_PAIRS + 1)
     .fetch_all(&state.db)
     .await
     .map_err(unavailable)?;
+    let near_duplicates_truncated = pairs.len() as i64 > MAX_PAIRS;
+    pairs.truncate(MAX_PAIRS as usize);
     let images = rows
         .into_iter()
         .map(|(id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision)| {
@@ -261,7 +327,7 @@ pub(crate) async fn get_portfolio(
             }
         })
         .collect();
-    Ok(Json(PortfolioView { portfolio, images, near_duplicates: groups(&pairs) }))
+    Ok(Json(PortfolioView { portfolio, images, next, near_duplicates: groups(&pairs), near_duplicates_truncated }))
 }
 
 /// Connected groups of the near-duplicate pairs (union-find over the ids).
@@ -292,7 +358,17 @@ fn groups(pairs: &[(String, String)]) -> Vec<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::groups;
+    use super::{decode_cursor, encode_cursor, groups};
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        for (s, id) in [(412.75, "img-001"), (0.0, "a~b/c"), (-1.5e-9, "ünï")] {
+            assert_eq!(decode_cursor(&encode_cursor(s, id)), Some((s, id.to_owned())));
+        }
+        for bad in ["", "!!", "bm9waXBl", &encode_cursor(f64::NAN, "x")] {
+            assert_eq!(decode_cursor(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn pairs_join_into_groups() {

@@ -177,16 +177,23 @@ impl CalendarSyncHandler {
         self
     }
 
-    /// Syncs one source now (what the job does; tests call it directly).
+    /// Syncs one source now, whatever its tenant (an operator's call; tests call it
+    /// directly). A job syncs with [`Self::sync_tenant_source`].
     pub async fn sync_source(&self, source_id: &str) -> Result<SyncReport, String> {
-        match self.run(source_id).await {
+        self.sync_tenant_source(None, source_id).await
+    }
+
+    /// Syncs one source now as the `calendar.sync` job of `tenant` does: a source of
+    /// another tenant is "not found", with the same message as a missing one.
+    pub async fn sync_tenant_source(&self, tenant: Option<&str>, source_id: &str) -> Result<SyncReport, String> {
+        match self.run(tenant, source_id).await {
             Ok(report) => Ok(report),
             Err(SyncError::Transient(e, _)) | Err(SyncError::Permanent(e)) => Err(e),
         }
     }
 
-    async fn run(&self, source_id: &str) -> Result<SyncReport, SyncError> {
-        let source = self.load(source_id).await?;
+    async fn run(&self, tenant: Option<&str>, source_id: &str) -> Result<SyncReport, SyncError> {
+        let source = self.load(tenant, source_id).await?;
         let result = self.pull_and_apply(source_id, &source).await;
         // Conflict events committed by this run (or left by a crashed one) go out now.
         if let Some(relay) = &self.relay {
@@ -241,11 +248,18 @@ impl CalendarSyncHandler {
         Ok(report)
     }
 
-    async fn load(&self, source_id: &str) -> Result<Source, SyncError> {
+    /// Source `source_id`, restricted to `tenant` when given: a source of another tenant is
+    /// "not found", with the same message as a missing one, so a job cannot learn whether
+    /// an id exists elsewhere. `None` loads any tenant's source: only Fleet's operators
+    /// produce such jobs (`fleetctl`, tests), never the public API, which always sets
+    /// the envelope's tenant from the caller's key.
+    async fn load(&self, tenant: Option<&str>, source_id: &str) -> Result<Source, SyncError> {
         let row = sqlx::query(
-            "SELECT tenant, supplier, kind, url, username, secret, state, max_delete_share FROM calendar_sources WHERE id = $1",
+            "SELECT tenant, supplier, kind, url, username, secret, state, max_delete_share FROM calendar_sources \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
         )
         .bind(source_id)
+        .bind(tenant)
         .fetch_optional(&self.db)
         .await?
         .ok_or_else(|| SyncError::Permanent(format!("calendar source {source_id} not found")))?;
@@ -828,8 +842,10 @@ impl Handler for CalendarSyncHandler {
         vec![format!("calendar:account:{}", args.source_id)]
     }
 
-    async fn handle(&self, args: CalendarSync, _ctx: JobContext) -> Result<(), JobError> {
-        match self.run(&args.source_id).await {
+    /// The job's envelope tenant is the authority: a source of another tenant is "not
+    /// found" (see `load`).
+    async fn handle(&self, args: CalendarSync, ctx: JobContext) -> Result<(), JobError> {
+        match self.run(ctx.tenant.as_deref(), &args.source_id).await {
             Ok(report) => {
                 tracing::info!(
                     source = %args.source_id,

@@ -61,6 +61,11 @@ pub fn booking_uid(tenant: &str, booking_id: &str) -> String {
     format!("{booking_id}@{tenant}.fleet")
 }
 
+/// What a push of a booking that is missing, or not the job's tenant's, gives up with.
+fn not_found(booking_id: &str) -> String {
+    format!("booking {booking_id} not found")
+}
+
 impl CalendarSyncHandler {
     /// The `calendar.push` handler sharing this handler's database, secrets and options.
     pub fn push_handler(&self) -> CalendarPushHandler {
@@ -79,13 +84,17 @@ impl CalendarPushHandler {
     async fn run(&self, tenant: &str, booking_id: &str) -> Result<PushResult, SyncError> {
         let db = &self.sync.db;
         let Some(booking) = load_booking(db, tenant, booking_id).await? else {
-            return Err(SyncError::Permanent(format!("booking {booking_id} not found")));
+            return Err(SyncError::Permanent(not_found(booking_id)));
         };
         if booking.pushed_version == Some(booking.version) && booking.push_state != "failed" {
             return Ok(PushResult::AlreadyPushed);
         }
-        let source = self.sync.load(&booking.target_source).await?;
-        if source.tenant != tenant || source.supplier != booking.supplier {
+        // The booking's source must be its own tenant's: another tenant's is "not found".
+        let source = match self.sync.load(Some(tenant), &booking.target_source).await {
+            Err(SyncError::Permanent(e)) => return self.fail(tenant, booking_id, e).await,
+            other => other?,
+        };
+        if source.supplier != booking.supplier {
             return self.fail(tenant, booking_id, "the target source belongs to another supplier".into()).await;
         }
         if source.kind == "google" || source.kind == "graph" {
@@ -443,7 +452,15 @@ fn fold_into(out: &mut String, line: &str) {
 impl Handler for CalendarPushHandler {
     type Args = CalendarPush;
 
-    async fn handle(&self, args: CalendarPush, _ctx: JobContext) -> Result<(), JobError> {
+    /// The job's envelope tenant is the authority: `args.tenant` must match it, or the
+    /// job gives up with the message of a missing booking (it learns nothing about other
+    /// tenants' ids). A job with no envelope tenant was enqueued by Fleet's operators
+    /// (`fleetctl`, tests), never by the public API, which always sets it from the
+    /// caller's key: then `args.tenant` names the booking's tenant.
+    async fn handle(&self, args: CalendarPush, ctx: JobContext) -> Result<(), JobError> {
+        if ctx.tenant.as_deref().is_some_and(|t| t != args.tenant) {
+            return Err(JobError::give_up(not_found(&args.booking_id)));
+        }
         match self.run(&args.tenant, &args.booking_id).await {
             Ok(result) => {
                 tracing::info!(booking = %args.booking_id, result = ?result, "booking pushed");

@@ -305,10 +305,18 @@ impl Handler for SyncSource {
     type Args = CommsSync;
 
     async fn handle(&self, a: CommsSync, ctx: JobContext) -> Result<(), JobError> {
-        let row = sqlx::query("SELECT tenant, kind, config, secret, default_region FROM comms_sources WHERE id = $1")
-            .bind(&a.source_id)
-            .fetch_optional(&self.db)
-            .await?;
+        // The job's envelope tenant is the authority: a source of another tenant is "not
+        // found", with the same message as a missing one. A job with no tenant was
+        // enqueued by Fleet's operators (`fleetctl`, tests), never by the public API,
+        // which always sets it from the caller's key: it loads the source by id.
+        let row = sqlx::query(
+            "SELECT tenant, kind, config, secret, default_region FROM comms_sources \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
+        )
+        .bind(&a.source_id)
+        .bind(ctx.tenant.as_deref())
+        .fetch_optional(&self.db)
+        .await?;
         let Some(row) = row else {
             return Err(JobError::give_up(format!("comms source {} not found (removed?)", a.source_id)));
         };

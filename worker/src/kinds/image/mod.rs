@@ -8,12 +8,18 @@
 //! cannot be decoded (corrupt, truncated, unsupported, too large) is a permanent error:
 //! one clear dead letter, no retries. Results go to PostgreSQL; variants go back to the
 //! store under content-addressed keys, so a retry rewrites nothing.
+//!
+//! The job's tenant is the authority: it names only object keys under its own prefix
+//! `tenants/<tenant>/` (the API refuses others; the handlers check again and give up),
+//! and its variants are written under that prefix
+//! (`tenants/<tenant>/variants/<sha256>/<recipe>/<width>.<ext>`).
 
 use crate::handler::{Handler, JobContext, JobError};
 use crate::limits::LimitTable;
 use crate::storage::{ObjectStore, StorageError, StoreConfig};
 use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
 use fleet_image::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
+use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request, tenant_object_prefix};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_jobs::limits::{Admission, LimitSpec, Limiter};
 use serde::Deserialize;
@@ -34,7 +40,9 @@ pub struct ImageSettings {
     pub max_megapixels: u64,
     /// Largest upload accepted, in MiB.
     pub max_upload_mb: u64,
-    /// Key prefix of the variants in the store.
+    /// Key prefix of the variants in the store, under the tenant's own prefix
+    /// (`tenants/<tenant>/<variants_prefix>/...`; a job with no tenant writes under
+    /// `<variants_prefix>/...`).
     pub variants_prefix: String,
     /// Optional outside vision providers (tried in order).
     pub vision: Option<VisionConfig>,
@@ -141,6 +149,26 @@ impl Images {
     fn tenant(ctx: &JobContext) -> String {
         ctx.tenant.clone().unwrap_or_default()
     }
+
+    /// Checks that the job's tenant may name `key` (defence in depth: the API refuses
+    /// such keys already): with a tenant, the key must be under `tenants/<tenant>/`
+    /// ([`check_tenant_object_key`]), or the job gives up. A job with no tenant was
+    /// enqueued by Fleet's operators or benchmarks, never by the public API (which always
+    /// sets the envelope's tenant from the caller's key): any key the store accepts.
+    fn check_key(ctx: &JobContext, key: &str) -> Result<(), JobError> {
+        match &ctx.tenant {
+            Some(tenant) => check_tenant_object_key(tenant, key).map_err(JobError::give_up),
+            None => crate::storage::validate_key(key).map_err(|e| JobError::give_up(e.to_string())),
+        }
+    }
+
+    /// Where the variants of the job's tenant go: under the tenant's prefix
+    /// (`tenants/<tenant>/variants/...` by default), so a tenant can never name, nor read,
+    /// another's variants; a job with no tenant writes under the bare prefix.
+    fn variants_base(&self, ctx: &JobContext) -> String {
+        let tenant = ctx.tenant.as_deref().map(tenant_object_prefix).unwrap_or_default();
+        format!("{tenant}{}", self.variants_prefix).trim_matches('/').to_owned()
+    }
 }
 
 /// Checks each provider's fleet-wide limits before its turn and reports after it.
@@ -219,6 +247,7 @@ impl Handler for Analyze {
 
     async fn handle(&self, a: ImageAnalyze, ctx: JobContext) -> Result<(), JobError> {
         let images = &self.0;
+        Images::check_key(&ctx, &a.key)?;
         let bytes = images.source(&a.key).await?;
         let permit = images.admit(&bytes).await?;
         let limits = images.limits.clone();
@@ -256,6 +285,18 @@ impl Handler for Analyze {
             metadata_json["decode_warnings"] = serde_json::json!(decoded_warnings);
         }
         let tenant = Images::tenant(&ctx);
+        let phash = analysis.phash.0 as i64;
+        let mut tx = images.db.begin().await.map_err(db_error)?;
+        if let Some(portfolio) = &a.portfolio {
+            // One analysis of a portfolio lands at a time, so two images analysed at once
+            // each see the other (the later one's scan runs after the earlier one commits).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('images:' || $1 || ':' || $2))")
+                .bind(&tenant)
+                .bind(portfolio)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
         sqlx::query(
             "INSERT INTO image_analyses (tenant, image_id, portfolio, source_key, source_sha256, format, width, height, \
                phash, sharpness, exposure, colours, metadata, gps_present, vision) \
@@ -274,20 +315,65 @@ impl Handler for Analyze {
         .bind(analysis.format.name())
         .bind(analysis.width as i32)
         .bind(analysis.height as i32)
-        .bind(analysis.phash.0 as i64)
+        .bind(phash)
         .bind(analysis.sharpness)
         .bind(serde_json::to_value(analysis.exposure).unwrap_or_default())
         .bind(serde_json::to_value(&analysis.dominant_colours).unwrap_or_default())
         .bind(metadata_json)
         .bind(metadata.gps_present)
         .bind(vision)
-        .execute(&images.db)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        near_duplicates(&mut tx, &tenant, &a.image_id, a.portfolio.as_deref(), phash).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         tracing::info!(image_id = %a.image_id, format = analysis.format.name(), width = analysis.width,
             height = analysis.height, phash = %analysis.phash, "image analysed");
         Ok(())
     }
+}
+
+/// Perceptual-hash distance at or under which two images are near-duplicates (the image
+/// library's threshold).
+pub const NEAR_DUPLICATE_DISTANCE: i32 = 10;
+
+/// Most near-duplicate pairs one analysis records (the closest ones): a portfolio of N
+/// identical photos stores at most this many pairs per image, not N².
+pub const MAX_PAIRS_PER_IMAGE: i64 = 50;
+
+/// Rewrites the near-duplicate pairs of `image_id` (analysed again: its hash or portfolio
+/// may have changed) against the other images of its portfolio: one indexed scan of the
+/// tenant's portfolio, O(N) per image.
+async fn near_duplicates(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+    image_id: &str,
+    portfolio: Option<&str>,
+    phash: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM image_near_duplicates WHERE tenant = $1 AND (a = $2 OR b = $2)")
+        .bind(tenant)
+        .bind(image_id)
+        .execute(&mut **tx)
+        .await?;
+    let Some(portfolio) = portfolio else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO image_near_duplicates (tenant, portfolio, a, b, distance) \
+         SELECT $1, $2, LEAST($3, image_id), GREATEST($3, image_id), d FROM ( \
+           SELECT image_id, bit_count((phash # $4)::bit(64))::int AS d FROM image_analyses \
+           WHERE tenant = $1 AND portfolio = $2 AND image_id <> $3) o \
+         WHERE d <= $5 ORDER BY d, image_id LIMIT $6 \
+         ON CONFLICT (tenant, a, b) DO UPDATE SET portfolio = EXCLUDED.portfolio, distance = EXCLUDED.distance",
+    )
+    .bind(tenant)
+    .bind(portfolio)
+    .bind(image_id)
+    .bind(phash)
+    .bind(NEAR_DUPLICATE_DISTANCE)
+    .bind(MAX_PAIRS_PER_IMAGE)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Handler of `image.variants`.
@@ -296,6 +382,7 @@ pub struct Variants(Images);
 
 impl Variants {
     async fn spec(&self, a: &ImageVariants) -> Result<VariantSpec, JobError> {
+        check_variant_request(a.widths.as_deref(), a.formats.as_deref()).map_err(JobError::give_up)?;
         let mut spec = VariantSpec::default();
         if let Some(w) = &a.widths {
             spec.widths = w.clone();
@@ -337,12 +424,21 @@ impl Handler for Variants {
 
     async fn handle(&self, a: ImageVariants, ctx: JobContext) -> Result<(), JobError> {
         let images = &self.0;
+        Images::check_key(&ctx, &a.key)?;
+        if let Some(w) = &a.watermark {
+            Images::check_key(&ctx, &w.key)?;
+        }
         let spec = self.spec(&a).await?;
         let bytes = images.source(&a.key).await?;
         let source_sha256 = fleet_image::sha256_hex(&bytes);
         let recipe = spec.recipe_hash();
         let tenant = Images::tenant(&ctx);
-        let base = format!("{}/{}/{}", images.variants_prefix, &source_sha256, &recipe[..recipe.len().min(16)]);
+        let base = [images.variants_base(&ctx).as_str(), &source_sha256, &recipe[..recipe.len().min(16)]]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
 
         let permit = images.admit(&bytes).await?;
         let limits = images.limits.clone();
