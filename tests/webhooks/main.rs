@@ -21,6 +21,11 @@ use tower::ServiceExt;
 
 const T: Duration = Duration::from_secs(60);
 
+/// The key endpoint secrets are sealed with (the API refuses endpoints without one).
+fn secrets() -> fleet_comms::secrets::SecretBox {
+    fleet_comms::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
+}
+
 /// One request a receiver got.
 #[derive(Debug, Clone)]
 struct Got {
@@ -92,7 +97,7 @@ impl World {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
         let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
-        let api = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
+        let api = app(ApiState::new(env.client.clone(), db.pool.clone()).with_secrets(secrets()), 1 << 20);
         let (receiver, base) = start_receiver().await;
         let settings = WebhookSettings {
             allow: if allow_loopback { vec!["127.0.0.0/8".into()] } else { vec![] },
@@ -105,7 +110,7 @@ impl World {
             timeout: None,
         };
         let registry = Registry::new()
-            .register_with(Deliver::new(db.pool.clone(), settings).unwrap(), policy)
+            .register_with(Deliver::new(db.pool.clone(), settings).unwrap().with_secrets(Some(secrets())), policy)
             .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()))
             .register(fleet_worker::kinds::webhook::publish::Publish::new(db.pool.clone(), env.client.clone()))
             .register(fleet_worker::kinds::probe::Probe);
@@ -416,7 +421,10 @@ fn intake_router(w: &World) -> Router {
         "#,
     )
     .unwrap();
-    app(ApiState::new(w.env.client.clone(), w.db.pool.clone()).with_intake(providers), 64 * 1024)
+    app(
+        ApiState::new(w.env.client.clone(), w.db.pool.clone()).with_secrets(secrets()).with_intake(providers),
+        64 * 1024,
+    )
 }
 
 async fn post_raw(router: &Router, uri: &str, headers: &[(&str, String)], body: &str) -> (StatusCode, String) {

@@ -110,6 +110,13 @@ impl std::fmt::Debug for SecretBox {
     }
 }
 
+/// Associated data binding a secret to one row: `tenant`, `table` and row `id` joined by
+/// NUL (which PostgreSQL text cannot hold, so the parts cannot run into each other). A
+/// value sealed for one row does not open for another row, table or tenant.
+pub fn row_aad(tenant: &str, table: &str, id: &str) -> String {
+    format!("{tenant}\0{table}\0{id}")
+}
+
 /// Whether `stored` is a sealed value (of any version) rather than a plaintext.
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with("v1:") || stored.starts_with("v2:")
