@@ -447,3 +447,31 @@ async fn the_reseal_secrets_command_seals_plaintext_and_old_key_rows_and_is_safe
     assert!(ok && out.contains("webhook_endpoints: 0 resealed, 0 sealed from plaintext, 2 already current"), "{out}");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_message_id_is_another_tenants_fans_out_nothing() {
+    let keys = SecretBox::new(NEW_KEY).unwrap();
+    let w = World::new(Some(keys.clone()), Some(keys)).await;
+    w.subscribe(&w.key_b, &format!("{}/b", w.base)).await;
+    // A's message, under the id a publish job with a chosen id would record.
+    let job = fleet_jobs::JobId::new();
+    let msg = fleet_jobs::catalogue::webhook::message_id(job.as_str());
+    sqlx::query(
+        "INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, 'acme', 't.x', '{\"a\":1}')",
+    )
+    .bind(&msg)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    let args = fleet_jobs::catalogue::WebhookPublish {
+        event_type: "t.x".into(),
+        payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+    };
+    let opts = EnqueueOptions { id: Some(job.clone()), tenant: Some("bravo".into()), ..Default::default() };
+    w.env.client.enqueue_with(&args, opts).await.unwrap();
+    let dead = w.dead(job.as_str()).await;
+    assert!(dead.reason.contains("already taken"), "{}", dead.reason);
+    assert_eq!(w.env.stats("webhooks").await.dead, 1, "no delivery was enqueued");
+    assert_eq!(w.receiver.count("b"), 0, "A's payload never reached B's endpoint");
+    w.done().await;
+}
