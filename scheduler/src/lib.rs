@@ -44,6 +44,10 @@ pub async fn run(
     // A set but malformed key stops the start (unset: sources and endpoints are refused).
     let secrets =
         fleet_comms::secrets::SecretBox::from_env_if_set().map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+    if let Some(b) = &secrets {
+        // Key ids are hash prefixes, not secrets: they say which keys a process holds during a rotation.
+        tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;

@@ -74,6 +74,9 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         // (and FLEET_SECRETS_KEYS_OLD during a rotation).
         let secrets = fleet_comms::secrets::SecretBox::from_env_if_set()
             .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+        if let Some(b) = &secrets {
+            tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
+        }
         let relay = crate::outbox::Relay::new(db.clone(), client.clone());
         let calendar = crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone())
             .with_settings(&config.calendar)
