@@ -475,3 +475,50 @@ async fn a_publish_whose_message_id_is_another_tenants_fans_out_nothing() {
     assert_eq!(w.receiver.count("b"), 0, "A's payload never reached B's endpoint");
     w.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_job_holding_the_intake_route_s_old_unique_key_does_not_swallow_a_genuine_event() {
+    let w = World::new(None, None).await;
+    let providers: std::collections::BTreeMap<String, fleet_scheduler::api::intake::IntakeProvider> = toml::from_str(
+        r#"
+        [vision]
+        scheme = "standard_webhooks"
+        secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        "#,
+    )
+    .unwrap();
+    let router = app(ApiState::new(w.env.client.clone(), w.db.pool.clone()).with_intake(providers), 64 * 1024);
+    // Tenant B claims, on the intake jobs' queue, the unique key the route used to set
+    // for the event id it expects (`intake:<provider>:<sha256 of the id>`).
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"evt_genuine"));
+    let squatter = fleet_jobs::catalogue::WebhookPublish {
+        event_type: "t.x".into(),
+        payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+    };
+    let opts =
+        EnqueueOptions { tenant: Some("bravo".into()), delay: Some(Duration::from_secs(3600)), ..Default::default() }
+            .unique(format!("intake:vision:{digest}"), Duration::from_secs(3600));
+    w.env.client.enqueue_with(&squatter, opts).await.unwrap();
+
+    let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let body = r#"{"image": "img_42"}"#;
+    let ts = chrono::Utc::now().timestamp();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/intake/vision")
+        .header("webhook-id", "evt_genuine")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", secret.sign("evt_genuine", ts, body.as_bytes()).unwrap())
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(router.oneshot(req).await.unwrap().status(), StatusCode::ACCEPTED);
+    eventually("the genuine event recorded", T, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM intake_events WHERE id = 'evt_genuine'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    w.done().await;
+}
