@@ -57,7 +57,7 @@ pub struct CalendarSourceView {
     pub supplier: String,
     /// `caldav`, `ics`, `google` or `graph`.
     pub kind: String,
-    /// The collection or feed URL.
+    /// The collection or feed URL, redacted (user information and query string hidden).
     pub url: String,
     /// Login name.
     pub username: Option<String>,
@@ -173,7 +173,8 @@ async fn select_page(
             tenant: r.get("tenant"),
             supplier: r.get("supplier"),
             kind: r.get("kind"),
-            url: r.get("url"),
+            // Feed URLs often carry their token in the query (`?s=...`): shown redacted.
+            url: fleet_net::redact_url(r.get("url")),
             username: r.get("username"),
             has_password: r.get("has_password"),
             max_delete_share: r.get("max_delete_share"),

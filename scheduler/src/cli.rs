@@ -1,5 +1,5 @@
-//! The `fleet-scheduler` command: run the scheduler (cron ticks + HTTP API), or manage
-//! API keys.
+//! The `fleet-scheduler` command: run the scheduler (cron ticks + HTTP API), manage API
+//! keys, or re-seal stored secrets after a key rotation.
 
 use crate::config::SchedulerConfig;
 use clap::{Parser, Subcommand};
@@ -38,6 +38,12 @@ enum Command {
         /// Key id.
         id: String,
     },
+    /// Re-seal every stored secret (webhook endpoint secrets, calendar and comms source
+    /// secrets) with the current key, `FLEET_SECRETS_KEY`, after a rotation; old keys in
+    /// `FLEET_SECRETS_KEYS_OLD` open what they sealed. Also seals endpoint secrets still
+    /// in plaintext. Prints counts per table; safe to re-run and to interrupt. Fails if a
+    /// secret could not be opened with any configured key.
+    ResealSecrets,
 }
 
 /// Runs the command.
@@ -83,6 +89,24 @@ pub fn main() -> ExitCode {
                 } else {
                     anyhow::bail!("no active key with id {id}")
                 }
+            }
+            Command::ResealSecrets => {
+                let secrets = fleet_comms::secrets::SecretBox::from_env()
+                    .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+                let db = crate::db::connect_and_migrate(&config.database_url).await?;
+                println!("current key {}; old keys {:?}", secrets.key_id(), secrets.old_key_ids().collect::<Vec<_>>());
+                let report = crate::reseal::reseal_all(&db, &secrets).await?;
+                let mut failed = 0;
+                for (table, counts) in &report {
+                    println!("{table}: {counts}");
+                    failed += counts.failed.len();
+                }
+                if failed > 0 {
+                    anyhow::bail!(
+                        "{failed} row(s) hold a secret that no configured key opens (add its key to FLEET_SECRETS_KEYS_OLD)"
+                    );
+                }
+                Ok(())
             }
         }
     });

@@ -13,6 +13,8 @@
 //! * [`calendar_store`], [`comms_store`], [`sources`]: calendar and comms sources in
 //!   PostgreSQL, shared by the API, `fleetctl` and the ticker (which syncs each source on
 //!   its own cron schedule).
+//! * [`reseal`]: stored secrets re-sealed with the current key (`reseal-secrets`), and
+//!   plaintext endpoint secrets sealed at start-up.
 
 pub mod api;
 pub mod calendar_store;
@@ -21,6 +23,7 @@ pub mod comms_store;
 pub mod config;
 pub mod db;
 pub mod fleetctl;
+pub mod reseal;
 pub mod schedule;
 pub mod sources;
 pub mod tenancy;
@@ -39,8 +42,13 @@ pub async fn run(
     config: config::SchedulerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // A set but malformed key stops the start (unset: sources with secrets are refused).
-    fleet_comms::secrets::SecretBox::from_env_if_set().map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+    // A set but malformed key stops the start (unset: sources and endpoints are refused).
+    let secrets =
+        fleet_comms::secrets::SecretBox::from_env_if_set().map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+    if let Some(b) = &secrets {
+        // Key ids are hash prefixes, not secrets: they say which keys a process holds during a rotation.
+        tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -54,6 +62,7 @@ pub async fn run(
             }
         }
     };
+    seal_plaintext_endpoint_secrets(&db, secrets.as_ref()).await;
     let client = loop {
         match Client::connect(&config.redis_url, config.prefix.clone()).await {
             Ok(c) => break c,
@@ -93,4 +102,38 @@ pub async fn run(
     serving.await.context("api server task")?.context("api server")?;
     db.close().await;
     Ok(())
+}
+
+/// Seals the webhook endpoint secrets stored in plaintext by versions before sealing
+/// (workers deliver with both meanwhile). A failure is logged, not fatal: the next start
+/// or `fleet-scheduler reseal-secrets` does it.
+async fn seal_plaintext_endpoint_secrets(db: &sqlx::PgPool, secrets: Option<&fleet_comms::secrets::SecretBox>) {
+    let Some(secrets) = secrets else {
+        let plain: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_endpoints WHERE EXISTS \
+             (SELECT 1 FROM unnest(secrets) s WHERE s NOT LIKE 'v1:%' AND s NOT LIKE 'v2:%')",
+        )
+        .fetch_one(db)
+        .await;
+        if let Ok(n @ 1..) = plain {
+            tracing::warn!(
+                endpoints = n,
+                "webhook endpoint secrets stored in plaintext: set FLEET_SECRETS_KEY to seal them"
+            );
+        }
+        return;
+    };
+    match reseal::seal_plaintext_endpoint_secrets(db, secrets).await {
+        Ok(c) if c.sealed_plaintext > 0 || !c.failed.is_empty() => {
+            tracing::info!(
+                sealed = c.sealed_plaintext,
+                failed = c.failed.len(),
+                "sealed plaintext webhook endpoint secrets"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "sealing plaintext webhook endpoint secrets failed; will retry at the next start")
+        }
+    }
 }

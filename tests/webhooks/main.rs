@@ -21,6 +21,11 @@ use tower::ServiceExt;
 
 const T: Duration = Duration::from_secs(60);
 
+/// The key endpoint secrets are sealed with (the API refuses endpoints without one).
+fn secrets() -> fleet_comms::secrets::SecretBox {
+    fleet_comms::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
+}
+
 /// One request a receiver got.
 #[derive(Debug, Clone)]
 struct Got {
@@ -94,7 +99,8 @@ impl World {
         let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
         let api = app(
             ApiState::new(env.client.clone(), db.pool.clone())
-                .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+                .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+                .with_secrets(secrets()),
             1 << 20,
         );
         let (receiver, base) = start_receiver().await;
@@ -109,7 +115,7 @@ impl World {
             timeout: None,
         };
         let registry = Registry::new()
-            .register_with(Deliver::new(db.pool.clone(), settings).unwrap(), policy)
+            .register_with(Deliver::new(db.pool.clone(), settings).unwrap().with_secrets(Some(secrets())), policy)
             .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()))
             .register(fleet_worker::kinds::webhook::publish::Publish::new(db.pool.clone(), env.client.clone()))
             .register(fleet_worker::kinds::probe::Probe);
@@ -423,6 +429,7 @@ fn intake_router(w: &World) -> Router {
     app(
         ApiState::new(w.env.client.clone(), w.db.pool.clone())
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+            .with_secrets(secrets())
             .with_intake(providers),
         64 * 1024,
     )

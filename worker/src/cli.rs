@@ -70,9 +70,13 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
         let images = crate::kinds::image::Images::new(db.clone(), &config.images)
             .map_err(anyhow::Error::msg)?
             .with_provider_limits(limiter.clone(), table.clone());
-        // calendar.sync opens sealed source credentials with FLEET_SECRETS_KEY.
+        // calendar.sync, comms.sync and webhook.deliver open sealed secrets with FLEET_SECRETS_KEY
+        // (and FLEET_SECRETS_KEYS_OLD during a rotation).
         let secrets = fleet_comms::secrets::SecretBox::from_env_if_set()
             .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+        if let Some(b) = &secrets {
+            tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
+        }
         let relay = crate::outbox::Relay::new(db.clone(), client.clone());
         let calendar = crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone())
             .with_settings(&config.calendar)
@@ -83,7 +87,8 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(calendar)
             .register(images.analyzer())
             .register(images.variants())
-            .register(deliver)
+            // Endpoint secrets are sealed with FLEET_SECRETS_KEY too.
+            .register(deliver.with_secrets(secrets.clone()))
             .register(crate::kinds::webhook::intake::Record::new(db.clone()))
             .register(crate::kinds::webhook::publish::Publish::new(db.clone(), client));
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.

@@ -68,18 +68,26 @@ pub enum JobError {
     },
 }
 
+/// An error message as it is kept: any `http(s)://` URL in it redacted (user
+/// information and query string hidden), since job errors reach logs, the attempt
+/// history, dead letters and the dashboard, and an HTTP client's error text names the
+/// URL it called, tokens included.
+fn kept(error: impl fmt::Display) -> String {
+    fleet_net::redact_urls_in(&error.to_string())
+}
+
 impl JobError {
     /// A retryable failure with the kind's backoff.
     pub fn retry(error: impl fmt::Display) -> Self {
-        JobError::Retry { error: error.to_string(), after: None }
+        JobError::Retry { error: kept(error), after: None }
     }
     /// A retryable failure to be retried after `after`.
     pub fn retry_after(error: impl fmt::Display, after: Duration) -> Self {
-        JobError::Retry { error: error.to_string(), after: Some(after) }
+        JobError::Retry { error: kept(error), after: Some(after) }
     }
     /// A permanent failure.
     pub fn give_up(error: impl fmt::Display) -> Self {
-        JobError::GiveUp { error: error.to_string() }
+        JobError::GiveUp { error: kept(error) }
     }
     /// Run again later without counting an attempt.
     pub fn snooze(after: Duration) -> Self {
@@ -87,7 +95,7 @@ impl JobError {
     }
     /// The service asked to slow down: hold its limit keys back fleet-wide for `after`.
     pub fn slow_down(error: impl fmt::Display, after: Duration) -> Self {
-        JobError::SlowDown { error: error.to_string(), after }
+        JobError::SlowDown { error: kept(error), after }
     }
 }
 
@@ -197,5 +205,26 @@ pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_job_errors_are_redacted() {
+        let e = JobError::retry("error sending request for url (https://u:p@h.example/feed?token=abc): refused");
+        assert_eq!(
+            e,
+            JobError::Retry {
+                error: "error sending request for url (https://***@h.example/feed?***): refused".into(),
+                after: None
+            }
+        );
+        let e = JobError::give_up("GET http://h.example/x?sig=1 failed");
+        assert!(!e.to_string().contains("sig=1"), "{e}");
+        let e = JobError::slow_down("429 from https://h.example/?k=v", Duration::from_secs(1));
+        assert!(!e.to_string().contains("k=v"), "{e}");
     }
 }

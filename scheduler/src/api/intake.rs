@@ -11,13 +11,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
+use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::WebhookIntake;
 use fleet_jobs::webhooks::{Secret, TOLERANCE_SECS, verify};
-use fleet_jobs::{EnqueueOptions, Unique};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 /// How a provider signs its calls.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -193,10 +192,13 @@ pub(crate) async fn receive(
         body: String::from_utf8_lossy(&body).into_owned(),
         received_at: fleet_jobs::envelope::now_ms(),
     };
-    let opts = EnqueueOptions {
-        unique: Some(Unique { key: format!("intake:{provider}:{digest}"), window: Duration::from_secs(3600) }),
-        ..Default::default()
-    };
+    // No unique key and no chosen id: those live in namespaces a tenant can also name
+    // (a tenant's job holding `intake:<provider>:<digest>` would have swallowed the genuine
+    // event). Duplicates are already stopped by the replay key above (a Redis key no
+    // tenant-named key can produce: queue names have no ':', limit keys live under
+    // `{lim:...}`) and, for good, by `intake_events`' primary key. No tenant either: the
+    // handler refuses an intake job that has one.
+    let opts = EnqueueOptions { tenant: None, ..Default::default() };
     let job = state.client.enqueue_with(&args, opts).await?;
     metrics::counter!("fleet_intake_accepted_total", "provider" => provider).increment(1);
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"job": job.0}))))

@@ -1,6 +1,11 @@
 //! `/v1/endpoints` (subscriptions) and `/v1/events` (accepted as a `webhook.publish` job,
 //! which records the event and fans it out to every enabled endpoint of the tenant whose
 //! event-type filter matches, one `webhook.deliver` job each).
+//!
+//! Endpoint secrets are sealed before they are stored ([`fleet_comms::secrets`], bound to
+//! tenant, table and endpoint id): without `FLEET_SECRETS_KEY` endpoints cannot be
+//! created or rotated (503 `not_configured`). URLs are shown whole only in the answer to
+//! the creation; listings show them redacted ([`fleet_net::redact_url`]).
 
 use super::ApiState;
 use super::auth::Caller;
@@ -87,11 +92,12 @@ pub(crate) async fn create_endpoint(
         return Err(ApiError::invalid("event types must be 1 to 200 characters"));
     }
     let id = format!("ep_{}", uuid::Uuid::now_v7().simple());
+    let sealed = seal_endpoint_secret(&state, &caller.tenant, &id, &secret)?;
     sqlx::query("INSERT INTO webhook_endpoints (id, tenant, url, secrets, event_types) VALUES ($1, $2, $3, $4, $5)")
         .bind(&id)
         .bind(&caller.tenant)
         .bind(&url)
-        .bind(vec![secret.clone()])
+        .bind(vec![sealed])
         .bind(&req.event_types)
         .execute(&state.db)
         .await
@@ -105,6 +111,12 @@ pub(crate) async fn create_endpoint(
         secret: Some(secret),
     };
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `secret` sealed for endpoint `id` of `tenant`; 503 `not_configured` without a key.
+fn seal_endpoint_secret(state: &ApiState, tenant: &str, id: &str, secret: &str) -> Result<String, ApiError> {
+    let aad = fleet_comms::secrets::row_aad(tenant, "webhook_endpoints", id);
+    Ok(crate::sources::seal(state.secrets.as_ref(), &aad, secret)?)
 }
 
 /// The URL, checked: absolute http or https with a host. Addresses are checked by the
@@ -138,7 +150,7 @@ pub(crate) async fn list_endpoints(
         rows.into_iter()
             .map(|(id, url, event_types, enabled, disabled_reason)| EndpointView {
                 id,
-                url,
+                url: fleet_net::redact_url(&url),
                 event_types,
                 enabled,
                 disabled_reason,
@@ -219,6 +231,7 @@ pub(crate) async fn rotate_secret(
         }
         None => Secret::generate(),
     };
+    let sealed = seal_endpoint_secret(&state, &caller.tenant, &id, &secret)?;
     let until: Option<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(
         "UPDATE webhook_endpoints SET secrets = ARRAY[$3, secrets[1]], \
          previous_secrets_until = now() + make_interval(secs => $4), updated_at = now() \
@@ -226,7 +239,7 @@ pub(crate) async fn rotate_secret(
     )
     .bind(&id)
     .bind(&caller.tenant)
-    .bind(&secret)
+    .bind(&sealed)
     .bind(grace as f64)
     .fetch_optional(&state.db)
     .await

@@ -201,7 +201,7 @@ impl CalDavClient {
     pub fn url_of(&self, href: &str) -> Result<Url, CalDavError> {
         let url = self.collection.join(href).map_err(|e| CalDavError::Url(e.to_string()))?;
         if url.origin() != self.collection.origin() {
-            return Err(CalDavError::Url(format!("{href} is not on the calendar's server")));
+            return Err(CalDavError::Url(format!("{} is not on the calendar's server", fleet_net::redact_url(href))));
         }
         Ok(url)
     }

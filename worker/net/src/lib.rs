@@ -9,6 +9,12 @@
 //! Clients that follow redirects check each hop's IP literal the same way. IPv6 is allowed only in global unicast `2000::/3`, minus its special
 //! ranges (documentation, 6to4, Teredo, ORCHID, NAT64's local use); mapped and
 //! translated IPv4 forms are refused whatever they embed.
+//!
+//! Also [`redact_url`]: the one way a URL is shown in logs, errors, attempt rows and
+//! listings (user information, query string and fragment hidden).
+
+mod redact;
+pub use redact::{redact_url, redact_urls_in};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

@@ -303,7 +303,13 @@ impl Vision {
             }
             match reqwest::Url::parse(&p.base_url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() && u.host().is_some() => {}
-                _ => return bad(format!("provider {:?}: base_url {:?} must be an http(s) URL", p.name, p.base_url)),
+                _ => {
+                    let url = fleet_net::redact_url(&p.base_url);
+                    return bad(format!(
+                        "provider {:?}: base_url {url:?} must be an http(s) URL without a query",
+                        p.name
+                    ));
+                }
             }
             if !(0.0..=1.0).contains(&p.min_confidence) {
                 return bad(format!("provider {:?}: min_confidence must be within 0..=1", p.name));

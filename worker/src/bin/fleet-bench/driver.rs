@@ -522,7 +522,9 @@ async fn webhooks() {
         .await
         .expect("message");
         let args = fleet_jobs::catalogue::WebhookDelivery { message_id: id.clone(), endpoint_id: "ep_bench".into() };
-        c.enqueue(&args).await.expect("enqueue");
+        // Deliveries carry their tenant: the handler loads the endpoint and message for it only.
+        let opts = fleet_jobs::EnqueueOptions { tenant: Some("bench".into()), ..Default::default() };
+        c.enqueue_with(&args, opts).await.expect("enqueue");
         id
     };
 
@@ -546,7 +548,8 @@ async fn webhooks() {
         .expect("message");
     }
     tx.commit().await.expect("commit");
-    c.enqueue_bulk(jobs).await.expect("enqueue");
+    let bench = || fleet_jobs::EnqueueOptions { tenant: Some("bench".into()), ..Default::default() };
+    c.enqueue_bulk_with(jobs.into_iter().map(|j| (j, bench()))).await.expect("enqueue");
     let pipe = Pipe::new("webhooks");
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)

@@ -105,7 +105,10 @@ async fn get_page(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 if resp.status().is_success() {
-                    let body = resp.bytes().await.map_err(|e| SmsError::Unavailable(format!("reading a page: {e}")))?;
+                    let body = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| SmsError::Unavailable(format!("reading a page: {}", e.without_url())))?;
                     return serde_json::from_slice::<Page>(&body)
                         .map_err(|e| SmsError::Unavailable(format!("bad page: {e}")));
                 }

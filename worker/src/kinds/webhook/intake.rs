@@ -1,5 +1,10 @@
 //! `webhook.intake`: records a verified incoming call in PostgreSQL (`intake_events`),
 //! once per (provider, id) however often the job runs.
+//!
+//! Only the scheduler's intake route creates these jobs, after verifying the provider's
+//! signature, and it gives them no tenant. One that carries a tenant came from somewhere
+//! else (a tenant's API call or batch callback): it is refused without recording
+//! anything, so it cannot plant an unsigned event or spend a genuine event's id.
 
 use crate::handler::{Handler, JobContext, JobError};
 use fleet_jobs::catalogue::WebhookIntake;
@@ -20,7 +25,12 @@ impl Record {
 impl Handler for Record {
     type Args = WebhookIntake;
 
-    async fn handle(&self, a: WebhookIntake, _ctx: JobContext) -> Result<(), JobError> {
+    async fn handle(&self, a: WebhookIntake, ctx: JobContext) -> Result<(), JobError> {
+        if ctx.tenant.is_some() {
+            return Err(JobError::give_up(
+                "webhook.intake jobs come only from the intake route, which sets no tenant: refused",
+            ));
+        }
         let at = chrono::DateTime::from_timestamp_millis(a.received_at as i64).unwrap_or_default();
         sqlx::query(
             "INSERT INTO intake_events (provider, id, body, received_at) VALUES ($1, $2, $3, $4) ON CONFLICT (provider, id) DO NOTHING",

@@ -12,6 +12,13 @@
 //!   `Retry-After`). Other 4xx and refused addresses give up (dead letter, replayable).
 //! * Every attempt is written to `webhook_attempts`.
 //! * The endpoint's limit key `webhook:endpoint:<id>` carries its rate, cap and breaker.
+//! * The job's tenant (from its envelope, never its arguments) is the authority: the
+//!   endpoint and the message are loaded for that tenant only, and one of another tenant
+//!   is "not found", exactly like a missing one.
+//! * Endpoint secrets are sealed at rest ([`fleet_comms::secrets`], bound to tenant,
+//!   table and endpoint id); plaintext ones (from before sealing) still sign until the
+//!   scheduler or `fleet-scheduler reseal-secrets` seals them.
+//! * URLs are redacted ([`fleet_net::redact_url`]) in every error and attempt row.
 
 pub mod intake;
 pub mod publish;
@@ -19,6 +26,7 @@ pub mod publish;
 pub use fleet_net as ssrf;
 
 use crate::handler::{Handler, JobContext, JobError};
+use fleet_comms::secrets::{SecretBox, SecretError, is_sealed, row_aad};
 use fleet_jobs::catalogue::WebhookDelivery;
 use fleet_jobs::webhooks::{Secret, signature_header};
 use serde::Deserialize;
@@ -58,6 +66,7 @@ pub struct Deliver {
     http: reqwest::Client,
     guard: Arc<ssrf::Guard>,
     settings: WebhookSettings,
+    secrets: Option<SecretBox>,
 }
 
 /// What one HTTP attempt came to.
@@ -84,7 +93,38 @@ impl Deliver {
             .no_proxy()
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Deliver { db, http, guard, settings })
+        Ok(Deliver { db, http, guard, settings, secrets: None })
+    }
+
+    /// The same handler opening sealed endpoint secrets with `secrets` (`FLEET_SECRETS_KEY`).
+    /// Without it, only endpoints whose secrets are still plaintext can be delivered to.
+    pub fn with_secrets(mut self, secrets: Option<SecretBox>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The endpoint's secrets in the clear: sealed ones opened (bound to tenant and
+    /// endpoint id), plaintext ones (stored before sealing) as they are.
+    fn open_secrets(&self, tenant: &str, endpoint_id: &str, stored: Vec<String>) -> Result<Vec<String>, JobError> {
+        let aad = row_aad(tenant, "webhook_endpoints", endpoint_id);
+        stored
+            .into_iter()
+            .map(|s| {
+                if !is_sealed(&s) {
+                    return Ok(s);
+                }
+                let Some(secrets) = &self.secrets else {
+                    return Err(JobError::retry(format!(
+                        "endpoint {endpoint_id} has sealed secrets but this worker has no FLEET_SECRETS_KEY"
+                    )));
+                };
+                secrets.open(&aad, &s).map_err(|e| match e {
+                    // Another worker (or this one after a restart) may have the key.
+                    SecretError::UnknownKey(_) => JobError::retry(format!("endpoint {endpoint_id}: {e}")),
+                    _ => JobError::give_up(format!("endpoint {endpoint_id}: {e}")),
+                })
+            })
+            .collect()
     }
 
     async fn send(&self, url: &str, secrets: &[String], message_id: &str, payload: &str) -> Sent {
@@ -97,7 +137,7 @@ impl Deliver {
         };
         let parsed = match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            _ => return fail(format!("invalid endpoint URL {url:?}: http or https expected"), true),
+            _ => return fail(format!("invalid endpoint URL {}: http or https expected", ssrf::redact_url(url)), true),
         };
         if let Err(ssrf::Refused(ip)) = self.guard.check_url(&parsed) {
             return fail(format!("refused by the SSRF guard: {ip} is a private or reserved address"), true);
@@ -123,11 +163,15 @@ impl Deliver {
             Ok(r) => r,
             Err(e) => {
                 let refused = chain_has_refusal(&e);
+                let timeout = e.is_timeout();
+                let connect = e.is_connect();
+                // reqwest's message names the URL, query string and all.
+                let e = e.without_url();
                 let what = if refused {
                     chain_text(&e)
-                } else if e.is_timeout() {
+                } else if timeout {
                     format!("timed out after {} ms", self.settings.timeout_ms)
-                } else if e.is_connect() {
+                } else if connect {
                     format!("connection failed: {}", chain_text(&e))
                 } else {
                     chain_text(&e)
@@ -150,8 +194,11 @@ impl Deliver {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    error =
-                        Some(if e.is_timeout() { "timed out reading the response".to_owned() } else { chain_text(&e) });
+                    error = Some(if e.is_timeout() {
+                        "timed out reading the response".to_owned()
+                    } else {
+                        chain_text(&e.without_url())
+                    });
                     break;
                 }
             }
@@ -187,6 +234,7 @@ impl Deliver {
     }
 }
 
+/// The error and its causes, any URL in them redacted.
 fn chain_text(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -195,7 +243,7 @@ fn chain_text(e: &dyn std::error::Error) -> String {
         s.push_str(&c.to_string());
         src = c.source();
     }
-    s
+    ssrf::redact_urls_in(&s)
 }
 
 fn chain_has_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -223,26 +271,37 @@ impl Handler for Deliver {
     }
 
     async fn handle(&self, a: WebhookDelivery, ctx: JobContext) -> Result<(), JobError> {
+        // Deliveries are enqueued by `webhook.publish` for its tenant; one without a
+        // tenant was not, and may name anybody's endpoint.
+        let Some(tenant) = ctx.tenant.as_deref() else {
+            return Err(JobError::give_up(
+                "webhook.deliver needs a tenant (deliveries are enqueued by webhook.publish)",
+            ));
+        };
+        // A row of another tenant is "not found", with the same message as a missing one.
         let endpoint: Option<(String, Vec<String>, bool, Option<String>)> =
             // After a rotation's grace period only the current secret (the first) signs.
             sqlx::query_as(
                 "SELECT url, CASE WHEN previous_secrets_until < now() THEN secrets[1:1] ELSE secrets END, enabled, disabled_reason \
-                 FROM webhook_endpoints WHERE id = $1",
+                 FROM webhook_endpoints WHERE id = $1 AND tenant = $2",
             )
                 .bind(&a.endpoint_id)
+                .bind(tenant)
                 .fetch_optional(&self.db)
                 .await
                 .map_err(|e| JobError::retry(format!("database: {e}")))?;
         let Some((url, secrets, enabled, reason)) = endpoint else {
-            return Err(JobError::give_up(format!("endpoint {} no longer exists", a.endpoint_id)));
+            return Err(JobError::give_up(format!("endpoint {} not found", a.endpoint_id)));
         };
-        let payload: Option<String> = sqlx::query_scalar("SELECT payload FROM webhook_messages WHERE id = $1")
-            .bind(&a.message_id)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let payload: Option<String> =
+            sqlx::query_scalar("SELECT payload FROM webhook_messages WHERE id = $1 AND tenant = $2")
+                .bind(&a.message_id)
+                .bind(tenant)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(|e| JobError::retry(format!("database: {e}")))?;
         let Some(payload) = payload else {
-            return Err(JobError::give_up(format!("message {} no longer exists", a.message_id)));
+            return Err(JobError::give_up(format!("message {} not found", a.message_id)));
         };
         if !enabled {
             let why = format!("endpoint disabled ({})", reason.unwrap_or_default());
@@ -251,6 +310,7 @@ impl Handler for Deliver {
             self.log(&a, ctx.attempt, "skipped", &skipped, Duration::ZERO).await;
             return Err(JobError::give_up(why));
         }
+        let secrets = self.open_secrets(tenant, &a.endpoint_id, secrets)?;
         let t0 = Instant::now();
         let sent = self.send(&url, &secrets, &a.message_id, &payload).await;
         let took = t0.elapsed();
@@ -258,9 +318,10 @@ impl Handler for Deliver {
             (Some(s), None) if (200..300).contains(&s) => ("delivered", Ok(())),
             (Some(410), _) => {
                 let _ = sqlx::query(
-                    "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = '410 Gone from the endpoint', updated_at = now() WHERE id = $1",
+                    "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = '410 Gone from the endpoint', updated_at = now() WHERE id = $1 AND tenant = $2",
                 )
                 .bind(&a.endpoint_id)
+                .bind(tenant)
                 .execute(&self.db)
                 .await;
                 tracing::warn!(endpoint = %a.endpoint_id, "endpoint answered 410 Gone: disabled");

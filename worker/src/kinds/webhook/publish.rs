@@ -1,7 +1,8 @@
 //! `webhook.publish`: records an event (`webhook_messages`) and enqueues one
 //! `webhook.deliver` per enabled endpoint of the tenant whose filter matches. Idempotent:
 //! the message id is derived from the job id and each delivery has a unique key, so a
-//! retried or duplicated job sends nothing twice.
+//! retried or duplicated job sends nothing twice. Everything is for the job's tenant (its
+//! envelope's, set from the API key): its endpoints only, and the deliveries carry it.
 
 use crate::handler::{Handler, JobContext, JobError};
 use fleet_jobs::catalogue::webhook::message_id;
@@ -31,14 +32,25 @@ impl Handler for Publish {
             JobError::give_up("webhook.publish needs a tenant (enqueue it through the API or a batch)")
         })?;
         let id = message_id(&ctx.id);
-        sqlx::query("INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
-            .bind(&id)
-            .bind(&tenant)
-            .bind(&a.event_type)
-            .bind(a.payload.get())
-            .execute(&self.db)
-            .await
-            .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        // A retry finds its own row. A row of another tenant under the same id (job ids can
+        // be chosen by callers) is not this event: fan nothing out under it.
+        let owner: String = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING RETURNING tenant) \
+             SELECT tenant FROM ins UNION ALL SELECT tenant FROM webhook_messages WHERE id = $1 LIMIT 1",
+        )
+        .bind(&id)
+        .bind(&tenant)
+        .bind(&a.event_type)
+        .bind(a.payload.get())
+        .fetch_one(&self.db)
+        .await
+        .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        if owner != tenant {
+            return Err(JobError::give_up(format!(
+                "message id {id} is already taken: publish again with another job id"
+            )));
+        }
         let endpoints: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM webhook_endpoints WHERE tenant = $1 AND enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types))",
         )
