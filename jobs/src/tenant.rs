@@ -140,14 +140,7 @@ impl Client {
         validate_queue_name(queue).map_err(crate::Error::Invalid)?;
         let k = self.keys(queue);
         let base = k.jobs.trim_end_matches("jobs").to_owned();
-        let (running, open, cap, own_cap, quota, own_quota): (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-        ) = redis::pipe()
+        let v: Vec<Option<u64>> = redis::pipe()
             .hget(format!("{base}trun"), tenant)
             .hget(format!("{base}topen"), tenant)
             .hget(&k.conf, "tcap")
@@ -156,6 +149,8 @@ impl Client {
             .hget(&k.conf, format!("tquota:{tenant}"))
             .query_async(&mut self.connection())
             .await?;
+        let at = |i: usize| v.get(i).copied().flatten();
+        let (running, open, cap, own_cap, quota, own_quota) = (at(0), at(1), at(2), at(3), at(4), at(5));
         Ok(TenantUsage {
             running: running.unwrap_or(0),
             open: open.unwrap_or(0),
