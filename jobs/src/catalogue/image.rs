@@ -140,28 +140,47 @@ pub fn tenant_object_prefix(tenant: &str) -> String {
     format!("tenants/{tenant}/")
 }
 
-/// Checks that `key` is an object key `tenant` may name: a well-formed key (1 to 1024
-/// bytes of `/`-separated segments, none empty, `.` or `..`; no leading `/`, backslash,
-/// `%` (no percent-encoded form of any of these), control character or look-alike of
-/// `/` and `.`) under [`tenant_object_prefix`] with at least one segment after it.
-/// The key is refused rather than normalised: what is checked is what the store is
-/// asked for. The error names the required prefix.
+/// Checks that `key` names an object the same way in every store (a local folder, S3):
+/// 1 to 1024 bytes of `/`-separated segments, none empty, `.` or `..`; no leading `/`,
+/// no backslash, no NUL or other control character. The reason is for an error message.
+pub fn check_object_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("is empty");
+    }
+    if key.len() > MAX_OBJECT_KEY_BYTES {
+        return Err("is longer than 1024 bytes");
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return Err("contains a control character (NUL included)");
+    }
+    if key.contains('\\') {
+        return Err("contains a backslash");
+    }
+    if key.starts_with('/') {
+        return Err("is absolute (starts with `/`)");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err("has an empty segment (`//` or a trailing `/`)"),
+            "." | ".." => return Err("has a `.` or `..` segment"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `key` is an object key `tenant` may name: a well-formed key
+/// ([`check_object_key`]) with no `%` (no percent-encoded form of anything) and no
+/// look-alike of `/` and `.`, under [`tenant_object_prefix`] with at least one segment
+/// after it. The key is refused rather than normalised: what is checked is what the
+/// store is asked for. The error names the required prefix.
 pub fn check_tenant_object_key(tenant: &str, key: &str) -> Result<(), String> {
     let prefix = tenant_object_prefix(tenant);
     let refuse = |why: &str| Err(format!("object key {key:?} {why}: keys must be under {prefix:?}"));
     // The one tenant-name rule (a plain path segment: no `/`, never `.` or `..`).
     crate::tenant::validate_tenant(tenant).map_err(|e| format!("tenant cannot own object keys: {e}"))?;
-    if key.is_empty() {
-        return refuse("is empty");
-    }
-    if key.len() > MAX_OBJECT_KEY_BYTES {
-        return refuse("is longer than 1024 bytes");
-    }
-    if key.chars().any(|c| c.is_control()) {
-        return refuse("contains a control character");
-    }
-    if key.contains('\\') {
-        return refuse("contains a backslash");
+    if let Err(why) = check_object_key(key) {
+        return refuse(why);
     }
     if key.contains('%') {
         return refuse("contains `%` (percent-encoding is not decoded)");
@@ -170,16 +189,6 @@ pub fn check_tenant_object_key(tenant: &str, key: &str) -> Result<(), String> {
     const LOOK_ALIKES: &[char] = &['\u{2215}', '\u{2044}', '\u{ff0f}', '\u{29f8}', '\u{ff0e}', '\u{2024}', '\u{fe52}'];
     if key.contains(LOOK_ALIKES) {
         return refuse("contains a look-alike of `/` or `.`");
-    }
-    if key.starts_with('/') {
-        return refuse("is absolute (starts with `/`)");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return refuse("has an empty segment (`//` or a trailing `/`)"),
-            "." | ".." => return refuse("has a `.` or `..` segment"),
-            _ => {}
-        }
     }
     if !key.starts_with(&prefix) {
         return refuse("is outside the tenant's prefix");

@@ -94,39 +94,14 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Longest key accepted, in bytes (S3's limit).
-pub const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_KEY_BYTES: usize = fleet_jobs::catalogue::image::MAX_OBJECT_KEY_BYTES;
 
 /// Checks that `key` names an object the same way in every store: 1..=1024 bytes of
 /// `/`-separated segments, none empty, `.` or `..`; no leading `/`, no backslash, no
-/// NUL or other control character.
+/// NUL or other control character (the one rule, `fleet_jobs::catalogue::image::check_object_key`).
 pub fn validate_key(key: &str) -> Result<(), StorageError> {
-    let refuse = |reason| Err(StorageError::InvalidKey { key: key.to_owned(), reason });
-    if key.is_empty() {
-        return refuse("empty");
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return refuse("longer than 1024 bytes");
-    }
-    if key.contains('\0') {
-        return refuse("contains NUL");
-    }
-    if key.chars().any(char::is_control) {
-        return refuse("contains a control character");
-    }
-    if key.starts_with('/') {
-        return refuse("absolute (starts with `/`)");
-    }
-    if key.contains('\\') {
-        return refuse("contains a backslash");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return refuse("has an empty segment (`//` or a trailing `/`)"),
-            "." | ".." => return refuse("has a `.` or `..` segment"),
-            _ => {}
-        }
-    }
-    Ok(())
+    fleet_jobs::catalogue::image::check_object_key(key)
+        .map_err(|reason| StorageError::InvalidKey { key: key.to_owned(), reason })
 }
 
 /// Which store to use (`[storage]` in the worker config).
