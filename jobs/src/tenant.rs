@@ -101,6 +101,10 @@ impl Client {
                 None => &mut pipe,
             };
         }
+        if tenant.is_some() {
+            // The scripts look up tenants' own values only once some tenant has one.
+            pipe.hset(&k.conf, "town", 1).ignore();
+        }
         // A raised cap lets parked tenants run: wake an idle worker to look.
         pipe.rpush(&k.wake, "1").ignore().ltrim(&k.wake, 0, 0).ignore();
         let _: () = pipe.query_async(&mut self.connection()).await?;

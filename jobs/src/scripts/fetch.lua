@@ -8,6 +8,9 @@
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
             sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], wake = KEYS[10], conf = KEYS[11] }
 local want, lease_ms, promote_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+-- At least this many jobs per tenant turn, but never more than half the batch, so two
+-- tenants always share a fetch of two or more.
+local QUANTUM = math.min(4, math.ceil(want / 2))
 local now = now_ms()
 
 local function next_due()
@@ -58,11 +61,16 @@ for p = 1, 3 do
   local ring = base .. ':ring'
   -- Jobs left in the plain list by an older version, with no ring entry yet.
   if redis.call('LLEN', ring) == 0 and redis.call('LLEN', base) > 0 then ring_add(K, pri, '', false) end
+  -- Each turn takes the tenant's fair share of what is left of the batch, and at least
+  -- QUANTUM jobs (fewer turns per job when many tenants have work; the ring goes on
+  -- where this fetch stopped, so every tenant still has its turn within a few fetches).
+  local in_ring = redis.call('LLEN', ring)
   while got < want and popped < 2 * want and turns < 2 * want + 3 do
     local t = redis.call('LPOP', ring)
     if not t then break end
     turns = turns + 1
-    local share = math.ceil((want - got) / (redis.call('LLEN', ring) + 1))
+    local share = math.min(math.max(math.ceil((want - got) / math.max(in_ring, 1)), QUANTUM), want - got)
+    in_ring = math.max(in_ring - 1, 1)
     local cap = 0
     if t ~= '' then
       cap = tenant_setting(K, 'cap', t)
@@ -103,8 +111,9 @@ for p = 1, 3 do
         redis.call('HINCRBY', qkey(K, 'trun'), t, taken)
         if running[t] then running[t] = running[t] + taken end
       end
-      -- Back to the end of the ring while it has work, else out of it.
-      if redis.call('LLEN', list) > 0 then
+      -- Back to the end of the ring while it has work, else out of it (a short pop
+      -- means the list is empty: no need to ask).
+      if ids and #ids == share and redis.call('LLEN', list) > 0 then
         redis.call('RPUSH', ring, t)
       else
         redis.call('SREM', base .. ':rset', t)

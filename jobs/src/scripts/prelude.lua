@@ -118,8 +118,8 @@ end
 --   trun   hash tenant -> jobs running (leased) now
 --   topen  hash tenant -> jobs not finished (ready, scheduled, retrying, running)
 --   tpark  hash tenant -> priority digits it was parked at (at its concurrency cap)
--- Settings in `conf`: tcap / tquota (every tenant), tcap:<t> / tquota:<t> (one tenant);
--- 0 or absent means no limit.
+-- Settings in `conf`: tcap / tquota (every tenant), tcap:<t> / tquota:<t> (one tenant,
+-- with town = 1 once any tenant has its own); 0 or absent means no limit.
 local function tenant_of(K, id)
   local t = redis.call('HGET', qkey(K, 'ten'), id)
   if t then return t end
@@ -157,14 +157,21 @@ local function push_ready(K, pri, t, id, front)
 end
 
 -- A tenant's setting ('cap' or 'quota'): its own, else the queue's default; 0 = none.
+-- The defaults and whether any tenant has its own values (`town`) are read once per
+-- call; a tenant's own value only when some tenant has one.
 local TSET = {}
+local TDEF = nil
 local function tenant_setting(K, name, t)
+  if not TDEF then
+    local d = redis.call('HMGET', qkey(K, 'conf'), 'tcap', 'tquota', 'town')
+    TDEF = { cap = tonumber(d[1] or '0') or 0, quota = tonumber(d[2] or '0') or 0, own = d[3] == '1' }
+  end
+  if not TDEF.own then return TDEF[name] end
   local mark = name .. '|' .. t
   local v = TSET[mark]
   if v == nil then
     local own = redis.call('HGET', qkey(K, 'conf'), 't' .. name .. ':' .. t)
-    if not own then own = redis.call('HGET', qkey(K, 'conf'), 't' .. name) end
-    v = tonumber(own or '0') or 0
+    if own then v = tonumber(own) or 0 else v = TDEF[name] end
     TSET[mark] = v
   end
   return v
@@ -187,9 +194,10 @@ end
 -- Applies the counts: running and open jobs go down, and a tenant parked at its cap
 -- goes back in the rings it left, to be looked at again by the next fetch.
 local function tenants_settle(K)
+  local any_parked = next(LEFT) ~= nil and redis.call('HLEN', qkey(K, 'tpark')) > 0
   for t, n in pairs(LEFT) do
     if redis.call('HINCRBY', qkey(K, 'trun'), t, -n) <= 0 then redis.call('HDEL', qkey(K, 'trun'), t) end
-    local parked = redis.call('HGET', qkey(K, 'tpark'), t)
+    local parked = any_parked and redis.call('HGET', qkey(K, 'tpark'), t)
     if parked then
       redis.call('HDEL', qkey(K, 'tpark'), t)
       for i = 1, #parked do ring_add(K, string.sub(parked, i, i), t, false) end
