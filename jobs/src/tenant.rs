@@ -58,7 +58,8 @@ pub fn limit_key(tenant: &str, key: &str) -> String {
 /// A tenant's usage of one queue, with the limits that apply to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TenantUsage {
-    /// Jobs running (leased) now.
+    /// Jobs running (leased) now that count against the cap: those started while the
+    /// tenant had one (an uncapped tenant's running jobs are not counted, at no cost).
     pub running: u64,
     /// Jobs not finished: ready, scheduled, retrying and running.
     pub open: u64,

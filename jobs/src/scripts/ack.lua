@@ -40,7 +40,7 @@ for i = 5, #ARGV, 6 do
     local t = tenant_of(K, id)
     redis.call('ZREM', K.leases, id)
     n_running = n_running + 1
-    left_running(t, op == 'ok' or op == 'expire' or op == 'dead')
+    left_running(t, op == 'ok' or op == 'expire' or op == 'dead', st)
     if op == 'ok' then
       n_ok = n_ok + 1
       finish(id, 'k', p)

@@ -20,7 +20,7 @@ elseif c ~= 'q' then
   return { 2, st }
 end
 local t = tenant_of(K, id)
-if c == 'r' then left_running(t, true) else finished_only(t) end
+if c == 'r' then left_running(t, true, st) else finished_only(t) end
 tenants_settle(K)
 redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)

@@ -97,6 +97,7 @@ for p = 1, 3 do
             got = got + 1
             taken = taken + 1
             local tok = seq .. '.' .. got
+            if cap > 0 then tok = tok .. 'c' end
             local a = redis.call('HINCRBY', K.att, id, 1)
             redis.call('HSET', K.state, id, 'r' .. pri_of(st) .. ':' .. tok)
             redis.call('ZADD', K.leases, deadline, id)
@@ -107,7 +108,7 @@ for p = 1, 3 do
           end
         end
       end
-      if t ~= '' and taken > 0 then
+      if cap > 0 and taken > 0 then
         redis.call('HINCRBY', qkey(K, 'trun'), t, taken)
         if running[t] then running[t] = running[t] + taken end
       end

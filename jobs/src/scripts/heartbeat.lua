@@ -63,7 +63,7 @@ for _, id in ipairs(expired) do
     redis.call('HINCRBY', K.stats, 'running', -1)
     redis.call('HINCRBY', K.stats, 'lease_expired', 1)
     redis.call('HINCRBY', K.stats, 'failed', 1)
-    left_running(t, a >= max)
+    left_running(t, a >= max, st)
     if a >= max then
       to_dead(K, id, p, now)
       batch_finished(K, batch, false)

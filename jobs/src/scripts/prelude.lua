@@ -115,7 +115,7 @@ end
 -- have ready work and a SET (`<ready:p>:rset`) mirrors its members, so fetch serves the
 -- tenants round-robin and a tenant is never in the ring twice. Per queue:
 --   ten    hash job id -> tenant (jobs of a tenant only)
---   trun   hash tenant -> jobs running (leased) now
+--   trun   hash tenant -> jobs running (leased) now that count against its cap
 --   topen  hash tenant -> jobs not finished (ready, scheduled, retrying, running)
 --   tpark  hash tenant -> priority digits it was parked at (at its concurrency cap)
 -- Settings in `conf`: tcap / tquota (every tenant), tcap:<t> / tquota:<t> (one tenant,
@@ -178,11 +178,13 @@ local function tenant_setting(K, name, t)
 end
 
 -- Counts jobs that stopped running, per tenant, applied once per call by tenants_settle.
+-- Only jobs leased while their tenant had a cap count as running (their lease token
+-- ends in 'c', see fetch): an uncapped tenant costs no running counter at all.
 local LEFT = {}
 local FINISHED = {}
-local function left_running(t, finished)
+local function left_running(t, finished, st)
   if t == '' then return end
-  LEFT[t] = (LEFT[t] or 0) + 1
+  if st and string.sub(st, -1) == 'c' then LEFT[t] = (LEFT[t] or 0) + 1 end
   if finished then FINISHED[t] = (FINISHED[t] or 0) + 1 end
 end
 
