@@ -222,3 +222,123 @@ async fn live_workers_are_listed_with_the_jobs_they_run() {
     assert!(env.client.workers("default").await.unwrap().is_empty(), "a stopped worker leaves the list");
     env.cleanup().await;
 }
+
+/// An envelope that is not UTF-8 (with a NUL inside), as something other than Fleet may
+/// write it.
+const BINARY: &[u8] = b"\xff\xfe{\"kind\":\"probe\",\0\"args\":{}}";
+
+/// Writes a dead letter of queue `default` byte for byte, the way the engine keeps one:
+/// envelope and history as given, state `d1`, in the dead-letter set and counted.
+async fn foreign_dead(env: &TestEnv, id: &str, envelope: &[u8], history: &[u8]) {
+    let k = env.client.keys("default");
+    let _: () = redis::pipe()
+        .hset(&k.jobs, id, envelope)
+        .hset(&k.state, id, "d1")
+        .hset(&k.att, id, 3)
+        .hset(&k.hist, id, history)
+        .zadd(&k.dead, id, fleet_jobs::envelope::now_ms())
+        .hincr(&k.stats, "dead", 1)
+        .hincr(&k.stats, "died", 1)
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+}
+
+/// Two foreign dead letters: `bin` (not UTF-8, a NUL inside, a normal history) and `txt`
+/// (UTF-8 but not JSON, with a history that is not UTF-8 either).
+async fn two_foreign_dead(env: &TestEnv) {
+    let hist = br#"[{"attempt":3,"at":1,"error":"undecodable envelope: invalid utf-8 sequence"}]"#;
+    foreign_dead(env, "bin", BINARY, hist).await;
+    foreign_dead(env, "txt", b"not json at all", b"\xff\x00[garbage").await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_any_bytes_are_listed_shown_replayed_and_purged_by_the_admin_api() {
+    use axum::http::StatusCode;
+    use fleet_scheduler::api::{ApiState, app, auth};
+    use serde_json::{Value, json};
+    let env = TestEnv::new().await;
+    let db = fleet_tests::TestDb::new().await;
+    five_dead(&env).await;
+    two_foreign_dead(&env).await;
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let get = |uri: &'static str| {
+        let (router, admin) = (router.clone(), admin.clone());
+        async move {
+            let (s, body) = http(&router, "GET", uri, Some(&admin), None).await;
+            assert_eq!(s, StatusCode::OK, "{uri}: {body}");
+            serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{uri} ({e}): {body}"))
+        }
+    };
+
+    let queues = get("/admin/v1/queues").await;
+    assert_eq!(queues[0]["stats"]["dead"], 7);
+    let listed = get("/admin/v1/queues/default/jobs?state=dead").await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 7, "{listed:?}");
+    for id in ["bin", "txt"] {
+        let row = listed.iter().find(|j| j["id"] == id).unwrap_or_else(|| panic!("{id} listed: {listed:?}"));
+        assert_eq!((row["kind"].as_str(), row["state"].as_str()), (Some("(undecodable)"), Some("dead")));
+    }
+    let bin = get("/admin/v1/queues/default/jobs/bin").await;
+    assert_eq!(bin["raw_envelope_lossy"], true);
+    assert_eq!(bin["raw_envelope_hex"].as_str(), Some(hex(BINARY).as_str()), "the exact bytes");
+    let lossy = bin["raw_envelope"].as_str().unwrap();
+    assert!(lossy.starts_with("\u{fffd}\u{fffd}{\"kind\"") && lossy.contains('\0'), "{lossy:?}");
+    assert_eq!(
+        (bin["state"].as_str(), bin["attempts"].as_u64(), bin["envelope"].is_null()),
+        (Some("dead"), Some(3), true)
+    );
+    assert!(bin["envelope_error"].as_str().unwrap().contains("not UTF-8"), "{bin}");
+    let txt = get("/admin/v1/queues/default/jobs/txt").await;
+    assert_eq!(
+        (txt["raw_envelope"].as_str(), txt["raw_envelope_lossy"].as_bool()),
+        (Some("not json at all"), Some(false))
+    );
+    assert!(txt["history_error"].as_str().unwrap().contains("garbage"), "{txt}");
+
+    let dead = get("/admin/v1/queues/default/dead").await;
+    let reason = |id: &str| dead.as_array().unwrap().iter().find(|d| d["id"] == id).map(|d| d["reason"].clone());
+    assert_eq!(dead.as_array().unwrap().len(), 7, "{dead}");
+    assert_eq!(reason("bin"), Some(json!("undecodable envelope: invalid utf-8 sequence")));
+    assert_eq!(reason("txt"), Some(json!("(undecodable history)")));
+    let only = get("/admin/v1/queues/default/dead?kind=%28undecodable%29").await;
+    assert_eq!(only.as_array().unwrap().len(), 2, "{only}");
+    let groups = get("/admin/v1/queues/default/dead/groups").await;
+    let count = |r: &str| groups.as_array().unwrap().iter().find(|g| g["reason"] == r).map(|g| g["count"].clone());
+    assert_eq!(count("undecodable envelope: invalid utf-# sequence"), Some(json!(1)), "{groups}");
+    assert_eq!(count("(undecodable history)"), Some(json!(1)), "{groups}");
+
+    // A tenant's view of a record with no tenant: not found, not unavailable.
+    let (s, body) = http(&router, "GET", "/v1/jobs/default/bin", Some(&app_key), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+
+    let post = |uri: &'static str, body: Value| {
+        let (router, admin) = (router.clone(), admin.clone());
+        async move {
+            let (s, out) = http(&router, "POST", uri, Some(&admin), Some(body)).await;
+            assert_eq!(s, StatusCode::OK, "{uri}: {out}");
+            serde_json::from_str::<Value>(&out).unwrap()
+        }
+    };
+    assert_eq!(post("/admin/v1/queues/default/replay", json!({"ids": ["bin"]})).await, json!({"replayed": 1}));
+    let bin = env.client.job("default", "bin").await.unwrap().unwrap();
+    assert_eq!((bin.state, bin.attempts, bin.raw_envelope_hex), (JobState::Ready, 0, Some(hex(BINARY))));
+    assert_eq!(post("/admin/v1/queues/default/purge", json!({"ids": ["txt"]})).await, json!({"purged": 1}));
+    assert!(env.client.job("default", "txt").await.unwrap().is_none());
+    assert_eq!(post("/admin/v1/queues/default/purge", json!({"all": true})).await, json!({"purged": 5}));
+    let s = env.stats("default").await;
+    assert_eq!((s.dead, s.ready, s.replayed, s.purged), (0, 1, 1, 6));
+    db.drop_db().await;
+    env.cleanup().await;
+}
