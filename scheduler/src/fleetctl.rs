@@ -216,7 +216,7 @@ enum QueueCommand {
 }
 
 /// `text` safe for a terminal: control characters (a NUL, an escape sequence, a newline
-/// in a cell) are written escaped, e.g. `\0`, `\u{1b}`, `\n`; everything else as it is.
+/// in a cell) are written escaped, e.g. `\u{0}`, `\u{1b}`, `\n`; everything else as it is.
 fn printable(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
