@@ -307,8 +307,7 @@ impl Client {
     /// never as an error (see [`JobInfo`]).
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         let k = self.keys(queue);
-        type Bytes = Option<Vec<u8>>;
-        let (env, state, att, hist): (Bytes, Bytes, Bytes, Bytes) = redis::pipe()
+        let (env, state, att, hist): RecordBytes = redis::pipe()
             .hget(&k.jobs, id)
             .hget(&k.state, id)
             .hget(&k.att, id)
@@ -348,9 +347,7 @@ impl Client {
                 .hget(&k.state, &id)
                 .hget(&k.att, &id)
                 .hget(&k.hist, &id)
-                .query_async::<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)>(
-                    &mut self.conn.clone(),
-                )
+                .query_async::<RecordBytes>(&mut self.conn.clone())
                 .await?;
             let id = String::from_utf8_lossy(&id).into_owned();
             // An entry whose record is gone is skipped; one whose state field is missing
@@ -386,6 +383,9 @@ impl Client {
         Ok(())
     }
 }
+
+/// A job record's stored fields as bytes: envelope, state, attempts, history.
+type RecordBytes = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A script reply element as text (ids, markers and numbers alike).
 fn value_text(v: redis::Value) -> String {

@@ -342,3 +342,38 @@ async fn records_of_any_bytes_are_listed_shown_replayed_and_purged_by_the_admin_
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dead_letters_a_binary_envelope_and_keeps_its_bytes_for_the_tools() {
+    let env = TestEnv::new().await;
+    let k = env.client.keys("default");
+    let _: () = redis::pipe()
+        .hset(&k.jobs, "bin", BINARY)
+        .hset(&k.state, "bin", "q1")
+        .rpush(&k.ready[1], "bin")
+        .hincr(&k.stats, "ready", 1)
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+    let w = env.worker(env.config("default", 1), Registry::builtin()).await;
+    let mut rx = w.events();
+    let done = n_final(&mut rx, 1, Duration::from_secs(20)).await;
+    assert_eq!(done[0].id, "bin");
+    w.shutdown().await;
+
+    let dead = env.client.dead_letters("default", 0, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("undecodable envelope"), "{}", dead[0].reason);
+    let job = &dead[0].job;
+    assert_eq!(job.state, JobState::Dead);
+    assert!(job.raw_envelope_lossy);
+    assert_eq!(job.raw_envelope_hex.as_deref(), Some(hex(BINARY).as_str()), "stored byte for byte");
+    let groups = env.client.dead_by_reason("default").await.unwrap();
+    assert_eq!(groups.iter().map(|g| g.1).sum::<usize>(), 1, "{groups:?}");
+    let listed = env.client.jobs_in_state("default", JobState::Dead, 0, 10).await.unwrap();
+    assert_eq!((listed.len(), listed[0].kind.as_str()), (1, "(undecodable)"));
+    let (ok, out, err) = fleetctl(&env, &["purge", "default", "--id", "bin", "--yes"]);
+    assert!(ok && out.contains("purged 1"), "{out} {err}");
+    assert_eq!(env.stats("default").await.dead, 0);
+    env.cleanup().await;
+}
