@@ -55,6 +55,9 @@ impl Select {
         if self.ids.is_empty() && self.kind.is_none() && self.reason.is_none() && !self.all {
             return Err("say which dead letters: --id, --kind, --reason or --all".into());
         }
+        if self.reason.as_deref() == Some("") {
+            return Err("an empty --reason matches every dead letter: say --all".into());
+        }
         Ok(DeadFilter {
             ids: self.ids.clone(),
             kind: self.kind.clone(),

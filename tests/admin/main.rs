@@ -183,6 +183,9 @@ async fn the_admin_api_needs_an_operator_key_and_an_admin_role_to_change_anythin
     let (s, e) =
         http(&router, "POST", "/admin/v1/queues/default/purge", Some(&admin), Some(serde_json::json!({}))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let everything = serde_json::json!({"reason": ""});
+    let (s, e) = http(&router, "POST", "/admin/v1/queues/default/purge", Some(&admin), Some(everything)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "an empty reason is not a filter: {e}");
     assert_eq!(
         http(&router, "GET", "/admin/v1/queues/bad%7Bq%7D/jobs", Some(&operator), None).await.0,
         StatusCode::UNPROCESSABLE_ENTITY
