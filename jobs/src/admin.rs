@@ -87,7 +87,7 @@ impl Client {
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(pattern)
@@ -95,7 +95,7 @@ impl Client {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            out.extend(keys);
+            out.extend(keys.into_iter().map(lossy));
             if next == 0 {
                 return Ok(out);
             }
@@ -367,7 +367,7 @@ impl Client {
 
     /// Worker instances that heartbeat on `queue`, most recent first.
     pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>> {
-        let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        let v: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
             .arg(self.keys(queue).workers)
             .arg(0)
             .arg(-1)
@@ -377,6 +377,7 @@ impl Client {
             .await?;
         let mut out = Vec::with_capacity(v.len());
         for (instance, s) in v {
+            let instance = lossy(instance);
             let info: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(self.keys(queue).workerjobs)
                 .arg(&instance)

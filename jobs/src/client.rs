@@ -278,12 +278,13 @@ impl Client {
     /// Cancels a job that has not finished (queued, scheduled, retrying or running).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
         let k = self.keys(queue);
-        let (code, prev): (i64, String) = k
+        let (code, prev): (i64, Vec<u8>) = k
             .invoke(&scripts::CANCEL, "state sched leases stats done jobs batches batchdone")
             .arg(id)
             .arg(24 * 3600 * 1000)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        let prev = String::from_utf8_lossy(&prev);
         let state = || {
             JobState::parse(&prev).map(|(s, _)| s).ok_or_else(|| Error::Corrupt(format!("job {id} has state {prev:?}")))
         };
