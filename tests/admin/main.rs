@@ -380,3 +380,60 @@ async fn a_worker_dead_letters_a_binary_envelope_and_keeps_its_bytes_for_the_too
     assert_eq!(env.stats("default").await.dead, 0);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_with_a_garbage_state_is_listed_as_unknown_and_breaks_nothing() {
+    use axum::http::StatusCode;
+    use fleet_scheduler::api::{ApiState, app, auth};
+    let env = TestEnv::new().await;
+    let db = fleet_tests::TestDb::new().await;
+    foreign_dead(&env, "odd", b"{}", b"[]").await;
+    let k = env.client.keys("default");
+    let _: () = redis::cmd("HSET")
+        .arg(&k.state)
+        .arg("odd")
+        .arg(b"\xffz".as_slice())
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    for uri in [
+        "/admin/v1/queues",
+        "/admin/v1/queues/default/jobs?state=dead",
+        "/admin/v1/queues/default/jobs/odd",
+        "/admin/v1/queues/default/dead",
+        "/admin/v1/queues/default/dead/groups",
+    ] {
+        let (s, body) = http(&router, "GET", uri, Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {body}");
+        if uri.ends_with("/dead") || uri.ends_with("=dead") {
+            assert!(body.contains(r#""id":"odd""#) && body.contains(r#""state":"unknown""#), "{uri}: {body}");
+        }
+        if uri.ends_with("/odd") {
+            let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                (job["state"].as_str(), job["raw_state"].as_str()),
+                (Some("unknown"), Some("\u{fffd}z")),
+                "{body}"
+            );
+        }
+    }
+    // The dead-letter script moves only records whose state says dead: this one stays
+    // listed for an operator to look at, and asking does no harm.
+    let (s, out) = http(
+        &router,
+        "POST",
+        "/admin/v1/queues/default/purge",
+        Some(&admin),
+        Some(serde_json::json!({"ids": ["odd"]})),
+    )
+    .await;
+    assert_eq!((s, out.as_str()), (StatusCode::OK, r#"{"purged":0}"#));
+    db.drop_db().await;
+    env.cleanup().await;
+}
