@@ -28,7 +28,8 @@ pub struct DeadFilter {
 
 impl DeadFilter {
     fn matches(&self, d: &DeadLetter) -> bool {
-        let kind_ok = self.kind.as_deref().is_none_or(|k| d.job.envelope.as_ref().is_some_and(|e| e.kind == k));
+        // An undecodable envelope's kind is `(undecodable)`, so `kind` can select those too.
+        let kind_ok = self.kind.as_deref().is_none_or(|k| d.job.kind() == k);
         let reason_ok = self.reason_contains.as_deref().is_none_or(|r| d.reason.contains(r));
         let age_ok = self.died_before.is_none_or(|t| d.died_at < t);
         kind_ok && reason_ok && age_ok
@@ -86,7 +87,7 @@ impl Client {
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(pattern)
@@ -94,7 +95,7 @@ impl Client {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            out.extend(keys);
+            out.extend(keys.into_iter().map(lossy));
             if next == 0 {
                 return Ok(out);
             }
@@ -146,10 +147,10 @@ impl Client {
         let now = crate::envelope::now_ms();
         let mut lag = 0;
         for list in &self.ready_lists(queue).await? {
-            let head: Option<String> = redis::cmd("LINDEX").arg(list).arg(0).query_async(&mut conn).await?;
+            let head: Option<Vec<u8>> = redis::cmd("LINDEX").arg(list).arg(0).query_async(&mut conn).await?;
             if let Some(id) = head {
-                let env: Option<String> = redis::cmd("HGET").arg(&k.jobs).arg(&id).query_async(&mut conn).await?;
-                if let Some(e) = env.and_then(|e| serde_json::from_str::<crate::Envelope>(&e).ok()) {
+                let env: Option<Vec<u8>> = redis::cmd("HGET").arg(&k.jobs).arg(&id).query_async(&mut conn).await?;
+                if let Some(e) = env.and_then(|e| serde_json::from_slice::<crate::Envelope>(&e).ok()) {
                     lag = lag.max(now.saturating_sub(e.run_at.max(e.enqueued_at)));
                 }
             }
@@ -199,7 +200,10 @@ impl Client {
         let k = self.keys(queue);
         let mut conn = self.connection();
         let window = ((offset + limit) * 10).min(100_000) as isize;
-        let page = |v: Vec<(String, f64)>| v.into_iter().map(|(id, s)| (id, Some(s as u64))).collect::<Vec<_>>();
+        // Ids are read as bytes (one written by something other than Fleet must not fail
+        // the listing) and shown lossily.
+        let page =
+            |v: Vec<(Vec<u8>, f64)>| v.into_iter().map(|(id, s)| (lossy(id), Some(s as u64))).collect::<Vec<_>>();
         let ids: Vec<(String, Option<u64>)> = match state {
             JobState::Ready => {
                 let mut all = Vec::new();
@@ -207,9 +211,9 @@ impl Client {
                     if all.len() >= offset + limit {
                         break;
                     }
-                    let ids: Vec<String> =
+                    let ids: Vec<Vec<u8>> =
                         redis::cmd("LRANGE").arg(list).arg(0).arg(offset + limit).query_async(&mut conn).await?;
-                    all.extend(ids.into_iter().map(|i| (i, None)));
+                    all.extend(ids.into_iter().map(|i| (lossy(i), None)));
                 }
                 all
             }
@@ -247,15 +251,19 @@ impl Client {
             JobState::Succeeded | JobState::Cancelled | JobState::Expired => page(
                 redis::cmd("ZRANGE").arg(&k.done).arg(0).arg(window).arg("WITHSCORES").query_async(&mut conn).await?,
             ),
+            // No set holds the jobs whose state field is garbage.
+            JobState::Unknown => Vec::new(),
         };
         let mut out = Vec::new();
         for (id, at) in ids {
             let Some(job) = self.job(queue, &id).await? else { continue };
-            if job.state != state {
+            // A dead letter whose state field is garbage is still listed with the dead (as
+            // `unknown`): it is in the dead-letter set and counted there.
+            let listed = job.state == state || (state == JobState::Dead && job.state == JobState::Unknown);
+            if !listed {
                 continue;
             }
-            let kind = job.envelope.as_ref().map(|e| e.kind.clone()).unwrap_or_else(|| "(undecodable)".into());
-            out.push(JobSummary { id, kind, state: job.state, attempts: job.attempts, at });
+            out.push(JobSummary { id, kind: job.kind().to_owned(), state: job.state, attempts: job.attempts, at });
         }
         let skip = if matches!(state, JobState::Running | JobState::Dead) { 0 } else { offset };
         Ok(out.into_iter().skip(skip).take(limit).collect())
@@ -274,7 +282,7 @@ impl Client {
                         .arg(id)
                         .query_async(&mut self.connection())
                         .await?;
-                    let reason = job.history.last().map(|a| a.error.clone()).unwrap_or_default();
+                    let reason = job.last_error();
                     out.push(DeadLetter { id: id.clone(), died_at: died.unwrap_or(0.0) as u64, reason, job });
                 }
             }
@@ -319,14 +327,23 @@ impl Client {
     /// With `per_second`, replays are paced (in chunks) so a recovering service is not
     /// flooded; replayed jobs also go through their kinds' limits as they run.
     pub async fn replay(&self, queue: &str, filter: &DeadFilter, per_second: Option<u32>) -> Result<usize> {
-        let ids: Vec<String> = self.dead_matching(queue, filter).await?.into_iter().map(|d| d.id).collect();
+        let ids = self.dead_ids(queue, filter).await?;
         self.dead_op(queue, "replay", &ids, per_second).await
     }
 
     /// Deletes the dead letters matching `filter` (only those; nothing else is touched).
     pub async fn purge(&self, queue: &str, filter: &DeadFilter) -> Result<usize> {
-        let ids: Vec<String> = self.dead_matching(queue, filter).await?.into_iter().map(|d| d.id).collect();
+        let ids = self.dead_ids(queue, filter).await?;
         self.dead_op(queue, "purge", &ids, None).await
+    }
+
+    /// The ids `filter` selects. Ids named exactly go to the script as they are (it skips
+    /// those that are not dead), so replay and purge by id never depend on decoding a record.
+    async fn dead_ids(&self, queue: &str, filter: &DeadFilter) -> Result<Vec<String>> {
+        if !filter.ids.is_empty() {
+            return Ok(filter.ids.clone());
+        }
+        Ok(self.dead_matching(queue, filter).await?.into_iter().map(|d| d.id).collect())
     }
 
     async fn dead_op(&self, queue: &str, op: &str, ids: &[String], per_second: Option<u32>) -> Result<usize> {
@@ -350,7 +367,7 @@ impl Client {
 
     /// Worker instances that heartbeat on `queue`, most recent first.
     pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>> {
-        let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        let v: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
             .arg(self.keys(queue).workers)
             .arg(0)
             .arg(-1)
@@ -360,12 +377,13 @@ impl Client {
             .await?;
         let mut out = Vec::with_capacity(v.len());
         for (instance, s) in v {
-            let info: Option<String> = redis::cmd("HGET")
+            let instance = lossy(instance);
+            let info: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(self.keys(queue).workerjobs)
                 .arg(&instance)
                 .query_async(&mut self.connection())
                 .await?;
-            let info: serde_json::Value = info.and_then(|i| serde_json::from_str(&i).ok()).unwrap_or_default();
+            let info: serde_json::Value = info.and_then(|i| serde_json::from_slice(&i).ok()).unwrap_or_default();
             let jobs = info["ids"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
@@ -377,8 +395,12 @@ impl Client {
 
     /// Whether `queue` is paused.
     pub async fn is_paused(&self, queue: &str) -> Result<bool> {
-        let v: Option<String> =
+        let v: Option<Vec<u8>> =
             redis::cmd("HGET").arg(self.keys(queue).conf).arg("paused").query_async(&mut self.connection()).await?;
-        Ok(v.as_deref() == Some("1"))
+        Ok(v.as_deref() == Some(b"1".as_slice()))
     }
+}
+
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::keys::{QueueKeys, validate_queue_name};
 use crate::kind::{JobArgs, KindOptions};
 use crate::scripts;
-use crate::state::{AttemptRecord, DeadLetter, JobInfo, JobState, QueueStats};
+use crate::state::{DeadLetter, JobInfo, JobState, QueueStats};
 use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -278,12 +278,13 @@ impl Client {
     /// Cancels a job that has not finished (queued, scheduled, retrying or running).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
         let k = self.keys(queue);
-        let (code, prev): (i64, String) = k
+        let (code, prev): (i64, Vec<u8>) = k
             .invoke(&scripts::CANCEL, "state sched leases stats done jobs batches batchdone")
             .arg(id)
             .arg(24 * 3600 * 1000)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        let prev = String::from_utf8_lossy(&prev);
         let state = || {
             JobState::parse(&prev).map(|(s, _)| s).ok_or_else(|| Error::Corrupt(format!("job {id} has state {prev:?}")))
         };
@@ -302,45 +303,36 @@ impl Client {
     }
 
     /// Everything held about one job, or `None` if it is unknown (or its record expired).
+    /// Read as bytes: a record Fleet did not write (an envelope that is not UTF-8 or not
+    /// JSON, a garbage state or history) is returned with what did not decode said in it,
+    /// never as an error (see [`JobInfo`]).
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         let k = self.keys(queue);
-        let (env, state, att, hist): (Option<String>, Option<String>, Option<u32>, Option<String>) = redis::pipe()
+        let (env, state, att, hist): RecordBytes = redis::pipe()
             .hget(&k.jobs, id)
             .hget(&k.state, id)
             .hget(&k.att, id)
             .hget(&k.hist, id)
             .query_async(&mut self.conn.clone())
             .await?;
-        let (Some(raw_envelope), Some(state)) = (env, state) else {
+        let (Some(env), Some(state)) = (env, state) else {
             return Ok(None);
         };
-        let (state, _) =
-            JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("job {id} has state {state:?}")))?;
-        let history = match hist {
-            Some(h) => serde_json::from_str(&h).map_err(|e| Error::Corrupt(format!("history of job {id}: {e}")))?,
-            None => Vec::new(),
-        };
-        Ok(Some(JobInfo {
-            state,
-            attempts: att.unwrap_or(0),
-            envelope: serde_json::from_str(&raw_envelope).ok(),
-            raw_envelope,
-            history,
-        }))
+        Ok(Some(JobInfo::from_bytes(env, state, att, hist)))
     }
 
     /// The state of one job, or `None` if unknown.
     pub async fn job_state(&self, queue: &str, id: &str) -> Result<Option<JobState>> {
-        let raw: Option<String> =
+        let raw: Option<Vec<u8>> =
             redis::cmd("HGET").arg(self.keys(queue).state).arg(id).query_async(&mut self.conn.clone()).await?;
-        Ok(raw.and_then(|s| JobState::parse(&s)).map(|(s, _)| s))
+        Ok(raw.and_then(|s| JobState::parse(&String::from_utf8_lossy(&s))).map(|(s, _)| s))
     }
 
     /// Dead letters of `queue`, newest first, `limit` from `offset`.
     pub async fn dead_letters(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>> {
         let k = self.keys(queue);
         let stop = offset as isize + limit as isize - 1;
-        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        let entries: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
             .arg(&k.dead)
             .arg(offset)
             .arg(stop)
@@ -350,10 +342,22 @@ impl Client {
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         for (id, died_at) in entries {
-            if let Some(job) = self.job(queue, &id).await? {
-                let reason = job.history.last().map(|a: &AttemptRecord| a.error.clone()).unwrap_or_default();
-                out.push(DeadLetter { id, died_at: died_at as u64, reason, job });
-            }
+            // Ids are Fleet's or a caller's (UTF-8); a foreign one is read by its bytes.
+            let record = redis::pipe()
+                .hget(&k.jobs, &id)
+                .hget(&k.state, &id)
+                .hget(&k.att, &id)
+                .hget(&k.hist, &id)
+                .query_async::<RecordBytes>(&mut self.conn.clone())
+                .await?;
+            let id = String::from_utf8_lossy(&id).into_owned();
+            // An entry whose record is gone is skipped; one whose state field is missing
+            // or garbage is shown with its state `unknown`.
+            let (env, state, att, hist) = record;
+            let Some(env) = env else { continue };
+            let job = JobInfo::from_bytes(env, state.unwrap_or_default(), att, hist);
+            let reason = job.last_error();
+            out.push(DeadLetter { id, died_at: died_at as u64, reason, job });
         }
         Ok(out)
     }
@@ -380,6 +384,9 @@ impl Client {
         Ok(())
     }
 }
+
+/// A job record's stored fields as bytes: envelope, state, attempts, history.
+type RecordBytes = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A script reply element as text (ids, markers and numbers alike).
 fn value_text(v: redis::Value) -> String {

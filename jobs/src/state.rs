@@ -24,6 +24,8 @@ pub enum JobState {
     Cancelled,
     /// Not started before its deadline.
     Expired,
+    /// The stored state field is not one Fleet writes (see [`JobInfo::raw_state`]).
+    Unknown,
 }
 
 impl JobState {
@@ -71,19 +73,107 @@ pub struct AttemptRecord {
     pub error: String,
 }
 
-/// Everything Fleet holds about one job.
+/// Everything Fleet holds about one job. Read from bytes: a record written by something
+/// other than Fleet (an envelope that is not UTF-8 or not JSON, a garbage history or
+/// state) is still shown, with what could not be decoded said in the fields below.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobInfo {
-    /// Current state.
+    /// Current state ([`JobState::Unknown`] when the stored field is not one Fleet writes).
     pub state: JobState,
+    /// The stored state field, lossily as text, when it does not parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_state: Option<String>,
     /// Attempts started so far.
     pub attempts: u32,
-    /// The envelope; `None` when the stored envelope is not valid JSON.
+    /// The envelope; `None` when the stored envelope does not decode.
     pub envelope: Option<Envelope>,
-    /// The stored envelope text.
+    /// Why the envelope does not decode, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_error: Option<String>,
+    /// The stored envelope text; when the bytes are not UTF-8, shown lossily (invalid
+    /// sequences replaced by U+FFFD) and `raw_envelope_lossy` is set.
     pub raw_envelope: String,
+    /// Whether `raw_envelope` was converted lossily (the stored bytes are not UTF-8).
+    pub raw_envelope_lossy: bool,
+    /// The stored envelope bytes in hex, exactly, when `raw_envelope` is lossy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_envelope_hex: Option<String>,
     /// The newest attempts, oldest first (failures only).
     pub history: Vec<AttemptRecord>,
+    /// Why the stored history does not decode (then `history` is empty), with its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
+}
+
+/// What [`JobInfo::kind`] says when the envelope does not decode.
+pub const UNDECODABLE: &str = "(undecodable)";
+
+impl JobInfo {
+    /// The job's kind, or [`UNDECODABLE`].
+    pub fn kind(&self) -> &str {
+        self.envelope.as_ref().map_or(UNDECODABLE, |e| e.kind.as_str())
+    }
+
+    /// Why it failed last: the error of its last attempt, or a note that the history
+    /// does not decode.
+    pub fn last_error(&self) -> String {
+        match (self.history.last(), &self.history_error) {
+            (Some(a), _) => a.error.clone(),
+            (None, Some(_)) => "(undecodable history)".into(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// A record from the stored bytes of its fields; never fails (see the type's doc).
+    pub(crate) fn from_bytes(env: Vec<u8>, state: Vec<u8>, att: Option<Vec<u8>>, hist: Option<Vec<u8>>) -> Self {
+        let state_text = String::from_utf8_lossy(&state);
+        let (state, raw_state) = match JobState::parse(&state_text) {
+            Some((s, _)) => (s, None),
+            None => (JobState::Unknown, Some(state_text.into_owned())),
+        };
+        let attempts = att.and_then(|a| std::str::from_utf8(&a).ok()?.trim().parse().ok()).unwrap_or(0);
+        let (raw_envelope, raw_envelope_lossy, raw_envelope_hex) = match String::from_utf8(env) {
+            Ok(s) => (s, false, None),
+            Err(e) => {
+                let bytes = e.into_bytes();
+                (String::from_utf8_lossy(&bytes).into_owned(), true, Some(hex(&bytes)))
+            }
+        };
+        let (envelope, envelope_error) = if raw_envelope_lossy {
+            (None, Some("the envelope is not UTF-8".to_owned()))
+        } else {
+            match serde_json::from_str::<Envelope>(&raw_envelope) {
+                Ok(e) => (Some(e), None),
+                Err(e) => (None, Some(format!("the envelope is not a Fleet envelope: {e}"))),
+            }
+        };
+        let (history, history_error) = match hist {
+            None => (Vec::new(), None),
+            Some(h) => match serde_json::from_slice::<Vec<AttemptRecord>>(&h) {
+                Ok(v) => (v, None),
+                Err(e) => {
+                    let text: String = String::from_utf8_lossy(&h).chars().take(1000).collect();
+                    (Vec::new(), Some(format!("the history does not decode ({e}): {text}")))
+                }
+            },
+        };
+        JobInfo {
+            state,
+            raw_state,
+            attempts,
+            envelope,
+            envelope_error,
+            raw_envelope,
+            raw_envelope_lossy,
+            raw_envelope_hex,
+            history,
+            history_error,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A job in the dead-letter queue.
@@ -182,5 +272,31 @@ mod tests {
         assert_eq!(JobState::parse("d2"), Some((JobState::Dead, Priority::Low)));
         assert_eq!(JobState::parse("z1"), None);
         assert_eq!(JobState::parse(""), None);
+    }
+
+    #[test]
+    fn records_of_any_bytes_decode_and_say_what_did_not() {
+        let bin = b"\xff\xfe{\"kind\":\0\"x\"}".to_vec();
+        let j = JobInfo::from_bytes(bin.clone(), b"d1".to_vec(), Some(b"3".to_vec()), Some(b"\xffnot json".to_vec()));
+        assert_eq!(j.state, JobState::Dead);
+        assert_eq!(j.attempts, 3);
+        assert!(j.envelope.is_none());
+        assert!(j.raw_envelope_lossy);
+        assert!(j.raw_envelope.starts_with("\u{fffd}\u{fffd}{"), "{}", j.raw_envelope);
+        assert_eq!(j.raw_envelope_hex.as_deref(), Some(hex(&bin).as_str()));
+        assert!(j.history.is_empty());
+        assert!(j.history_error.as_deref().unwrap().contains("not json"));
+        assert_eq!(j.last_error(), "(undecodable history)");
+        assert_eq!(j.kind(), UNDECODABLE);
+
+        let j = JobInfo::from_bytes(b"not json".to_vec(), b"\xff?".to_vec(), Some(b"x".to_vec()), None);
+        assert_eq!(j.state, JobState::Unknown);
+        assert!(j.raw_state.is_some());
+        assert_eq!(j.attempts, 0);
+        assert!(!j.raw_envelope_lossy);
+        assert_eq!(j.raw_envelope, "not json");
+        assert!(j.envelope_error.as_deref().unwrap().contains("not a Fleet envelope"));
+        assert!(j.raw_envelope_hex.is_none());
+        assert_eq!(j.last_error(), "");
     }
 }

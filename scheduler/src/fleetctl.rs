@@ -55,6 +55,9 @@ impl Select {
         if self.ids.is_empty() && self.kind.is_none() && self.reason.is_none() && !self.all {
             return Err("say which dead letters: --id, --kind, --reason or --all".into());
         }
+        if self.reason.as_deref() == Some("") {
+            return Err("an empty --reason matches every dead letter: say --all".into());
+        }
         Ok(DeadFilter {
             ids: self.ids.clone(),
             kind: self.kind.clone(),
@@ -215,7 +218,14 @@ enum QueueCommand {
     },
 }
 
+/// `text` safe for a terminal: control characters (a NUL, an escape sequence, a newline
+/// in a cell) are written escaped, e.g. `\u{0}`, `\u{1b}`, `\n`; everything else as it is.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.iter().map(|c| printable(c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -344,8 +354,11 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
             let job =
                 client.job(&queue, &id).await.map_err(err)?.ok_or_else(|| format!("no job {id} on queue {queue}"))?;
             print(json, &job, || {
-                let mut s =
-                    format!("id        {id}\nstate     {:?}\nattempts  {}\n", job.state, job.attempts).to_lowercase();
+                let state = format!("{:?}", job.state).to_lowercase();
+                let mut s = format!("id        {}\nstate     {state}\nattempts  {}\n", printable(&id), job.attempts);
+                if let Some(raw) = &job.raw_state {
+                    s.push_str(&format!("raw state {}\n", printable(raw)));
+                }
                 if let Some(e) = &job.envelope {
                     s.push_str(&format!(
                         "kind      {}\nqueue     {}\nargs      {}\nenqueued  {}\n",
@@ -355,16 +368,25 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                         ms(e.enqueued_at)
                     ));
                 } else {
-                    s.push_str(&format!("envelope  (undecodable) {}\n", job.raw_envelope));
+                    let why = job.envelope_error.as_deref().unwrap_or("");
+                    s.push_str(&format!("envelope  (undecodable: {why})\n"));
+                    let lossy = if job.raw_envelope_lossy { " (not UTF-8, shown lossily)" } else { "" };
+                    s.push_str(&format!("raw       {}{lossy}\n", printable(&job.raw_envelope)));
+                    if let Some(hex) = &job.raw_envelope_hex {
+                        s.push_str(&format!("raw hex   {hex}\n"));
+                    }
                 }
                 for a in &job.history {
                     s.push_str(&format!(
                         "attempt {} at {} on {}: {}\n",
                         a.attempt,
                         ms(a.at),
-                        a.worker.as_deref().unwrap_or("?"),
-                        a.error
+                        printable(a.worker.as_deref().unwrap_or("?")),
+                        printable(&a.error)
                     ));
+                }
+                if let Some(e) = &job.history_error {
+                    s.push_str(&format!("history   {}\n", printable(e)));
                 }
                 s.trim_end().to_owned()
             });
@@ -385,7 +407,7 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                         &["ID", "KIND", "DIED", "ATTEMPTS", "REASON"],
                         dead.iter()
                             .map(|d| {
-                                let kind = d.job.envelope.as_ref().map(|e| e.kind.clone()).unwrap_or_default();
+                                let kind = d.job.kind().to_owned();
                                 vec![
                                     d.id.clone(),
                                     kind,

@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium, driven through chromedriver (W3C WebDriver):
 //! it refuses a bad key, shows the queues, updates live, and its Replay button works.
 
-use super::five_dead;
+use super::{five_dead, two_foreign_dead};
 use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
 use fleet_scheduler::api::{ApiState, app, auth};
 use fleet_tests::{TestDb, TestEnv, eventually, free_port};
@@ -88,6 +88,8 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
     let env = TestEnv::new().await;
     let db = TestDb::new().await;
     five_dead(&env).await;
+    // Two dead letters Fleet did not write (not UTF-8; not JSON with a garbage history).
+    two_foreign_dead(&env).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let site = format!("http://{}", listener.local_addr().unwrap());
     let router = app(
@@ -115,7 +117,7 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
     let cell = |n: usize| {
         format!("var r = document.querySelector('#queues tbody tr'); return r ? r.children[{n}].textContent : null;")
     };
-    browser.until("the default queue with its 5 dead letters", &cell(5), json!("5")).await;
+    browser.until("the default queue with its 7 dead letters", &cell(5), json!("7")).await;
     assert_eq!(browser.js("return location.hash").await, json!(""), "the key left the address bar");
 
     // Live: jobs enqueued now show up without a reload.
@@ -123,7 +125,18 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
     browser.until("the 3 new ready jobs", &cell(1), json!("3")).await;
 
     // The Replay button replays that reason's dead letters.
-    browser.until("the dead-letter groups", "return document.querySelectorAll('button.replay').length", json!(2)).await;
+    browser.until("the dead-letter groups", "return document.querySelectorAll('button.replay').length", json!(4)).await;
+    let reasons = "return Array.from(document.querySelectorAll('#dead td.reason')).map(td => td.textContent).sort()";
+    assert_eq!(
+        browser.js(reasons).await,
+        json!([
+            "(undecodable history)",
+            "probe: scripted failure (attempt # of #: no attempts left)",
+            "probe: scripted give-up",
+            "undecodable envelope: invalid utf-# sequence"
+        ]),
+        "every group, the foreign dead letters' too"
+    );
     browser.js("document.querySelector('button.replay').click(); return true").await;
     browser
         .until(
@@ -133,7 +146,7 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
         )
         .await;
     let s = env.stats("default").await;
-    assert!(s.replayed >= 2 && s.dead <= 3, "{s:?}");
+    assert!(s.replayed >= 2 && s.dead == 7 - s.replayed, "{s:?}");
 
     // A batch created through the API shows up with its progress.
     let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();

@@ -328,3 +328,89 @@ async fn fleetctl_adds_comms_sources_and_reads_their_state_entries_timeline_and_
     db.drop_db().await;
     env.cleanup().await;
 }
+
+/// An envelope that is not UTF-8 (with a NUL inside).
+const BINARY: &[u8] = b"\xff\xfe{\"kind\":\"probe\",\0\"args\":{}}";
+
+/// Writes a dead letter of queue `default` byte for byte, the way the engine keeps one:
+/// envelope and history as given, state `d1`, in the dead-letter set and counted.
+async fn foreign_dead(env: &TestEnv, id: &str, envelope: &[u8], history: &[u8]) {
+    let k = env.client.keys("default");
+    let _: () = redis::pipe()
+        .hset(&k.jobs, id, envelope)
+        .hset(&k.state, id, "d1")
+        .hset(&k.att, id, 3)
+        .hset(&k.hist, id, history)
+        .zadd(&k.dead, id, fleet_jobs::envelope::now_ms())
+        .hincr(&k.stats, "dead", 1)
+        .hincr(&k.stats, "died", 1)
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_lists_shows_groups_replays_and_purges_dead_letters_of_any_bytes() {
+    use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    // A dead letter of Fleet's own, and two that something else wrote.
+    let w = env.worker(env.config("default", 1), fleet_worker::Registry::builtin()).await;
+    let mut rx = w.events();
+    let opts = fleet_jobs::EnqueueOptions::default().max_attempts(1);
+    let normal = env.client.enqueue_with(&ProbeArgs::new(ProbeAction::Fail), opts).await.unwrap().0;
+    fleet_tests::n_final(&mut rx, 1, std::time::Duration::from_secs(20)).await;
+    w.shutdown().await;
+    let hist = br#"[{"attempt":3,"at":1,"error":"undecodable envelope: invalid utf-8 sequence"}]"#;
+    foreign_dead(&env, "bin", BINARY, hist).await;
+    foreign_dead(&env, "txt", b"not json at all", b"\xff\x00[garbage").await;
+    let ctl = |args: &'static [&'static str]| fleetctl(&env, &db, args, &[], "");
+
+    let run = ctl(&["dead", "default"]).await;
+    assert!(run.ok, "{}", run.err);
+    assert_eq!(run.out.lines().count(), 4, "a header and three rows: {}", run.out);
+    for id in ["bin", "txt", normal.as_str()] {
+        assert!(run.out.lines().any(|l| l.starts_with(id)), "{id} listed: {}", run.out);
+    }
+    assert!(run.out.contains("(undecodable)") && run.out.contains("(undecodable history)"), "{}", run.out);
+    let dead = ctl(&["dead", "default", "--json"]).await.json();
+    let bin = dead.as_array().unwrap().iter().find(|d| d["id"] == "bin").unwrap().clone();
+    assert_eq!((bin["job"]["raw_envelope_lossy"].as_bool(), bin["job"]["state"].as_str()), (Some(true), Some("dead")));
+
+    let groups = ctl(&["dead", "default", "--group", "--json"]).await.json();
+    let count = |r: &str| groups.as_array().unwrap().iter().find(|g| g["reason"] == r).map(|g| g["count"].clone());
+    assert_eq!(count("undecodable envelope: invalid utf-# sequence"), Some(json!(1)), "{groups}");
+    assert_eq!(count("(undecodable history)"), Some(json!(1)), "{groups}");
+    let run = ctl(&["dead", "default", "--group"]).await;
+    assert!(run.ok && run.out.contains("undecodable envelope") && run.out.lines().count() == 4, "{}", run.out);
+
+    let run = ctl(&["jobs", "default", "--state", "dead"]).await;
+    assert!(run.ok && run.out.lines().count() == 4, "{} {}", run.out, run.err);
+    let run = ctl(&["job", "default", "bin"]).await;
+    assert!(run.ok, "{}", run.err);
+    let hex: String = BINARY.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(run.out.contains("state     dead") && run.out.contains("not UTF-8, shown lossily"), "{}", run.out);
+    assert!(run.out.contains(&format!("raw hex   {hex}")), "the exact bytes: {}", run.out);
+    assert!(
+        run.out.contains("\u{fffd}\u{fffd}{") && run.out.contains("\\u{0}") && !run.out.contains('\0'),
+        "{}",
+        run.out
+    );
+    let run = ctl(&["job", "default", "txt"]).await;
+    assert!(run.ok && run.out.contains("raw       not json at all") && run.out.contains("garbage"), "{}", run.out);
+    let txt = ctl(&["job", "default", "txt", "--json"]).await.json();
+    assert_eq!(txt["raw_envelope_lossy"], false);
+
+    let replayed = ctl(&["replay", "default", "--id", "bin", "--yes", "--json"]).await.json();
+    assert_eq!(replayed, json!({"replayed": 1}));
+    assert_eq!(env.client.job_state("default", "bin").await.unwrap(), Some(fleet_jobs::JobState::Ready));
+    let run = ctl(&["purge", "default", "--id", "txt", "--yes"]).await;
+    assert!(run.ok && run.out.contains("purged 1"), "{} {}", run.out, run.err);
+    assert!(env.client.job("default", "txt").await.unwrap().is_none());
+    let run = ctl(&["purge", "default", "--all", "--yes"]).await;
+    assert!(run.ok && run.out.contains("purged 1"), "{} {}", run.out, run.err);
+    let s = env.stats("default").await;
+    assert_eq!((s.dead, s.ready, s.replayed, s.purged), (0, 1, 1, 2));
+    db.drop_db().await;
+    env.cleanup().await;
+}

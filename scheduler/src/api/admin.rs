@@ -183,6 +183,11 @@ impl DeadSelect {
         if self.ids.is_empty() && self.kind.is_none() && self.reason.is_none() && !self.all {
             return Err(ApiError::invalid("say which dead letters: ids, kind, reason or all"));
         }
+        // An empty reason would match every dead letter (e.g. a group whose reason is
+        // empty or starts with a digit): `all` says that.
+        if self.reason.as_deref() == Some("") {
+            return Err(ApiError::invalid("an empty reason matches every dead letter: say all"));
+        }
         Ok(DeadFilter {
             ids: self.ids.clone(),
             kind: self.kind.clone(),
