@@ -151,3 +151,45 @@ pub async fn heartbeat(
     let reaped = it.next().map(|v| int(&v)).unwrap_or(0).max(0) as u64;
     Ok(HeartbeatReport { reaped, lost: it.map(string).collect() })
 }
+
+/// Most removals per structure in one janitor call.
+pub const JANITOR_LIMIT: usize = 500;
+
+/// How long the counters of a finished batch are kept after its callbacks were enqueued.
+pub const BATCH_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// What one janitor call removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Finished records (succeeded, expired, cancelled) past their retention, deleted.
+    pub expired: u64,
+    /// Dead letters evicted (past their age, or over the count cap).
+    pub evicted: u64,
+    /// Unique keys past their window, forgotten.
+    pub unique_keys: u64,
+    /// Counters of finished batches, forgotten.
+    pub batches: u64,
+    /// Whether a structure still holds due entries (call again).
+    pub more: bool,
+}
+
+/// Time-based expiry of one queue, bounded: removes at most `limit` entries per
+/// structure (finished records past retention, dead letters past their age or over
+/// the cap, unique keys past their window, counters of batches finished a week ago).
+pub async fn janitor(
+    conn: &mut ConnectionManager,
+    k: &QueueKeys,
+    cfg: &EngineConfig,
+    limit: usize,
+) -> RedisResult<Swept> {
+    let v: Vec<i64> = k
+        .invoke(&scripts::JANITOR, "jobs state att stats dead done hist uniq uniqexp batches batchfin")
+        .arg(limit.max(1))
+        .arg(cfg.dead_max_count)
+        .arg(cfg.dead_max_age.as_millis() as u64)
+        .arg(BATCH_KEEP.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    let g = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
+    Ok(Swept { expired: g(0), evicted: g(1), unique_keys: g(2), batches: g(3), more: g(4) == 1 })
+}

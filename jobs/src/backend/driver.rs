@@ -80,6 +80,8 @@ impl QueueEngine {
         let fetcher = tokio::spawn(fetcher(shared.clone(), client, task_tx));
         let acker = tokio::spawn(acker(shared.clone(), done_rx, ack_close.clone()));
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), hb_stop.clone()));
+        // Ends with the heartbeat (shutdown cancels hb_stop).
+        tokio::spawn(janitor(shared.clone(), hb_stop.clone()));
         let backend = RedisBackend { rx: Arc::new(Mutex::new(task_rx)), config: shared.cfg.clone(), stop: stop_fetch };
         let handle = EngineHandle {
             completer: Completer { tx: done_tx, slots: shared.slots.clone() },
@@ -560,6 +562,45 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 ("fleet_queue_stale_completions_total", s.stale),
             ] {
                 metrics::counter!(name, "queue" => cfg.queue.clone()).absolute(v.max(0) as u64);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Most janitor calls in a row before it waits for the next interval: 200 calls of at
+/// most 500 removals each, so a backlog of a million expired records goes in seconds
+/// while each call stays short.
+const JANITOR_BURST: usize = 200;
+
+/// Time-based expiry, once per heartbeat interval (and at once again while more is due),
+/// whether or not jobs complete: see `janitor.lua`.
+async fn janitor(shared: Arc<Shared>, stop: CancellationToken) {
+    let cfg = &shared.cfg;
+    let interval = (cfg.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        for _ in 0..JANITOR_BURST {
+            if stop.is_cancelled() {
+                return;
+            }
+            match calls::janitor(&mut shared.conn.clone(), &shared.keys, cfg, calls::JANITOR_LIMIT).await {
+                Ok(swept) => {
+                    if swept.evicted > 0 {
+                        tracing::debug!(queue = %cfg.queue, evicted = swept.evicted, "dead letters evicted by age or count");
+                    }
+                    if !swept.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("fleet_redis_errors_total", "queue" => cfg.queue.clone(), "op" => "janitor")
+                        .increment(1);
+                    tracing::debug!(queue = %cfg.queue, error = %e, "janitor call failed");
+                    break;
+                }
             }
         }
         tokio::select! {
