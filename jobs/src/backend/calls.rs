@@ -81,11 +81,49 @@ pub async fn lease(
     Ok(Leased { now, next_due, paused, jobs })
 }
 
+/// What became of one completion in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckFlag {
+    /// Refused: its lease was taken back and the job moved on (`stats.stale`), or the
+    /// worker sent `Lost` (nothing to apply).
+    Refused,
+    /// Applied now.
+    Applied,
+    /// Applied before: this is a resend of a completion whose reply was lost
+    /// (`stats.duplicate_acks`).
+    Duplicate,
+    /// The job's record is gone (finished and deleted): nothing to apply (`stats.gone_acks`).
+    Gone,
+    /// Applied now although its lease had expired and been taken back, because no other
+    /// attempt had started (`stats.late_acks`): the job does not run again.
+    Late,
+}
+
+impl AckFlag {
+    fn from_wire(f: i64) -> Self {
+        match f {
+            1 => AckFlag::Applied,
+            2 => AckFlag::Duplicate,
+            3 => AckFlag::Gone,
+            4 => AckFlag::Late,
+            _ => AckFlag::Refused,
+        }
+    }
+
+    /// Whether the completion's effect is in Redis (applied now or before).
+    pub fn applied(self) -> bool {
+        matches!(self, AckFlag::Applied | AckFlag::Duplicate | AckFlag::Late)
+    }
+}
+
 /// What one completion call returned.
 #[derive(Debug, Default)]
 pub struct Completed {
-    /// One flag per completion: true = applied, false = refused (stale lease token).
+    /// One flag per completion: true = its effect is in Redis (applied by this call, or
+    /// before by the same completion sent earlier), false = refused or job gone.
     pub applied: Vec<bool>,
+    /// One flag per completion, in detail.
+    pub flags: Vec<AckFlag>,
     /// Batches whose last job this call finished: their callbacks are due.
     pub finished_batches: Vec<String>,
 }
@@ -112,13 +150,23 @@ pub async fn complete(
             Op::Snooze { delay } | Op::Defer { delay } => (delay.as_millis() as u64, String::new()),
             _ => (0, String::new()),
         };
-        inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry).arg(c.batch.as_deref().unwrap_or(""));
+        inv.arg(&c.id)
+            .arg(&c.token)
+            .arg(c.op.wire())
+            .arg(delay)
+            .arg(entry)
+            .arg(c.batch.as_deref().unwrap_or(""))
+            .arg(c.attempt);
     }
     let out: Vec<Value> = inv.invoke_async(conn).await?;
     let mut done = Completed::default();
     for v in out {
         match v {
-            Value::Int(f) => done.applied.push(f == 1),
+            Value::Int(f) => {
+                let flag = AckFlag::from_wire(f);
+                done.applied.push(flag.applied());
+                done.flags.push(flag);
+            }
             other => done.finished_batches.push(string(other)),
         }
     }

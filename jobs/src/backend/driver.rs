@@ -391,12 +391,27 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                         }
                     });
                 }
+                let detail = done.flags;
                 let flags = done.applied;
-                let stale = flags.iter().zip(&batch).filter(|(f, c)| !**f && !matches!(c.op, Op::Lost)).count();
+                let count = |which: calls::AckFlag| {
+                    detail.iter().zip(&batch).filter(|(f, c)| **f == which && !matches!(c.op, Op::Lost)).count()
+                };
+                let stale = count(calls::AckFlag::Refused);
                 if stale > 0 {
                     metrics::counter!("fleet_stale_completions_total", "queue" => queue.clone())
                         .increment(stale as u64);
                     tracing::warn!(queue = %queue, refused = stale, "completions refused: their lease had been taken back");
+                }
+                let (dup, late) = (count(calls::AckFlag::Duplicate), count(calls::AckFlag::Late));
+                if dup > 0 {
+                    metrics::counter!("fleet_duplicate_completions_total", "queue" => queue.clone())
+                        .increment(dup as u64);
+                    tracing::info!(queue = %queue, completions = dup, "completions were already applied (a resend after a lost reply)");
+                }
+                if late > 0 {
+                    metrics::counter!("fleet_late_completions_total", "queue" => queue.clone()).increment(late as u64);
+                    tracing::warn!(queue = %queue, completions = late,
+                        "completions applied after their leases had expired (no other attempt had started)");
                 }
                 {
                     let mut leased = shared.leased();
@@ -406,9 +421,11 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                 }
                 publish_tenant_events(&shared, &batch, &flags);
                 if shared.events.receiver_count() > 0 {
-                    for (c, applied) in batch.drain(..).zip(flags) {
+                    for ((c, applied), flag) in batch.drain(..).zip(flags).zip(detail) {
                         let outcome = if matches!(c.op, Op::Lost) {
                             Outcome::Abandoned
+                        } else if flag == calls::AckFlag::Gone {
+                            Outcome::Gone
                         } else if !applied {
                             Outcome::Stale
                         } else {

@@ -1,7 +1,10 @@
 -- Shared helpers, prepended to every Fleet script.
 --
 -- A job's state lives in the `state` hash as one short string:
---   <code><priority>[:<lease token>]
+--   <code><priority>[:<token>]
+-- where the token is the lease token of a running job, or, once a completion was
+-- applied, that completion's token (kept until the job is leased again), so a
+-- completion sent twice is recognised (see ack.lua).
 -- codes: q ready, s scheduled, y retrying, r running, k succeeded, d dead,
 --        c cancelled, x expired.  The priority is one digit (0 high .. 2 low).
 -- Keeping the priority in the state lets every move put a job back on the
