@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 /// Most completions applied in one script call.
 const ACK_BATCH: usize = 1000;
+/// Longest wait between two sends of completions that Redis did not take.
+const ACK_RETRY_MAX: Duration = Duration::from_millis(250);
 
 struct Shared {
     cfg: EngineConfig,
@@ -356,6 +358,8 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
     let queue = shared.cfg.queue.clone();
     let mut batch: Vec<Completion> = Vec::with_capacity(ACK_BATCH);
     let mut backoff = ErrorBackoff::new();
+    let mut failing_since: Option<Instant> = None;
+    let mut failures = 0u64;
     let mut closing = false;
     loop {
         if batch.is_empty() {
@@ -380,6 +384,8 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
         match apply(&shared, &batch).await {
             Ok(done) => {
                 backoff.reset();
+                failing_since = None;
+                failures = 0;
                 if !done.finished_batches.is_empty() {
                     // Enqueue their callbacks off the ack path (idempotent; the heartbeat
                     // retries any left behind).
@@ -454,11 +460,19 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
             Err(e) => {
                 // Keep the batch and try again: a completion is never dropped while
                 // this process lives. If it dies, the leases expire and the jobs rerun.
+                // Resent at least every ACK_RETRY_MAX: once Redis is back, completions should
+                // land before a heartbeat reaps their expired leases and another worker
+                // leases the jobs again (a completion that arrives first is still applied).
                 metrics::counter!("fleet_redis_errors_total", "queue" => queue.clone(), "op" => "ack").increment(1);
-                let d = backoff.next();
-                tracing::warn!(queue = %queue, error = %e, pending = batch.len(), retry_in_ms = d.as_millis() as u64, "ack failed");
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                let d = backoff.next().min(ACK_RETRY_MAX);
+                failures += 1;
+                if failures % 20 == 1 {
+                    tracing::warn!(queue = %queue, error = %e, pending = batch.len(), failures,
+                        retry_in_ms = d.as_millis() as u64, "ack failed");
+                }
                 tokio::time::sleep(d).await;
-                if closing && d >= Duration::from_secs(5) {
+                if closing && since.elapsed() >= RELEASE_DEADLINE {
                     tracing::error!(queue = %queue, pending = batch.len(),
                         "giving up acknowledging at shutdown; these jobs return to ready when their leases expire");
                     break;
