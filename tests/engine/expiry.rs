@@ -80,3 +80,27 @@ async fn the_janitor_is_bounded_per_call_and_says_when_more_remains() {
     assert_eq!(env.client.dead_caps("default").await.unwrap(), DeadCaps::default());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_of_batches_finished_a_week_ago_are_forgotten_by_the_janitor() {
+    let env = TestEnv::new().await;
+    let (k, mut conn) = (env.client.keys("default"), env.client.connection());
+    let cfg = EngineConfig::new(env.prefix.clone(), "default", "w");
+    let now = fleet_jobs::envelope::now_ms();
+    let week = calls::BATCH_KEEP.as_millis() as u64;
+    let mut p = redis::pipe();
+    for (b, at) in [("b-old", now - week - 1000), ("b-new", now - 1000)] {
+        for f in ["total", "ok", "fail", "cb", "fired", "done"] {
+            p.hset(&k.batches, format!("{b}:{f}"), 1).ignore();
+        }
+        p.zadd(&k.batchfin, b, at).ignore();
+    }
+    let _: () = p.query_async(&mut conn).await.unwrap();
+    let swept = calls::janitor(&mut conn, &k, &cfg, 500).await.unwrap();
+    assert_eq!((swept.batches, swept.more), (1, false));
+    let fields: Vec<String> = redis::cmd("HKEYS").arg(&k.batches).query_async(&mut conn).await.unwrap();
+    assert_eq!(fields.len(), 6);
+    assert!(fields.iter().all(|f| f.starts_with("b-new:")), "{fields:?}");
+    assert!(env.client.batch("default", "b-old").await.unwrap().is_none());
+    env.cleanup().await;
+}
