@@ -128,8 +128,8 @@ impl Client {
     }
 
     /// Enqueues the callbacks of every finished batch of `queue` still waiting for them
-    /// (at most 20 per call), then forgets the counters of batches finished over a week
-    /// ago. Safe to run anywhere, any number of times.
+    /// (at most 20 per call). Safe to run anywhere, any number of times. (The counters of
+    /// batches finished over a week ago are forgotten by the workers' janitor.)
     pub async fn fire_finished_batches(&self, queue: &str) -> Result<usize> {
         let k = self.keys(queue);
         let ids: Vec<String> =
@@ -137,7 +137,6 @@ impl Client {
         for id in &ids {
             self.fire(&k, id).await?;
         }
-        self.forget_old_batches(&k).await?;
         Ok(ids.len())
     }
 
@@ -193,30 +192,6 @@ impl Client {
             .query_async(&mut self.connection())
             .await?;
         tracing::info!(batch = %id, "batch finished; callbacks enqueued");
-        Ok(())
-    }
-
-    async fn forget_old_batches(&self, k: &QueueKeys) -> Result<()> {
-        let cutoff = crate::envelope::now_ms().saturating_sub(7 * 24 * 3600 * 1000);
-        let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&k.batchfin)
-            .arg("-inf")
-            .arg(cutoff)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(50)
-            .query_async(&mut self.connection())
-            .await?;
-        if old.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for id in &old {
-            let fields: Vec<String> =
-                ["total", "ok", "fail", "cb", "fired", "done"].iter().map(|f| format!("{id}:{f}")).collect();
-            pipe.hdel(&k.batches, fields).ignore().zrem(&k.batchfin, id).ignore();
-        }
-        let _: () = pipe.query_async(&mut self.connection()).await?;
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ pub mod backend;
 pub mod batches;
 pub mod catalogue;
 pub mod client;
+pub mod deadcaps;
 pub mod envelope;
 pub mod error;
 pub mod events;

@@ -20,3 +20,4 @@ pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| with_prelude(inclu
 pub(crate) static LIMIT: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/limit.lua")));
 pub(crate) static DEAD_LETTERS: LazyLock<Script> =
     LazyLock::new(|| with_prelude(include_str!("scripts/deadletters.lua")));
+pub(crate) static JANITOR: LazyLock<Script> = LazyLock::new(|| with_prelude(include_str!("scripts/janitor.lua")));

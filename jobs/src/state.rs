@@ -212,6 +212,12 @@ pub struct QueueStats {
     pub died: i64,
     /// Completions refused because their lease token was stale.
     pub stale: i64,
+    /// Completions received again after they were applied (a resend after a lost reply).
+    pub duplicate_acks: i64,
+    /// Completions for jobs whose record was gone (finished and deleted).
+    pub gone_acks: i64,
+    /// Completions applied after their lease had been taken back, before another attempt.
+    pub late_acks: i64,
     /// Leases that expired (worker lost) and were taken back.
     pub lease_expired: i64,
     /// Dead letters evicted by the count or age bound.
@@ -244,6 +250,9 @@ impl QueueStats {
             failed: g("failed"),
             died: g("died"),
             stale: g("stale"),
+            duplicate_acks: g("duplicate_acks"),
+            gone_acks: g("gone_acks"),
+            late_acks: g("late_acks"),
             lease_expired: g("lease_expired"),
             evicted: g("evicted"),
             snoozed: g("snoozed"),

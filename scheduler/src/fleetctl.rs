@@ -176,6 +176,21 @@ enum QueueCommand {
         /// Queue.
         queue: String,
     },
+    /// Show or set a queue's own dead-letter caps (fleet-wide, at run time; a cap left
+    /// out follows the workers' setting). With no option, prints them.
+    DeadCaps {
+        /// Queue.
+        queue: String,
+        /// Most dead letters kept.
+        #[arg(long)]
+        max_count: Option<u64>,
+        /// Oldest dead letter kept, in seconds (0: no age limit).
+        #[arg(long)]
+        max_age_secs: Option<u64>,
+        /// Forget the queue's own caps (back to the workers' settings).
+        #[arg(long, conflicts_with_all = ["max_count", "max_age_secs"])]
+        clear: bool,
+    },
     /// Live worker instances of a queue.
     Workers {
         /// Queue.
@@ -454,6 +469,27 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
         QueueCommand::Resume { queue } => {
             client.resume(&queue).await.map_err(err)?;
             println!("resumed {queue}");
+        }
+        QueueCommand::DeadCaps { queue, max_count, max_age_secs, clear } => {
+            if clear || max_count.is_some() || max_age_secs.is_some() {
+                let mut caps = if clear { Default::default() } else { client.dead_caps(&queue).await.map_err(err)? };
+                if max_count.is_some() {
+                    caps.max_count = max_count;
+                }
+                if max_age_secs.is_some() {
+                    caps.max_age_secs = max_age_secs;
+                }
+                client.set_dead_caps(&queue, caps).await.map_err(err)?;
+            }
+            let caps = client.dead_caps(&queue).await.map_err(err)?;
+            let show = |v: Option<u64>| v.map_or_else(|| "workers' setting".to_owned(), |n| n.to_string());
+            print(json, &serde_json::json!({"queue": queue, "dead_caps": caps}), || {
+                format!(
+                    "{queue}: dead letters max count {}, max age secs {}",
+                    show(caps.max_count),
+                    show(caps.max_age_secs)
+                )
+            });
         }
         QueueCommand::Workers { queue } => {
             let ws = client.workers(&queue).await.map_err(err)?;

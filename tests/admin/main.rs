@@ -9,6 +9,7 @@ use fleet_worker::Registry;
 use std::time::Duration;
 
 mod browser;
+mod deadcaps;
 mod traces;
 
 const FLEETCTL: &str = env!("CARGO_BIN_EXE_fleetctl-e2e");
@@ -69,7 +70,7 @@ async fn replay_moves_exactly_the_filtered_dead_letters_and_purge_only_what_it_n
     env.cleanup().await;
 }
 
-fn fleetctl(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn fleetctl(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(FLEETCTL)
         .args(["--redis-url", &redis_url(), "--prefix", &env.prefix])
         .args(args)
@@ -117,7 +118,7 @@ async fn fleetctl_shows_queues_and_dead_letters_and_asks_before_destroying() {
     env.cleanup().await;
 }
 
-async fn http(
+pub(crate) async fn http(
     router: &axum::Router,
     method: &str,
     uri: &str,

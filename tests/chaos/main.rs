@@ -162,3 +162,85 @@ async fn a_hundred_thousand_jobs_due_in_the_same_second_are_all_processed() {
     worker.shutdown().await;
     env.cleanup().await;
 }
+
+/// Bytes held by the keys of `env`'s namespace (MEMORY USAGE, exact) and how many keys.
+async fn namespace_memory(env: &TestEnv) -> (i64, usize) {
+    let keys = env.client.scan_keys(&format!("{}:*", env.prefix)).await.unwrap();
+    let mut conn = env.client.connection();
+    let mut total = 0;
+    for k in &keys {
+        let n: Option<i64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0).query_async(&mut conn).await.unwrap();
+        total += n.unwrap_or(0);
+    }
+    (total, keys.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fleet_returns_to_its_baseline_memory_after_the_retention() {
+    // The issue's idle-memory run scaled down: 20,000 no-op jobs (a tenth of them with a
+    // unique key) with a 2 s retention through two worker processes, then nothing: no
+    // completion deletes anything, only the workers' janitor.
+    let env = TestEnv::new().await;
+    let n = 20_000i64;
+    let jobs = (0..n).map(|i| {
+        let opts = if i % 10 == 0 {
+            EnqueueOptions::default().unique(format!("u{i}"), Duration::from_secs(2))
+        } else {
+            EnqueueOptions::default()
+        };
+        (ProbeArgs::new(ProbeAction::Succeed), opts)
+    });
+    env.client.enqueue_bulk_with(jobs.collect::<Vec<_>>()).await.unwrap();
+    let (queued, _) = namespace_memory(&env).await;
+    let mut settings = settings("3000");
+    settings[0] = ("FLEET_QUEUES", "default=100");
+    settings.push(("FLEET_RETENTION_SECS", "2"));
+    let url = redis_url();
+    let workers: Vec<WorkerProcess> = (0..2).map(|_| WorkerProcess::spawn(EXE, &url, &env.prefix, &settings)).collect();
+    all_final(&env, n, Duration::from_secs(180)).await;
+    let (peak, _) = namespace_memory(&env).await;
+    let started = std::time::Instant::now();
+    let k = env.client.keys("default");
+    eventually("every finished record and unique key to expire", Duration::from_secs(62), || async {
+        let mut p = redis::pipe();
+        p.hlen(&k.jobs).hlen(&k.state).hlen(&k.att).zcard(&k.done).hlen(&k.uniq).zcard(&k.uniqexp);
+        let v: Vec<i64> = p.query_async(&mut env.client.connection()).await.ok()?;
+        v.iter().all(|n| *n == 0).then_some(())
+    })
+    .await;
+    let (idle, keys) = namespace_memory(&env).await;
+    eprintln!(
+        "{n} jobs: {queued} B queued ({} B/job), {peak} B finished ({} B/record), {idle} B in {keys} keys \
+         after {:.1} s idle",
+        queued / n,
+        peak / n,
+        started.elapsed().as_secs_f64()
+    );
+    // Left: counters, settings, live workers: a few kilobytes whatever ran before.
+    assert!(idle < 16 * 1024, "{idle} bytes left in {keys} keys");
+    let s = env.stats("default").await;
+    assert_eq!((s.succeeded, s.pending()), (n, 0));
+
+    // Dead letters: 2,000 jobs that give up, kept 3 s by the queue's own cap set at run time.
+    let d = 2_000i64;
+    env.client
+        .set_dead_caps("default", fleet_jobs::deadcaps::DeadCaps { max_count: None, max_age_secs: Some(3) })
+        .await
+        .unwrap();
+    env.client.enqueue_bulk((0..d).map(|_| ProbeArgs::new(ProbeAction::GiveUp))).await.unwrap();
+    all_final(&env, n + d, Duration::from_secs(60)).await;
+    let (with_dead, _) = namespace_memory(&env).await;
+    eventually("every dead letter to be evicted by age", Duration::from_secs(63), || async {
+        let s = env.client.stats("default").await.ok()?;
+        (s.dead == 0 && s.evicted == d).then_some(())
+    })
+    .await;
+    let (after, keys) = namespace_memory(&env).await;
+    eprintln!("{d} dead letters: {} B/dead letter; {after} B in {keys} keys once evicted", (with_dead - idle) / d);
+    assert!(after < 16 * 1024, "{after} bytes left in {keys} keys");
+    for w in workers {
+        w.terminate(Duration::from_secs(15));
+    }
+    env.cleanup().await;
+}

@@ -13,7 +13,9 @@ use fleet_worker::{KindPolicy, Registry};
 use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
+mod acks;
 mod controls;
+mod expiry;
 
 const T: Duration = Duration::from_secs(20);
 

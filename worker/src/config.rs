@@ -240,6 +240,12 @@ impl WorkerConfig {
         if let Some(v) = get("FLEET_RETENTION_SECS") {
             self.retention_secs = num("FLEET_RETENTION_SECS", &v)?;
         }
+        if let Some(v) = get("FLEET_DEAD_MAX_COUNT") {
+            self.dead_max_count = num("FLEET_DEAD_MAX_COUNT", &v)?;
+        }
+        if let Some(v) = get("FLEET_DEAD_MAX_AGE_SECS") {
+            self.dead_max_age_secs = num("FLEET_DEAD_MAX_AGE_SECS", &v)?;
+        }
         if let Some(v) = get("FLEET_LOG_FORMAT") {
             self.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -377,9 +383,12 @@ mod tests {
         cfg.apply_env(|k| match k {
             "FLEET_QUEUES" => Some("webhooks=50, images".into()),
             "FLEET_LEASE_MS" => Some("5000".into()),
+            "FLEET_DEAD_MAX_COUNT" => Some("500".into()),
+            "FLEET_DEAD_MAX_AGE_SECS" => Some("3600".into()),
             _ => None,
         })
         .unwrap();
+        assert_eq!((cfg.dead_max_count, cfg.dead_max_age_secs), (500, 3600));
         assert_eq!(cfg.queues.len(), 2);
         assert_eq!(cfg.queues[0], QueueConfig { name: "webhooks".into(), concurrency: 50, fetch_batch: None });
         assert_eq!(cfg.queues[1].concurrency, 10);

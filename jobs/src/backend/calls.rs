@@ -81,11 +81,49 @@ pub async fn lease(
     Ok(Leased { now, next_due, paused, jobs })
 }
 
+/// What became of one completion in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckFlag {
+    /// Refused: its lease was taken back and the job moved on (`stats.stale`), or the
+    /// worker sent `Lost` (nothing to apply).
+    Refused,
+    /// Applied now.
+    Applied,
+    /// Applied before: this is a resend of a completion whose reply was lost
+    /// (`stats.duplicate_acks`).
+    Duplicate,
+    /// The job's record is gone (finished and deleted): nothing to apply (`stats.gone_acks`).
+    Gone,
+    /// Applied now although its lease had expired and been taken back, because no other
+    /// attempt had started (`stats.late_acks`): the job does not run again.
+    Late,
+}
+
+impl AckFlag {
+    fn from_wire(f: i64) -> Self {
+        match f {
+            1 => AckFlag::Applied,
+            2 => AckFlag::Duplicate,
+            3 => AckFlag::Gone,
+            4 => AckFlag::Late,
+            _ => AckFlag::Refused,
+        }
+    }
+
+    /// Whether the completion's effect is in Redis (applied now or before).
+    pub fn applied(self) -> bool {
+        matches!(self, AckFlag::Applied | AckFlag::Duplicate | AckFlag::Late)
+    }
+}
+
 /// What one completion call returned.
 #[derive(Debug, Default)]
 pub struct Completed {
-    /// One flag per completion: true = applied, false = refused (stale lease token).
+    /// One flag per completion: true = its effect is in Redis (applied by this call, or
+    /// before by the same completion sent earlier), false = refused or job gone.
     pub applied: Vec<bool>,
+    /// One flag per completion, in detail.
+    pub flags: Vec<AckFlag>,
     /// Batches whose last job this call finished: their callbacks are due.
     pub finished_batches: Vec<String>,
 }
@@ -112,13 +150,23 @@ pub async fn complete(
             Op::Snooze { delay } | Op::Defer { delay } => (delay.as_millis() as u64, String::new()),
             _ => (0, String::new()),
         };
-        inv.arg(&c.id).arg(&c.token).arg(c.op.wire()).arg(delay).arg(entry).arg(c.batch.as_deref().unwrap_or(""));
+        inv.arg(&c.id)
+            .arg(&c.token)
+            .arg(c.op.wire())
+            .arg(delay)
+            .arg(entry)
+            .arg(c.batch.as_deref().unwrap_or(""))
+            .arg(c.attempt);
     }
     let out: Vec<Value> = inv.invoke_async(conn).await?;
     let mut done = Completed::default();
     for v in out {
         match v {
-            Value::Int(f) => done.applied.push(f == 1),
+            Value::Int(f) => {
+                let flag = AckFlag::from_wire(f);
+                done.applied.push(flag.applied());
+                done.flags.push(flag);
+            }
             other => done.finished_batches.push(string(other)),
         }
     }
@@ -150,4 +198,46 @@ pub async fn heartbeat(
     let mut it = out.into_iter();
     let reaped = it.next().map(|v| int(&v)).unwrap_or(0).max(0) as u64;
     Ok(HeartbeatReport { reaped, lost: it.map(string).collect() })
+}
+
+/// Most removals per structure in one janitor call.
+pub const JANITOR_LIMIT: usize = 500;
+
+/// How long the counters of a finished batch are kept after its callbacks were enqueued.
+pub const BATCH_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// What one janitor call removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Finished records (succeeded, expired, cancelled) past their retention, deleted.
+    pub expired: u64,
+    /// Dead letters evicted (past their age, or over the count cap).
+    pub evicted: u64,
+    /// Unique keys past their window, forgotten.
+    pub unique_keys: u64,
+    /// Counters of finished batches, forgotten.
+    pub batches: u64,
+    /// Whether a structure still holds due entries (call again).
+    pub more: bool,
+}
+
+/// Time-based expiry of one queue, bounded: removes at most `limit` entries per
+/// structure (finished records past retention, dead letters past their age or over
+/// the cap, unique keys past their window, counters of batches finished a week ago).
+pub async fn janitor(
+    conn: &mut ConnectionManager,
+    k: &QueueKeys,
+    cfg: &EngineConfig,
+    limit: usize,
+) -> RedisResult<Swept> {
+    let v: Vec<i64> = k
+        .invoke(&scripts::JANITOR, "jobs state att stats dead done hist uniq uniqexp batches batchfin")
+        .arg(limit.max(1))
+        .arg(cfg.dead_max_count)
+        .arg(cfg.dead_max_age.as_millis() as u64)
+        .arg(BATCH_KEEP.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    let g = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
+    Ok(Swept { expired: g(0), evicted: g(1), unique_keys: g(2), batches: g(3), more: g(4) == 1 })
 }

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 /// Most completions applied in one script call.
 const ACK_BATCH: usize = 1000;
+/// Longest wait between two sends of completions that Redis did not take.
+const ACK_RETRY_MAX: Duration = Duration::from_millis(250);
 
 struct Shared {
     cfg: EngineConfig,
@@ -80,6 +82,8 @@ impl QueueEngine {
         let fetcher = tokio::spawn(fetcher(shared.clone(), client, task_tx));
         let acker = tokio::spawn(acker(shared.clone(), done_rx, ack_close.clone()));
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), hb_stop.clone()));
+        // Ends with the heartbeat (shutdown cancels hb_stop).
+        tokio::spawn(janitor(shared.clone(), hb_stop.clone()));
         let backend = RedisBackend { rx: Arc::new(Mutex::new(task_rx)), config: shared.cfg.clone(), stop: stop_fetch };
         let handle = EngineHandle {
             completer: Completer { tx: done_tx, slots: shared.slots.clone() },
@@ -354,6 +358,8 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
     let queue = shared.cfg.queue.clone();
     let mut batch: Vec<Completion> = Vec::with_capacity(ACK_BATCH);
     let mut backoff = ErrorBackoff::new();
+    let mut failing_since: Option<Instant> = None;
+    let mut failures = 0u64;
     let mut closing = false;
     loop {
         if batch.is_empty() {
@@ -378,6 +384,8 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
         match apply(&shared, &batch).await {
             Ok(done) => {
                 backoff.reset();
+                failing_since = None;
+                failures = 0;
                 if !done.finished_batches.is_empty() {
                     // Enqueue their callbacks off the ack path (idempotent; the heartbeat
                     // retries any left behind).
@@ -389,12 +397,27 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                         }
                     });
                 }
+                let detail = done.flags;
                 let flags = done.applied;
-                let stale = flags.iter().zip(&batch).filter(|(f, c)| !**f && !matches!(c.op, Op::Lost)).count();
+                let count = |which: calls::AckFlag| {
+                    detail.iter().zip(&batch).filter(|(f, c)| **f == which && !matches!(c.op, Op::Lost)).count()
+                };
+                let stale = count(calls::AckFlag::Refused);
                 if stale > 0 {
                     metrics::counter!("fleet_stale_completions_total", "queue" => queue.clone())
                         .increment(stale as u64);
                     tracing::warn!(queue = %queue, refused = stale, "completions refused: their lease had been taken back");
+                }
+                let (dup, late) = (count(calls::AckFlag::Duplicate), count(calls::AckFlag::Late));
+                if dup > 0 {
+                    metrics::counter!("fleet_duplicate_completions_total", "queue" => queue.clone())
+                        .increment(dup as u64);
+                    tracing::info!(queue = %queue, completions = dup, "completions were already applied (a resend after a lost reply)");
+                }
+                if late > 0 {
+                    metrics::counter!("fleet_late_completions_total", "queue" => queue.clone()).increment(late as u64);
+                    tracing::warn!(queue = %queue, completions = late,
+                        "completions applied after their leases had expired (no other attempt had started)");
                 }
                 {
                     let mut leased = shared.leased();
@@ -404,9 +427,11 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                 }
                 publish_tenant_events(&shared, &batch, &flags);
                 if shared.events.receiver_count() > 0 {
-                    for (c, applied) in batch.drain(..).zip(flags) {
+                    for ((c, applied), flag) in batch.drain(..).zip(flags).zip(detail) {
                         let outcome = if matches!(c.op, Op::Lost) {
                             Outcome::Abandoned
+                        } else if flag == calls::AckFlag::Gone {
+                            Outcome::Gone
                         } else if !applied {
                             Outcome::Stale
                         } else {
@@ -435,11 +460,19 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
             Err(e) => {
                 // Keep the batch and try again: a completion is never dropped while
                 // this process lives. If it dies, the leases expire and the jobs rerun.
+                // Resent at least every ACK_RETRY_MAX: once Redis is back, completions should
+                // land before a heartbeat reaps their expired leases and another worker
+                // leases the jobs again (a completion that arrives first is still applied).
                 metrics::counter!("fleet_redis_errors_total", "queue" => queue.clone(), "op" => "ack").increment(1);
-                let d = backoff.next();
-                tracing::warn!(queue = %queue, error = %e, pending = batch.len(), retry_in_ms = d.as_millis() as u64, "ack failed");
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                let d = backoff.next().min(ACK_RETRY_MAX);
+                failures += 1;
+                if failures % 20 == 1 {
+                    tracing::warn!(queue = %queue, error = %e, pending = batch.len(), failures,
+                        retry_in_ms = d.as_millis() as u64, "ack failed");
+                }
                 tokio::time::sleep(d).await;
-                if closing && d >= Duration::from_secs(5) {
+                if closing && since.elapsed() >= RELEASE_DEADLINE {
                     tracing::error!(queue = %queue, pending = batch.len(),
                         "giving up acknowledging at shutdown; these jobs return to ready when their leases expire");
                     break;
@@ -560,6 +593,45 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 ("fleet_queue_stale_completions_total", s.stale),
             ] {
                 metrics::counter!(name, "queue" => cfg.queue.clone()).absolute(v.max(0) as u64);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Most janitor calls in a row before it waits for the next interval: 200 calls of at
+/// most 500 removals each, so a backlog of a million expired records goes in seconds
+/// while each call stays short.
+const JANITOR_BURST: usize = 200;
+
+/// Time-based expiry, once per heartbeat interval (and at once again while more is due),
+/// whether or not jobs complete: see `janitor.lua`.
+async fn janitor(shared: Arc<Shared>, stop: CancellationToken) {
+    let cfg = &shared.cfg;
+    let interval = (cfg.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        for _ in 0..JANITOR_BURST {
+            if stop.is_cancelled() {
+                return;
+            }
+            match calls::janitor(&mut shared.conn.clone(), &shared.keys, cfg, calls::JANITOR_LIMIT).await {
+                Ok(swept) => {
+                    if swept.evicted > 0 {
+                        tracing::debug!(queue = %cfg.queue, evicted = swept.evicted, "dead letters evicted by age or count");
+                    }
+                    if !swept.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("fleet_redis_errors_total", "queue" => cfg.queue.clone(), "op" => "janitor")
+                        .increment(1);
+                    tracing::debug!(queue = %cfg.queue, error = %e, "janitor call failed");
+                    break;
+                }
             }
         }
         tokio::select! {

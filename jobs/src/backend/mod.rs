@@ -142,6 +142,8 @@ pub enum Outcome {
     Expired,
     /// Refused: the lease token was stale.
     Stale,
+    /// Nothing applied: the job's record was gone (finished and deleted).
+    Gone,
     /// Abandoned by this worker after its lease was lost (cancelled or taken back).
     Abandoned,
 }

@@ -31,7 +31,9 @@ if #due > 0 then
       if c == 's' or c == 'y' then
         if c == 's' then from_sched = from_sched + 1 else from_retry = from_retry + 1 end
         push_ready(K, p, tenant_of(K, id), id, false)
-        redis.call('HSET', K.state, id, 'q' .. p)
+        -- Keeps the token of the completion that scheduled it (`:<token>`), so a
+        -- duplicate of that completion is still recognised (see ack.lua).
+        redis.call('HSET', K.state, id, 'q' .. string.sub(st, 2))
         moved = moved + 1
       end
     end

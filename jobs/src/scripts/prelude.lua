@@ -1,7 +1,10 @@
 -- Shared helpers, prepended to every Fleet script.
 --
 -- A job's state lives in the `state` hash as one short string:
---   <code><priority>[:<lease token>]
+--   <code><priority>[:<token>]
+-- where the token is the lease token of a running job, or, once a completion was
+-- applied, that completion's token (kept until the job is leased again), so a
+-- completion sent twice is recognised (see ack.lua).
 -- codes: q ready, s scheduled, y retrying, r running, k succeeded, d dead,
 --        c cancelled, x expired.  The priority is one digit (0 high .. 2 low).
 -- Keeping the priority in the state lets every move put a job back on the
@@ -42,10 +45,20 @@ local function append_history(K, id, entry, cap)
   redis.call('HSET', K.hist, id, cjson.encode(list))
 end
 
+-- The queue's own dead-letter caps, when an operator set them (`conf` fields
+-- dead_max_count and dead_max_age_ms), else the worker's.
+local function dead_caps(K, max_count, max_age)
+  local own = redis.call('HMGET', qkey(K, 'conf'), 'dead_max_count', 'dead_max_age_ms')
+  if own[1] and tonumber(own[1]) then max_count = tonumber(own[1]) end
+  if own[2] and tonumber(own[2]) then max_age = tonumber(own[2]) end
+  return max_count, max_age
+end
+
 -- Bounds the dead-letter set by count and by age. Each call evicts at most
 -- `limit` records, so its cost is bounded whatever the backlog; every eviction
--- is counted in stats.evicted.
+-- is counted in stats.evicted. Returns the number evicted.
 local function trim_dead(K, now, max_count, max_age, limit)
+  max_count, max_age = dead_caps(K, max_count, max_age)
   local evicted = 0
   if max_age > 0 then
     local old = redis.call('ZRANGEBYSCORE', K.dead, '-inf', now - max_age, 'LIMIT', 0, limit)
@@ -69,6 +82,7 @@ local function trim_dead(K, now, max_count, max_age, limit)
     redis.call('HINCRBY', K.stats, 'dead', -evicted)
     redis.call('HINCRBY', K.stats, 'evicted', evicted)
   end
+  return evicted
 end
 
 -- Moves a job into the dead-letter set.

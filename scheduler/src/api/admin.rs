@@ -273,6 +273,33 @@ pub(crate) async fn resume(
     set_queue_paused(&s, &caller, &queue, false).await
 }
 
+/// PUT /admin/v1/queues/{queue}/dead-caps: `{"max_count": n|null, "max_age_secs": s|null}`
+/// sets the queue's own dead-letter caps (null: the workers' setting); admin only.
+/// Answers the caps now in force on the queue.
+pub(crate) async fn set_dead_caps(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    Json(caps): Json<fleet_jobs::deadcaps::DeadCaps>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("admin")?;
+    queue_name(&queue)?;
+    s.client.set_dead_caps(&queue, caps).await?;
+    tracing::info!(operator = %caller.key_id, %queue, ?caps, "queue dead-letter caps changed");
+    Ok(Json(s.client.dead_caps(&queue).await?))
+}
+
+/// GET /admin/v1/queues/{queue}/dead-caps
+pub(crate) async fn dead_caps(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    read(&caller)?;
+    queue_name(&queue)?;
+    Ok(Json(s.client.dead_caps(&queue).await?))
+}
+
 /// GET /admin/v1/queues/{queue}/workers
 pub(crate) async fn workers(
     State(s): State<ApiState>,

@@ -194,6 +194,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/queues/{queue}/pause", post(admin::pause))
         .route("/admin/v1/queues/{queue}/resume", post(admin::resume))
         .route("/admin/v1/queues/{queue}/workers", get(admin::workers))
+        .route("/admin/v1/queues/{queue}/dead-caps", get(admin::dead_caps).put(admin::set_dead_caps))
         .route("/admin/v1/queues/{queue}/tenants", get(tenants::list))
         .route("/admin/v1/queues/{queue}/tenants/{tenant}", get(tenants::get).put(tenants::set))
         .route("/admin/v1/schedules", get(admin::schedules))
