@@ -32,6 +32,7 @@ pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod keys;
 pub mod kind;
 pub mod limits;
