@@ -53,9 +53,14 @@ pub async fn run(
         // Key ids are hash prefixes, not secrets: they say which keys a process holds during a rotation.
         tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
     }
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        // Another recorder is installed (an embedding process, a test): /metrics renders an empty registry.
+        Err(e) => {
+            tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics of this scheduler stays empty");
+            metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle()
+        }
+    };
     let db = loop {
         let statement_timeout = Duration::from_millis(config.api.statement_timeout_ms);
         match db::connect_and_migrate_with(&config.database_url, Some(statement_timeout)).await {

@@ -280,6 +280,7 @@ mod pg_outage {
         cfg.lease_ms = 10_000;
         let worker = env.worker(cfg, registry).await;
         let addr = worker.http_addr().unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
         // Before: ready, with every check named.
