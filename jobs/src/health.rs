@@ -216,7 +216,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Why a task ended, from its join result; `None` for an ordinary return.
+/// Why a task ended unexpectedly, from its join result.
 pub fn end_reason(result: Result<(), tokio::task::JoinError>) -> String {
     match result {
         Ok(()) => "returned while the process was not stopping".to_owned(),
@@ -260,13 +260,21 @@ where
         loop {
             tasks.set(&name, TaskState::Running);
             let started = Instant::now();
-            let mut inner = AbortOnDrop(tokio::spawn(make()));
-            let result = (&mut inner.0).await;
-            if stop.is_cancelled() && result.is_ok() {
+            // A panic while making the task counts as the task's own.
+            let failure = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut make)) {
+                Ok(fut) => {
+                    let mut inner = AbortOnDrop(tokio::spawn(fut));
+                    match (&mut inner.0).await {
+                        Ok(()) if stop.is_cancelled() => None,
+                        result => Some(end_reason(result)),
+                    }
+                }
+                Err(payload) => Some(format!("panicked: {}", panic_message(&*payload))),
+            };
+            let Some(reason) = failure else {
                 tasks.set(&name, TaskState::Stopped);
                 return;
-            }
-            let reason = end_reason(result);
+            };
             match restart {
                 Restart::Never => {
                     task_failed(&name, &reason, None);

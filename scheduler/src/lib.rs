@@ -83,17 +83,10 @@ pub async fn run(
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = Tasks::new();
-    // A pass takes well under a second; a minute without one is a stuck ticker.
-    tasks.expect_beats("ticker", TICKER_MAX_QUIET);
     let ticking = {
-        let (client, db, schedules, stop, t) =
-            (client.clone(), db.clone(), config.schedules.clone(), stop.clone(), tasks.clone());
-        // A new ticker after a panic: the ticks' unique keys and `schedule_state` keep each
-        // tick enqueued once, so starting over loses and doubles nothing.
-        supervise(&tasks, "ticker", Restart::DEFAULT, stop.clone(), move || {
-            let ticker = ticker::Ticker::new(client.clone(), Some(db.clone()), schedules.clone())
-                .with_progress(t.clone(), "ticker");
-            ticker::run(ticker, stop.clone())
+        let (client, db, schedules) = (client.clone(), db.clone(), config.schedules.clone());
+        spawn_ticker(&tasks, stop.clone(), move || {
+            ticker::Ticker::new(client.clone(), Some(db.clone()), schedules.clone())
         })
     };
     // The default cap and quota of every tenant, where the engine reads them.
@@ -152,6 +145,23 @@ pub async fn run(
         _ if ended_early => Err(anyhow::anyhow!("the API server ended unexpectedly (see the log)")),
         _ => Ok(()),
     }
+}
+
+/// Runs the ticker `make()` returns as the supervised task `ticker` until `stop`: each pass
+/// is reported to `tasks` (`/readyz` fails after [`TICKER_MAX_QUIET`] without one), and a
+/// ticker that panics or ends is logged, counted and replaced by a new one from `make()`
+/// after a backoff. Starting over loses and doubles nothing: the ticks' unique keys and
+/// `schedule_state` keep each tick enqueued once.
+pub fn spawn_ticker(
+    tasks: &Tasks,
+    stop: tokio_util::sync::CancellationToken,
+    mut make: impl FnMut() -> ticker::Ticker + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tasks.expect_beats("ticker", TICKER_MAX_QUIET);
+    let t = tasks.clone();
+    supervise(tasks, "ticker", Restart::DEFAULT, stop.clone(), move || {
+        ticker::run(make().with_progress(t.clone(), "ticker"), stop.clone())
+    })
 }
 
 /// How long the ticker may go without a pass before `/readyz` fails.

@@ -270,3 +270,36 @@ async fn the_scheduler_serves_readyz_with_its_stores_and_supervised_tasks() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+/// A ticker that panics does not leave cron stopped behind a green probe: the supervisor
+/// logs and counts it, `/readyz` names it, and a new ticker goes on enqueueing ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_ticker_is_counted_and_restarted_and_cron_goes_on() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let tasks = fleet_jobs::health::Tasks::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (client, pool) = (env.client.clone(), db.pool.clone());
+    let mut made = 0;
+    let ticking = fleet_scheduler::spawn_ticker(&tasks, stop.clone(), move || {
+        made += 1;
+        if made == 1 {
+            panic!("a bug in the ticker");
+        }
+        Ticker::new(client.clone(), Some(pool.clone()), vec![every_second("after-a-panic")])
+    });
+    eventually("a tick enqueued by the restarted ticker", Duration::from_secs(30), || async {
+        let s = env.client.stats("default").await.ok()?;
+        (s.scheduled + s.ready > 0).then_some(())
+    })
+    .await;
+    assert_eq!(tasks.failures("ticker"), 1);
+    let checks = tasks.checks();
+    let ticker = checks.iter().find(|c| c.name == "task:ticker").expect("the ticker is checked");
+    assert!(ticker.ok && ticker.detail.contains("a bug in the ticker"), "{ticker:?}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), ticking).await.expect("the ticker stops").unwrap();
+    assert_eq!(tasks.state("ticker"), Some(fleet_jobs::health::TaskState::Stopped));
+    db.drop_db().await;
+    env.cleanup().await;
+}
