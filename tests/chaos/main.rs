@@ -386,3 +386,47 @@ mod pg_outage {
         env.cleanup().await;
     }
 }
+
+/// Redis away: the worker's `/readyz` turns 503 naming Redis while `/healthz` (liveness)
+/// stays 200, so an orchestrator takes it out of rotation without restarting it; both
+/// answer 200 once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_away_the_worker_is_alive_but_not_ready() {
+    let mut redis = RedisServer::start().await;
+    let env = TestEnv::on(&redis.url()).await;
+    let mut cfg = env.config("default", 2);
+    cfg.redis_url = redis.url();
+    cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+    let worker = env.worker(cfg, Registry::builtin()).await;
+    let addr = worker.http_addr().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let res = http.get(format!("http://{addr}{path}")).send().await.ok()?;
+            let status = res.status().as_u16();
+            Some((status, serde_json::from_slice::<serde_json::Value>(&res.bytes().await.ok()?).ok()?))
+        }
+    };
+    let (_, ready) =
+        eventually("ready", Duration::from_secs(30), || async { get("/readyz").await.filter(|(s, _)| *s == 200) })
+            .await;
+    assert!(ready["checks"].get("postgres").is_none(), "no PostgreSQL configured, none checked: {ready}");
+    let outage = async {
+        let (_, body) = eventually("/readyz to turn 503 while Redis is down", Duration::from_secs(8), || async {
+            get("/readyz").await.filter(|(s, _)| *s == 503)
+        })
+        .await;
+        assert_eq!(body["checks"]["redis"]["ok"], false, "{body}");
+        assert_eq!(body["checks"]["loop:fetch:default"]["ok"], true, "the loops retry and live on: {body}");
+        let (status, _) = get("/healthz").await.expect("/healthz answers during the outage");
+        assert_eq!(status, 200, "liveness does not depend on Redis");
+    };
+    tokio::join!(redis.restart(Duration::from_secs(10)), outage);
+    eventually("/readyz to turn 200 again", Duration::from_secs(30), || async {
+        get("/readyz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    worker.shutdown().await;
+}
