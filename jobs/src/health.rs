@@ -186,6 +186,12 @@ pub fn task_failed(name: &str, reason: &str, restart_in: Option<Duration>) {
     }
 }
 
+/// Creates `fleet_task_failures_total{task}` at 0, so the first failure is an increase
+/// that alerts can see (a series that appears at 1 has none).
+pub fn counted(name: &str) {
+    metrics::counter!("fleet_task_failures_total", "task" => name.to_owned()).increment(0);
+}
+
 /// What [`supervise`] does when its task ends unexpectedly.
 #[derive(Debug, Clone, Copy)]
 pub enum Restart {
@@ -252,6 +258,7 @@ where
     let tasks = tasks.clone();
     let name = name.into();
     tasks.set(&name, TaskState::Running);
+    counted(&name);
     tokio::spawn(async move {
         let mut delay = match restart {
             Restart::Backoff { initial, .. } => initial,

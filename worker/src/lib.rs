@@ -243,6 +243,11 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// `/readyz` fails (the engine cannot restart one loop alone; the process is restarted).
 fn watch_engine_loops(tasks: &Tasks, engines: http::Engines, stop: CancellationToken) {
     let tasks = tasks.clone();
+    for e in engines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for l in ["fetch", "ack", "heartbeat"] {
+            fleet_jobs::health::counted(&format!("{l}:{}", e.queue()));
+        }
+    }
     tokio::spawn(async move {
         let mut reported = std::collections::HashSet::new();
         loop {
