@@ -185,7 +185,7 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
     let http = match config.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} for /healthz and /metrics (set `listen` or FLEET_LISTEN)")
+                format!("cannot listen on {addr} for /healthz, /readyz and /metrics (set `listen` or FLEET_LISTEN)")
             })?;
             let local = listener.local_addr()?;
             let state = http::HttpState {
