@@ -26,6 +26,6 @@ scheduler=$!
 trap 'kill -TERM "$scheduler" 2>/dev/null || true; wait "$scheduler" 2>/dev/null || true' EXIT
 cat >&2 <<MSG
 run-fleet: API      http://127.0.0.1:8080   (OpenAPI at /openapi.json; API key in .fleet/api-key)
-run-fleet: worker   http://127.0.0.1:9464/healthz and /metrics
+run-fleet: worker   http://127.0.0.1:9464/healthz, /readyz and /metrics (the scheduler serves both probes too)
 MSG
 target/release/fleet-worker --config "${FLEET_CONFIG:-deploy/local/worker.toml}"

@@ -288,8 +288,10 @@ def check_k8s() -> None:
                     continue
                 get = pr.get("httpGet", {})
                 pport = ports.get(get.get("port"), get.get("port"))
-                if get.get("path") != "/healthz" or pport != port:
-                    fail(f"{rel(p)}: {name} {probe} is {get}, expected /healthz on {port}")
+                # Readiness checks dependencies; liveness and start-up only that the process answers.
+                want = "/readyz" if probe == "readinessProbe" else "/healthz"
+                if get.get("path") != want or pport != port:
+                    fail(f"{rel(p)}: {name} {probe} is {get}, expected {want} on {port}")
             if "resources" not in c or "limits" not in c["resources"] or "requests" not in c["resources"]:
                 fail(f"{rel(p)}: {name} has no resource requests and limits")
             sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
@@ -349,7 +351,7 @@ def check_k8s() -> None:
         if hpa["spec"]["scaleTargetRef"]["name"] not in deployments:
             fail(f"{rel(p)}: HPA targets {hpa['spec']['scaleTargetRef']['name']}, not a Deployment here")
     if not FAILS:
-        ok(f"k8s: {len(docs)} objects: selectors, Services, PDBs, Secret keys, ConfigMap mounts, probes on /healthz at the "
+        ok(f"k8s: {len(docs)} objects: selectors, Services, PDBs, Secret keys, ConfigMap mounts, probes (/healthz, readiness /readyz) at the "
            "listen ports, resources, non-root, scheduler replicas, ScaledObject fields and target")
 
 
@@ -584,7 +586,7 @@ def check_healthcheck() -> None:
 
             def do_GET(self):  # noqa: N802
                 body = b'{"status":"ok"}'
-                self.send_response(code if self.path == "/healthz" else 404)
+                self.send_response(code if self.path in ("/healthz", "/readyz") else 404)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -608,7 +610,11 @@ def check_healthcheck() -> None:
     cases = [("answers 200", [str(healthy.server_port)], {}, 0),
              ("answers 503", [str(sick.server_port)], {}, 1),
              ("nothing listens", [str(closed)], {}, 1),
-             ("port from FLEET_HEALTHCHECK_PORT", [], {"FLEET_HEALTHCHECK_PORT": str(healthy.server_port)}, 0)]
+             ("port from FLEET_HEALTHCHECK_PORT", [], {"FLEET_HEALTHCHECK_PORT": str(healthy.server_port)}, 0),
+             ("/readyz answers 200", [str(healthy.server_port), "/readyz"], {}, 0),
+             ("/readyz answers 503", [str(sick.server_port), "/readyz"], {}, 1),
+             ("an unknown path", [str(healthy.server_port), "/nope"], {}, 1),
+             ("path from FLEET_HEALTHCHECK_PATH", [str(healthy.server_port)], {"FLEET_HEALTHCHECK_PATH": "/nope"}, 1)]
     for name, args, env, want in cases:
         r = subprocess.run([script, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=15)
         if r.returncode != want:

@@ -33,6 +33,7 @@ pub mod deadcaps;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod keys;
 pub mod kind;
 pub mod limits;

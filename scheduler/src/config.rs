@@ -15,7 +15,7 @@ pub struct SchedulerConfig {
     pub prefix: String,
     /// PostgreSQL URL.
     pub database_url: String,
-    /// Address of the HTTP API, `/healthz` and `/metrics`.
+    /// Address of the HTTP API, `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes (larger gets 413).
     pub max_body_bytes: usize,

@@ -33,11 +33,15 @@ pub use fleet_jobs::Client;
 
 use anyhow::Context as _;
 use axum::routing::get;
+use fleet_jobs::health::{self, Check, Restart, Tasks, supervise};
 use std::time::Duration;
 
 /// Runs the scheduler until `shutdown`: migrates PostgreSQL (under its advisory lock),
-/// runs the ticker, serves the API with `/healthz` and `/metrics`; then stops serving
-/// new requests and finishes those in flight.
+/// runs the ticker, serves the API with `/healthz`, `/readyz` and `/metrics`; then stops
+/// serving new requests and finishes those in flight. The ticker, the sampler and the
+/// server are supervised ([`fleet_jobs::health::supervise`]): a panicking ticker or
+/// sampler is logged, counted and restarted with backoff; an API server that ends makes
+/// `run` return an error.
 pub async fn run(
     config: config::SchedulerConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -49,9 +53,14 @@ pub async fn run(
         // Key ids are hash prefixes, not secrets: they say which keys a process holds during a rotation.
         tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
     }
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        // Another recorder is installed (an embedding process, a test): /metrics renders an empty registry.
+        Err(e) => {
+            tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics of this scheduler stays empty");
+            metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle()
+        }
+    };
     let db = loop {
         let statement_timeout = Duration::from_millis(config.api.statement_timeout_ms);
         match db::connect_and_migrate_with(&config.database_url, Some(statement_timeout)).await {
@@ -73,8 +82,13 @@ pub async fn run(
         }
     };
     let stop = tokio_util::sync::CancellationToken::new();
-    let ticker = ticker::Ticker::new(client.clone(), Some(db.clone()), config.schedules.clone());
-    let ticking = tokio::spawn(ticker::run(ticker, stop.clone()));
+    let tasks = Tasks::new();
+    let ticking = {
+        let (client, db, schedules) = (client.clone(), db.clone(), config.schedules.clone());
+        spawn_ticker(&tasks, stop.clone(), move || {
+            ticker::Ticker::new(client.clone(), Some(db.clone()), schedules.clone())
+        })
+    };
     // The default cap and quota of every tenant, where the engine reads them.
     if let Err(e) = config.tenants.apply_defaults(&client).await {
         tracing::warn!(error = %e, "could not write the tenants' default limits; the previous ones stay");
@@ -83,25 +97,115 @@ pub async fn run(
         .with_intake(config.intake.clone())
         .with_tenancy(config.tenants.clone())
         .with_limits(config.api.clone());
-    let sampling = tokio::spawn(state.history.clone().run(client, stop.clone()));
+    let sampling = {
+        let (history, client, s) = (state.history.clone(), client.clone(), stop.clone());
+        supervise(&tasks, "sampler", Restart::DEFAULT, stop.clone(), move || {
+            history.clone().run(client.clone(), s.clone())
+        })
+    };
     let router = api::app(state, config.max_body_bytes)
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .merge(health_routes(Readiness { client, db: db.clone(), tasks: tasks.clone() }))
         .route("/metrics", get(move || std::future::ready(metrics.render())));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set `listen` or FLEET_API_LISTEN)", config.listen))?;
     tracing::info!(listen = %config.listen, schedules = config.schedules.len(), "scheduler started");
     let serve_stop = stop.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { serve_stop.cancelled().await });
-    let serving = tokio::spawn(async move { server.await });
-    shutdown.await;
+    let served = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mut server =
+        Some(axum::serve(listener, router).with_graceful_shutdown(async move { serve_stop.cancelled().await }));
+    let result = served.clone();
+    // The listener cannot be taken over by a new server: if the API ends before shutdown,
+    // the process ends with an error and its supervisor (Kubernetes, compose) restarts it.
+    let mut serving = supervise(&tasks, "api", Restart::Never, stop.clone(), move || {
+        let server = server.take();
+        let result = result.clone();
+        async move {
+            if let Some(server) = server {
+                let outcome = server.await;
+                *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            }
+        }
+    });
+    let ended_early = tokio::select! {
+        _ = shutdown => false,
+        _ = &mut serving => true,
+    };
     tracing::info!("shutting down");
     stop.cancel();
     let _ = ticking.await;
     let _ = sampling.await;
-    serving.await.context("api server task")?.context("api server")?;
+    if !ended_early {
+        let _ = serving.await;
+    }
     db.close().await;
-    Ok(())
+    let outcome = served.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match outcome {
+        Some(Err(e)) => Err(anyhow::Error::new(e).context("api server")),
+        _ if ended_early => Err(anyhow::anyhow!("the API server ended unexpectedly (see the log)")),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the ticker `make()` returns as the supervised task `ticker` until `stop`: each pass
+/// is reported to `tasks` (`/readyz` fails after [`TICKER_MAX_QUIET`] without one), and a
+/// ticker that panics or ends is logged, counted and replaced by a new one from `make()`
+/// after a backoff. Starting over loses and doubles nothing: the ticks' unique keys and
+/// `schedule_state` keep each tick enqueued once.
+pub fn spawn_ticker(
+    tasks: &Tasks,
+    stop: tokio_util::sync::CancellationToken,
+    mut make: impl FnMut() -> ticker::Ticker + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tasks.expect_beats("ticker", TICKER_MAX_QUIET);
+    let t = tasks.clone();
+    supervise(tasks, "ticker", Restart::DEFAULT, stop.clone(), move || {
+        ticker::run(make().with_progress(t.clone(), "ticker"), stop.clone())
+    })
+}
+
+/// How long the ticker may go without a pass before `/readyz` fails.
+pub const TICKER_MAX_QUIET: Duration = Duration::from_secs(60);
+
+/// What the scheduler's `/readyz` checks: Redis (`PING`) and PostgreSQL (`SELECT 1`), the
+/// API's stores, and the supervised tasks (the ticker, alive and passing, the sampler and
+/// the API server).
+#[derive(Clone)]
+pub struct Readiness {
+    /// The job client (Redis).
+    pub client: Client,
+    /// PostgreSQL.
+    pub db: sqlx::PgPool,
+    /// The supervised tasks.
+    pub tasks: Tasks,
+}
+
+impl Readiness {
+    /// Every check; Redis and PostgreSQL at once, each under [`health::CHECK_TIMEOUT`].
+    pub async fn checks(&self) -> Vec<Check> {
+        let mut conn = self.client.connection();
+        let (redis, pg) =
+            tokio::join!(health::redis(&mut conn, health::CHECK_TIMEOUT), db::check(&self.db, health::CHECK_TIMEOUT));
+        let mut checks = vec![redis, pg];
+        checks.extend(self.tasks.checks());
+        checks
+    }
+}
+
+/// `/healthz` (liveness: the process runs and its runtime answers; nothing else is
+/// checked, so an outage never gets the scheduler restarted) and `/readyz` (200
+/// `{"status":"ready",...}` or 503 `{"status":"not_ready",...}` with each check's state).
+pub fn health_routes(ready: Readiness) -> axum::Router {
+    async fn readyz(axum::extract::State(r): axum::extract::State<Readiness>) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let (ok, body) = health::readiness(&r.checks().await);
+        let status = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+        (status, axum::Json(body)).into_response()
+    }
+    axum::Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(ready)
 }
 
 /// Seals the webhook endpoint secrets stored in plaintext by versions before sealing

@@ -42,6 +42,8 @@ pub struct Ticker {
     schedules: Vec<Schedule>,
     /// Per schedule: the last tick handled by this replica.
     cursors: HashMap<String, DateTime<Utc>>,
+    /// Where each pass is reported (`/readyz` fails when passes stop).
+    progress: Option<(fleet_jobs::health::Tasks, String)>,
 }
 
 impl std::fmt::Debug for Ticker {
@@ -58,7 +60,13 @@ pub fn tick_key(schedule: &str, tick: DateTime<Utc>) -> String {
 impl Ticker {
     /// A ticker over the config file's schedules and, with a database, the `schedules` table.
     pub fn new(client: Client, db: Option<PgPool>, config_specs: Vec<ScheduleSpec>) -> Self {
-        Ticker { client, db, config_specs, schedules: Vec::new(), cursors: HashMap::new() }
+        Ticker { client, db, config_specs, schedules: Vec::new(), cursors: HashMap::new(), progress: None }
+    }
+
+    /// The same ticker, reporting each pass of [`run`] to `tasks` as `name`'s progress.
+    pub fn with_progress(mut self, tasks: fleet_jobs::health::Tasks, name: &str) -> Self {
+        self.progress = Some((tasks, name.to_owned()));
+        self
     }
 
     /// The schedules in force.
@@ -316,6 +324,9 @@ pub async fn run(mut ticker: Ticker, shutdown: tokio_util::sync::CancellationTok
         let report = ticker.tick(Utc::now()).await;
         for (name, tick) in &report.enqueued {
             tracing::debug!(schedule = %name, %tick, "tick enqueued");
+        }
+        if let Some((tasks, name)) = &ticker.progress {
+            tasks.beat(name);
         }
         let wake = ticker.next_wake(Utc::now());
         let wait = (wake - Utc::now()).to_std().unwrap_or(Duration::ZERO).max(Duration::from_millis(5));

@@ -244,3 +244,271 @@ async fn an_idle_fleet_returns_to_its_baseline_memory_after_the_retention() {
     }
     env.cleanup().await;
 }
+
+mod pg_outage {
+    //! PostgreSQL unreachable for a while (through a proxy the test cuts: the server is
+    //! shared with other tests): PG-using workers retry without losing a job, `/readyz`
+    //! of the worker and the scheduler turns 503 and back, the API answers 503 in its
+    //! error shape, and all recover without a restart.
+
+    use axum::body::{Body, Bytes};
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Request, StatusCode};
+    use fleet_jobs::catalogue::WebhookPublish;
+    use fleet_jobs::retry::{Backoff, Jitter};
+    use fleet_jobs::{EnqueueOptions, JobState};
+    use fleet_scheduler::api::{ApiState, app, auth};
+    use fleet_tests::{TcpProxy, TestDb, TestEnv, eventually, states};
+    use fleet_worker::kinds::webhook::{Deliver, WebhookSettings, publish::Publish};
+    use fleet_worker::{KindPolicy, QueueConfig, Registry};
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    const T: Duration = Duration::from_secs(60);
+
+    fn secrets() -> fleet_comms::secrets::SecretBox {
+        fleet_comms::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
+    }
+
+    /// Deliveries by `webhook-id`.
+    type Got = Arc<Mutex<HashMap<String, usize>>>;
+
+    async fn receive(State(got): State<Got>, headers: HeaderMap, _body: Bytes) -> StatusCode {
+        let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        *got.lock().unwrap().entry(id).or_default() += 1;
+        StatusCode::OK
+    }
+
+    async fn call(api: &axum::Router, key: &str, method: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let res = api.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// (status, body) of a worker's `/readyz`.
+    async fn worker_ready(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option<(u16, Value)> {
+        let res = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        let status = res.status().as_u16();
+        Some((status, serde_json::from_slice(&res.bytes().await.ok()?).ok()?))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgresql_outage_loses_no_job_fails_readiness_and_heals_without_a_restart() {
+        let env = TestEnv::new().await;
+        let db = TestDb::new().await;
+        let proxy = TcpProxy::start(&db.server()).await;
+        // Everything under test reaches PostgreSQL through the proxy; the test itself does not.
+        let via = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect(&db.url_via(proxy.port))
+            .await
+            .unwrap();
+        let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
+        let api = app(
+            ApiState::new(env.client.clone(), via.clone())
+                .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+                .with_secrets(secrets()),
+            1 << 20,
+        );
+        let scheduler_health = fleet_scheduler::health_routes(fleet_scheduler::Readiness {
+            client: env.client.clone(),
+            db: via.clone(),
+            tasks: fleet_jobs::health::Tasks::new(),
+        });
+        let scheduler_ready = || async {
+            let req = Request::builder().uri("/readyz").body(Body::empty()).unwrap();
+            let res = scheduler_health.clone().oneshot(req).await.unwrap();
+            let status = res.status();
+            let body: Value =
+                serde_json::from_slice(&axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap()).unwrap();
+            (status, body)
+        };
+
+        let got: Got = Default::default();
+        let router = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(got.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+        let settings = WebhookSettings {
+            allow: vec!["127.0.0.0/8".into()],
+            connect_timeout_ms: 500,
+            timeout_ms: 2_000,
+            max_response_bytes: 64 * 1024,
+        };
+        let policy = || KindPolicy {
+            backoff: Backoff::exponential(Duration::from_millis(200)).jitter(Jitter::None).max(Duration::from_secs(1)),
+            timeout: None,
+        };
+        let registry = Registry::new()
+            .with_database(via.clone())
+            .register_with(Deliver::new(via.clone(), settings).unwrap().with_secrets(Some(secrets())), policy())
+            .register_with(Publish::new(via.clone(), env.client.clone()), policy());
+        let mut cfg = env.config("webhooks", 10);
+        cfg.queues = vec![QueueConfig { name: "webhooks".into(), concurrency: 10, fetch_batch: None }];
+        cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+        cfg.lease_ms = 10_000;
+        let worker = env.worker(cfg, registry).await;
+        let addr = worker.http_addr().unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+
+        // Before: ready, with every check named.
+        let (_, body) = eventually("the worker to be ready", T, || async {
+            worker_ready(&http, addr).await.filter(|(s, _)| *s == 200)
+        })
+        .await;
+        assert_eq!(body["status"], "ready", "{body}");
+        for check in ["redis", "postgres", "loop:fetch:webhooks", "loop:ack:webhooks", "loop:heartbeat:webhooks"] {
+            assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+        }
+        assert_eq!(scheduler_ready().await.0, StatusCode::OK);
+        let (s, ep) = call(&api, &key, "POST", "/v1/endpoints", json!({"url": hook})).await;
+        assert_eq!(s, StatusCode::CREATED, "{ep}");
+        let (s, before) =
+            call(&api, &key, "POST", "/v1/events", json!({"type": "gallery.ready", "payload": {"n": -1}})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{before}");
+        eventually("the first event to be delivered", T, || async { (got.lock().unwrap().len() == 1).then_some(()) })
+            .await;
+
+        // The outage.
+        proxy.cut();
+        let (_, body) = eventually("the worker's /readyz to turn 503", T, || async {
+            worker_ready(&http, addr).await.filter(|(s, _)| *s == 503)
+        })
+        .await;
+        assert_eq!(body["status"], "not_ready", "{body}");
+        assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
+        assert_eq!(body["checks"]["redis"]["ok"], true, "Redis is fine: {body}");
+        let (s, body) = eventually("the scheduler's /readyz to turn 503", T, || async {
+            let (s, body) = scheduler_ready().await;
+            (s == StatusCode::SERVICE_UNAVAILABLE).then_some((s, body))
+        })
+        .await;
+        assert_eq!((s, &body["checks"]["postgres"]["ok"]), (StatusCode::SERVICE_UNAVAILABLE, &json!(false)), "{body}");
+        let (s, err) = call(&api, &key, "POST", "/v1/events", json!({"type": "gallery.ready", "payload": {}})).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+        assert!(err["error"]["code"].is_string() && err["error"]["message"].is_string(), "documented shape: {err}");
+        let (s, err) = call(&api, &key, "GET", "/v1/endpoints", Value::Null).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+        assert!(err["error"]["code"].is_string(), "{err}");
+
+        // Jobs enqueued meanwhile (Redis is up): their attempts fail on PostgreSQL and are retried.
+        let n = 20;
+        let opts = || EnqueueOptions { tenant: Some("acme".into()), max_attempts: Some(100), ..Default::default() };
+        let ids = env
+            .client
+            .enqueue_bulk_with((0..n).map(|i| {
+                let payload = serde_json::value::to_raw_value(&json!({"n": i})).unwrap();
+                (WebhookPublish { event_type: "gallery.ready".into(), payload }, opts())
+            }))
+            .await
+            .unwrap();
+        eventually("attempts to fail while PostgreSQL is away", T, || async {
+            let job = env.client.job("webhooks", ids[0].as_str()).await.ok()??;
+            (job.history.iter().any(|a| a.error.contains("database"))).then_some(())
+        })
+        .await;
+        assert!(got.lock().unwrap().len() == 1, "nothing delivered during the outage");
+
+        // Back: the same processes recover.
+        proxy.restore();
+        eventually("the worker's /readyz to turn 200 again", T, || async {
+            worker_ready(&http, addr).await.filter(|(s, _)| *s == 200)
+        })
+        .await;
+        eventually("the scheduler's /readyz to turn 200 again", T, || async {
+            (scheduler_ready().await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+        let (s, after) = eventually("the API to accept an event again", T, || async {
+            let (s, v) =
+                call(&api, &key, "POST", "/v1/events", json!({"type": "gallery.ready", "payload": {"n": 99}})).await;
+            (s == StatusCode::ACCEPTED).then_some((s, v))
+        })
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{after}");
+
+        // Every event delivered exactly once; every job succeeded, none dead.
+        let events = n + 2;
+        eventually("every event to be delivered", T, || async {
+            (got.lock().unwrap().values().sum::<usize>() >= events).then_some(())
+        })
+        .await;
+        eventually("every job to finish", T, || async {
+            let s = env.client.stats("webhooks").await.ok()?;
+            (s.pending() == 0).then_some(())
+        })
+        .await;
+        let s = env.stats("webhooks").await;
+        assert_eq!((s.succeeded, s.died), (2 * events as i64, 0), "{events} publish and {events} deliver jobs: {s:?}");
+        for (id, st) in ids.iter().zip(states(&env.client, "webhooks", &ids).await) {
+            assert_eq!(st, Some(JobState::Succeeded), "job {id}");
+        }
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), events, "one message id per event: {got:?}");
+        assert!(got.values().all(|&c| c == 1), "each delivered exactly once: {got:?}");
+
+        worker.shutdown().await;
+        via.close().await;
+        drop(proxy);
+        db.drop_db().await;
+        env.cleanup().await;
+    }
+}
+
+/// Redis away: the worker's `/readyz` turns 503 naming Redis while `/healthz` (liveness)
+/// stays 200, so an orchestrator takes it out of rotation without restarting it; both
+/// answer 200 once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_away_the_worker_is_alive_but_not_ready() {
+    let mut redis = RedisServer::start().await;
+    let env = TestEnv::on(&redis.url()).await;
+    let mut cfg = env.config("default", 2);
+    cfg.redis_url = redis.url();
+    cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+    let worker = env.worker(cfg, Registry::builtin()).await;
+    let addr = worker.http_addr().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let res = http.get(format!("http://{addr}{path}")).send().await.ok()?;
+            let status = res.status().as_u16();
+            Some((status, serde_json::from_slice::<serde_json::Value>(&res.bytes().await.ok()?).ok()?))
+        }
+    };
+    let (_, ready) =
+        eventually("ready", Duration::from_secs(30), || async { get("/readyz").await.filter(|(s, _)| *s == 200) })
+            .await;
+    assert!(ready["checks"].get("postgres").is_none(), "no PostgreSQL configured, none checked: {ready}");
+    let outage = async {
+        let (_, body) = eventually("/readyz to turn 503 while Redis is down", Duration::from_secs(8), || async {
+            get("/readyz").await.filter(|(s, _)| *s == 503)
+        })
+        .await;
+        assert_eq!(body["checks"]["redis"]["ok"], false, "{body}");
+        assert_eq!(body["checks"]["loop:fetch:default"]["ok"], true, "the loops retry and live on: {body}");
+        let (status, _) = get("/healthz").await.expect("/healthz answers during the outage");
+        assert_eq!(status, 200, "liveness does not depend on Redis");
+    };
+    tokio::join!(redis.restart(Duration::from_secs(10)), outage);
+    eventually("/readyz to turn 200 again", Duration::from_secs(30), || async {
+        get("/readyz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    worker.shutdown().await;
+}

@@ -219,3 +219,87 @@ async fn an_operator_pauses_and_resumes_a_config_schedule_at_run_time() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+/// The scheduler process as shipped (`fleet_scheduler::run`): `/healthz` answers, `/readyz`
+/// names Redis, PostgreSQL and the supervised ticker, sampler and API server, the ticker
+/// enqueues, and shutdown ends `run` cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_serves_readyz_with_its_stores_and_supervised_tasks() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let port = fleet_tests::free_port();
+    let config = fleet_scheduler::config::SchedulerConfig {
+        redis_url: fleet_tests::redis_url(),
+        prefix: env.prefix.clone(),
+        database_url: db.url.clone(),
+        listen: ([127, 0, 0, 1], port).into(),
+        schedules: vec![every_second("health-beat")],
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(fleet_scheduler::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let res = http.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+            let status = res.status().as_u16();
+            Some((status, serde_json::from_slice::<serde_json::Value>(&res.bytes().await.ok()?).ok()?))
+        }
+    };
+    let (_, body) = eventually("the scheduler's /readyz to answer 200", Duration::from_secs(60), || async {
+        get("/readyz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert_eq!(body["status"], "ready", "{body}");
+    for check in ["redis", "postgres", "task:ticker", "task:sampler", "task:api"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+    }
+    let (status, live) = get("/healthz").await.unwrap();
+    assert_eq!((status, &live["status"]), (200, &serde_json::json!("ok")));
+    eventually("the ticker to enqueue a tick", Duration::from_secs(30), || async {
+        let s = env.client.stats("default").await.ok()?;
+        (s.scheduled + s.ready > 0).then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("run ends").unwrap().expect("clean shutdown");
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+/// A ticker that panics does not leave cron stopped behind a green probe: the supervisor
+/// logs and counts it, `/readyz` names it, and a new ticker goes on enqueueing ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_ticker_is_counted_and_restarted_and_cron_goes_on() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let tasks = fleet_jobs::health::Tasks::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (client, pool) = (env.client.clone(), db.pool.clone());
+    let mut made = 0;
+    let ticking = fleet_scheduler::spawn_ticker(&tasks, stop.clone(), move || {
+        made += 1;
+        if made == 1 {
+            panic!("a bug in the ticker");
+        }
+        Ticker::new(client.clone(), Some(pool.clone()), vec![every_second("after-a-panic")])
+    });
+    eventually("a tick enqueued by the restarted ticker", Duration::from_secs(30), || async {
+        let s = env.client.stats("default").await.ok()?;
+        (s.scheduled + s.ready > 0).then_some(())
+    })
+    .await;
+    assert_eq!(tasks.failures("ticker"), 1);
+    let checks = tasks.checks();
+    let ticker = checks.iter().find(|c| c.name == "task:ticker").expect("the ticker is checked");
+    assert!(ticker.ok && ticker.detail.contains("a bug in the ticker"), "{ticker:?}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), ticking).await.expect("the ticker stops").unwrap();
+    assert_eq!(tasks.state("ticker"), Some(fleet_jobs::health::TaskState::Stopped));
+    db.drop_db().await;
+    env.cleanup().await;
+}

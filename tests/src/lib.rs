@@ -357,3 +357,85 @@ impl TestDb {
         }
     }
 }
+
+/// A TCP proxy a test controls: forwards connections on a loopback port of its own to
+/// `target` until [`TcpProxy::cut`], which closes every forwarded connection and refuses
+/// new ones (accepted and closed at once) until [`TcpProxy::restore`]. Stands in for an
+/// outage of a server other tests share (PostgreSQL), which cannot be stopped.
+pub struct TcpProxy {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    up: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `target` (`host:port`).
+    pub async fn start(target: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let state = std::sync::Arc::new(ProxyState {
+            up: std::sync::atomic::AtomicBool::new(true),
+            conns: std::sync::Mutex::new(Vec::new()),
+        });
+        let (s, target) = (state.clone(), target.to_owned());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if !s.up.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut conns = s.conns.lock().unwrap();
+                conns.retain(|c| !c.is_finished());
+                conns.push(task.abort_handle());
+            }
+        });
+        TcpProxy { port, state, accept }
+    }
+
+    /// Cuts the link: every open connection is closed, new ones are refused.
+    pub fn cut(&self) {
+        self.state.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+impl TestDb {
+    /// The host and port of the test's PostgreSQL server (`127.0.0.1:5432`).
+    pub fn server(&self) -> String {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest).to_owned()
+    }
+
+    /// The test database's URL through `127.0.0.1:<port>` (a [`TcpProxy`]) instead of the server.
+    pub fn url_via(&self, port: u16) -> String {
+        self.url.replacen(&self.server(), &format!("127.0.0.1:{port}"), 1)
+    }
+}

@@ -83,6 +83,7 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .map_err(|e| anyhow::anyhow!("calendar.allow: {e}"))?
             .with_relay(relay.clone());
         registry = registry
+            .with_database(db.clone())
             .register(calendar.push_handler())
             .register(calendar)
             .register(images.analyzer())

@@ -43,7 +43,7 @@ pub struct WorkerConfig {
     pub redis_url: String,
     /// Key prefix: the deployment's namespace in Redis.
     pub prefix: String,
-    /// Address of the `/healthz` and `/metrics` endpoint; empty string disables it.
+    /// Address of the `/healthz`, `/readyz` and `/metrics` endpoint; empty string disables it.
     pub listen: Option<SocketAddr>,
     /// Queues served.
     pub queues: Vec<QueueConfig>,

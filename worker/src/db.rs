@@ -24,3 +24,14 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
     MIGRATOR.run(&pool).await.map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))?;
     Ok(pool)
 }
+
+/// PostgreSQL answers `SELECT 1` within `timeout` (getting a connection included).
+pub async fn check(pool: &PgPool, timeout: Duration) -> fleet_jobs::health::Check {
+    use fleet_jobs::health::Check;
+    let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+    match tokio::time::timeout(timeout, query).await {
+        Ok(Ok(_)) => Check::ok("postgres", "SELECT 1 answered"),
+        Ok(Err(e)) => Check::failed("postgres", format!("SELECT 1 failed: {e}")),
+        Err(_) => Check::failed("postgres", format!("no answer to SELECT 1 within {} ms", timeout.as_millis())),
+    }
+}

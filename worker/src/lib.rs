@@ -15,7 +15,7 @@
 //! * `dispatch`: the tower service around every attempt (decode, timeout, panics, metrics).
 //! * [`kinds`]: one module per job kind.
 //! * [`config`]: typed configuration from a file and `FLEET_*` variables.
-//! * `http`: `/healthz` and `/metrics`.
+//! * `http`: `/healthz` (liveness), `/readyz` (readiness) and `/metrics`.
 //! * [`telemetry`]: logs, and job spans exported over OTLP as children of the enqueuer's trace.
 //!
 //! `main.rs` only calls [`cli::main`], which parses arguments, starts telemetry and calls [`run`].
@@ -42,7 +42,8 @@ use anyhow::Context as _;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use dispatch::{Dispatch, DispatchConfig};
-use fleet_jobs::backend::{EngineConfig, EngineHandle, JobEvent, QueueEngine};
+use fleet_jobs::backend::{EngineConfig, JobEvent, QueueEngine};
+use fleet_jobs::health::{Restart, TaskState, Tasks};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,9 +76,12 @@ pub async fn run(config: WorkerConfig, registry: Registry, shutdown: impl Future
 /// A started worker.
 pub struct RunningWorker {
     instance: Arc<str>,
-    engines: Vec<EngineHandle>,
+    engines: http::Engines,
     events: broadcast::Sender<JobEvent>,
     signal: CancellationToken,
+    /// Stops the engine-loop watcher before shutdown ends the loops on purpose.
+    watching: CancellationToken,
+    tasks: Tasks,
     monitor: JoinHandle<()>,
     http: Option<(SocketAddr, JoinHandle<()>)>,
 }
@@ -156,37 +160,61 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
     }
 
     let signal = CancellationToken::new();
+    let tasks = Tasks::new();
+    // The job runtime cannot be rebuilt in place: if it ends before shutdown, readiness fails.
     let monitor_signal = signal.clone();
-    let monitor = tokio::spawn(async move {
-        let stop = async move {
-            monitor_signal.cancelled().await;
-            Ok(())
-        };
-        if let Err(e) = monitor.run_with_signal(stop).await {
-            tracing::error!(error = %e, "worker monitor ended with an error");
+    let mut monitor = Some(monitor);
+    let monitor = fleet_jobs::health::supervise(&tasks, "runtime", Restart::Never, signal.clone(), move || {
+        let monitor = monitor.take();
+        let monitor_signal = monitor_signal.clone();
+        async move {
+            let Some(monitor) = monitor else { return };
+            let stop = async move {
+                monitor_signal.cancelled().await;
+                Ok(())
+            };
+            if let Err(e) = monitor.run_with_signal(stop).await {
+                tracing::error!(error = %e, "worker monitor ended with an error");
+            }
         }
     });
+    let engines: http::Engines = Arc::new(std::sync::Mutex::new(engines));
+    let watching = CancellationToken::new();
+    watch_engine_loops(&tasks, engines.clone(), watching.clone());
 
     let http = match config.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} for /healthz and /metrics (set `listen` or FLEET_LISTEN)")
+                format!("cannot listen on {addr} for /healthz, /readyz and /metrics (set `listen` or FLEET_LISTEN)")
             })?;
             let local = listener.local_addr()?;
             let state = http::HttpState {
                 instance: instance.clone(),
                 queues: Arc::new(config.queues.iter().map(|q| q.name.clone()).collect()),
                 metrics,
+                ready: http::Readiness {
+                    redis: conn.clone(),
+                    db: registry.database().cloned(),
+                    tasks: tasks.clone(),
+                    engines: engines.clone(),
+                },
             };
             let stop = signal.clone();
-            let task = tokio::spawn(async move {
-                let serve = axum::serve(listener, http::app(state))
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "http endpoint failed");
+            let mut listener = Some(listener);
+            // An endpoint that ended leaves probes unanswered: the orchestrator restarts the process.
+            let task = fleet_jobs::health::supervise(&tasks, "http", Restart::Never, signal.clone(), move || {
+                let listener = listener.take();
+                let (state, stop) = (state.clone(), stop.clone());
+                async move {
+                    let Some(listener) = listener else { return };
+                    let serve = axum::serve(listener, http::app(state))
+                        .with_graceful_shutdown(async move { stop.cancelled().await });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "http endpoint failed");
+                    }
                 }
             });
-            tracing::info!(%local, "serving /healthz and /metrics");
+            tracing::info!(%local, "serving /healthz, /readyz and /metrics");
             Some((local, task))
         }
         None => None,
@@ -203,7 +231,49 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
             }
         }
     }
-    Ok(RunningWorker { instance, engines, events, signal, monitor, http })
+    Ok(RunningWorker { instance, engines, events, signal, watching, tasks, monitor, http })
+}
+
+/// How often the engines' loops are looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Watches the engines' fetch, ack and heartbeat loops until `stop`: a loop that ends
+/// before shutdown (a panic, an unexpected return) is logged with its name
+/// (`fetch:<queue>`, ...), counted in `fleet_task_failures_total` and marked failed, so
+/// `/readyz` fails (the engine cannot restart one loop alone; the process is restarted).
+fn watch_engine_loops(tasks: &Tasks, engines: http::Engines, stop: CancellationToken) {
+    let tasks = tasks.clone();
+    for e in engines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for l in ["fetch", "ack", "heartbeat"] {
+            fleet_jobs::health::counted(&format!("{l}:{}", e.queue()));
+        }
+    }
+    tokio::spawn(async move {
+        let mut reported = std::collections::HashSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            let ended: Vec<String> = {
+                let engines = engines.lock().unwrap_or_else(|p| p.into_inner());
+                engines
+                    .iter()
+                    .flat_map(|e| e.ended_loops().into_iter().map(move |l| format!("{l}:{}", e.queue())))
+                    .collect()
+            };
+            for name in ended {
+                if reported.insert(name.clone()) {
+                    let reason = "ended while the worker was running (panicked or returned)";
+                    fleet_jobs::health::task_failed(&name, reason, None);
+                    tasks.failed(&name, TaskState::Failed, reason);
+                }
+            }
+        }
+    });
 }
 
 impl RunningWorker {
@@ -222,15 +292,22 @@ impl RunningWorker {
         self.http.as_ref().map(|(a, _)| *a)
     }
 
+    /// The supervised tasks and their states (what `/readyz` reports of them).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
     /// Graceful shutdown (see [`run`]).
     pub async fn shutdown(self) {
         tracing::info!(instance = %self.instance, "shutting down: no new jobs; waiting for running jobs");
-        for e in &self.engines {
+        self.watching.cancel();
+        let engines = std::mem::take(&mut *self.engines.lock().unwrap_or_else(|p| p.into_inner()));
+        for e in &engines {
             e.stop_fetching();
         }
         self.signal.cancel();
         let _ = self.monitor.await;
-        for e in self.engines {
+        for e in engines {
             e.shutdown().await;
         }
         if let Some((_, task)) = self.http {

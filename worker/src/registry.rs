@@ -64,6 +64,7 @@ impl Entry {
 #[derive(Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Entry>,
+    database: Option<sqlx::PgPool>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -96,6 +97,18 @@ impl Registry {
             Entry { handler: Box::new(Typed(Arc::new(handler))), policy },
         );
         self
+    }
+
+    /// The PostgreSQL the registered kinds keep their records in: `/readyz` checks it
+    /// (`SELECT 1`), so a worker whose kinds cannot reach their database is not ready.
+    pub fn with_database(mut self, pool: sqlx::PgPool) -> Self {
+        self.database = Some(pool);
+        self
+    }
+
+    /// The database given to [`Registry::with_database`].
+    pub fn database(&self) -> Option<&sqlx::PgPool> {
+        self.database.as_ref()
     }
 
     pub(crate) fn get(&self, kind: &str) -> Option<&Entry> {

@@ -159,6 +159,17 @@ impl EngineHandle {
         self.shared.leased().len()
     }
 
+    /// The engine's loops (`fetch`, `ack`, `heartbeat`) that have ended. Before shutdown
+    /// each runs for the life of the engine, so an ended one panicked or returned: the
+    /// worker's `/readyz` and its supervisor read this.
+    pub fn ended_loops(&self) -> Vec<&'static str> {
+        [("fetch", &self.fetcher), ("ack", &self.acker), ("heartbeat", &self.heartbeat)]
+            .into_iter()
+            .filter(|(_, h)| h.is_finished())
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// Stops leasing new jobs (running jobs go on).
     pub fn stop_fetching(&self) {
         self.shared.stop_fetch.cancel();
