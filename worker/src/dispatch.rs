@@ -81,7 +81,11 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
     let env: Envelope = match serde_json::from_str(&job.envelope) {
         Ok(env) => env,
         Err(e) => {
-            let reason = format!("undecodable envelope: {e}");
+            let reason = if job.envelope == fleet_jobs::backend::calls::NOT_UTF8 {
+                "undecodable envelope: its bytes are not UTF-8 (kept as stored; see fleetctl job)".to_owned()
+            } else {
+                format!("undecodable envelope: {e}")
+            };
             tracing::error!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, %reason, "job sent to dead letters");
             return dead(&job, None, cfg, started_at, t0, reason);
         }

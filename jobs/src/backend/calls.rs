@@ -48,6 +48,20 @@ fn string(v: Value) -> String {
     }
 }
 
+/// Marks an envelope whose stored bytes are not UTF-8 (see [`envelope_text`]).
+pub const NOT_UTF8: &str = "\u{0}fleet:envelope-not-utf-8\u{0}";
+
+/// A leased envelope as text. Bytes that are not UTF-8 are never run with their
+/// arguments mangled by a lossy conversion: the text becomes [`NOT_UTF8`], which no
+/// decoder accepts, so the job goes to the dead letters with that reason (its stored
+/// bytes stay as they were, for an operator to inspect).
+fn envelope_text(v: Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).unwrap_or_else(|_| NOT_UTF8.to_owned()),
+        other => string(other),
+    }
+}
+
 /// Promotes due scheduled jobs (at most `cfg.promote_limit`) and leases up to
 /// `want` ready jobs for `cfg.lease`, in one script call.
 pub async fn lease(
@@ -74,7 +88,7 @@ pub async fn lease(
             queue: cfg.queue.clone(),
             attempt: int(&att).max(1) as u32,
             token: string(tok),
-            envelope: string(env),
+            envelope: envelope_text(env),
             lost: tokio_util::sync::CancellationToken::new(),
         });
     }

@@ -1,6 +1,7 @@
 -- Replays or purges dead letters named by id (at most a few hundred per call, as sent).
 -- replay: the job goes back to the end of its ready list with a fresh set of attempts
--- (its history is kept); purge: its record is deleted. Ids that are not dead are skipped.
+-- (its history is kept); purge: its record is deleted. Ids that are not dead are skipped,
+-- except that a purge also deletes a dead-letter entry whose state Fleet did not write.
 -- KEYS: jobs state att r0 r1 r2 stats dead hist wake
 -- ARGV: op (replay | purge), id...
 -- Returns the number of jobs moved.
@@ -11,7 +12,13 @@ local n = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local st = redis.call('HGET', K.state, id)
-  if st and code_of(st) == 'd' and redis.call('ZREM', K.dead, id) == 1 then
+  -- A purge also takes a dead-letter entry whose state is not one Fleet writes (or is
+  -- gone): an operator must always be able to get rid of what the dead letters list.
+  local foreign = op == 'purge' and not (st and st ~= '' and string.find('qsyrkdcx', code_of(st), 1, true))
+  if foreign and redis.call('ZREM', K.dead, id) == 1 then
+    purge(K, id)
+    n = n + 1
+  elseif st and code_of(st) == 'd' and redis.call('ZREM', K.dead, id) == 1 then
     if op == 'replay' then
       local p = pri_of(st)
       redis.call('HSET', K.att, id, 0)
@@ -26,7 +33,8 @@ for i = 2, #ARGV do
   end
 end
 if n > 0 then
-  redis.call('HINCRBY', K.stats, 'dead', -n)
+  -- Never below zero (a foreign entry may not have been counted).
+  if redis.call('HINCRBY', K.stats, 'dead', -n) < 0 then redis.call('HSET', K.stats, 'dead', 0) end
   if op == 'replay' then
     redis.call('HINCRBY', K.stats, 'ready', n)
     redis.call('HINCRBY', K.stats, 'replayed', n)
