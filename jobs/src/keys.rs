@@ -46,6 +46,10 @@ pub struct QueueKeys {
     pub batchdone: String,
     /// Batches whose callbacks were enqueued, by time (for expiry of their counters).
     pub batchfin: String,
+    /// Crash counts: hash id -> times the job was running when its worker stopped.
+    pub crashes: String,
+    /// Suspects: ready ids whose worker stopped while they ran, leased one at a time, alone.
+    pub suspects: String,
 }
 
 impl QueueKeys {
@@ -72,6 +76,8 @@ impl QueueKeys {
             batches: k("batches"),
             batchdone: k("batchdone"),
             batchfin: k("batchfin"),
+            crashes: k("crashes"),
+            suspects: k("suspects"),
         }
     }
 }
@@ -101,6 +107,8 @@ impl QueueKeys {
             "batches" => &self.batches,
             "batchdone" => &self.batchdone,
             "batchfin" => &self.batchfin,
+            "crashes" => &self.crashes,
+            "suspects" => &self.suspects,
             other => panic!("no queue key named {other:?}"),
         }
     }
