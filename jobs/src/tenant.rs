@@ -140,14 +140,8 @@ impl Client {
         validate_queue_name(queue).map_err(crate::Error::Invalid)?;
         let k = self.keys(queue);
         let base = k.jobs.trim_end_matches("jobs").to_owned();
-        let (running, open, cap, own_cap, quota, own_quota): (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-        ) = redis::pipe()
+        type Fields = (Option<u64>, Option<u64>, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+        let (running, open, cap, own_cap, quota, own_quota): Fields = redis::pipe()
             .hget(format!("{base}trun"), tenant)
             .hget(format!("{base}topen"), tenant)
             .hget(&k.conf, "tcap")
