@@ -50,6 +50,8 @@ pub struct QueueKeys {
     pub crashes: String,
     /// Suspects: ready ids whose worker stopped while they ran, leased one at a time, alone.
     pub suspects: String,
+    /// The one worker instance told to drain so it can take a suspect (expires by itself).
+    pub drain: String,
 }
 
 impl QueueKeys {
@@ -78,6 +80,7 @@ impl QueueKeys {
             batchfin: k("batchfin"),
             crashes: k("crashes"),
             suspects: k("suspects"),
+            drain: k("drain"),
         }
     }
 }
@@ -109,6 +112,7 @@ impl QueueKeys {
             "batchfin" => &self.batchfin,
             "crashes" => &self.crashes,
             "suspects" => &self.suspects,
+            "drain" => &self.drain,
             other => panic!("no queue key named {other:?}"),
         }
     }

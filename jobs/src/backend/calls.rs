@@ -76,11 +76,12 @@ pub async fn lease_for(
     holds_nothing: bool,
 ) -> RedisResult<Leased> {
     let v: Vec<Value> = k
-        .invoke(&scripts::FETCH, "jobs state att r0 r1 r2 sched leases stats wake conf suspects")
+        .invoke(&scripts::FETCH, "jobs state att r0 r1 r2 sched leases stats wake conf suspects drain")
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
         .arg(cfg.promote_limit)
         .arg(u8::from(holds_nothing))
+        .arg(&cfg.instance)
         .invoke_async(conn)
         .await?;
     let mut it = v.into_iter();

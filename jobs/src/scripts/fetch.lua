@@ -4,18 +4,21 @@
 -- run in order. A tenant at its concurrency cap is parked until one of its jobs stops.
 -- Suspects (jobs that were running when their worker stopped, see heartbeat.lua) wait in
 -- their own list and are leased only to a worker that holds nothing else in this queue,
--- one at a time and alone (token suffix `i`): a worker that holds jobs is told they
--- wait (flag 1) so it drains and comes back for one.
--- KEYS: jobs state att r0 r1 r2 sched leases stats wake conf suspects
--- ARGV: max jobs, lease ms, promote limit, 1 if the caller holds no job of this queue
+-- one at a time and alone (token suffix `i`). While suspects wait and no worker holding
+-- nothing comes for them, one worker at a time (the holder of the `drain` claim, for at
+-- most ten leases) is told to drain (flag 1): it leases nothing until it holds nothing,
+-- then comes back for one.
+-- KEYS: jobs state att r0 r1 r2 sched leases stats wake conf suspects drain
+-- ARGV: max jobs, lease ms, promote limit, 1 if the caller holds no job of this queue,
+--       the caller's instance id
 -- Returns: { now, next due ms or -1, paused 0/1, flags, id, envelope, attempt, token, ... }
 -- flags: 0, or 1 suspects wait for a worker holding nothing, or 2 the one job returned
 -- is a suspect, to run alone (lease nothing else until it finishes).
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
             sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], wake = KEYS[10], conf = KEYS[11],
-            suspects = KEYS[12] }
+            suspects = KEYS[12], drain = KEYS[13] }
 local want, lease_ms, promote_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local holds_nothing = ARGV[4] == '1'
+local holds_nothing, instance = ARGV[4] == '1', ARGV[5]
 local now = now_ms()
 
 local function next_due()
@@ -57,8 +60,13 @@ end
 -- at its cap goes to the back).
 local flags = 0
 if redis.call('LLEN', K.suspects) > 0 then
-  flags = 1
+  local drainer = redis.call('GET', K.drain)
+  if (not drainer) or drainer == instance then
+    flags = 1
+    if not holds_nothing then redis.call('SET', K.drain, instance, 'PX', 10 * lease_ms) end
+  end
   if holds_nothing then
+    if drainer == instance then redis.call('DEL', K.drain) end
     for _ = 1, 3 do
       local id = redis.call('LPOP', K.suspects)
       if not id then break end
@@ -86,7 +94,7 @@ if redis.call('LLEN', K.suspects) > 0 then
         return { now, next_due(), 0, 2, id, redis.call('HGET', K.jobs, id), a, tok }
       end
     end
-    if flags == 1 and redis.call('LLEN', K.suspects) == 0 then flags = 0 end
+    flags = 0
   end
 end
 
