@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
 mod controls;
+mod suspects;
 
 const T: Duration = Duration::from_secs(20);
 
