@@ -623,7 +623,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            // Renewals keep their cadence whatever the calls above took (the fence
+            // counts from each renewal).
+            _ = tokio::time::sleep(interval.saturating_sub(sent.elapsed()).max(Duration::from_millis(10))) => {}
         }
     }
 }
