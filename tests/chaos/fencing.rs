@@ -4,7 +4,7 @@
 use fleet_jobs::JobState;
 use fleet_jobs::backend::{JobEvent, Outcome};
 use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
-use fleet_tests::{TestEnv, eventually, redis_url};
+use fleet_tests::{TestEnv, WorkerProcess, eventually, redis_url};
 use fleet_worker::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,5 +155,43 @@ async fn a_worker_cut_off_from_redis_stops_its_job_before_the_lease_ends_and_doe
     assert!(job.history[0].error.contains("lease expired: its worker stopped (crash 1 of 3"), "{:?}", job.history);
     b.shutdown().await;
     a.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_worker_process_says_it_stops_its_jobs_and_runs_them_again_once_back() {
+    let env = TestEnv::new().await;
+    let upstream = redis_url().trim_start_matches("redis://").split('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(upstream).await;
+    let log = std::env::temp_dir().join(format!("{}-worker.log", env.prefix));
+    let settings = super::settings("1500");
+    let worker = WorkerProcess::spawn_logged(super::EXE, &proxy.url(), &env.prefix, &settings, Some(&log));
+    let id = env.client.enqueue(&ProbeArgs::new(ProbeAction::Sleep { ms: 2500 })).await.unwrap();
+    eventually("the job to run in the worker behind the proxy", Duration::from_secs(20), || async {
+        (env.client.job_state("default", id.as_str()).await.ok()?? == JobState::Running).then_some(())
+    })
+    .await;
+    proxy.cut();
+    let cut_at = Instant::now();
+    eventually("the worker to log that it stops the job", Duration::from_secs(3), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("leases not renewed in time").then_some(())
+    })
+    .await;
+    let took = cut_at.elapsed();
+    assert!(took < Duration::from_millis(1500), "logged {took:?} after the cut, not within the lease");
+    // Back online: the stopped attempt is not acknowledged; the job's lease expires and
+    // it runs again (alone, as a suspect), once.
+    proxy.restore();
+    eventually("the job to succeed", Duration::from_secs(30), || async {
+        (env.client.job_state("default", id.as_str()).await.ok()?? == JobState::Succeeded).then_some(())
+    })
+    .await;
+    let s = env.stats("default").await;
+    assert_eq!((s.succeeded, s.stale, s.lease_expired, s.running), (1, 0, 1, 0), "{s:?}");
+    let job = env.client.job("default", id.as_str()).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 1, "{:?}", job.history);
+    worker.terminate(Duration::from_secs(15));
+    let _ = std::fs::remove_file(&log);
     env.cleanup().await;
 }
