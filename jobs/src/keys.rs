@@ -46,6 +46,12 @@ pub struct QueueKeys {
     pub batchdone: String,
     /// Batches whose callbacks were enqueued, by time (for expiry of their counters).
     pub batchfin: String,
+    /// Crash counts: hash id -> times the job was running when its worker stopped.
+    pub crashes: String,
+    /// Suspects: ready ids whose worker stopped while they ran, leased one at a time, alone.
+    pub suspects: String,
+    /// The one worker instance told to drain so it can take a suspect (expires by itself).
+    pub drain: String,
 }
 
 impl QueueKeys {
@@ -72,6 +78,9 @@ impl QueueKeys {
             batches: k("batches"),
             batchdone: k("batchdone"),
             batchfin: k("batchfin"),
+            crashes: k("crashes"),
+            suspects: k("suspects"),
+            drain: k("drain"),
         }
     }
 }
@@ -101,6 +110,9 @@ impl QueueKeys {
             "batches" => &self.batches,
             "batchdone" => &self.batchdone,
             "batchfin" => &self.batchfin,
+            "crashes" => &self.crashes,
+            "suspects" => &self.suspects,
+            "drain" => &self.drain,
             other => panic!("no queue key named {other:?}"),
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod acks;
 mod controls;
 mod expiry;
+mod suspects;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -207,7 +208,7 @@ async fn a_completion_with_a_stale_lease_token_is_refused_and_counted() {
     assert_eq!(first.jobs.len(), 1);
     let old = &first.jobs[0];
     // The zombie's 1 ms lease has expired by the time anyone looks: a heartbeat of
-    // another worker takes the job back, counting the attempt.
+    // another worker takes the job back, as a suspect (its attempt is not charged).
     let other = EngineConfig::new(&env.prefix, "default", "healthy");
     let report = eventually("the expired lease to be reaped", T, || {
         let (mut c, k, o) = (conn.clone(), keys.clone(), other.clone());
@@ -218,7 +219,8 @@ async fn a_completion_with_a_stale_lease_token_is_refused_and_counted() {
     let second = calls::lease(&mut conn, &keys, &other, 10).await.unwrap();
     assert_eq!(second.jobs.len(), 1);
     let new = &second.jobs[0];
-    assert_eq!(new.attempt, 2, "the expired attempt counts");
+    assert_eq!(new.attempt, 1, "the expired attempt is not charged: its worker stopped beside it");
+    assert!(second.isolated, "a suspect is leased alone");
     assert_ne!(new.token, old.token);
 
     let done = |token: &str| Completion {

@@ -162,7 +162,22 @@ impl WorkerProcess {
     /// Starts `exe` (pass `env!("CARGO_BIN_EXE_fleet-worker-e2e")`) on `redis_url`
     /// and `prefix`, with extra `FLEET_*` settings.
     pub fn spawn(exe: &str, redis_url: &str, prefix: &str, settings: &[(&str, &str)]) -> WorkerProcess {
+        Self::spawn_logged(exe, redis_url, prefix, settings, None)
+    }
+
+    /// Like [`WorkerProcess::spawn`], with the process's log (stderr) written to `log`
+    /// when given.
+    pub fn spawn_logged(
+        exe: &str,
+        redis_url: &str,
+        prefix: &str,
+        settings: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> WorkerProcess {
         let mut cmd = std::process::Command::new(exe);
+        if let Some(path) = log {
+            cmd.stderr(std::fs::File::create(path).expect("create the worker's log file"));
+        }
         cmd.env("FLEET_REDIS_URL", redis_url)
             .env("FLEET_PREFIX", prefix)
             .env("FLEET_LISTEN", "")

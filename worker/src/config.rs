@@ -64,6 +64,10 @@ pub struct WorkerConfig {
     pub dead_max_age_secs: u64,
     /// Attempt records kept per job.
     pub history_cap: u32,
+    /// Times a job may be running when its worker stops before it goes to the dead
+    /// letters as "crashed its worker N times" (a queue's `conf` field `crash_limit`
+    /// overrides it at run time).
+    pub crash_limit: u32,
     /// Log format.
     pub log_format: LogFormat,
     /// Limits by limit key or key prefix ending in `*`, e.g.
@@ -100,6 +104,7 @@ impl Default for WorkerConfig {
             dead_max_count: 100_000,
             dead_max_age_secs: 30 * 24 * 3600,
             history_cap: 10,
+            crash_limit: 3,
             log_format: LogFormat::Text,
             limits: Default::default(),
             database_url: None,
@@ -225,6 +230,9 @@ impl WorkerConfig {
                 message,
             })?;
         }
+        if let Some(v) = get("FLEET_CRASH_LIMIT") {
+            self.crash_limit = num("FLEET_CRASH_LIMIT", &v)?;
+        }
         if let Some(v) = get("FLEET_LEASE_MS") {
             self.lease_ms = num("FLEET_LEASE_MS", &v)?;
         }
@@ -305,6 +313,9 @@ impl WorkerConfig {
         }
         if self.history_cap == 0 {
             return invalid("history_cap", "must be at least 1".into());
+        }
+        if self.crash_limit == 0 {
+            return invalid("crash_limit", "must be at least 1".into());
         }
         for c in &self.webhooks.allow {
             if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {

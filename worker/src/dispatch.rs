@@ -131,6 +131,11 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             tenant: env.tenant.clone(),
             cpu: cfg.cpu.clone(),
         };
+        if job.lost.is_cancelled() {
+            // Cancelled, taken back or fenced (its lease could not be renewed) before it started.
+            tracing::warn!("job not started: its lease is no longer this attempt's");
+            return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), tenant: env.tenant.clone(), op: Op::Lost };
+        }
         let prepared = match entry.start(&env.args, ctx) {
             Ok(p) => p,
             Err(e) => {

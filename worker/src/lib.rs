@@ -150,6 +150,7 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
         ec.dead_max_count = config.dead_max_count;
         ec.dead_max_age = Duration::from_secs(config.dead_max_age_secs);
         ec.history_cap = config.history_cap;
+        ec.crash_limit = config.crash_limit;
         let (backend, handle) = QueueEngine::start(client.clone(), conn.clone(), ec, events.clone());
         let service = Dispatch::new(registry.clone(), handle.completer(), dispatch_cfg.clone());
         let name = format!("{}@{}", q.name, instance);

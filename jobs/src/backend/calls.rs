@@ -16,6 +16,11 @@ pub struct Leased {
     pub next_due: i64,
     /// Whether the queue is paused (then no jobs are leased).
     pub paused: bool,
+    /// Suspects (jobs whose worker stopped while they ran) wait for a worker that holds
+    /// nothing of this queue: the caller should drain and ask again holding nothing.
+    pub suspects_waiting: bool,
+    /// The one job returned is a suspect leased alone: lease nothing else until it ends.
+    pub isolated: bool,
     /// The leased jobs, highest priority first.
     pub jobs: Vec<RawJob>,
 }
@@ -63,24 +68,41 @@ fn envelope_text(v: Value) -> String {
 }
 
 /// Promotes due scheduled jobs (at most `cfg.promote_limit`) and leases up to
-/// `want` ready jobs for `cfg.lease`, in one script call.
+/// `want` ready jobs for `cfg.lease`, in one script call, for a caller that holds no
+/// job of this queue (so it may be given one suspect, alone: see [`lease_for`]).
 pub async fn lease(
     conn: &mut ConnectionManager,
     k: &QueueKeys,
     cfg: &EngineConfig,
     want: usize,
 ) -> RedisResult<Leased> {
+    lease_for(conn, k, cfg, want, true).await
+}
+
+/// Like [`lease`]. `holds_nothing`: the caller holds no job of this queue, so it may be
+/// given one suspect (a job that was running when its worker stopped) to run alone;
+/// then it must lease nothing else until that job has finished.
+pub async fn lease_for(
+    conn: &mut ConnectionManager,
+    k: &QueueKeys,
+    cfg: &EngineConfig,
+    want: usize,
+    holds_nothing: bool,
+) -> RedisResult<Leased> {
     let v: Vec<Value> = k
-        .invoke(&scripts::FETCH, "jobs state att r0 r1 r2 sched leases stats wake conf")
+        .invoke(&scripts::FETCH, "jobs state att r0 r1 r2 sched leases stats wake conf suspects drain")
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
         .arg(cfg.promote_limit)
+        .arg(u8::from(holds_nothing))
+        .arg(&cfg.instance)
         .invoke_async(conn)
         .await?;
     let mut it = v.into_iter();
     let now = it.next().map(|v| int(&v)).unwrap_or(0);
     let next_due = it.next().map(|v| int(&v)).unwrap_or(-1);
     let paused = it.next().map(|v| int(&v)).unwrap_or(0) == 1;
+    let flags = it.next().map(|v| int(&v)).unwrap_or(0);
     let mut jobs = Vec::new();
     while let (Some(id), Some(env), Some(att), Some(tok)) = (it.next(), it.next(), it.next(), it.next()) {
         jobs.push(RawJob {
@@ -92,7 +114,7 @@ pub async fn lease(
             lost: tokio_util::sync::CancellationToken::new(),
         });
     }
-    Ok(Leased { now, next_due, paused, jobs })
+    Ok(Leased { now, next_due, paused, suspects_waiting: flags == 1, isolated: flags == 2, jobs })
 }
 
 /// What became of one completion in Redis.
@@ -188,7 +210,9 @@ pub async fn complete(
 }
 
 /// Renews the leases of `held` (id, token) pairs, records `cfg.instance` as alive,
-/// and takes back up to 100 expired leases of any worker, in one script call.
+/// and takes back up to 100 expired leases of any worker, in one script call: each
+/// such job's crash count goes up and it waits as a suspect, or ends dead at
+/// `cfg.crash_limit` crashes (see `heartbeat.lua`).
 pub async fn heartbeat(
     conn: &mut ConnectionManager,
     k: &QueueKeys,
@@ -197,14 +221,15 @@ pub async fn heartbeat(
 ) -> RedisResult<HeartbeatReport> {
     let mut inv = k.invoke(
         &scripts::HEARTBEAT,
-        "jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone workerjobs",
+        "jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone workerjobs crashes suspects conf",
     );
     inv.arg(cfg.lease.as_millis() as u64)
         .arg(&cfg.instance)
         .arg(100)
         .arg(cfg.dead_max_count)
         .arg(cfg.dead_max_age.as_millis() as u64)
-        .arg(cfg.history_cap.max(1));
+        .arg(cfg.history_cap.max(1))
+        .arg(cfg.crash_limit.max(1));
     for (id, tok) in held {
         inv.arg(id).arg(tok);
     }

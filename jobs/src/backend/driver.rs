@@ -41,6 +41,15 @@ struct Held {
     /// Its completion is on its way to Redis: a heartbeat that no longer finds the
     /// lease there is seeing the completion, not another attempt.
     completing: bool,
+    /// Attempt number (for events).
+    attempt: u32,
+    /// When the call that last set its lease (the fetch, then each successful renewal)
+    /// was sent, on this process's monotonic clock: the lease in Redis ends no sooner
+    /// than this plus the lease length.
+    renewed_at: Instant,
+    /// Stopped by this process because its lease could not be renewed in time (see
+    /// `fence`): no longer renewed, its completion is `Op::Lost`.
+    fenced: bool,
 }
 
 impl Shared {
@@ -84,6 +93,7 @@ impl QueueEngine {
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), hb_stop.clone()));
         // Ends with the heartbeat (shutdown cancels hb_stop).
         tokio::spawn(janitor(shared.clone(), hb_stop.clone()));
+        let fence = tokio::spawn(fence(shared.clone(), hb_stop.clone()));
         let backend = RedisBackend { rx: Arc::new(Mutex::new(task_rx)), config: shared.cfg.clone(), stop: stop_fetch };
         let handle = EngineHandle {
             completer: Completer { tx: done_tx, slots: shared.slots.clone() },
@@ -91,6 +101,7 @@ impl QueueEngine {
             fetcher,
             acker,
             heartbeat,
+            fence,
             ack_close,
             hb_stop,
         };
@@ -128,6 +139,7 @@ pub struct EngineHandle {
     fetcher: JoinHandle<()>,
     acker: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    fence: JoinHandle<()>,
     ack_close: CancellationToken,
     hb_stop: CancellationToken,
 }
@@ -231,6 +243,7 @@ impl EngineHandle {
         }
         self.hb_stop.cancel();
         let _ = self.heartbeat.await;
+        let _ = self.fence.await;
         let _: RedisResult<()> = redis::pipe()
             .zrem(&shared.keys.workers, &shared.cfg.instance)
             .ignore()
@@ -264,7 +277,17 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
     let mut waiter: Option<ConnectionManager> = None;
     let mut backoff = ErrorBackoff::new();
     let batch = cfg.fetch_batch.max(1);
-    loop {
+    // Set while a suspect runs alone here, or while suspects wait for a worker that holds
+    // nothing: lease nothing until every job held here has finished.
+    let mut drain = false;
+    'fetching: loop {
+        while drain {
+            if shared.leased().is_empty() {
+                drain = false;
+            } else {
+                tokio::select! { _ = stop.cancelled() => break 'fetching, _ = tokio::time::sleep(Duration::from_millis(10)) => {} }
+            }
+        }
         // Hold at least one free slot, then take every other free slot up to a batch.
         let first = tokio::select! {
             biased;
@@ -283,7 +306,9 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
             }
         }
         // A fetch is never cancelled half-way: its leases must be recorded.
-        let fetched = match calls::lease(&mut shared.conn.clone(), &shared.keys, cfg, want).await {
+        let holds_nothing = shared.leased().is_empty();
+        let sent = Instant::now();
+        let fetched = match calls::lease_for(&mut shared.conn.clone(), &shared.keys, cfg, want, holds_nothing).await {
             Ok(f) => f,
             Err(e) => {
                 shared.slots.add_permits(want);
@@ -299,12 +324,26 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
         if got < want {
             shared.slots.add_permits(want - got);
         }
+        if fetched.isolated
+            && let Some(j) = fetched.jobs.first()
+        {
+            tracing::info!(queue = %cfg.queue, id = %j.id, "running a suspect alone (it was running when its worker stopped)");
+        }
         if got > 0 {
             {
                 let mut leased = shared.leased();
                 for j in &fetched.jobs {
-                    leased
-                        .insert(j.id.clone(), Held { token: j.token.clone(), lost: j.lost.clone(), completing: false });
+                    leased.insert(
+                        j.id.clone(),
+                        Held {
+                            token: j.token.clone(),
+                            lost: j.lost.clone(),
+                            completing: false,
+                            attempt: j.attempt,
+                            renewed_at: sent,
+                            fenced: false,
+                        },
+                    );
                 }
             }
             for job in fetched.jobs {
@@ -313,6 +352,10 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
                 // If the worker is gone the job stays leased and is handed back at shutdown.
                 let _ = tx.send(task).await;
             }
+        }
+        if fetched.isolated || fetched.suspects_waiting {
+            drain = true;
+            continue;
         }
         if got == want && !fetched.paused {
             continue;
@@ -542,9 +585,25 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     // so a cancelled job's handler is stopped within about 2 s.
     let interval = (cfg.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(2));
     loop {
-        let held: Vec<(String, String)> = shared.leased().iter().map(|(id, h)| (id.clone(), h.token.clone())).collect();
+        // Jobs stopped by the fence are not renewed: their leases run out and another
+        // worker takes them over.
+        let held: Vec<(String, String)> =
+            shared.leased().iter().filter(|(_, h)| !h.fenced).map(|(id, h)| (id.clone(), h.token.clone())).collect();
+        let sent = Instant::now();
         match calls::heartbeat(&mut shared.conn.clone(), k, cfg, &held).await {
             Ok(report) => {
+                {
+                    let lost: std::collections::HashSet<&str> = report.lost.iter().map(String::as_str).collect();
+                    let mut leased = shared.leased();
+                    for (id, token) in &held {
+                        if lost.contains(id.as_str()) {
+                            continue;
+                        }
+                        if let Some(h) = leased.get_mut(id).filter(|h| &h.token == token) {
+                            h.renewed_at = h.renewed_at.max(sent);
+                        }
+                    }
+                }
                 if report.reaped > 0 {
                     metrics::counter!("fleet_lease_expiries_total", "queue" => cfg.queue.clone())
                         .increment(report.reaped);
@@ -557,7 +616,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     let mut lost = 0u64;
                     for id in &report.lost {
                         // The handler stops; its completion (Op::Lost) removes the entry.
-                        if let Some(h) = leased.get(id).filter(|h| !h.completing) {
+                        if let Some(h) = leased.get(id).filter(|h| !h.completing && !h.fenced) {
                             h.lost.cancel();
                             lost += 1;
                         }
@@ -608,7 +667,66 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            // Renewals keep their cadence whatever the calls above took (the fence
+            // counts from each renewal).
+            _ = tokio::time::sleep(interval.saturating_sub(sent.elapsed()).max(Duration::from_millis(10))) => {}
+        }
+    }
+}
+
+/// How long before its lease ends in Redis a job that could not be renewed is stopped:
+/// a fifth of the lease.
+fn fence_margin(lease: Duration) -> Duration {
+    lease / 5
+}
+
+/// Self-fencing. When leases cannot be renewed (Redis unreachable), every job whose
+/// lease was last set more than `lease - margin` ago is stopped here before its lease
+/// ends in Redis, where another worker may take it over: its `lost` token fires (the
+/// runtime drops the handler and reports `Op::Lost`, which Redis never applies) and an
+/// [`Outcome::Fenced`] event is sent at once. Measured on this process's monotonic
+/// clock from the sending of the call that set the lease, so it holds whatever the
+/// clocks of Redis and this host say.
+async fn fence(shared: Arc<Shared>, stop: CancellationToken) {
+    let cfg = &shared.cfg;
+    let keep = cfg.lease.saturating_sub(fence_margin(cfg.lease));
+    let tick = (cfg.lease / 20).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let now = Instant::now();
+        let mut fenced: Vec<(String, u32)> = Vec::new();
+        {
+            let mut leased = shared.leased();
+            for (id, h) in leased.iter_mut() {
+                if h.fenced || h.completing || now.saturating_duration_since(h.renewed_at) < keep {
+                    continue;
+                }
+                h.fenced = true;
+                h.lost.cancel();
+                fenced.push((id.clone(), h.attempt));
+            }
+        }
+        if fenced.is_empty() {
+            continue;
+        }
+        metrics::counter!("fleet_leases_fenced_total", "queue" => cfg.queue.clone()).increment(fenced.len() as u64);
+        let shown: Vec<&str> = fenced.iter().take(10).map(|(id, _)| id.as_str()).collect();
+        tracing::warn!(queue = %cfg.queue, jobs = fenced.len(), ids = ?shown, lease_ms = cfg.lease.as_millis() as u64,
+            "leases not renewed in time (Redis unreachable?): stopping these jobs before their leases expire; \
+             another worker takes them over and this one will not acknowledge them");
+        if shared.events.receiver_count() > 0 {
+            for (id, attempt) in fenced {
+                let _ = shared.events.send(JobEvent {
+                    queue: cfg.queue.clone(),
+                    id,
+                    kind: String::new(),
+                    attempt,
+                    outcome: Outcome::Fenced,
+                });
+            }
         }
     }
 }

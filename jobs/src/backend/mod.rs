@@ -146,6 +146,10 @@ pub enum Outcome {
     Gone,
     /// Abandoned by this worker after its lease was lost (cancelled or taken back).
     Abandoned,
+    /// Stopped by this worker because it could not renew the job's lease (Redis
+    /// unreachable) and the lease was about to expire: sent at once, before Redis is
+    /// reached again; the job's completion follows as [`Outcome::Abandoned`].
+    Fenced,
 }
 
 /// One applied (or refused) completion.
@@ -190,6 +194,10 @@ pub struct EngineConfig {
     pub promote_limit: usize,
     /// Longest an idle fetcher blocks before looking again.
     pub idle_wait: Duration,
+    /// Times a job may be running when its worker stops (its lease expires) before it
+    /// goes to the dead letters as "crashed its worker N times". The queue's `conf`
+    /// hash field `crash_limit` overrides it at run time.
+    pub crash_limit: u32,
 }
 
 impl EngineConfig {
@@ -208,6 +216,7 @@ impl EngineConfig {
             history_cap: 10,
             promote_limit: 1000,
             idle_wait: Duration::from_secs(1),
+            crash_limit: 3,
         }
     }
 }

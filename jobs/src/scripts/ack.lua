@@ -99,9 +99,9 @@ local function apply(id, tok, op, p, delay, entry, batch, late)
   if late then n_unready = n_unready + 1 end
 end
 
--- Ops applied late. Not release, snooze or defer: they give the attempt back, so the
--- same attempt number can come round again and a late one could not be told from a
--- duplicate of an older one; the reaped job is in ready anyway, as they asked.
+-- Ops applied late, to a job reaped from the completion's lease (state `q<p>!<token>`)
+-- and not leased since. Not release, snooze or defer: the reaped job is in ready anyway,
+-- as they asked. (A plain `q<p>` with the same attempt count is the older form.)
 local LATE_OK = { ok = true, expire = true, dead = true, retry = true }
 
 for i = 5, #ARGV, 7 do
@@ -123,6 +123,11 @@ for i = 5, #ARGV, 7 do
     -- This very completion was applied before (its reply was lost).
     n_dup = n_dup + 1
     res[#res + 1] = 2
+  elseif LATE_OK[op] and code_of(st) == 'q' and tok ~= '' and string.sub(st, 3) == '!' .. tok then
+    -- Reaped from this very lease and not leased again since: the attempt did finish.
+    n_late = n_late + 1
+    apply(id, tok, op, pri_of(st), delay, entry, batch, true)
+    res[#res + 1] = 4
   elseif LATE_OK[op] and code_of(st) == 'q' and #st == 2 and attempt > 0
       and tonumber(redis.call('HGET', K.att, id) or '0') == attempt then
     n_late = n_late + 1

@@ -1,7 +1,8 @@
 -- Replays or purges dead letters named by id (at most a few hundred per call, as sent).
 -- replay: the job goes back to the end of its ready list with a fresh set of attempts
--- (its history is kept); purge: its record is deleted. Ids that are not dead are skipped,
--- except that a purge also deletes a dead-letter entry whose state Fleet did not write.
+-- (its history is kept, its crash count forgotten); purge: its record is deleted. Ids that
+-- are not dead are skipped, except that a purge also deletes a dead-letter entry whose
+-- state Fleet did not write.
 -- KEYS: jobs state att r0 r1 r2 stats dead hist wake
 -- ARGV: op (replay | purge), id...
 -- Returns the number of jobs moved.
@@ -22,6 +23,7 @@ for i = 2, #ARGV do
     if op == 'replay' then
       local p = pri_of(st)
       redis.call('HSET', K.att, id, 0)
+      redis.call('HDEL', qkey(K, 'crashes'), id)
       redis.call('HSET', K.state, id, 'q' .. p)
       local t = tenant_of(K, id)
       push_ready(K, p, t, id, false)

@@ -2,12 +2,23 @@
 -- priority first; within a priority, tenants take turns (round-robin over the ring of
 -- tenants with ready work, each served a share of the batch) and each tenant's jobs
 -- run in order. A tenant at its concurrency cap is parked until one of its jobs stops.
--- KEYS: jobs state att r0 r1 r2 sched leases stats wake conf
--- ARGV: max jobs, lease ms, promote limit
--- Returns: { now, next due ms or -1, paused 0/1, id, envelope, attempt, token, ... }
+-- Suspects (jobs that were running when their worker stopped, see heartbeat.lua) wait in
+-- their own list and are leased only to a worker that holds nothing else in this queue,
+-- one at a time and alone (token suffix `i`). While suspects wait and no worker holding
+-- nothing comes for them, one worker at a time (the holder of the `drain` claim, for at
+-- most ten leases) is told to drain (flag 1): it leases nothing until it holds nothing,
+-- then comes back for one.
+-- KEYS: jobs state att r0 r1 r2 sched leases stats wake conf suspects drain
+-- ARGV: max jobs, lease ms, promote limit, 1 if the caller holds no job of this queue,
+--       the caller's instance id
+-- Returns: { now, next due ms or -1, paused 0/1, flags, id, envelope, attempt, token, ... }
+-- flags: 0, or 1 suspects wait for a worker holding nothing, or 2 the one job returned
+-- is a suspect, to run alone (lease nothing else until it finishes).
 local K = { jobs = KEYS[1], state = KEYS[2], att = KEYS[3], ready = { KEYS[4], KEYS[5], KEYS[6] },
-            sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], wake = KEYS[10], conf = KEYS[11] }
+            sched = KEYS[7], leases = KEYS[8], stats = KEYS[9], wake = KEYS[10], conf = KEYS[11],
+            suspects = KEYS[12], drain = KEYS[13] }
 local want, lease_ms, promote_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local holds_nothing, instance = ARGV[4] == '1', ARGV[5]
 -- At least this many jobs per tenant turn, but never more than half the batch, so two
 -- tenants always share a fetch of two or more.
 local QUANTUM = math.min(4, math.ceil(want / 2))
@@ -46,13 +57,58 @@ if #due > 0 then
 end
 
 if redis.call('HGET', K.conf, 'paused') == '1' then
-  return { now, next_due(), 1 }
+  return { now, next_due(), 1, 0 }
 end
 
--- 2. Lease ready jobs. Entries whose state is no longer "ready" (cancelled while
+-- 2. Suspects first, one at a time to a worker holding nothing (at most 3 entries looked
+-- at: stale entries, of jobs cancelled meanwhile, are dropped; a suspect whose tenant is
+-- at its cap goes to the back).
+local flags = 0
+if redis.call('LLEN', K.suspects) > 0 then
+  local drainer = redis.call('GET', K.drain)
+  if (not drainer) or drainer == instance then
+    flags = 1
+    if not holds_nothing then redis.call('SET', K.drain, instance, 'PX', 10 * lease_ms) end
+  end
+  if holds_nothing then
+    if drainer == instance then redis.call('DEL', K.drain) end
+    for _ = 1, 3 do
+      local id = redis.call('LPOP', K.suspects)
+      if not id then break end
+      local st = redis.call('HGET', K.state, id)
+      if st and code_of(st) == 'q' then
+        local t = tenant_of(K, id)
+        local cap = 0
+        if t ~= '' then cap = tenant_setting(K, 'cap', t) end
+        if cap > 0 and tonumber(redis.call('HGET', qkey(K, 'trun'), t) or '0') >= cap then
+          -- Draining would not help: its tenant must finish a job first.
+          redis.call('RPUSH', K.suspects, id)
+          flags = 0
+          break
+        end
+        local seq = redis.call('HINCRBY', K.stats, 'fseq', 1)
+        local tok = seq .. '.i'
+        -- Capped: it counts against the cap ('c', see left_running).
+        if cap > 0 then tok = tok .. 'c' end
+        local a = redis.call('HINCRBY', K.att, id, 1)
+        redis.call('HSET', K.state, id, 'r' .. pri_of(st) .. ':' .. tok)
+        redis.call('ZADD', K.leases, now + lease_ms, id)
+        if cap > 0 then redis.call('HINCRBY', qkey(K, 'trun'), t, 1) end
+        redis.call('HINCRBY', K.stats, 'ready', -1)
+        redis.call('HINCRBY', K.stats, 'running', 1)
+        -- Others may lease the rest of the queue meanwhile.
+        wake(K)
+        return { now, next_due(), 0, 2, id, redis.call('HGET', K.jobs, id), a, tok }
+      end
+    end
+    flags = 0
+  end
+end
+
+-- 3. Lease ready jobs. Entries whose state is no longer "ready" (cancelled while
 -- queued) are dropped as they surface. Work is bounded: at most 2 * want entries
 -- popped and 2 * want + 3 tenant turns.
-local out = { now, 0, 0 }
+local out = { now, 0, 0, flags }
 local got, popped, turns = 0, 0, 0
 local seq = nil
 local deadline = now + lease_ms

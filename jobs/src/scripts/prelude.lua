@@ -32,6 +32,7 @@ local function purge(K, id)
   redis.call('HDEL', K.state, id)
   redis.call('HDEL', K.att, id)
   redis.call('HDEL', K.hist, id)
+  redis.call('HDEL', qkey(K, 'crashes'), id)
 end
 
 -- Appends one attempt record (a JSON object) to the job's history, keeping
