@@ -231,3 +231,29 @@ async fn operators_see_and_override_a_tenants_limits_at_run_time_and_tenants_can
     assert_eq!(bad.0, StatusCode::UNPROCESSABLE_ENTITY);
     api.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_has_at_most_100_endpoints_and_another_tenant_is_not_affected() {
+    let mut api = Api::new(TenancyConfig::for_tests()).await;
+    let key = fleet_comms::secrets::SecretBox::new(&"7c".repeat(32)).unwrap();
+    api.router = app(
+        ApiState::new(api.env.client.clone(), api.db.pool.clone())
+            .with_tenancy(TenancyConfig::for_tests())
+            .with_secrets(key),
+        1 << 20,
+    );
+    for i in 0..100 {
+        let ep = json!({"url": format!("https://hooks.example.com/{i}")});
+        let (s, body) = {
+            let (s, _, b) = api.call(&api.a, "POST", "/v1/endpoints", ep).await;
+            (s, b)
+        };
+        assert_eq!(s, StatusCode::CREATED, "endpoint {i}: {body}");
+    }
+    let (s, _, body) = api.call(&api.a, "POST", "/v1/endpoints", json!({"url": "https://hooks.example.com/x"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("at most 100 endpoints"), "{body}");
+    let (s, _, body) = api.call(&api.b, "POST", "/v1/endpoints", json!({"url": "https://hooks.example.com/b"})).await;
+    assert_eq!(s, StatusCode::CREATED, "B's own endpoints are its own: {body}");
+    api.done().await;
+}

@@ -71,6 +71,12 @@ pub(crate) struct EventView {
     job: String,
 }
 
+/// Most endpoints one tenant may have (every event fans out to each subscribed one, so
+/// this also bounds the deliveries one publish can cause).
+pub(crate) const MAX_ENDPOINTS_PER_TENANT: i64 = 100;
+/// Most event types one endpoint subscribes to.
+pub(crate) const MAX_EVENT_TYPES: usize = 50;
+
 /// Subscribe an endpoint.
 #[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointRequest,
     responses((status = 201, body = EndpointView), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
@@ -88,6 +94,19 @@ pub(crate) async fn create_endpoint(
         }
         None => Secret::generate(),
     };
+    if req.event_types.len() > MAX_EVENT_TYPES {
+        return Err(ApiError::invalid(format!("an endpoint subscribes to at most {MAX_EVENT_TYPES} event types")));
+    }
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM webhook_endpoints WHERE tenant = $1")
+        .bind(&caller.tenant)
+        .fetch_one(&state.db)
+        .await
+        .map_err(|e| ApiError::unavailable("counting endpoints", e))?;
+    if count >= MAX_ENDPOINTS_PER_TENANT {
+        return Err(ApiError::invalid(format!(
+            "a tenant has at most {MAX_ENDPOINTS_PER_TENANT} endpoints; delete one first"
+        )));
+    }
     if req.event_types.iter().any(|t| t.is_empty() || t.len() > 200) {
         return Err(ApiError::invalid("event types must be 1 to 200 characters"));
     }
@@ -140,7 +159,7 @@ pub(crate) async fn list_endpoints(
     caller: Caller,
 ) -> Result<Json<Vec<EndpointView>>, ApiError> {
     let rows: Vec<EndpointRow> = sqlx::query_as(
-        "SELECT id, url, event_types, enabled, disabled_reason FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at",
+        "SELECT id, url, event_types, enabled, disabled_reason FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at LIMIT 1000",
     )
     .bind(&caller.tenant)
     .fetch_all(&state.db)

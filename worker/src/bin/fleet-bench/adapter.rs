@@ -148,10 +148,12 @@ pub async fn main(args: &[String]) {
             let mut batch = None;
             let mut lease_ms = WorkerConfig::default().lease_ms;
             let mut limits = std::collections::BTreeMap::new();
+            let mut retention_secs = 0;
             for kv in &args[2.min(args.len())..] {
                 match kv.split_once('=') {
                     Some(("batch", v)) => batch = Some(v.parse().expect("batch")),
                     Some(("lease", v)) => lease_ms = v.parse().expect("lease"),
+                    Some(("retention", v)) => retention_secs = v.parse().expect("retention"),
                     Some(("rate", v)) => {
                         let spec = fleet_jobs::limits::LimitSpec {
                             rate: Some(v.parse().expect("rate")),
@@ -160,7 +162,7 @@ pub async fn main(args: &[String]) {
                         };
                         limits.insert("bench:limited".to_owned(), spec);
                     }
-                    _ => panic!("unknown worker option {kv:?} (known: batch=N, lease=MS, rate=R)"),
+                    _ => panic!("unknown worker option {kv:?} (known: batch=N, lease=MS, rate=R, retention=S)"),
                 }
             }
             let cfg = WorkerConfig {
@@ -170,7 +172,7 @@ pub async fn main(args: &[String]) {
                 prefix: prefix(),
                 listen: None,
                 queues: vec![QueueConfig { name: queue(), concurrency, fetch_batch: batch }],
-                retention_secs: 0,
+                retention_secs,
                 ..WorkerConfig::default()
             };
             eprintln!("fleet worker concurrency={concurrency} fetch_batch={batch:?}");

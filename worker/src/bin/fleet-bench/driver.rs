@@ -289,6 +289,44 @@ async fn fairness(with_tenants: bool) {
     );
 }
 
+/// Redis memory as `n` no-op jobs go through one worker that keeps finished records for
+/// `retention` seconds: before, with the jobs queued, at the peak once all finished, and
+/// with the fleet idle after the retention (the janitor's work, no completions).
+async fn memory(n: usize, retention: u64) {
+    let c = fresh().await;
+    let mb = |b: f64| b / (1024.0 * 1024.0);
+    let base = redis_memory(&c).await;
+    adapter_enqueue_queue(&c, n, "noop", 0.0).await;
+    let queued = redis_memory(&c).await;
+    let pipe = Pipe::new("memory");
+    let retention_arg = format!("retention={retention}");
+    let w = Worker::spawn(&pipe, c.prefix(), &["200", "batch=200", &retention_arg]);
+    pipe.wait("every job", Duration::from_secs(600), |s| s.done >= n);
+    let peak = redis_memory(&c).await;
+    let idle_from = Instant::now();
+    let k = c.keys(&adapter::queue());
+    let mut idle = peak;
+    while idle_from.elapsed() < Duration::from_secs(retention + 120) {
+        let left: i64 = redis::cmd("HLEN").arg(&k.jobs).query_async(&mut c.connection()).await.unwrap_or(-1);
+        idle = redis_memory(&c).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let waited = idle_from.elapsed().as_secs_f64();
+    w.stop();
+    cleanup(&c).await;
+    println!(
+        "Memory, {n} no-op jobs, retention {retention} s: Redis used_memory {:.1} MB before, {:.1} MB queued, \
+         {:.1} MB when all finished, {:.1} MB idle {waited:.0} s later (every record expired)",
+        mb(base),
+        mb(queued),
+        mb(peak),
+        mb(idle)
+    );
+}
+
 /// Bulk-enqueues bench jobs onto the bench queue of `c`'s prefix.
 async fn adapter_enqueue_queue(c: &Client, n: usize, kind: &str, arg: f64) {
     let opts = || EnqueueOptions::default().queue("bench");
@@ -681,6 +719,7 @@ pub async fn run(args: &[String]) {
                     w2_tenants(n, 100, "100 tenants, concurrency 10", &["10"]).await;
                 }
             }
+            "memory" => memory(1_000_000, 60).await,
             "w3" => w3().await,
             "w4" => w4().await,
             "backlog" => backlog(&[10_000, 1_000_000], 10_000).await,
@@ -694,7 +733,7 @@ pub async fn run(args: &[String]) {
                 recovery(30_000).await;
             }
             other => eprintln!(
-                "unknown workload {other} (w1, w2, w2-tenants, w3, w4, fairness, backlog, due, dead, recovery, limits, webhooks, images)"
+                "unknown workload {other} (w1, w2, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images)"
             ),
         }
     }
