@@ -304,7 +304,7 @@ async fn memory(n: usize, retention: u64) {
     pipe.wait("every job", Duration::from_secs(600), |s| s.done >= n);
     let peak = redis_memory(&c).await;
     let idle_from = Instant::now();
-    let k = c.keys(&adapter::queue());
+    let k = c.keys("bench");
     let mut idle = peak;
     while idle_from.elapsed() < Duration::from_secs(retention + 120) {
         let left: i64 = redis::cmd("HLEN").arg(&k.jobs).query_async(&mut c.connection()).await.unwrap_or(-1);
