@@ -530,7 +530,16 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
             let limits = fleet_jobs::tenant::TenantLimits { concurrency, quota };
             client.set_tenant_limits(&queue, tenant.as_deref(), limits).await.map_err(err)?;
             let who = tenant.as_deref().map_or("every tenant".to_owned(), |t| format!("tenant {t}"));
-            println!("limits of {who} on queue {queue} set (concurrency {concurrency:?}, quota {quota:?})");
+            let shown = |v: Option<u64>| match v {
+                None => "unchanged".to_owned(),
+                Some(0) => "none".to_owned(),
+                Some(n) => n.to_string(),
+            };
+            println!(
+                "limits of {who} on queue {queue} set: concurrency {}, quota {}",
+                shown(concurrency),
+                shown(quota)
+            );
         }
         QueueCommand::PauseSchedule { name } => {
             let db = stores.db().await?;
