@@ -122,7 +122,8 @@ impl Client {
         let tpark = format!("{}tpark", k.jobs.trim_end_matches("jobs"));
         let parked: Vec<(String, String)> =
             redis::cmd("HSCAN").arg(&tpark).arg(0).arg("COUNT").arg(100).query_async::<(u64, _)>(&mut conn).await?.1;
-        let mut out = Vec::new();
+        // Suspects (jobs reaped from a stopped worker, waiting to run alone) come first.
+        let mut out = vec![k.suspects.clone()];
         for (p, base) in k.ready.iter().enumerate() {
             out.push(base.clone());
             let ring: Vec<String> =

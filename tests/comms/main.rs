@@ -714,7 +714,7 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
     let rules: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec> =
         toml::from_str("[\"sms:*\"]\nbreaker_failures = 5\n").unwrap();
     let table = Arc::new(fleet_worker::limits::LimitTable::new(&rules));
-    let spec = table.spec("sms:AC429").cloned().expect("sms:* matches the account");
+    let spec = table.spec("sms:studio:AC429").cloned().expect("sms:* matches the account");
     let handler = SyncSource::new(db.pool.clone(), Some(secrets))
         .with_allowed(loopback())
         .with_provider_limits(limiter.clone(), table);
@@ -729,12 +729,12 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
     eventually("the account is slowed down", Duration::from_secs(60), || {
         let (limiter, spec) = (limiter2.clone(), spec2.clone());
         async move {
-            match limiter.acquire("sms:AC429", "probe", &spec).await.ok()?.0 {
+            match limiter.acquire("sms:studio:AC429", "probe", &spec).await.ok()?.0 {
                 fleet_jobs::limits::Admission::Wait { reason: fleet_jobs::limits::WaitReason::SlowDown, delay } => {
                     Some(delay)
                 }
                 fleet_jobs::limits::Admission::Admitted => {
-                    limiter.release("sms:AC429", "probe", &spec).await.ok();
+                    limiter.release("sms:studio:AC429", "probe", &spec).await.ok();
                     None
                 }
                 _ => None,

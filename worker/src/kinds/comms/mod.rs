@@ -13,7 +13,7 @@
 //! same transaction; with a relay ([`SyncSource::with_relay`]) the handler publishes the
 //! tenant's pending rows after the sync (whatever its outcome: committed chunks count).
 //!
-//! Fleet-wide limits of SMS providers: `sms:<account sid>` (e.g. `[limits."sms:*"]`).
+//! Fleet-wide limits of SMS providers: `sms:<tenant>:<account sid>` (e.g. `[limits."sms:*"]`).
 //! The key depends on the source's settings, which are in PostgreSQL, not in the job's
 //! arguments, so it is taken in the handler once the source is read (like the vision
 //! providers of `image.analyze`) rather than through [`Handler::limit_keys`]: a source
@@ -90,7 +90,7 @@ impl SyncSource {
         self
     }
 
-    /// Holds SMS provider accounts to their fleet-wide limits (`sms:<account sid>`).
+    /// Holds SMS provider accounts to their fleet-wide limits (`sms:<tenant>:<account sid>`).
     pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
         self.provider_limits = Some((limiter, table));
         self
@@ -228,7 +228,7 @@ impl SyncSource {
         }
         let book = self.contact_book(tenant, region).await?;
         // The provider account's fleet-wide limits, when configured.
-        let key = sms::limit_key(&cfg.account_sid);
+        let key = sms::limit_key(tenant, &cfg.account_sid);
         let limit = self.provider_limits.as_ref().and_then(|(l, t)| t.spec(&key).cloned().map(|s| (l, s)));
         if let Some((limiter, spec)) = &limit {
             match limiter.acquire(&key, holder, spec).await {

@@ -69,9 +69,11 @@ pub struct SmsReport {
 /// Tries per page.
 const TRIES: u32 = 5;
 
-/// The fleet-wide limit key of a provider account (`[limits."sms:*"]`).
-pub fn limit_key(account_sid: &str) -> String {
-    format!("sms:{account_sid}")
+/// The fleet-wide limit key of a tenant's provider account (`[limits."sms:*"]`):
+/// `sms:<tenant>:<account sid>`. The account SID is the tenant's input, so the tenant is
+/// part of the key: naming another tenant's account cannot use up its rate or hold it back.
+pub fn limit_key(tenant: &str, account_sid: &str) -> String {
+    format!("sms:{tenant}:{account_sid}")
 }
 
 /// `Retry-After` as seconds or as an HTTP date, capped at 30 s (longer waits are the
@@ -231,6 +233,7 @@ mod tests {
         assert_eq!(retry_after("Wed, 02 Dec 2026 06:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(retry_after("3600", now), Some(Duration::from_secs(30)));
         assert_eq!(retry_after("soon", now), None);
-        assert_eq!(limit_key("AC1"), "sms:AC1");
+        assert_eq!(limit_key("acme", "AC1"), "sms:acme:AC1");
+        assert_ne!(limit_key("a", "AC1"), limit_key("b", "AC1"));
     }
 }
