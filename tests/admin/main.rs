@@ -227,26 +227,7 @@ async fn live_workers_are_listed_with_the_jobs_they_run() {
     env.cleanup().await;
 }
 
-/// An envelope that is not UTF-8 (with a NUL inside), as something other than Fleet may
-/// write it.
-const BINARY: &[u8] = b"\xff\xfe{\"kind\":\"probe\",\0\"args\":{}}";
-
-/// Writes a dead letter of queue `default` byte for byte, the way the engine keeps one:
-/// envelope and history as given, state `d1`, in the dead-letter set and counted.
-async fn foreign_dead(env: &TestEnv, id: &str, envelope: &[u8], history: &[u8]) {
-    let k = env.client.keys("default");
-    let _: () = redis::pipe()
-        .hset(&k.jobs, id, envelope)
-        .hset(&k.state, id, "d1")
-        .hset(&k.att, id, 3)
-        .hset(&k.hist, id, history)
-        .zadd(&k.dead, id, fleet_jobs::envelope::now_ms())
-        .hincr(&k.stats, "dead", 1)
-        .hincr(&k.stats, "died", 1)
-        .query_async(&mut env.client.connection())
-        .await
-        .unwrap();
-}
+use fleet_tests::{BINARY_ENVELOPE as BINARY, foreign_dead_letter as foreign_dead};
 
 /// Two foreign dead letters: `bin` (not UTF-8, a NUL inside, a normal history) and `txt`
 /// (UTF-8 but not JSON, with a history that is not UTF-8 either).

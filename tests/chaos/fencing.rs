@@ -4,71 +4,14 @@
 use fleet_jobs::JobState;
 use fleet_jobs::backend::{JobEvent, Outcome};
 use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
-use fleet_tests::{TestEnv, WorkerProcess, eventually, redis_url};
+use fleet_tests::{TcpProxy, TestEnv, WorkerProcess, eventually, redis_url};
 use fleet_worker::Registry;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
-/// A TCP proxy to Redis that the test can cut (every connection closed, new ones
-/// closed as soon as they are accepted) and restore.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (c, cs) = (cut.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
-                    drop(down);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let h = tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                cs.lock().unwrap().push(h);
-            }
-        });
-        Proxy { port, cut, conns, accept }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Closes every connection and refuses new ones.
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for h in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
+/// The Redis URL through `proxy`.
+fn via(proxy: &TcpProxy) -> String {
+    format!("redis://127.0.0.1:{}", proxy.port)
 }
 
 fn wall_ms() -> u64 {
@@ -104,10 +47,10 @@ async fn next_event(
 async fn a_worker_cut_off_from_redis_stops_its_job_before_the_lease_ends_and_does_not_ack_it() {
     let env = TestEnv::new().await;
     let upstream = redis_url().trim_start_matches("redis://").split('/').next().unwrap().to_owned();
-    let proxy = Proxy::start(upstream).await;
+    let proxy = TcpProxy::start(&upstream).await;
     let lease = Duration::from_millis(1500);
     let mut cfg = env.config("default", 2);
-    cfg.redis_url = proxy.url();
+    cfg.redis_url = via(&proxy);
     cfg.lease_ms = lease.as_millis() as u64;
     let a = env.worker(cfg, Registry::builtin()).await;
     let mut rx_a = a.events();
@@ -162,10 +105,10 @@ async fn a_worker_cut_off_from_redis_stops_its_job_before_the_lease_ends_and_doe
 async fn a_cut_off_worker_process_says_it_stops_its_jobs_and_runs_them_again_once_back() {
     let env = TestEnv::new().await;
     let upstream = redis_url().trim_start_matches("redis://").split('/').next().unwrap().to_owned();
-    let proxy = Proxy::start(upstream).await;
+    let proxy = TcpProxy::start(&upstream).await;
     let log = std::env::temp_dir().join(format!("{}-worker.log", env.prefix));
     let settings = super::settings("1500");
-    let worker = WorkerProcess::spawn_logged(super::EXE, &proxy.url(), &env.prefix, &settings, Some(&log));
+    let worker = WorkerProcess::spawn_logged(super::EXE, &via(&proxy), &env.prefix, &settings, Some(&log));
     // Long enough that it cannot finish before the cut, however slow the machine.
     let id = env.client.enqueue(&ProbeArgs::new(ProbeAction::Sleep { ms: 5000 })).await.unwrap();
     eventually("the job to run in the worker behind the proxy", Duration::from_secs(20), || async {

@@ -329,25 +329,7 @@ async fn fleetctl_adds_comms_sources_and_reads_their_state_entries_timeline_and_
     env.cleanup().await;
 }
 
-/// An envelope that is not UTF-8 (with a NUL inside).
-const BINARY: &[u8] = b"\xff\xfe{\"kind\":\"probe\",\0\"args\":{}}";
-
-/// Writes a dead letter of queue `default` byte for byte, the way the engine keeps one:
-/// envelope and history as given, state `d1`, in the dead-letter set and counted.
-async fn foreign_dead(env: &TestEnv, id: &str, envelope: &[u8], history: &[u8]) {
-    let k = env.client.keys("default");
-    let _: () = redis::pipe()
-        .hset(&k.jobs, id, envelope)
-        .hset(&k.state, id, "d1")
-        .hset(&k.att, id, 3)
-        .hset(&k.hist, id, history)
-        .zadd(&k.dead, id, fleet_jobs::envelope::now_ms())
-        .hincr(&k.stats, "dead", 1)
-        .hincr(&k.stats, "died", 1)
-        .query_async(&mut env.client.connection())
-        .await
-        .unwrap();
-}
+use fleet_tests::{BINARY_ENVELOPE as BINARY, foreign_dead_letter as foreign_dead};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetctl_lists_shows_groups_replays_and_purges_dead_letters_of_any_bytes() {

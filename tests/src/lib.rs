@@ -454,3 +454,24 @@ impl TestDb {
         self.url.replacen(&self.server(), &format!("127.0.0.1:{port}"), 1)
     }
 }
+
+/// An envelope that is not UTF-8 (with a NUL inside), as something other than Fleet may
+/// write it.
+pub const BINARY_ENVELOPE: &[u8] = b"\xff\xfe{\"kind\":\"probe\",\0\"args\":{}}";
+
+/// Writes a dead letter of queue `default` byte for byte, the way the engine keeps one:
+/// envelope and history as given, state `d1`, in the dead-letter set and counted.
+pub async fn foreign_dead_letter(env: &TestEnv, id: &str, envelope: &[u8], history: &[u8]) {
+    let k = env.client.keys("default");
+    let _: () = redis::pipe()
+        .hset(&k.jobs, id, envelope)
+        .hset(&k.state, id, "d1")
+        .hset(&k.att, id, 3)
+        .hset(&k.hist, id, history)
+        .zadd(&k.dead, id, fleet_jobs::envelope::now_ms())
+        .hincr(&k.stats, "dead", 1)
+        .hincr(&k.stats, "died", 1)
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+}
