@@ -85,13 +85,6 @@ impl Client {
         let id = format!("b-{}", uuid::Uuid::now_v7().simple());
         let k = self.keys(queue);
         let cb = serde_json::to_string(callbacks).map_err(|e| Error::Invalid(format!("callbacks: {e}")))?;
-        let _: () = redis::pipe()
-            .hset(&k.batches, format!("{id}:total"), jobs.len())
-            .ignore()
-            .hset(&k.batches, format!("{id}:cb"), cb)
-            .ignore()
-            .query_async(&mut self.connection())
-            .await?;
         let mut prepared = Vec::with_capacity(jobs.len());
         for (kind, args, defaults, mut opts) in jobs {
             if opts.queue.as_deref().is_some_and(|q| q != queue) {
@@ -101,7 +94,27 @@ impl Client {
             opts.batch = Some(id.clone());
             prepared.push((kind, args, defaults, opts));
         }
-        self.enqueue_many(prepared).await?;
+        let _: () = redis::pipe()
+            .hset(&k.batches, format!("{id}:total"), prepared.len())
+            .ignore()
+            .hset(&k.batches, format!("{id}:cb"), cb)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await?;
+        // One chunk, written whole or not at all: a refused batch (its tenant's quota) must
+        // not leave counters behind that no job will ever finish.
+        if let Err(e) = self.enqueue_many(prepared).await {
+            let forget: redis::RedisResult<()> = redis::cmd("HDEL")
+                .arg(&k.batches)
+                .arg(format!("{id}:total"))
+                .arg(format!("{id}:cb"))
+                .query_async(&mut self.connection())
+                .await;
+            if let Err(d) = forget {
+                tracing::warn!(batch = %id, error = %d, "could not forget the counters of a refused batch");
+            }
+            return Err(e);
+        }
         Ok(id)
     }
 

@@ -153,6 +153,13 @@ async fn a_tenant_over_its_quota_gets_429_with_retry_after_and_another_tenant_do
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "quota_exceeded");
     assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|n| n >= 1)), "Retry-After in seconds");
+    // A batch past the quota is refused whole, and leaves no counters behind.
+    let batch = json!({"jobs": [job("probe", r#"{"do": "succeed"}"#)]});
+    let (s, _, body) = api.call(&api.a, "POST", "/v1/batches", batch).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let k = api.env.client.keys("default");
+    let left: i64 = redis::cmd("HLEN").arg(&k.batches).query_async(&mut api.env.client.connection()).await.unwrap();
+    assert_eq!(left, 0, "a refused batch leaves nothing");
     // B has a quota of its own, untouched by A's backlog.
     assert_eq!(api.call(&api.b, "POST", "/v1/jobs/bulk", three).await.0, StatusCode::CREATED);
     assert_eq!(api.env.stats("default").await.ready, 6);
