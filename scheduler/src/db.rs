@@ -40,12 +40,9 @@ pub async fn connect_and_migrate_with(url: &str, statement_timeout: Option<Durat
     pool_options().connect_with(options).await.map_err(unreachable)
 }
 
-/// A database URL without its password, for messages.
+/// A database URL without its password (or query), for messages: `fleet_net::redact_url`.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
+    fleet_net::redact_url(url)
 }
 
 /// PostgreSQL answers `SELECT 1` within `timeout` (getting a connection included).

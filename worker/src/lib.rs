@@ -111,13 +111,7 @@ async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::
 
 /// A Redis URL without its password, for logs.
 fn redacted(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_user, host)) => {
-            let scheme = scheme_user.split("://").next().unwrap_or("redis");
-            format!("{scheme}://***@{host}")
-        }
-        None => url.to_owned(),
-    }
+    fleet_net::redact_url(url)
 }
 
 /// Starts a worker: one engine and one apalis worker per queue, plus the HTTP endpoint.
