@@ -19,7 +19,6 @@
 //! * [`events`]: live job events per tenant (a capped Redis stream each).
 //! * [`retry`]: backoff policy for failed attempts.
 //! * [`state`]: job states, queue counters, dead letters.
-//! * [`webhooks`]: Standard Webhooks signing and verification.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
 //! * [`tenant`]: tenant names, the namespaces a tenant's keys live in, fair shares and quotas.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
@@ -41,7 +40,6 @@ pub mod retry;
 mod scripts;
 pub mod state;
 pub mod tenant;
-pub mod webhooks;
 
 pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};

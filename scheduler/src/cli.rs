@@ -91,7 +91,7 @@ pub fn main() -> ExitCode {
                 }
             }
             Command::ResealSecrets => {
-                let secrets = fleet_comms::secrets::SecretBox::from_env()
+                let secrets = fleet_accounts::secrets::SecretBox::from_env()
                     .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
                 let db = crate::db::connect_and_migrate(&config.database_url).await?;
                 println!("current key {}; old keys {:?}", secrets.key_id(), secrets.old_key_ids().collect::<Vec<_>>());

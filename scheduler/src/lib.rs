@@ -10,22 +10,21 @@
 //!   enqueue it once.
 //! * [`db`]: PostgreSQL pool and migrations (under an advisory lock).
 //! * [`api`]: the HTTP API (jobs, batches, OpenAPI).
-//! * [`calendar_store`], [`comms_store`], [`sources`]: calendar and comms sources in
-//!   PostgreSQL, shared by the API, `fleetctl` and the ticker (which syncs each source on
-//!   its own cron schedule).
+//!
+//! What the API and `fleetctl` read and write lives with its domain: each route is a thin
+//! call into that domain's store (`fleet_calendar::store`, `fleet_comms::store`,
+//! `fleet_images::store`, `fleet_webhooks::store`); what sources share is in
+//! `fleet_accounts`. The scheduler links no job handler, IMAP client or image decoder.
 //! * [`reseal`]: stored secrets re-sealed with the current key (`reseal-secrets`), and
 //!   plaintext endpoint secrets sealed at start-up.
 
 pub mod api;
-pub mod calendar_store;
 pub mod cli;
-pub mod comms_store;
 pub mod config;
 pub mod db;
 pub mod fleetctl;
 pub mod reseal;
 pub mod schedule;
-pub mod sources;
 pub mod tenancy;
 pub mod ticker;
 
@@ -48,7 +47,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // A set but malformed key stops the start (unset: sources and endpoints are refused).
     let secrets =
-        fleet_comms::secrets::SecretBox::from_env_if_set().map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
+        fleet_accounts::secrets::SecretBox::from_env_if_set().map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
     if let Some(b) = &secrets {
         // Key ids are hash prefixes, not secrets: they say which keys a process holds during a rotation.
         tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
@@ -211,7 +210,7 @@ pub fn health_routes(ready: Readiness) -> axum::Router {
 /// Seals the webhook endpoint secrets stored in plaintext by versions before sealing
 /// (workers deliver with both meanwhile). A failure is logged, not fatal: the next start
 /// or `fleet-scheduler reseal-secrets` does it.
-async fn seal_plaintext_endpoint_secrets(db: &sqlx::PgPool, secrets: Option<&fleet_comms::secrets::SecretBox>) {
+async fn seal_plaintext_endpoint_secrets(db: &sqlx::PgPool, secrets: Option<&fleet_accounts::secrets::SecretBox>) {
     let Some(secrets) = secrets else {
         let plain: Result<i64, _> = sqlx::query_scalar(
             "SELECT count(*) FROM webhook_endpoints WHERE EXISTS \

@@ -17,7 +17,7 @@
 //! already sealed with the current key are not touched. A value no configured key opens
 //! is reported by row id (never by content) and left as it is.
 
-use fleet_comms::secrets::{SecretBox, is_sealed, row_aad};
+use fleet_accounts::secrets::{SecretBox, is_sealed, row_aad};
 use sqlx::PgPool;
 
 /// Rows read per query.
@@ -64,7 +64,7 @@ enum Step {
     Sealed(String),
 }
 
-fn step(secrets: &SecretBox, aad: &str, stored: &str) -> Result<Step, fleet_comms::secrets::SecretError> {
+fn step(secrets: &SecretBox, aad: &str, stored: &str) -> Result<Step, fleet_accounts::secrets::SecretError> {
     if !is_sealed(stored) {
         return secrets.seal(aad, stored).map(Step::Sealed);
     }

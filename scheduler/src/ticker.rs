@@ -11,7 +11,7 @@
 //! ticks were missed and skips or catches them up as the schedule says.
 //!
 //! Each pass also enqueues a sync of every calendar and comms source whose own cron
-//! schedule is due ([`crate::sources::enqueue_due`]: rows claimed with `SKIP LOCKED`, so
+//! schedule is due ([`fleet_accounts::sources::enqueue_due`]: rows claimed with `SKIP LOCKED`, so
 //! replicas share the work and each due sync is enqueued once).
 
 use crate::schedule::{MAX_TICKS_PER_PASS, Missed, Schedule, ScheduleSpec};
@@ -29,7 +29,7 @@ pub struct TickReport {
     /// Ticks counted as missed.
     pub missed: u64,
     /// Syncs of calendar and comms sources whose schedules were due.
-    pub sources: Vec<crate::sources::DueSync>,
+    pub sources: Vec<fleet_accounts::sources::DueSync>,
     /// Problems (bad schedules, failed enqueues); the ticker goes on.
     pub errors: Vec<String>,
 }
@@ -168,8 +168,8 @@ impl Ticker {
         }
         if let Some(db) = &self.db {
             let before = report.errors.len();
-            for table in crate::sources::SourceTable::ALL {
-                match crate::sources::enqueue_due(db, &self.client, table, now, &mut report.errors).await {
+            for table in fleet_accounts::sources::SourceTable::ALL {
+                match fleet_accounts::sources::enqueue_due(db, &self.client, table, now, &mut report.errors).await {
                     Ok(done) => report.sources.extend(done),
                     Err(e) => report.errors.push(format!("enqueueing due syncs of {}: {e}", table.table())),
                 }

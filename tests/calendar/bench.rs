@@ -14,12 +14,12 @@
 //! file per event as Radicale itself stores them; every change after that goes through CalDAV.
 
 use super::{setup, wrap};
+use fleet_accounts::outbox::Relay;
 use fleet_calendar::{ExpandOptions, decode, expand, parse};
 use fleet_jobs::catalogue::CalendarSync;
 use fleet_jobs::events;
 use fleet_tests::TestEnv;
 use fleet_worker::Registry;
-use fleet_worker::outbox::Relay;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 5000;

@@ -4,10 +4,10 @@
 //! moved instance) the stored occurrences and conflicts are checked, and every conflict change
 //! is in the outbox exactly once.
 
+use fleet_accounts::secrets::SecretBox;
 use fleet_calendar::caldav::{CalDavClient, ClientOptions, Precondition};
-use fleet_comms::secrets::SecretBox;
+use fleet_calendar::jobs::CalendarSyncHandler;
 use fleet_tests::TestDb;
-use fleet_worker::kinds::calendar::CalendarSyncHandler;
 use sqlx::Row;
 
 mod bench;
@@ -85,7 +85,7 @@ impl Setup {
         self.cal.delete(&format!("{}{name}.ics", self.cal.collection().path()), None).await.unwrap();
     }
 
-    async fn sync(&self) -> fleet_worker::kinds::calendar::SyncReport {
+    async fn sync(&self) -> fleet_calendar::jobs::SyncReport {
         self.handler.sync_source(&self.source).await.unwrap()
     }
 

@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleet_accounts::secrets::SecretBox;
+use fleet_calendar::jobs::CalendarSyncHandler;
 use fleet_calendar::oauth::OAuthCredentials;
-use fleet_comms::secrets::SecretBox;
 use fleet_tests::TestDb;
-use fleet_worker::kinds::calendar::CalendarSyncHandler;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 

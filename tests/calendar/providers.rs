@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use fleet_comms::secrets::SecretBox;
+use fleet_accounts::secrets::SecretBox;
+use fleet_calendar::jobs::CalendarSyncHandler;
 use fleet_tests::TestDb;
-use fleet_worker::kinds::calendar::CalendarSyncHandler;
 use serde_json::{Value, json};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -297,7 +297,7 @@ async fn a_booking_pushed_to_google_is_synced_back_at_once() {
     let google =
         source(&db, &secrets, "google", &format!("{base}/calendar/v3/calendars/studio"), Some("ya29.e2e")).await;
     let feed = source(&db, &secrets, "ics", &format!("{base}/feed.ics"), None).await;
-    let relay = fleet_worker::outbox::Relay::new(db.pool.clone(), env.client.clone());
+    let relay = fleet_accounts::outbox::Relay::new(db.pool.clone(), env.client.clone());
     let handler = CalendarSyncHandler::new(db.pool.clone(), Some(secrets))
         .with_allowed(vec!["127.0.0.0/8".parse().unwrap()])
         .with_relay(relay);
@@ -313,7 +313,7 @@ async fn a_booking_pushed_to_google_is_synced_back_at_once() {
     .unwrap();
 
     let result = handler.push_handler().push("t1", "bk-g1").await.unwrap();
-    assert_eq!(result, fleet_worker::kinds::calendar::PushResult::Pushed);
+    assert_eq!(result, fleet_calendar::jobs::PushResult::Pushed);
     let id = fleet_calendar::google::event_id_for("t1.bk-g1");
     assert!(state.lock().unwrap().events.contains_key(&id), "inserted under the booking's id");
     let row = sqlx::query("SELECT push_state, remote_href FROM calendar_bookings WHERE id = 'bk-g1'")
@@ -325,7 +325,7 @@ async fn a_booking_pushed_to_google_is_synced_back_at_once() {
     // A retried push of the same version writes nothing more.
     assert_eq!(
         handler.push_handler().push("t1", "bk-g1").await.unwrap(),
-        fleet_worker::kinds::calendar::PushResult::AlreadyPushed
+        fleet_calendar::jobs::PushResult::AlreadyPushed
     );
 
     // The sync asked for is on the calendar queue; running it brings the booking in.

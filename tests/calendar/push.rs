@@ -2,11 +2,11 @@
 //! tenant's live stream exactly once.
 
 use super::{setup, vevent, wrap};
+use fleet_accounts::outbox::Relay;
+use fleet_calendar::jobs::{PushResult, booking_uid};
 use fleet_jobs::catalogue::WebhookPublish;
 use fleet_jobs::events;
 use fleet_tests::TestEnv;
-use fleet_worker::kinds::calendar::{PushResult, booking_uid};
-use fleet_worker::outbox::Relay;
 use sqlx::Row;
 
 async fn book(s: &super::Setup, id: &str, start: &str, end: &str, version: i64) {
@@ -249,9 +249,9 @@ async fn bookings_through_the_api_are_pushed_by_a_worker() {
 /// the reason on the source, and pushes are refused the same way.
 #[tokio::test]
 async fn a_calendar_server_at_a_private_address_is_refused_by_default() {
-    use fleet_worker::kinds::calendar::CalendarSyncHandler;
+    use fleet_calendar::jobs::CalendarSyncHandler;
     let s = setup("photographer-ssrf").await;
-    let secrets = fleet_comms::secrets::SecretBox::new(super::KEY).unwrap();
+    let secrets = fleet_accounts::secrets::SecretBox::new(super::KEY).unwrap();
     let guarded = CalendarSyncHandler::new(s.db.pool.clone(), Some(secrets));
     let error = guarded.sync_source(&s.source).await.unwrap_err();
     assert!(error.contains("SSRF guard"), "{error}");

@@ -3,7 +3,7 @@
 //! once; the one after that is guarded again.
 
 use super::*;
-use fleet_scheduler::calendar_store;
+use fleet_calendar::store as calendar_store;
 use fleet_tests::TestEnv;
 
 async fn put_days(s: &Setup, prefix: &str, days: std::ops::Range<u32>) {

@@ -265,7 +265,7 @@ mod pg_outage {
     use fleet_jobs::{EnqueueOptions, JobState};
     use fleet_scheduler::api::{ApiState, app, auth};
     use fleet_tests::{TcpProxy, TestDb, TestEnv, eventually, states};
-    use fleet_worker::kinds::webhook::{Deliver, WebhookSettings, publish::Publish};
+    use fleet_webhooks::jobs::{Deliver, WebhookSettings, publish::Publish};
     use fleet_worker::{KindPolicy, QueueConfig, Registry};
     use serde_json::{Value, json};
     use std::collections::HashMap;
@@ -275,8 +275,8 @@ mod pg_outage {
 
     const T: Duration = Duration::from_secs(60);
 
-    fn secrets() -> fleet_comms::secrets::SecretBox {
-        fleet_comms::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
+    fn secrets() -> fleet_accounts::secrets::SecretBox {
+        fleet_accounts::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
     }
 
     /// Deliveries by `webhook-id`.

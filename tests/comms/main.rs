@@ -4,22 +4,22 @@
 //! resumes without loss or duplicates), a UIDVALIDITY change without duplicates, and a
 //! failing source isolated from the supplier's other sources.
 
+use fleet_accounts::secrets::SecretBox;
 use fleet_comms::contacts::ContactBook;
 use fleet_comms::imap::{
     CommitCounts, FolderBatch, FolderCursor, ImapAccount, StoreError, SyncError, SyncOptions, SyncStore, sync_account,
 };
-use fleet_comms::secrets::SecretBox;
+use fleet_comms::jobs::{PgStore, SyncSource};
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_tests::{TestDb, TestEnv, eventually, n_final};
-use fleet_worker::kinds::comms::{PgStore, SyncSource};
 use fleet_worker::{QueueConfig, Registry};
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Dovecot and the fake providers run on loopback: allowed past the SSRF guard here.
-fn loopback() -> Vec<fleet_worker::kinds::webhook::ssrf::Cidr> {
+fn loopback() -> Vec<fleet_net::Cidr> {
     vec!["127.0.0.0/8".parse().unwrap()]
 }
 
@@ -233,7 +233,7 @@ async fn in_app_messages_join_the_timeline_in_commit_order_and_are_published() {
     }
     in_app(&db, "other", "m1", None, "another tenant's").await;
 
-    let relay = fleet_worker::outbox::Relay::new(db.pool.clone(), env.client.clone());
+    let relay = fleet_accounts::outbox::Relay::new(db.pool.clone(), env.client.clone());
     let registry =
         Registry::new().register(SyncSource::new(db.pool.clone(), None).with_allowed(loopback()).with_relay(relay));
     let mut cfg = env.config("comms", 1);
@@ -713,7 +713,7 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
     );
     let rules: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec> =
         toml::from_str("[\"sms:*\"]\nbreaker_failures = 5\n").unwrap();
-    let table = Arc::new(fleet_worker::limits::LimitTable::new(&rules));
+    let table = Arc::new(fleet_kit::limits::LimitTable::new(&rules));
     let spec = table.spec("sms:studio:AC429").cloned().expect("sms:* matches the account");
     let handler = SyncSource::new(db.pool.clone(), Some(secrets))
         .with_allowed(loopback())

@@ -3,11 +3,11 @@
 //! them again with the `image` crate. Hostile uploads (a decompression bomb, a truncated
 //! JPEG, a HEIC named .jpg) each end as one clear dead letter while the others go on.
 
+use fleet_images::jobs::{ImageSettings, Images};
+use fleet_images::storage::{LocalConfig, StoreConfig};
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_tests::{TestDb, TestEnv, n_final};
-use fleet_worker::kinds::image::{ImageSettings, Images};
-use fleet_worker::storage::{LocalConfig, StoreConfig};
 use fleet_worker::{QueueConfig, Registry};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -428,7 +428,7 @@ async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet
     );
     let rules: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec> =
         toml::from_str("[\"ai:provider:*\"]\nrate = 100\nbreaker_failures = 5\n").unwrap();
-    let table = Arc::new(fleet_worker::limits::LimitTable::new(&rules));
+    let table = Arc::new(fleet_kit::limits::LimitTable::new(&rules));
     let images = Images::new(db.pool.clone(), &settings).unwrap().with_provider_limits(limiter, table);
     let registry = Registry::new().register(images.analyzer());
     let mut cfg = env.config("images", 1);

@@ -3,8 +3,8 @@
 //! clear errors, removal that asks first.
 
 use super::sources::{entry, feed};
-use fleet_comms::secrets::SecretBox;
-use fleet_scheduler::calendar_store;
+use fleet_accounts::secrets::SecretBox;
+use fleet_calendar::store as calendar_store;
 use fleet_tests::{TestDb, TestEnv, redis_url};
 use serde_json::{Value, json};
 use std::process::Stdio;

@@ -5,9 +5,9 @@
 use super::api::Api;
 use axum::http::StatusCode;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use fleet_scheduler::calendar_store::{self, CalendarSourceRequest};
-use fleet_scheduler::comms_store::{self, SourceRequest};
-use fleet_scheduler::sources::SourceTable;
+use fleet_accounts::sources::SourceTable;
+use fleet_calendar::store::{self as calendar_store, CalendarSourceRequest};
+use fleet_comms::store::{self as comms_store, SourceRequest};
 use fleet_scheduler::ticker::{TickReport, Ticker};
 use fleet_tests::{TestDb, TestEnv};
 use serde_json::{Value, json};

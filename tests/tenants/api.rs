@@ -350,7 +350,7 @@ async fn a_request_stuck_on_the_database_answers_503_within_the_request_timeout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intake_provider_over_its_rate_gets_429_and_another_provider_does_not() {
-    use fleet_jobs::webhooks::Secret;
+    use fleet_webhooks::signing::Secret;
     let t = Tenants::new().await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let providers = toml::from_str(&format!(

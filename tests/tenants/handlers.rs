@@ -6,15 +6,15 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use fleet_calendar::jobs::CalendarSyncHandler;
+use fleet_comms::jobs::SyncSource;
+use fleet_images::jobs::{ImageSettings, Images};
+use fleet_images::storage::{LocalConfig, StoreConfig};
 use fleet_jobs::backend::Outcome;
 use fleet_jobs::catalogue::{CalendarPush, CalendarSync, CommsSync, ImageAnalyze, ImageVariants, WatermarkArgs};
 use fleet_jobs::{EnqueueOptions, JobArgs, JobId};
 use fleet_scheduler::api::{ApiState, app, auth};
 use fleet_tests::{TestDb, TestEnv};
-use fleet_worker::kinds::calendar::CalendarSyncHandler;
-use fleet_worker::kinds::comms::SyncSource;
-use fleet_worker::kinds::image::{ImageSettings, Images};
-use fleet_worker::storage::{LocalConfig, StoreConfig};
 use fleet_worker::{QueueConfig, Registry, RunningWorker};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -440,7 +440,7 @@ async fn variants_live_under_each_tenant_s_prefix_so_no_tenant_names_another_s()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_fleet_enqueues_on_schedule_or_for_an_operator_carry_the_source_s_tenant() {
-    use fleet_scheduler::sources::{SourceTable, enqueue_due, sync_now};
+    use fleet_accounts::sources::{SourceTable, enqueue_due, sync_now};
     let env = TestEnv::new().await;
     let db = TestDb::new().await;
     insert_calendar_source(&db, A, "cal-acme").await;

@@ -242,7 +242,7 @@ async fn operators_see_and_override_a_tenants_limits_at_run_time_and_tenants_can
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_has_at_most_100_endpoints_and_another_tenant_is_not_affected() {
     let mut api = Api::new(TenancyConfig::for_tests()).await;
-    let key = fleet_comms::secrets::SecretBox::new(&"7c".repeat(32)).unwrap();
+    let key = fleet_accounts::secrets::SecretBox::new(&"7c".repeat(32)).unwrap();
     api.router = app(
         ApiState::new(api.env.client.clone(), api.db.pool.clone())
             .with_tenancy(TenancyConfig::for_tests())

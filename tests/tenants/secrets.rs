@@ -6,15 +6,15 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Request, StatusCode};
-use fleet_comms::secrets::{SecretBox, row_aad};
+use fleet_accounts::secrets::{SecretBox, row_aad};
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::{WebhookDelivery, WebhookIntake};
 use fleet_jobs::retry::{Backoff, Jitter};
 use fleet_jobs::state::DeadLetter;
-use fleet_jobs::webhooks::{Secret, verify};
 use fleet_scheduler::api::{ApiState, app, auth};
 use fleet_tests::{TestDb, TestEnv, eventually};
-use fleet_worker::kinds::webhook::{Deliver, WebhookSettings};
+use fleet_webhooks::jobs::{Deliver, WebhookSettings};
+use fleet_webhooks::signing::{Secret, verify};
 use fleet_worker::{KindPolicy, Registry, RunningWorker};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -86,8 +86,8 @@ impl World {
         };
         let registry = Registry::new()
             .register_with(Deliver::new(db.pool.clone(), settings).unwrap().with_secrets(worker_keys), policy)
-            .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()))
-            .register(fleet_worker::kinds::webhook::publish::Publish::new(db.pool.clone(), env.client.clone()));
+            .register(fleet_webhooks::jobs::intake::Record::new(db.pool.clone()))
+            .register(fleet_webhooks::jobs::publish::Publish::new(db.pool.clone(), env.client.clone()));
         let mut cfg = env.config("webhooks", 10);
         cfg.lease_ms = 10_000;
         let worker = Some(env.worker(cfg, registry).await);

@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleet_jobs::limits::LimitSpec;
 use fleet_jobs::retry::{Backoff, Jitter};
-use fleet_jobs::webhooks::{Secret, verify};
 use fleet_scheduler::api::{ApiState, app, auth};
 use fleet_tests::{TestDb, TestEnv, eventually};
-use fleet_worker::kinds::webhook::{Deliver, WebhookSettings};
+use fleet_webhooks::jobs::{Deliver, WebhookSettings};
+use fleet_webhooks::signing::{Secret, verify};
 use fleet_worker::{KindPolicy, Registry, RunningWorker};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,8 @@ use tower::ServiceExt;
 const T: Duration = Duration::from_secs(60);
 
 /// The key endpoint secrets are sealed with (the API refuses endpoints without one).
-fn secrets() -> fleet_comms::secrets::SecretBox {
-    fleet_comms::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
+fn secrets() -> fleet_accounts::secrets::SecretBox {
+    fleet_accounts::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()
 }
 
 /// One request a receiver got.
@@ -116,8 +116,8 @@ impl World {
         };
         let registry = Registry::new()
             .register_with(Deliver::new(db.pool.clone(), settings).unwrap().with_secrets(Some(secrets())), policy)
-            .register(fleet_worker::kinds::webhook::intake::Record::new(db.pool.clone()))
-            .register(fleet_worker::kinds::webhook::publish::Publish::new(db.pool.clone(), env.client.clone()))
+            .register(fleet_webhooks::jobs::intake::Record::new(db.pool.clone()))
+            .register(fleet_webhooks::jobs::publish::Publish::new(db.pool.clone(), env.client.clone()))
             .register(fleet_worker::kinds::probe::Probe);
         let mut cfg = env.config("webhooks", 20);
         cfg.queues.push(fleet_worker::QueueConfig { name: "default".into(), concurrency: 10, fetch_batch: None });

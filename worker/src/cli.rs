@@ -59,26 +59,26 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
     if let Some(url) = &config.database_url {
         let db = crate::db::connect_and_migrate(url).await?;
         let deliver =
-            crate::kinds::webhook::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
+            fleet_webhooks::jobs::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
         let client = fleet_jobs::Client::connect(&config.redis_url, config.prefix.clone()).await?;
         let limiter = fleet_jobs::limits::Limiter::new(
             fleet_jobs::connect(&config.redis_url).await?,
             config.prefix.clone(),
             std::time::Duration::from_millis(config.lease_ms),
         );
-        let table = std::sync::Arc::new(crate::limits::LimitTable::new(&config.limits));
-        let images = crate::kinds::image::Images::new(db.clone(), &config.images)
+        let table = std::sync::Arc::new(fleet_kit::limits::LimitTable::new(&config.limits));
+        let images = fleet_images::jobs::Images::new(db.clone(), &config.images)
             .map_err(anyhow::Error::msg)?
             .with_provider_limits(limiter.clone(), table.clone());
         // calendar.sync, comms.sync and webhook.deliver open sealed secrets with FLEET_SECRETS_KEY
         // (and FLEET_SECRETS_KEYS_OLD during a rotation).
-        let secrets = fleet_comms::secrets::SecretBox::from_env_if_set()
+        let secrets = fleet_accounts::secrets::SecretBox::from_env_if_set()
             .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
         if let Some(b) = &secrets {
             tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
         }
-        let relay = crate::outbox::Relay::new(db.clone(), client.clone());
-        let calendar = crate::kinds::calendar::CalendarSyncHandler::new(db.clone(), secrets.clone())
+        let relay = fleet_accounts::outbox::Relay::new(db.clone(), client.clone());
+        let calendar = fleet_calendar::jobs::CalendarSyncHandler::new(db.clone(), secrets.clone())
             .with_settings(&config.calendar)
             .map_err(|e| anyhow::anyhow!("calendar.allow: {e}"))?
             .with_relay(relay.clone());
@@ -90,12 +90,12 @@ async fn registry(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(images.variants())
             // Endpoint secrets are sealed with FLEET_SECRETS_KEY too.
             .register(deliver.with_secrets(secrets.clone()))
-            .register(crate::kinds::webhook::intake::Record::new(db.clone()))
-            .register(crate::kinds::webhook::publish::Publish::new(db.clone(), client));
+            .register(fleet_webhooks::jobs::intake::Record::new(db.clone()))
+            .register(fleet_webhooks::jobs::publish::Publish::new(db.clone(), client));
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.
         // New entries are published through the relay; SMS accounts use `[limits."sms:*"]`.
         registry = registry.register(
-            crate::kinds::comms::SyncSource::new(db, secrets)
+            fleet_comms::jobs::SyncSource::new(db, secrets)
                 .with_allowed(config.comms.ranges().map_err(|e| anyhow::anyhow!("comms.allow: {e}"))?)
                 .with_relay(relay)
                 .with_provider_limits(limiter, table),

@@ -76,13 +76,13 @@ pub struct WorkerConfig {
     /// PostgreSQL URL; job kinds that keep records there (webhooks) run only with it.
     pub database_url: Option<String>,
     /// Webhook delivery settings.
-    pub webhooks: crate::kinds::webhook::WebhookSettings,
+    pub webhooks: fleet_webhooks::jobs::WebhookSettings,
     /// Image analysis and variants: object store, memory budget, vision providers.
-    pub images: crate::kinds::image::ImageSettings,
+    pub images: fleet_images::jobs::ImageSettings,
     /// Calendar sync settings (the SSRF guard's allow-list for calendar servers).
-    pub calendar: crate::kinds::calendar::SourceSettings,
+    pub calendar: fleet_calendar::jobs::SourceSettings,
     /// Communication sync settings (the SSRF guard's allow-list for mail servers and SMS APIs).
-    pub comms: crate::kinds::calendar::SourceSettings,
+    pub comms: fleet_calendar::jobs::SourceSettings,
     /// Run the test and benchmark kind `probe` (which can abort the process on request).
     /// Off in production; the local demo, tests and benchmarks turn it on
     /// (`test_kinds = true` or `FLEET_TEST_KINDS=1`).
@@ -318,13 +318,13 @@ impl WorkerConfig {
             return invalid("crash_limit", "must be at least 1".into());
         }
         for c in &self.webhooks.allow {
-            if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
+            if let Err(m) = c.parse::<fleet_net::Cidr>() {
                 return invalid("webhooks.allow", m);
             }
         }
         for (setting, allow) in [("calendar.allow", &self.calendar.allow), ("comms.allow", &self.comms.allow)] {
             for c in allow {
-                if let Err(m) = c.parse::<crate::kinds::webhook::ssrf::Cidr>() {
+                if let Err(m) = c.parse::<fleet_net::Cidr>() {
                     return invalid(setting, m);
                 }
             }

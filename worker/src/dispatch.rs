@@ -6,7 +6,6 @@
 //! worker does not know and arguments that do not decode each send that one job
 //! to the dead letters with the reason; a panic is a failed attempt.
 
-use crate::handler::{CpuPool, JobContext, JobError, panic_message};
 use crate::registry::Registry;
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
@@ -14,6 +13,7 @@ use fleet_jobs::backend::{Completer, Completion, Op, RawJob};
 use fleet_jobs::envelope::{Envelope, now_ms};
 use fleet_jobs::limits::WaitReason;
 use fleet_jobs::state::AttemptRecord;
+use fleet_kit::{CpuPool, JobContext, JobError, panic_message};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,7 +26,7 @@ pub(crate) struct DispatchConfig {
     pub(crate) instance: Arc<str>,
     pub(crate) default_timeout: Duration,
     pub(crate) cpu: CpuPool,
-    pub(crate) guard: crate::limits::Guard,
+    pub(crate) guard: fleet_kit::limits::Guard,
 }
 
 /// The tower service of one queue's apalis worker.

@@ -24,18 +24,13 @@ pub mod cli;
 pub mod config;
 pub mod db;
 mod dispatch;
-pub mod handler;
 mod http;
 pub mod kinds;
-pub mod limits;
-pub mod outbox;
 pub mod registry;
-pub mod storage;
 pub mod telemetry;
-pub mod vision;
 
 pub use config::{QueueConfig, WorkerConfig};
-pub use handler::{Handler, JobContext, JobError};
+pub use fleet_kit::{Handler, JobContext, JobError};
 pub use registry::{KindPolicy, Registry};
 
 use anyhow::Context as _;
@@ -125,10 +120,10 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
     let dispatch_cfg = DispatchConfig {
         instance: instance.clone(),
         default_timeout: Duration::from_secs(config.job_timeout_secs),
-        cpu: handler::CpuPool::new(config.cpu_threads),
-        guard: limits::Guard::new(
+        cpu: fleet_kit::CpuPool::new(config.cpu_threads),
+        guard: fleet_kit::limits::Guard::new(
             fleet_jobs::limits::Limiter::new(conn.clone(), config.prefix.clone(), config.lease()),
-            Arc::new(limits::LimitTable::new(&config.limits)),
+            Arc::new(fleet_kit::limits::LimitTable::new(&config.limits)),
             config.lease(),
         ),
     };

@@ -1,9 +1,9 @@
 //! The registry: every job kind this worker handles, by stable kind name, with
 //! its retry backoff and timeout.
 
-use crate::handler::{Handler, JobContext, JobError};
 use fleet_jobs::JobArgs;
 use fleet_jobs::retry::Backoff;
+use fleet_kit::{Handler, JobContext, JobError};
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -124,8 +124,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handler::CpuPool;
     use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
+    use fleet_kit::CpuPool;
 
     fn ctx(tenant: Option<&str>) -> JobContext {
         JobContext {

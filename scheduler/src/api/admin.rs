@@ -416,7 +416,7 @@ pub(crate) struct ScheduleView {
 pub(crate) async fn schedules(
     State(s): State<ApiState>,
     caller: Caller,
-    Query(page): Query<crate::sources::ListPage>,
+    Query(page): Query<fleet_accounts::sources::ListPage>,
 ) -> Result<impl IntoResponse, ApiError> {
     read(&caller)?;
     let (limit, offset) = page.bounds()?;

@@ -1,6 +1,6 @@
 //! `/v1/calendar`: a supplier's calendar sources (CalDAV collections, `.ics` feeds), its
 //! settings, its occurrences in a window and its double bookings. The queries live in
-//! [`crate::calendar_store`] (shared with `fleetctl`).
+//! [`fleet_calendar::store`] (shared with `fleetctl`).
 //!
 //! A source's password is sealed with AES-256-GCM (`FLEET_SECRETS_KEY`) before it is stored
 //! and never shown again; a sync is a `calendar.sync` job on the `calendar` queue.
@@ -8,15 +8,15 @@
 use super::ApiState;
 use super::auth::Caller;
 use super::error::ApiError;
-use crate::calendar_store::{
-    self as store, CalendarSourceRequest, CalendarSourceView, ConflictView, OccurrenceView, SourceFilter,
-    SupplierSettings, Window,
-};
-use crate::sources::SourceTable;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use fleet_accounts::sources::SourceTable;
+use fleet_calendar::store::{
+    self as store, CalendarSourceRequest, CalendarSourceView, ConflictView, OccurrenceView, SourceFilter,
+    SupplierSettings, Window,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 

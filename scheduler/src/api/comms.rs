@@ -1,6 +1,6 @@
 //! `/v1/comms`: a supplier's communication sources (IMAP mailboxes, SMS/calls accounts,
 //! in-app messages), its clients' addresses, and a client's timeline. The queries live in
-//! [`crate::comms_store`] (shared with `fleetctl`).
+//! [`fleet_comms::store`] (shared with `fleetctl`).
 //!
 //! A source's password is sealed with AES-256-GCM (`FLEET_SECRETS_KEY`) before it is
 //! stored and never shown again; a sync is a `comms.sync` job on the `comms` queue.
@@ -9,14 +9,14 @@
 use super::ApiState;
 use super::auth::Caller;
 use super::error::ApiError;
-use crate::comms_store::{
-    self as store, ContactRequest, ContactView, PageQuery, QuarantinedView, SourceRequest, SourceView, TimelinePage,
-};
-use crate::sources::SourceTable;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use fleet_accounts::sources::SourceTable;
+use fleet_comms::store::{
+    self as store, ContactRequest, ContactView, PageQuery, QuarantinedView, SourceRequest, SourceView, TimelinePage,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -36,12 +36,12 @@ pub(crate) async fn create_source(
 
 /// List the tenant's sources with their sync state, by registration, a page at a time
 /// (`limit` 1 to 500, default 100; `offset`).
-#[utoipa::path(get, path = "/v1/comms/sources", params(crate::sources::ListPage),
+#[utoipa::path(get, path = "/v1/comms/sources", params(fleet_accounts::sources::ListPage),
     responses((status = 200, body = Vec<SourceView>), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn list_sources(
     State(state): State<ApiState>,
     caller: Caller,
-    Query(page): Query<crate::sources::ListPage>,
+    Query(page): Query<fleet_accounts::sources::ListPage>,
 ) -> Result<Json<Vec<SourceView>>, ApiError> {
     Ok(Json(store::list_page(&state.db, &caller.tenant, &page).await?))
 }

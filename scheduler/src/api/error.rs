@@ -79,9 +79,9 @@ impl From<fleet_jobs::Error> for ApiError {
     }
 }
 
-impl From<crate::sources::StoreError> for ApiError {
-    fn from(e: crate::sources::StoreError) -> Self {
-        use crate::sources::StoreError;
+impl From<fleet_accounts::sources::StoreError> for ApiError {
+    fn from(e: fleet_accounts::sources::StoreError) -> Self {
+        use fleet_accounts::sources::StoreError;
         match e {
             StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::BadSchedule(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", m),

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::WebhookIntake;
-use fleet_jobs::webhooks::{Secret, TOLERANCE_SECS, verify};
+use fleet_webhooks::signing::{Secret, TOLERANCE_SECS, verify};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -99,8 +99,8 @@ impl IntakeProvider {
                 let secrets: Vec<Secret> = self.secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect();
                 verify(&secrets, h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"), body, now).map_err(
                     |e| match e {
-                        fleet_jobs::webhooks::WebhookError::Stale => "stale",
-                        fleet_jobs::webhooks::WebhookError::NoMatch => "signature",
+                        fleet_webhooks::signing::WebhookError::Stale => "stale",
+                        fleet_webhooks::signing::WebhookError::NoMatch => "signature",
                         _ => "headers",
                     },
                 )?;

@@ -36,7 +36,7 @@ pub struct ApiState {
     /// The last hour of queue samples for the dashboard's charts.
     pub history: admin::History,
     /// Seals communication-source secrets (`FLEET_SECRETS_KEY`; `None`: sources cannot be stored).
-    pub secrets: Option<fleet_comms::secrets::SecretBox>,
+    pub secrets: Option<fleet_accounts::secrets::SecretBox>,
     /// What tenants may enqueue, and where.
     pub tenancy: std::sync::Arc<crate::tenancy::TenancyConfig>,
     /// Per-process request rates, timeout and stream caps.
@@ -51,7 +51,7 @@ impl ApiState {
             db,
             intake: Default::default(),
             history: Default::default(),
-            secrets: fleet_comms::secrets::SecretBox::from_env().ok(),
+            secrets: fleet_accounts::secrets::SecretBox::from_env().ok(),
             tenancy: Default::default(),
             limits: limits::Limiter::new(limits::ApiLimits::generous()),
         }
@@ -79,7 +79,7 @@ impl ApiState {
     }
 
     /// The same state with this key for communication-source secrets.
-    pub fn with_secrets(mut self, secrets: fleet_comms::secrets::SecretBox) -> Self {
+    pub fn with_secrets(mut self, secrets: fleet_accounts::secrets::SecretBox) -> Self {
         self.secrets = Some(secrets);
         self
     }
@@ -91,17 +91,17 @@ impl ApiState {
     }
 }
 
-/// Enqueues a sync of the caller's source `id` (see [`crate::sources::sync_now`]): 404
+/// Enqueues a sync of the caller's source `id` (see [`fleet_accounts::sources::sync_now`]): 404
 /// when the tenant has no such source; while a sync of it is pending (one minute), the
 /// same job's id comes back instead of a second job.
 pub(crate) async fn enqueue_source_sync(
     state: &ApiState,
     caller: &auth::Caller,
-    table: crate::sources::SourceTable,
+    table: fleet_accounts::sources::SourceTable,
     id: &str,
 ) -> Result<fleet_jobs::JobId, error::ApiError> {
     caller.require("enqueue")?;
-    Ok(crate::sources::sync_now(&state.db, &state.client, table, Some(&caller.tenant), id).await?)
+    Ok(fleet_accounts::sources::sync_now(&state.db, &state.client, table, Some(&caller.tenant), id).await?)
 }
 
 /// Most jobs in one bulk request or batch.
@@ -118,9 +118,9 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView,
-        crate::sources::SyncStatus, crate::calendar_store::CalendarSourceRequest, crate::calendar_store::CalendarSourceView, calendar::CalendarSyncView, crate::calendar_store::SupplierSettings, crate::calendar_store::OccurrenceView, crate::calendar_store::ConflictView,
+        fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView,
-        crate::comms_store::SourceRequest, crate::comms_store::SourceView, comms::SyncView, crate::comms_store::ContactRequest, crate::comms_store::ContactView, crate::comms_store::TimelinePage, crate::comms_store::QuarantinedView)),
+        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -2,7 +2,7 @@
 //! which records the event and fans it out to every enabled endpoint of the tenant whose
 //! event-type filter matches, one `webhook.deliver` job each).
 //!
-//! Endpoint secrets are sealed before they are stored ([`fleet_comms::secrets`], bound to
+//! Endpoint secrets are sealed before they are stored ([`fleet_accounts::secrets`], bound to
 //! tenant, table and endpoint id): without `FLEET_SECRETS_KEY` endpoints cannot be
 //! created or rotated (503 `not_configured`). URLs are shown whole only in the answer to
 //! the creation; listings show them redacted ([`fleet_net::redact_url`]).
@@ -17,7 +17,7 @@ use axum::response::IntoResponse;
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::WebhookPublish;
 use fleet_jobs::catalogue::webhook::message_id;
-use fleet_jobs::webhooks::Secret;
+use fleet_webhooks::signing::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -134,8 +134,8 @@ pub(crate) async fn create_endpoint(
 
 /// `secret` sealed for endpoint `id` of `tenant`; 503 `not_configured` without a key.
 fn seal_endpoint_secret(state: &ApiState, tenant: &str, id: &str, secret: &str) -> Result<String, ApiError> {
-    let aad = fleet_comms::secrets::row_aad(tenant, "webhook_endpoints", id);
-    Ok(crate::sources::seal(state.secrets.as_ref(), &aad, secret)?)
+    let aad = fleet_accounts::secrets::row_aad(tenant, "webhook_endpoints", id);
+    Ok(fleet_accounts::sources::seal(state.secrets.as_ref(), &aad, secret)?)
 }
 
 /// The URL, checked: absolute http or https with a host. Addresses are checked by the

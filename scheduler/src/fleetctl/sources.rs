@@ -1,15 +1,15 @@
 //! `fleetctl calendar …` and `fleetctl comms …`: calendar and comms sources through the
-//! same store functions as the HTTP API ([`crate::calendar_store`], [`crate::comms_store`]),
+//! same store functions as the HTTP API ([`fleet_calendar::store`], [`fleet_comms::store`]),
 //! across tenants unless `--tenant` narrows them. Secrets are read from an environment
 //! variable or stdin, sealed with `FLEET_SECRETS_KEY`, and never printed.
 
 use super::{Stores, confirm, print, table, when};
-use crate::calendar_store::{self, CalendarSourceRequest, Window};
-use crate::comms_store::{self, PageQuery, SourceRequest, TimelinePage};
-use crate::sources::{SourceTable, StoreError, sync_now};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
-use fleet_comms::secrets::SecretBox;
+use fleet_accounts::secrets::SecretBox;
+use fleet_accounts::sources::{SourceTable, StoreError, sync_now};
+use fleet_calendar::store::{self as calendar_store, CalendarSourceRequest, Window};
+use fleet_comms::store::{self as comms_store, PageQuery, SourceRequest, TimelinePage};
 use std::io::Read;
 
 /// Where a source's password comes from (never a command-line argument).
@@ -539,7 +539,7 @@ pub(super) async fn comms(stores: &Stores, json: bool, command: CommsCommand) ->
                 port,
                 tls,
                 starttls,
-                auth: xoauth2.then_some(fleet_comms::imap::AuthMethod::Xoauth2),
+                auth: xoauth2.then_some(fleet_comms::account::AuthMethod::Xoauth2),
                 user,
                 password: password.read()?,
                 api_base,

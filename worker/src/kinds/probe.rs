@@ -1,8 +1,8 @@
 //! Handler of the scripted `probe` kind (see `fleet_jobs::catalogue::probe`).
 
-use crate::handler::{Handler, JobContext, JobError};
 use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
 use fleet_jobs::envelope::now_ms;
+use fleet_kit::{Handler, JobContext, JobError};
 use std::time::Duration;
 
 /// Does what its arguments say.

@@ -1,0 +1,419 @@
+//! `comms.sync`: one communication source pulled into its supplier's timeline.
+//!
+//! The job names a source (`comms_sources`); its settings, sealed secret and cursors
+//! are in PostgreSQL. The sync itself is [`crate::imap::sync_account`] over the
+//! PostgreSQL store ([`store::PgStore`]), which commits each chunk of messages with the
+//! cursor that covers it: a retry, or a sync after a crash, goes on from there.
+//!
+//! Kinds: `imap` (password `LOGIN` or OAuth2 `XOAUTH2`; implicit TLS, STARTTLS, or plain
+//! on loopback only), `sms` (a Twilio-style API, see [`sms`]) and `in_app` (the
+//! platform's own `platform_messages`, see [`PgStore::sync_in_app`]).
+//!
+//! Every new entry is written with a `comms.entry.created` row in `comms_outbox` in the
+//! same transaction; with a relay ([`SyncSource::with_relay`]) the handler publishes the
+//! tenant's pending rows after the sync (whatever its outcome: committed chunks count).
+//!
+//! Fleet-wide limits of SMS providers: `sms:<tenant>:<account sid>` (e.g. `[limits."sms:*"]`).
+//! The key depends on the source's settings, which are in PostgreSQL, not in the job's
+//! arguments, so it is taken in the handler once the source is read (like the vision
+//! providers of `image.analyze`) rather than through [`Handler::limit_keys`]: a source
+//! over its rate or cap is snoozed, a 429 past the in-run retries holds the whole
+//! account back for its `Retry-After`, and failures feed its breaker.
+//!
+//! Isolation: each source is its own job. A source that fails (wrong password, server
+//! down) records the error on its row and is retried with the kind's backoff; the
+//! other sources of the same supplier are other jobs and sync regardless. Inside one
+//! source, a folder that fails is reported and the other folders go on.
+
+pub mod sms;
+pub mod store;
+
+use crate::contacts::ContactBook;
+use crate::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
+use fleet_accounts::outbox::Relay;
+use fleet_accounts::secrets::SecretBox;
+use fleet_calendar::oauth::OAuthCredentials;
+use fleet_jobs::catalogue::CommsSync;
+use fleet_jobs::limits::{Admission, Limiter};
+use fleet_kit::limits::LimitTable;
+use fleet_kit::{Handler, JobContext, JobError};
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+
+pub use store::PgStore;
+
+/// The `comms.sync` handler.
+#[derive(Debug, Clone)]
+pub struct SyncSource {
+    db: PgPool,
+    http: reqwest::Client,
+    secrets: Option<SecretBox>,
+    options: SyncOptions,
+    relay: Option<Relay>,
+    provider_limits: Option<(Limiter, Arc<LimitTable>)>,
+}
+
+/// The provider HTTP client: the SSRF guard, no redirects (they would carry the credentials).
+fn guarded_http(guard: &Arc<fleet_net::Guard>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    guard.client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)), 0).build().unwrap_or_default()
+}
+
+impl SyncSource {
+    /// A handler on `db`, opening secrets with `secrets` (`None`: sources with a secret
+    /// fail with a clear error naming `FLEET_SECRETS_KEY`).
+    /// Mail servers and provider APIs must be at public addresses ([`Self::with_allowed`]
+    /// opens ranges): a source's host is a tenant's input.
+    pub fn new(db: PgPool, secrets: Option<SecretBox>) -> Self {
+        let guard = Arc::new(fleet_net::Guard::new(Vec::new()));
+        SyncSource {
+            db,
+            http: guarded_http(&guard),
+            secrets,
+            options: SyncOptions { guard: Some(guard), ..SyncOptions::default() },
+            relay: None,
+            provider_limits: None,
+        }
+    }
+
+    /// Lets mail servers and provider APIs be in these address ranges besides public ones.
+    pub fn with_allowed(mut self, allow: Vec<fleet_net::Cidr>) -> Self {
+        let guard = Arc::new(fleet_net::Guard::new(allow));
+        self.http = guarded_http(&guard);
+        self.options.guard = Some(guard);
+        self
+    }
+
+    /// Publishes the new entries' events (`comms_outbox`) after each sync.
+    pub fn with_relay(mut self, relay: Relay) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// Holds SMS provider accounts to their fleet-wide limits (`sms:<tenant>:<account sid>`).
+    pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
+        self.provider_limits = Some((limiter, table));
+        self
+    }
+
+    /// Refreshes `credentials` when their access token is due (or `force`), and stores them
+    /// sealed again; a refused refresh is recorded on the source and not retried.
+    async fn renew(&self, source: &str, credentials: &mut OAuthCredentials, force: bool) -> Result<(), JobError> {
+        let now = chrono::Utc::now().timestamp();
+        if !force && !credentials.needs_refresh(now) {
+            return Ok(());
+        }
+        let options = fleet_calendar::caldav::ClientOptions {
+            guard: self.options.guard.clone(),
+            ..fleet_calendar::caldav::ClientOptions::default()
+        };
+        if let Err(e) = credentials.refresh(&options, now).await {
+            self.record(source, Err(e.to_string())).await;
+            return Err(if e.is_transient() { JobError::retry(e) } else { JobError::give_up(e) });
+        }
+        let Some(secrets) = &self.secrets else { return Err(JobError::retry("FLEET_SECRETS_KEY is not set")) };
+        let sealed = secrets.seal(source, &credentials.to_secret()).map_err(JobError::give_up)?;
+        sqlx::query("UPDATE comms_sources SET secret = $2 WHERE id = $1")
+            .bind(source)
+            .bind(sealed)
+            .execute(&self.db)
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        tracing::info!(source, "mail access token refreshed");
+        Ok(())
+    }
+
+    /// Publishes the tenant's pending events; a failure leaves them for the next run.
+    async fn publish(&self, tenant: &str) {
+        if let Some(relay) = &self.relay
+            && let Err(e) = relay.publish_pending("comms_outbox", tenant).await
+        {
+            tracing::warn!(tenant, error = %e, "could not publish new timeline entries; the next sync retries");
+        }
+    }
+
+    async fn sync_in_app(&self, source: &str, tenant: &str, config: serde_json::Value) -> Result<(), JobError> {
+        if let Some(map) = config.as_object().filter(|m| !m.is_empty()) {
+            let keys: Vec<&String> = map.keys().collect();
+            let e = format!("source settings are not valid: in_app sources take no settings (got {keys:?})");
+            self.record(source, Err(e.clone())).await;
+            return Err(JobError::give_up(e));
+        }
+        let store = PgStore::new(self.db.clone(), tenant);
+        match store.sync_in_app(source, self.options.chunk).await {
+            Ok(report) => {
+                metrics::counter!("fleet_comms_entries_total", "channel" => "in_app").increment(report.new as u64);
+                self.record(source, Ok(serde_json::to_value(report).unwrap_or_default())).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.record(source, Err(e.to_string())).await;
+                Err(JobError::retry(e))
+            }
+        }
+    }
+
+    /// The same handler with other sync options (chunk sizes, limits, timeouts).
+    pub fn with_options(mut self, options: SyncOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The supplier's clients and own addresses.
+    async fn contact_book(&self, tenant: &str, region: &str) -> Result<ContactBook, sqlx::Error> {
+        let rows = sqlx::query("SELECT kind, value, client FROM comms_contacts WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_all(&self.db)
+            .await?;
+        let mut book = ContactBook::new(region);
+        for r in rows {
+            let (kind, value, client): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let (emails, phones): (Vec<&str>, Vec<&str>) =
+                if kind == "email" { (vec![value.as_str()], vec![]) } else { (vec![], vec![value.as_str()]) };
+            if client.is_empty() {
+                book.add_own(&emails, &phones);
+            } else {
+                book.add_client(&client, &emails, &phones);
+            }
+        }
+        Ok(book)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_sms(
+        &self,
+        source: &str,
+        tenant: &str,
+        config: serde_json::Value,
+        secret: Option<String>,
+        region: &str,
+        holder: &str,
+    ) -> Result<(), JobError> {
+        let cfg: sms::SmsSourceConfig = match serde_json::from_value(config) {
+            Ok(c) => c,
+            Err(e) => {
+                let e = format!("source settings are not valid: {e}");
+                self.record(source, Err(e.clone())).await;
+                return Err(JobError::give_up(e));
+            }
+        };
+        let token = match (secret, &self.secrets) {
+            (Some(sealed), Some(secrets)) => match secrets.open(source, &sealed) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.record(source, Err(e.to_string())).await;
+                    return Err(JobError::give_up(e));
+                }
+            },
+            (None, _) => String::new(),
+            (Some(_), None) => {
+                let e = fleet_accounts::secrets::SecretError::NoKey.to_string();
+                self.record(source, Err(e.clone())).await;
+                return Err(JobError::retry(e));
+            }
+        };
+        // The API's host is the tenant's input: a private IP literal is refused here (names
+        // are checked by the client's resolver; pages stay on this host).
+        let refused = match (reqwest::Url::parse(&cfg.api_base), &self.options.guard) {
+            (Err(e), _) => Some(format!("api_base is not a URL: {e}")),
+            (Ok(url), Some(guard)) => guard
+                .check_url(&url)
+                .err()
+                .map(|ip| format!("refused by the SSRF guard: {} is a private or reserved address", ip.0)),
+            (Ok(_), None) => None,
+        };
+        if let Some(e) = refused {
+            self.record(source, Err(e.clone())).await;
+            return Err(JobError::give_up(e));
+        }
+        let book = self.contact_book(tenant, region).await?;
+        // The provider account's fleet-wide limits, when configured.
+        let key = sms::limit_key(tenant, &cfg.account_sid);
+        let limit = self.provider_limits.as_ref().and_then(|(l, t)| t.spec(&key).cloned().map(|s| (l, s)));
+        if let Some((limiter, spec)) = &limit {
+            match limiter.acquire(&key, holder, spec).await {
+                Ok((Admission::Admitted, _)) => {}
+                Ok((Admission::Wait { delay, reason }, _)) => {
+                    metrics::counter!("fleet_limiter_waits_total", "key" => key.clone(), "reason" => reason.as_str())
+                        .increment(1);
+                    return Err(JobError::snooze(delay.max(std::time::Duration::from_millis(1))));
+                }
+                Err(e) => {
+                    // Without Redis the limits cannot be checked: do not call the provider.
+                    tracing::warn!(%key, error = %e, "limit check failed; deferring the SMS sync");
+                    return Err(JobError::snooze(std::time::Duration::from_secs(1)));
+                }
+            }
+        }
+        let mut store = PgStore::new(self.db.clone(), tenant);
+        let outcome = sms::sync_sms(&self.http, &cfg, &token, source, &book, &mut store).await;
+        if let Some((limiter, spec)) = &limit {
+            let settled = match &outcome {
+                Ok(_) => limiter.report(&key, holder, spec, true).await.map(|_| ()),
+                Err(sms::SmsError::RateLimited(after)) => {
+                    if let Err(e) = limiter.slow_down(&key, spec, *after).await {
+                        tracing::warn!(%key, error = %e, "could not record the slow-down");
+                    }
+                    limiter.release(&key, holder, spec).await
+                }
+                Err(sms::SmsError::Unavailable(_)) => limiter.report(&key, holder, spec, false).await.map(|_| ()),
+                Err(_) => limiter.release(&key, holder, spec).await,
+            };
+            if let Err(e) = settled {
+                tracing::warn!(%key, error = %e, "could not report to the limiter");
+            }
+        }
+        match outcome {
+            Ok(report) => {
+                metrics::counter!("fleet_comms_entries_total", "channel" => "sms").increment(report.new as u64);
+                self.record(source, Ok(serde_json::to_value(report).unwrap_or_default())).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.record(source, Err(e.to_string())).await;
+                match e {
+                    sms::SmsError::RateLimited(after) => Err(JobError::slow_down(e, after)),
+                    other => Err(JobError::retry(other)),
+                }
+            }
+        }
+    }
+
+    async fn record(&self, source: &str, outcome: Result<serde_json::Value, String>) {
+        let (report, error) = match outcome {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        let done = sqlx::query(
+            "UPDATE comms_sources SET last_sync_at = now(),
+                    last_ok_at = CASE WHEN $3::text IS NULL THEN now() ELSE last_ok_at END,
+                    last_report = COALESCE($2, last_report), last_error = $3
+              WHERE id = $1",
+        )
+        .bind(source)
+        .bind(report)
+        .bind(error)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(source, error = %e, "could not record the sync outcome on the source");
+        }
+    }
+}
+
+impl Handler for SyncSource {
+    type Args = CommsSync;
+
+    async fn handle(&self, a: CommsSync, ctx: JobContext) -> Result<(), JobError> {
+        // The job's envelope tenant is the authority: a source of another tenant is "not
+        // found", with the same message as a missing one. A job with no tenant was
+        // enqueued by Fleet's operators (`fleetctl`, tests), never by the public API,
+        // which always sets it from the caller's key: it loads the source by id.
+        let row = sqlx::query(
+            "SELECT tenant, kind, config, secret, default_region FROM comms_sources \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
+        )
+        .bind(&a.source_id)
+        .bind(ctx.tenant.as_deref())
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(row) = row else {
+            return Err(JobError::give_up(format!("comms source {} not found (removed?)", a.source_id)));
+        };
+        let (tenant, kind, config, secret, region): (String, String, serde_json::Value, Option<String>, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if kind == "sms" {
+            let r = self.sync_sms(&a.source_id, &tenant, config, secret, &region, &ctx.id).await;
+            self.publish(&tenant).await;
+            return r;
+        }
+        if kind == "in_app" {
+            let r = self.sync_in_app(&a.source_id, &tenant, config).await;
+            self.publish(&tenant).await;
+            return r;
+        }
+        if kind != "imap" {
+            let e = format!("{kind} sources are not synced by this worker yet");
+            self.record(&a.source_id, Err(e.clone())).await;
+            return Err(JobError::give_up(e));
+        }
+        // `config` holds everything but the secret (the API writes it; never a password).
+        let mut config = config;
+        if let Some(map) = config.as_object_mut() {
+            map.insert("password".into(), serde_json::Value::String(String::new()));
+        }
+        let mut account: ImapAccount = match serde_json::from_value(config) {
+            Ok(c) => c,
+            Err(e) => {
+                let e = format!("source settings are not valid: {e}");
+                self.record(&a.source_id, Err(e.clone())).await;
+                return Err(JobError::give_up(e));
+            }
+        };
+        let password = match (secret, &self.secrets) {
+            (None, _) => String::new(),
+            (Some(sealed), Some(secrets)) => match secrets.open(&a.source_id, &sealed) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.record(&a.source_id, Err(e.to_string())).await;
+                    return Err(JobError::give_up(e));
+                }
+            },
+            (Some(_), None) => {
+                let e = fleet_accounts::secrets::SecretError::NoKey.to_string();
+                self.record(&a.source_id, Err(e.clone())).await;
+                return Err(JobError::retry(e));
+            }
+        };
+        // XOAUTH2 with OAuth credentials as the secret: the access token is kept fresh (the
+        // same refresh as calendar providers), a refused one renewed before the retry.
+        let mut oauth =
+            (account.auth == AuthMethod::Xoauth2).then(|| OAuthCredentials::from_secret(&password)).flatten();
+        account.password = match &mut oauth {
+            Some(credentials) => match self.renew(&a.source_id, credentials, false).await {
+                Ok(()) => credentials.access_token.clone(),
+                Err(e) => return Err(e),
+            },
+            None => password,
+        };
+        let book = Arc::new(self.contact_book(&tenant, &region).await?);
+        let mut store = PgStore::new(self.db.clone(), tenant.clone());
+        let outcome = sync_account(&account, &a.source_id, &book, &mut store, &self.options).await;
+        self.publish(&tenant).await;
+        if let (Err(crate::imap::SyncError::Auth { .. }), Some(credentials)) = (&outcome, &mut oauth) {
+            self.renew(&a.source_id, credentials, true).await?;
+            let e = "the server refused the access token; refreshed it, retrying";
+            self.record(&a.source_id, Err(e.into())).await;
+            return Err(JobError::retry_after(e, std::time::Duration::from_secs(1)));
+        }
+        match outcome {
+            Ok(report) => {
+                let failed: Vec<String> = report
+                    .folders
+                    .iter()
+                    .filter_map(|f| f.error.as_ref().map(|e| format!("{}: {e}", f.folder)))
+                    .collect();
+                let value = serde_json::to_value(&report).unwrap_or_default();
+                metrics::counter!("fleet_comms_entries_total", "channel" => "email")
+                    .increment(report.total(|f| f.new) as u64);
+                metrics::counter!("fleet_comms_quarantined_total").increment(report.total(|f| f.quarantined) as u64);
+                if failed.is_empty() {
+                    self.record(&a.source_id, Ok(value)).await;
+                    Ok(())
+                } else {
+                    // Partial progress is committed; the failed folders are retried.
+                    self.record(&a.source_id, Err(failed.join("; "))).await;
+                    Err(JobError::retry(format!("{} folder(s) failed: {}", failed.len(), failed.join("; "))))
+                }
+            }
+            Err(e) => {
+                self.record(&a.source_id, Err(e.to_string())).await;
+                match e {
+                    // A setting this build cannot honour will not get better by retrying.
+                    crate::imap::SyncError::Unsupported(_) => Err(JobError::give_up(e)),
+                    other => Err(JobError::retry(other)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Fleet's communication aggregation: every email, SMS, call and in-app message of a
+//! supplier's clients gathered into one deduplicated, threaded timeline per client.
+//!
+//! # Layout
+//!
+//! - [`parse`]: one raw email → [`parse::ParsedMail`], under size and depth caps,
+//!   panic-isolated; what cannot be parsed is quarantined with its raw bytes.
+//! - [`html`]: HTML-only mail as text, with a flat fallback for hostile HTML.
+//! - [`contacts`]: clients matched by email and by E.164 phone number.
+//! - [`entry`]: the one shape every item takes ([`entry::NewEntry`] →
+//!   [`entry::TimelineEntry`]).
+//! - [`timeline`]: dedup, threading and where each entry was seen; the in-memory
+//!   reference the PostgreSQL store follows.
+//! - [`imap`]: exact incremental IMAP sync with per-folder cursors.
+//! - [`sms`]: SMS and call records of a Twilio-style API as entries.
+//! - [`in_app`]: the platform's own messages as entries.
+//! - [`account`]: what a source's account is as the API registers it.
+//! - [`store`]: sources, contacts and timelines in PostgreSQL, for the API and `fleetctl`.
+//! - [`jobs`]: the `comms.sync` handler and the PostgreSQL timeline it commits to.
+//!
+//! Everything but `account`, `contacts` and `store` is behind the `jobs` feature (IMAP,
+//! MIME, provider APIs): the scheduler builds without it. Sealed secrets are
+//! `fleet_accounts::secrets`.
+//!
+//! Nothing here polls by date window: cursors are exact, so downtime never loses mail.
+
+pub mod account;
+pub mod contacts;
+pub mod store;
+
+#[cfg(feature = "jobs")]
+pub mod entry;
+#[cfg(feature = "jobs")]
+pub mod html;
+#[cfg(feature = "jobs")]
+pub mod imap;
+#[cfg(feature = "jobs")]
+pub mod in_app;
+#[cfg(feature = "jobs")]
+pub mod jobs;
+#[cfg(feature = "jobs")]
+pub mod parse;
+#[cfg(feature = "jobs")]
+pub mod sms;
+#[cfg(feature = "jobs")]
+pub mod timeline;
+
+#[cfg(all(test, feature = "jobs"))]
+mod tests;

@@ -1,0 +1,491 @@
+//! `image.analyze` and `image.variants`: a photographer's uploads, analysed and turned
+//! into the variants a portfolio shows.
+//!
+//! Both read the upload from the object store ([`crate::storage`]), read its header
+//! first (format from the bytes, dimensions against the pixel budget: a bomb is refused
+//! before any pixel is decoded), wait for room in the process's memory budget for the
+//! decoded pixels, and decode on the bounded CPU pool ([`fleet_image`]). An image that
+//! cannot be decoded (corrupt, truncated, unsupported, too large) is a permanent error:
+//! one clear dead letter, no retries. Results go to PostgreSQL; variants go back to the
+//! store under content-addressed keys, so a retry rewrites nothing.
+//!
+//! The job's tenant is the authority: it names only object keys under its own prefix
+//! `tenants/<tenant>/` (the API refuses others; the handlers check again and give up),
+//! and its variants are written under that prefix
+//! (`tenants/<tenant>/variants/<sha256>/<recipe>/<width>.<ext>`).
+
+use crate::storage::{ObjectStore, StorageError, StoreConfig};
+use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
+use crate::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
+use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request, tenant_object_prefix};
+use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
+use fleet_jobs::limits::{Admission, LimitSpec, Limiter};
+use fleet_kit::limits::LimitTable;
+use fleet_kit::{Handler, JobContext, JobError};
+use serde::Deserialize;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Settings of the image kinds (`[images]` in the worker's config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Where uploads are read and variants written.
+    pub storage: StoreConfig,
+    /// Decoded pixels held at once by this process, in MiB: image jobs wait for room,
+    /// so a burst of large photos cannot exhaust memory.
+    pub memory_budget_mb: u64,
+    /// Largest image accepted, in megapixels (checked from the header before decoding).
+    pub max_megapixels: u64,
+    /// Largest upload accepted, in MiB.
+    pub max_upload_mb: u64,
+    /// Key prefix of the variants in the store, under the tenant's own prefix
+    /// (`tenants/<tenant>/<variants_prefix>/...`; a job with no tenant writes under
+    /// `<variants_prefix>/...`).
+    pub variants_prefix: String,
+    /// Optional outside vision providers (tried in order).
+    pub vision: Option<VisionConfig>,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            storage: StoreConfig::default(),
+            memory_budget_mb: 768,
+            max_megapixels: 100,
+            max_upload_mb: 100,
+            variants_prefix: "variants".to_owned(),
+            vision: None,
+        }
+    }
+}
+
+/// What both image handlers share.
+#[derive(Debug, Clone)]
+pub struct Images {
+    db: PgPool,
+    store: Arc<dyn ObjectStore>,
+    limits: Limits,
+    /// Permits are MiB of decoded pixels.
+    memory: Arc<Semaphore>,
+    budget_mb: u32,
+    variants_prefix: String,
+    vision: Option<Arc<Vision>>,
+    /// Fleet-wide limits of the vision providers (`[limits."ai:provider:*"]`).
+    provider_limits: Option<(Limiter, Arc<LimitTable>)>,
+}
+
+impl Images {
+    /// Handlers on `db` with `settings` (the store and vision settings are checked here).
+    pub fn new(db: PgPool, settings: &ImageSettings) -> Result<Self, String> {
+        let store = crate::storage::from_config(&settings.storage).map_err(|e| format!("[images.storage]: {e}"))?;
+        let vision = match &settings.vision {
+            Some(v) => Some(Arc::new(Vision::new(v.clone()).map_err(|e| format!("[images.vision]: {e}"))?)),
+            None => None,
+        };
+        let limits = Limits {
+            max_pixels: settings.max_megapixels * 1_000_000,
+            max_bytes: settings.max_upload_mb * 1024 * 1024,
+            ..Limits::default()
+        };
+        let budget_mb = settings.memory_budget_mb.clamp(64, u64::from(u32::MAX >> 3)) as u32;
+        Ok(Images {
+            db,
+            store,
+            limits,
+            memory: Arc::new(Semaphore::new(budget_mb as usize)),
+            budget_mb,
+            variants_prefix: settings.variants_prefix.trim_matches('/').to_owned(),
+            vision,
+            provider_limits: None,
+        })
+    }
+
+    /// Holds the vision providers to their fleet-wide limits (`ai:provider:<name>`):
+    /// a provider over its rate, at its concurrency cap or with an open breaker is passed
+    /// over for the next one, a 429 holds it back fleet-wide for its `Retry-After`, and
+    /// its failures feed its breaker.
+    pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
+        self.provider_limits = Some((limiter, table));
+        self
+    }
+
+    /// Asks the vision providers about `jpeg`, through their limits.
+    async fn ask_vision(&self, vision: &Vision, jpeg: &[u8], holder: &str) -> crate::vision::VisionOutcome {
+        let gate = LimitGate { vision, limits: self.provider_limits.as_ref(), holder };
+        vision.analyze_gated(jpeg, &gate).await
+    }
+
+    /// The `image.analyze` handler.
+    pub fn analyzer(&self) -> Analyze {
+        Analyze(self.clone())
+    }
+
+    /// The `image.variants` handler.
+    pub fn variants(&self) -> Variants {
+        Variants(self.clone())
+    }
+
+    /// The upload's bytes.
+    async fn source(&self, key: &str) -> Result<bytes::Bytes, JobError> {
+        match self.store.get(key).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(JobError::give_up(format!("source image {key:?} not found in the store"))),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    /// Reads the header (refusing what the limits refuse), then waits for room in the
+    /// memory budget for the decoded pixels. The permit is held until it is dropped.
+    async fn admit(&self, bytes: &[u8]) -> Result<tokio::sync::OwnedSemaphorePermit, JobError> {
+        let header = crate::read_header(bytes, &self.limits).map_err(image_error)?;
+        // Decoded pixels plus the working copies (resize, encode): about twice the estimate.
+        let mb = (crate::estimate_decoded_bytes(&header) * 2).div_ceil(1024 * 1024);
+        let permits = (mb as u32).clamp(1, self.budget_mb);
+        self.memory.clone().acquire_many_owned(permits).await.map_err(|_| JobError::retry("memory budget closed"))
+    }
+
+    fn tenant(ctx: &JobContext) -> String {
+        ctx.tenant.clone().unwrap_or_default()
+    }
+
+    /// Checks that the job's tenant may name `key` (defence in depth: the API refuses
+    /// such keys already): with a tenant, the key must be under `tenants/<tenant>/`
+    /// ([`check_tenant_object_key`]), or the job gives up. A job with no tenant was
+    /// enqueued by Fleet's operators or benchmarks, never by the public API (which always
+    /// sets the envelope's tenant from the caller's key): any key the store accepts.
+    fn check_key(ctx: &JobContext, key: &str) -> Result<(), JobError> {
+        match &ctx.tenant {
+            Some(tenant) => check_tenant_object_key(tenant, key).map_err(JobError::give_up),
+            None => crate::storage::validate_key(key).map_err(|e| JobError::give_up(e.to_string())),
+        }
+    }
+
+    /// Where the variants of the job's tenant go: under the tenant's prefix
+    /// (`tenants/<tenant>/variants/...` by default), so a tenant can never name, nor read,
+    /// another's variants; a job with no tenant writes under the bare prefix.
+    fn variants_base(&self, ctx: &JobContext) -> String {
+        let tenant = ctx.tenant.as_deref().map(tenant_object_prefix).unwrap_or_default();
+        format!("{tenant}{}", self.variants_prefix).trim_matches('/').to_owned()
+    }
+}
+
+/// Checks each provider's fleet-wide limits before its turn and reports after it.
+struct LimitGate<'a> {
+    vision: &'a Vision,
+    limits: Option<&'a (Limiter, Arc<LimitTable>)>,
+    holder: &'a str,
+}
+
+impl LimitGate<'_> {
+    fn spec(&self, provider: &str) -> Option<(String, LimitSpec)> {
+        let (_, table) = self.limits?;
+        let key = self.vision.limit_key(provider);
+        table.spec(&key).cloned().map(|s| (key, s))
+    }
+}
+
+impl ProviderGate for LimitGate<'_> {
+    async fn admit(&self, provider: &str) -> bool {
+        let (Some((limiter, _)), Some((key, spec))) = (self.limits, self.spec(provider)) else { return true };
+        match limiter.acquire(&key, self.holder, &spec).await {
+            Ok((Admission::Admitted, _)) => true,
+            Ok((Admission::Wait { reason, .. }, _)) => {
+                metrics::counter!("fleet_limiter_waits_total", "key" => key, "reason" => reason.as_str()).increment(1);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "limit check failed; passing the provider over");
+                false
+            }
+        }
+    }
+
+    async fn settle(&self, provider: &str, outcome: Result<(), &SkipReason>) {
+        let (Some((limiter, _)), Some((key, spec))) = (self.limits, self.spec(provider)) else { return };
+        let done = match outcome {
+            Ok(()) => limiter.report(&key, self.holder, &spec, true).await.map(|_| ()),
+            Err(SkipReason::RateLimited { retry_after }) => {
+                let wait = retry_after.unwrap_or(std::time::Duration::from_secs(5));
+                let _ = limiter.slow_down(&key, &spec, wait).await;
+                limiter.release(&key, self.holder, &spec).await
+            }
+            Err(SkipReason::Timeout { .. } | SkipReason::ServerError { .. } | SkipReason::Connection { .. }) => {
+                limiter.report(&key, self.holder, &spec, false).await.map(|_| ())
+            }
+            Err(_) => limiter.release(&key, self.holder, &spec).await,
+        };
+        if let Err(e) = done {
+            tracing::warn!(%key, error = %e, "could not report to the limiter");
+        }
+    }
+}
+
+fn image_error(e: ImageError) -> JobError {
+    if e.is_permanent() { JobError::give_up(e) } else { JobError::retry(e) }
+}
+
+fn storage_error(e: StorageError) -> JobError {
+    if e.is_retryable() {
+        JobError::retry(format!("object store: {e}"))
+    } else {
+        JobError::give_up(format!("object store: {e}"))
+    }
+}
+
+fn db_error(e: sqlx::Error) -> JobError {
+    JobError::retry(format!("database: {e}"))
+}
+
+/// Handler of `image.analyze`.
+#[derive(Debug, Clone)]
+pub struct Analyze(Images);
+
+impl Handler for Analyze {
+    type Args = ImageAnalyze;
+
+    async fn handle(&self, a: ImageAnalyze, ctx: JobContext) -> Result<(), JobError> {
+        let images = &self.0;
+        Images::check_key(&ctx, &a.key)?;
+        let bytes = images.source(&a.key).await?;
+        let permit = images.admit(&bytes).await?;
+        let limits = images.limits.clone();
+        let (allow_gps, want_vision) = (a.allow_gps, a.vision && images.vision.is_some());
+        let src = bytes.clone();
+        let (analysis, metadata, decoded_warnings, source_sha256, preview) = ctx
+            .blocking(move || -> Result<_, ImageError> {
+                // Analysis works on a ~512 px copy; vision gets 640 px: decode no larger than needed.
+                let decoded = crate::decode_scaled(&src, &limits, 640, 640)?;
+                let analysis = crate::analyze(&decoded)?;
+                let metadata = crate::read_metadata(&src, allow_gps);
+                // Vision providers get a small upright JPEG with no metadata, never the upload.
+                let preview = if want_vision {
+                    let spec =
+                        VariantSpec { widths: vec![640], formats: vec![OutputFormat::Jpeg], ..Default::default() };
+                    crate::make_variants(&decoded, &spec)?.into_iter().next().map(|v| v.bytes)
+                } else {
+                    None
+                };
+                Ok((analysis, metadata, decoded.warnings.clone(), crate::sha256_hex(&src), preview))
+            })
+            .await?
+            .map_err(image_error)?;
+        drop(permit);
+
+        // A provider outage never fails the local analysis: the outcome records why.
+        let vision = match (&images.vision, preview) {
+            (Some(v), Some(jpeg)) => {
+                Some(serde_json::to_value(images.ask_vision(v, &jpeg, &ctx.id).await).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let mut metadata_json = serde_json::to_value(&metadata).unwrap_or_default();
+        if !decoded_warnings.is_empty() {
+            metadata_json["decode_warnings"] = serde_json::json!(decoded_warnings);
+        }
+        let tenant = Images::tenant(&ctx);
+        let phash = analysis.phash.0 as i64;
+        let mut tx = images.db.begin().await.map_err(db_error)?;
+        if let Some(portfolio) = &a.portfolio {
+            // One analysis of a portfolio lands at a time, so two images analysed at once
+            // each see the other (the later one's scan runs after the earlier one commits).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('images:' || $1 || ':' || $2))")
+                .bind(&tenant)
+                .bind(portfolio)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        sqlx::query(
+            "INSERT INTO image_analyses (tenant, image_id, portfolio, source_key, source_sha256, format, width, height, \
+               phash, sharpness, exposure, colours, metadata, gps_present, vision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (tenant, image_id) DO UPDATE SET portfolio = EXCLUDED.portfolio, source_key = EXCLUDED.source_key, \
+               source_sha256 = EXCLUDED.source_sha256, format = EXCLUDED.format, width = EXCLUDED.width, \
+               height = EXCLUDED.height, phash = EXCLUDED.phash, sharpness = EXCLUDED.sharpness, \
+               exposure = EXCLUDED.exposure, colours = EXCLUDED.colours, metadata = EXCLUDED.metadata, \
+               gps_present = EXCLUDED.gps_present, vision = EXCLUDED.vision, analyzed_at = now()",
+        )
+        .bind(&tenant)
+        .bind(&a.image_id)
+        .bind(&a.portfolio)
+        .bind(&a.key)
+        .bind(&source_sha256)
+        .bind(analysis.format.name())
+        .bind(analysis.width as i32)
+        .bind(analysis.height as i32)
+        .bind(phash)
+        .bind(analysis.sharpness)
+        .bind(serde_json::to_value(analysis.exposure).unwrap_or_default())
+        .bind(serde_json::to_value(&analysis.dominant_colours).unwrap_or_default())
+        .bind(metadata_json)
+        .bind(metadata.gps_present)
+        .bind(vision)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        near_duplicates(&mut tx, &tenant, &a.image_id, a.portfolio.as_deref(), phash).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        tracing::info!(image_id = %a.image_id, format = analysis.format.name(), width = analysis.width,
+            height = analysis.height, phash = %analysis.phash, "image analysed");
+        Ok(())
+    }
+}
+
+/// Perceptual-hash distance at or under which two images are near-duplicates (the image
+/// library's threshold).
+pub const NEAR_DUPLICATE_DISTANCE: i32 = 10;
+
+/// Most near-duplicate pairs one analysis records (the closest ones): a portfolio of N
+/// identical photos stores at most this many pairs per image, not N².
+pub const MAX_PAIRS_PER_IMAGE: i64 = 50;
+
+/// Rewrites the near-duplicate pairs of `image_id` (analysed again: its hash or portfolio
+/// may have changed) against the other images of its portfolio: one indexed scan of the
+/// tenant's portfolio, O(N) per image.
+async fn near_duplicates(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+    image_id: &str,
+    portfolio: Option<&str>,
+    phash: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM image_near_duplicates WHERE tenant = $1 AND (a = $2 OR b = $2)")
+        .bind(tenant)
+        .bind(image_id)
+        .execute(&mut **tx)
+        .await?;
+    let Some(portfolio) = portfolio else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO image_near_duplicates (tenant, portfolio, a, b, distance) \
+         SELECT $1, $2, LEAST($3, image_id), GREATEST($3, image_id), d FROM ( \
+           SELECT image_id, bit_count((phash # $4)::bit(64))::int AS d FROM image_analyses \
+           WHERE tenant = $1 AND portfolio = $2 AND image_id <> $3) o \
+         WHERE d <= $5 ORDER BY d, image_id LIMIT $6 \
+         ON CONFLICT (tenant, a, b) DO UPDATE SET portfolio = EXCLUDED.portfolio, distance = EXCLUDED.distance",
+    )
+    .bind(tenant)
+    .bind(portfolio)
+    .bind(image_id)
+    .bind(phash)
+    .bind(NEAR_DUPLICATE_DISTANCE)
+    .bind(MAX_PAIRS_PER_IMAGE)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Handler of `image.variants`.
+#[derive(Debug, Clone)]
+pub struct Variants(Images);
+
+impl Variants {
+    async fn spec(&self, a: &ImageVariants) -> Result<VariantSpec, JobError> {
+        check_variant_request(a.widths.as_deref(), a.formats.as_deref()).map_err(JobError::give_up)?;
+        let mut spec = VariantSpec::default();
+        if let Some(w) = &a.widths {
+            spec.widths = w.clone();
+        }
+        if let Some(f) = &a.formats {
+            spec.formats = f
+                .iter()
+                .map(|f| match f.as_str() {
+                    "jpeg" | "jpg" => Ok(OutputFormat::Jpeg),
+                    "webp" => Ok(OutputFormat::Webp),
+                    other => Err(JobError::give_up(format!("unknown variant format {other:?}: use jpeg or webp"))),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(w) = &a.watermark {
+            let image = self.0.source(&w.key).await?.to_vec();
+            let position = match w.position.as_deref().unwrap_or("bottom_right") {
+                "top_left" => WatermarkPosition::TopLeft,
+                "top_right" => WatermarkPosition::TopRight,
+                "bottom_left" => WatermarkPosition::BottomLeft,
+                "bottom_right" => WatermarkPosition::BottomRight,
+                "center" => WatermarkPosition::Center,
+                other => return Err(JobError::give_up(format!("unknown watermark position {other:?}"))),
+            };
+            spec.watermark = Some(Watermark {
+                image,
+                position,
+                opacity: w.opacity.unwrap_or(0.5),
+                scale: w.scale.unwrap_or(0.2),
+                margin: 0.02,
+            });
+        }
+        Ok(spec)
+    }
+}
+
+impl Handler for Variants {
+    type Args = ImageVariants;
+
+    async fn handle(&self, a: ImageVariants, ctx: JobContext) -> Result<(), JobError> {
+        let images = &self.0;
+        Images::check_key(&ctx, &a.key)?;
+        if let Some(w) = &a.watermark {
+            Images::check_key(&ctx, &w.key)?;
+        }
+        let spec = self.spec(&a).await?;
+        let bytes = images.source(&a.key).await?;
+        let source_sha256 = crate::sha256_hex(&bytes);
+        let recipe = spec.recipe_hash();
+        let tenant = Images::tenant(&ctx);
+        let base = [images.variants_base(&ctx).as_str(), &source_sha256, &recipe[..recipe.len().min(16)]]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+
+        let permit = images.admit(&bytes).await?;
+        let limits = images.limits.clone();
+        let variants = ctx
+            .blocking(move || -> Result<_, ImageError> {
+                // The largest width is all the variants need: a JPEG decodes at the smallest
+                // DCT scale that still covers it.
+                let widest = spec.widths.iter().copied().max().unwrap_or(0);
+                let decoded = crate::decode_scaled(&bytes, &limits, widest, 0)?;
+                crate::make_variants(&decoded, &spec)
+            })
+            .await?
+            .map_err(image_error)?;
+        drop(permit);
+
+        for v in &variants {
+            let key = format!("{base}/{}.{}", v.width, v.format.extension());
+            // Content-addressed: an object already there from an earlier attempt is the same.
+            let present =
+                images.store.head(&key).await.map_err(storage_error)?.is_some_and(|m| m.size == v.byte_len as u64);
+            if !present {
+                images
+                    .store
+                    .put(&key, bytes::Bytes::from(v.bytes.clone()), v.format.mime())
+                    .await
+                    .map_err(storage_error)?;
+            }
+            sqlx::query(
+                "INSERT INTO image_variants (tenant, image_id, width, height, format, key, bytes, sha256, recipe) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (tenant, image_id, format, width) DO UPDATE SET height = EXCLUDED.height, key = EXCLUDED.key, \
+                   bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, recipe = EXCLUDED.recipe, created_at = now()",
+            )
+            .bind(&tenant)
+            .bind(&a.image_id)
+            .bind(v.width as i32)
+            .bind(v.height as i32)
+            .bind(v.format.extension())
+            .bind(&key)
+            .bind(v.byte_len as i32)
+            .bind(&v.sha256)
+            .bind(&recipe)
+            .execute(&images.db)
+            .await
+            .map_err(db_error)?;
+        }
+        tracing::info!(image_id = %a.image_id, variants = variants.len(), "image variants written");
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! Fleet's image processing library: pure functions over bytes, for the worker's `image.analyze`
+//! and `image.variants` handlers, which call it from a blocking thread pool. No I/O, no network.
+//!
+//! # Layout
+//!
+//! - [`format`]: sniff the real format from the bytes, read the header (dimensions, frames) before
+//!   any decoding, refuse pixel floods and bombs against [`Limits`] ([`limits`]).
+//! - [`decode`](mod@decode): decode once into upright (EXIF orientation applied) 8-bit sRGB
+//!   (ICC and CMYK converted), panics caught, truncation detected.
+//! - [`metadata`]: camera, lens, date, orientation and GPS (only on request) from EXIF.
+//! - [`analysis`]: perceptual hash, sharpness, exposure, dominant colours; near-duplicate groups.
+//! - [`variants`]: resized JPEG and WebP outputs without metadata, optional watermark, recipe hash.
+//! - [`error`]: one error type; [`ImageError::is_permanent`] tells the runner to dead-letter.
+//!
+//! A handler does, on its blocking thread:
+//!
+//! ```no_run
+//! # fn run(bytes: &[u8]) -> Result<(), fleet_images::ImageError> {
+//! use fleet_images::{Limits, VariantSpec};
+//! let limits = Limits::default();
+//! let header = fleet_images::read_header(bytes, &limits)?; // µs; admit by estimate_decoded_bytes
+//! let _reserve = fleet_images::estimate_decoded_bytes(&header);
+//! let decoded = fleet_images::decode(bytes, &limits)?;
+//! let analysis = fleet_images::analyze(&decoded)?;
+//! let metadata = fleet_images::read_metadata(bytes, false);
+//! let variants = fleet_images::make_variants(&decoded, &VariantSpec::default())?;
+//! # let _ = (analysis, metadata, variants); Ok(()) }
+//! ```
+
+#[cfg(feature = "jobs")]
+pub mod analysis;
+#[cfg(feature = "jobs")]
+mod colour;
+#[cfg(feature = "jobs")]
+pub mod decode;
+#[cfg(feature = "jobs")]
+pub mod error;
+#[cfg(feature = "jobs")]
+pub mod format;
+#[cfg(feature = "jobs")]
+pub mod jobs;
+#[cfg(feature = "jobs")]
+pub mod jpeg_markers;
+#[cfg(feature = "jobs")]
+pub mod limits;
+#[cfg(feature = "jobs")]
+pub mod metadata;
+#[cfg(feature = "jobs")]
+mod resize;
+#[cfg(feature = "jobs")]
+pub mod storage;
+#[cfg(feature = "jobs")]
+pub mod variants;
+#[cfg(feature = "jobs")]
+pub mod vision;
+
+#[cfg(feature = "jobs")]
+pub use analysis::{
+    Analysis, DominantColour, Exposure, ExposureVerdict, NEAR_DUPLICATE_DISTANCE, NearDuplicates, PHash, analyze,
+};
+#[cfg(feature = "jobs")]
+pub use decode::{ColourConversion, Decoded, decode, decode_scaled};
+#[cfg(feature = "jobs")]
+pub use error::ImageError;
+#[cfg(feature = "jobs")]
+pub use format::{Format, Header, read_header, sniff};
+#[cfg(feature = "jobs")]
+pub use limits::{Limits, estimate_decoded_bytes};
+#[cfg(feature = "jobs")]
+pub use metadata::{GpsPosition, Metadata, read_metadata};
+#[cfg(feature = "jobs")]
+pub use variants::{
+    OutputFormat, RECIPE_VERSION, Variant, VariantSpec, Watermark, WatermarkPosition, make_variants, sha256_hex,
+};

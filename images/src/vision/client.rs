@@ -1,0 +1,113 @@
+//! The HTTP client of the vision providers, behind the SSRF guard.
+//!
+//! The guard checks every address a host name resolves to inside the client's
+//! resolver (so the address checked is the one connected to), and IP literals in
+//! URLs before sending (the resolver never sees those). Redirects are not followed,
+//! proxies from the environment are not used, and bodies are read up to a cap.
+
+use super::SkipReason;
+use fleet_net::{Cidr, Guard, GuardedResolver, Refused};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client whose every request passes the SSRF guard.
+pub(super) struct GuardedClient {
+    http: reqwest::Client,
+    guard: Arc<Guard>,
+    max_body: usize,
+}
+
+/// A 2xx answer's body.
+pub(super) struct Body(pub Vec<u8>);
+
+impl GuardedClient {
+    pub(super) fn new(allow: &[String], connect_timeout_ms: u64, max_body: usize) -> Result<Self, String> {
+        let allow = allow.iter().map(|c| c.parse()).collect::<Result<Vec<Cidr>, String>>()?;
+        let guard = Arc::new(Guard::new(allow));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(connect_timeout_ms))
+            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+            .user_agent(concat!("Fleet-Vision/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(GuardedClient { http, guard, max_body })
+    }
+
+    /// A POST to `url` (checked by the guard when it is an IP literal).
+    pub(super) fn post(&self, url: reqwest::Url) -> Result<reqwest::RequestBuilder, SkipReason> {
+        if let Err(Refused(ip)) = self.guard.check_url(&url) {
+            return Err(SkipReason::Refused { message: format!("{ip} is a private or reserved address") });
+        }
+        Ok(self.http.post(url))
+    }
+
+    /// Sends `request` and reads a 2xx body (up to the cap); anything else becomes
+    /// the reason to skip the provider. `error_message` pulls a message out of an
+    /// error body.
+    pub(super) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+        error_message: fn(&[u8]) -> Option<String>,
+    ) -> Result<Body, SkipReason> {
+        let resp = request.timeout(timeout).send().await.map_err(|e| transport(e, timeout))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(fleet_net::parse_retry_after);
+        let body = self.read_capped(resp, timeout).await;
+        match status {
+            200..=299 => body.map(Body),
+            429 => Err(SkipReason::RateLimited { retry_after }),
+            500..=599 => Err(SkipReason::ServerError { status }),
+            _ => {
+                let message = body.ok().as_deref().and_then(error_message).unwrap_or_default();
+                Err(SkipReason::Rejected { status, message: message.chars().take(300).collect() })
+            }
+        }
+    }
+
+    async fn read_capped(&self, mut resp: reqwest::Response, timeout: Duration) -> Result<Vec<u8>, SkipReason> {
+        if resp.content_length().is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large(self.max_body));
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e, timeout))? {
+            if out.len() + chunk.len() > self.max_body {
+                return Err(too_large(self.max_body));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+fn too_large(cap: usize) -> SkipReason {
+    SkipReason::InvalidResponse { message: format!("response larger than {cap} bytes") }
+}
+
+/// A transport error as a skip reason, without the URL: the guard's refusal, or
+/// the chain of causes of a connection failure.
+fn transport(e: reqwest::Error, timeout: Duration) -> SkipReason {
+    if e.is_timeout() {
+        return SkipReason::Timeout { timeout_ms: timeout.as_millis() as u64 };
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        // Matched by text too: the resolver's error may come back re-wrapped.
+        if c.is::<Refused>() || c.to_string().ends_with("resolves to a private or reserved address") {
+            return SkipReason::Refused { message: c.to_string() };
+        }
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    SkipReason::Connection { message: text }
+}

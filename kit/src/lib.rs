@@ -1,0 +1,17 @@
+//! # fleet-kit
+//!
+//! What a job kind is written with, and tested with, wherever it lives: the domain crates
+//! (webhooks, images, calendar, comms) implement their handlers against this crate alone,
+//! and the worker runs them.
+//!
+//! ## Layout
+//!
+//! * [`handler`]: the [`Handler`] trait, [`JobError`] (what happens next: retry, retry
+//!   after, give up, snooze, slow down) and [`JobContext`] (the job, its tenant, a bounded
+//!   pool for CPU work).
+//! * [`limits`]: fleet-wide rate limits, concurrency caps and breakers around attempts.
+
+pub mod handler;
+pub mod limits;
+
+pub use handler::{CpuPool, Handler, JobContext, JobError, panic_message};

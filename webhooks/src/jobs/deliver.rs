@@ -1,0 +1,338 @@
+//! `webhook.deliver`: signed delivery of one event message to one endpoint.
+//!
+//! * Standard Webhooks headers: `webhook-id` (the message id, the same on every retry),
+//!   `webhook-timestamp` and `webhook-signature` fresh on each attempt, one signature
+//!   per endpoint secret (rotation), over the payload's exact bytes.
+//! * One deadline for connect, headers and body; the response body is read up to a cap
+//!   and the rest dropped; redirects are never followed; the SSRF guard checks every
+//!   address connected to.
+//! * 2xx succeeds. 410 Gone disables the endpoint (nothing more is sent to it). 429
+//!   holds the endpoint back fleet-wide for its `Retry-After` (clamped to 1 s..10 h).
+//!   5xx, 3xx, timeouts and connection errors are retried with backoff (or after
+//!   `Retry-After`). Other 4xx and refused addresses give up (dead letter, replayable).
+//! * Every attempt is written to `webhook_attempts`.
+//! * The endpoint's limit key `webhook:endpoint:<id>` carries its rate, cap and breaker.
+//! * The job's tenant (from its envelope, never its arguments) is the authority: the
+//!   endpoint and the message are loaded for that tenant only, and one of another tenant
+//!   is "not found", exactly like a missing one.
+//! * Endpoint secrets are sealed at rest ([`fleet_accounts::secrets`], bound to tenant,
+//!   table and endpoint id); plaintext ones (from before sealing) still sign until the
+//!   scheduler or `fleet-scheduler reseal-secrets` seals them.
+//! * URLs are redacted ([`fleet_net::redact_url`]) in every error and attempt row.
+
+/// The SSRF guard (the `fleet-net` crate, shared with the calendar and vision clients).
+use fleet_net as ssrf;
+pub use fleet_net::parse_retry_after;
+
+use crate::signing::{Secret, signature_header};
+use fleet_accounts::secrets::{SecretBox, SecretError, is_sealed, row_aad};
+use fleet_jobs::catalogue::WebhookDelivery;
+use fleet_kit::{Handler, JobContext, JobError};
+use serde::Deserialize;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Delivery settings (`[webhooks]` in the worker config).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Address ranges allowed besides public ones, e.g. `["127.0.0.0/8"]` for local tests.
+    pub allow: Vec<String>,
+    /// Connect timeout, ms.
+    pub connect_timeout_ms: u64,
+    /// Deadline of one attempt (connect, headers and body), ms.
+    pub timeout_ms: u64,
+    /// Most response bytes read (and the first 4 KiB of them kept in the attempt log).
+    pub max_response_bytes: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            allow: Vec::new(),
+            connect_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            max_response_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Refusal by the SSRF guard (surfaces as a connect error).
+/// The `webhook.deliver` handler.
+pub struct Deliver {
+    db: PgPool,
+    http: reqwest::Client,
+    guard: Arc<ssrf::Guard>,
+    settings: WebhookSettings,
+    secrets: Option<SecretBox>,
+}
+
+/// What one HTTP attempt came to.
+struct Sent {
+    status: Option<u16>,
+    response: Option<String>,
+    retry_after: Option<Duration>,
+    error: Option<String>,
+    refused: bool,
+}
+
+impl Deliver {
+    /// A handler on `db` with `settings` (checked: the allow-list must parse).
+    pub fn new(db: PgPool, settings: WebhookSettings) -> Result<Self, String> {
+        let allow = settings.allow.iter().map(|c| c.parse()).collect::<Result<Vec<ssrf::Cidr>, String>>()?;
+        let guard = Arc::new(ssrf::Guard::new(allow));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .dns_resolver(Arc::new(ssrf::GuardedResolver(guard.clone())))
+            .user_agent(concat!("Fleet-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Deliver { db, http, guard, settings, secrets: None })
+    }
+
+    /// The same handler opening sealed endpoint secrets with `secrets` (`FLEET_SECRETS_KEY`).
+    /// Without it, only endpoints whose secrets are still plaintext can be delivered to.
+    pub fn with_secrets(mut self, secrets: Option<SecretBox>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The endpoint's secrets in the clear: sealed ones opened (bound to tenant and
+    /// endpoint id), plaintext ones (stored before sealing) as they are.
+    fn open_secrets(&self, tenant: &str, endpoint_id: &str, stored: Vec<String>) -> Result<Vec<String>, JobError> {
+        let aad = row_aad(tenant, "webhook_endpoints", endpoint_id);
+        stored
+            .into_iter()
+            .map(|s| {
+                if !is_sealed(&s) {
+                    return Ok(s);
+                }
+                let Some(secrets) = &self.secrets else {
+                    return Err(JobError::retry(format!(
+                        "endpoint {endpoint_id} has sealed secrets but this worker has no FLEET_SECRETS_KEY"
+                    )));
+                };
+                secrets.open(&aad, &s).map_err(|e| match e {
+                    // Another worker (or this one after a restart) may have the key.
+                    SecretError::UnknownKey(_) => JobError::retry(format!("endpoint {endpoint_id}: {e}")),
+                    _ => JobError::give_up(format!("endpoint {endpoint_id}: {e}")),
+                })
+            })
+            .collect()
+    }
+
+    async fn send(&self, url: &str, secrets: &[String], message_id: &str, payload: &str) -> Sent {
+        let fail = |error: String, refused: bool| Sent {
+            status: None,
+            response: None,
+            retry_after: None,
+            error: Some(error),
+            refused,
+        };
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => return fail(format!("invalid endpoint URL {}: http or https expected", ssrf::redact_url(url)), true),
+        };
+        if let Err(ssrf::Refused(ip)) = self.guard.check_url(&parsed) {
+            return fail(format!("refused by the SSRF guard: {ip} is a private or reserved address"), true);
+        }
+        let keys: Vec<Secret> = secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect();
+        if keys.is_empty() {
+            return fail("the endpoint has no valid signing secret".into(), true);
+        }
+        let ts = chrono::Utc::now().timestamp();
+        let signature = match signature_header(&keys, message_id, ts, payload.as_bytes()) {
+            Ok(s) => s,
+            Err(e) => return fail(e.to_string(), true),
+        };
+        let request = self
+            .http
+            .post(parsed)
+            .header("webhook-id", message_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(payload.to_owned());
+        let mut resp = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let refused = chain_has_refusal(&e);
+                let timeout = e.is_timeout();
+                let connect = e.is_connect();
+                // reqwest's message names the URL, query string and all.
+                let e = e.without_url();
+                let what = if refused {
+                    chain_text(&e)
+                } else if timeout {
+                    format!("timed out after {} ms", self.settings.timeout_ms)
+                } else if connect {
+                    format!("connection failed: {}", chain_text(&e))
+                } else {
+                    chain_text(&e)
+                };
+                return fail(what, refused);
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let mut body = Vec::new();
+        let mut error = None;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.settings.max_response_bytes.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= self.settings.max_response_bytes {
+                        break; // the rest is dropped unread
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(if e.is_timeout() {
+                        "timed out reading the response".to_owned()
+                    } else {
+                        chain_text(&e.without_url())
+                    });
+                    break;
+                }
+            }
+        }
+        let kept = &body[..body.len().min(4096)];
+        Sent {
+            status: Some(status),
+            response: Some(String::from_utf8_lossy(kept).into_owned()),
+            retry_after,
+            error,
+            refused: false,
+        }
+    }
+
+    async fn log(&self, a: &WebhookDelivery, attempt: u32, outcome: &str, sent: &Sent, took: Duration) {
+        let r = sqlx::query(
+            "INSERT INTO webhook_attempts (message_id, endpoint_id, attempt, outcome, status, duration_ms, response, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&a.message_id)
+        .bind(&a.endpoint_id)
+        .bind(attempt as i32)
+        .bind(outcome)
+        .bind(sent.status.map(|s| s as i32))
+        .bind(took.as_millis() as i32)
+        .bind(&sent.response)
+        .bind(&sent.error)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not log the delivery attempt");
+        }
+    }
+}
+
+/// The error and its causes, any URL in them redacted.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    ssrf::redact_urls_in(&s)
+}
+
+fn chain_has_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    ssrf::refusal_in(e).is_some()
+}
+
+impl Handler for Deliver {
+    type Args = WebhookDelivery;
+
+    fn limit_keys(&self, args: &WebhookDelivery) -> Vec<String> {
+        vec![args.limit_key()]
+    }
+
+    async fn handle(&self, a: WebhookDelivery, ctx: JobContext) -> Result<(), JobError> {
+        // Deliveries are enqueued by `webhook.publish` for its tenant; one without a
+        // tenant was not, and may name anybody's endpoint.
+        let Some(tenant) = ctx.tenant.as_deref() else {
+            return Err(JobError::give_up(
+                "webhook.deliver needs a tenant (deliveries are enqueued by webhook.publish)",
+            ));
+        };
+        // A row of another tenant is "not found", with the same message as a missing one.
+        let endpoint: Option<(String, Vec<String>, bool, Option<String>)> =
+            // After a rotation's grace period only the current secret (the first) signs.
+            sqlx::query_as(
+                "SELECT url, CASE WHEN previous_secrets_until < now() THEN secrets[1:1] ELSE secrets END, enabled, disabled_reason \
+                 FROM webhook_endpoints WHERE id = $1 AND tenant = $2",
+            )
+                .bind(&a.endpoint_id)
+                .bind(tenant)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let Some((url, secrets, enabled, reason)) = endpoint else {
+            return Err(JobError::give_up(format!("endpoint {} not found", a.endpoint_id)));
+        };
+        let payload: Option<String> =
+            sqlx::query_scalar("SELECT payload FROM webhook_messages WHERE id = $1 AND tenant = $2")
+                .bind(&a.message_id)
+                .bind(tenant)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let Some(payload) = payload else {
+            return Err(JobError::give_up(format!("message {} not found", a.message_id)));
+        };
+        if !enabled {
+            let why = format!("endpoint disabled ({})", reason.unwrap_or_default());
+            let skipped =
+                Sent { status: None, response: None, retry_after: None, error: Some(why.clone()), refused: false };
+            self.log(&a, ctx.attempt, "skipped", &skipped, Duration::ZERO).await;
+            return Err(JobError::give_up(why));
+        }
+        let secrets = self.open_secrets(tenant, &a.endpoint_id, secrets)?;
+        let t0 = Instant::now();
+        let sent = self.send(&url, &secrets, &a.message_id, &payload).await;
+        let took = t0.elapsed();
+        let (outcome, result) = match (sent.status, &sent.error) {
+            (Some(s), None) if (200..300).contains(&s) => ("delivered", Ok(())),
+            (Some(410), _) => {
+                let _ = sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = '410 Gone from the endpoint', updated_at = now() WHERE id = $1 AND tenant = $2",
+                )
+                .bind(&a.endpoint_id)
+                .bind(tenant)
+                .execute(&self.db)
+                .await;
+                tracing::warn!(endpoint = %a.endpoint_id, "endpoint answered 410 Gone: disabled");
+                ("gone", Err(JobError::give_up("HTTP 410 Gone: the endpoint is disabled")))
+            }
+            (Some(429), _) => {
+                let wait = sent.retry_after.unwrap_or(Duration::from_secs(5));
+                ("throttled", Err(JobError::slow_down("HTTP 429 Too Many Requests", wait)))
+            }
+            (Some(s), _) if s >= 500 || (300..400).contains(&s) => {
+                let e = format!("HTTP {s}");
+                match sent.retry_after {
+                    Some(d) => ("failed", Err(JobError::retry_after(e, d))),
+                    None => ("failed", Err(JobError::retry(e))),
+                }
+            }
+            (Some(s), None) => {
+                ("refused", Err(JobError::give_up(format!("HTTP {s}: the endpoint refused the delivery"))))
+            }
+            (Some(s), Some(e)) => ("failed", Err(JobError::retry(format!("HTTP {s}, then {e}")))),
+            (None, Some(e)) if sent.refused => ("refused", Err(JobError::give_up(e.clone()))),
+            (None, Some(e)) => ("failed", Err(JobError::retry(e.clone()))),
+            (None, None) => ("failed", Err(JobError::retry("no response"))),
+        };
+        self.log(&a, ctx.attempt, outcome, &sent, took).await;
+        result
+    }
+}
