@@ -26,7 +26,7 @@ fn dovecot_dir() -> String {
 fn ensure_dovecot() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dovecot.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dovecot.sh");
         let out = std::process::Command::new("bash").arg(script).output().expect("run scripts/dovecot.sh");
         assert!(
             out.status.success(),

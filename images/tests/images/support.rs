@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use fleet_images::{Decoded, Limits};
 
 pub fn fixture_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/images").join(rel)
 }
 
 pub fn fixture(rel: &str) -> Vec<u8> {
