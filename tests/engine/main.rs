@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod acks;
 mod controls;
 mod expiry;
+mod kinds;
 mod suspects;
 
 const T: Duration = Duration::from_secs(20);

@@ -119,7 +119,19 @@ impl World {
     async fn publish(&self, key: &str, payload: Value) -> String {
         let (s, v) = self.call(key, "POST", "/v1/events", json!({"type": "t.x", "payload": payload})).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-        v["id"].as_str().unwrap().to_owned()
+        let id = v["id"].as_str().unwrap().to_owned();
+        // The message row is written by the `webhook.publish` job: a delivery enqueued by
+        // hand before it runs would find no message.
+        eventually(&format!("message {id} stored"), T, || async {
+            let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM webhook_messages WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&self.db.pool)
+                .await
+                .unwrap();
+            found
+        })
+        .await;
+        id
     }
 
     /// A `webhook.deliver` job enqueued directly with `tenant` in its envelope.
