@@ -541,24 +541,16 @@ async fn webhooks() {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
     let secret = fleet_webhooks::signing::Secret::generate();
-    sqlx::query("INSERT INTO webhook_endpoints (id, tenant, url, secrets) VALUES ('ep_bench', 'bench', $1, $2)")
-        .bind(format!("http://{addr}/hook"))
-        .bind(vec![secret])
-        .execute(&db)
+    // A plaintext secret, as endpoints from before sealing hold: the worker needs no key.
+    fleet_webhooks::store::insert_endpoint(&db, "ep_bench", "bench", &format!("http://{addr}/hook"), &[secret], &[])
         .await
         .expect("endpoint");
 
     let c = fresh().await;
     let publish = |i: usize, db: sqlx::PgPool, c: Client| async move {
         let id = format!("msg_{i:08}");
-        sqlx::query(
-            "INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, 'bench', 'bench.event', $2)",
-        )
-        .bind(&id)
-        .bind(format!(r#"{{"n":{i},"gallery":"smith-jones"}}"#))
-        .execute(&db)
-        .await
-        .expect("message");
+        let payload = format!(r#"{{"n":{i},"gallery":"smith-jones"}}"#);
+        fleet_webhooks::store::record_message(&db, &id, "bench", "bench.event", &payload).await.expect("message");
         let args = fleet_jobs::catalogue::WebhookDelivery { message_id: id.clone(), endpoint_id: "ep_bench".into() };
         // Deliveries carry their tenant: the handler loads the endpoint and message for it only.
         let opts = fleet_jobs::EnqueueOptions { tenant: Some("bench".into()), ..Default::default() };
@@ -576,14 +568,8 @@ async fn webhooks() {
         .collect();
     let mut tx = db.begin().await.expect("tx");
     for i in 0..n {
-        sqlx::query(
-            "INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, 'bench', 'bench.event', $2)",
-        )
-        .bind(format!("msg_{i:08}"))
-        .bind(format!(r#"{{"n":{i}}}"#))
-        .execute(&mut *tx)
-        .await
-        .expect("message");
+        let (id, payload) = (format!("msg_{i:08}"), format!(r#"{{"n":{i}}}"#));
+        fleet_webhooks::store::record_message(&mut *tx, &id, "bench", "bench.event", &payload).await.expect("message");
     }
     tx.commit().await.expect("commit");
     let bench = || fleet_jobs::EnqueueOptions { tenant: Some("bench".into()), ..Default::default() };

@@ -1,7 +1,20 @@
-//! Fleet's image processing library: pure functions over bytes, for the worker's `image.analyze`
-//! and `image.variants` handlers, which call it from a blocking thread pool. No I/O, no network.
+//! # fleet-images
+//!
+//! Fleet's images domain: a photographer's uploads analysed (format, size, perceptual hash,
+//! sharpness, exposure, colours, EXIF, near-duplicates) and turned into the variants a
+//! portfolio shows.
 //!
 //! # Layout
+//!
+//! Always built (the scheduler links only this, and so no image decoder):
+//!
+//! - [`store`]: every query on the image tables (`image_analyses`, `image_variants`,
+//!   `image_near_duplicates`), each scoped by the tenant it serves: analyses and variants
+//!   as the jobs record them (near-duplicate pairs found when an analysis lands), a
+//!   portfolio's page as `GET /v1/portfolios/{portfolio}` reads it.
+//!
+//! Behind the `jobs` feature (what the worker links): pure functions over bytes, no I/O,
+//! which the handlers call on a blocking thread pool,
 //!
 //! - [`format`]: sniff the real format from the bytes, read the header (dimensions, frames) before
 //!   any decoding, refuse pixel floods and bombs against [`Limits`] ([`limits`]).
@@ -11,6 +24,14 @@
 //! - [`analysis`]: perceptual hash, sharpness, exposure, dominant colours; near-duplicate groups.
 //! - [`variants`]: resized JPEG and WebP outputs without metadata, optional watermark, recipe hash.
 //! - [`error`]: one error type; [`ImageError::is_permanent`] tells the runner to dead-letter.
+//!
+//! and what talks to the outside:
+//!
+//! - [`storage`]: object storage (a local folder or S3) for uploads and variants.
+//! - [`vision`]: optional outside vision providers (categories, tags, alt text), SSRF-guarded.
+//! - [`jobs`]: the `image.analyze` and `image.variants` handlers: read the upload from
+//!   [`storage`], decode within the memory budget, ask [`vision`], write variants back and
+//!   record the results through [`store`]. They hold no SQL.
 //!
 //! A handler does, on its blocking thread:
 //!
@@ -26,6 +47,8 @@
 //! let variants = fleet_images::make_variants(&decoded, &VariantSpec::default())?;
 //! # let _ = (analysis, metadata, variants); Ok(()) }
 //! ```
+
+pub mod store;
 
 #[cfg(feature = "jobs")]
 pub mod analysis;

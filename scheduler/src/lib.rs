@@ -212,12 +212,7 @@ pub fn health_routes(ready: Readiness) -> axum::Router {
 /// or `fleet-scheduler reseal-secrets` does it.
 async fn seal_plaintext_endpoint_secrets(db: &sqlx::PgPool, secrets: Option<&fleet_accounts::secrets::SecretBox>) {
     let Some(secrets) = secrets else {
-        let plain: Result<i64, _> = sqlx::query_scalar(
-            "SELECT count(*) FROM webhook_endpoints WHERE EXISTS \
-             (SELECT 1 FROM unnest(secrets) s WHERE s NOT LIKE 'v1:%' AND s NOT LIKE 'v2:%')",
-        )
-        .fetch_one(db)
-        .await;
+        let plain = fleet_webhooks::store::count_plaintext_endpoints(db).await;
         if let Ok(n @ 1..) = plain {
             tracing::warn!(
                 endpoints = n,

@@ -6,7 +6,7 @@
 //!
 //! | table | column | associated data |
 //! |---|---|---|
-//! | `webhook_endpoints` | `secrets` (array) | tenant + table + endpoint id ([`row_aad`]) |
+//! | `webhook_endpoints` | `secrets` (array) | tenant + table + endpoint id ([`endpoint_store::endpoint_aad`]) |
 //! | `calendar_sources` | `secret` | source id |
 //! | `comms_sources` | `secret` | source id |
 //!
@@ -17,7 +17,8 @@
 //! already sealed with the current key are not touched. A value no configured key opens
 //! is reported by row id (never by content) and left as it is.
 
-use fleet_accounts::secrets::{SecretBox, is_sealed, row_aad};
+use fleet_accounts::secrets::{SecretBox, is_sealed};
+use fleet_webhooks::store as endpoint_store;
 use sqlx::PgPool;
 
 /// Rows read per query.
@@ -93,20 +94,11 @@ async fn endpoints(db: &PgPool, secrets: &SecretBox, plaintext_only: bool) -> Re
     let mut counts = Counts::default();
     let mut after = String::new();
     loop {
-        let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
-            "SELECT id, tenant, secrets FROM webhook_endpoints WHERE id > $1 \
-             AND (NOT $2 OR EXISTS (SELECT 1 FROM unnest(secrets) s WHERE s NOT LIKE 'v1:%' AND s NOT LIKE 'v2:%')) \
-             ORDER BY id LIMIT $3",
-        )
-        .bind(&after)
-        .bind(plaintext_only)
-        .bind(PAGE)
-        .fetch_all(db)
-        .await?;
+        let rows = endpoint_store::endpoint_secrets_page(db, &after, plaintext_only, PAGE).await?;
         let Some(last) = rows.last() else { break };
-        after = last.0.clone();
-        for (id, tenant, old) in rows {
-            let aad = row_aad(&tenant, "webhook_endpoints", &id);
+        after = last.id.clone();
+        for endpoint_store::StoredSecrets { id, tenant, secrets: old } in rows {
+            let aad = endpoint_store::endpoint_aad(&tenant, &id);
             let mut new = Vec::with_capacity(old.len());
             let (mut resealed, mut sealed, mut current) = (0, 0, 0);
             let mut ok = true;
@@ -135,13 +127,7 @@ async fn endpoints(db: &PgPool, secrets: &SecretBox, plaintext_only: bool) -> Re
             if resealed + sealed == 0 {
                 continue;
             }
-            let r = sqlx::query("UPDATE webhook_endpoints SET secrets = $3 WHERE id = $1 AND secrets = $2")
-                .bind(&id)
-                .bind(&old)
-                .bind(&new)
-                .execute(db)
-                .await?;
-            if r.rows_affected() == 1 {
+            if endpoint_store::replace_secrets(db, &id, &old, &new).await? {
                 counts.resealed += resealed;
                 counts.sealed_plaintext += sealed;
             } else {

@@ -7,11 +7,18 @@
 //!
 //! * [`signing`]: Standard Webhooks 1.0 signatures over the raw body, verified in
 //!   constant time; rotation with several signatures.
+//! * [`store`]: every query on the webhook tables (`webhook_endpoints`,
+//!   `webhook_messages`, `webhook_attempts`, `intake_events`), each scoped by the tenant it
+//!   serves; the endpoint limits and the sealing of endpoint secrets. The scheduler's
+//!   `/v1/endpoints` routes, the jobs, `reseal-secrets` and the benchmark all go through
+//!   it. Always built.
 //! * `jobs` (feature `jobs`, what the worker links): `webhook.deliver` (SSRF-guarded
 //!   delivery, retries that honour Retry-After, 410 disables the endpoint), `webhook.publish`
 //!   (one event → one delivery per subscribed endpoint, idempotent) and `webhook.intake`.
+//!   They hold no SQL: what they read and write is in [`store`].
 
 pub mod signing;
+pub mod store;
 
 #[cfg(feature = "jobs")]
 pub mod jobs;

@@ -6,8 +6,9 @@
 //! before any pixel is decoded), wait for room in the process's memory budget for the
 //! decoded pixels, and decode on the bounded CPU pool ([`fleet_image`]). An image that
 //! cannot be decoded (corrupt, truncated, unsupported, too large) is a permanent error:
-//! one clear dead letter, no retries. Results go to PostgreSQL; variants go back to the
-//! store under content-addressed keys, so a retry rewrites nothing.
+//! one clear dead letter, no retries. Results go to PostgreSQL through [`crate::store`]
+//! (with the near-duplicate pairs of the image's portfolio); variants go back to the
+//! object store under content-addressed keys, so a retry rewrites nothing.
 //!
 //! The job's tenant is the authority: it names only object keys under its own prefix
 //! `tenants/<tenant>/` (the API refuses others; the handlers check again and give up),
@@ -15,6 +16,7 @@
 //! (`tenants/<tenant>/variants/<sha256>/<recipe>/<width>.<ext>`).
 
 use crate::storage::{ObjectStore, StorageError, StoreConfig};
+use crate::store;
 use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
 use crate::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
 use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request, tenant_object_prefix};
@@ -286,94 +288,28 @@ impl Handler for Analyze {
         }
         let tenant = Images::tenant(&ctx);
         let phash = analysis.phash.0 as i64;
-        let mut tx = images.db.begin().await.map_err(db_error)?;
-        if let Some(portfolio) = &a.portfolio {
-            // One analysis of a portfolio lands at a time, so two images analysed at once
-            // each see the other (the later one's scan runs after the earlier one commits).
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('images:' || $1 || ':' || $2))")
-                .bind(&tenant)
-                .bind(portfolio)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        sqlx::query(
-            "INSERT INTO image_analyses (tenant, image_id, portfolio, source_key, source_sha256, format, width, height, \
-               phash, sharpness, exposure, colours, metadata, gps_present, vision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-             ON CONFLICT (tenant, image_id) DO UPDATE SET portfolio = EXCLUDED.portfolio, source_key = EXCLUDED.source_key, \
-               source_sha256 = EXCLUDED.source_sha256, format = EXCLUDED.format, width = EXCLUDED.width, \
-               height = EXCLUDED.height, phash = EXCLUDED.phash, sharpness = EXCLUDED.sharpness, \
-               exposure = EXCLUDED.exposure, colours = EXCLUDED.colours, metadata = EXCLUDED.metadata, \
-               gps_present = EXCLUDED.gps_present, vision = EXCLUDED.vision, analyzed_at = now()",
-        )
-        .bind(&tenant)
-        .bind(&a.image_id)
-        .bind(&a.portfolio)
-        .bind(&a.key)
-        .bind(&source_sha256)
-        .bind(analysis.format.name())
-        .bind(analysis.width as i32)
-        .bind(analysis.height as i32)
-        .bind(phash)
-        .bind(analysis.sharpness)
-        .bind(serde_json::to_value(analysis.exposure).unwrap_or_default())
-        .bind(serde_json::to_value(&analysis.dominant_colours).unwrap_or_default())
-        .bind(metadata_json)
-        .bind(metadata.gps_present)
-        .bind(vision)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        near_duplicates(&mut tx, &tenant, &a.image_id, a.portfolio.as_deref(), phash).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        let analysed = store::NewAnalysis {
+            tenant: &tenant,
+            image_id: &a.image_id,
+            portfolio: a.portfolio.as_deref(),
+            source_key: &a.key,
+            source_sha256: &source_sha256,
+            format: analysis.format.name(),
+            width: analysis.width,
+            height: analysis.height,
+            phash,
+            sharpness: analysis.sharpness,
+            exposure: serde_json::to_value(analysis.exposure).unwrap_or_default(),
+            colours: serde_json::to_value(&analysis.dominant_colours).unwrap_or_default(),
+            metadata: metadata_json,
+            gps_present: metadata.gps_present,
+            vision,
+        };
+        store::record_analysis(&images.db, &analysed).await.map_err(db_error)?;
         tracing::info!(image_id = %a.image_id, format = analysis.format.name(), width = analysis.width,
             height = analysis.height, phash = %analysis.phash, "image analysed");
         Ok(())
     }
-}
-
-/// Perceptual-hash distance at or under which two images are near-duplicates (the image
-/// library's threshold).
-pub const NEAR_DUPLICATE_DISTANCE: i32 = 10;
-
-/// Most near-duplicate pairs one analysis records (the closest ones): a portfolio of N
-/// identical photos stores at most this many pairs per image, not N².
-pub const MAX_PAIRS_PER_IMAGE: i64 = 50;
-
-/// Rewrites the near-duplicate pairs of `image_id` (analysed again: its hash or portfolio
-/// may have changed) against the other images of its portfolio: one indexed scan of the
-/// tenant's portfolio, O(N) per image.
-async fn near_duplicates(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    tenant: &str,
-    image_id: &str,
-    portfolio: Option<&str>,
-    phash: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM image_near_duplicates WHERE tenant = $1 AND (a = $2 OR b = $2)")
-        .bind(tenant)
-        .bind(image_id)
-        .execute(&mut **tx)
-        .await?;
-    let Some(portfolio) = portfolio else { return Ok(()) };
-    sqlx::query(
-        "INSERT INTO image_near_duplicates (tenant, portfolio, a, b, distance) \
-         SELECT $1, $2, LEAST($3, image_id), GREATEST($3, image_id), d FROM ( \
-           SELECT image_id, bit_count((phash # $4)::bit(64))::int AS d FROM image_analyses \
-           WHERE tenant = $1 AND portfolio = $2 AND image_id <> $3) o \
-         WHERE d <= $5 ORDER BY d, image_id LIMIT $6 \
-         ON CONFLICT (tenant, a, b) DO UPDATE SET portfolio = EXCLUDED.portfolio, distance = EXCLUDED.distance",
-    )
-    .bind(tenant)
-    .bind(portfolio)
-    .bind(image_id)
-    .bind(phash)
-    .bind(NEAR_DUPLICATE_DISTANCE)
-    .bind(MAX_PAIRS_PER_IMAGE)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Handler of `image.variants`.
@@ -466,24 +402,18 @@ impl Handler for Variants {
                     .await
                     .map_err(storage_error)?;
             }
-            sqlx::query(
-                "INSERT INTO image_variants (tenant, image_id, width, height, format, key, bytes, sha256, recipe) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (tenant, image_id, format, width) DO UPDATE SET height = EXCLUDED.height, key = EXCLUDED.key, \
-                   bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, recipe = EXCLUDED.recipe, created_at = now()",
-            )
-            .bind(&tenant)
-            .bind(&a.image_id)
-            .bind(v.width as i32)
-            .bind(v.height as i32)
-            .bind(v.format.extension())
-            .bind(&key)
-            .bind(v.byte_len as i32)
-            .bind(&v.sha256)
-            .bind(&recipe)
-            .execute(&images.db)
-            .await
-            .map_err(db_error)?;
+            let written = store::NewVariant {
+                tenant: &tenant,
+                image_id: &a.image_id,
+                width: v.width,
+                height: v.height,
+                format: v.format.extension(),
+                key: &key,
+                bytes: v.byte_len,
+                sha256: &v.sha256,
+                recipe: &recipe,
+            };
+            store::record_variant(&images.db, &written).await.map_err(db_error)?;
         }
         tracing::info!(image_id = %a.image_id, variants = variants.len(), "image variants written");
         Ok(())

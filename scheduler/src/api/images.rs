@@ -1,6 +1,7 @@
 //! `/v1/portfolios`: a photographer's upload of N images becomes one batch of
 //! `image.analyze` + `image.variants` jobs (queue `images`) with an optional completion
-//! callback; the portfolio's analyses, variants and near-duplicate groups are read back.
+//! callback; the portfolio's analyses, variants and near-duplicate groups are read back
+//! from [`fleet_images::store`], for the caller's tenant only.
 
 use super::ApiState;
 use super::auth::Caller;
@@ -10,6 +11,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use fleet_images::store;
 use fleet_jobs::JobArgs;
 use fleet_jobs::batches::{Callback, Callbacks};
 use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request};
@@ -205,22 +207,6 @@ pub(crate) struct PortfolioQuery {
 const DEFAULT_PAGE: i64 = 100;
 /// Most images per page.
 const MAX_PAGE: i64 = 500;
-/// Most near-duplicate pairs read per request.
-const MAX_PAIRS: i64 = 5_000;
-
-type AnalysisRow = (
-    String,
-    String,
-    i32,
-    i32,
-    i64,
-    f64,
-    serde_json::Value,
-    serde_json::Value,
-    serde_json::Value,
-    bool,
-    Option<serde_json::Value>,
-);
 
 /// The opaque cursor after the image `id` of sharpness `sharpness`.
 fn encode_cursor(sharpness: f64, id: &str) -> String {
@@ -257,108 +243,48 @@ pub(crate) async fn get_portfolio(
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid("malformed cursor"))?),
         None => None,
     };
-    let rows: Vec<AnalysisRow> = sqlx::query_as(
-        "SELECT image_id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision \
-         FROM image_analyses WHERE tenant = $1 AND portfolio = $2 \
-           AND ($3::float8 IS NULL OR (sharpness, image_id) < ($3, $4)) \
-         ORDER BY sharpness DESC, image_id DESC LIMIT $5",
-    )
-    .bind(&caller.tenant)
-    .bind(&portfolio)
-    .bind(after.as_ref().map(|a| a.0))
-    .bind(after.as_ref().map(|a| a.1.as_str()).unwrap_or(""))
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await
-    .map_err(unavailable)?;
-    if rows.is_empty() && after.is_none() {
+    let after = after.as_ref().map(|(sharpness, id)| (*sharpness, id.as_str()));
+    let page = store::portfolio_page(&state.db, &caller.tenant, &portfolio, after, limit).await.map_err(unavailable)?;
+    if page.images.is_empty() && after.is_none() {
         return Err(ApiError::not_found(format!("no analysed images in portfolio {portfolio}")));
     }
-    let more = rows.len() as i64 > limit;
-    let rows: Vec<AnalysisRow> = rows.into_iter().take(limit as usize).collect();
-    let next = rows.last().filter(|_| more).map(|r| encode_cursor(r.5, &r.0));
-    let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    let variants: Vec<(String, i32, i32, String, String, i32)> = sqlx::query_as(
-        "SELECT image_id, width, height, format, key, bytes FROM image_variants \
-         WHERE tenant = $1 AND image_id = ANY($2) ORDER BY image_id, format, width",
-    )
-    .bind(&caller.tenant)
-    .bind(&ids)
-    .fetch_all(&state.db)
-    .await
-    .map_err(unavailable)?;
-    // Pairs stored by `image.analyze` when the analyses landed, of images still in this
-    // portfolio (one moved elsewhere by a concurrent re-analysis is left out).
-    let mut pairs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT d.a, d.b FROM image_near_duplicates d \
-         JOIN image_analyses x ON x.tenant = d.tenant AND x.image_id = d.a AND x.portfolio = d.portfolio \
-         JOIN image_analyses y ON y.tenant = d.tenant AND y.image_id = d.b AND y.portfolio = d.portfolio \
-         WHERE d.tenant = $1 AND d.portfolio = $2 ORDER BY d.a, d.b LIMIT $3",
-    )
-    .bind(&caller.tenant)
-    .bind(&portfolio)
-    .bind(MAX_PAIRS + 1)
-    .fetch_all(&state.db)
-    .await
-    .map_err(unavailable)?;
-    let near_duplicates_truncated = pairs.len() as i64 > MAX_PAIRS;
-    pairs.truncate(MAX_PAIRS as usize);
-    let images = rows
+    let next = page.images.last().filter(|_| page.more).map(|i| encode_cursor(i.sharpness, &i.id));
+    let images = page
+        .images
         .into_iter()
-        .map(|(id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision)| {
-            let variants = variants
-                .iter()
-                .filter(|v| v.0 == id)
-                .map(|(_, w, h, f, k, b)| serde_json::json!({"width": w, "height": h, "format": f, "key": k, "bytes": b}))
-                .collect();
-            ImageView {
-                phash: format!("{:016x}", phash as u64),
-                id,
-                format,
-                width,
-                height,
-                sharpness,
-                exposure,
-                colours,
-                metadata,
-                gps_present,
-                vision,
-                variants,
-            }
+        .map(|i| ImageView {
+            phash: format!("{:016x}", i.phash as u64),
+            id: i.id,
+            format: i.format,
+            width: i.width,
+            height: i.height,
+            sharpness: i.sharpness,
+            exposure: i.exposure,
+            colours: i.colours,
+            metadata: i.metadata,
+            gps_present: i.gps_present,
+            vision: i.vision,
+            variants: i
+                .variants
+                .into_iter()
+                .map(|v| {
+                    serde_json::json!({"width": v.width, "height": v.height, "format": v.format, "key": v.key, "bytes": v.bytes})
+                })
+                .collect(),
         })
         .collect();
-    Ok(Json(PortfolioView { portfolio, images, next, near_duplicates: groups(&pairs), near_duplicates_truncated }))
-}
-
-/// Connected groups of the near-duplicate pairs (union-find over the ids).
-fn groups(pairs: &[(String, String)]) -> Vec<Vec<String>> {
-    let mut parent: std::collections::BTreeMap<&str, &str> = Default::default();
-    fn root<'a>(parent: &mut std::collections::BTreeMap<&'a str, &'a str>, x: &'a str) -> &'a str {
-        let mut r = x;
-        while let Some(&p) = parent.get(r).filter(|p| **p != r) {
-            r = p;
-        }
-        parent.insert(x, r);
-        r
-    }
-    for (a, b) in pairs {
-        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
-        if ra != rb {
-            parent.insert(ra.max(rb), ra.min(rb));
-        }
-    }
-    let mut out: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    let ids: Vec<&str> = parent.keys().copied().collect();
-    for id in ids {
-        let r = root(&mut parent, id);
-        out.entry(r).or_default().push(id.to_owned());
-    }
-    out.into_values().filter(|g| g.len() > 1).collect()
+    Ok(Json(PortfolioView {
+        portfolio,
+        images,
+        next,
+        near_duplicates: page.near_duplicates,
+        near_duplicates_truncated: page.near_duplicates_truncated,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_cursor, encode_cursor, groups};
+    use super::{decode_cursor, encode_cursor};
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
@@ -368,13 +294,5 @@ mod tests {
         for bad in ["", "!!", "bm9waXBl", &encode_cursor(f64::NAN, "x")] {
             assert_eq!(decode_cursor(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn pairs_join_into_groups() {
-        let p = |a: &str, b: &str| (a.to_owned(), b.to_owned());
-        let g = groups(&[p("a", "b"), p("c", "d"), p("b", "e"), p("d", "f")]);
-        assert_eq!(g, vec![vec!["a", "b", "e"], vec!["c", "d", "f"]]);
-        assert!(groups(&[]).is_empty());
     }
 }

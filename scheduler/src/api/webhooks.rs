@@ -2,9 +2,11 @@
 //! which records the event and fans it out to every enabled endpoint of the tenant whose
 //! event-type filter matches, one `webhook.deliver` job each).
 //!
-//! Endpoint secrets are sealed before they are stored ([`fleet_accounts::secrets`], bound to
-//! tenant, table and endpoint id): without `FLEET_SECRETS_KEY` endpoints cannot be
-//! created or rotated (503 `not_configured`). URLs are shown whole only in the answer to
+//! Each route is a thin call into [`fleet_webhooks::store`], which keeps the endpoint
+//! limits, scopes every query by the caller's tenant and seals endpoint secrets before they
+//! are stored ([`fleet_accounts::secrets`], bound to tenant, table and endpoint id):
+//! without `FLEET_SECRETS_KEY` endpoints cannot be created or rotated (503
+//! `not_configured`). URLs are shown whole only in the answer to
 //! the creation; listings show them redacted ([`fleet_net::redact_url`]).
 
 use super::ApiState;
@@ -18,6 +20,7 @@ use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::WebhookPublish;
 use fleet_jobs::catalogue::webhook::message_id;
 use fleet_webhooks::signing::Secret;
+use fleet_webhooks::store;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -71,12 +74,6 @@ pub(crate) struct EventView {
     job: String,
 }
 
-/// Most endpoints one tenant may have (every event fans out to each subscribed one, so
-/// this also bounds the deliveries one publish can cause).
-pub(crate) const MAX_ENDPOINTS_PER_TENANT: i64 = 100;
-/// Most event types one endpoint subscribes to.
-pub(crate) const MAX_EVENT_TYPES: usize = 50;
-
 /// Subscribe an endpoint.
 #[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointRequest,
     responses((status = 201, body = EndpointView), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
@@ -94,33 +91,8 @@ pub(crate) async fn create_endpoint(
         }
         None => Secret::generate(),
     };
-    if req.event_types.len() > MAX_EVENT_TYPES {
-        return Err(ApiError::invalid(format!("an endpoint subscribes to at most {MAX_EVENT_TYPES} event types")));
-    }
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM webhook_endpoints WHERE tenant = $1")
-        .bind(&caller.tenant)
-        .fetch_one(&state.db)
-        .await
-        .map_err(|e| ApiError::unavailable("counting endpoints", e))?;
-    if count >= MAX_ENDPOINTS_PER_TENANT {
-        return Err(ApiError::invalid(format!(
-            "a tenant has at most {MAX_ENDPOINTS_PER_TENANT} endpoints; delete one first"
-        )));
-    }
-    if req.event_types.iter().any(|t| t.is_empty() || t.len() > 200) {
-        return Err(ApiError::invalid("event types must be 1 to 200 characters"));
-    }
-    let id = format!("ep_{}", uuid::Uuid::now_v7().simple());
-    let sealed = seal_endpoint_secret(&state, &caller.tenant, &id, &secret)?;
-    sqlx::query("INSERT INTO webhook_endpoints (id, tenant, url, secrets, event_types) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&id)
-        .bind(&caller.tenant)
-        .bind(&url)
-        .bind(vec![sealed])
-        .bind(&req.event_types)
-        .execute(&state.db)
-        .await
-        .map_err(|e| ApiError::unavailable("creating the endpoint", e))?;
+    let id = store::create_endpoint(&state.db, state.secrets.as_ref(), &caller.tenant, &url, &req.event_types, &secret)
+        .await?;
     let view = EndpointView {
         id,
         url,
@@ -130,12 +102,6 @@ pub(crate) async fn create_endpoint(
         secret: Some(secret),
     };
     Ok((StatusCode::CREATED, Json(view)))
-}
-
-/// `secret` sealed for endpoint `id` of `tenant`; 503 `not_configured` without a key.
-fn seal_endpoint_secret(state: &ApiState, tenant: &str, id: &str, secret: &str) -> Result<String, ApiError> {
-    let aad = fleet_accounts::secrets::row_aad(tenant, "webhook_endpoints", id);
-    Ok(fleet_accounts::sources::seal(state.secrets.as_ref(), &aad, secret)?)
 }
 
 /// The URL, checked: absolute http or https with a host. Addresses are checked by the
@@ -149,30 +115,22 @@ fn reqwest_free_url_check(url: &str) -> Result<String, ApiError> {
     Ok(url.to_owned())
 }
 
-/// id, url, event types, enabled, disabled reason.
-type EndpointRow = (String, String, Vec<String>, bool, Option<String>);
-
 /// List the tenant's endpoints.
 #[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<EndpointView>), (status = 401, body = super::error::ErrorBody)))]
 pub(crate) async fn list_endpoints(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<EndpointView>>, ApiError> {
-    let rows: Vec<EndpointRow> = sqlx::query_as(
-        "SELECT id, url, event_types, enabled, disabled_reason FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at LIMIT 1000",
-    )
-    .bind(&caller.tenant)
-    .fetch_all(&state.db)
-    .await
-    .map_err(|e| ApiError::unavailable("listing endpoints", e))?;
+    let endpoints = store::list_endpoints(&state.db, &caller.tenant).await?;
     Ok(Json(
-        rows.into_iter()
-            .map(|(id, url, event_types, enabled, disabled_reason)| EndpointView {
-                id,
-                url: fleet_net::redact_url(&url),
-                event_types,
-                enabled,
-                disabled_reason,
+        endpoints
+            .into_iter()
+            .map(|e| EndpointView {
+                id: e.id,
+                url: fleet_net::redact_url(&e.url),
+                event_types: e.event_types,
+                enabled: e.enabled,
+                disabled_reason: e.disabled_reason,
                 secret: None,
             })
             .collect(),
@@ -187,15 +145,7 @@ pub(crate) async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require("enqueue")?;
-    let r = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND tenant = $2")
-        .bind(&id)
-        .bind(&caller.tenant)
-        .execute(&state.db)
-        .await
-        .map_err(|e| ApiError::unavailable("deleting the endpoint", e))?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::not_found(format!("no endpoint {id}")));
-    }
+    store::delete_endpoint(&state.db, &caller.tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -250,20 +200,7 @@ pub(crate) async fn rotate_secret(
         }
         None => Secret::generate(),
     };
-    let sealed = seal_endpoint_secret(&state, &caller.tenant, &id, &secret)?;
-    let until: Option<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(
-        "UPDATE webhook_endpoints SET secrets = ARRAY[$3, secrets[1]], \
-         previous_secrets_until = now() + make_interval(secs => $4), updated_at = now() \
-         WHERE id = $1 AND tenant = $2 RETURNING previous_secrets_until",
-    )
-    .bind(&id)
-    .bind(&caller.tenant)
-    .bind(&sealed)
-    .bind(grace as f64)
-    .fetch_optional(&state.db)
-    .await
-    .map_err(|e| ApiError::unavailable("rotating the secret", e))?;
-    let (until,) = until.ok_or_else(|| ApiError::not_found(format!("no endpoint {id}")))?;
+    let until = store::rotate_secret(&state.db, state.secrets.as_ref(), &caller.tenant, &id, &secret, grace).await?;
     Ok(Json(RotatedView { id, secret, previous_valid_until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) }))
 }
 

@@ -25,7 +25,8 @@ use fleet_net as ssrf;
 pub use fleet_net::parse_retry_after;
 
 use crate::signing::{Secret, signature_header};
-use fleet_accounts::secrets::{SecretBox, SecretError, is_sealed, row_aad};
+use crate::store;
+use fleet_accounts::secrets::{SecretBox, SecretError, is_sealed};
 use fleet_jobs::catalogue::WebhookDelivery;
 use fleet_kit::{Handler, JobContext, JobError};
 use serde::Deserialize;
@@ -105,7 +106,7 @@ impl Deliver {
     /// The endpoint's secrets in the clear: sealed ones opened (bound to tenant and
     /// endpoint id), plaintext ones (stored before sealing) as they are.
     fn open_secrets(&self, tenant: &str, endpoint_id: &str, stored: Vec<String>) -> Result<Vec<String>, JobError> {
-        let aad = row_aad(tenant, "webhook_endpoints", endpoint_id);
+        let aad = store::endpoint_aad(tenant, endpoint_id);
         stored
             .into_iter()
             .map(|s| {
@@ -213,21 +214,17 @@ impl Deliver {
     }
 
     async fn log(&self, a: &WebhookDelivery, attempt: u32, outcome: &str, sent: &Sent, took: Duration) {
-        let r = sqlx::query(
-            "INSERT INTO webhook_attempts (message_id, endpoint_id, attempt, outcome, status, duration_ms, response, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&a.message_id)
-        .bind(&a.endpoint_id)
-        .bind(attempt as i32)
-        .bind(outcome)
-        .bind(sent.status.map(|s| s as i32))
-        .bind(took.as_millis() as i32)
-        .bind(&sent.response)
-        .bind(&sent.error)
-        .execute(&self.db)
-        .await;
-        if let Err(e) = r {
+        let row = store::Attempt {
+            message_id: &a.message_id,
+            endpoint_id: &a.endpoint_id,
+            attempt,
+            outcome,
+            status: sent.status,
+            duration_ms: took.as_millis() as u32,
+            response: sent.response.as_deref(),
+            error: sent.error.as_deref(),
+        };
+        if let Err(e) = store::log_attempt(&self.db, &row).await {
             tracing::warn!(error = %e, "could not log the delivery attempt");
         }
     }
@@ -265,27 +262,15 @@ impl Handler for Deliver {
             ));
         };
         // A row of another tenant is "not found", with the same message as a missing one.
-        let endpoint: Option<(String, Vec<String>, bool, Option<String>)> =
-            // After a rotation's grace period only the current secret (the first) signs.
-            sqlx::query_as(
-                "SELECT url, CASE WHEN previous_secrets_until < now() THEN secrets[1:1] ELSE secrets END, enabled, disabled_reason \
-                 FROM webhook_endpoints WHERE id = $1 AND tenant = $2",
-            )
-                .bind(&a.endpoint_id)
-                .bind(tenant)
-                .fetch_optional(&self.db)
-                .await
-                .map_err(|e| JobError::retry(format!("database: {e}")))?;
-        let Some((url, secrets, enabled, reason)) = endpoint else {
+        let endpoint = store::delivery_endpoint(&self.db, tenant, &a.endpoint_id)
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let Some(store::DeliveryEndpoint { url, secrets, enabled, disabled_reason: reason }) = endpoint else {
             return Err(JobError::give_up(format!("endpoint {} not found", a.endpoint_id)));
         };
-        let payload: Option<String> =
-            sqlx::query_scalar("SELECT payload FROM webhook_messages WHERE id = $1 AND tenant = $2")
-                .bind(&a.message_id)
-                .bind(tenant)
-                .fetch_optional(&self.db)
-                .await
-                .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let payload = store::message_payload(&self.db, tenant, &a.message_id)
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
         let Some(payload) = payload else {
             return Err(JobError::give_up(format!("message {} not found", a.message_id)));
         };
@@ -303,13 +288,7 @@ impl Handler for Deliver {
         let (outcome, result) = match (sent.status, &sent.error) {
             (Some(s), None) if (200..300).contains(&s) => ("delivered", Ok(())),
             (Some(410), _) => {
-                let _ = sqlx::query(
-                    "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = '410 Gone from the endpoint', updated_at = now() WHERE id = $1 AND tenant = $2",
-                )
-                .bind(&a.endpoint_id)
-                .bind(tenant)
-                .execute(&self.db)
-                .await;
+                let _ = store::disable_gone(&self.db, tenant, &a.endpoint_id).await;
                 tracing::warn!(endpoint = %a.endpoint_id, "endpoint answered 410 Gone: disabled");
                 ("gone", Err(JobError::give_up("HTTP 410 Gone: the endpoint is disabled")))
             }

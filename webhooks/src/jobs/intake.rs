@@ -6,6 +6,7 @@
 //! else (a tenant's API call or batch callback): it is refused without recording
 //! anything, so it cannot plant an unsigned event or spend a genuine event's id.
 
+use crate::store;
 use fleet_jobs::catalogue::WebhookIntake;
 use fleet_kit::{Handler, JobContext, JobError};
 use sqlx::PgPool;
@@ -32,16 +33,9 @@ impl Handler for Record {
             ));
         }
         let at = chrono::DateTime::from_timestamp_millis(a.received_at as i64).unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO intake_events (provider, id, body, received_at) VALUES ($1, $2, $3, $4) ON CONFLICT (provider, id) DO NOTHING",
-        )
-        .bind(&a.provider)
-        .bind(&a.id)
-        .bind(&a.body)
-        .bind(at)
-        .execute(&self.db)
-        .await
-        .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        store::record_intake(&self.db, &a.provider, &a.id, &a.body, at)
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! retried or duplicated job sends nothing twice. Everything is for the job's tenant (its
 //! envelope's, set from the API key): its endpoints only, and the deliveries carry it.
 
+use crate::store;
 use fleet_jobs::catalogue::webhook::message_id;
 use fleet_jobs::catalogue::{WebhookDelivery, WebhookPublish};
 use fleet_jobs::{Client, EnqueueOptions, Unique};
@@ -34,31 +35,17 @@ impl Handler for Publish {
         let id = message_id(&ctx.id);
         // A retry finds its own row. A row of another tenant under the same id (job ids can
         // be chosen by callers) is not this event: fan nothing out under it.
-        let owner: String = sqlx::query_scalar(
-            "WITH ins AS (INSERT INTO webhook_messages (id, tenant, event_type, payload) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO NOTHING RETURNING tenant) \
-             SELECT tenant FROM ins UNION ALL SELECT tenant FROM webhook_messages WHERE id = $1 LIMIT 1",
-        )
-        .bind(&id)
-        .bind(&tenant)
-        .bind(&a.event_type)
-        .bind(a.payload.get())
-        .fetch_one(&self.db)
-        .await
-        .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let owner = store::record_message(&self.db, &id, &tenant, &a.event_type, a.payload.get())
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
         if owner != tenant {
             return Err(JobError::give_up(format!(
                 "message id {id} is already taken: publish again with another job id"
             )));
         }
-        let endpoints: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM webhook_endpoints WHERE tenant = $1 AND enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types))",
-        )
-        .bind(&tenant)
-        .bind(&a.event_type)
-        .fetch_all(&self.db)
-        .await
-        .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        let endpoints = store::subscribed_endpoints(&self.db, &tenant, &a.event_type)
+            .await
+            .map_err(|e| JobError::retry(format!("database: {e}")))?;
         for endpoint_id in endpoints {
             let unique = Unique { key: format!("wh:{id}:{endpoint_id}"), window: Duration::from_secs(7 * 24 * 3600) };
             let args = WebhookDelivery { message_id: id.clone(), endpoint_id };
