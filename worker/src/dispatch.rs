@@ -13,6 +13,7 @@ use fleet_jobs::backend::{Completer, Completion, Op, RawJob};
 use fleet_jobs::envelope::{Envelope, now_ms};
 use fleet_jobs::limits::WaitReason;
 use fleet_jobs::state::AttemptRecord;
+use fleet_kit::limits::{AttemptLimits, Verdict};
 use fleet_kit::{CpuPool, JobContext, JobError, panic_message};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -119,6 +120,8 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             let lag = started_at.saturating_sub(due) as f64 / 1000.0;
             metrics::histogram!("fleet_job_start_latency_seconds", "queue" => job.queue.clone()).record(lag);
         }
+        // Keys the handler learns while it runs are held by the job, as its declared ones.
+        let learned = AttemptLimits::new(cfg.guard.clone(), job.id.clone());
         let ctx = JobContext {
             id: job.id.clone(),
             kind: env.kind.clone(),
@@ -130,6 +133,7 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             trace: env.trace.clone(),
             tenant: env.tenant.clone(),
             cpu: cfg.cpu.clone(),
+            limits: learned.clone(),
         };
         if job.lost.is_cancelled() {
             // Cancelled, taken back or fenced (its lease could not be renewed) before it started.
@@ -177,8 +181,9 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
                 // handler (dropping `handle` aborts it); there is nothing to record.
                 drop(handle);
                 if let Some(h) = held {
-                    cfg.guard.settle(h, &job.id, &Err(JobError::give_up("abandoned"))).await;
+                    cfg.guard.settle(h, &job.id, Verdict::Neutral).await;
                 }
+                learned.settle_rest(Verdict::Neutral).await;
                 tracing::warn!("job stopped: its lease is no longer this attempt's (cancelled or taken back)");
                 metrics::counter!("fleet_jobs_total", "queue" => job.queue.clone(), "kind" => env.kind.clone(), "outcome" => "abandoned").increment(1);
                 return Completion { id: job.id, token: job.token, kind: env.kind, attempt: job.attempt, batch: env.batch.clone(), tenant: env.tenant.clone(), op: Op::Lost };
@@ -190,9 +195,11 @@ async fn run_attempt(registry: &Registry, cfg: &DispatchConfig, job: RawJob) -> 
             Err(e) if e.is_panic() => Err(JobError::retry(format!("panicked: {}", panic_message(e.into_panic())))),
             Err(e) => Err(JobError::retry(format!("attempt aborted: {e}"))),
         };
+        let verdict = Verdict::of(&result);
         if let Some(h) = held {
-            cfg.guard.settle(h, &job.id, &result).await;
+            cfg.guard.settle(h, &job.id, verdict).await;
         }
+        learned.settle_rest(verdict).await;
         let elapsed = t0.elapsed();
         metrics::histogram!("fleet_job_duration_seconds", "queue" => job.queue.clone(), "kind" => env.kind.clone())
             .record(elapsed.as_secs_f64());

@@ -139,6 +139,7 @@ mod tests {
             trace: None,
             tenant: tenant.map(str::to_owned),
             cpu: CpuPool::new(1),
+            limits: Default::default(),
         }
     }
 
