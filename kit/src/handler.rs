@@ -1,6 +1,7 @@
 //! What a job kind implements: a handler that takes typed arguments and says
 //! what happens next.
 
+use crate::limits::AttemptLimits;
 use fleet_jobs::JobArgs;
 use std::fmt;
 use std::future::Future;
@@ -148,12 +149,24 @@ pub struct JobContext {
     pub tenant: Option<String>,
     /// The bounded pool [`JobContext::blocking`] runs on.
     pub cpu: CpuPool,
+    /// Limit keys learned while the handler runs (see [`JobContext::limits`]);
+    /// `AttemptLimits::default()` admits everything (no Redis: a handler run in a test).
+    pub limits: AttemptLimits,
 }
 
 impl JobContext {
     /// Whether this is the last attempt allowed.
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
+    }
+
+    /// The fleet-wide limits of keys the handler learns only while it runs (an account
+    /// named by settings it reads, the provider whose turn it is): admit a key before
+    /// calling the service behind it, and settle it after the call if the call's own
+    /// outcome says more than the attempt's. The runtime settles the keys left with the
+    /// attempt's outcome, as it does the keys of [`Handler::limit_keys`].
+    pub fn limits(&self) -> &AttemptLimits {
+        &self.limits
     }
 
     /// Runs CPU-heavy work on the bounded blocking pool so it never stalls the

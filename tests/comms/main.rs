@@ -715,11 +715,11 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
         toml::from_str("[\"sms:*\"]\nbreaker_failures = 5\n").unwrap();
     let table = Arc::new(fleet_kit::limits::LimitTable::new(&rules));
     let spec = table.spec("sms:studio:AC429").cloned().expect("sms:* matches the account");
-    let handler = SyncSource::new(db.pool.clone(), Some(secrets))
-        .with_allowed(loopback())
-        .with_provider_limits(limiter.clone(), table);
+    let handler = SyncSource::new(db.pool.clone(), Some(secrets)).with_allowed(loopback());
     let mut cfg = env.config("comms", 1);
     cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    // The handler takes the account's key through the worker's limits.
+    cfg.limits = rules;
     let worker = env.worker(cfg, Registry::new().register(handler)).await;
     env.client.enqueue(&CommsSync { source_id: "sms-busy".into() }).await.unwrap();
 

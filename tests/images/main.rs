@@ -421,18 +421,14 @@ async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet
         ))
         .unwrap(),
     );
-    let limiter = fleet_jobs::limits::Limiter::new(
-        fleet_jobs::connect(&fleet_tests::redis_url()).await.unwrap(),
-        env.prefix.clone(),
-        Duration::from_secs(30),
-    );
     let rules: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec> =
         toml::from_str("[\"ai:provider:*\"]\nrate = 100\nbreaker_failures = 5\n").unwrap();
-    let table = Arc::new(fleet_kit::limits::LimitTable::new(&rules));
-    let images = Images::new(db.pool.clone(), &settings).unwrap().with_provider_limits(limiter, table);
+    let images = Images::new(db.pool.clone(), &settings).unwrap();
     let registry = Registry::new().register(images.analyzer());
     let mut cfg = env.config("images", 1);
     cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 1, fetch_batch: None }];
+    // The handler takes each provider's key through the worker's limits.
+    cfg.limits = rules;
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     for (id, key) in [("a", "up/a.jpg"), ("b", "up/b.jpg")] {

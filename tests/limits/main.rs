@@ -302,3 +302,71 @@ async fn run_time_limits_override_config_and_process_limits_apply_locally() {
     let _ = EnqueueOptions::default();
     env.cleanup().await;
 }
+
+/// A job whose limit key only its handler knows (here its args stand for the settings a
+/// handler reads, like an SMS account's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Learn {
+    key: String,
+    sleep_ms: u64,
+    /// Never returns: the attempt times out.
+    hang: bool,
+}
+
+impl JobArgs for Learn {
+    const KIND: &'static str = "test.learn";
+    fn options() -> KindOptions {
+        KindOptions { max_attempts: 1, ..KindOptions::default() }
+    }
+}
+
+struct Learner(Arc<Service>);
+
+impl Handler for Learner {
+    type Args = Learn;
+
+    async fn handle(&self, args: Learn, ctx: JobContext) -> Result<(), JobError> {
+        ctx.limits().admit(&args.key).await?;
+        if args.hang {
+            std::future::pending::<()>().await;
+        }
+        let s = &self.0;
+        let now_running = s.running.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_running.fetch_max(now_running, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(args.sleep_ms)).await;
+        s.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A key learned at run time is held like a declared one: its cap holds across workers
+/// (a handler over it is snoozed), and the runtime settles it whatever becomes of the
+/// handler, so a timed-out handler's slot comes back at once rather than after its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_learned_at_run_time_is_capped_fleet_wide_and_settled_by_the_runtime() {
+    let env = TestEnv::new().await;
+    let service = Arc::new(Service::default());
+    let spec = LimitSpec { concurrency: Some(1), ..Default::default() };
+    let cfg = config(&env, 4, &[("acct:*", spec.clone())]);
+    let policy = KindPolicy { timeout: Some(Duration::from_millis(300)), ..KindPolicy::default() };
+    let registry = || Registry::new().register_with(Learner(service.clone()), policy.clone());
+    let ws = [env.worker(cfg.clone(), registry()).await, env.worker(cfg.clone(), registry()).await];
+    let jobs = (0..6).map(|_| Learn { key: "acct:1".into(), sleep_ms: 50, hang: false });
+    env.client.enqueue_bulk(jobs).await.unwrap();
+    all_done(&env, 6).await;
+    assert_eq!(service.max_running.load(Ordering::SeqCst), 1, "one at a time on the learned key, fleet-wide");
+
+    env.client.enqueue(&Learn { key: "acct:2".into(), sleep_ms: 0, hang: true }).await.unwrap();
+    eventually("the hung job to time out and die", T, || async {
+        (env.stats("default").await.dead >= 1).then_some(())
+    })
+    .await;
+    // The slot is leased for the worker's 5 s: taken at once, it was given back.
+    let limiter = Limiter::new(env.client.connection(), env.prefix.clone(), Duration::from_secs(5));
+    let (admission, _) = limiter.acquire("acct:2", "probe", &spec).await.unwrap();
+    assert_eq!(admission, Admission::Admitted, "the runtime settled the timed-out handler's key");
+    for w in ws {
+        w.shutdown().await;
+    }
+    env.cleanup().await;
+}

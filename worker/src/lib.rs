@@ -12,7 +12,9 @@
 //!   retry after, give up, snooze) and [`JobContext`].
 //! * [`registry`]: kinds by stable name, with backoff and timeout policies.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps and breakers around attempts.
-//! * `dispatch`: the tower service around every attempt (decode, timeout, panics, metrics).
+//! * `dispatch`: the tower service around every attempt, as a pipeline of steps (decode,
+//!   expire, admit limits, run under a timeout, settle limits, decide, report).
+//! * `events`: one typed event per outcome of an attempt, writing its log line and metrics.
 //! * [`kinds`]: one module per job kind.
 //! * [`config`]: typed configuration from a file and `FLEET_*` variables.
 //! * `http`: `/healthz` (liveness), `/readyz` (readiness) and `/metrics`.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 mod dispatch;
+mod events;
 mod http;
 pub mod kinds;
 pub mod registry;

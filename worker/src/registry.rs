@@ -20,7 +20,8 @@ pub struct KindPolicy {
     pub timeout: Option<Duration>,
 }
 
-type Started = BoxFuture<'static, Result<(), JobError>>;
+/// A handler's attempt, ready to run.
+pub(crate) type Started = BoxFuture<'static, Result<(), JobError>>;
 
 /// A decoded attempt, not started yet: the limit keys it needs and the handler's future.
 pub(crate) struct Prepared {
@@ -139,6 +140,7 @@ mod tests {
             trace: None,
             tenant: tenant.map(str::to_owned),
             cpu: CpuPool::new(1),
+            limits: Default::default(),
         }
     }
 

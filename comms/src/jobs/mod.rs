@@ -16,9 +16,10 @@
 //! Fleet-wide limits of SMS providers: `sms:<tenant>:<account sid>` (e.g. `[limits."sms:*"]`).
 //! The key depends on the source's settings, which are in PostgreSQL, not in the job's
 //! arguments, so it is taken in the handler once the source is read (like the vision
-//! providers of `image.analyze`) rather than through [`Handler::limit_keys`]: a source
-//! over its rate or cap is snoozed, a 429 past the in-run retries holds the whole
-//! account back for its `Retry-After`, and failures feed its breaker.
+//! providers of `image.analyze`), through [`JobContext::limits`] rather than
+//! [`Handler::limit_keys`]: a source over its rate or cap is snoozed, a 429 past the
+//! in-run retries holds the whole account back for its `Retry-After`, and failures feed
+//! its breaker ([`sms::verdict`]).
 //!
 //! Isolation: each source is its own job. A source that fails (wrong password, server
 //! down) records the error on its row and is retried with the kind's backoff; the
@@ -34,8 +35,7 @@ use fleet_accounts::outbox::Relay;
 use fleet_accounts::secrets::SecretBox;
 use fleet_calendar::oauth::OAuthCredentials;
 use fleet_jobs::catalogue::CommsSync;
-use fleet_jobs::limits::{Admission, Limiter};
-use fleet_kit::limits::LimitTable;
+use fleet_kit::limits::AttemptLimits;
 use fleet_kit::{Handler, JobContext, JobError};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -50,7 +50,6 @@ pub struct SyncSource {
     secrets: Option<SecretBox>,
     options: SyncOptions,
     relay: Option<Relay>,
-    provider_limits: Option<(Limiter, Arc<LimitTable>)>,
 }
 
 /// The provider HTTP client: the SSRF guard, no redirects (they would carry the credentials).
@@ -72,7 +71,6 @@ impl SyncSource {
             secrets,
             options: SyncOptions { guard: Some(guard), ..SyncOptions::default() },
             relay: None,
-            provider_limits: None,
         }
     }
 
@@ -87,12 +85,6 @@ impl SyncSource {
     /// Publishes the new entries' events (`comms_outbox`) after each sync.
     pub fn with_relay(mut self, relay: Relay) -> Self {
         self.relay = Some(relay);
-        self
-    }
-
-    /// Holds SMS provider accounts to their fleet-wide limits (`sms:<tenant>:<account sid>`).
-    pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
-        self.provider_limits = Some((limiter, table));
         self
     }
 
@@ -187,7 +179,7 @@ impl SyncSource {
         config: serde_json::Value,
         secret: Option<String>,
         region: &str,
-        holder: &str,
+        limits: &AttemptLimits,
     ) -> Result<(), JobError> {
         let cfg: sms::SmsSourceConfig = match serde_json::from_value(config) {
             Ok(c) => c,
@@ -227,42 +219,12 @@ impl SyncSource {
             return Err(JobError::give_up(e));
         }
         let book = self.contact_book(tenant, region).await?;
-        // The provider account's fleet-wide limits, when configured.
+        // The provider account's fleet-wide limits, when configured: a wait snoozes the job.
         let key = sms::limit_key(tenant, &cfg.account_sid);
-        let limit = self.provider_limits.as_ref().and_then(|(l, t)| t.spec(&key).cloned().map(|s| (l, s)));
-        if let Some((limiter, spec)) = &limit {
-            match limiter.acquire(&key, holder, spec).await {
-                Ok((Admission::Admitted, _)) => {}
-                Ok((Admission::Wait { delay, reason }, _)) => {
-                    metrics::counter!("fleet_limiter_waits_total", "key" => key.clone(), "reason" => reason.as_str())
-                        .increment(1);
-                    return Err(JobError::snooze(delay.max(std::time::Duration::from_millis(1))));
-                }
-                Err(e) => {
-                    // Without Redis the limits cannot be checked: do not call the provider.
-                    tracing::warn!(%key, error = %e, "limit check failed; deferring the SMS sync");
-                    return Err(JobError::snooze(std::time::Duration::from_secs(1)));
-                }
-            }
-        }
+        limits.admit(&key).await?;
         let mut store = PgStore::new(self.db.clone(), tenant);
         let outcome = sms::sync_sms(&self.http, &cfg, &token, source, &book, &mut store).await;
-        if let Some((limiter, spec)) = &limit {
-            let settled = match &outcome {
-                Ok(_) => limiter.report(&key, holder, spec, true).await.map(|_| ()),
-                Err(sms::SmsError::RateLimited(after)) => {
-                    if let Err(e) = limiter.slow_down(&key, spec, *after).await {
-                        tracing::warn!(%key, error = %e, "could not record the slow-down");
-                    }
-                    limiter.release(&key, holder, spec).await
-                }
-                Err(sms::SmsError::Unavailable(_)) => limiter.report(&key, holder, spec, false).await.map(|_| ()),
-                Err(_) => limiter.release(&key, holder, spec).await,
-            };
-            if let Err(e) = settled {
-                tracing::warn!(%key, error = %e, "could not report to the limiter");
-            }
-        }
+        limits.settle(&key, sms::verdict(&outcome)).await;
         match outcome {
             Ok(report) => {
                 metrics::counter!("fleet_comms_entries_total", "channel" => "sms").increment(report.new as u64);
@@ -323,7 +285,7 @@ impl Handler for SyncSource {
         let (tenant, kind, config, secret, region): (String, String, serde_json::Value, Option<String>, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         if kind == "sms" {
-            let r = self.sync_sms(&a.source_id, &tenant, config, secret, &region, &ctx.id).await;
+            let r = self.sync_sms(&a.source_id, &tenant, config, secret, &region, ctx.limits()).await;
             self.publish(&tenant).await;
             return r;
         }

@@ -16,6 +16,7 @@ use crate::imap::{FetchedItem, FolderBatch, FolderCursor, StoreError, SyncStore}
 use crate::sms::{Page, date_sent_from, entry_from_call, entry_from_sms};
 use crate::timeline::Location;
 use chrono::{DateTime, TimeZone, Utc};
+use fleet_kit::limits::Verdict;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -74,6 +75,19 @@ const TRIES: u32 = 5;
 /// part of the key: naming another tenant's account cannot use up its rate or hold it back.
 pub fn limit_key(tenant: &str, account_sid: &str) -> String {
     format!("sms:{tenant}:{account_sid}")
+}
+
+/// What a sync's outcome says about its provider account, for the account's limit key: a
+/// 429 past the retries holds the account back fleet-wide, an unreachable or failing
+/// provider feeds its breaker, and refused credentials or a store failure say nothing
+/// about the provider.
+pub fn verdict(outcome: &Result<SmsReport, SmsError>) -> Verdict {
+    match outcome {
+        Ok(_) => Verdict::Healthy,
+        Err(SmsError::RateLimited(after)) => Verdict::SlowDown(*after),
+        Err(SmsError::Unavailable(_)) => Verdict::Failing,
+        Err(SmsError::Auth(_) | SmsError::Store(_)) => Verdict::Neutral,
+    }
 }
 
 /// `Retry-After` as seconds or as an HTTP date, capped at 30 s (longer waits are the

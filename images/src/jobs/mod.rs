@@ -21,8 +21,7 @@ use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
 use crate::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
 use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request, tenant_object_prefix};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
-use fleet_jobs::limits::{Admission, LimitSpec, Limiter};
-use fleet_kit::limits::LimitTable;
+use fleet_kit::limits::{AttemptLimits, Verdict};
 use fleet_kit::{Handler, JobContext, JobError};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -74,8 +73,6 @@ pub struct Images {
     budget_mb: u32,
     variants_prefix: String,
     vision: Option<Arc<Vision>>,
-    /// Fleet-wide limits of the vision providers (`[limits."ai:provider:*"]`).
-    provider_limits: Option<(Limiter, Arc<LimitTable>)>,
 }
 
 impl Images {
@@ -100,23 +97,13 @@ impl Images {
             budget_mb,
             variants_prefix: settings.variants_prefix.trim_matches('/').to_owned(),
             vision,
-            provider_limits: None,
         })
     }
 
-    /// Holds the vision providers to their fleet-wide limits (`ai:provider:<name>`):
-    /// a provider over its rate, at its concurrency cap or with an open breaker is passed
-    /// over for the next one, a 429 holds it back fleet-wide for its `Retry-After`, and
-    /// its failures feed its breaker.
-    pub fn with_provider_limits(mut self, limiter: Limiter, table: Arc<LimitTable>) -> Self {
-        self.provider_limits = Some((limiter, table));
-        self
-    }
-
-    /// Asks the vision providers about `jpeg`, through their limits.
-    async fn ask_vision(&self, vision: &Vision, jpeg: &[u8], holder: &str) -> crate::vision::VisionOutcome {
-        let gate = LimitGate { vision, limits: self.provider_limits.as_ref(), holder };
-        vision.analyze_gated(jpeg, &gate).await
+    /// Asks the vision providers about `jpeg`, each through its fleet-wide limits
+    /// (`[limits."ai:provider:*"]`, see [`LimitGate`]).
+    async fn ask_vision(&self, vision: &Vision, jpeg: &[u8], limits: &AttemptLimits) -> crate::vision::VisionOutcome {
+        vision.analyze_gated(jpeg, &LimitGate { vision, limits }).await
     }
 
     /// The `image.analyze` handler.
@@ -173,54 +160,34 @@ impl Images {
     }
 }
 
-/// Checks each provider's fleet-wide limits before its turn and reports after it.
+/// Holds the vision providers to their fleet-wide limits (`ai:provider:<name>`), taken
+/// through the job's [`AttemptLimits`] as its turn comes: a provider over its rate, at
+/// its concurrency cap or with an open breaker is passed over for the next one, a 429
+/// holds it back fleet-wide for its `Retry-After`, and its failures feed its breaker.
 struct LimitGate<'a> {
     vision: &'a Vision,
-    limits: Option<&'a (Limiter, Arc<LimitTable>)>,
-    holder: &'a str,
-}
-
-impl LimitGate<'_> {
-    fn spec(&self, provider: &str) -> Option<(String, LimitSpec)> {
-        let (_, table) = self.limits?;
-        let key = self.vision.limit_key(provider);
-        table.spec(&key).cloned().map(|s| (key, s))
-    }
+    limits: &'a AttemptLimits,
 }
 
 impl ProviderGate for LimitGate<'_> {
     async fn admit(&self, provider: &str) -> bool {
-        let (Some((limiter, _)), Some((key, spec))) = (self.limits, self.spec(provider)) else { return true };
-        match limiter.acquire(&key, self.holder, &spec).await {
-            Ok((Admission::Admitted, _)) => true,
-            Ok((Admission::Wait { reason, .. }, _)) => {
-                metrics::counter!("fleet_limiter_waits_total", "key" => key, "reason" => reason.as_str()).increment(1);
-                false
-            }
-            Err(e) => {
-                tracing::warn!(%key, error = %e, "limit check failed; passing the provider over");
-                false
-            }
-        }
+        // A wait passes the provider over: the next one may answer now.
+        self.limits.admit(&self.vision.limit_key(provider)).await.is_ok()
     }
 
     async fn settle(&self, provider: &str, outcome: Result<(), &SkipReason>) {
-        let (Some((limiter, _)), Some((key, spec))) = (self.limits, self.spec(provider)) else { return };
-        let done = match outcome {
-            Ok(()) => limiter.report(&key, self.holder, &spec, true).await.map(|_| ()),
+        let verdict = match outcome {
+            Ok(()) => Verdict::Healthy,
             Err(SkipReason::RateLimited { retry_after }) => {
-                let wait = retry_after.unwrap_or(std::time::Duration::from_secs(5));
-                let _ = limiter.slow_down(&key, &spec, wait).await;
-                limiter.release(&key, self.holder, &spec).await
+                Verdict::SlowDown(retry_after.unwrap_or(std::time::Duration::from_secs(5)))
             }
             Err(SkipReason::Timeout { .. } | SkipReason::ServerError { .. } | SkipReason::Connection { .. }) => {
-                limiter.report(&key, self.holder, &spec, false).await.map(|_| ())
+                Verdict::Failing
             }
-            Err(_) => limiter.release(&key, self.holder, &spec).await,
+            // A refused request or an answer it could not read says nothing about an outage.
+            Err(_) => Verdict::Neutral,
         };
-        if let Err(e) = done {
-            tracing::warn!(%key, error = %e, "could not report to the limiter");
-        }
+        self.limits.settle(&self.vision.limit_key(provider), verdict).await;
     }
 }
 
@@ -278,7 +245,7 @@ impl Handler for Analyze {
         // A provider outage never fails the local analysis: the outcome records why.
         let vision = match (&images.vision, preview) {
             (Some(v), Some(jpeg)) => {
-                Some(serde_json::to_value(images.ask_vision(v, &jpeg, &ctx.id).await).unwrap_or_default())
+                Some(serde_json::to_value(images.ask_vision(v, &jpeg, ctx.limits()).await).unwrap_or_default())
             }
             _ => None,
         };

@@ -18,15 +18,8 @@ pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
         let deliver =
             fleet_webhooks::jobs::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
         let client = fleet_jobs::Client::connect(&config.redis_url, config.prefix.clone()).await?;
-        let limiter = fleet_jobs::limits::Limiter::new(
-            fleet_jobs::connect(&config.redis_url).await?,
-            config.prefix.clone(),
-            std::time::Duration::from_millis(config.lease_ms),
-        );
-        let table = std::sync::Arc::new(fleet_kit::limits::LimitTable::new(&config.limits));
-        let images = fleet_images::jobs::Images::new(db.clone(), &config.images)
-            .map_err(anyhow::Error::msg)?
-            .with_provider_limits(limiter.clone(), table.clone());
+        // Vision providers use `[limits."ai:provider:*"]`, through the runtime's limits.
+        let images = fleet_images::jobs::Images::new(db.clone(), &config.images).map_err(anyhow::Error::msg)?;
         // calendar.sync, comms.sync and webhook.deliver open sealed secrets with FLEET_SECRETS_KEY
         // (and FLEET_SECRETS_KEYS_OLD during a rotation).
         let secrets = fleet_accounts::secrets::SecretBox::from_env_if_set()
@@ -54,8 +47,7 @@ pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
         registry = registry.register(
             fleet_comms::jobs::SyncSource::new(db, secrets)
                 .with_allowed(config.comms.ranges().map_err(|e| anyhow::anyhow!("comms.allow: {e}"))?)
-                .with_relay(relay)
-                .with_provider_limits(limiter, table),
+                .with_relay(relay),
         );
     } else {
         tracing::info!("no database_url: webhook and image jobs are not handled by this worker");
