@@ -22,7 +22,7 @@ fn libical_fuzz_crashers_neither_crash_nor_hang() {
     // libical's fuzzer-found crashers are committed (tests/fixtures/ics/libical/fuzz, MPL-2.0);
     // FLEET_ICS_TESTDATA may point at a fuller copy of libical's test files.
     let dir = std::env::var("FLEET_ICS_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/ics").to_owned());
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ics").to_owned());
     let fuzz = Path::new(&dir).join("libical/fuzz");
     let entries = std::fs::read_dir(&fuzz).unwrap_or_else(|e| panic!("{}: {e}", fuzz.display()));
     let mut count = 0;

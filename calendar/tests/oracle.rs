@@ -45,7 +45,7 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
 ];
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn oracle(args: &[String]) -> String {
