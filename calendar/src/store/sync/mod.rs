@@ -521,3 +521,47 @@ pub(crate) fn window_stale(state: &serde_json::Value) -> bool {
 fn rid_text(instant: DateTime<Utc>) -> String {
     instant.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(share: f64, state: serde_json::Value) -> SyncSource {
+        SyncSource {
+            tenant: "t1".into(),
+            supplier: "s1".into(),
+            kind: "caldav".into(),
+            url: "https://cal.example/".into(),
+            username: None,
+            secret: None,
+            state,
+            max_delete_share: share,
+        }
+    }
+
+    #[test]
+    fn mass_deletions_are_held_back_unless_released_or_our_own() {
+        let plain = source(0.5, json!({}));
+        assert!(mass_deletion(&plain, "incremental", 2, 2).is_some(), "a calendar of several emptied");
+        assert!(mass_deletion(&plain, "incremental", 1, 1).is_none(), "one event deleted is believed");
+        assert!(mass_deletion(&plain, "incremental", 4, 2).is_none(), "half is not more than half");
+        let reason = mass_deletion(&plain, "listing", 4, 3).expect("three of four is too many");
+        assert_eq!(reason, "would delete 3 of 4 events (more than 50%): quarantined");
+        assert!(mass_deletion(&plain, "incremental", 4, 0).is_none(), "nothing deleted");
+        assert!(mass_deletion(&plain, "push", 2, 2).is_none(), "a push's own delete");
+        let released = source(0.5, json!({ "force_apply": true }));
+        assert!(mass_deletion(&released, "incremental", 10, 10).is_none(), "an operator's release");
+    }
+
+    #[test]
+    fn a_sync_stores_its_state_without_the_release_and_a_push_keeps_the_stored_one() {
+        assert_eq!(next_state(serde_json::Value::Null, &json!({ "token": "a" }), true), None);
+        let stored = json!({ "token": "a", "window_day": "2000-01-01" });
+        let fetched = json!({ "token": "b", "force_apply": true });
+        assert_eq!(
+            next_state(fetched.clone(), &stored, false),
+            Some(json!({ "token": "b", "window_day": "2000-01-01" }))
+        );
+        assert_eq!(next_state(fetched, &stored, true), Some(json!({ "token": "b", "window_day": today() })));
+    }
+}
