@@ -17,8 +17,7 @@ use crate::oauth::OAuthCredentials;
 use crate::provider::ProviderError;
 use chrono::{Months, TimeDelta, Utc};
 use secrecy::SecretString;
-use sqlx::Row;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 impl From<ProviderError> for SyncError {
     fn from(e: ProviderError) -> Self {
@@ -75,11 +74,7 @@ impl CalendarSyncHandler {
             credentials.refresh(&self.client_options, now).await?;
             let resealed =
                 secrets.seal(source_id, &credentials.to_secret()).map_err(|e| SyncError::Permanent(e.to_string()))?;
-            sqlx::query("UPDATE calendar_sources SET secret = $2 WHERE id = $1")
-                .bind(source_id)
-                .bind(resealed)
-                .execute(&self.db)
-                .await?;
+            crate::store::sync::store_secret(&self.db, source_id, &resealed).await?;
             tracing::info!(source = source_id, "provider access token refreshed");
         }
         Ok((credentials.access_token.into(), true))
@@ -112,14 +107,7 @@ impl CalendarSyncHandler {
                 let state: GoogleState = serde_json::from_value(source.state.clone()).unwrap_or_default();
                 // UIDs of stored events by href (the Google event id), for cancelled instances
                 // whose master is not in this pull.
-                let mut known = HashMap::new();
-                for row in sqlx::query("SELECT href, uid FROM calendar_events WHERE source_id = $1 AND rid = ''")
-                    .bind(source_id)
-                    .fetch_all(&self.db)
-                    .await?
-                {
-                    known.insert(row.get::<String, _>("href"), row.get::<String, _>("uid"));
-                }
+                let known = crate::store::sync::master_uids(&self.db, source_id).await?;
                 client.pull(&state, &known).await?.with_json_state()
             }
             "graph" => {
@@ -137,10 +125,7 @@ impl CalendarSyncHandler {
             tracing::warn!(source = source_id, item = %skipped, "provider event skipped");
         }
         let mut removed = pull.removed;
-        let stored: Vec<String> = sqlx::query_scalar("SELECT href FROM calendar_objects WHERE source_id = $1")
-            .bind(source_id)
-            .fetch_all(&self.db)
-            .await?;
+        let stored = crate::store::sync::object_hrefs(&self.db, source_id).await?;
         let present: HashSet<&str> =
             pull.changed.iter().map(|o| o.href.as_str()).chain(removed.iter().map(String::as_str)).collect();
         let gone: Vec<String> = if pull.full {

@@ -13,34 +13,17 @@
 use super::{CalendarSyncHandler, Fetched, Source, SyncError};
 use crate::caldav::{CalDavClient, WriteOutcome};
 use crate::push::{PushOutcome, push_event};
+use crate::store::bookings::{self, Booking, PushRecord};
+use crate::store::sync;
 use chrono::{DateTime, Utc};
 use fleet_jobs::catalogue::CalendarPush;
 use fleet_kit::{Handler, JobContext, JobError};
-use sqlx::Row;
 
 /// The `calendar.push` handler (built from the sync handler: same database, secrets and
 /// client options).
 #[derive(Debug, Clone)]
 pub struct CalendarPushHandler {
     sync: CalendarSyncHandler,
-}
-
-/// One booking as the platform last changed it.
-struct Booking {
-    supplier: String,
-    target_source: String,
-    summary: String,
-    description: Option<String>,
-    location: Option<String>,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    deleted: bool,
-    version: i64,
-    updated_at: DateTime<Utc>,
-    remote_href: Option<String>,
-    remote_etag: Option<String>,
-    pushed_version: Option<i64>,
-    push_state: String,
 }
 
 /// What the push did, as recorded on the booking.
@@ -83,7 +66,7 @@ impl CalendarPushHandler {
 
     async fn run(&self, tenant: &str, booking_id: &str) -> Result<PushResult, SyncError> {
         let db = &self.sync.db;
-        let Some(booking) = load_booking(db, tenant, booking_id).await? else {
+        let Some(booking) = bookings::for_push(db, tenant, booking_id).await? else {
             return Err(SyncError::Permanent(not_found(booking_id)));
         };
         if booking.pushed_version == Some(booking.version) && booking.push_state != "failed" {
@@ -145,7 +128,7 @@ impl CalendarPushHandler {
             state: serde_json::Value::Null,
             mode: "push",
         };
-        self.sync.apply(&booking.target_source, source, fetched).await?;
+        sync::apply(&self.sync.db, &booking.target_source, source, fetched).await?;
         let (state, note) = match result {
             PushResult::KeptTheirs => (
                 "kept_theirs",
@@ -180,7 +163,7 @@ impl CalendarPushHandler {
                         state: serde_json::Value::Null,
                         mode: "push",
                     };
-                    self.sync.apply(&booking.target_source, source, fetched).await?;
+                    sync::apply(&self.sync.db, &booking.target_source, source, fetched).await?;
                     self.record(tenant, booking_id, booking.version, Some(&href), None, "deleted", None).await?;
                     return Ok(PushResult::Deleted);
                 }
@@ -201,7 +184,7 @@ impl CalendarPushHandler {
                     state: serde_json::Value::Null,
                     mode: "push",
                 };
-                self.sync.apply(&booking.target_source, source, fetched).await?;
+                sync::apply(&self.sync.db, &booking.target_source, source, fetched).await?;
                 let note = "the calendar holds a newer version of this event changed outside the platform; not deleted";
                 self.record(
                     tenant,
@@ -328,65 +311,14 @@ impl CalendarPushHandler {
         state: &str,
         note: Option<&str>,
     ) -> Result<(), SyncError> {
-        sqlx::query(
-            "UPDATE calendar_bookings SET remote_href = COALESCE($3, remote_href), remote_etag = $4,
-               pushed_version = $5, push_state = $6, push_error = $7, pushed_at = now()
-             WHERE tenant = $1 AND id = $2",
-        )
-        .bind(tenant)
-        .bind(booking_id)
-        .bind(href)
-        .bind(etag)
-        .bind(version)
-        .bind(state)
-        .bind(note)
-        .execute(&self.sync.db)
-        .await?;
-        Ok(())
+        let record = PushRecord { version, href, etag, state, note };
+        Ok(bookings::record_push(&self.sync.db, tenant, booking_id, record).await?)
     }
 
     async fn fail(&self, tenant: &str, booking_id: &str, error: String) -> Result<PushResult, SyncError> {
-        sqlx::query(
-            "UPDATE calendar_bookings SET push_state = 'failed', push_error = $3 WHERE tenant = $1 AND id = $2",
-        )
-        .bind(tenant)
-        .bind(booking_id)
-        .bind(&error)
-        .execute(&self.sync.db)
-        .await?;
+        bookings::record_push_failure(&self.sync.db, tenant, booking_id, &error).await?;
         Err(SyncError::Permanent(error))
     }
-}
-
-async fn load_booking(db: &sqlx::PgPool, tenant: &str, id: &str) -> Result<Option<Booking>, SyncError> {
-    let Some(row) = sqlx::query(
-        "SELECT supplier, target_source, summary, description, location, start_at, end_at, deleted, version,
-           updated_at, remote_href, remote_etag, pushed_version, push_state
-         FROM calendar_bookings WHERE tenant = $1 AND id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(db)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Booking {
-        supplier: row.get("supplier"),
-        target_source: row.get("target_source"),
-        summary: row.get("summary"),
-        description: row.get("description"),
-        location: row.get("location"),
-        start: row.get("start_at"),
-        end: row.get("end_at"),
-        deleted: row.get("deleted"),
-        version: row.get("version"),
-        updated_at: row.get("updated_at"),
-        remote_href: row.get("remote_href"),
-        remote_etag: row.get("remote_etag"),
-        pushed_version: row.get("pushed_version"),
-        push_state: row.get("push_state"),
-    }))
 }
 
 /// The booking as one iCalendar object (times in UTC, so no VTIMEZONE is needed).

@@ -13,54 +13,10 @@ use super::auth::Caller;
 use super::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, State};
-use chrono::{DateTime, Utc};
+use fleet_calendar::store::bookings::{self, BookingTarget, Placement};
+pub(crate) use fleet_calendar::store::bookings::{BookingRequest, BookingView};
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::CalendarPush;
-use serde::{Deserialize, Serialize};
-use sqlx::Row;
-use utoipa::ToSchema;
-
-/// A booking to write to the supplier's calendar.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BookingRequest {
-    /// The calendar source to write to (one of the supplier's CalDAV sources).
-    source: String,
-    /// Title.
-    #[serde(default)]
-    summary: String,
-    /// Start (RFC 3339).
-    start: DateTime<Utc>,
-    /// End (RFC 3339), after the start.
-    end: DateTime<Utc>,
-    /// Description.
-    #[serde(default)]
-    description: Option<String>,
-    /// Location.
-    #[serde(default)]
-    location: Option<String>,
-}
-
-/// A booking and what its calendar holds.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct BookingView {
-    id: String,
-    supplier: String,
-    source: String,
-    summary: String,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    deleted: bool,
-    version: i64,
-    /// `pending`, `pushed`, `deleted`, `kept_theirs` or `failed`.
-    push_state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    push_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    remote_href: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pushed_at: Option<DateTime<Utc>>,
-}
 
 fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::internal("bookings", e)
@@ -94,19 +50,13 @@ pub(crate) async fn put_booking(
     if too_long {
         return Err(ApiError::invalid(format!("summary, description and location are at most {TEXT_LIMIT} bytes")));
     }
-    let owner: Option<(String, String)> =
-        sqlx::query_as("SELECT supplier, kind FROM calendar_sources WHERE id = $1 AND tenant = $2")
-            .bind(&req.source)
-            .bind(&caller.tenant)
-            .fetch_optional(&state.db)
-            .await
-            .map_err(db_error)?;
+    let owner = bookings::target(&state.db, &caller.tenant, &req.source).await.map_err(db_error)?;
     match owner {
         None => return Err(ApiError::not_found(format!("calendar source {} not found", req.source))),
-        Some((s, _)) if s != supplier => {
+        Some(BookingTarget { supplier: s, .. }) if s != supplier => {
             return Err(ApiError::invalid(format!("calendar source {} belongs to another supplier", req.source)));
         }
-        Some((_, kind)) if kind == "ics" => {
+        Some(BookingTarget { kind, .. }) if kind == "ics" => {
             return Err(ApiError::invalid(format!(
                 "calendar source {} is an .ics feed, which is read-only: book into a CalDAV, Google or Graph source",
                 req.source
@@ -115,15 +65,8 @@ pub(crate) async fn put_booking(
         Some(_) => {}
     }
     // A booking lives in one calendar: moving it would leave the old copy behind.
-    let placed: Option<(String, Option<String>, bool)> = sqlx::query_as(
-        "SELECT target_source, remote_href, deleted FROM calendar_bookings WHERE tenant = $1 AND id = $2",
-    )
-    .bind(&caller.tenant)
-    .bind(&id)
-    .fetch_optional(&state.db)
-    .await
-    .map_err(db_error)?;
-    if let Some((current, Some(_), false)) = placed
+    let placed = bookings::placement(&state.db, &caller.tenant, &id).await.map_err(db_error)?;
+    if let Some(Placement { source: current, remote_href: Some(_), deleted: false }) = placed
         && current != req.source
     {
         return Err(ApiError::new(
@@ -133,31 +76,7 @@ pub(crate) async fn put_booking(
         ));
     }
     // The version rises only when something the calendar shows changed.
-    sqlx::query(
-        "INSERT INTO calendar_bookings (tenant, id, supplier, target_source, summary, description, location, start_at, end_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
-         ON CONFLICT (tenant, id) DO UPDATE SET
-           target_source = EXCLUDED.target_source, summary = EXCLUDED.summary, description = EXCLUDED.description,
-           location = EXCLUDED.location, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, deleted = false,
-           version = calendar_bookings.version + 1, updated_at = now(), push_state = 'pending', push_error = NULL
-         WHERE calendar_bookings.supplier = EXCLUDED.supplier AND (calendar_bookings.deleted
-           OR (calendar_bookings.target_source, calendar_bookings.summary, calendar_bookings.description,
-               calendar_bookings.location, calendar_bookings.start_at, calendar_bookings.end_at)
-              IS DISTINCT FROM (EXCLUDED.target_source, EXCLUDED.summary, EXCLUDED.description,
-               EXCLUDED.location, EXCLUDED.start_at, EXCLUDED.end_at))",
-    )
-    .bind(&caller.tenant)
-    .bind(&id)
-    .bind(&supplier)
-    .bind(&req.source)
-    .bind(&req.summary)
-    .bind(&req.description)
-    .bind(&req.location)
-    .bind(req.start)
-    .bind(req.end)
-    .execute(&state.db)
-    .await
-    .map_err(db_error)?;
+    bookings::upsert(&state.db, &caller.tenant, &supplier, &id, &req).await.map_err(db_error)?;
     let view = load(&state, &caller.tenant, &id).await?;
     if view.supplier != supplier {
         return Err(ApiError::invalid(format!("booking {id} belongs to another supplier")));
@@ -176,21 +95,12 @@ pub(crate) async fn delete_booking(
     Path((supplier, id)): Path<(String, String)>,
 ) -> Result<Json<BookingView>, ApiError> {
     caller.require("enqueue")?;
-    let updated = sqlx::query(
-        "UPDATE calendar_bookings SET deleted = true, version = version + 1, updated_at = now(), push_state = 'pending', push_error = NULL
-         WHERE tenant = $1 AND id = $2 AND supplier = $3 AND NOT deleted",
-    )
-    .bind(&caller.tenant)
-    .bind(&id)
-    .bind(&supplier)
-    .execute(&state.db)
-    .await
-    .map_err(db_error)?;
+    let updated = bookings::mark_deleted(&state.db, &caller.tenant, &supplier, &id).await.map_err(db_error)?;
     let view = load(&state, &caller.tenant, &id).await?;
     if view.supplier != supplier {
         return Err(ApiError::not_found(format!("booking {id} not found")));
     }
-    if updated.rows_affected() > 0 {
+    if updated {
         enqueue_push(&state, &caller.tenant, &id).await?;
     }
     Ok(Json(view))
@@ -220,28 +130,8 @@ async fn enqueue_push(state: &ApiState, tenant: &str, id: &str) -> Result<(), Ap
 }
 
 async fn load(state: &ApiState, tenant: &str, id: &str) -> Result<BookingView, ApiError> {
-    let row = sqlx::query(
-        "SELECT id, supplier, target_source, summary, start_at, end_at, deleted, version, push_state, push_error,
-           remote_href, pushed_at FROM calendar_bookings WHERE tenant = $1 AND id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(&state.db)
-    .await
-    .map_err(db_error)?
-    .ok_or_else(|| ApiError::not_found(format!("booking {id} not found")))?;
-    Ok(BookingView {
-        id: row.get("id"),
-        supplier: row.get("supplier"),
-        source: row.get("target_source"),
-        summary: row.get("summary"),
-        start: row.get("start_at"),
-        end: row.get("end_at"),
-        deleted: row.get("deleted"),
-        version: row.get("version"),
-        push_state: row.get("push_state"),
-        push_error: row.get("push_error"),
-        remote_href: row.get("remote_href"),
-        pushed_at: row.get("pushed_at"),
-    })
+    bookings::view(&state.db, tenant, id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::not_found(format!("booking {id} not found")))
 }

@@ -1,8 +1,25 @@
-//! Calendar sources, supplier settings, occurrences and double bookings in PostgreSQL:
-//! the one implementation behind `/v1/calendar` and `fleetctl calendar`.
+//! The calendar tables (`calendar_*`) in PostgreSQL: every query on them lives in this module.
+//!
+//! - This file: sources, supplier settings, occurrences and double bookings as the API sees
+//!   them, the one implementation behind `/v1/calendar` and `fleetctl calendar`. Functions
+//!   take `tenant: Option<&str>` where an operator may act on any tenant's rows (`None`,
+//!   `fleetctl` only); the API always passes its caller's tenant.
+//! - [`bookings`]: bookings made in the platform, as the API writes them and the
+//!   `calendar.push` job records what it pushed.
+//! - `sync` (with the `jobs` feature): what `calendar.sync` and `calendar.push` read and
+//!   write — a source with its sync state, applying a fetch in one transaction (events,
+//!   occurrences, conflicts, outbox), errors, quarantine and tokens.
+//!
+//! What calendar and comms sources share (the sync status columns, deletion, scheduled
+//! syncs) is [`fleet_accounts::sources`], which names `calendar_sources` through
+//! [`SourceTable::Calendar`].
 //!
 //! A source's password is sealed with AES-256-GCM (`FLEET_SECRETS_KEY`) before it is
 //! stored and never read back here; views say only whether one is set.
+
+pub mod bookings;
+#[cfg(feature = "jobs")]
+pub(crate) mod sync;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use fleet_accounts::secrets::SecretBox;

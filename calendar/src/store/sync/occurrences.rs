@@ -1,0 +1,148 @@
+//! Step 5 of applying a fetch: the source's occurrences re-expanded over the window, and
+//! only those whose fingerprint (a hash of the whole occurrence) changed written.
+
+use super::{SyncReport, SyncSource, Tx, WINDOW_MONTHS, WRITE_CHUNK, rid_text};
+use crate::zone::Zone;
+use crate::{ExpandOptions, Expansion, Occurrence, expand, join_objects, parse};
+use chrono::{DateTime, Months, TimeDelta, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+
+/// Step 5: re-expands every object of the source and writes only the occurrences that
+/// changed.
+pub(super) async fn rewrite_occurrences(
+    tx: &mut Tx,
+    source_id: &str,
+    source: &SyncSource,
+    report: &mut SyncReport,
+) -> Result<(), sqlx::Error> {
+    let zone = supplier_zone(tx, source).await?;
+    let bodies: Vec<String> =
+        sqlx::query_scalar("SELECT body FROM calendar_objects WHERE source_id = $1 ORDER BY href")
+            .bind(source_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    let expansion = expand_window(&bodies, zone, report);
+    let mut stored: HashMap<String, String> = HashMap::new();
+    for row in sqlx::query("SELECT key, fingerprint FROM calendar_occurrences WHERE source_id = $1")
+        .bind(source_id)
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        stored.insert(row.get("key"), row.get("fingerprint"));
+    }
+    let (writes, gone) = occurrence_changes(&expansion.occurrences, stored);
+    write_occurrences(tx, source_id, source, &writes).await?;
+    report.occurrences_written = writes.len();
+    if !gone.is_empty() {
+        sqlx::query("DELETE FROM calendar_occurrences WHERE source_id = $1 AND key = ANY($2)")
+            .bind(source_id)
+            .bind(&gone)
+            .execute(&mut **tx)
+            .await?;
+    }
+    report.occurrences_deleted = gone.len();
+    Ok(())
+}
+
+/// The supplier's zone for floating times and all-day dates (UTC unless set).
+async fn supplier_zone(tx: &mut Tx, source: &SyncSource) -> Result<Zone, sqlx::Error> {
+    let zone_name: Option<String> =
+        sqlx::query_scalar("SELECT time_zone FROM calendar_suppliers WHERE tenant = $1 AND supplier = $2")
+            .bind(&source.tenant)
+            .bind(&source.supplier)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(zone_name.and_then(|z| z.parse::<chrono_tz::Tz>().ok()).map(Zone::Iana).unwrap_or(Zone::Utc))
+}
+
+/// The source's objects expanded from yesterday to [`WINDOW_MONTHS`] ahead; warnings go
+/// to the report (up to 50 in all).
+fn expand_window(bodies: &[String], zone: Zone, report: &mut SyncReport) -> Expansion {
+    let calendar = parse(&join_objects(bodies.iter().map(String::as_str)));
+    let now = Utc::now();
+    let mut options = ExpandOptions::window(now - TimeDelta::days(1), now + Months::new(WINDOW_MONTHS));
+    options.default_zone = zone;
+    let expansion = expand(&calendar, &options);
+    for w in expansion.warnings.iter().take(50usize.saturating_sub(report.warnings.len())) {
+        report.warnings.push(format!(
+            "{}{}",
+            w.uid.as_deref().map(|u| format!("{u}: ")).unwrap_or_default(),
+            w.message
+        ));
+    }
+    expansion
+}
+
+/// The occurrences to write — (key, fingerprint, occurrence) of each new or changed one, the
+/// first of a duplicated key — and the stored keys no longer expanded.
+fn occurrence_changes(
+    occurrences: &[Occurrence],
+    mut stored: HashMap<String, String>,
+) -> (Vec<(String, String, &Occurrence)>, Vec<String>) {
+    let mut seen = HashSet::new();
+    let mut writes = Vec::new();
+    for o in occurrences {
+        let key = format!("{}|{}", o.uid, o.recurrence_id.map(rid_text).unwrap_or_default());
+        let fingerprint = {
+            let mut h = Sha256::new();
+            h.update(serde_json::to_vec(o).unwrap_or_default());
+            hex::encode(h.finalize())
+        };
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        if stored.get(&key) == Some(&fingerprint) {
+            continue;
+        }
+        writes.push((key, fingerprint, o));
+    }
+    stored.retain(|k, _| !seen.contains(k));
+    (writes, stored.into_keys().collect())
+}
+
+/// Upserts occurrences, [`WRITE_CHUNK`] rows a statement.
+async fn write_occurrences(
+    tx: &mut Tx,
+    source_id: &str,
+    source: &SyncSource,
+    writes: &[(String, String, &Occurrence)],
+) -> Result<(), sqlx::Error> {
+    for chunk in writes.chunks(WRITE_CHUNK) {
+        let texts = |f: &dyn Fn(&Occurrence) -> String| -> Vec<String> { chunk.iter().map(|w| f(w.2)).collect() };
+        let options = |f: &dyn Fn(&Occurrence) -> Option<String>| -> Vec<Option<String>> {
+            chunk.iter().map(|w| f(w.2)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO calendar_occurrences (source_id, tenant, supplier, key, fingerprint, uid, recurrence_id,
+               start_at, end_at, start_local, end_local, zone, all_day, status, transparent, summary)
+             SELECT $1, $2, $3, * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
+               $9::timestamptz[], $10::timestamp[], $11::timestamp[], $12::text[], $13::bool[], $14::text[], $15::bool[], $16::text[])
+             ON CONFLICT (source_id, key) DO UPDATE SET start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,
+               start_local = EXCLUDED.start_local, end_local = EXCLUDED.end_local, zone = EXCLUDED.zone,
+               all_day = EXCLUDED.all_day, status = EXCLUDED.status, transparent = EXCLUDED.transparent,
+               summary = EXCLUDED.summary, fingerprint = EXCLUDED.fingerprint, uid = EXCLUDED.uid,
+               recurrence_id = EXCLUDED.recurrence_id",
+        )
+        .bind(source_id)
+        .bind(&source.tenant)
+        .bind(&source.supplier)
+        .bind(chunk.iter().map(|w| w.0.clone()).collect::<Vec<String>>())
+        .bind(chunk.iter().map(|w| w.1.clone()).collect::<Vec<String>>())
+        .bind(texts(&|o| o.uid.clone()))
+        .bind(chunk.iter().map(|w| w.2.recurrence_id).collect::<Vec<Option<DateTime<Utc>>>>())
+        .bind(chunk.iter().map(|w| w.2.start).collect::<Vec<DateTime<Utc>>>())
+        .bind(chunk.iter().map(|w| w.2.end).collect::<Vec<DateTime<Utc>>>())
+        .bind(chunk.iter().map(|w| w.2.start_local).collect::<Vec<chrono::NaiveDateTime>>())
+        .bind(chunk.iter().map(|w| w.2.end_local).collect::<Vec<chrono::NaiveDateTime>>())
+        .bind(options(&|o| o.zone.clone()))
+        .bind(chunk.iter().map(|w| w.2.all_day).collect::<Vec<bool>>())
+        .bind(texts(&|o| o.status.as_str().to_owned()))
+        .bind(chunk.iter().map(|w| w.2.transparent).collect::<Vec<bool>>())
+        .bind(options(&|o| o.summary.clone()))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
