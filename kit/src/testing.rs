@@ -159,16 +159,17 @@ impl TestJob {
     /// Runs one attempt of `handler` with `args`, encoded to JSON and decoded again as
     /// the worker decodes them from the envelope.
     pub async fn perform<H: Handler>(&self, handler: &H, args: H::Args) -> Result<(), JobError> {
-        let json = serde_json::to_value(&args).map_err(|e| {
+        let json = serde_json::to_string(&args).map_err(|e| {
             JobError::give_up(format!("arguments of kind {:?} do not encode as JSON: {e}", H::Args::KIND))
         })?;
-        self.perform_json(handler, json).await
+        self.perform_json(handler, &json).await
     }
 
-    /// Runs one attempt of `handler` with arguments as a client would send them. Ones that
-    /// do not decode as `H::Args` give up with the worker's dead-letter reason
+    /// Runs one attempt of `handler` with arguments as JSON text, as a client sends them
+    /// and the envelope keeps them (byte for byte: a `RawValue` field sees this text).
+    /// Ones that do not decode as `H::Args` give up with the worker's dead-letter reason
     /// (`arguments do not decode as kind "<kind>": <serde error>`), without running it.
-    pub async fn perform_json<H: Handler>(&self, handler: &H, args: serde_json::Value) -> Result<(), JobError> {
+    pub async fn perform_json<H: Handler>(&self, handler: &H, args: &str) -> Result<(), JobError> {
         let args = decode::<H::Args>(args)?;
         let run = AssertUnwindSafe(handler.handle(args, self.context::<H::Args>())).catch_unwind();
         let outcome = match self.timeout {
@@ -195,8 +196,10 @@ impl TestJob {
 }
 
 /// The arguments as the worker decodes them; the worker's dead-letter reason when they do not.
-fn decode<A: JobArgs>(json: serde_json::Value) -> Result<A, JobError> {
-    serde_json::from_value(json)
+fn decode<A: JobArgs>(json: &str) -> Result<A, JobError> {
+    // From text, as the worker does: through a `serde_json::Value` a `RawValue` field
+    // would lose the client's exact bytes (spacing, key order), which signatures cover.
+    serde_json::from_str(json)
         .map_err(|e| JobError::give_up(format!("arguments do not decode as kind {:?}: {e}", A::KIND)))
 }
 
@@ -206,9 +209,9 @@ pub async fn perform_job<H: Handler>(handler: &H, args: H::Args) -> Result<(), J
     TestJob::new().perform(handler, args).await
 }
 
-/// Runs one attempt of `handler` with JSON arguments as a default [`TestJob`]: see
-/// [`TestJob::perform_json`].
-pub async fn perform_json<H: Handler>(handler: &H, args: serde_json::Value) -> Result<(), JobError> {
+/// Runs one attempt of `handler` with arguments as JSON text, as a default [`TestJob`]:
+/// see [`TestJob::perform_json`].
+pub async fn perform_json<H: Handler>(handler: &H, args: &str) -> Result<(), JobError> {
     TestJob::new().perform_json(handler, args).await
 }
 
@@ -433,11 +436,11 @@ mod tests {
     #[tokio::test]
     async fn undecodable_arguments_give_up_as_the_worker_dead_letters_them_without_running() {
         let a = Actor::default();
-        let out = perform_json(&a, serde_json::json!({ "what": "ok", "extra": 1 })).await;
+        let out = perform_json(&a, r#"{ "what": "ok", "extra": 1 }"#).await;
         let why = assert_give_up(&out);
         assert!(why.starts_with("arguments do not decode as kind \"test.act\": unknown field `extra`"), "{why}");
         assert!(a.seen.lock().unwrap().is_none(), "the handler did not run");
-        perform_json(&a, serde_json::json!({ "what": "ok" })).await.unwrap();
+        perform_json(&a, r#"{ "what": "ok" }"#).await.unwrap();
     }
 
     #[tokio::test]
@@ -446,6 +449,36 @@ mod tests {
         assert_eq!(assert_retry(&perform_job(&a, act("panic")).await), "panicked: scripted");
         let out = TestJob::new().timeout(Duration::from_millis(20)).perform(&a, act("hang")).await;
         assert_eq!(assert_retry(&out), "timed out after 20 ms");
+    }
+
+    /// Arguments carrying a payload as the client wrote it.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Echo {
+        payload: Box<serde_json::value::RawValue>,
+    }
+
+    impl JobArgs for Echo {
+        const KIND: &'static str = "test.echo";
+    }
+
+    /// Succeeds only when the payload is byte for byte the one the test wrote.
+    struct Echoer;
+
+    const WRITTEN: &str = r#"{ "b": 1,  "a": [2] }"#;
+
+    impl Handler for Echoer {
+        type Args = Echo;
+
+        async fn handle(&self, args: Echo, _: JobContext) -> Result<(), JobError> {
+            if args.payload.get() == WRITTEN { Ok(()) } else { Err(JobError::give_up(args.payload.get())) }
+        }
+    }
+
+    #[tokio::test]
+    async fn raw_arguments_reach_the_handler_byte_for_byte() {
+        perform_json(&Echoer, &format!(r#"{{"payload": {WRITTEN}}}"#)).await.unwrap();
+        let payload = serde_json::value::RawValue::from_string(WRITTEN.to_owned()).unwrap();
+        perform_job(&Echoer, Echo { payload }).await.unwrap();
     }
 
     #[test]
