@@ -33,9 +33,14 @@
 //! # });
 //! ```
 //!
+//! Kinds that keep records in PostgreSQL get a database of each test's own, migrated
+//! with the caller's migrator, from `TestDb` (feature `postgres`), so tests run in
+//! parallel on one server and never wipe a shared table.
+//!
 //! What is not here: the engine's side of an attempt (leases, limits admitted, retry
-//! backoff, dead letters). [`TestJob::limit_keys`] says which limit keys the engine would
-//! admit the job through; the engine itself is tested in `fleet-tests`.
+//! backoff, dead letters, the kind's timeout unless [`TestJob::timeout`] asks for one).
+//! [`TestJob::limit_keys`] says which limit keys the engine would admit the job through;
+//! the engine itself is tested in `fleet-tests`.
 
 use crate::{CpuPool, Handler, JobContext, JobError, panic_message};
 use fleet_jobs::JobArgs;
