@@ -45,3 +45,63 @@ impl Handler for Probe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_kit::testing::{
+        TestJob, assert_give_up, assert_retry, assert_retry_after, assert_snooze, perform_job, perform_json,
+    };
+
+    fn probe(action: ProbeAction) -> ProbeArgs {
+        ProbeArgs::new(action)
+    }
+
+    #[tokio::test]
+    async fn fail_times_fails_exactly_its_first_attempts() {
+        let action = || probe(ProbeAction::FailTimes { times: 2 });
+        let first = TestJob::new().attempt(1, 5).perform(&Probe, action()).await;
+        assert_eq!(assert_retry(&first), "probe: scripted failure 1 of 2");
+        let second = TestJob::new().attempt(2, 5).perform(&Probe, action()).await;
+        assert_eq!(assert_retry(&second), "probe: scripted failure 2 of 2");
+        TestJob::new().attempt(3, 5).perform(&Probe, action()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_scripted_outcome_is_the_one_the_engine_acts_on() {
+        perform_job(&Probe, probe(ProbeAction::Succeed)).await.unwrap();
+        assert_eq!(assert_retry(&perform_job(&Probe, probe(ProbeAction::Fail)).await), "probe: scripted failure");
+        assert_eq!(assert_give_up(&perform_job(&Probe, probe(ProbeAction::GiveUp)).await), "probe: scripted give-up");
+        let asked = perform_job(&Probe, probe(ProbeAction::RetryAfter { ms: 1500, times: 1 })).await;
+        assert_eq!(assert_retry_after(&asked), ("probe: asked to retry later", Duration::from_millis(1500)));
+        let second = TestJob::new().attempt(2, 5);
+        second.perform(&Probe, probe(ProbeAction::RetryAfter { ms: 1500, times: 1 })).await.unwrap();
+        let until = now_ms() + 60_000;
+        let snoozed = perform_job(&Probe, probe(ProbeAction::SnoozeUntil { ms: 250, until })).await;
+        assert_eq!(assert_snooze(&snoozed), Duration::from_millis(250));
+        perform_job(&Probe, probe(ProbeAction::SnoozeUntil { ms: 250, until: now_ms() - 1 })).await.unwrap();
+        // A panic is a retryable failure, with the panic's words.
+        let panicked = perform_job(&Probe, probe(ProbeAction::Panic)).await;
+        assert_eq!(assert_retry(&panicked), "panicked: probe: scripted panic");
+    }
+
+    #[tokio::test]
+    async fn a_sleep_past_the_timeout_is_a_retry_and_clients_write_probes_as_json() {
+        let slow = TestJob::new().timeout(Duration::from_millis(20));
+        let out = slow.perform(&Probe, probe(ProbeAction::Sleep { ms: 60_000 })).await;
+        assert_eq!(assert_retry(&out), "timed out after 20 ms");
+        perform_json(&Probe, r#"{"do": "sleep", "ms": 1, "tag": "quick"}"#).await.unwrap();
+        let out = perform_json(&Probe, r#"{"do": "explode"}"#).await;
+        assert!(assert_give_up(&out).starts_with(r#"arguments do not decode as kind "probe""#), "{out:?}");
+    }
+
+    #[test]
+    fn the_limit_key_a_probe_names_is_in_its_tenants_namespace() {
+        let args = probe(ProbeAction::Succeed).limited("webhook:endpoint:ep_1");
+        assert_eq!(
+            TestJob::new().tenant("mallory").limit_keys(&Probe, &args),
+            ["tenant:mallory:webhook:endpoint:ep_1"]
+        );
+        assert_eq!(TestJob::new().limit_keys(&Probe, &args), ["webhook:endpoint:ep_1"]);
+    }
+}
