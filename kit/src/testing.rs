@@ -158,6 +158,7 @@ impl TestJob {
             trace: self.trace.clone(),
             tenant: self.tenant.clone(),
             cpu: CpuPool::new(self.cpu_slots),
+            limits: crate::limits::AttemptLimits::default(),
         }
     }
 

@@ -185,6 +185,12 @@ async fn a_delivery_job_of_tenant_b_naming_a_s_endpoint_or_message_sends_nothing
         (w.receiver.count("a") == 1 && w.receiver.count("b") == 1).then_some(())
     })
     .await;
+    // An attempt row is written once the receiver has answered.
+    eventually("both deliveries' attempt rows", T, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts").fetch_one(&w.db.pool).await.unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
 
     // B's message to A's URL (signed with A's secret), A's message to B's URL, A's
     // message to A's URL on B's behalf; and ids that do not exist at all.
