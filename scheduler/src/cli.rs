@@ -59,7 +59,7 @@ pub fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
+    if config.log_format == crate::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
