@@ -355,7 +355,7 @@ impl Client {
             if i > 0 && per_second.is_some() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let mut inv = k.invoke(&scripts::DEAD_LETTERS, "jobs state att r0 r1 r2 stats dead hist wake");
+            let mut inv = k.invoke(&scripts::DEAD_LETTERS);
             inv.arg(op);
             for id in part {
                 inv.arg(id);

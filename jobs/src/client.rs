@@ -243,7 +243,7 @@ impl Client {
             let queue = &jobs[start].queue;
             let end = jobs[start..].iter().position(|j| &j.queue != queue).map_or(jobs.len(), |n| start + n);
             let k = self.keys(queue);
-            let mut inv = k.invoke(&scripts::ENQUEUE, "jobs state r0 r1 r2 sched stats wake uniq uniqexp");
+            let mut inv = k.invoke(&scripts::ENQUEUE);
             for j in &jobs[start..end] {
                 let (ukey, window) = match &j.unique {
                     Some(u) => (u.key.as_str(), u.window.as_millis() as u64),
@@ -278,12 +278,8 @@ impl Client {
     /// Cancels a job that has not finished (queued, scheduled, retrying or running).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
         let k = self.keys(queue);
-        let (code, prev): (i64, Vec<u8>) = k
-            .invoke(&scripts::CANCEL, "state sched leases stats done jobs batches batchdone")
-            .arg(id)
-            .arg(24 * 3600 * 1000)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let (code, prev): (i64, Vec<u8>) =
+            k.invoke(&scripts::CANCEL).arg(id).arg(24 * 3600 * 1000).invoke_async(&mut self.conn.clone()).await?;
         let prev = String::from_utf8_lossy(&prev);
         let state = || {
             JobState::parse(&prev).map(|(s, _)| s).ok_or_else(|| Error::Corrupt(format!("job {id} has state {prev:?}")))

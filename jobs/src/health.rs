@@ -9,7 +9,8 @@
 //!   logged with the task's name, counted in `fleet_task_failures_total{task}`, and
 //!   either the task is restarted with backoff or it is marked failed, which fails
 //!   readiness. [`Tasks`] holds every task's state (and, for loops that report their
-//!   progress with [`Tasks::beat`], when they last did) for `/readyz`.
+//!   progress with [`Tasks::beat`], when they last did) for `/readyz`, and tells whoever
+//!   waits on it ([`Tasks::wait_until`]) of every change.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -83,13 +84,28 @@ struct TaskStatus {
     failures: u64,
     last_error: Option<String>,
     last_beat: Option<Instant>,
+    /// Passes reported with [`Tasks::beat`].
+    beats: u64,
     /// A task that beats must beat at least this often to count as alive.
     max_quiet: Option<Duration>,
 }
 
 /// The supervised tasks of a process and their states (cheap to clone, shared).
-#[derive(Debug, Clone, Default)]
-pub struct Tasks(Arc<Mutex<BTreeMap<String, TaskStatus>>>);
+#[derive(Debug, Clone)]
+pub struct Tasks(Arc<TasksInner>);
+
+#[derive(Debug)]
+struct TasksInner {
+    all: Mutex<BTreeMap<String, TaskStatus>>,
+    /// Bumped after every change (state, failure, beat), for [`Tasks::wait_until`].
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks(Arc::new(TasksInner { all: Mutex::default(), changed: tokio::sync::watch::Sender::new(0) }))
+    }
+}
 
 impl Tasks {
     /// An empty set.
@@ -97,16 +113,45 @@ impl Tasks {
         Tasks::default()
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskStatus>> {
+        self.0.all.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn with<R>(&self, name: &str, f: impl FnOnce(&mut TaskStatus) -> R) -> R {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let status = all.entry(name.to_owned()).or_insert(TaskStatus {
-            state: TaskState::Running,
-            failures: 0,
-            last_error: None,
-            last_beat: None,
-            max_quiet: None,
-        });
-        f(status)
+        let r = {
+            let mut all = self.lock();
+            let status = all.entry(name.to_owned()).or_insert(TaskStatus {
+                state: TaskState::Running,
+                failures: 0,
+                last_error: None,
+                last_beat: None,
+                beats: 0,
+                max_quiet: None,
+            });
+            f(status)
+        };
+        self.0.changed.send_modify(|v| *v = v.wrapping_add(1));
+        r
+    }
+
+    /// Waits until `cond` holds: it is asked now and again after every change of any
+    /// task (its state, a failure, a beat), never on a timer. Returns whether it held
+    /// before `timeout` passed. For tests and tools that must see a task fail, restart
+    /// or make progress without sleeping and hoping.
+    pub async fn wait_until(&self, timeout: Duration, mut cond: impl FnMut(&Tasks) -> bool) -> bool {
+        let mut changes = self.0.changed.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                changes.borrow_and_update();
+                if cond(self) {
+                    return;
+                }
+                // The sender lives in `self`: it cannot be dropped while we wait.
+                let _ = changes.changed().await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// Declares that `name` reports its progress with [`Tasks::beat`] and counts as stuck
@@ -120,7 +165,10 @@ impl Tasks {
 
     /// `name` made progress (one pass of its loop).
     pub fn beat(&self, name: &str) {
-        self.with(name, |s| s.last_beat = Some(Instant::now()));
+        self.with(name, |s| {
+            s.last_beat = Some(Instant::now());
+            s.beats += 1;
+        });
     }
 
     /// Records `name`'s state.
@@ -140,17 +188,22 @@ impl Tasks {
 
     /// `name`'s state, if it is known.
     pub fn state(&self, name: &str) -> Option<TaskState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|s| s.state)
+        self.lock().get(name).map(|s| s.state)
     }
 
     /// Unexpected ends of `name` so far.
     pub fn failures(&self, name: &str) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(name).map_or(0, |s| s.failures)
+        self.lock().get(name).map_or(0, |s| s.failures)
+    }
+
+    /// Passes `name` has reported with [`Tasks::beat`] so far.
+    pub fn beats(&self, name: &str) -> u64 {
+        self.lock().get(name).map_or(0, |s| s.beats)
     }
 
     /// One check per task (`task:<name>`): fine while it runs (and, if it beats, beat recently).
     pub fn checks(&self) -> Vec<Check> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self.lock();
         all.iter().map(|(name, s)| task_check(name, s, Instant::now())).collect()
     }
 }
@@ -334,6 +387,7 @@ mod tests {
             failures: 0,
             last_error: None,
             last_beat: Some(now),
+            beats: 0,
             max_quiet: Some(Duration::from_secs(5)),
         };
         assert!(task_check("t", &s, now + Duration::from_secs(1)).ok);
@@ -349,29 +403,65 @@ mod tests {
         let stop = CancellationToken::new();
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
-        let s = stop.clone();
+        let (s, t) = (stop.clone(), tasks.clone());
         let backoff = Restart::Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(20) };
         let handle = supervise(&tasks, "flaky", backoff, stop.clone(), move || {
             let n = r.fetch_add(1, Ordering::SeqCst);
-            let s = s.clone();
+            let (s, t) = (s.clone(), t.clone());
             async move {
                 if n < 2 {
                     panic!("boom {n}");
                 }
+                t.beat("flaky");
                 s.cancelled().await;
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while runs.load(Ordering::SeqCst) < 3 {
-            assert!(Instant::now() < deadline, "not restarted");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(tasks.failures("flaky"), 2);
+        let restarted = tasks
+            .wait_until(Duration::from_secs(10), |t| {
+                t.failures("flaky") == 2 && t.state("flaky") == Some(TaskState::Running) && t.beats("flaky") == 1
+            })
+            .await;
+        assert!(restarted, "not restarted: {:?}", tasks.checks());
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
         let c = tasks.checks();
-        assert!(c[0].ok && c[0].detail.contains("boom 1"), "{c:?}");
+        assert!(c[0].ok && c[0].detail.contains("restarted 2 times") && c[0].detail.contains("boom 1"), "{c:?}");
         stop.cancel();
         handle.await.unwrap();
         assert_eq!(tasks.state("flaky"), Some(TaskState::Stopped));
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_fails_readiness_while_it_waits_to_restart() {
+        let tasks = Tasks::new();
+        let stop = CancellationToken::new();
+        // Restarted only after an hour: the test sees the gap for sure, and ends it by stopping.
+        let later = Restart::Backoff { initial: Duration::from_secs(3600), max: Duration::from_secs(3600) };
+        let handle = supervise(&tasks, "ticker", later, stop.clone(), || async { panic!("a bug") });
+        let waiting =
+            tasks.wait_until(Duration::from_secs(10), |t| t.state("ticker") == Some(TaskState::Restarting)).await;
+        assert!(waiting, "{:?}", tasks.checks());
+        assert_eq!(tasks.failures("ticker"), 1);
+        let (ready, body) = readiness(&tasks.checks());
+        assert!(!ready, "{body}");
+        let detail = body["checks"]["task:ticker"]["detail"].as_str().unwrap();
+        assert!(detail.contains("restarting after: panicked: a bug"), "{body}");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), handle).await.expect("stops while waiting").unwrap();
+        assert_eq!(tasks.state("ticker"), Some(TaskState::Stopped));
+    }
+
+    #[tokio::test]
+    async fn waiting_on_tasks_ends_at_the_change_or_at_the_timeout() {
+        let tasks = Tasks::new();
+        assert!(!tasks.wait_until(Duration::from_millis(20), |t| t.beats("x") > 0).await, "nothing happened");
+        let t = tasks.clone();
+        let beating = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            t.beat("x");
+        });
+        assert!(tasks.wait_until(Duration::from_secs(10), |t| t.beats("x") == 1).await);
+        beating.await.unwrap();
+        assert!(tasks.wait_until(Duration::from_secs(10), |t| t.beats("x") == 1).await, "already true");
     }
 
     #[tokio::test]

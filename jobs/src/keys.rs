@@ -85,44 +85,157 @@ impl QueueKeys {
     }
 }
 
+/// One of a queue's keys, as a script's `KEYS` list names it. Each script's list is
+/// declared once, beside the script (`crate::scripts`), as a slice of these; the
+/// names ([`QueueKey::name`]) are the ones its Lua header and its `K` table use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueKey {
+    /// [`QueueKeys::jobs`].
+    Jobs,
+    /// [`QueueKeys::state`].
+    State,
+    /// [`QueueKeys::att`].
+    Att,
+    /// `ready[0]`, the high-priority ready list.
+    R0,
+    /// `ready[1]`.
+    R1,
+    /// `ready[2]`, the low-priority ready list.
+    R2,
+    /// [`QueueKeys::sched`].
+    Sched,
+    /// [`QueueKeys::leases`].
+    Leases,
+    /// [`QueueKeys::stats`].
+    Stats,
+    /// [`QueueKeys::dead`].
+    Dead,
+    /// [`QueueKeys::done`].
+    Done,
+    /// [`QueueKeys::hist`].
+    Hist,
+    /// [`QueueKeys::wake`].
+    Wake,
+    /// [`QueueKeys::conf`].
+    Conf,
+    /// [`QueueKeys::workers`].
+    Workers,
+    /// [`QueueKeys::workerjobs`].
+    Workerjobs,
+    /// [`QueueKeys::uniq`].
+    Uniq,
+    /// [`QueueKeys::uniqexp`].
+    Uniqexp,
+    /// [`QueueKeys::batches`].
+    Batches,
+    /// [`QueueKeys::batchdone`].
+    Batchdone,
+    /// [`QueueKeys::batchfin`].
+    Batchfin,
+    /// [`QueueKeys::crashes`].
+    Crashes,
+    /// [`QueueKeys::suspects`].
+    Suspects,
+    /// [`QueueKeys::drain`].
+    Drain,
+}
+
+impl QueueKey {
+    /// Every queue key.
+    pub const ALL: [QueueKey; 24] = [
+        QueueKey::Jobs,
+        QueueKey::State,
+        QueueKey::Att,
+        QueueKey::R0,
+        QueueKey::R1,
+        QueueKey::R2,
+        QueueKey::Sched,
+        QueueKey::Leases,
+        QueueKey::Stats,
+        QueueKey::Dead,
+        QueueKey::Done,
+        QueueKey::Hist,
+        QueueKey::Wake,
+        QueueKey::Conf,
+        QueueKey::Workers,
+        QueueKey::Workerjobs,
+        QueueKey::Uniq,
+        QueueKey::Uniqexp,
+        QueueKey::Batches,
+        QueueKey::Batchdone,
+        QueueKey::Batchfin,
+        QueueKey::Crashes,
+        QueueKey::Suspects,
+        QueueKey::Drain,
+    ];
+
+    /// The key's name in the scripts' `KEYS` headers (`jobs`, `r0`, `sched`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            QueueKey::Jobs => "jobs",
+            QueueKey::State => "state",
+            QueueKey::Att => "att",
+            QueueKey::R0 => "r0",
+            QueueKey::R1 => "r1",
+            QueueKey::R2 => "r2",
+            QueueKey::Sched => "sched",
+            QueueKey::Leases => "leases",
+            QueueKey::Stats => "stats",
+            QueueKey::Dead => "dead",
+            QueueKey::Done => "done",
+            QueueKey::Hist => "hist",
+            QueueKey::Wake => "wake",
+            QueueKey::Conf => "conf",
+            QueueKey::Workers => "workers",
+            QueueKey::Workerjobs => "workerjobs",
+            QueueKey::Uniq => "uniq",
+            QueueKey::Uniqexp => "uniqexp",
+            QueueKey::Batches => "batches",
+            QueueKey::Batchdone => "batchdone",
+            QueueKey::Batchfin => "batchfin",
+            QueueKey::Crashes => "crashes",
+            QueueKey::Suspects => "suspects",
+            QueueKey::Drain => "drain",
+        }
+    }
+}
+
 impl QueueKeys {
-    /// The key called `name` in the scripts' `KEYS` comments (`jobs`, `r0`, `sched`, ...).
-    fn named(&self, name: &str) -> &str {
-        match name {
-            "jobs" => &self.jobs,
-            "state" => &self.state,
-            "att" => &self.att,
-            "r0" => &self.ready[0],
-            "r1" => &self.ready[1],
-            "r2" => &self.ready[2],
-            "sched" => &self.sched,
-            "leases" => &self.leases,
-            "stats" => &self.stats,
-            "dead" => &self.dead,
-            "done" => &self.done,
-            "hist" => &self.hist,
-            "wake" => &self.wake,
-            "conf" => &self.conf,
-            "workers" => &self.workers,
-            "workerjobs" => &self.workerjobs,
-            "uniq" => &self.uniq,
-            "uniqexp" => &self.uniqexp,
-            "batches" => &self.batches,
-            "batchdone" => &self.batchdone,
-            "batchfin" => &self.batchfin,
-            "crashes" => &self.crashes,
-            "suspects" => &self.suspects,
-            "drain" => &self.drain,
-            other => panic!("no queue key named {other:?}"),
+    /// The Redis key `key` of this queue.
+    pub fn key(&self, key: QueueKey) -> &str {
+        match key {
+            QueueKey::Jobs => &self.jobs,
+            QueueKey::State => &self.state,
+            QueueKey::Att => &self.att,
+            QueueKey::R0 => &self.ready[0],
+            QueueKey::R1 => &self.ready[1],
+            QueueKey::R2 => &self.ready[2],
+            QueueKey::Sched => &self.sched,
+            QueueKey::Leases => &self.leases,
+            QueueKey::Stats => &self.stats,
+            QueueKey::Dead => &self.dead,
+            QueueKey::Done => &self.done,
+            QueueKey::Hist => &self.hist,
+            QueueKey::Wake => &self.wake,
+            QueueKey::Conf => &self.conf,
+            QueueKey::Workers => &self.workers,
+            QueueKey::Workerjobs => &self.workerjobs,
+            QueueKey::Uniq => &self.uniq,
+            QueueKey::Uniqexp => &self.uniqexp,
+            QueueKey::Batches => &self.batches,
+            QueueKey::Batchdone => &self.batchdone,
+            QueueKey::Batchfin => &self.batchfin,
+            QueueKey::Crashes => &self.crashes,
+            QueueKey::Suspects => &self.suspects,
+            QueueKey::Drain => &self.drain,
         }
     }
 
-    /// A call of `script` with the keys `names` declared in order, exactly as the
-    /// script's `KEYS` comment lists them.
-    pub(crate) fn invoke<'a>(&self, script: &'a redis::Script, names: &str) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        for name in names.split_whitespace() {
-            inv.key(self.named(name));
+    /// A call of `script` with its declared keys as `KEYS`, in their declared order.
+    pub(crate) fn invoke<'a>(&self, script: &'a crate::scripts::ScriptSpec<QueueKey>) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.script().prepare_invoke();
+        for key in script.keys {
+            inv.key(self.key(*key));
         }
         inv
     }
@@ -150,6 +263,22 @@ mod tests {
         for key in [&k.jobs, &k.state, &k.ready[0], &k.ready[2], &k.sched, &k.wake, &k.workers] {
             assert!(key.contains("{images}"), "{key}");
             assert_eq!(key.matches('{').count(), 1);
+        }
+    }
+
+    #[test]
+    fn every_queue_key_resolves_to_its_own_name() {
+        let k = QueueKeys::new("fleet", "images");
+        let mut seen = std::collections::HashSet::new();
+        for key in QueueKey::ALL {
+            let name = key.name();
+            let resolved = k.key(key);
+            let suffix = match name.strip_prefix('r').and_then(|n| n.parse::<u8>().ok()) {
+                Some(p) => format!("ready:{p}"),
+                None => name.to_owned(),
+            };
+            assert_eq!(resolved, format!("fleet:{{images}}:{suffix}"), "{key:?}");
+            assert!(seen.insert(resolved.to_owned()), "{key:?} resolves to a key another also does");
         }
     }
 

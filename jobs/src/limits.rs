@@ -145,14 +145,51 @@ pub struct LimitStatus {
     pub tokens: Option<u64>,
 }
 
-/// Redis keys of one limit key.
+/// One of a limit key's Redis keys, as `limit.lua`'s `KEYS` list names it (the list
+/// itself is declared once, in `crate::scripts::LIMIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitKey {
+    /// GCRA theoretical arrival time (string).
+    Tat,
+    /// Concurrency slots: sorted set holder -> lease end.
+    Cap,
+    /// Breaker state (hash).
+    Brk,
+    /// Rate reservations: sorted set holder -> reserved time.
+    Resv,
+    /// Admissions in the last second (sorted set).
+    Log,
+    /// Run-time overrides (hash).
+    Conf,
+}
+
+impl LimitKey {
+    /// The key's name in `limit.lua`.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            LimitKey::Tat => "tat",
+            LimitKey::Cap => "cap",
+            LimitKey::Brk => "brk",
+            LimitKey::Resv => "resv",
+            LimitKey::Log => "log",
+            LimitKey::Conf => "conf",
+        }
+    }
+}
+
+/// Redis keys of one limit key: `<prefix>:{lim:<key>}:<name>`.
 #[derive(Debug, Clone)]
-struct LimitKeys([String; 6]);
+struct LimitKeys {
+    base: String,
+}
 
 impl LimitKeys {
     fn new(prefix: &str, key: &str) -> Self {
-        let k = |name: &str| format!("{prefix}:{{lim:{key}}}:{name}");
-        LimitKeys([k("tat"), k("cap"), k("brk"), k("resv"), k("log"), k("conf")])
+        LimitKeys { base: format!("{prefix}:{{lim:{key}}}:") }
+    }
+
+    fn key(&self, k: LimitKey) -> String {
+        format!("{}{}", self.base, k.name())
     }
 }
 
@@ -194,9 +231,9 @@ impl Limiter {
     ) -> Result<(Vec<Value>, LimitStatus)> {
         validate_limit_key(key).map_err(Error::Invalid)?;
         let k = LimitKeys::new(&self.prefix, key);
-        let mut inv = scripts::LIMIT.prepare_invoke();
-        for name in &k.0 {
-            inv.key(name);
+        let mut inv = scripts::LIMIT.script().prepare_invoke();
+        for key in scripts::LIMIT.keys {
+            inv.key(k.key(*key));
         }
         inv.arg(op)
             .arg(holder)
@@ -275,7 +312,7 @@ impl Limiter {
     pub async fn set_spec(&self, key: &str, spec: &LimitSpec) -> Result<()> {
         validate_limit_key(key).map_err(Error::Invalid)?;
         spec.validate().map_err(Error::Invalid)?;
-        let conf = &LimitKeys::new(&self.prefix, key).0[5];
+        let conf = &LimitKeys::new(&self.prefix, key).key(LimitKey::Conf);
         let mut pipe = redis::pipe();
         pipe.atomic().del(conf).ignore();
         let mut fields: Vec<(&str, String)> = vec![("burst", spec.burst.max(1).to_string())];

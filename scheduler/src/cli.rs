@@ -1,6 +1,7 @@
 //! The `fleet-scheduler` command: run the scheduler (cron ticks + HTTP API), manage API
 //! keys, or re-seal stored secrets after a key rotation.
 
+use crate::api::auth::Role;
 use crate::config::SchedulerConfig;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,9 +30,9 @@ enum Command {
         /// A name to recognise the key by.
         #[arg(long, default_value = "")]
         name: String,
-        /// Roles: enqueue, admin.
+        /// Roles: enqueue, operator, admin (repeat for more than one).
         #[arg(long = "role", default_value = "enqueue")]
-        roles: Vec<String>,
+        roles: Vec<Role>,
     },
     /// Revoke an API key by its id (the part after `fk_`).
     RevokeApiKey {
@@ -58,7 +59,7 @@ pub fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
+    if config.log_format == crate::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -75,7 +76,6 @@ pub fn main() -> ExitCode {
             Command::Run => crate::run(config, shutdown_signal()).await,
             Command::CreateApiKey { tenant, name, roles } => {
                 let db = crate::db::connect_and_migrate(&config.database_url).await?;
-                let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
                 fleet_jobs::tenant::validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
                 let key = crate::api::auth::create_api_key(&db, &tenant, &name, &roles).await?;
                 println!("{key}");
@@ -130,6 +130,34 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles_of(argv: &[&str]) -> Result<Vec<Role>, String> {
+        match Args::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+            Some(Command::CreateApiKey { roles, .. }) => Ok(roles),
+            _ => Err("not create-api-key".into()),
+        }
+    }
+
+    #[test]
+    fn create_api_key_takes_roles_by_name() {
+        let base = ["fleet-scheduler", "create-api-key", "--tenant", "ops"];
+        assert_eq!(roles_of(&base).unwrap(), vec![Role::Enqueue], "the default");
+        let two = [&base[..], &["--role", "operator", "--role", "admin"]].concat();
+        assert_eq!(roles_of(&two).unwrap(), vec![Role::Operator, Role::Admin]);
+    }
+
+    #[test]
+    fn an_unknown_role_on_the_command_line_is_an_error_naming_the_valid_ones() {
+        let e = roles_of(&["fleet-scheduler", "create-api-key", "--tenant", "ops", "--role", "admn"]).unwrap_err();
+        for word in ["admn", "enqueue", "operator", "admin", "--role"] {
+            assert!(e.contains(word), "{word}: {e}");
         }
     }
 }

@@ -1,9 +1,25 @@
-//! Scheduler configuration: defaults, then a TOML file, then `FLEET_*` variables.
+//! Scheduler configuration: defaults, then a TOML file, then `FLEET_*` environment
+//! variables (read through an injectable reader, so tests pass their own); checked at
+//! start with errors that name the setting or variable.
+//!
+//! Variables: `FLEET_REDIS_URL`, `FLEET_PREFIX`, `FLEET_DATABASE_URL`, `FLEET_API_LISTEN`,
+//! `FLEET_LOG_FORMAT` (and `FLEET_CONFIG`, the file, read by the command line).
 
 use crate::schedule::{Schedule, ScheduleSpec};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,7 +36,7 @@ pub struct SchedulerConfig {
     /// Largest request body accepted, in bytes (larger gets 413).
     pub max_body_bytes: usize,
     /// Log format: `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Schedules from the file (PostgreSQL's `schedules` table adds more at run time).
     pub schedules: Vec<ScheduleSpec>,
     /// Providers allowed to send webhooks to `/v1/intake/<name>`.
@@ -40,7 +56,7 @@ impl Default for SchedulerConfig {
             database_url: "postgres://postgres@127.0.0.1:5432/fleet".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             schedules: Vec::new(),
             intake: Default::default(),
             tenants: Default::default(),
@@ -49,75 +65,273 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Parser message (names the key and line).
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {var}={value:?} is invalid: {message}")]
+    Env {
+        /// Variable name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting is out of range, malformed, or at odds with another.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// Setting name (`api.rate_per_key`, `schedules`, `intake.<provider>`, ...).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+}
+
 impl SchedulerConfig {
-    /// Loads defaults, then `path`, then the environment, then checks everything
-    /// (every schedule must parse), with messages that name the setting.
-    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+    /// Loads defaults, then `path` (if given), then the process environment, then checks
+    /// everything ([`SchedulerConfig::validate`]).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`SchedulerConfig::load`] with the environment read through `env`.
+    pub fn load_with(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut cfg = match path {
-            Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config file {} is invalid: {e}", p.display()))?
-            }
+            Some(p) => Self::from_file(p)?,
             None => SchedulerConfig::default(),
         };
-        let env = |k: &str| std::env::var(k).ok();
-        if let Some(v) = env("FLEET_REDIS_URL") {
-            cfg.redis_url = v;
-        }
-        if let Some(v) = env("FLEET_PREFIX") {
-            cfg.prefix = v;
-        }
-        if let Some(v) = env("FLEET_DATABASE_URL") {
-            cfg.database_url = v;
-        }
-        if let Some(v) = env("FLEET_API_LISTEN") {
-            cfg.listen = v.parse().map_err(|e| format!("FLEET_API_LISTEN={v:?} is invalid: {e}"))?;
-        }
-        if let Some(v) = env("FLEET_LOG_FORMAT") {
-            cfg.log_format = v;
-        }
-        redis::Client::open(cfg.redis_url.as_str()).map_err(|e| format!("invalid setting redis_url: {e}"))?;
-        if !cfg.database_url.starts_with("postgres://") && !cfg.database_url.starts_with("postgresql://") {
-            return Err("invalid setting database_url: expected postgres://user@host:port/database".into());
-        }
-        if !matches!(cfg.log_format.as_str(), "text" | "json") {
-            return Err(format!("invalid setting log_format {:?}: expected text or json", cfg.log_format));
-        }
-        cfg.api.validate()?;
-        for (name, p) in &cfg.intake {
-            p.validate(name)?;
-        }
-        for q in &cfg.tenants.queues {
-            fleet_jobs::keys::validate_queue_name(q).map_err(|e| format!("invalid setting tenants.queues: {e}"))?;
-        }
-        for s in &cfg.schedules {
-            Schedule::parse(s.clone()).map_err(|e| format!("invalid schedule: {e}"))?;
-        }
+        cfg.apply_env(env)?;
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses a TOML file (unset keys keep their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let display = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: display, message })
+    }
+
+    /// Parses TOML text (unset keys keep their defaults).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies the `FLEET_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("FLEET_REDIS_URL") {
+            self.redis_url = v;
+        }
+        if let Some(v) = get("FLEET_PREFIX") {
+            self.prefix = v;
+        }
+        if let Some(v) = get("FLEET_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = get("FLEET_API_LISTEN") {
+            self.listen = v.trim().parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                var: "FLEET_API_LISTEN",
+                value: v.clone(),
+                message: format!("{e} (expected host:port, e.g. 0.0.0.0:8080)"),
+            })?;
+        }
+        if let Some(v) = get("FLEET_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FLEET_LOG_FORMAT",
+                        value: v,
+                        message: "expected \"text\" or \"json\"".into(),
+                    });
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Checks every setting and how they fit together: the URLs, the prefix, the body
+    /// limit, `[api]`, the intake providers, the tenants' queues, and the schedules
+    /// (each must parse, and no two may share a name).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+            return Err(ConfigError::invalid("redis_url", format!("not a Redis URL ({e})")));
+        }
+        if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
+            return Err(ConfigError::invalid("database_url", "expected postgres://user@host:port/database"));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(ConfigError::invalid("prefix", "must be non-empty and contain no braces"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid("max_body_bytes", "must be at least 1"));
+        }
+        // `ApiLimits::validate` names its setting: "invalid setting api.<name>: ...".
+        if let Err(message) = self.api.validate() {
+            let (key, message) = message
+                .strip_prefix("invalid setting ")
+                .and_then(|m| m.split_once(": "))
+                .map_or(("api".to_owned(), message.clone()), |(k, m)| (k.to_owned(), m.to_owned()));
+            return Err(ConfigError::Invalid { key, message });
+        }
+        for (name, p) in &self.intake {
+            p.validate(name).map_err(|m| ConfigError::invalid(format!("intake.{name}"), m))?;
+        }
+        for q in &self.tenants.queues {
+            fleet_jobs::keys::validate_queue_name(q).map_err(|m| ConfigError::invalid("tenants.queues", m))?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.schedules {
+            Schedule::parse(s.clone()).map_err(|m| ConfigError::invalid("schedules", m))?;
+            if !names.insert(s.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    "schedules",
+                    format!("two schedules are named {:?} (a name picks one schedule)", s.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::limits::ApiLimits;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
 
     #[test]
     fn the_shipped_configs_load_with_their_api_limits() {
         for file in ["local", "compose"] {
             let path =
                 std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/{file}/scheduler.toml"));
-            let cfg = SchedulerConfig::load(Some(&path)).unwrap();
-            assert_eq!(cfg.api, crate::api::limits::ApiLimits::default(), "{file}");
+            let cfg = SchedulerConfig::load_with(Some(&path), env(&[])).unwrap();
+            assert_eq!(cfg.api, ApiLimits::default(), "{file}");
         }
     }
 
     #[test]
-    fn api_limits_are_checked() {
-        let cfg: SchedulerConfig = toml::from_str("[api]\nrate_per_key = 0").unwrap();
-        assert!(cfg.api.validate().unwrap_err().contains("api.rate_per_key"));
-        assert!(toml::from_str::<SchedulerConfig>("[api]\nrate_per_kee = 5").is_err());
-        let cfg: SchedulerConfig = toml::from_str("[api]\nrate_per_key = 5").unwrap();
-        assert_eq!((cfg.api.rate_per_key, cfg.api.burst_per_key), (5, 100));
+    fn defaults_then_file_then_environment() {
+        let cfg = SchedulerConfig::load_with(None, env(&[])).unwrap();
+        assert_eq!((cfg.prefix.as_str(), cfg.listen.port(), cfg.log_format), ("fleet", 8080, LogFormat::Text));
+        let mut cfg = SchedulerConfig::from_toml(
+            r#"
+            prefix = "prod"
+            listen = "0.0.0.0:9000"
+            log_format = "json"
+            [api]
+            rate_per_key = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!((cfg.prefix.as_str(), cfg.listen.port(), cfg.log_format), ("prod", 9000, LogFormat::Json));
+        assert_eq!((cfg.api.rate_per_key, cfg.api.burst_per_key), (5, 100), "unset keys keep their defaults");
+        assert_eq!(cfg.max_body_bytes, 1 << 20);
+        cfg.apply_env(env(&[
+            ("FLEET_REDIS_URL", "redis://redis:6379/2"),
+            ("FLEET_PREFIX", "staging"),
+            ("FLEET_DATABASE_URL", "postgresql://fleet@pg/fleet"),
+            ("FLEET_API_LISTEN", "127.0.0.1:7000"),
+            ("FLEET_LOG_FORMAT", "text"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.redis_url, "redis://redis:6379/2");
+        assert_eq!(cfg.prefix, "staging");
+        assert_eq!(cfg.database_url, "postgresql://fleet@pg/fleet");
+        assert_eq!(cfg.listen, SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert_eq!(cfg.log_format, LogFormat::Text);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("fleet-scheduler-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("scheduler.toml");
+        std::fs::write(&path, "prefix = \"from-file\"\nlisten = \"127.0.0.1:8181\"\n").unwrap();
+        let cfg = SchedulerConfig::load_with(Some(&path), env(&[("FLEET_PREFIX", "from-env")])).unwrap();
+        assert_eq!((cfg.prefix.as_str(), cfg.listen.port()), ("from-env", 8181));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting_or_the_variable() {
+        let message = |e: ConfigError| e.to_string();
+        let missing = SchedulerConfig::load_with(Some(Path::new("/nonexistent/scheduler.toml")), env(&[]));
+        assert!(message(missing.unwrap_err()).contains("/nonexistent/scheduler.toml"));
+        let e = SchedulerConfig::from_toml("lissen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(e.contains("lissen"), "{e}");
+        assert!(SchedulerConfig::from_toml("log_format = \"yaml\"").unwrap_err().contains("yaml"));
+        for (var, value) in [("FLEET_API_LISTEN", "localhost"), ("FLEET_LOG_FORMAT", "yaml")] {
+            let e = SchedulerConfig::load_with(None, env(&[(var, value)])).unwrap_err();
+            assert!(matches!(e, ConfigError::Env { var: v, .. } if v == var), "{e}");
+            assert!(message(e).contains(var));
+        }
+        let checks: [(&[(&str, &str)], &str); 4] = [
+            (&[("FLEET_REDIS_URL", "http://x")], "redis_url"),
+            (&[("FLEET_DATABASE_URL", "mysql://x")], "database_url"),
+            (&[("FLEET_PREFIX", "")], "prefix"),
+            (&[("FLEET_PREFIX", "a{b}")], "prefix"),
+        ];
+        for (vars, key) in checks {
+            let e = SchedulerConfig::load_with(None, env(vars)).unwrap_err();
+            assert!(matches!(&e, ConfigError::Invalid { key: k, .. } if k == key), "{key}: {e}");
+            assert!(message(e).starts_with(&format!("invalid setting {key}: ")));
+        }
+    }
+
+    #[test]
+    fn sections_are_checked_with_their_setting_named() {
+        let invalid = |toml: &str| match SchedulerConfig::from_toml(toml).unwrap().validate() {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("{toml}: {other:?}"),
+        };
+        assert_eq!(invalid("[api]\nrate_per_key = 0").0, "api.rate_per_key");
+        assert_eq!(invalid("[api]\nrequest_timeout_secs = 0").0, "api.request_timeout_secs");
+        assert!(SchedulerConfig::from_toml("[api]\nrate_per_kee = 5").is_err());
+        assert_eq!(invalid("max_body_bytes = 0").0, "max_body_bytes");
+        assert_eq!(invalid("[tenants]\nqueues = [\"a{b}\"]").0, "tenants.queues");
+        assert_eq!(invalid("[intake.github]\nscheme = \"hmac_sha256\"\nsecrets = []").0, "intake.github");
+        let (key, message) = invalid("[[schedules]]\nname = \"n\"\ncron = \"not cron\"\nkind = \"probe\"");
+        assert_eq!(key, "schedules");
+        assert!(message.contains("not cron"), "{message}");
+    }
+
+    #[test]
+    fn two_schedules_cannot_share_a_name() {
+        let one =
+            "[[schedules]]\nname = \"digest\"\ncron = \"0 * * * * *\"\nkind = \"probe\"\nargs = { do = \"succeed\" }\n";
+        SchedulerConfig::from_toml(one).unwrap().validate().unwrap();
+        let other = "[[schedules]]\nname = \"digest\"\ncron = \"30 * * * * *\"\nkind = \"probe\"\nargs = { do = \"succeed\" }\n";
+        let e = SchedulerConfig::from_toml(&format!("{one}{other}")).unwrap().validate().unwrap_err();
+        assert!(e.to_string().starts_with("invalid setting schedules: ") && e.to_string().contains("digest"), "{e}");
     }
 }

@@ -148,20 +148,37 @@ pub async fn run(
 
 /// Runs the ticker `make()` returns as the supervised task `ticker` until `stop`: each pass
 /// is reported to `tasks` (`/readyz` fails after [`TICKER_MAX_QUIET`] without one), and a
-/// ticker that panics or ends is logged, counted and replaced by a new one from `make()`
-/// after a backoff. Starting over loses and doubles nothing: the ticks' unique keys and
-/// `schedule_state` keep each tick enqueued once.
+/// ticker that panics or ends is logged, counted (`fleet_task_failures_total{task="ticker"}`),
+/// fails `/readyz` while it waits, and is replaced by a new one from `make()` after a
+/// backoff ([`TICKER_RESTART`]). Starting over loses and doubles nothing: the ticks' unique
+/// keys and `schedule_state` keep each tick enqueued once. The ticker's pass also enqueues
+/// the due syncs of calendar and comms sources, so they are supervised with it.
 pub fn spawn_ticker(
     tasks: &Tasks,
     stop: tokio_util::sync::CancellationToken,
+    make: impl FnMut() -> ticker::Ticker + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    spawn_ticker_with(tasks, stop, TICKER_RESTART, make)
+}
+
+/// [`spawn_ticker`] restarted as `restart` says (tests hold a failed ticker down to see
+/// `/readyz` report it).
+pub fn spawn_ticker_with(
+    tasks: &Tasks,
+    stop: tokio_util::sync::CancellationToken,
+    restart: Restart,
     mut make: impl FnMut() -> ticker::Ticker + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tasks.expect_beats("ticker", TICKER_MAX_QUIET);
     let t = tasks.clone();
-    supervise(tasks, "ticker", Restart::DEFAULT, stop.clone(), move || {
+    supervise(tasks, "ticker", restart, stop.clone(), move || {
         ticker::run(make().with_progress(t.clone(), "ticker"), stop.clone())
     })
 }
+
+/// How a ticker that panicked or ended is started again: after 200 ms, doubling up to 30 s
+/// while it keeps failing.
+pub const TICKER_RESTART: Restart = Restart::DEFAULT;
 
 /// How long the ticker may go without a pass before `/readyz` fails.
 pub const TICKER_MAX_QUIET: Duration = Duration::from_secs(60);

@@ -98,7 +98,7 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
         1 << 20,
     );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
     let browser = Browser::start().await;
 
     // Without a valid key the page shows nothing of the fleet.
@@ -149,7 +149,7 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
     assert!(s.replayed >= 2 && s.dead == 7 - s.replayed, "{s:?}");
 
     // A batch created through the API shows up with its progress.
-    let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &[auth::Role::Enqueue]).await.unwrap();
     let jobs: Vec<Value> = (0..5).map(|_| json!({"kind": "probe", "args": {"do": "succeed"}})).collect();
     let created = browser
         .http

@@ -38,8 +38,8 @@ async fn dead_letter_caps_are_set_at_run_time_and_evict_at_the_next_janitor_pass
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
         1 << 20,
     );
-    let operator = auth::create_api_key(&db.pool, "ops", "viewer", &["operator"]).await.unwrap();
-    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let operator = auth::create_api_key(&db.pool, "ops", "viewer", &[auth::Role::Operator]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
     let caps = serde_json::json!({"max_count": 1, "max_age_secs": 3600});
     let uri = "/admin/v1/queues/default/dead-caps";
     assert_eq!(http(&router, "PUT", uri, Some(&operator), Some(caps.clone())).await.0, StatusCode::FORBIDDEN);

@@ -159,9 +159,9 @@ async fn the_admin_api_needs_an_operator_key_and_an_admin_role_to_change_anythin
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
         1 << 20,
     );
-    let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
-    let operator = auth::create_api_key(&db.pool, "ops", "viewer", &["operator"]).await.unwrap();
-    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &[auth::Role::Enqueue]).await.unwrap();
+    let operator = auth::create_api_key(&db.pool, "ops", "viewer", &[auth::Role::Operator]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
 
     assert_eq!(http(&router, "GET", "/admin/v1/queues", None, None).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(http(&router, "GET", "/admin/v1/queues", Some(&app_key), None).await.0, StatusCode::FORBIDDEN);
@@ -255,8 +255,8 @@ async fn records_of_any_bytes_are_listed_shown_replayed_and_purged_by_the_admin_
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
         1 << 20,
     );
-    let app_key = auth::create_api_key(&db.pool, "acme", "app", &["enqueue"]).await.unwrap();
-    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &[auth::Role::Enqueue]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
     let get = |uri: &'static str| {
         let (router, admin) = (router.clone(), admin.clone());
         async move {
@@ -383,7 +383,7 @@ async fn a_dead_letter_with_a_garbage_state_is_listed_as_unknown_and_breaks_noth
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
         1 << 20,
     );
-    let admin = auth::create_api_key(&db.pool, "ops", "admin", &["admin"]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
     for uri in [
         "/admin/v1/queues",
         "/admin/v1/queues/default/jobs?state=dead",

@@ -289,7 +289,7 @@ mod api {
     async fn feed_sources_through_the_api_and_a_login_page_is_quarantined() {
         let s = setup("photographer-3").await;
         let env = TestEnv::new().await;
-        let key = auth::create_api_key(&s.db.pool, "t1", "test", &["enqueue"]).await.unwrap();
+        let key = auth::create_api_key(&s.db.pool, "t1", "test", &[auth::Role::Enqueue]).await.unwrap();
         let router = app(
             ApiState::new(env.client.clone(), s.db.pool.clone())
                 .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),

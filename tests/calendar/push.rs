@@ -153,7 +153,7 @@ async fn bookings_through_the_api_are_pushed_by_a_worker() {
 
     let s = setup("photographer-api-push").await;
     let env = TestEnv::new().await;
-    let key = auth::create_api_key(&s.db.pool, "t1", "test", &["enqueue"]).await.unwrap();
+    let key = auth::create_api_key(&s.db.pool, "t1", "test", &[auth::Role::Enqueue]).await.unwrap();
     let router = app(
         ApiState::new(env.client.clone(), s.db.pool.clone())
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),

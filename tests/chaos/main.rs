@@ -321,7 +321,7 @@ mod pg_outage {
             .connect(&db.url_via(proxy.port))
             .await
             .unwrap();
-        let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
+        let key = auth::create_api_key(&db.pool, "acme", "hooks", &[auth::Role::Enqueue]).await.unwrap();
         let api = app(
             ApiState::new(env.client.clone(), via.clone())
                 .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())

@@ -524,7 +524,7 @@ async fn sources_are_registered_synced_and_read_through_the_api() {
     }
     msgs.push(deep.into_bytes());
     load(&account, "INBOX", &msgs).await;
-    let key = auth::create_api_key(&db.pool, "studio", "comms", &["enqueue"]).await.unwrap();
+    let key = auth::create_api_key(&db.pool, "studio", "comms", &[auth::Role::Enqueue]).await.unwrap();
     let api = app(
         ApiState::new(env.client.clone(), db.pool.clone())
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())

@@ -239,7 +239,7 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     store.put("tenants/studio/up/tree.webp", &fixture("formats/tree.webp"));
     store.put("tenants/studio/up/dog.jpg", &fixture("formats/image-rs_jpg_progressive_cat.jpg"));
 
-    let key = auth::create_api_key(&db.pool, "studio", "uploads", &["enqueue"]).await.unwrap();
+    let key = auth::create_api_key(&db.pool, "studio", "uploads", &[auth::Role::Enqueue]).await.unwrap();
     let api = app(
         ApiState::new(env.client.clone(), db.pool.clone())
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),

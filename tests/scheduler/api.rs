@@ -24,7 +24,7 @@ impl Api {
     pub(crate) async fn new() -> Api {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
-        let key = auth::create_api_key(&db.pool, "acme", "test", &["enqueue"]).await.unwrap();
+        let key = auth::create_api_key(&db.pool, "acme", "test", &[auth::Role::Enqueue]).await.unwrap();
         let router = app(
             ApiState::new(env.client.clone(), db.pool.clone())
                 .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
@@ -87,6 +87,24 @@ async fn requests_without_a_valid_key_get_401() {
     api.done().await;
 }
 
+/// Roles are read from `api_keys.roles` (TEXT[]) by name: a name the scheduler does not
+/// know (a newer version's, a typo by hand, another case) grants nothing, and the key's
+/// known roles still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_role_names_in_the_database_grant_nothing() {
+    let api = Api::new().await;
+    let (id, _) = api.key.strip_prefix("fk_").unwrap().split_once('_').unwrap();
+    sqlx::query("UPDATE api_keys SET roles = ARRAY['enqueue', 'superuser', 'Admin', 'operators'] WHERE id = $1")
+        .bind(id)
+        .execute(&api.db.pool)
+        .await
+        .unwrap();
+    let (status, err) = api.call("GET", "/admin/v1/queues", Some(&api.key.clone()), None, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(api.post("/v1/jobs", probe("succeed")).await.0, StatusCode::CREATED);
+    api.done().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_4xx_errors() {
     let api = Api::new().await;
@@ -135,7 +153,7 @@ async fn jobs_are_read_and_cancelled_within_their_tenant_only() {
     let (s, view) = api.call("GET", &format!("/v1/jobs/default/{id}"), Some(&api.key.clone()), None, &[]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!((view["kind"].as_str(), view["state"].as_str()), (Some("probe"), Some("scheduled")));
-    let other = auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    let other = auth::create_api_key(&api.db.pool, "globex", "other", &[auth::Role::Enqueue]).await.unwrap();
     assert_eq!(
         api.call("GET", &format!("/v1/jobs/default/{id}"), Some(&other), None, &[]).await.0,
         StatusCode::NOT_FOUND
@@ -216,7 +234,7 @@ async fn a_batch_streams_its_progress_live_until_done() {
     let jobs: Vec<Value> = (0..40).map(|_| json!({"kind": "probe", "args": {"do": "sleep", "ms": 20}})).collect();
     let (_, batch) = api.post("/v1/batches", json!({"jobs": jobs})).await;
     let id = batch["id"].as_str().unwrap().to_owned();
-    let other = auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    let other = auth::create_api_key(&api.db.pool, "globex", "other", &[auth::Role::Enqueue]).await.unwrap();
     assert_eq!(
         api.call("GET", &format!("/v1/batches/{id}/events"), Some(&other), None, &[]).await.0,
         StatusCode::NOT_FOUND
@@ -314,7 +332,7 @@ fn stream_request(uri: &str, key: &str, last_event_id: Option<&str>) -> Request<
 async fn a_tenant_follows_its_own_jobs_live_and_resumes_after_a_reconnect() {
     let api = Api::new().await;
     let key = api.key.clone();
-    let other = auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    let other = auth::create_api_key(&api.db.pool, "globex", "other", &[auth::Role::Enqueue]).await.unwrap();
     assert_eq!(api.call("GET", "/v1/stream", None, None, &[]).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(
         api.router.clone().oneshot(stream_request("/v1/stream", &key, Some("garbage"))).await.unwrap().status(),

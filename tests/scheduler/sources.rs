@@ -182,8 +182,14 @@ async fn a_quarantined_calendar_source_is_read_and_released_once() {
         (Some(id.as_str()), Value::Null, json!({}))
     );
     assert_eq!(get(&api, "/v1/calendar/sources/cal_nope").await.0, StatusCode::NOT_FOUND);
-    let other =
-        fleet_scheduler::api::auth::create_api_key(&api.db.pool, "globex", "other", &["enqueue"]).await.unwrap();
+    let other = fleet_scheduler::api::auth::create_api_key(
+        &api.db.pool,
+        "globex",
+        "other",
+        &[fleet_scheduler::api::auth::Role::Enqueue],
+    )
+    .await
+    .unwrap();
     let uri = format!("/v1/calendar/sources/{id}");
     assert_eq!(api.call("GET", &uri, Some(&other), None, &[]).await.0, StatusCode::NOT_FOUND, "another tenant's");
 

@@ -31,8 +31,8 @@ impl Tenants {
     async fn new() -> Tenants {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
-        let a = auth::create_api_key(&db.pool, "acme", "a", &["enqueue"]).await.unwrap();
-        let b = auth::create_api_key(&db.pool, "globex", "b", &["enqueue"]).await.unwrap();
+        let a = auth::create_api_key(&db.pool, "acme", "a", &[auth::Role::Enqueue]).await.unwrap();
+        let b = auth::create_api_key(&db.pool, "globex", "b", &[auth::Role::Enqueue]).await.unwrap();
         Tenants { env, db, a, b }
     }
 

@@ -263,7 +263,7 @@ async fn api_as(
     tenant: &str,
 ) -> impl Fn(&str, &str, Option<Value>) -> std::pin::Pin<Box<dyn std::future::Future<Output = (StatusCode, Value)> + Send>>
 {
-    let key = auth::create_api_key(&db.pool, tenant, "uploads", &["enqueue"]).await.unwrap();
+    let key = auth::create_api_key(&db.pool, tenant, "uploads", &[auth::Role::Enqueue]).await.unwrap();
     let api = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20);
     move |method: &str, uri: &str, body: Option<Value>| {
         let req = Request::builder()

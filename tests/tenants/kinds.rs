@@ -28,8 +28,8 @@ impl Api {
     async fn new(tenancy: TenancyConfig) -> Api {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
-        let a = auth::create_api_key(&db.pool, "tenant-a", "a", &["enqueue"]).await.unwrap();
-        let b = auth::create_api_key(&db.pool, "tenant-b", "b", &["enqueue"]).await.unwrap();
+        let a = auth::create_api_key(&db.pool, "tenant-a", "a", &[auth::Role::Enqueue]).await.unwrap();
+        let b = auth::create_api_key(&db.pool, "tenant-b", "b", &[auth::Role::Enqueue]).await.unwrap();
         let router = app(ApiState::new(env.client.clone(), db.pool.clone()).with_tenancy(tenancy), 1 << 20);
         Api { env, db, router, a, b }
     }
@@ -212,7 +212,7 @@ async fn a_worker_without_test_kinds_dead_letters_a_crash_probe_and_keeps_runnin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_and_override_a_tenants_limits_at_run_time_and_tenants_cannot() {
     let api = Api::new(TenancyConfig::for_tests()).await;
-    let admin = auth::create_api_key(&api.db.pool, "ops", "ops", &["admin"]).await.unwrap();
+    let admin = auth::create_api_key(&api.db.pool, "ops", "ops", &[auth::Role::Admin]).await.unwrap();
     let put = json!({"concurrency": 2, "quota": 1});
     // A tenant's own key cannot raise its limits, nor read another's usage.
     assert_eq!(

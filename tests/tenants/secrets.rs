@@ -62,8 +62,8 @@ impl World {
     async fn new(api_key: Option<SecretBox>, worker_keys: Option<SecretBox>) -> World {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
-        let key_a = auth::create_api_key(&db.pool, "acme", "a", &["enqueue"]).await.unwrap();
-        let key_b = auth::create_api_key(&db.pool, "bravo", "b", &["enqueue"]).await.unwrap();
+        let key_a = auth::create_api_key(&db.pool, "acme", "a", &[auth::Role::Enqueue]).await.unwrap();
+        let key_b = auth::create_api_key(&db.pool, "bravo", "b", &[auth::Role::Enqueue]).await.unwrap();
         let mut state = ApiState::new(env.client.clone(), db.pool.clone());
         state.secrets = api_key;
         let api = app(state, 1 << 20);

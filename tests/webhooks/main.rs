@@ -96,7 +96,7 @@ impl World {
     async fn new(allow_loopback: bool, limits: &[(&str, LimitSpec)]) -> World {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
-        let key = auth::create_api_key(&db.pool, "acme", "hooks", &["enqueue"]).await.unwrap();
+        let key = auth::create_api_key(&db.pool, "acme", "hooks", &[auth::Role::Enqueue]).await.unwrap();
         let api = app(
             ApiState::new(env.client.clone(), db.pool.clone())
                 .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())

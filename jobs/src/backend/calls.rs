@@ -90,7 +90,7 @@ pub async fn lease_for(
     holds_nothing: bool,
 ) -> RedisResult<Leased> {
     let v: Vec<Value> = k
-        .invoke(&scripts::FETCH, "jobs state att r0 r1 r2 sched leases stats wake conf suspects drain")
+        .invoke(&scripts::FETCH)
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
         .arg(cfg.promote_limit)
@@ -171,8 +171,7 @@ pub async fn complete(
     cfg: &EngineConfig,
     batch: &[Completion],
 ) -> RedisResult<Completed> {
-    let mut inv =
-        k.invoke(&scripts::ACK, "jobs state att r0 r1 r2 sched leases stats dead done hist wake batches batchdone");
+    let mut inv = k.invoke(&scripts::ACK);
     inv.arg(cfg.retention.as_millis() as u64)
         .arg(cfg.dead_max_count)
         .arg(cfg.dead_max_age.as_millis() as u64)
@@ -219,10 +218,7 @@ pub async fn heartbeat(
     cfg: &EngineConfig,
     held: &[(String, String)],
 ) -> RedisResult<HeartbeatReport> {
-    let mut inv = k.invoke(
-        &scripts::HEARTBEAT,
-        "jobs state att r0 r1 r2 leases stats dead hist workers wake batches batchdone workerjobs crashes suspects conf",
-    );
+    let mut inv = k.invoke(&scripts::HEARTBEAT);
     inv.arg(cfg.lease.as_millis() as u64)
         .arg(&cfg.instance)
         .arg(100)
@@ -270,7 +266,7 @@ pub async fn janitor(
     limit: usize,
 ) -> RedisResult<Swept> {
     let v: Vec<i64> = k
-        .invoke(&scripts::JANITOR, "jobs state att stats dead done hist uniq uniqexp batches batchfin")
+        .invoke(&scripts::JANITOR)
         .arg(limit.max(1))
         .arg(cfg.dead_max_count)
         .arg(cfg.dead_max_age.as_millis() as u64)

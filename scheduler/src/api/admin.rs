@@ -3,7 +3,7 @@
 //! changes (replay, purge, pause, resume) the `admin` role.
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -57,7 +57,7 @@ impl History {
 }
 
 fn read(caller: &Caller) -> Result<(), ApiError> {
-    caller.require("operator")
+    caller.require(Role::Operator)
 }
 
 /// GET /admin/v1/queues
@@ -205,7 +205,7 @@ async fn dead_op(
     sel: &DeadSelect,
     replay: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require("admin")?;
+    caller.require(Role::Admin)?;
     queue_name(queue)?;
     let filter = sel.filter()?;
     let (n, what) = if replay {
@@ -244,7 +244,7 @@ async fn set_queue_paused(
     queue: &str,
     paused: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require("admin")?;
+    caller.require(Role::Admin)?;
     queue_name(queue)?;
     if paused {
         s.client.pause(queue).await?;
@@ -282,7 +282,7 @@ pub(crate) async fn set_dead_caps(
     Path(queue): Path<String>,
     Json(caps): Json<fleet_jobs::deadcaps::DeadCaps>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("admin")?;
+    caller.require(Role::Admin)?;
     queue_name(&queue)?;
     s.client.set_dead_caps(&queue, caps).await?;
     tracing::info!(operator = %caller.key_id, %queue, ?caps, "queue dead-letter caps changed");
@@ -438,7 +438,7 @@ async fn set_schedule(
     name: &str,
     paused: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require("admin")?;
+    caller.require(Role::Admin)?;
     crate::ticker::set_paused(&s.db, name, paused)
         .await
         .map_err(|e| ApiError::unavailable("pausing the schedule", e))?;

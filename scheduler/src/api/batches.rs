@@ -1,6 +1,6 @@
 //! `/v1/batches`: a group of jobs with progress counters and callbacks.
 
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::jobs::{EnqueueRequest, prepare};
 use super::{ApiState, MAX_JOBS_PER_REQUEST};
@@ -81,7 +81,7 @@ pub(crate) async fn create_batch(
     caller: Caller,
     raw: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let req: BatchRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
     if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {

@@ -2,7 +2,7 @@
 
 use super::ApiState;
 use super::MAX_JOBS_PER_REQUEST;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -232,7 +232,7 @@ pub(crate) async fn enqueue(
     headers: HeaderMap,
     raw: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let req: EnqueueRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
     let (kind, args, defaults, mut opts) = prepare(req, &caller.tenant, &state.tenancy)?;
@@ -256,7 +256,7 @@ pub(crate) async fn enqueue_bulk(
     headers: HeaderMap,
     raw: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let req: BulkRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
     if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {
@@ -328,7 +328,7 @@ pub(crate) async fn cancel_job(
     caller: Caller,
     Path((queue, id)): Path<(String, String)>,
 ) -> Result<Json<CancelView>, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     // Checks existence and tenant first.
     let _ = get_job(State(state.clone()), caller, Path((queue.clone(), id.clone()))).await?;
     match state.client.cancel(&queue, &id).await? {

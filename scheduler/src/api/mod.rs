@@ -100,7 +100,7 @@ pub(crate) async fn enqueue_source_sync(
     table: fleet_accounts::sources::SourceTable,
     id: &str,
 ) -> Result<fleet_jobs::JobId, error::ApiError> {
-    caller.require("enqueue")?;
+    caller.require(auth::Role::Enqueue)?;
     Ok(fleet_accounts::sources::sync_now(&state.db, &state.client, table, Some(&caller.tenant), id).await?)
 }
 

@@ -2,7 +2,7 @@
 //! and quota, and per-tenant overrides at run time (operators; `admin` to change).
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -39,7 +39,7 @@ pub(crate) async fn list(
     Path(queue): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<TenantView>>, ApiError> {
-    caller.require("operator")?;
+    caller.require(Role::Operator)?;
     checked(&queue, None)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let all = s.client.tenants(&queue, limit).await?;
@@ -52,7 +52,7 @@ pub(crate) async fn get(
     caller: Caller,
     Path((queue, tenant)): Path<(String, String)>,
 ) -> Result<Json<TenantView>, ApiError> {
-    caller.require("operator")?;
+    caller.require(Role::Operator)?;
     checked(&queue, Some(&tenant))?;
     let usage = s.client.tenant_usage(&queue, &tenant).await?;
     Ok(Json(TenantView { tenant, usage }))
@@ -66,7 +66,7 @@ pub(crate) async fn set(
     Path((queue, tenant)): Path<(String, String)>,
     Json(limits): Json<TenantLimits>,
 ) -> Result<Json<TenantView>, ApiError> {
-    caller.require("admin")?;
+    caller.require(Role::Admin)?;
     checked(&queue, Some(&tenant))?;
     s.client.set_tenant_limits(&queue, Some(&tenant), limits).await?;
     tracing::info!(operator = %caller.key_id, %queue, %tenant, concurrency = ?limits.concurrency,
