@@ -96,15 +96,10 @@ impl OAuthCredentials {
     /// [`ProviderError::Forbidden`] (permanent); 429 and 5xx are transient.
     pub async fn refresh(&mut self, options: &ClientOptions, now: i64) -> Result<(), ProviderError> {
         let url = reqwest::Url::parse(&self.token_url).map_err(|e| ProviderError::Url(format!("token_url: {e}")))?;
-        let builder = reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.connect_timeout);
-        let builder = match &options.guard {
-            Some(guard) => {
-                guard.check_url(&url).map_err(|e| ProviderError::Refused(e.to_string()))?;
-                guard.client(builder, 0)
-            }
-            None => builder.redirect(reqwest::redirect::Policy::none()),
-        };
-        let client = builder.build().map_err(transport)?;
+        if let Some(guard) = &options.guard {
+            guard.check_url(&url).map_err(|e| ProviderError::Refused(e.to_string()))?;
+        }
+        let client = options.client(0).map_err(|e| ProviderError::Transport(e.to_string()))?;
         let form = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             form.append_pair("grant_type", "refresh_token")

@@ -7,8 +7,9 @@
 //! [`PgStore`]). Records are keyed by their id, so the overlap re-reads without
 //! doubling, and a re-read record's status is merged forward only. 429 and 5xx answers
 //! and connection errors are retried with exponential backoff (honouring
-//! `Retry-After`, at most 30 s); after the last try the job is retried by the engine
-//! (a 429 as a fleet-wide slow-down).
+//! `Retry-After` as [`fleet_net::retry_after`] reads it, sleeping at most
+//! [`MAX_INLINE_WAIT`]); after the last try, or at once when a 429 asks for longer than
+//! that, the job is retried by the engine (a 429 as a fleet-wide slow-down for its wait).
 
 use super::PgStore;
 use crate::contacts::ContactBook;
@@ -76,19 +77,10 @@ pub fn limit_key(tenant: &str, account_sid: &str) -> String {
     format!("sms:{tenant}:{account_sid}")
 }
 
-/// `Retry-After` as seconds or as an HTTP date, capped at 30 s (longer waits are the
-/// engine's: the job is retried, or the account slowed down fleet-wide).
-pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let v = value.trim();
-    let wait = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
-            (at - now).to_std().unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(wait.min(Duration::from_secs(30)))
-}
+/// The longest a run sleeps before trying a page again. Longer waits are the engine's: a
+/// 429 asking for more ends the run at once with its whole wait ([`SmsError::RateLimited`],
+/// a fleet-wide slow-down of the account) rather than holding a worker asleep.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(30);
 
 async fn get_page(
     http: &reqwest::Client,
@@ -117,13 +109,9 @@ async fn get_page(
                 if status == 401 || status == 403 {
                     return Err(SmsError::Auth(status));
                 }
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| retry_after(v, Utc::now()));
+                let retry_after = fleet_net::retry_after(resp.headers());
                 if status == 429 {
-                    if attempt + 1 == TRIES {
+                    if attempt + 1 == TRIES || retry_after.is_some_and(|wait| wait > MAX_INLINE_WAIT) {
                         return Err(SmsError::RateLimited(retry_after.unwrap_or(Duration::from_secs(5))));
                     }
                     tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
@@ -131,7 +119,7 @@ async fn get_page(
                 }
                 if status >= 500 {
                     last = format!("HTTP {status}");
-                    tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
+                    tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_INLINE_WAIT)).await;
                     continue;
                 }
                 return Err(SmsError::Unavailable(format!("HTTP {status}")));
@@ -226,13 +214,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_takes_seconds_and_dates_and_is_capped() {
-        let now = Utc.with_ymd_and_hms(2026, 12, 2, 7, 0, 0).unwrap();
-        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after("Wed, 02 Dec 2026 07:00:12 GMT", now), Some(Duration::from_secs(12)));
-        assert_eq!(retry_after("Wed, 02 Dec 2026 06:00:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("3600", now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after("soon", now), None);
+    fn limit_keys_are_per_tenant() {
         assert_eq!(limit_key("acme", "AC1"), "sms:acme:AC1");
         assert_ne!(limit_key("a", "AC1"), limit_key("b", "AC1"));
     }

@@ -1,4 +1,5 @@
-//! The HTTP client of the vision providers, behind the SSRF guard.
+//! The HTTP client of the vision providers, behind the SSRF guard (built by
+//! [`fleet_net::ClientOptions::client`]).
 //!
 //! The guard checks every address a host name resolves to inside the client's
 //! resolver (so the address checked is the one connected to), and IP literals in
@@ -6,7 +7,7 @@
 //! proxies from the environment are not used, and bodies are read up to a cap.
 
 use super::SkipReason;
-use fleet_net::{Cidr, Guard, GuardedResolver, Refused};
+use fleet_net::{Cidr, ClientOptions, Guard, Refused};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,15 +25,14 @@ impl GuardedClient {
     pub(super) fn new(allow: &[String], connect_timeout_ms: u64, max_body: usize) -> Result<Self, String> {
         let allow = allow.iter().map(|c| c.parse()).collect::<Result<Vec<Cidr>, String>>()?;
         let guard = Arc::new(Guard::new(allow));
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_millis(connect_timeout_ms))
-            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
-            .user_agent(concat!("Fleet-Vision/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        // Every request sets its own timeout (the provider's, within the call's deadline).
+        let options = ClientOptions {
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            guard: Some(guard.clone()),
+            user_agent: Some(concat!("Fleet-Vision/", env!("CARGO_PKG_VERSION"))),
+            ..ClientOptions::default()
+        };
+        let http = options.client(0).map_err(|e| e.to_string())?;
         Ok(GuardedClient { http, guard, max_body })
     }
 
@@ -55,11 +55,7 @@ impl GuardedClient {
     ) -> Result<Body, SkipReason> {
         let resp = request.timeout(timeout).send().await.map_err(|e| transport(e, timeout))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(fleet_net::parse_retry_after);
+        let retry_after = fleet_net::retry_after(resp.headers());
         let body = self.read_capped(resp, timeout).await;
         match status {
             200..=299 => body.map(Body),

@@ -82,16 +82,17 @@ impl Deliver {
     pub fn new(db: PgPool, settings: WebhookSettings) -> Result<Self, String> {
         let allow = settings.allow.iter().map(|c| c.parse()).collect::<Result<Vec<ssrf::Cidr>, String>>()?;
         let guard = Arc::new(ssrf::Guard::new(allow));
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .timeout(Duration::from_millis(settings.timeout_ms))
-            .dns_resolver(Arc::new(ssrf::GuardedResolver(guard.clone())))
-            .user_agent(concat!("Fleet-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        // No redirects: a signed delivery goes to the endpoint's URL or nowhere.
+        let http = ssrf::ClientOptions {
+            timeout: Duration::from_millis(settings.timeout_ms),
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+            max_response_bytes: settings.max_response_bytes,
+            guard: Some(guard.clone()),
+            user_agent: Some(concat!("Fleet-Webhooks/", env!("CARGO_PKG_VERSION"))),
+            ..ssrf::ClientOptions::default()
+        }
+        .client(0)
+        .map_err(|e| e.to_string())?;
         Ok(Deliver { db, http, guard, settings, secrets: None })
     }
 
@@ -179,7 +180,7 @@ impl Deliver {
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let retry_after = ssrf::retry_after(resp.headers());
         let mut body = Vec::new();
         let mut error = None;
         loop {
