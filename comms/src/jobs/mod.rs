@@ -30,9 +30,9 @@ pub mod store;
 
 use crate::contacts::ContactBook;
 use crate::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
+use fleet_accounts::oauth::{OAuthCredentials, OAuthError};
 use fleet_accounts::outbox::Relay;
 use fleet_accounts::secrets::SecretBox;
-use fleet_calendar::oauth::OAuthCredentials;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_jobs::limits::{Admission, Limiter};
 use fleet_kit::limits::LimitTable;
@@ -110,7 +110,11 @@ impl SyncSource {
             fleet_net::ClientOptions { guard: self.options.guard.clone(), ..fleet_net::ClientOptions::default() };
         if let Err(e) = credentials.refresh(&options, now).await {
             self.record(source, Err(e.to_string())).await;
-            return Err(if e.is_transient() { JobError::retry(e) } else { JobError::give_up(e) });
+            return Err(match e {
+                OAuthError::RateLimited { retry_after, .. } => JobError::retry_after(e, retry_after),
+                e if e.is_transient() => JobError::retry(e),
+                e => JobError::give_up(e),
+            });
         }
         let Some(secrets) = &self.secrets else { return Err(JobError::retry("FLEET_SECRETS_KEY is not set")) };
         let sealed = secrets.seal(source, &credentials.to_secret()).map_err(JobError::give_up)?;
