@@ -124,10 +124,10 @@ struct TokenError {
 }
 
 fn transport(err: reqwest::Error) -> OAuthError {
-    if let Some(refusal) = fleet_net::refusal_in(&err) {
-        return OAuthError::Refused(refusal);
+    match fleet_net::request_failure(err) {
+        fleet_net::RequestFailure::Refused(why) => OAuthError::Refused(why),
+        other => OAuthError::Transport(other.to_string()),
     }
-    OAuthError::Transport(err.without_url().to_string())
 }
 
 impl OAuthCredentials {

@@ -462,11 +462,11 @@ pub fn diff_listing(stored: &HashMap<String, Option<String>>, listing: &[RemoteI
 }
 
 fn transport(err: reqwest::Error) -> CalDavError {
-    if let Some(refusal) = fleet_net::refusal_in(&err) {
-        return CalDavError::Refused(refusal);
+    // Never the URL (it may hold user information); the Basic auth header is never shown.
+    match fleet_net::request_failure(err) {
+        fleet_net::RequestFailure::Refused(why) => CalDavError::Refused(why),
+        other => CalDavError::Transport(other.to_string()),
     }
-    // reqwest's Display includes the URL but never the Basic auth header; strip any userinfo.
-    CalDavError::Transport(err.without_url().to_string())
 }
 
 fn etag_of(headers: &header::HeaderMap) -> Option<String> {

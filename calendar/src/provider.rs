@@ -268,10 +268,10 @@ impl Http {
 }
 
 pub(crate) fn transport(err: reqwest::Error) -> ProviderError {
-    if let Some(refusal) = fleet_net::refusal_in(&err) {
-        return ProviderError::Refused(refusal);
+    match fleet_net::request_failure(err) {
+        fleet_net::RequestFailure::Refused(why) => ProviderError::Refused(why),
+        other => ProviderError::Transport(other.to_string()),
     }
-    ProviderError::Transport(err.without_url().to_string())
 }
 
 /// The status of a failed request as an error.

@@ -16,17 +16,21 @@
 //!   rustls configuration (ring, Mozilla's roots, extra CAs), which IMAP uses too;
 //! - [`parse_retry_after`] / [`retry_after`]: `Retry-After` read the same way, under one
 //!   cap policy, by every client;
+//! - [`request_failure`] / [`error_chain`]: a failed request as every client reports it
+//!   (the guard's refusal, a timeout, or the error with its causes, never its URL);
 //! - [`redact_url`]: the one way a URL is shown in logs, errors, attempt rows and
 //!   listings (user information, query string and fragment hidden).
 
 #[cfg(feature = "client")]
 mod client;
+mod failure;
 mod redact;
 mod retry_after;
 #[cfg(feature = "client")]
 pub mod tls;
 #[cfg(feature = "client")]
 pub use client::{ClientError, ClientOptions};
+pub use failure::{RequestFailure, error_chain, request_failure};
 pub use redact::{redact_url, redact_urls_in};
 pub use retry_after::{RETRY_AFTER_MAX, RETRY_AFTER_MIN, parse_retry_after, retry_after};
 

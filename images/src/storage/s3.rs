@@ -48,13 +48,7 @@ impl std::fmt::Debug for S3Store {
 fn send_error(what: &str, e: reqwest::Error) -> StorageError {
     // Timeouts, refused or reset connections, broken bodies: the server may be back soon.
     let retryable = !(e.is_builder() || e.is_redirect());
-    let e = e.without_url();
-    let mut text = format!("{what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    let text = format!("{what}: {}", fleet_net::error_chain(&e.without_url()));
     if retryable { StorageError::Retryable(text) } else { StorageError::Permanent(text) }
 }
 

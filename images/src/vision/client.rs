@@ -7,7 +7,7 @@
 //! proxies from the environment are not used, and bodies are read up to a cap.
 
 use super::SkipReason;
-use fleet_net::{Cidr, ClientOptions, Guard, Refused};
+use fleet_net::{Cidr, ClientOptions, Guard, Refused, RequestFailure};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,20 +90,9 @@ fn too_large(cap: usize) -> SkipReason {
 /// A transport error as a skip reason, without the URL: the guard's refusal, or
 /// the chain of causes of a connection failure.
 fn transport(e: reqwest::Error, timeout: Duration) -> SkipReason {
-    if e.is_timeout() {
-        return SkipReason::Timeout { timeout_ms: timeout.as_millis() as u64 };
+    match fleet_net::request_failure(e) {
+        RequestFailure::Refused(message) => SkipReason::Refused { message },
+        RequestFailure::Timeout(_) => SkipReason::Timeout { timeout_ms: timeout.as_millis() as u64 },
+        RequestFailure::Other(message) => SkipReason::Connection { message },
     }
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        // Matched by text too: the resolver's error may come back re-wrapped.
-        if c.is::<Refused>() || c.to_string().ends_with("resolves to a private or reserved address") {
-            return SkipReason::Refused { message: c.to_string() };
-        }
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    SkipReason::Connection { message: text }
 }

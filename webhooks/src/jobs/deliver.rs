@@ -168,13 +168,13 @@ impl Deliver {
                 // reqwest's message names the URL, query string and all.
                 let e = e.without_url();
                 let what = if refused {
-                    chain_text(&e)
+                    ssrf::error_chain(&e)
                 } else if timeout {
                     format!("timed out after {} ms", self.settings.timeout_ms)
                 } else if connect {
-                    format!("connection failed: {}", chain_text(&e))
+                    format!("connection failed: {}", ssrf::error_chain(&e))
                 } else {
-                    chain_text(&e)
+                    ssrf::error_chain(&e)
                 };
                 return fail(what, refused);
             }
@@ -197,7 +197,7 @@ impl Deliver {
                     error = Some(if e.is_timeout() {
                         "timed out reading the response".to_owned()
                     } else {
-                        chain_text(&e.without_url())
+                        ssrf::error_chain(&e.without_url())
                     });
                     break;
                 }
@@ -232,18 +232,6 @@ impl Deliver {
             tracing::warn!(error = %e, "could not log the delivery attempt");
         }
     }
-}
-
-/// The error and its causes, any URL in them redacted.
-fn chain_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    ssrf::redact_urls_in(&s)
 }
 
 fn chain_has_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
