@@ -218,4 +218,31 @@ mod tests {
         assert_eq!(limit_key("acme", "AC1"), "sms:acme:AC1");
         assert_ne!(limit_key("a", "AC1"), limit_key("b", "AC1"));
     }
+
+    /// A provider answering 429 with `retry-after` to every request, counting them.
+    async fn always_429(retry_after: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::response::IntoResponse;
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().fallback(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after)]).into_response() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/page", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, calls)
+    }
+
+    #[tokio::test]
+    async fn a_429_asking_for_more_than_the_inline_wait_ends_the_run_with_the_whole_wait() {
+        let (url, calls) = always_429("3600").await;
+        let http = fleet_net::ClientOptions::default().client(0).unwrap();
+        let mut report = SmsReport::default();
+        let started = std::time::Instant::now();
+        let e = get_page(&http, &url, "AC1", "token", &mut report).await.unwrap_err();
+        assert!(matches!(e, SmsError::RateLimited(d) if d == Duration::from_secs(3600)), "{e}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "no inline retry");
+        assert!(started.elapsed() < MAX_INLINE_WAIT, "no inline sleep");
+    }
 }
