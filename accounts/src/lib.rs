@@ -16,9 +16,13 @@
 //!   SSRF guard's allow-list, per domain in the worker's config).
 //! * [`outbox`]: the relay that publishes domain events written in a change's own
 //!   transaction to the tenant's webhooks and live stream, exactly once per change.
+//! * [`oauth`] (feature `oauth`, which the domains' `jobs` features enable): OAuth 2.0
+//!   access-token refresh for provider calendars and XOAUTH2 mailboxes alike.
 
 pub mod allow;
 pub mod cron;
+#[cfg(feature = "oauth")]
+pub mod oauth;
 pub mod outbox;
 pub mod secrets;
 pub mod sources;

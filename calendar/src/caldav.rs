@@ -33,7 +33,8 @@ pub enum CalDavError {
     RateLimited {
         /// The status.
         status: StatusCode,
-        /// Retry-After, when given in seconds.
+        /// `Retry-After` (seconds or an HTTP date, by [`fleet_net::parse_retry_after`]),
+        /// when given.
         retry_after: Option<Duration>,
     },
     /// Any other unexpected status.
@@ -58,33 +59,15 @@ impl CalDavError {
     }
 }
 
-/// Limits of a client.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// Whole-request timeout.
-    pub timeout: Duration,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Largest response body read, in bytes.
-    pub max_response_bytes: usize,
-    /// Hrefs per `calendar-multiget` REPORT.
-    pub multiget_batch: usize,
-    /// The SSRF guard every request passes (names when they resolve, IP literals and
-    /// redirect targets before they are called); `None`: no guard (tests, trusted setups).
-    pub guard: Option<std::sync::Arc<fleet_net::Guard>>,
-}
+/// Limits of a client: the one outbound HTTP client of `fleet-net`, shared with the
+/// provider clients and OAuth refresh.
+pub use fleet_net::ClientOptions;
 
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            max_response_bytes: 32 * 1024 * 1024,
-            multiget_batch: 100,
-            guard: None,
-        }
-    }
-}
+/// Hrefs per `calendar-multiget` REPORT.
+const MULTIGET_BATCH: usize = 100;
+
+/// Redirects a CalDAV server may send a request through (each checked by the guard).
+const MAX_REDIRECTS: usize = 3;
 
 /// A member of a collection: its href and ETag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,17 +159,10 @@ impl CalDavClient {
             let path = format!("{}/", collection.path());
             collection.set_path(&path);
         }
-        // reqwest is built without a default TLS provider in this workspace; ring is the one used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let builder = reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.connect_timeout);
-        let builder = match &options.guard {
-            Some(guard) => {
-                guard.check_url(&collection).map_err(|e| CalDavError::Refused(e.to_string()))?;
-                guard.client(builder, 3)
-            }
-            None => builder.redirect(reqwest::redirect::Policy::limited(3)),
-        };
-        let http = builder.build().map_err(|e| CalDavError::Transport(e.to_string()))?;
+        if let Some(guard) = &options.guard {
+            guard.check_url(&collection).map_err(|e| CalDavError::Refused(e.to_string()))?;
+        }
+        let http = options.client(MAX_REDIRECTS).map_err(|e| CalDavError::Transport(e.to_string()))?;
         Ok(CalDavClient { http, collection, username, password, options })
     }
 
@@ -241,14 +217,9 @@ impl CalDavClient {
         }
         match status {
             StatusCode::UNAUTHORIZED => Err(CalDavError::Unauthorised(status)),
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Err(CalDavError::RateLimited {
-                status,
-                retry_after: headers
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs),
-            }),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                Err(CalDavError::RateLimited { status, retry_after: fleet_net::retry_after(&headers) })
+            }
             _ => Ok((status, headers, body)),
         }
     }
@@ -355,7 +326,7 @@ impl CalDavClient {
     /// Fetches members in `calendar-multiget` batches. Hrefs gone meanwhile are left out.
     pub async fn multiget(&self, hrefs: &[String]) -> Result<Vec<CalendarObject>, CalDavError> {
         let mut objects = Vec::with_capacity(hrefs.len());
-        for batch in hrefs.chunks(self.options.multiget_batch.max(1)) {
+        for batch in hrefs.chunks(MULTIGET_BATCH) {
             let mut body = String::from(
                 r#"<?xml version="1.0" encoding="utf-8"?><c:calendar-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/><c:calendar-data/></d:prop>"#,
             );
@@ -491,11 +462,11 @@ pub fn diff_listing(stored: &HashMap<String, Option<String>>, listing: &[RemoteI
 }
 
 fn transport(err: reqwest::Error) -> CalDavError {
-    if let Some(refusal) = fleet_net::refusal_in(&err) {
-        return CalDavError::Refused(refusal);
+    // Never the URL (it may hold user information); the Basic auth header is never shown.
+    match fleet_net::request_failure(err) {
+        fleet_net::RequestFailure::Refused(why) => CalDavError::Refused(why),
+        other => CalDavError::Transport(other.to_string()),
     }
-    // reqwest's Display includes the URL but never the Basic auth header; strip any userinfo.
-    CalDavError::Transport(err.without_url().to_string())
 }
 
 fn etag_of(headers: &header::HeaderMap) -> Option<String> {

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo(token: secrecy::SecretString) -> Result<(), crate::provider::ProviderError> {
-//! use crate::caldav::ClientOptions;
+//! use fleet_net::ClientOptions;
 //! use crate::google::{GoogleCalendar, GoogleState};
 //! // The calendar's URL (`{base}/calendars/{calendarId}`); tests point it at a local server.
 //! let google = GoogleCalendar::new(
@@ -39,13 +39,14 @@
 //! the master's UID, a cancelled instance as a `STATUS:CANCELLED` override, a cancelled event as
 //! a removal, `transparency`, `sequence`, `updated` → DTSTAMP, `iCalUID` → UID.
 
-use crate::caldav::{CalendarObject, ClientOptions, WriteOutcome};
+use crate::caldav::{CalendarObject, WriteOutcome};
 use crate::provider::{
     Http, IcsTime, MAX_PAGES, MAX_PUSH_ROUNDS, ProviderError, ProviderPull, PushEvent, PushTime, VEvent, unexpected,
 };
 use crate::push::PushOutcome;
 use crate::zone::resolve_name;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use fleet_net::ClientOptions;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -229,7 +230,7 @@ impl GoogleCalendar {
                     403 if is_rate_limit(&response.error_code()) => {
                         return Err(ProviderError::RateLimited {
                             status: response.status,
-                            retry_after: crate::provider::retry_after(&response.headers, Utc::now()),
+                            retry_after: fleet_net::retry_after(&response.headers),
                         });
                     }
                     _ => return Err(unexpected(&response)),

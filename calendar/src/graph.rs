@@ -6,7 +6,7 @@
 //! ```no_run
 //! # async fn demo(token: secrecy::SecretString) -> Result<(), crate::provider::ProviderError> {
 //! use chrono::{Months, TimeDelta, Utc};
-//! use crate::caldav::ClientOptions;
+//! use fleet_net::ClientOptions;
 //! use crate::graph::{GraphCalendar, GraphState};
 //! // The calendar's URL: `{base}/me/calendar`, `{base}/me/calendars/{id}` or
 //! // `{base}/users/{user}/calendars/{id}`; tests point it at a local server.
@@ -41,13 +41,14 @@
 //! `isAllDay` → DATE values; `showAs: free` → TRANSPARENT; `showAs: tentative` → TENTATIVE;
 //! `isCancelled` → CANCELLED; `lastModifiedDateTime` → DTSTAMP.
 
-use crate::caldav::{CalendarObject, ClientOptions, WriteOutcome};
+use crate::caldav::{CalendarObject, WriteOutcome};
 use crate::provider::{
     Http, IcsTime, MAX_PAGES, MAX_PUSH_ROUNDS, ProviderError, ProviderPull, PushEvent, PushTime, VEvent, unexpected,
 };
 use crate::push::PushOutcome;
 use crate::zone::{Zone, resolve_name};
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use fleet_net::ClientOptions;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};

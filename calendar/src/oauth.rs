@@ -1,162 +1,48 @@
-//! OAuth 2.0 access-token refresh (RFC 6749 §6) for Google and Microsoft Graph sources.
-//!
-//! A provider source's sealed secret is either a bare access token (it works until it
-//! expires, about an hour for both providers) or [`OAuthCredentials`] as JSON:
-//!
-//! ```json
-//! {"refresh_token": "1//0g...", "token_url": "https://oauth2.googleapis.com/token",
-//!  "client_id": "123.apps.googleusercontent.com", "client_secret": "GOCSPX-...",
-//!  "access_token": "ya29....", "expires_at": 1764640000}
-//! ```
-//!
-//! With credentials, the sync refreshes the access token shortly before `expires_at` (or at
-//! once when it is absent) and whenever the provider refuses the token, and stores the new
-//! token (and a rotated refresh token, as Microsoft issues) sealed again. A refresh the
-//! token endpoint refuses (`invalid_grant`: revoked, expired) is the account's to fix.
-//!
-//! Usage: `let mut c = OAuthCredentials::from_secret(&opened)?; c.refresh(&options, now).await?;`
-//! then seal `c.to_secret()`.
+//! OAuth 2.0 access-token refresh for Google and Microsoft Graph sources: the refresh
+//! itself lives in [`fleet_accounts::oauth`] (mailboxes use it too); here its errors
+//! become [`ProviderError`]s, so a refresh failure is recorded and retried (or not) like
+//! any other provider failure.
 
-use crate::caldav::ClientOptions;
-use crate::provider::{ProviderError, transport};
-use reqwest::{StatusCode, header};
-use serde::{Deserialize, Serialize};
-use std::time::Duration;
+pub use fleet_accounts::oauth::{OAuthCredentials, OAuthError, REFRESH_MARGIN_SECS};
 
-/// Refresh this long before the token's expiry.
-pub const REFRESH_MARGIN_SECS: i64 = 120;
+use crate::provider::ProviderError;
 
-/// What a provider source keeps to renew its access token.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct OAuthCredentials {
-    /// The current access token (empty: none yet).
-    #[serde(default)]
-    pub access_token: String,
-    /// When it expires (seconds since the epoch); absent: unknown, refresh before use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<i64>,
-    /// The refresh token.
-    pub refresh_token: String,
-    /// The provider's token endpoint.
-    pub token_url: String,
-    /// The OAuth client id.
-    pub client_id: String,
-    /// The client secret, for confidential clients.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_secret: Option<String>,
-}
-
-impl std::fmt::Debug for OAuthCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OAuthCredentials")
-            .field("token_url", &self.token_url)
-            .field("client_id", &self.client_id)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<i64>,
-    #[serde(default)]
-    refresh_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct TokenError {
-    #[serde(default)]
-    error: String,
-}
-
-impl OAuthCredentials {
-    /// The credentials in a source's opened secret, when it holds credentials rather than a
-    /// bare access token.
-    pub fn from_secret(secret: &str) -> Option<OAuthCredentials> {
-        if !secret.trim_start().starts_with('{') {
-            return None;
+impl From<OAuthError> for ProviderError {
+    fn from(e: OAuthError) -> Self {
+        match e {
+            OAuthError::Url(_) => ProviderError::Url(e.to_string()),
+            OAuthError::Refused(why) => ProviderError::Refused(why),
+            OAuthError::Transport(why) => ProviderError::Transport(why),
+            OAuthError::TooLarge(cap) => ProviderError::TooLarge(cap),
+            OAuthError::RateLimited { status, retry_after } => {
+                ProviderError::RateLimited { status, retry_after: Some(retry_after) }
+            }
+            OAuthError::Unavailable(status) => ProviderError::Status(status, "token endpoint".into()),
+            OAuthError::BadResponse(why) => ProviderError::Json(why),
+            // Only re-authorising helps: permanent, like a calendar the account cannot see.
+            OAuthError::Rejected(why) => ProviderError::Forbidden(why),
         }
-        serde_json::from_str(secret).ok()
     }
+}
 
-    /// The secret to seal and store.
-    pub fn to_secret(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
 
-    /// Whether the access token is missing or expires within the margin of `now` (seconds).
-    pub fn needs_refresh(&self, now: i64) -> bool {
-        self.access_token.is_empty() || self.expires_at.is_none_or(|at| at - REFRESH_MARGIN_SECS <= now)
-    }
-
-    /// Gets a new access token from the token endpoint (`grant_type=refresh_token`), through
-    /// the client options' SSRF guard, timeout and body cap. A refused grant is
-    /// [`ProviderError::Forbidden`] (permanent); 429 and 5xx are transient.
-    pub async fn refresh(&mut self, options: &ClientOptions, now: i64) -> Result<(), ProviderError> {
-        let url = reqwest::Url::parse(&self.token_url).map_err(|e| ProviderError::Url(format!("token_url: {e}")))?;
-        let builder = reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.connect_timeout);
-        let builder = match &options.guard {
-            Some(guard) => {
-                guard.check_url(&url).map_err(|e| ProviderError::Refused(e.to_string()))?;
-                guard.client(builder, 0)
-            }
-            None => builder.redirect(reqwest::redirect::Policy::none()),
-        };
-        let client = builder.build().map_err(transport)?;
-        let form = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "refresh_token")
-                .append_pair("refresh_token", &self.refresh_token)
-                .append_pair("client_id", &self.client_id);
-            if let Some(secret) = &self.client_secret {
-                form.append_pair("client_secret", secret);
-            }
-            form.finish()
-        };
-        let mut response = client
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .body(form)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > options.max_response_bytes.min(1 << 20) {
-                return Err(ProviderError::TooLarge(options.max_response_bytes.min(1 << 20)));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        match status {
-            s if s.is_success() => {
-                let token: TokenResponse =
-                    serde_json::from_slice(&body).map_err(|e| ProviderError::Json(format!("token response: {e}")))?;
-                if token.access_token.is_empty() {
-                    return Err(ProviderError::Json("token response without an access_token".into()));
-                }
-                self.access_token = token.access_token;
-                self.expires_at = token.expires_in.map(|secs| now + secs);
-                if let Some(rotated) = token.refresh_token.filter(|t| !t.is_empty()) {
-                    self.refresh_token = rotated;
-                }
-                Ok(())
-            }
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                Err(ProviderError::RateLimited { status, retry_after: Some(Duration::from_secs(30)) })
-            }
-            s if s.is_server_error() => Err(ProviderError::Status(s, "token endpoint".into())),
-            s => {
-                // invalid_grant, invalid_client, unauthorized_client: only re-authorising helps.
-                let code = serde_json::from_slice::<TokenError>(&body).map(|e| e.error).unwrap_or_default();
-                Err(ProviderError::Forbidden(format!(
-                    "the token endpoint refused the refresh ({s}{}): re-authorise the account",
-                    if code.is_empty() { String::new() } else { format!(", {code}") }
-                )))
-            }
-        }
+    #[test]
+    fn refresh_failures_keep_their_retry_decision_as_provider_errors() {
+        let rejected = ProviderError::from(OAuthError::Rejected("invalid_grant: re-authorise the account".into()));
+        assert!(!rejected.is_transient());
+        assert!(rejected.to_string().contains("re-authorise"), "{rejected}");
+        let limited = ProviderError::from(OAuthError::RateLimited {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: std::time::Duration::from_secs(30),
+        });
+        assert!(limited.is_transient());
+        assert_eq!(limited.retry_after(), Some(std::time::Duration::from_secs(30)));
+        assert!(ProviderError::from(OAuthError::Unavailable(StatusCode::BAD_GATEWAY)).is_transient());
+        assert!(ProviderError::from(OAuthError::Transport("timed out".into())).is_transient());
+        assert!(!ProviderError::from(OAuthError::BadResponse("token response: eof".into())).is_transient());
     }
 }

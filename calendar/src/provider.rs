@@ -1,6 +1,6 @@
 //! What the Google Calendar ([`crate::google`]) and Microsoft Graph ([`crate::graph`]) clients
 //! share: an HTTP client with a bearer token, timeouts and a body cap; typed errors (429/503 with
-//! their `Retry-After`, 401); the shape of a pull ([`ProviderPull`]); the event Fleet pushes
+//! their `Retry-After`, read by [`fleet_net::retry_after`], 401); the shape of a pull ([`ProviderPull`]); the event Fleet pushes
 //! ([`PushEvent`]); and writing provider events as iCalendar, so the parse → expand → upsert
 //! pipeline of CalDAV sources applies unchanged.
 //!
@@ -9,9 +9,10 @@
 //! `@odata.deltaLink`) are only followed on the origin the client was configured with, so the
 //! token is never sent elsewhere.
 
-use crate::caldav::{CalendarObject, ClientOptions};
+use crate::caldav::CalendarObject;
 use crate::zone::Zone;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use fleet_net::ClientOptions;
 use reqwest::{Method, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -156,8 +157,6 @@ pub struct PushEvent {
 pub(crate) const MAX_PUSH_ROUNDS: usize = 4;
 /// Most pages of one pull.
 pub(crate) const MAX_PAGES: usize = 10_000;
-/// The longest Retry-After honoured (a day).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// An HTTP client with a bearer token, bound to one origin.
 #[derive(Clone)]
@@ -205,18 +204,11 @@ impl Response {
 
 impl Http {
     pub fn new(base: &Url, token: SecretString, options: &ClientOptions) -> Result<Http, ProviderError> {
-        // reqwest is built without a default TLS provider in this workspace; ring is the one used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let builder = reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.connect_timeout);
+        if let Some(guard) = &options.guard {
+            guard.check_url(base).map_err(|e| ProviderError::Refused(e.to_string()))?;
+        }
         // Redirects would carry the bearer token to wherever they point: none.
-        let builder = match &options.guard {
-            Some(guard) => {
-                guard.check_url(base).map_err(|e| ProviderError::Refused(e.to_string()))?;
-                guard.client(builder, 0)
-            }
-            None => builder.redirect(reqwest::redirect::Policy::none()),
-        };
-        let client = builder.build().map_err(|e| ProviderError::Transport(e.without_url().to_string()))?;
+        let client = options.client(0).map_err(|e| ProviderError::Transport(e.to_string()))?;
         Ok(Http { client, token, origin: base.clone(), max_response_bytes: options.max_response_bytes })
     }
 
@@ -268,7 +260,7 @@ impl Http {
         match status {
             StatusCode::UNAUTHORIZED => Err(ProviderError::Unauthorised(status)),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                Err(ProviderError::RateLimited { status, retry_after: retry_after(&response.headers, Utc::now()) })
+                Err(ProviderError::RateLimited { status, retry_after: fleet_net::retry_after(&response.headers) })
             }
             _ => Ok(response),
         }
@@ -276,23 +268,10 @@ impl Http {
 }
 
 pub(crate) fn transport(err: reqwest::Error) -> ProviderError {
-    if let Some(refusal) = fleet_net::refusal_in(&err) {
-        return ProviderError::Refused(refusal);
+    match fleet_net::request_failure(err) {
+        fleet_net::RequestFailure::Refused(why) => ProviderError::Refused(why),
+        other => ProviderError::Transport(other.to_string()),
     }
-    ProviderError::Transport(err.without_url().to_string())
-}
-
-/// `Retry-After` as a delay: delta-seconds or an HTTP date (RFC 9110 §10.2.3), capped at a day.
-pub(crate) fn retry_after(headers: &header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let delay = match value.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => {
-            let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
-            (at - now).to_std().unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 /// The status of a failed request as an error.
@@ -410,18 +389,6 @@ fn fold_into(out: &mut String, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().with_timezone(&Utc);
-        let mut headers = header::HeaderMap::new();
-        headers.insert(header::RETRY_AFTER, "120".parse().unwrap());
-        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(120)));
-        headers.insert(header::RETRY_AFTER, "Wed, 02 Dec 2026 10:00:30 GMT".parse().unwrap());
-        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
-        headers.insert(header::RETRY_AFTER, "999999999".parse().unwrap());
-        assert_eq!(retry_after(&headers, now), Some(MAX_RETRY_AFTER));
-    }
 
     #[test]
     fn long_lines_fold_on_character_boundaries() {

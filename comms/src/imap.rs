@@ -39,6 +39,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// How to reach one IMAP mailbox.
 #[derive(Clone, Serialize, Deserialize)]
@@ -438,29 +440,16 @@ impl ImapStream {
 /// A logged-in IMAP session.
 pub type Session = async_imap::Session<ImapStream>;
 
-/// The TLS settings of `account`: Mozilla's roots (webpki-roots) plus the CA
-/// certificates of `account.ca_file`, if any.
-pub fn tls_config(account: &ImapAccount) -> Result<Arc<rustls::ClientConfig>, SyncError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = &account.ca_file {
-        let bad = |e: String| SyncError::Unsupported(format!("ca_file {path}: {e}"));
-        let mut added = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-            roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(bad("no certificate in it".into()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SyncError::Unsupported(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+/// The TLS settings of `account`: Fleet's one TLS configuration ([`fleet_net::tls`]:
+/// ring, Mozilla's roots) plus the CA certificates of `account.ca_file`, if any. A bad
+/// CA file is [`SyncError::Unsupported`]: retrying will not fix it.
+pub fn tls_config(account: &ImapAccount) -> Result<Arc<ClientConfig>, SyncError> {
+    let unsupported = |e: fleet_net::tls::TlsError| SyncError::Unsupported(e.to_string());
+    let extra = match &account.ca_file {
+        Some(path) => fleet_net::tls::read_ca_file(path).map_err(unsupported)?,
+        None => Vec::new(),
+    };
+    Ok(Arc::new(fleet_net::tls::client_config(&extra).map_err(unsupported)?))
 }
 
 /// The SASL `XOAUTH2` initial response (before base64): `user=…^Aauth=Bearer …^A^A`.
@@ -519,8 +508,8 @@ pub async fn connect_with(account: &ImapAccount, options: &SyncOptions) -> Resul
         )));
     }
     tcp.set_nodelay(true).ok();
-    let handshake = |tcp: TcpStream, config: Arc<rustls::ClientConfig>| async move {
-        let name = rustls_pki_types::ServerName::try_from(account.host.clone())
+    let handshake = |tcp: TcpStream, config: Arc<ClientConfig>| async move {
+        let name = ServerName::try_from(account.host.clone())
             .map_err(|e| SyncError::Unsupported(format!("TLS server name {}: {e}", account.host)))?;
         let tls = tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
             .await

@@ -10,13 +10,29 @@
 //! ranges (documentation, 6to4, Teredo, ORCHID, NAT64's local use); mapped and
 //! translated IPv4 forms are refused whatever they embed.
 //!
-//! Also [`redact_url`]: the one way a URL is shown in logs, errors, attempt rows and
-//! listings (user information, query string and fragment hidden).
+//! Also, one home for the rest of outbound HTTP:
+//! - [`ClientOptions::client`] (feature `client`): the one builder of an HTTP client
+//!   (timeouts, the guard's resolver and redirect checks, TLS), and [`tls`]: the one
+//!   rustls configuration (ring, Mozilla's roots, extra CAs), which IMAP uses too;
+//! - [`parse_retry_after`] / [`retry_after`]: `Retry-After` read the same way, under one
+//!   cap policy, by every client;
+//! - [`request_failure`] / [`error_chain`]: a failed request as every client reports it
+//!   (the guard's refusal, a timeout, or the error with its causes, never its URL);
+//! - [`redact_url`]: the one way a URL is shown in logs, errors, attempt rows and
+//!   listings (user information, query string and fragment hidden).
 
+#[cfg(feature = "client")]
+mod client;
+mod failure;
 mod redact;
 mod retry_after;
+#[cfg(feature = "client")]
+pub mod tls;
+#[cfg(feature = "client")]
+pub use client::{ClientError, ClientOptions};
+pub use failure::{RequestFailure, error_chain, request_failure};
 pub use redact::{redact_url, redact_urls_in};
-pub use retry_after::parse_retry_after;
+pub use retry_after::{RETRY_AFTER_MAX, RETRY_AFTER_MIN, parse_retry_after, retry_after};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -137,27 +153,6 @@ impl Guard {
             Some(ip) if !self.permits(ip) => Err(Refused(ip.to_string())),
             _ => Ok(()),
         }
-    }
-
-    /// `builder` with this guard: names resolve through [`GuardedResolver`], proxies from
-    /// the environment are not used, and up to `max_redirects` redirects are followed, each
-    /// to a target whose IP literal the guard permits (0: none followed).
-    pub fn client(self: &Arc<Self>, builder: reqwest::ClientBuilder, max_redirects: usize) -> reqwest::ClientBuilder {
-        let guard = self.clone();
-        let policy = if max_redirects == 0 {
-            reqwest::redirect::Policy::none()
-        } else {
-            reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() > max_redirects {
-                    attempt.error("too many redirects")
-                } else if let Err(refused) = guard.check_url(attempt.url()) {
-                    attempt.error(refused)
-                } else {
-                    attempt.follow()
-                }
-            })
-        };
-        builder.dns_resolver(Arc::new(GuardedResolver(self.clone()))).redirect(policy).no_proxy()
     }
 }
 

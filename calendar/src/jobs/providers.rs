@@ -71,7 +71,7 @@ impl CalendarSyncHandler {
         };
         let now = Utc::now().timestamp();
         if force || credentials.needs_refresh(now) {
-            credentials.refresh(&self.client_options, now).await?;
+            credentials.refresh(&self.client_options, now).await.map_err(ProviderError::from)?;
             let resealed =
                 secrets.seal(source_id, &credentials.to_secret()).map_err(|e| SyncError::Permanent(e.to_string()))?;
             crate::store::sync::store_secret(&self.db, source_id, &resealed).await?;

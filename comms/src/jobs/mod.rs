@@ -31,9 +31,9 @@ pub mod store;
 
 use crate::contacts::ContactBook;
 use crate::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
+use fleet_accounts::oauth::{OAuthCredentials, OAuthError};
 use fleet_accounts::outbox::Relay;
 use fleet_accounts::secrets::SecretBox;
-use fleet_calendar::oauth::OAuthCredentials;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_kit::limits::AttemptLimits;
 use fleet_kit::{Handler, JobContext, JobError};
@@ -46,16 +46,19 @@ pub use store::PgStore;
 #[derive(Debug, Clone)]
 pub struct SyncSource {
     db: PgPool,
-    http: reqwest::Client,
+    /// The provider HTTP client, or why it could not be built: a job that needs it then
+    /// fails with that reason (never with a client built some other way).
+    http: Result<reqwest::Client, String>,
     secrets: Option<SecretBox>,
     options: SyncOptions,
     relay: Option<Relay>,
 }
 
-/// The provider HTTP client: the SSRF guard, no redirects (they would carry the credentials).
-fn guarded_http(guard: &Arc<fleet_net::Guard>) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    guard.client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)), 0).build().unwrap_or_default()
+/// The provider HTTP client: the SSRF guard, fleet-net's timeouts (30 s per request), no
+/// redirects (they would carry the credentials).
+fn guarded_http(guard: &Arc<fleet_net::Guard>) -> Result<reqwest::Client, String> {
+    let options = fleet_net::ClientOptions { guard: Some(guard.clone()), ..fleet_net::ClientOptions::default() };
+    options.client(0).map_err(|e| e.to_string())
 }
 
 impl SyncSource {
@@ -95,13 +98,15 @@ impl SyncSource {
         if !force && !credentials.needs_refresh(now) {
             return Ok(());
         }
-        let options = fleet_calendar::caldav::ClientOptions {
-            guard: self.options.guard.clone(),
-            ..fleet_calendar::caldav::ClientOptions::default()
-        };
+        let options =
+            fleet_net::ClientOptions { guard: self.options.guard.clone(), ..fleet_net::ClientOptions::default() };
         if let Err(e) = credentials.refresh(&options, now).await {
             self.record(source, Err(e.to_string())).await;
-            return Err(if e.is_transient() { JobError::retry(e) } else { JobError::give_up(e) });
+            return Err(match e {
+                OAuthError::RateLimited { retry_after, .. } => JobError::retry_after(e, retry_after),
+                e if e.is_transient() => JobError::retry(e),
+                e => JobError::give_up(e),
+            });
         }
         let Some(secrets) = &self.secrets else { return Err(JobError::retry("FLEET_SECRETS_KEY is not set")) };
         let sealed = secrets.seal(source, &credentials.to_secret()).map_err(JobError::give_up)?;
@@ -218,12 +223,22 @@ impl SyncSource {
             self.record(source, Err(e.clone())).await;
             return Err(JobError::give_up(e));
         }
+        let http = match &self.http {
+            Ok(http) => http,
+            Err(e) => {
+                // A worker-side fault, not the source's: retried (another worker, or this
+                // one once fixed, may have a client), and never sent without the guard.
+                let e = format!("no provider HTTP client on this worker ({e}); the sync is retried");
+                self.record(source, Err(e.clone())).await;
+                return Err(JobError::retry(e));
+            }
+        };
         let book = self.contact_book(tenant, region).await?;
         // The provider account's fleet-wide limits, when configured: a wait snoozes the job.
         let key = sms::limit_key(tenant, &cfg.account_sid);
         limits.admit(&key).await?;
         let mut store = PgStore::new(self.db.clone(), tenant);
-        let outcome = sms::sync_sms(&self.http, &cfg, &token, source, &book, &mut store).await;
+        let outcome = sms::sync_sms(http, &cfg, &token, source, &book, &mut store).await;
         limits.settle(&key, sms::verdict(&outcome)).await;
         match outcome {
             Ok(report) => {

@@ -7,8 +7,9 @@
 //! [`PgStore`]). Records are keyed by their id, so the overlap re-reads without
 //! doubling, and a re-read record's status is merged forward only. 429 and 5xx answers
 //! and connection errors are retried with exponential backoff (honouring
-//! `Retry-After`, at most 30 s); after the last try the job is retried by the engine
-//! (a 429 as a fleet-wide slow-down).
+//! `Retry-After` as [`fleet_net::retry_after`] reads it, sleeping at most
+//! [`MAX_INLINE_WAIT`]); after the last try, or at once when a 429 asks for longer than
+//! that, the job is retried by the engine (a 429 as a fleet-wide slow-down for its wait).
 
 use super::PgStore;
 use crate::contacts::ContactBook;
@@ -90,19 +91,10 @@ pub fn verdict(outcome: &Result<SmsReport, SmsError>) -> Verdict {
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date, capped at 30 s (longer waits are the
-/// engine's: the job is retried, or the account slowed down fleet-wide).
-pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let v = value.trim();
-    let wait = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
-            (at - now).to_std().unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(wait.min(Duration::from_secs(30)))
-}
+/// The longest a run sleeps before trying a page again. Longer waits are the engine's: a
+/// 429 asking for more ends the run at once with its whole wait ([`SmsError::RateLimited`],
+/// a fleet-wide slow-down of the account) rather than holding a worker asleep.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(30);
 
 async fn get_page(
     http: &reqwest::Client,
@@ -131,13 +123,9 @@ async fn get_page(
                 if status == 401 || status == 403 {
                     return Err(SmsError::Auth(status));
                 }
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| retry_after(v, Utc::now()));
+                let retry_after = fleet_net::retry_after(resp.headers());
                 if status == 429 {
-                    if attempt + 1 == TRIES {
+                    if attempt + 1 == TRIES || retry_after.is_some_and(|wait| wait > MAX_INLINE_WAIT) {
                         return Err(SmsError::RateLimited(retry_after.unwrap_or(Duration::from_secs(5))));
                     }
                     tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
@@ -145,7 +133,7 @@ async fn get_page(
                 }
                 if status >= 500 {
                     last = format!("HTTP {status}");
-                    tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
+                    tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_INLINE_WAIT)).await;
                     continue;
                 }
                 return Err(SmsError::Unavailable(format!("HTTP {status}")));
@@ -240,14 +228,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_takes_seconds_and_dates_and_is_capped() {
-        let now = Utc.with_ymd_and_hms(2026, 12, 2, 7, 0, 0).unwrap();
-        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after("Wed, 02 Dec 2026 07:00:12 GMT", now), Some(Duration::from_secs(12)));
-        assert_eq!(retry_after("Wed, 02 Dec 2026 06:00:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("3600", now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after("soon", now), None);
+    fn limit_keys_are_per_tenant() {
         assert_eq!(limit_key("acme", "AC1"), "sms:acme:AC1");
         assert_ne!(limit_key("a", "AC1"), limit_key("b", "AC1"));
+    }
+
+    /// A provider answering 429 with `retry-after` to every request, counting them.
+    async fn always_429(retry_after: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::response::IntoResponse;
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().fallback(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after)]).into_response() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/page", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, calls)
+    }
+
+    #[tokio::test]
+    async fn a_429_asking_for_more_than_the_inline_wait_ends_the_run_with_the_whole_wait() {
+        let (url, calls) = always_429("3600").await;
+        let http = fleet_net::ClientOptions::default().client(0).unwrap();
+        let mut report = SmsReport::default();
+        let started = std::time::Instant::now();
+        let e = get_page(&http, &url, "AC1", "token", &mut report).await.unwrap_err();
+        assert!(matches!(e, SmsError::RateLimited(d) if d == Duration::from_secs(3600)), "{e}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "no inline retry");
+        assert!(started.elapsed() < MAX_INLINE_WAIT, "no inline sleep");
     }
 }

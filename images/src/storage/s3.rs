@@ -48,13 +48,7 @@ impl std::fmt::Debug for S3Store {
 fn send_error(what: &str, e: reqwest::Error) -> StorageError {
     // Timeouts, refused or reset connections, broken bodies: the server may be back soon.
     let retryable = !(e.is_builder() || e.is_redirect());
-    let e = e.without_url();
-    let mut text = format!("{what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    let text = format!("{what}: {}", fleet_net::error_chain(&e.without_url()));
     if retryable { StorageError::Retryable(text) } else { StorageError::Permanent(text) }
 }
 
@@ -144,14 +138,14 @@ impl S3Store {
             config.access_key_id.expose_secret().to_owned(),
             config.secret_access_key.expose_secret().to_owned(),
         );
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .user_agent(concat!("Fleet-Storage/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| StorageError::Permanent(format!("building the HTTP client: {e}")))?;
+        // The endpoint is the operator's (config), not a tenant's: no SSRF guard.
+        let options = fleet_net::ClientOptions {
+            timeout: Duration::from_millis(config.timeout_ms),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            user_agent: Some(concat!("Fleet-Storage/", env!("CARGO_PKG_VERSION"))),
+            ..fleet_net::ClientOptions::default()
+        };
+        let http = options.client(0).map_err(|e| StorageError::Permanent(e.to_string()))?;
         Ok(S3Store { http, bucket, credentials })
     }
 
@@ -404,7 +398,9 @@ mod tests {
         denied.put("k", Bytes::from_static(b"x"), "text/plain").await.unwrap();
         let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny",
             "Principal": "*", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{}/*", denied.bucket())}]});
-        let set = reqwest::Client::new()
+        let set = fleet_net::ClientOptions::default()
+            .client(0)
+            .unwrap()
             .put(format!("{}/{}?policy", endpoint(), denied.bucket()))
             .body(policy.to_string())
             .send()

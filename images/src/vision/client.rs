@@ -1,4 +1,5 @@
-//! The HTTP client of the vision providers, behind the SSRF guard.
+//! The HTTP client of the vision providers, behind the SSRF guard (built by
+//! [`fleet_net::ClientOptions::client`]).
 //!
 //! The guard checks every address a host name resolves to inside the client's
 //! resolver (so the address checked is the one connected to), and IP literals in
@@ -6,7 +7,7 @@
 //! proxies from the environment are not used, and bodies are read up to a cap.
 
 use super::SkipReason;
-use fleet_net::{Cidr, Guard, GuardedResolver, Refused};
+use fleet_net::{Cidr, ClientOptions, Guard, Refused, RequestFailure};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,15 +25,14 @@ impl GuardedClient {
     pub(super) fn new(allow: &[String], connect_timeout_ms: u64, max_body: usize) -> Result<Self, String> {
         let allow = allow.iter().map(|c| c.parse()).collect::<Result<Vec<Cidr>, String>>()?;
         let guard = Arc::new(Guard::new(allow));
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_millis(connect_timeout_ms))
-            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
-            .user_agent(concat!("Fleet-Vision/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        // Every request sets its own timeout (the provider's, within the call's deadline).
+        let options = ClientOptions {
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            guard: Some(guard.clone()),
+            user_agent: Some(concat!("Fleet-Vision/", env!("CARGO_PKG_VERSION"))),
+            ..ClientOptions::default()
+        };
+        let http = options.client(0).map_err(|e| e.to_string())?;
         Ok(GuardedClient { http, guard, max_body })
     }
 
@@ -55,11 +55,7 @@ impl GuardedClient {
     ) -> Result<Body, SkipReason> {
         let resp = request.timeout(timeout).send().await.map_err(|e| transport(e, timeout))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(fleet_net::parse_retry_after);
+        let retry_after = fleet_net::retry_after(resp.headers());
         let body = self.read_capped(resp, timeout).await;
         match status {
             200..=299 => body.map(Body),
@@ -94,20 +90,9 @@ fn too_large(cap: usize) -> SkipReason {
 /// A transport error as a skip reason, without the URL: the guard's refusal, or
 /// the chain of causes of a connection failure.
 fn transport(e: reqwest::Error, timeout: Duration) -> SkipReason {
-    if e.is_timeout() {
-        return SkipReason::Timeout { timeout_ms: timeout.as_millis() as u64 };
+    match fleet_net::request_failure(e) {
+        RequestFailure::Refused(message) => SkipReason::Refused { message },
+        RequestFailure::Timeout(_) => SkipReason::Timeout { timeout_ms: timeout.as_millis() as u64 },
+        RequestFailure::Other(message) => SkipReason::Connection { message },
     }
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        // Matched by text too: the resolver's error may come back re-wrapped.
-        if c.is::<Refused>() || c.to_string().ends_with("resolves to a private or reserved address") {
-            return SkipReason::Refused { message: c.to_string() };
-        }
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    SkipReason::Connection { message: text }
 }

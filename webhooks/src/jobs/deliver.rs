@@ -83,16 +83,17 @@ impl Deliver {
     pub fn new(db: PgPool, settings: WebhookSettings) -> Result<Self, String> {
         let allow = settings.allow.iter().map(|c| c.parse()).collect::<Result<Vec<ssrf::Cidr>, String>>()?;
         let guard = Arc::new(ssrf::Guard::new(allow));
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .timeout(Duration::from_millis(settings.timeout_ms))
-            .dns_resolver(Arc::new(ssrf::GuardedResolver(guard.clone())))
-            .user_agent(concat!("Fleet-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        // No redirects: a signed delivery goes to the endpoint's URL or nowhere.
+        let http = ssrf::ClientOptions {
+            timeout: Duration::from_millis(settings.timeout_ms),
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+            max_response_bytes: settings.max_response_bytes,
+            guard: Some(guard.clone()),
+            user_agent: Some(concat!("Fleet-Webhooks/", env!("CARGO_PKG_VERSION"))),
+            ..ssrf::ClientOptions::default()
+        }
+        .client(0)
+        .map_err(|e| e.to_string())?;
         Ok(Deliver { db, http, guard, settings, secrets: None })
     }
 
@@ -168,19 +169,19 @@ impl Deliver {
                 // reqwest's message names the URL, query string and all.
                 let e = e.without_url();
                 let what = if refused {
-                    chain_text(&e)
+                    ssrf::error_chain(&e)
                 } else if timeout {
                     format!("timed out after {} ms", self.settings.timeout_ms)
                 } else if connect {
-                    format!("connection failed: {}", chain_text(&e))
+                    format!("connection failed: {}", ssrf::error_chain(&e))
                 } else {
-                    chain_text(&e)
+                    ssrf::error_chain(&e)
                 };
                 return fail(what, refused);
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let retry_after = ssrf::retry_after(resp.headers());
         let mut body = Vec::new();
         let mut error = None;
         loop {
@@ -197,7 +198,7 @@ impl Deliver {
                     error = Some(if e.is_timeout() {
                         "timed out reading the response".to_owned()
                     } else {
-                        chain_text(&e.without_url())
+                        ssrf::error_chain(&e.without_url())
                     });
                     break;
                 }
@@ -228,18 +229,6 @@ impl Deliver {
             tracing::warn!(error = %e, "could not log the delivery attempt");
         }
     }
-}
-
-/// The error and its causes, any URL in them redacted.
-fn chain_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    ssrf::redact_urls_in(&s)
 }
 
 fn chain_has_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
