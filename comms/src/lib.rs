@@ -15,11 +15,15 @@
 //! - [`sms`]: SMS and call records of a Twilio-style API as entries.
 //! - [`in_app`]: the platform's own messages as entries.
 //! - [`account`]: what a source's account is as the API registers it.
-//! - [`store`]: sources, contacts and timelines in PostgreSQL, for the API and `fleetctl`.
-//! - [`jobs`]: the `comms.sync` handler and the PostgreSQL timeline it commits to.
+//! - [`store`]: the domain's one store, every query on the `comms_*` tables: sources,
+//!   contacts, quarantine and timeline pages for the API and `fleetctl` (`store/mod.rs`),
+//!   and the PostgreSQL timeline syncs commit to ([`store::PgStore`],
+//!   `store/timeline.rs`, with the `jobs` feature).
+//! - [`jobs`]: the `comms.sync` handler (`jobs/mod.rs`) and the SMS provider's API
+//!   (`jobs/sms.rs`); their reads and writes go through [`store`].
 //!
-//! Everything but `account`, `contacts` and `store` is behind the `jobs` feature (IMAP,
-//! MIME, provider APIs): the scheduler builds without it. Sealed secrets are
+//! Everything but `account`, `contacts` and `store/mod.rs` is behind the `jobs` feature
+//! (IMAP, MIME, provider APIs): the scheduler builds without it. Sealed secrets are
 //! `fleet_accounts::secrets`.
 //!
 //! Nothing here polls by date window: cursors are exact, so downtime never loses mail.

@@ -9,7 +9,8 @@ use fleet_comms::contacts::ContactBook;
 use fleet_comms::imap::{
     CommitCounts, FolderBatch, FolderCursor, ImapAccount, StoreError, SyncError, SyncOptions, SyncStore, sync_account,
 };
-use fleet_comms::jobs::{PgStore, SyncSource};
+use fleet_comms::jobs::SyncSource;
+use fleet_comms::store::PgStore;
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_tests::{TestDb, TestEnv, eventually, n_final};

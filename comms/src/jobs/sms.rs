@@ -10,10 +10,10 @@
 //! `Retry-After`, at most 30 s); after the last try the job is retried by the engine
 //! (a 429 as a fleet-wide slow-down).
 
-use super::PgStore;
 use crate::contacts::ContactBook;
 use crate::imap::{FetchedItem, FolderBatch, FolderCursor, StoreError, SyncStore};
 use crate::sms::{Page, date_sent_from, entry_from_call, entry_from_sms};
+use crate::store::PgStore;
 use crate::timeline::Location;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;

@@ -1,5 +1,4 @@
-//! The PostgreSQL timeline: [`crate::imap::SyncStore`] over the `comms_*`
-//! tables, following the in-memory reference ([`crate::timeline`]) rule for rule.
+//! The PostgreSQL timeline: [`crate::imap::SyncStore`] over the `comms_*` tables.
 //!
 //! Each commit is one transaction: entries, locations, thread ids, raw messages,
 //! quarantine rows, outbox events **and the folder's cursor**, so a sync killed at any
