@@ -9,8 +9,10 @@
 //! - [`contacts`]: clients matched by email and by E.164 phone number.
 //! - [`entry`]: the one shape every item takes ([`entry::NewEntry`] →
 //!   [`entry::TimelineEntry`]).
-//! - [`timeline`]: dedup, threading and where each entry was seen; the in-memory
-//!   reference the PostgreSQL store follows.
+//! - [`timeline`]: the dedup and threading rules ([`timeline::decide`]: one message
+//!   against what a timeline already holds) and the in-memory timeline that applies
+//!   them, with where each entry was seen. The PostgreSQL timeline applies the very
+//!   same decisions; one table of cases (`tests/comms/rules.rs`) runs against both.
 //! - [`imap`]: exact incremental IMAP sync with per-folder cursors.
 //! - [`sms`]: SMS and call records of a Twilio-style API as entries.
 //! - [`in_app`]: the platform's own messages as entries.
