@@ -2,7 +2,8 @@
 //! over IMAP by the test, the PostgreSQL timeline (a database per test), and the
 //! `comms.sync` job on a worker: cursors committed with their items (a killed sync
 //! resumes without loss or duplicates), a UIDVALIDITY change without duplicates, and a
-//! failing source isolated from the supplier's other sources.
+//! failing source isolated from the supplier's other sources. `rules.rs` runs one table
+//! of dedup and threading cases against the in-memory and the PostgreSQL timeline.
 
 use fleet_accounts::secrets::SecretBox;
 use fleet_comms::contacts::ContactBook;
@@ -18,6 +19,8 @@ use fleet_worker::{QueueConfig, Registry};
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+mod rules;
 
 /// Dovecot and the fake providers run on loopback: allowed past the SSRF guard here.
 fn loopback() -> Vec<fleet_net::Cidr> {
