@@ -9,17 +9,23 @@
 //! - [`contacts`]: clients matched by email and by E.164 phone number.
 //! - [`entry`]: the one shape every item takes ([`entry::NewEntry`] →
 //!   [`entry::TimelineEntry`]).
-//! - [`timeline`]: dedup, threading and where each entry was seen; the in-memory
-//!   reference the PostgreSQL store follows.
+//! - [`timeline`]: the dedup and threading rules ([`timeline::decide`]: one message
+//!   against what a timeline already holds) and the in-memory timeline that applies
+//!   them, with where each entry was seen. The PostgreSQL timeline applies the very
+//!   same decisions; one table of cases (`tests/comms/rules.rs`) runs against both.
 //! - [`imap`]: exact incremental IMAP sync with per-folder cursors.
 //! - [`sms`]: SMS and call records of a Twilio-style API as entries.
 //! - [`in_app`]: the platform's own messages as entries.
 //! - [`account`]: what a source's account is as the API registers it.
-//! - [`store`]: sources, contacts and timelines in PostgreSQL, for the API and `fleetctl`.
-//! - [`jobs`]: the `comms.sync` handler and the PostgreSQL timeline it commits to.
+//! - [`store`]: the domain's one store, every query on the `comms_*` tables: sources,
+//!   contacts, quarantine and timeline pages for the API and `fleetctl` (`store/mod.rs`),
+//!   and the PostgreSQL timeline syncs commit to ([`store::PgStore`],
+//!   `store/timeline.rs`, with the `jobs` feature).
+//! - [`jobs`]: the `comms.sync` handler (`jobs/mod.rs`) and the SMS provider's API
+//!   (`jobs/sms.rs`); their reads and writes go through [`store`].
 //!
-//! Everything but `account`, `contacts` and `store` is behind the `jobs` feature (IMAP,
-//! MIME, provider APIs): the scheduler builds without it. Sealed secrets are
+//! Everything but `account`, `contacts` and `store/mod.rs` is behind the `jobs` feature
+//! (IMAP, MIME, provider APIs): the scheduler builds without it. Sealed secrets are
 //! `fleet_accounts::secrets`.
 //!
 //! Nothing here polls by date window: cursors are exact, so downtime never loses mail.

@@ -19,11 +19,16 @@
 //! (expunged or `\Deleted` on the server). A UIDVALIDITY change re-keys locations by
 //! content identity, so no entry is doubled.
 //!
-//! This module is the in-memory reference; the PostgreSQL store follows its rules.
+//! **One set of rules.** Dedup and threading are decided by [`decide`], one message at
+//! a time against what a timeline already holds ([`Known`]); it returns the decision and
+//! changes nothing. The in-memory [`Timeline`] here and the PostgreSQL timeline
+//! (`crate::store::PgStore`, which reads up front what a chunk of messages needs to know)
+//! both apply its decisions, so they cannot drift; `tests/comms/rules.rs` runs one table
+//! of cases against both.
 
 use crate::entry::{Channel, NewEntry, TimelineEntry, base_subject};
 use crate::parse::ParseFailure;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -71,7 +76,7 @@ pub struct Timeline {
     /// Message-ID → entries using it.
     by_message_id: HashMap<String, Vec<String>>,
     /// (client, channel, base subject) → entries, for the subject fallback.
-    by_subject: HashMap<(String, Channel, String), Vec<String>>,
+    by_subject: HashMap<SubjectKey, Vec<String>>,
     /// Message-ID (seen or only referenced) → thread.
     thread_of_id: HashMap<String, String>,
     /// Entry → where it was seen.
@@ -232,53 +237,46 @@ impl Timeline {
         }
     }
 
-    /// The identity of `e` here: its id, whether that id is a collision id, and the
-    /// existing entry it duplicates, if any.
-    fn identity(&self, e: &NewEntry) -> (String, bool, Option<String>) {
-        match &e.message_id {
-            Some(mid) => {
-                let same_id: Vec<&TimelineEntry> =
-                    self.by_message_id.get(mid).into_iter().flatten().filter_map(|id| self.entries.get(id)).collect();
-                if let Some(existing) = same_id.iter().find(|x| same_content(&x.entry, e)) {
-                    return (existing.id.clone(), false, Some(existing.id.clone()));
-                }
-                if same_id.is_empty() { (primary_id(e), false, None) } else { (collision_id(e), true, None) }
-            }
-            None => {
-                let id = primary_id(e);
-                let existing = self.entries.contains_key(&id).then(|| id.clone());
-                (id, false, existing)
-            }
-        }
-    }
-
     /// Adds `e` seen at `location`: a new entry, or another copy of an existing one.
     pub fn ingest(&mut self, e: NewEntry, location: Location) -> Ingested {
-        let (id, collision, existing) = self.identity(&e);
-        if let Some(existing) = existing {
-            if let Some(x) = self.entries.get_mut(&existing) {
-                x.entry.status = crate::sms::merge_status(x.entry.status.as_deref(), e.status.as_deref());
+        match decide(self, &e, self.subject_window) {
+            Decision::Duplicate { id, status } => {
+                if let Some(status) = status
+                    && let Some(x) = self.entries.get_mut(&id)
+                {
+                    x.entry.status = Some(status);
+                }
+                self.attach(&id, location);
+                Ingested::Duplicate(id)
             }
-            self.attach(&existing, location);
-            return Ingested::Duplicate(existing);
-        }
-        let thread_id = self.thread_for(&id, &e);
-        if let Some(mid) = &e.message_id {
-            self.by_message_id.entry(mid.clone()).or_default().push(id.clone());
-            if collision {
-                for other in self.by_message_id.get(mid).cloned().unwrap_or_default() {
-                    if let Some(x) = self.entries.get_mut(&other) {
-                        x.id_collision = true;
+            Decision::New(p) => {
+                for from in &p.merged {
+                    self.merge_thread(from, &p.thread);
+                }
+                for key in &p.keys {
+                    self.thread_of_id.insert(key.clone(), p.thread.clone());
+                }
+                if let Some(mid) = &e.message_id {
+                    let same = self.by_message_id.entry(mid.clone()).or_default();
+                    same.push(p.id.clone());
+                    if p.id_collision {
+                        for other in same.clone() {
+                            if let Some(x) = self.entries.get_mut(&other) {
+                                x.id_collision = true;
+                            }
+                        }
                     }
                 }
+                if let Some(key) = subject_key(&e) {
+                    self.by_subject.entry(key).or_default().push(p.id.clone());
+                }
+                let entry =
+                    TimelineEntry { id: p.id.clone(), thread_id: p.thread, id_collision: p.id_collision, entry: e };
+                self.entries.insert(p.id.clone(), entry);
+                self.attach(&p.id, location);
+                Ingested::New(p.id)
             }
         }
-        if let Some(key) = subject_key(&e) {
-            self.by_subject.entry(key).or_default().push(id.clone());
-        }
-        self.entries.insert(id.clone(), TimelineEntry { id: id.clone(), thread_id, id_collision: collision, entry: e });
-        self.attach(&id, location);
-        Ingested::New(id)
     }
 
     fn attach(&mut self, id: &str, location: Location) {
@@ -333,34 +331,6 @@ impl Timeline {
         }
     }
 
-    /// The thread of a new entry (merging the threads it links).
-    fn thread_for(&mut self, id: &str, e: &NewEntry) -> String {
-        let mut linked: Vec<String> = Vec::new();
-        for mid in e.message_id.iter().chain(&e.parents) {
-            if let Some(t) = self.thread_of_id.get(mid)
-                && !linked.contains(t)
-            {
-                linked.push(t.clone());
-            }
-        }
-        let thread = if let Some(first) = linked.iter().min().cloned() {
-            for other in linked.iter().filter(|t| **t != first) {
-                self.merge_thread(other, &first);
-            }
-            first
-        } else if e.parents.is_empty()
-            && let Some(t) = self.subject_match(e)
-        {
-            t
-        } else {
-            new_thread_id(id)
-        };
-        for mid in e.message_id.iter().chain(&e.parents) {
-            self.thread_of_id.insert(mid.clone(), thread.clone());
-        }
-        thread
-    }
-
     fn merge_thread(&mut self, from: &str, into: &str) {
         for t in self.thread_of_id.values_mut().filter(|t| *t == from) {
             *t = into.to_owned();
@@ -369,26 +339,144 @@ impl Timeline {
             e.thread_id = into.to_owned();
         }
     }
+}
 
-    /// The thread of the same client's closest message with the same base subject
-    /// within the window.
-    fn subject_match(&self, e: &NewEntry) -> Option<String> {
-        let key = subject_key(e)?;
-        self.by_subject
-            .get(&key)?
-            .iter()
-            .filter_map(|id| self.entries.get(id))
-            .filter(|x| (x.entry.time - e.time).abs() <= self.subject_window)
-            .min_by_key(|x| (x.entry.time - e.time).abs())
-            .map(|x| x.thread_id.clone())
-    }
+/// What the subject fallback compares: entries of one client, one channel and one base
+/// subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubjectKey {
+    /// The client.
+    pub client: String,
+    /// The channel.
+    pub channel: Channel,
+    /// [`base_subject`] of the subject, never empty.
+    pub subject: String,
 }
 
 /// The subject-fallback key of `e`: only entries with a client and a subject have one.
-fn subject_key(e: &NewEntry) -> Option<(String, Channel, String)> {
+pub fn subject_key(e: &NewEntry) -> Option<SubjectKey> {
     let client = e.client.clone()?;
     let subject = base_subject(e.subject.as_deref()?);
-    (!subject.is_empty()).then_some((client, e.channel, subject))
+    (!subject.is_empty()).then_some(SubjectKey { client, channel: e.channel, subject })
+}
+
+/// What [`decide`] asks of a timeline: the entries already in it (a store may answer for
+/// only the messages it is about to decide, having read what they need up front).
+pub trait Known {
+    /// The entries with Message-ID `message_id`: (entry id, entry).
+    fn with_message_id(&self, message_id: &str) -> Vec<(&str, &NewEntry)>;
+    /// True when entry `id` is in the timeline.
+    fn has_entry(&self, id: &str) -> bool;
+    /// The thread of Message-ID `id`, seen or only referenced (a "ghost").
+    fn thread_of(&self, id: &str) -> Option<&str>;
+    /// (time, thread) of entries with subject key `key`: all of them, or at least the
+    /// nearest to `time` on each side within `window` (ties: the smallest thread id).
+    fn same_subject(&self, key: &SubjectKey, time: DateTime<Utc>, window: Duration) -> Vec<(DateTime<Utc>, String)>;
+}
+
+/// Where a new entry goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Its id.
+    pub id: String,
+    /// Its Message-ID is already used by a different message: every entry with that
+    /// Message-ID is flagged `id_collision`, this one too.
+    pub id_collision: bool,
+    /// Its thread.
+    pub thread: String,
+    /// Threads this message links, merged into [`Placement::thread`].
+    pub merged: Vec<String>,
+    /// Its Message-ID and parents: each now belongs to [`Placement::thread`].
+    pub keys: Vec<String>,
+}
+
+/// What ingesting one message does to a timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The same message as entry `id` (another copy).
+    Duplicate {
+        /// The existing entry.
+        id: String,
+        /// Its status moved forward to this one (a re-read SMS or call).
+        status: Option<String>,
+    },
+    /// A new entry.
+    New(Placement),
+}
+
+/// The dedup and threading rules: what `e` is in a timeline holding `known`.
+///
+/// Identity: a Message-ID already used by an entry with the same content (the first
+/// by id) is that entry; used only by different content, a new entry under its
+/// collision id; unused, a new entry under its primary id, as is mail without a
+/// Message-ID (whose id is its content, so a second copy is that entry).
+///
+/// Thread: the threads of its Message-ID and parents, merged into the smallest id;
+/// else, for a message with no parent, the thread of the same client's nearest entry
+/// on the same channel with the same base subject within `window` (ties: the earlier,
+/// then the smallest thread id); else a thread of its own.
+pub fn decide(known: &impl Known, e: &NewEntry, window: Duration) -> Decision {
+    let (id, id_collision) = match &e.message_id {
+        Some(mid) => {
+            let mut same_id = known.with_message_id(mid);
+            same_id.sort_by(|a, b| a.0.cmp(b.0));
+            if let Some((id, existing)) = same_id.iter().find(|(_, x)| same_content(x, e)) {
+                // A re-read SMS or call: its status only moves forward.
+                let merged = crate::sms::merge_status(existing.status.as_deref(), e.status.as_deref());
+                let status = merged.filter(|m| existing.status.as_ref() != Some(m));
+                return Decision::Duplicate { id: (*id).to_owned(), status };
+            }
+            if same_id.is_empty() { (primary_id(e), false) } else { (collision_id(e), true) }
+        }
+        None => (primary_id(e), false),
+    };
+    if known.has_entry(&id) {
+        // Mail without a Message-ID seen before, or the collision id of a message seen before.
+        return Decision::Duplicate { id, status: None };
+    }
+    let keys: Vec<String> = e.message_id.iter().chain(&e.parents).cloned().collect();
+    let mut linked: Vec<String> = keys.iter().filter_map(|k| known.thread_of(k).map(str::to_owned)).collect();
+    linked.sort();
+    linked.dedup();
+    let (thread, merged) = match linked.split_first() {
+        Some((first, others)) => (first.clone(), others.to_vec()),
+        None => {
+            let by_subject = if e.parents.is_empty() { subject_match(known, e, window) } else { None };
+            (by_subject.unwrap_or_else(|| new_thread_id(&id)), Vec::new())
+        }
+    };
+    Decision::New(Placement { id, id_collision, thread, merged, keys })
+}
+
+/// The thread of the same client's nearest entry with `e`'s subject key within `window`.
+fn subject_match(known: &impl Known, e: &NewEntry, window: Duration) -> Option<String> {
+    let key = subject_key(e)?;
+    known
+        .same_subject(&key, e.time, window)
+        .into_iter()
+        .filter(|(t, _)| (*t - e.time).abs() <= window)
+        .min_by(|(ta, a), (tb, b)| ((*ta - e.time).abs(), ta, a).cmp(&((*tb - e.time).abs(), tb, b)))
+        .map(|(_, thread)| thread)
+}
+
+impl Known for Timeline {
+    fn with_message_id(&self, message_id: &str) -> Vec<(&str, &NewEntry)> {
+        let ids = self.by_message_id.get(message_id).into_iter().flatten();
+        ids.filter_map(|id| self.entries.get(id)).map(|x| (x.id.as_str(), &x.entry)).collect()
+    }
+
+    fn has_entry(&self, id: &str) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    fn thread_of(&self, id: &str) -> Option<&str> {
+        self.thread_of_id.get(id).map(String::as_str)
+    }
+
+    fn same_subject(&self, key: &SubjectKey, _: DateTime<Utc>, _: Duration) -> Vec<(DateTime<Utc>, String)> {
+        let ids = self.by_subject.get(key).into_iter().flatten();
+        ids.filter_map(|id| self.entries.get(id)).map(|x| (x.entry.time, x.thread_id.clone())).collect()
+    }
 }
 
 /// Turns an unparseable message into a quarantine record.

@@ -2,14 +2,16 @@
 //! over IMAP by the test, the PostgreSQL timeline (a database per test), and the
 //! `comms.sync` job on a worker: cursors committed with their items (a killed sync
 //! resumes without loss or duplicates), a UIDVALIDITY change without duplicates, and a
-//! failing source isolated from the supplier's other sources.
+//! failing source isolated from the supplier's other sources. `rules.rs` runs one table
+//! of dedup and threading cases against the in-memory and the PostgreSQL timeline.
 
 use fleet_accounts::secrets::SecretBox;
 use fleet_comms::contacts::ContactBook;
 use fleet_comms::imap::{
     CommitCounts, FolderBatch, FolderCursor, ImapAccount, StoreError, SyncError, SyncOptions, SyncStore, sync_account,
 };
-use fleet_comms::jobs::{PgStore, SyncSource};
+use fleet_comms::jobs::SyncSource;
+use fleet_comms::store::PgStore;
 use fleet_jobs::EnqueueOptions;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_tests::{TestDb, TestEnv, eventually, n_final};
@@ -17,6 +19,8 @@ use fleet_worker::{QueueConfig, Registry};
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+mod rules;
 
 /// Dovecot and the fake providers run on loopback: allowed past the SSRF guard here.
 fn loopback() -> Vec<fleet_net::Cidr> {

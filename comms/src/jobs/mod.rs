@@ -2,12 +2,13 @@
 //!
 //! The job names a source (`comms_sources`); its settings, sealed secret and cursors
 //! are in PostgreSQL. The sync itself is [`crate::imap::sync_account`] over the
-//! PostgreSQL store ([`store::PgStore`]), which commits each chunk of messages with the
+//! PostgreSQL store ([`crate::store::PgStore`]), which commits each chunk of messages with the
 //! cursor that covers it: a retry, or a sync after a crash, goes on from there.
 //!
 //! Kinds: `imap` (password `LOGIN` or OAuth2 `XOAUTH2`; implicit TLS, STARTTLS, or plain
 //! on loopback only), `sms` (a Twilio-style API, see [`sms`]) and `in_app` (the
-//! platform's own `platform_messages`, see [`PgStore::sync_in_app`]).
+//! platform's own `platform_messages`, see [`PgStore::sync_in_app`]). Every query
+//! on the `comms_*` tables is in [`crate::store`].
 //!
 //! Every new entry is written with a `comms.entry.created` row in `comms_outbox` in the
 //! same transaction; with a relay ([`SyncSource::with_relay`]) the handler publishes the
@@ -27,20 +28,18 @@
 //! source, a folder that fails is reported and the other folders go on.
 
 pub mod sms;
-pub mod store;
 
 use crate::contacts::ContactBook;
 use crate::imap::{AuthMethod, ImapAccount, SyncOptions, sync_account};
+use crate::store::{self, PgStore};
 use fleet_accounts::oauth::{OAuthCredentials, OAuthError};
 use fleet_accounts::outbox::Relay;
 use fleet_accounts::secrets::SecretBox;
 use fleet_jobs::catalogue::CommsSync;
 use fleet_kit::limits::AttemptLimits;
 use fleet_kit::{Handler, JobContext, JobError};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use std::sync::Arc;
-
-pub use store::PgStore;
 
 /// The `comms.sync` handler.
 #[derive(Debug, Clone)]
@@ -110,10 +109,7 @@ impl SyncSource {
         }
         let Some(secrets) = &self.secrets else { return Err(JobError::retry("FLEET_SECRETS_KEY is not set")) };
         let sealed = secrets.seal(source, &credentials.to_secret()).map_err(JobError::give_up)?;
-        sqlx::query("UPDATE comms_sources SET secret = $2 WHERE id = $1")
-            .bind(source)
-            .bind(sealed)
-            .execute(&self.db)
+        store::replace_secret(&self.db, source, &sealed)
             .await
             .map_err(|e| JobError::retry(format!("database: {e}")))?;
         tracing::info!(source, "mail access token refreshed");
@@ -158,22 +154,7 @@ impl SyncSource {
 
     /// The supplier's clients and own addresses.
     async fn contact_book(&self, tenant: &str, region: &str) -> Result<ContactBook, sqlx::Error> {
-        let rows = sqlx::query("SELECT kind, value, client FROM comms_contacts WHERE tenant = $1")
-            .bind(tenant)
-            .fetch_all(&self.db)
-            .await?;
-        let mut book = ContactBook::new(region);
-        for r in rows {
-            let (kind, value, client): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-            let (emails, phones): (Vec<&str>, Vec<&str>) =
-                if kind == "email" { (vec![value.as_str()], vec![]) } else { (vec![], vec![value.as_str()]) };
-            if client.is_empty() {
-                book.add_own(&emails, &phones);
-            } else {
-                book.add_client(&client, &emails, &phones);
-            }
-        }
-        Ok(book)
+        store::contact_book(&self.db, tenant, region).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -257,22 +238,7 @@ impl SyncSource {
     }
 
     async fn record(&self, source: &str, outcome: Result<serde_json::Value, String>) {
-        let (report, error) = match outcome {
-            Ok(r) => (Some(r), None),
-            Err(e) => (None, Some(e)),
-        };
-        let done = sqlx::query(
-            "UPDATE comms_sources SET last_sync_at = now(),
-                    last_ok_at = CASE WHEN $3::text IS NULL THEN now() ELSE last_ok_at END,
-                    last_report = COALESCE($2, last_report), last_error = $3
-              WHERE id = $1",
-        )
-        .bind(source)
-        .bind(report)
-        .bind(error)
-        .execute(&self.db)
-        .await;
-        if let Err(e) = done {
+        if let Err(e) = store::record_sync(&self.db, source, outcome).await {
             tracing::warn!(source, error = %e, "could not record the sync outcome on the source");
         }
     }
@@ -286,19 +252,10 @@ impl Handler for SyncSource {
         // found", with the same message as a missing one. A job with no tenant was
         // enqueued by Fleet's operators (`fleetctl`, tests), never by the public API,
         // which always sets it from the caller's key: it loads the source by id.
-        let row = sqlx::query(
-            "SELECT tenant, kind, config, secret, default_region FROM comms_sources \
-             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
-        )
-        .bind(&a.source_id)
-        .bind(ctx.tenant.as_deref())
-        .fetch_optional(&self.db)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = store::source_to_sync(&self.db, ctx.tenant.as_deref(), &a.source_id).await? else {
             return Err(JobError::give_up(format!("comms source {} not found (removed?)", a.source_id)));
         };
-        let (tenant, kind, config, secret, region): (String, String, serde_json::Value, Option<String>, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let store::SourceToSync { tenant, kind, config, secret, default_region: region } = row;
         if kind == "sms" {
             let r = self.sync_sms(&a.source_id, &tenant, config, secret, &region, ctx.limits()).await;
             self.publish(&tenant).await;

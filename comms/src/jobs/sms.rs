@@ -11,10 +11,10 @@
 //! [`MAX_INLINE_WAIT`]); after the last try, or at once when a 429 asks for longer than
 //! that, the job is retried by the engine (a 429 as a fleet-wide slow-down for its wait).
 
-use super::PgStore;
 use crate::contacts::ContactBook;
 use crate::imap::{FetchedItem, FolderBatch, FolderCursor, StoreError, SyncStore};
 use crate::sms::{Page, date_sent_from, entry_from_call, entry_from_sms};
+use crate::store::PgStore;
 use crate::timeline::Location;
 use chrono::{DateTime, TimeZone, Utc};
 use fleet_kit::limits::Verdict;

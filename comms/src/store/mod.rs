@@ -1,11 +1,23 @@
-//! Communication sources, clients' contacts and timelines in PostgreSQL: the one
-//! implementation behind `/v1/comms` and `fleetctl comms`.
+//! The comms domain's one store: every query on the `comms_*` tables.
+//!
+//! - This file: sources, clients' contacts, quarantine and timeline pages, the one
+//!   implementation behind `/v1/comms` and `fleetctl comms`; and the source rows the
+//!   `comms.sync` job reads and records its outcome on.
+//! - [`timeline`] (with the `jobs` feature): the PostgreSQL timeline ([`PgStore`]), the
+//!   [`crate::imap::SyncStore`] that syncs commit to. Its dedup and threading decisions
+//!   are [`crate::timeline::decide`], the same rules as the in-memory timeline.
 //!
 //! A source's password is sealed with AES-256-GCM (`FLEET_SECRETS_KEY`) before it is
-//! stored and never read back here. Timelines are paged newest first with an opaque
-//! cursor (`next`).
+//! stored and never read back by the API. Timelines are paged newest first with an
+//! opaque cursor (`next`).
 
-use crate::contacts::{normalise_email, normalise_phone};
+#[cfg(feature = "jobs")]
+pub mod timeline;
+
+#[cfg(feature = "jobs")]
+pub use timeline::PgStore;
+
+use crate::contacts::{ContactBook, normalise_email, normalise_phone};
 use chrono::{DateTime, Utc};
 use fleet_accounts::secrets::SecretBox;
 use fleet_accounts::sources::{SourceTable, StoreError, SyncStatus, check_schedule, delete_row, seal, source_tenant};
@@ -460,4 +472,88 @@ pub async fn source_entries(
 ) -> Result<TimelinePage, StoreError> {
     let owner = source_tenant(db, SourceTable::Comms, tenant, id).await?;
     page(db, &owner, Entries::Source(id), q).await
+}
+
+/// A source as the `comms.sync` job reads it: everything it needs to sync, the secret
+/// still sealed.
+#[derive(Debug, Clone)]
+pub struct SourceToSync {
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// `imap`, `sms` or `in_app`.
+    pub kind: String,
+    /// Where it reads from (never a secret).
+    pub config: serde_json::Value,
+    /// The sealed password, token or OAuth credentials, if any.
+    pub secret: Option<String>,
+    /// Region for phone numbers without a country code.
+    pub default_region: String,
+}
+
+/// Source `id` for a sync: of `tenant` when given (another tenant's source is `None`,
+/// like a missing one); without a tenant, by id alone (operators' jobs).
+pub async fn source_to_sync(db: &PgPool, tenant: Option<&str>, id: &str) -> Result<Option<SourceToSync>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tenant, kind, config, secret, default_region FROM comms_sources \
+         WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| SourceToSync {
+        tenant: r.get(0),
+        kind: r.get(1),
+        config: r.get(2),
+        secret: r.get(3),
+        default_region: r.get(4),
+    }))
+}
+
+/// Records a sync's outcome on source `id`: its report, or its error (the last report is
+/// kept when a sync fails).
+pub async fn record_sync(db: &PgPool, id: &str, outcome: Result<serde_json::Value, String>) -> Result<(), sqlx::Error> {
+    let (report, error) = match outcome {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(e)),
+    };
+    sqlx::query(
+        "UPDATE comms_sources SET last_sync_at = now(),
+                last_ok_at = CASE WHEN $3::text IS NULL THEN now() ELSE last_ok_at END,
+                last_report = COALESCE($2, last_report), last_error = $3
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(report)
+    .bind(error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Replaces source `id`'s sealed secret (refreshed OAuth credentials).
+pub async fn replace_secret(db: &PgPool, id: &str, sealed: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE comms_sources SET secret = $2 WHERE id = $1").bind(id).bind(sealed).execute(db).await?;
+    Ok(())
+}
+
+/// The supplier's clients and own addresses (`client` empty: the supplier's own), read
+/// with `region` for numbers without a country code.
+pub async fn contact_book(db: &PgPool, tenant: &str, region: &str) -> Result<ContactBook, sqlx::Error> {
+    let rows = sqlx::query("SELECT kind, value, client FROM comms_contacts WHERE tenant = $1")
+        .bind(tenant)
+        .fetch_all(db)
+        .await?;
+    let mut book = ContactBook::new(region);
+    for r in rows {
+        let (kind, value, client): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let (emails, phones): (Vec<&str>, Vec<&str>) =
+            if kind == "email" { (vec![value.as_str()], vec![]) } else { (vec![], vec![value.as_str()]) };
+        if client.is_empty() {
+            book.add_own(&emails, &phones);
+        } else {
+            book.add_client(&client, &emails, &phones);
+        }
+    }
+    Ok(book)
 }

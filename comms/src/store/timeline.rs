@@ -1,5 +1,4 @@
-//! The PostgreSQL timeline: [`crate::imap::SyncStore`] over the `comms_*`
-//! tables, following the in-memory reference ([`crate::timeline`]) rule for rule.
+//! The PostgreSQL timeline: [`crate::imap::SyncStore`] over the `comms_*` tables.
 //!
 //! Each commit is one transaction: entries, locations, thread ids, raw messages,
 //! quarantine rows, outbox events **and the folder's cursor**, so a sync killed at any
@@ -10,20 +9,22 @@
 //!
 //! **Batched.** A commit costs a fixed number of round trips whatever its size: what
 //! the chunk needs to know is read up front (entries sharing its Message-IDs, thread
-//! ids of its Message-IDs and parents, the nearest same-subject entry of each root),
-//! dedup and threading are decided in memory in message order (exactly as one message
-//! at a time would, including messages of the same chunk), and the results are written
-//! with multi-row `INSERT … SELECT FROM unnest(…)`.
+//! ids of its Message-IDs and parents, the nearest same-subject entry on each side of
+//! each root), dedup and threading are decided in memory in message order by
+//! [`crate::timeline::decide`], the rules the in-memory timeline applies too (exactly
+//! as one message at a time would, including messages of the same chunk), and the
+//! results are written with multi-row `INSERT … SELECT FROM unnest(…)`.
 //!
 //! **Events.** Every new entry gets a `comms.entry.created` row in `comms_outbox` in the
 //! same transaction (dedup `<tenant>:<entry id>`; the payload has no full text).
 
-use crate::entry::{NewEntry, base_subject};
+use crate::entry::{NewEntry, TimelineEntry, base_subject};
 use crate::imap::{CommitCounts, FetchedItem, FolderBatch, FolderCursor, StoreError, SyncStore};
 use crate::in_app::{InAppMessage, entry_from_in_app};
-use crate::sms::merge_status;
-use crate::timeline::{Location, SUBJECT_WINDOW_DAYS, collision_id, new_thread_id, primary_id, same_content};
-use chrono::{DateTime, Utc};
+use crate::timeline::{
+    Decision, Known, Location, SUBJECT_WINDOW_DAYS, SubjectKey, collision_id, decide, primary_id, subject_key,
+};
+use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -61,8 +62,9 @@ pub struct InAppReport {
     pub commits: usize,
 }
 
-/// (client, channel, base subject): the entries the subject fallback compares.
-type SubjectKey = (String, String, String);
+/// A root (a message without parents) as the subject fallback looks it up: its subject
+/// key and time.
+type Root = (SubjectKey, DateTime<Utc>);
 
 /// A new entry decided in memory, written at the end of the commit.
 struct Pending {
@@ -73,7 +75,8 @@ struct Pending {
 }
 
 /// The in-memory state of one commit: what the database held for the chunk's ids,
-/// plus what the chunk itself adds, message by message.
+/// plus what the chunk itself adds, message by message. It answers [`decide`]
+/// ([`Known`]) and applies its decisions; the writes happen at the end of the commit.
 #[derive(Default)]
 struct Chunk {
     /// Message-ID → (entry id, entry) with that Message-ID (stored or new here).
@@ -88,9 +91,10 @@ struct Chunk {
     merges: Vec<(String, Vec<String>)>,
     /// Thread → the thread it was merged into (for threads read before a merge).
     renamed: HashMap<String, String>,
-    /// Nearest stored same-subject entries (thread, time) of each root item, by item index.
-    subject_db: HashMap<usize, Vec<(String, DateTime<Utc>)>>,
-    /// (client, channel, base subject) → (time, pending index) of roots new here.
+    /// Nearest stored entries (time, thread) on each side of each root, by its subject
+    /// key and time.
+    subject_db: HashMap<Root, Vec<(DateTime<Utc>, String)>>,
+    /// Subject key → (time, pending index) of the entries new here.
     subject_new: HashMap<SubjectKey, Vec<(DateTime<Utc>, usize)>>,
     pending: Vec<Pending>,
     pending_at: HashMap<String, usize>,
@@ -103,6 +107,30 @@ struct Chunk {
     /// Raw messages by content hash.
     raw: HashMap<String, Vec<u8>>,
     duplicates: usize,
+}
+
+impl Known for Chunk {
+    fn with_message_id(&self, message_id: &str) -> Vec<(&str, &NewEntry)> {
+        self.by_mid.get(message_id).into_iter().flatten().map(|(id, e)| (id.as_str(), e)).collect()
+    }
+
+    fn has_entry(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn thread_of(&self, id: &str) -> Option<&str> {
+        self.thread_of.get(id).map(String::as_str)
+    }
+
+    fn same_subject(&self, key: &SubjectKey, time: DateTime<Utc>, _: Duration) -> Vec<(DateTime<Utc>, String)> {
+        // The window is the query's (`load`): the stored rows are the nearest within it.
+        let stored = self.subject_db.get(&(key.clone(), time)).into_iter().flatten();
+        let here = self.subject_new.get(key).into_iter().flatten();
+        stored
+            .map(|(t, thread)| (*t, self.resolve(thread)))
+            .chain(here.map(|(t, p)| (*t, self.pending[*p].thread.clone())))
+            .collect()
+    }
 }
 
 impl Chunk {
@@ -119,146 +147,69 @@ impl Chunk {
         t
     }
 
-    /// Adds one parsed message (`index` is its place in the chunk).
-    fn ingest(&mut self, index: usize, e: &NewEntry, location: &Location) {
-        let mut collision = false;
-        let id = match &e.message_id {
-            Some(mid) => {
-                let same_id = self.by_mid.get_mut(mid);
-                let mut found = None;
-                let mut any = false;
-                if let Some(rows) = same_id {
-                    any = !rows.is_empty();
-                    for (id, existing) in rows.iter_mut() {
-                        if same_content(existing, e) {
-                            // A re-read SMS or call: its status only moves forward.
-                            let merged = merge_status(existing.status.as_deref(), e.status.as_deref());
-                            if merged != existing.status {
-                                existing.status = merged.clone();
-                                match self.pending_at.get(id.as_str()) {
-                                    Some(&p) => self.pending[p].entry.status = merged,
-                                    None => {
-                                        if let Some(s) = merged {
-                                            self.status.insert(id.clone(), s);
-                                        }
-                                    }
-                                }
-                            }
-                            found = Some(id.clone());
-                            break;
-                        }
-                    }
+    /// Adds one parsed message: decides, then applies the decision here.
+    fn ingest(&mut self, e: &NewEntry, location: &Location) {
+        let window = Duration::days(SUBJECT_WINDOW_DAYS);
+        let p = match decide(self, e, window) {
+            Decision::Duplicate { id, status } => {
+                if let Some(status) = status {
+                    self.set_status(e.message_id.as_deref(), &id, status);
                 }
-                if let Some(id) = found {
-                    self.duplicate(location, id);
-                    return;
-                }
-                if any {
-                    collision = true;
-                    self.collided.insert(mid.clone());
-                    for (id, _) in self.by_mid.get(mid).into_iter().flatten() {
-                        if let Some(&p) = self.pending_at.get(id.as_str()) {
-                            self.pending[p].collision = true;
-                        }
-                    }
-                    collision_id(e)
-                } else {
-                    primary_id(e)
-                }
+                self.locations.insert(location.clone(), id);
+                self.duplicates += 1;
+                return;
             }
-            None => {
-                let id = primary_id(e);
-                if self.ids.contains(&id) {
-                    self.duplicate(location, id);
-                    return;
-                }
-                id
-            }
+            Decision::New(p) => p,
         };
-        if self.ids.contains(&id) {
-            // The collision id of the same message seen before: the same entry.
-            self.duplicate(location, id);
-            return;
+        if !p.merged.is_empty() {
+            for t in self.thread_of.values_mut().chain(self.pending.iter_mut().map(|x| &mut x.thread)) {
+                if p.merged.contains(t) {
+                    t.clone_from(&p.thread);
+                }
+            }
+            for from in &p.merged {
+                self.renamed.insert(from.clone(), p.thread.clone());
+            }
+            self.merges.push((p.thread.clone(), p.merged));
         }
-        let thread = self.thread_for(index, &id, e);
+        for key in p.keys {
+            self.thread_of.insert(key.clone(), p.thread.clone());
+            self.written_keys.insert(key);
+        }
         if let Some(mid) = &e.message_id {
-            self.by_mid.entry(mid.clone()).or_default().push((id.clone(), e.clone()));
-        }
-        let p = self.pending.len();
-        if let (Some(client), true) = (&e.client, e.parents.is_empty()) {
-            let subject = base_subject(e.subject.as_deref().unwrap_or(""));
-            if !subject.is_empty() {
-                self.subject_new.entry((client.clone(), as_text(&e.channel), subject)).or_default().push((e.time, p));
-            }
-        }
-        self.ids.insert(id.clone());
-        self.pending_at.insert(id.clone(), p);
-        self.locations.insert(location.clone(), id.clone());
-        self.pending.push(Pending { id, thread, collision, entry: e.clone() });
-    }
-
-    fn duplicate(&mut self, location: &Location, id: String) {
-        self.locations.insert(location.clone(), id);
-        self.duplicates += 1;
-    }
-
-    /// The thread of a new entry: linked threads merged into the smallest id, else the
-    /// subject fallback within the client and window, else a new thread.
-    fn thread_for(&mut self, index: usize, id: &str, e: &NewEntry) -> String {
-        let keys: Vec<String> = e.message_id.iter().chain(&e.parents).cloned().collect();
-        let mut linked: Vec<String> = keys.iter().filter_map(|k| self.thread_of.get(k).cloned()).collect();
-        linked.sort();
-        linked.dedup();
-        let thread = if let Some(first) = linked.first().cloned() {
-            let others: Vec<String> = linked[1..].to_vec();
-            if !others.is_empty() {
-                for t in self.thread_of.values_mut() {
-                    if others.contains(t) {
-                        t.clone_from(&first);
+            if p.id_collision {
+                self.collided.insert(mid.clone());
+                for (id, _) in self.by_mid.get(mid).into_iter().flatten() {
+                    if let Some(&at) = self.pending_at.get(id.as_str()) {
+                        self.pending[at].collision = true;
                     }
                 }
-                for p in &mut self.pending {
-                    if others.contains(&p.thread) {
-                        p.thread.clone_from(&first);
-                    }
-                }
-                for o in &others {
-                    self.renamed.insert(o.clone(), first.clone());
-                }
-                self.merges.push((first.clone(), others));
             }
-            first
-        } else {
-            let subject = base_subject(e.subject.as_deref().unwrap_or(""));
-            let by_subject = match (&e.client, e.parents.is_empty() && !subject.is_empty()) {
-                (Some(client), true) => {
-                    let window = chrono::Duration::days(SUBJECT_WINDOW_DAYS);
-                    let dist = |t: DateTime<Utc>| (t - e.time).num_milliseconds().unsigned_abs();
-                    let stored = self
-                        .subject_db
-                        .get(&index)
-                        .into_iter()
-                        .flatten()
-                        .map(|(thread, t)| (dist(*t), self.resolve(thread)));
-                    let key = (client.clone(), as_text(&e.channel), subject);
-                    let here = self
-                        .subject_new
-                        .get(&key)
-                        .into_iter()
-                        .flatten()
-                        .filter(|(t, _)| (*t - e.time).abs() <= window)
-                        .map(|(t, p)| (dist(*t), self.pending[*p].thread.clone()));
-                    stored.chain(here).min_by_key(|(d, _)| *d).map(|(_, t)| t)
-                }
-                _ => None,
-            };
-            by_subject.unwrap_or_else(|| new_thread_id(id))
-        };
-        for k in keys {
-            self.thread_of.insert(k.clone(), thread.clone());
-            self.written_keys.insert(k);
+            self.by_mid.entry(mid.clone()).or_default().push((p.id.clone(), e.clone()));
         }
-        thread
+        let at = self.pending.len();
+        if let Some(key) = subject_key(e) {
+            self.subject_new.entry(key).or_default().push((e.time, at));
+        }
+        self.ids.insert(p.id.clone());
+        self.pending_at.insert(p.id.clone(), at);
+        self.locations.insert(location.clone(), p.id.clone());
+        self.pending.push(Pending { id: p.id, thread: p.thread, collision: p.id_collision, entry: e.clone() });
+    }
+
+    /// Moves entry `id`'s status forward: in the chunk's view, and in its pending row or
+    /// the stored row's update.
+    fn set_status(&mut self, message_id: Option<&str>, id: &str, status: String) {
+        let same = message_id.and_then(|mid| self.by_mid.get_mut(mid)).into_iter().flatten();
+        for (_, existing) in same.filter(|(x, _)| x == id) {
+            existing.status = Some(status.clone());
+        }
+        match self.pending_at.get(id) {
+            Some(&at) => self.pending[at].entry.status = Some(status),
+            None => {
+                self.status.insert(id.to_owned(), status);
+            }
+        }
     }
 }
 
@@ -266,6 +217,32 @@ impl PgStore {
     /// The timeline of `tenant` in `db`.
     pub fn new(db: PgPool, tenant: impl Into<String>) -> Self {
         PgStore { db, tenant: tenant.into() }
+    }
+
+    /// The entry seen at `location`, as [`crate::timeline::Timeline::entry_at`] and
+    /// [`crate::timeline::Timeline::get`] give it in memory.
+    pub async fn entry_at(&self, location: &Location) -> Result<Option<TimelineEntry>, StoreError> {
+        let row = sqlx::query(
+            "SELECT e.id, e.thread_id, e.id_collision, e.doc FROM comms_locations l
+               JOIN comms_entries e ON e.tenant = l.tenant AND e.id = l.entry_id
+              WHERE l.tenant = $1 AND l.source_id = $2 AND l.folder = $3 AND l.uidvalidity = $4 AND l.uid = $5",
+        )
+        .bind(&self.tenant)
+        .bind(&location.source)
+        .bind(&location.folder)
+        .bind(i64::from(location.uidvalidity))
+        .bind(i64::from(location.uid))
+        .fetch_optional(&self.db)
+        .await
+        .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let entry = serde_json::from_value(r.get("doc")).map_err(|e| StoreError(format!("entry document: {e}")))?;
+        Ok(Some(TimelineEntry {
+            id: r.get("id"),
+            thread_id: r.get("thread_id"),
+            id_collision: r.get("id_collision"),
+            entry,
+        }))
     }
 
     async fn lock(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
@@ -334,12 +311,11 @@ impl PgStore {
     /// Reads what the chunk's messages need to know from the database.
     async fn load(&self, tx: &mut Transaction<'_, Postgres>, items: &[FetchedItem]) -> Result<Chunk, StoreError> {
         let mut chunk = Chunk::default();
-        let entries: Vec<(usize, &NewEntry)> =
-            items.iter().enumerate().filter_map(|(i, it)| it.outcome.as_ref().ok().map(|e| (i, e))).collect();
+        let entries: Vec<&NewEntry> = items.iter().filter_map(|it| it.outcome.as_ref().ok()).collect();
         if entries.is_empty() {
             return Ok(chunk);
         }
-        let mids: Vec<&str> = entries.iter().filter_map(|(_, e)| e.message_id.as_deref()).collect();
+        let mids: Vec<&str> = entries.iter().filter_map(|e| e.message_id.as_deref()).collect();
         if !mids.is_empty() {
             let rows =
                 sqlx::query("SELECT id, message_id, doc FROM comms_entries WHERE tenant = $1 AND message_id = ANY($2)")
@@ -360,7 +336,7 @@ impl PgStore {
         // (mail without one; collision ids).
         let candidates: Vec<String> = entries
             .iter()
-            .flat_map(|(_, e)| {
+            .flat_map(|e| {
                 let mut v = vec![primary_id(e)];
                 if e.message_id.is_some() {
                     v.push(collision_id(e));
@@ -377,7 +353,7 @@ impl PgStore {
         chunk.ids.extend(known);
         let keys: Vec<&str> = entries
             .iter()
-            .flat_map(|(_, e)| e.message_id.iter().chain(&e.parents).map(String::as_str))
+            .flat_map(|e| e.message_id.iter().chain(&e.parents).map(String::as_str))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -392,19 +368,21 @@ impl PgStore {
             .map_err(db_err)?;
             chunk.thread_of.extend(rows.into_iter().map(|r| (r.get(0), r.get(1))));
         }
-        // The subject fallback: the nearest stored entry on each side of each root.
-        let roots: Vec<(usize, &NewEntry, String)> = entries
+        // The subject fallback: the nearest stored entry on each side of each root (ties:
+        // the smallest thread id, as `decide` breaks them).
+        let roots: Vec<Root> = entries
             .iter()
-            .filter(|(_, e)| e.client.is_some() && e.parents.is_empty())
-            .map(|(i, e)| (*i, *e, base_subject(e.subject.as_deref().unwrap_or(""))))
-            .filter(|(_, _, s)| !s.is_empty())
+            .filter(|e| e.parents.is_empty())
+            .filter_map(|e| subject_key(e).map(|k| (k, e.time)))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
         if !roots.is_empty() {
-            let idx: Vec<i64> = roots.iter().map(|(i, _, _)| *i as i64).collect();
-            let clients: Vec<&str> = roots.iter().map(|(_, e, _)| e.client.as_deref().unwrap_or("")).collect();
-            let channels: Vec<String> = roots.iter().map(|(_, e, _)| as_text(&e.channel)).collect();
-            let subjects: Vec<&str> = roots.iter().map(|(_, _, s)| s.as_str()).collect();
-            let times: Vec<DateTime<Utc>> = roots.iter().map(|(_, e, _)| e.time).collect();
+            let idx: Vec<i64> = (0..roots.len() as i64).collect();
+            let clients: Vec<&str> = roots.iter().map(|(k, _)| k.client.as_str()).collect();
+            let channels: Vec<String> = roots.iter().map(|(k, _)| as_text(&k.channel)).collect();
+            let subjects: Vec<&str> = roots.iter().map(|(k, _)| k.subject.as_str()).collect();
+            let times: Vec<DateTime<Utc>> = roots.iter().map(|(_, t)| *t).collect();
             let rows = sqlx::query(
                 "SELECT r.i, m.thread_id, m.occurred_at
                    FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS r(i, c, ch, s, t)
@@ -412,12 +390,12 @@ impl PgStore {
                      (SELECT thread_id, occurred_at FROM comms_entries
                        WHERE tenant = $1 AND client = r.c AND channel = r.ch AND base_subject = r.s
                          AND occurred_at <= r.t AND occurred_at >= r.t - make_interval(days => $7)
-                       ORDER BY occurred_at DESC LIMIT 1)
+                       ORDER BY occurred_at DESC, thread_id LIMIT 1)
                      UNION ALL
                      (SELECT thread_id, occurred_at FROM comms_entries
                        WHERE tenant = $1 AND client = r.c AND channel = r.ch AND base_subject = r.s
                          AND occurred_at > r.t AND occurred_at <= r.t + make_interval(days => $7)
-                       ORDER BY occurred_at ASC LIMIT 1)
+                       ORDER BY occurred_at ASC, thread_id LIMIT 1)
                    ) AS m",
             )
             .bind(&self.tenant)
@@ -432,7 +410,7 @@ impl PgStore {
             .map_err(db_err)?;
             for r in rows {
                 let i: i64 = r.get(0);
-                chunk.subject_db.entry(i as usize).or_default().push((r.get(1), r.get(2)));
+                chunk.subject_db.entry(roots[i as usize].clone()).or_default().push((r.get(2), r.get(1)));
             }
         }
         Ok(chunk)
@@ -451,11 +429,11 @@ impl PgStore {
         }
         let mut chunk = self.load(tx, items).await?;
         let mut quarantined: Vec<&FetchedItem> = Vec::new();
-        for (i, item) in items.iter().enumerate() {
+        for item in items {
             match &item.outcome {
                 Ok(e) => {
                     chunk.raw.entry(e.content_hash.clone()).or_insert_with(|| item.raw.clone());
-                    chunk.ingest(i, e, &item.location);
+                    chunk.ingest(e, &item.location);
                 }
                 Err(q) => {
                     chunk.raw.entry(q.content_hash.clone()).or_insert_with(|| item.raw.clone());
