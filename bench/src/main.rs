@@ -12,6 +12,14 @@
 //! Jobs report to the named pipe `PEERS_FIFO` with plain writes, as the peer
 //! harness expects; `run` creates the pipe, starts `fleet-bench worker` as a child
 //! process (so its peak RSS is the worker's alone) and times the events it reads.
+//!
+//! ## Layout
+//!
+//! * `driver`: `fleet-bench run`: each workload (W1–W4, backlogs, recovery, limits,
+//!   tenants and fairness, memory, webhooks), timed from the events jobs write to a pipe.
+//! * `adapter`: the peer harness's protocol (`enqueue`, `trickle`, `worker`), and the
+//!   benchmark's job kinds run by the shipped worker runtime.
+//! * `images`: the 300-photo portfolio and per-step image timings.
 
 mod adapter;
 mod driver;

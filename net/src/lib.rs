@@ -6,11 +6,15 @@
 //! Checked on the addresses a name resolves to (inside the HTTP client's resolver, so
 //! the address checked is the address connected to: no DNS-rebinding window) and on IP
 //! literals in URLs ([`Guard::check_url`]); one refused address refuses the whole name.
-//! Clients that follow redirects check each hop's IP literal the same way. IPv6 is allowed only in global unicast `2000::/3`, minus its special
+//! Clients that follow redirects check each hop's IP literal the same way.
+//!
+//! IPv6 is allowed only in global unicast `2000::/3`, minus its special
 //! ranges (documentation, 6to4, Teredo, ORCHID, NAT64's local use); mapped and
 //! translated IPv4 forms are refused whatever they embed.
 //!
-//! Also, one home for the rest of outbound HTTP:
+//! ## Layout
+//!
+//! The guard itself is in this file; also, one home for the rest of outbound HTTP:
 //! - [`ClientOptions::client`] (feature `client`): the one builder of an HTTP client
 //!   (timeouts, the guard's resolver and redirect checks, TLS), and [`tls`]: the one
 //!   rustls configuration (ring, Mozilla's roots, extra CAs), which IMAP uses too;

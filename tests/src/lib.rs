@@ -1,5 +1,18 @@
 //! The shared test harness: every test gets its own Redis key prefix, so tests run
 //! in parallel on one Redis without seeing each other (nothing is ever flushed).
+//!
+//! ## Layout
+//!
+//! * [`TestEnv`]: a key prefix and a client per test, in-process workers, queue stats.
+//! * [`until_final`], [`n_final`], [`eventually`]: waits on job events or a condition,
+//!   with a timeout (never sleep-then-assert).
+//! * [`TestDb`]: a fresh migrated PostgreSQL database per test.
+//! * [`WorkerProcess`], [`RedisServer`], [`TcpProxy`]: real processes and a proxy for the
+//!   chaos suites (killed workers, restarted Redis, cut connections).
+//!
+//! Each suite is one binary (`engine/`, `chaos/`, `limits/`, `scheduler/`, `webhooks/`,
+//! `admin/`, `images/`, `calendar/`, `comms/`, `tenants/`). A kind's own logic is tested
+//! beside it, without a worker, through `fleet_kit::testing`.
 
 use fleet_jobs::backend::{JobEvent, Outcome};
 use fleet_jobs::{Client, QueueStats};

@@ -1,21 +1,20 @@
 //! # fleet-worker
 //!
-//! Fleet's data plane: the handlers of every job kind and the runtime that runs
-//! them. One apalis-core `Monitor` runs one apalis worker per queue; each
-//! worker pulls leased jobs from Fleet's Redis engine (`fleet_jobs::backend`)
-//! and calls the dispatcher, which runs the kind's handler and reports the
-//! outcome back to the engine.
+//! Fleet's data plane: the runtime that runs every job kind. One apalis-core `Monitor`
+//! runs one apalis worker per queue; each worker pulls leased jobs from Fleet's Redis
+//! engine (`fleet_jobs::backend`) and calls the dispatcher, which runs the kind's handler
+//! and reports the outcome back to the engine. The kinds themselves live with their
+//! domains (`fleet_webhooks`, `fleet_images`, `fleet_calendar`, `fleet_comms`), written
+//! against `fleet_kit` ([`Handler`], [`JobError`], [`JobContext`]).
 //!
 //! ## Layout
 //!
-//! * [`handler`]: the [`Handler`] trait job kinds implement, [`JobError`] (retry,
-//!   retry after, give up, snooze) and [`JobContext`].
+//! * [`kinds`]: every kind Fleet ships, in one public list ([`kinds::shipped`]) built
+//!   from the config; the binary, the tests and the benchmark start from it.
 //! * [`registry`]: kinds by stable name, with backoff and timeout policies.
-//! * [`limits`]: fleet-wide rate limits, concurrency caps and breakers around attempts.
 //! * `dispatch`: the tower service around every attempt, as a pipeline of steps (decode,
 //!   expire, admit limits, run under a timeout, settle limits, decide, report).
 //! * `events`: one typed event per outcome of an attempt, writing its log line and metrics.
-//! * [`kinds`]: one module per job kind.
 //! * [`config`]: typed configuration from a file and `FLEET_*` variables.
 //! * `http`: `/healthz` (liveness), `/readyz` (readiness) and `/metrics`.
 //! * [`telemetry`]: logs, and job spans exported over OTLP as children of the enqueuer's trace.
