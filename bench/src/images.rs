@@ -164,6 +164,7 @@ pub async fn run(client: &Client) {
                 widths: Some(WIDTHS.to_vec()),
                 formats: None,
                 watermark: None,
+                keep_metadata: None,
             },
             tenant.clone(),
         ));
