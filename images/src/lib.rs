@@ -16,7 +16,7 @@
 //! Behind the `jobs` feature (what the worker links): pure functions over bytes, no I/O,
 //! which the handlers call on a blocking thread pool,
 //!
-//! - [`format`]: sniff the real format from the bytes, read the header (dimensions, frames) before
+//! - [`format`](mod@format): sniff the real format from the bytes, read the header (dimensions, frames) before
 //!   any decoding, refuse pixel floods and bombs against [`Limits`] ([`limits`]).
 //! - [`decode`](mod@decode): decode once into upright (EXIF orientation applied) 8-bit sRGB
 //!   (ICC and CMYK converted), panics caught, truncation detected.

@@ -26,7 +26,7 @@ pub struct Metadata {
     /// When the photo was taken (`DateTimeOriginal`, else `DateTime`), as ISO 8601 local time
     /// (`2008-10-22T16:28:39`), with the offset when `OffsetTimeOriginal` gives one.
     pub taken_at: Option<String>,
-    /// EXIF orientation (1–8) as stored. [`crate::decode`] has already applied it to the pixels.
+    /// EXIF orientation (1–8) as stored. [`crate::decode()`] has already applied it to the pixels.
     pub orientation: Option<u8>,
     /// Software that wrote the file.
     pub software: Option<String>,
