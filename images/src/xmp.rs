@@ -289,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn a_webp_xmp_chunk_is_read_after_odd_sized_chunks() {
+        let chunk = |id: &[u8; 4], data: &[u8]| {
+            let mut c = id.to_vec();
+            c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            c.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                c.push(0);
+            }
+            c
+        };
+        let body = [
+            b"WEBP".to_vec(),
+            chunk(b"VP8X", &[0x04, 0, 0, 0, 9, 0, 0, 9, 0, 0]),
+            chunk(b"ICCP", b"odd"),
+            chunk(b"XMP ", attrs_packet().as_bytes()),
+        ]
+        .concat();
+        let webp = [b"RIFF".to_vec(), (body.len() as u32).to_le_bytes().to_vec(), body].concat();
+        let g = read_gps(&webp, Format::Webp);
+        assert!(g.present && g.position.is_some(), "{g:?}");
+        assert_eq!(read_gps(&webp[..webp.len() - 40], Format::Webp), XmpGps::default(), "a cut chunk is no packet");
+    }
+
+    #[test]
     fn hostile_packets_are_warnings() {
         // An entity declaration (the start of a billion-laughs packet) is refused, not expanded.
         let laughs = "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;\">]>\
