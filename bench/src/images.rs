@@ -3,9 +3,14 @@
 //! binary beside this one), then the same resizes by `vipsthumbnail` for a ratio.
 //!
 //! The photos are generated once (gradients, shapes and grain, so they compress like
-//! photos) into `target/bench-images/` and reused. Set `FLEET_BENCH_IMAGES` to change
-//! the count, `FLEET_BENCH_PG_URL` for PostgreSQL, `FLEET_BENCH_VIPS=0` to skip libvips.
+//! photos) and reused. The jobs run for the tenant `bench`, so, like any tenant's, their
+//! object keys are under `tenants/bench/` (the handlers give up on any other key): the
+//! worker's local store is `target/bench-store/`, the photos are in its
+//! `tenants/bench/photos/` and the variants land in `tenants/bench/variants/`. Set
+//! `FLEET_BENCH_IMAGES` to change the count, `FLEET_BENCH_PG_URL` for PostgreSQL,
+//! `FLEET_BENCH_VIPS=0` to skip libvips.
 
+use fleet_jobs::catalogue::image::tenant_object_prefix;
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_jobs::{Client, EnqueueOptions};
 use std::path::{Path, PathBuf};
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 const WIDTH: u32 = 4240;
 const HEIGHT: u32 = 2832;
 const WIDTHS: [u32; 4] = [320, 640, 1280, 2048];
+/// The tenant the jobs run for.
+const TENANT: &str = "bench";
 
 /// A photo-like 12 MP JPEG: a sky-to-ground gradient, a few soft shapes, and grain.
 fn synth_photo(seed: u64) -> Vec<u8> {
@@ -98,7 +105,10 @@ pub async fn run(client: &Client) {
     let n: usize = std::env::var("FLEET_BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let exe_dir = std::env::current_exe().expect("own path").parent().expect("folder").to_path_buf();
     let target = exe_dir.parent().expect("target folder").to_path_buf();
-    let dir = target.join("bench-images");
+    // The worker's store, and the photos under the tenant's prefix in it.
+    let root = target.join("bench-store");
+    let photos_key = format!("{}photos", tenant_object_prefix(TENANT));
+    let dir = root.join(&photos_key);
     let paths = photos(&dir, n);
     let bytes: u64 = paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     println!("images: {n} photos of {WIDTH}x{HEIGHT} ({:.1} MB of JPEG q90)", bytes as f64 / 1e6);
@@ -112,7 +122,8 @@ pub async fn run(client: &Client) {
     let db_url = format!("{base}/{name}");
     fleet_worker::db::connect_and_migrate(&db_url).await.expect("migrate");
 
-    let out = target.join("bench-images-out");
+    // Variants of an earlier run would be found and not written again.
+    let out = root.join(format!("{}variants", tenant_object_prefix(TENANT)));
     let _ = std::fs::remove_dir_all(&out);
     let config = target.join("bench-images-worker.toml");
     std::fs::write(
@@ -120,20 +131,21 @@ pub async fn run(client: &Client) {
         format!(
             "redis_url = {redis:?}\nprefix = {prefix:?}\ndatabase_url = {db_url:?}\n\
              [[queues]]\nname = \"images\"\nconcurrency = 2\n\
-             [images]\nvariants_prefix = \"bench-images-out/variants\"\n[images.storage]\nkind = \"local\"\nroot = {root:?}\n",
+             [images]\nvariants_prefix = \"variants\"\n[images.storage]\nkind = \"local\"\nroot = {root:?}\n",
             redis = crate::adapter::url(),
             prefix = client.prefix(),
-            root = dir.parent().expect("target").display().to_string(),
+            root = root.display().to_string(),
         ),
     )
     .expect("worker config");
 
-    let folder = dir.file_name().expect("name").to_string_lossy().into_owned();
-    let tenant = EnqueueOptions { tenant: Some("bench".into()), ..Default::default() };
+    let tenant = EnqueueOptions { tenant: Some(TENANT.into()), ..Default::default() };
     let mut jobs_a = Vec::new();
     let mut jobs_v = Vec::new();
     for (i, p) in paths.iter().enumerate() {
-        let key = format!("{folder}/{}", p.file_name().expect("name").to_string_lossy());
+        let key = format!("{photos_key}/{}", p.file_name().expect("name").to_string_lossy());
+        // What the handlers check: a key the tenant may name.
+        fleet_jobs::catalogue::image::check_tenant_object_key(TENANT, &key).expect("a key under the tenant's prefix");
         let id = format!("photo-{i:04}");
         jobs_a.push((
             ImageAnalyze {
@@ -146,7 +158,14 @@ pub async fn run(client: &Client) {
             tenant.clone(),
         ));
         jobs_v.push((
-            ImageVariants { image_id: id, key, widths: Some(WIDTHS.to_vec()), formats: None, watermark: None },
+            ImageVariants {
+                image_id: id,
+                key,
+                widths: Some(WIDTHS.to_vec()),
+                formats: None,
+                watermark: None,
+                keep_metadata: None,
+            },
             tenant.clone(),
         ));
     }
@@ -165,10 +184,17 @@ pub async fn run(client: &Client) {
     loop {
         peak = peak.max(peak_rss_mb(&worker));
         let s = client.stats("images").await.expect("stats");
-        if s.succeeded + s.dead >= 2 * n as i64 {
-            if s.dead > 0 {
-                println!("  WARNING: {} jobs died", s.dead);
-            }
+        if s.dead > 0 {
+            // A dead job did no work: the time would measure nothing. Say why and stop.
+            let _ = Command::new("kill").arg("-TERM").arg(worker.id().to_string()).status();
+            let _ = worker.wait();
+            let dead = client.dead_letters("images", 0, 1).await.expect("dead letters");
+            let reason = dead.first().map(|d| d.reason.clone()).unwrap_or_default();
+            let drop_db = format!("DROP DATABASE {name} WITH (FORCE)");
+            sqlx::query(sqlx::AssertSqlSafe(drop_db)).execute(&mut admin).await.ok();
+            panic!("{} image jobs died (first: {reason}): no figures", s.dead);
+        }
+        if s.succeeded >= 2 * n as i64 {
             break;
         }
         if let Ok(Some(status)) = worker.try_wait() {
@@ -182,7 +208,7 @@ pub async fn run(client: &Client) {
     let _ = worker.wait();
     let db = sqlx::PgPool::connect(&db_url).await.expect("db");
     // Every job ran for the tenant "bench": its variants are all of them.
-    let (variants, vbytes) = fleet_images::store::variant_totals(&db, "bench").await.expect("count");
+    let (variants, vbytes) = fleet_images::store::variant_totals(&db, TENANT).await.expect("count");
     println!(
         "  fleet-worker (concurrency 2, 2 cores): {n} analyses + {variants} variants in {wall:.1} s = {:.2} images/s, peak RSS {peak:.0} MB, {:.1} MB of variants",
         n as f64 / wall,

@@ -1,6 +1,6 @@
 //! Image analysis on one small copy of the decoded image (at most 512 px on the long side): a
-//! 64-bit DCT perceptual hash, a sharpness score, exposure figures and dominant colours; and
-//! near-duplicate grouping of perceptual hashes.
+//! 64-bit DCT perceptual hash, a sharpness score, exposure figures, dominant colours and a
+//! ThumbHash placeholder; and near-duplicate grouping of perceptual hashes.
 
 use std::fmt;
 
@@ -19,6 +19,8 @@ const ANALYSIS_SIDE: u32 = 512;
 const HASH_SIDE: usize = 32;
 /// Number of dominant colours sought.
 const COLOURS: usize = 5;
+/// ThumbHash encodes an image of at most 100×100 pixels.
+const THUMBHASH_SIDE: u32 = 100;
 
 /// Hamming distance at or below which two perceptual hashes are near-duplicates. Chosen on the
 /// fixtures: re-encoding at JPEG q60, halving the size and +10 % brightness stay at or below 2;
@@ -125,6 +127,10 @@ pub struct Analysis {
     pub exposure: Exposure,
     /// Up to five dominant colours, largest share first.
     pub dominant_colours: Vec<DominantColour>,
+    /// A [ThumbHash](https://evanw.github.io/thumbhash/) of the picture (about 25 bytes, base64
+    /// with padding): a page draws a blurred placeholder of the right aspect ratio and colours
+    /// from it while the variants load (`thumbHashToDataURL` in the browser, or any decoder).
+    pub thumbhash: String,
 }
 
 /// Analyses a decoded image. Works on one small copy, so it costs a few ms after the decode.
@@ -134,6 +140,7 @@ pub fn analyze(decoded: &Decoded) -> Result<Analysis, ImageError> {
     let mut resizer = Resizer::new();
     let small = resize::resize(&mut resizer, image, w, h, AREA)?;
     let colours = dominant_colours(&small);
+    let thumbhash = thumbhash_of(&mut resizer, &small)?;
     let rgb = resize::flatten_onto_white(small);
     let luma = Luma::from_rgb(&rgb);
     let (width, height) = decoded.source_size();
@@ -146,7 +153,17 @@ pub fn analyze(decoded: &Decoded) -> Result<Analysis, ImageError> {
         sharpness: luma.laplacian_variance(),
         exposure: luma.exposure(),
         dominant_colours: colours,
+        thumbhash,
     })
+}
+
+/// The ThumbHash of the analysis copy, scaled to fit 100×100 (alpha kept), base64.
+fn thumbhash_of(resizer: &mut Resizer, small: &image::DynamicImage) -> Result<String, ImageError> {
+    use base64::Engine;
+    let (w, h) = resize::fit_within(small.width(), small.height(), THUMBHASH_SIDE, THUMBHASH_SIDE);
+    let tiny = resize::resize(resizer, small, w, h, AREA)?.into_rgba8();
+    let hash = thumbhash::rgba_to_thumb_hash(w as usize, h as usize, tiny.as_raw());
+    Ok(base64::engine::general_purpose::STANDARD.encode(hash))
 }
 
 /// Perceptual hash of a decoded image alone (same value as [`Analysis::phash`]).

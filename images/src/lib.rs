@@ -16,13 +16,17 @@
 //! Behind the `jobs` feature (what the worker links): pure functions over bytes, no I/O,
 //! which the handlers call on a blocking thread pool,
 //!
-//! - [`format`]: sniff the real format from the bytes, read the header (dimensions, frames) before
+//! - [`format`](mod@format): sniff the real format from the bytes, read the header (dimensions, frames) before
 //!   any decoding, refuse pixel floods and bombs against [`Limits`] ([`limits`]).
 //! - [`decode`](mod@decode): decode once into upright (EXIF orientation applied) 8-bit sRGB
 //!   (ICC and CMYK converted), panics caught, truncation detected.
-//! - [`metadata`]: camera, lens, date, orientation and GPS (only on request) from EXIF.
-//! - [`analysis`]: perceptual hash, sharpness, exposure, dominant colours; near-duplicate groups.
-//! - [`variants`]: resized JPEG and WebP outputs without metadata, optional watermark, recipe hash.
+//! - [`metadata`]: camera, lens, date, orientation and GPS (only on request) from EXIF, and
+//!   the GPS position from an XMP packet ([`xmp`]: bounded, no DTD) when the EXIF has none.
+//! - [`analysis`]: perceptual hash, sharpness, exposure, dominant colours, a ThumbHash
+//!   placeholder; near-duplicate groups.
+//! - [`variants`]: resized JPEG and WebP outputs without metadata (or with only the artist
+//!   and copyright a request keeps: [`kept_metadata`]; never a location), optional watermark,
+//!   recipe hash.
 //! - [`error`]: one error type; [`ImageError::is_permanent`] tells the runner to dead-letter.
 //!
 //! and what talks to the outside:
@@ -65,6 +69,8 @@ pub mod jobs;
 #[cfg(feature = "jobs")]
 pub mod jpeg_markers;
 #[cfg(feature = "jobs")]
+pub mod kept_metadata;
+#[cfg(feature = "jobs")]
 pub mod limits;
 #[cfg(feature = "jobs")]
 pub mod metadata;
@@ -76,6 +82,8 @@ pub mod storage;
 pub mod variants;
 #[cfg(feature = "jobs")]
 pub mod vision;
+#[cfg(feature = "jobs")]
+pub mod xmp;
 
 #[cfg(feature = "jobs")]
 pub use analysis::{
@@ -87,6 +95,8 @@ pub use decode::{ColourConversion, Decoded, decode, decode_scaled};
 pub use error::ImageError;
 #[cfg(feature = "jobs")]
 pub use format::{Format, Header, read_header, sniff};
+#[cfg(feature = "jobs")]
+pub use kept_metadata::KeptMetadata;
 #[cfg(feature = "jobs")]
 pub use limits::{Limits, estimate_decoded_bytes};
 #[cfg(feature = "jobs")]

@@ -1,6 +1,9 @@
-//! EXIF metadata (JPEG APP1, PNG `eXIf`, WebP `EXIF`, TIFF IFDs) through `kamadak-exif`.
-//! Metadata never fails an image: a broken block is reported in [`Metadata::exif_warning`].
-//! GPS is privacy-sensitive: its presence is always reported, the position only on request.
+//! EXIF metadata (JPEG APP1, PNG `eXIf`, WebP `EXIF`, TIFF IFDs) through `kamadak-exif`, and
+//! the GPS position of an XMP packet ([`crate::xmp`]) when the EXIF has none.
+//! Metadata never fails an image: a broken block is reported in [`Metadata::exif_warning`]
+//! (or [`Metadata::xmp_warning`]).
+//! GPS is privacy-sensitive: its presence is always reported, the position only on request,
+//! wherever it is stored (a photo whose position is only in XMP is no less located).
 
 use exif::{Exif, In, Tag, Value};
 use serde::{Deserialize, Serialize};
@@ -23,7 +26,7 @@ pub struct Metadata {
     /// When the photo was taken (`DateTimeOriginal`, else `DateTime`), as ISO 8601 local time
     /// (`2008-10-22T16:28:39`), with the offset when `OffsetTimeOriginal` gives one.
     pub taken_at: Option<String>,
-    /// EXIF orientation (1–8) as stored. [`crate::decode`] has already applied it to the pixels.
+    /// EXIF orientation (1–8) as stored. [`crate::decode()`] has already applied it to the pixels.
     pub orientation: Option<u8>,
     /// Software that wrote the file.
     pub software: Option<String>,
@@ -31,12 +34,16 @@ pub struct Metadata {
     pub artist: Option<String>,
     /// `Copyright`.
     pub copyright: Option<String>,
-    /// True when the EXIF has a GPS latitude and longitude, whether or not they are returned.
+    /// True when the EXIF, or else the XMP packet, has a GPS latitude and longitude, whether
+    /// or not they are returned.
     pub gps_present: bool,
     /// The position; only filled when the caller asked for it (`include_gps`).
     pub gps: Option<GpsPosition>,
     /// Why (part of) the EXIF could not be read, when it could not.
     pub exif_warning: Option<String>,
+    /// Why the XMP packet (read for a position the EXIF lacks) could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xmp_warning: Option<String>,
 }
 
 /// A GPS position in decimal degrees (north and east positive).
@@ -50,13 +57,28 @@ pub struct GpsPosition {
     pub altitude_m: Option<f64>,
 }
 
-/// Reads EXIF metadata from image bytes. Never fails; GPS coordinates only with `include_gps`.
+/// Reads EXIF metadata from image bytes, and the GPS position from the XMP packet when the
+/// EXIF has none. Never fails; GPS coordinates only with `include_gps`.
 pub fn read_metadata(bytes: &[u8], include_gps: bool) -> Metadata {
-    match sniff(bytes) {
-        Ok(Format::Jpeg | Format::Png | Format::Webp | Format::Tiff) => {}
+    let format = match sniff(bytes) {
+        Ok(f @ (Format::Jpeg | Format::Png | Format::Webp | Format::Tiff)) => f,
         // GIF has no EXIF; unsupported formats are the decoder's business.
         Ok(Format::Gif) | Err(_) => return Metadata::default(),
+    };
+    let mut meta = read_exif(bytes, include_gps);
+    if !meta.gps_present {
+        // EXIF wins where both have a position: it is what cameras write; XMP is read
+        // for the photos whose position an editor or a phone put only there.
+        let xmp = crate::xmp::read_gps(bytes, format);
+        meta.gps_present = xmp.present;
+        meta.gps = if include_gps { xmp.position } else { None };
+        meta.xmp_warning = xmp.warning;
     }
+    meta
+}
+
+/// The EXIF block's metadata (default when there is none).
+fn read_exif(bytes: &[u8], include_gps: bool) -> Metadata {
     let parsed = std::panic::catch_unwind(|| {
         let mut reader = exif::Reader::new();
         reader.continue_on_error(true);
@@ -113,6 +135,7 @@ fn from_exif(exif: &Exif, include_gps: bool) -> Metadata {
         gps_present,
         gps: if include_gps { gps } else { None },
         exif_warning: gps_warning,
+        xmp_warning: None,
     }
 }
 
@@ -194,4 +217,67 @@ fn degrees(value: &Value) -> Option<f64> {
         total += r.to_f64() / [1.0, 60.0, 3600.0][i];
     }
     (!parts.is_empty()).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small JPEG with `segments` (marker, payload) right after SOI.
+    fn jpeg_with(segments: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(16, 8, image::Rgb([90, 120, 200]));
+        let mut plain = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut plain).encode_image(&img).unwrap();
+        let mut out = plain[..2].to_vec();
+        for (marker, payload) in segments {
+            out.extend_from_slice(&[0xFF, *marker]);
+            out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        out.extend_from_slice(&plain[2..]);
+        out
+    }
+
+    fn xmp(lat: &str, lon: &str) -> Vec<u8> {
+        let packet = format!(
+            "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\">\
+             <rdf:Description xmlns:exif=\"http://ns.adobe.com/exif/1.0/\" exif:GPSLatitude=\"{lat}\" \
+             exif:GPSLongitude=\"{lon}\"/></rdf:RDF></x:xmpmeta>"
+        );
+        [&b"http://ns.adobe.com/xap/1.0/\0"[..], packet.as_bytes()].concat()
+    }
+
+    fn exif_gps(lat: u32) -> Vec<u8> {
+        use exif::{Field, Rational};
+        let r = |n| Value::Rational(vec![Rational { num: n, denom: 1 }, Rational { num: 0, denom: 1 }]);
+        let fields = [
+            Field { tag: Tag::GPSLatitudeRef, ifd_num: In::PRIMARY, value: Value::Ascii(vec![b"N".to_vec()]) },
+            Field { tag: Tag::GPSLatitude, ifd_num: In::PRIMARY, value: r(lat) },
+            Field { tag: Tag::GPSLongitudeRef, ifd_num: In::PRIMARY, value: Value::Ascii(vec![b"E".to_vec()]) },
+            Field { tag: Tag::GPSLongitude, ifd_num: In::PRIMARY, value: r(7) },
+        ];
+        let mut writer = exif::experimental::Writer::new();
+        fields.iter().for_each(|f| writer.push_field(f));
+        let mut blob = std::io::Cursor::new(Vec::new());
+        writer.write(&mut blob, false).unwrap();
+        [&b"Exif\0\0"[..], blob.get_ref()].concat()
+    }
+
+    #[test]
+    fn a_position_only_in_xmp_is_a_position_and_exif_wins_over_it() {
+        let only_xmp = jpeg_with(&[(0xE1, xmp("10,30N", "20,15W"))]);
+        let m = read_metadata(&only_xmp, false);
+        assert!(m.gps_present && m.gps.is_none() && !m.exif_present, "{m:?}");
+        let p = read_metadata(&only_xmp, true).gps.unwrap();
+        assert_eq!((p.latitude, p.longitude), (10.5, -20.25));
+
+        let both = jpeg_with(&[(0xE1, exif_gps(40)), (0xE1, xmp("10,30N", "20,15W"))]);
+        let p = read_metadata(&both, true).gps.unwrap();
+        assert_eq!((p.latitude, p.longitude), (40.0, 7.0), "the camera's EXIF is the position");
+
+        let broken = jpeg_with(&[(0xE1, [&b"http://ns.adobe.com/xap/1.0/\0"[..], b"<x:xmpmeta"].concat())]);
+        let m = read_metadata(&broken, true);
+        assert!(!m.gps_present && m.xmp_warning.is_some(), "{m:?}");
+        assert!(serde_json::to_string(&read_metadata(&only_xmp, false)).unwrap().contains("\"gps_present\":true"));
+    }
 }

@@ -62,6 +62,8 @@ pub struct NewAnalysis<'a> {
     pub gps_present: bool,
     /// The vision providers' outcome, if they were asked.
     pub vision: Option<serde_json::Value>,
+    /// The ThumbHash placeholder, base64.
+    pub thumbhash: Option<&'a str>,
 }
 
 /// Records an analysis (replacing the image's earlier one) and rewrites the image's
@@ -79,13 +81,14 @@ pub async fn record_analysis(db: &PgPool, a: &NewAnalysis<'_>) -> Result<(), sql
     }
     sqlx::query(
         "INSERT INTO image_analyses (tenant, image_id, portfolio, source_key, source_sha256, format, width, height, \
-           phash, sharpness, exposure, colours, metadata, gps_present, vision) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+           phash, sharpness, exposure, colours, metadata, gps_present, vision, thumbhash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT (tenant, image_id) DO UPDATE SET portfolio = EXCLUDED.portfolio, source_key = EXCLUDED.source_key, \
            source_sha256 = EXCLUDED.source_sha256, format = EXCLUDED.format, width = EXCLUDED.width, \
            height = EXCLUDED.height, phash = EXCLUDED.phash, sharpness = EXCLUDED.sharpness, \
            exposure = EXCLUDED.exposure, colours = EXCLUDED.colours, metadata = EXCLUDED.metadata, \
-           gps_present = EXCLUDED.gps_present, vision = EXCLUDED.vision, analyzed_at = now()",
+           gps_present = EXCLUDED.gps_present, vision = EXCLUDED.vision, thumbhash = EXCLUDED.thumbhash, \
+           analyzed_at = now()",
     )
     .bind(a.tenant)
     .bind(a.image_id)
@@ -102,6 +105,7 @@ pub async fn record_analysis(db: &PgPool, a: &NewAnalysis<'_>) -> Result<(), sql
     .bind(&a.metadata)
     .bind(a.gps_present)
     .bind(&a.vision)
+    .bind(a.thumbhash)
     .execute(&mut *tx)
     .await?;
     near_duplicates(&mut tx, a.tenant, a.image_id, a.portfolio, a.phash).await?;
@@ -228,6 +232,8 @@ pub struct AnalysedImage {
     pub gps_present: bool,
     /// The vision providers' outcome, if they were asked.
     pub vision: Option<serde_json::Value>,
+    /// The ThumbHash placeholder, base64 (none for an analysis recorded before there was one).
+    pub thumbhash: Option<String>,
     /// Its variants, by format then width.
     pub variants: Vec<StoredVariant>,
 }
@@ -246,7 +252,8 @@ pub struct PortfolioPage {
     pub near_duplicates_truncated: bool,
 }
 
-/// id, format, width, height, phash, sharpness, exposure, colours, metadata, GPS present, vision.
+/// id, format, width, height, phash, sharpness, exposure, colours, metadata, GPS present, vision,
+/// thumbhash.
 type AnalysisRow = (
     String,
     String,
@@ -259,6 +266,7 @@ type AnalysisRow = (
     serde_json::Value,
     bool,
     Option<serde_json::Value>,
+    Option<String>,
 );
 
 /// Up to `limit` analysed images of `tenant`'s `portfolio`, sharpest first, after the
@@ -274,8 +282,8 @@ pub async fn portfolio_page(
     limit: i64,
 ) -> Result<PortfolioPage, sqlx::Error> {
     let rows: Vec<AnalysisRow> = sqlx::query_as(
-        "SELECT image_id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision \
-         FROM image_analyses WHERE tenant = $1 AND portfolio = $2 \
+        "SELECT image_id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision, \
+           thumbhash FROM image_analyses WHERE tenant = $1 AND portfolio = $2 \
            AND ($3::float8 IS NULL OR (sharpness, image_id) < ($3, $4)) \
          ORDER BY sharpness DESC, image_id DESC LIMIT $5",
     )
@@ -322,7 +330,7 @@ pub async fn portfolio_page(
     pairs.truncate(MAX_PAIRS_READ as usize);
     let images = rows
         .into_iter()
-        .map(|(id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision)| {
+        .map(|(id, format, width, height, phash, sharpness, exposure, colours, metadata, gps_present, vision, th)| {
             let variants = variants
                 .iter()
                 .filter(|v| v.0 == id)
@@ -346,6 +354,7 @@ pub async fn portfolio_page(
                 metadata,
                 gps_present,
                 vision,
+                thumbhash: th,
                 variants,
             }
         })

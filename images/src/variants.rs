@@ -1,6 +1,8 @@
 //! Web variants: resized (never upscaled, aspect kept) with Lanczos3 in a cascade from the largest
 //! width down, optionally watermarked, encoded as JPEG (libjpeg-turbo through `mozjpeg`) and lossy WebP (libwebp).
-//! Outputs carry no metadata at all: no EXIF, no GPS, no XMP, no ICC (pixels are already sRGB).
+//! Outputs carry no metadata at all (no EXIF, no GPS, no XMP, no ICC: pixels are already sRGB),
+//! unless the spec keeps some of the photographer's credit ([`KeptMetadata`]: artist and
+//! copyright only; never a location).
 
 use fast_image_resize::Resizer;
 use image::DynamicImage;
@@ -9,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decode::{Decoded, decode};
 use crate::error::{ImageError, catch_encoder_panic};
+use crate::kept_metadata::KeptMetadata;
 use crate::limits::Limits;
 use crate::resize::{self, QUALITY};
 
@@ -99,6 +102,9 @@ pub struct VariantSpec {
     pub webp_method: u8,
     /// Optional watermark.
     pub watermark: Option<Watermark>,
+    /// Metadata written into every variant (default none): the source's artist and/or
+    /// copyright, when the request keeps them.
+    pub keep_metadata: KeptMetadata,
 }
 
 impl Default for VariantSpec {
@@ -110,6 +116,7 @@ impl Default for VariantSpec {
             webp_quality: 80,
             webp_method: 2,
             watermark: None,
+            keep_metadata: KeptMetadata::default(),
         }
     }
 }
@@ -138,6 +145,10 @@ impl VariantSpec {
                 w.scale,
                 w.margin
             ));
+        }
+        // Only when something is kept, so the recipes of plain variants stay what they were.
+        if !self.keep_metadata.is_empty() {
+            canonical.push_str(&format!(";keep={}", self.keep_metadata.canonical()));
         }
         hex::encode(Sha256::digest(canonical.as_bytes()))
     }
@@ -221,6 +232,7 @@ pub fn make_variants(decoded: &Decoded, spec: &VariantSpec) -> Result<Vec<Varian
         let pixels = marked.as_ref().unwrap_or(&level);
         for &format in &spec.formats {
             let bytes = catch_encoder_panic("encoder", || encode(pixels, format, spec))?;
+            let bytes = spec.keep_metadata.embed(bytes, format)?;
             out.push(Variant { width, height, format, byte_len: bytes.len(), sha256: sha256_hex(&bytes), bytes });
         }
         previous = Some(level);
@@ -244,7 +256,8 @@ fn encode(image: &DynamicImage, format: OutputFormat, spec: &VariantSpec) -> Res
                 }
             };
             // libjpeg-turbo through mozjpeg: its fastest profile (baseline, no trellis) with
-            // optimized Huffman tables. Only the JFIF APP0 header is written: no EXIF, no ICC.
+            // optimized Huffman tables. Only the JFIF APP0 header is written: no EXIF, no ICC
+            // (the kept metadata, if any, is added afterwards).
             // Errors arrive as panics; the caller's `catch_encoder_panic` turns them into errors.
             let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
             c.set_fastest_defaults();

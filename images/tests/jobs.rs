@@ -88,6 +88,7 @@ fn variants(key: &str) -> ImageVariants {
         widths: Some(vec![160, 320]),
         formats: Some(vec!["jpeg".into(), "webp".into()]),
         watermark: None,
+        keep_metadata: None,
     }
 }
 

@@ -126,6 +126,7 @@ async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_
                 widths: Some(vec![320, 640, 1280, 2048]),
                 formats: None,
                 watermark: None,
+                keep_metadata: None,
             },
             tenant.clone(),
         )
@@ -462,3 +463,5 @@ async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet
     db.drop_db().await;
     env.cleanup().await;
 }
+
+mod metadata_and_placeholders;

@@ -364,6 +364,7 @@ async fn image_jobs_of_b_naming_a_s_keys_give_up_and_read_nothing_of_a_s() {
         widths: Some(vec![320]),
         formats: None,
         watermark: watermark.map(|k| WatermarkArgs { key: k.into(), position: None, opacity: None, scale: None }),
+        keep_metadata: None,
     };
     let more = outcomes(
         &env,
@@ -405,6 +406,7 @@ async fn variants_live_under_each_tenant_s_prefix_so_no_tenant_names_another_s()
             widths: Some(vec![320, 640]),
             formats: None,
             watermark: None,
+            keep_metadata: None,
         };
         (args, as_tenant(tenant))
     };

@@ -19,7 +19,9 @@ use crate::storage::{ObjectStore, StorageError, StoreConfig};
 use crate::store;
 use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
 use crate::{ImageError, Limits, OutputFormat, VariantSpec, Watermark, WatermarkPosition};
-use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request, tenant_object_prefix};
+use fleet_jobs::catalogue::image::{
+    check_kept_metadata, check_tenant_object_key, check_variant_request, tenant_object_prefix,
+};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_kit::limits::{AttemptLimits, Verdict};
 use fleet_kit::{Handler, JobContext, JobError};
@@ -271,6 +273,7 @@ impl Handler for Analyze {
             metadata: metadata_json,
             gps_present: metadata.gps_present,
             vision,
+            thumbhash: Some(&analysis.thumbhash),
         };
         store::record_analysis(&images.db, &analysed).await.map_err(db_error)?;
         tracing::info!(image_id = %a.image_id, format = analysis.format.name(), width = analysis.width,
@@ -286,6 +289,7 @@ pub struct Variants(Images);
 impl Variants {
     async fn spec(&self, a: &ImageVariants) -> Result<VariantSpec, JobError> {
         check_variant_request(a.widths.as_deref(), a.formats.as_deref()).map_err(JobError::give_up)?;
+        check_kept_metadata(a.keep_metadata.as_deref().unwrap_or_default()).map_err(JobError::give_up)?;
         let mut spec = VariantSpec::default();
         if let Some(w) = &a.widths {
             spec.widths = w.clone();
@@ -331,8 +335,12 @@ impl Handler for Variants {
         if let Some(w) = &a.watermark {
             Images::check_key(&ctx, &w.key)?;
         }
-        let spec = self.spec(&a).await?;
+        let mut spec = self.spec(&a).await?;
         let bytes = images.source(&a.key).await?;
+        if let Some(fields) = a.keep_metadata.as_deref().filter(|f| !f.is_empty()) {
+            // Never the position: the values are read without it, and only the named credit is kept.
+            spec.keep_metadata = crate::KeptMetadata::from_source(&crate::read_metadata(&bytes, false), fields);
+        }
         let source_sha256 = crate::sha256_hex(&bytes);
         let recipe = spec.recipe_hash();
         let tenant = Images::tenant(&ctx);

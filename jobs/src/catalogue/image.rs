@@ -76,6 +76,11 @@ pub struct ImageVariants {
     /// An optional watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkArgs>,
+    /// Metadata fields of the source written into the variants (default none): names from
+    /// [`KEEPABLE_METADATA`] (`artist`, `copyright`). Location is never kept: any other name,
+    /// GPS and location names first, is refused ([`check_kept_metadata`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_metadata: Option<Vec<String>>,
 }
 
 impl JobArgs for ImageVariants {
@@ -125,6 +130,39 @@ pub fn check_variant_request(widths: Option<&[u32]>, formats: Option<&[String]>)
         }
         if seen.is_empty() {
             return Err("variants take at least one format".into());
+        }
+    }
+    Ok(())
+}
+
+/// The metadata fields a variant may keep: the photographer's credit. A fixed set, so that
+/// nothing identifying where a photo was taken (GPS, place names) can ever be kept.
+pub const KEEPABLE_METADATA: &[&str] = &["artist", "copyright"];
+
+/// Checks the metadata a variants request keeps: names from [`KEEPABLE_METADATA`], each
+/// once. Anything else is refused rather than ignored, so a caller never believes a field
+/// was kept that was not; a location (GPS, place) is refused with its own reason: it is
+/// never written into a variant, whatever is asked.
+pub fn check_kept_metadata(fields: &[String]) -> Result<(), String> {
+    const LOCATION: &[&str] =
+        &["gps", "location", "latitude", "longitude", "altitude", "position", "coordinate", "place", "city", "country"];
+    for (i, field) in fields.iter().enumerate() {
+        let lower = field.to_ascii_lowercase();
+        if LOCATION.iter().any(|l| lower.contains(l)) {
+            return Err(format!(
+                "metadata field {field:?} is a location: variants never keep where a photo was taken \
+                 (keepable: {})",
+                KEEPABLE_METADATA.join(", ")
+            ));
+        }
+        if !KEEPABLE_METADATA.contains(&field.as_str()) {
+            return Err(format!(
+                "metadata field {field:?} cannot be kept in variants (keepable: {})",
+                KEEPABLE_METADATA.join(", ")
+            ));
+        }
+        if fields[..i].contains(field) {
+            return Err(format!("metadata field {field:?} appears twice"));
         }
     }
     Ok(())
@@ -211,6 +249,22 @@ mod tests {
         for formats in [s(&[]), s(&["png"]), s(&["jpeg", "jpg"]), s(&["webp", "webp"])] {
             assert!(check_variant_request(None, Some(&formats)).is_err(), "{formats:?}");
         }
+    }
+
+    #[test]
+    fn only_the_credit_is_kept_and_never_a_location() {
+        let s = |v: &[&str]| v.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_kept_metadata(&s(&[])), Ok(()));
+        assert_eq!(check_kept_metadata(&s(&["copyright", "artist"])), Ok(()));
+        for location in ["gps", "GPSLatitude", "location", "gps_position", "City", "longitude"] {
+            let e = check_kept_metadata(&s(&["copyright", location])).unwrap_err();
+            assert!(e.contains("never keep"), "{location}: {e}");
+        }
+        for other in ["make", "Copyright", "xmp", "all", "*", ""] {
+            let e = check_kept_metadata(&s(&[other])).unwrap_err();
+            assert!(e.contains("keepable: artist, copyright"), "{other}: {e}");
+        }
+        assert!(check_kept_metadata(&s(&["artist", "artist"])).unwrap_err().contains("twice"));
     }
 
     #[test]

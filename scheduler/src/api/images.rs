@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use fleet_images::store;
 use fleet_jobs::JobArgs;
 use fleet_jobs::batches::{Callback, Callbacks};
-use fleet_jobs::catalogue::image::{check_tenant_object_key, check_variant_request};
+use fleet_jobs::catalogue::image::{check_kept_metadata, check_tenant_object_key, check_variant_request};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants, WatermarkArgs};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -48,6 +48,11 @@ pub(crate) struct VariantRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     watermark: Option<WatermarkArgs>,
+    /// Metadata of the source written into the variants (default none): `artist`,
+    /// `copyright`. Any other name is refused with 422, a location (GPS) name included:
+    /// variants never say where a photo was taken.
+    #[serde(default)]
+    keep_metadata: Option<Vec<String>>,
 }
 
 /// A portfolio upload to process.
@@ -114,6 +119,7 @@ pub(crate) async fn create_portfolio(
     }
     let variants = req.variants.unwrap_or_default();
     check_variant_request(variants.widths.as_deref(), variants.formats.as_deref()).map_err(ApiError::invalid)?;
+    check_kept_metadata(variants.keep_metadata.as_deref().unwrap_or_default()).map_err(ApiError::invalid)?;
     if let Some(w) = &variants.watermark {
         check_tenant_object_key(&caller.tenant, &w.key).map_err(|e| ApiError::invalid(format!("watermark: {e}")))?;
     }
@@ -134,6 +140,7 @@ pub(crate) async fn create_portfolio(
             widths: variants.widths.clone(),
             formats: variants.formats.clone(),
             watermark: variants.watermark.clone(),
+            keep_metadata: variants.keep_metadata.clone(),
         };
         jobs.push((ImageAnalyze::KIND.to_owned(), raw(&analyze)?, ImageAnalyze::options(), opts()));
         jobs.push((ImageVariants::KIND.to_owned(), raw(&vary)?, ImageVariants::options(), opts()));
@@ -173,6 +180,10 @@ pub(crate) struct ImageView {
     gps_present: bool,
     #[schema(value_type = Option<Object>)]
     vision: Option<serde_json::Value>,
+    /// A ThumbHash placeholder (base64): draw it blurred while the variants load. Absent for
+    /// an image analysed before placeholders existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbhash: Option<String>,
     /// Variants written: `{width, height, format, key, bytes}`.
     #[schema(value_type = Vec<Object>)]
     variants: Vec<serde_json::Value>,
@@ -264,6 +275,7 @@ pub(crate) async fn get_portfolio(
             metadata: i.metadata,
             gps_present: i.gps_present,
             vision: i.vision,
+            thumbhash: i.thumbhash,
             variants: i
                 .variants
                 .into_iter()
