@@ -6,8 +6,9 @@
 //! Pure calendar logic (with the `jobs` feature; no database):
 //!
 //! - [`decode`]: bytes → text. Detects bodies that are not iCalendar (an HTML login page, an empty
-//!   body), strips a BOM, unfolds lines *before* decoding (a fold may split a UTF-8 sequence) and
-//!   falls back to Latin-1 for non-UTF-8 charsets.
+//!   body) or not whole ([`decode_complete`]: a BEGIN without its END), strips a BOM and NUL
+//!   bytes, unfolds lines *before* decoding (a fold may split a UTF-8 sequence) and falls back
+//!   to Latin-1 for non-UTF-8 charsets. Bodies stay bytes from the wire to here.
 //! - [`parse`]: text → [`Calendar`] of [`Event`]s through `calcard`'s lenient parser. One broken
 //!   event becomes a [`Warning`] and is skipped; the others import.
 //! - [`zone`]: TZID resolution (VTIMEZONE, IANA, Windows names; unknown → default zone + warning)
@@ -79,7 +80,7 @@ pub mod store;
 #[cfg(feature = "jobs")]
 pub use conflict::{BusyInterval, Conflict, find_conflicts};
 #[cfg(feature = "jobs")]
-pub use decode::{DecodeError, decode, join_objects};
+pub use decode::{DecodeError, decode, decode_complete, join_objects};
 #[cfg(feature = "jobs")]
 pub use expand::{ExpandOptions, Expansion, Occurrence, expand};
 #[cfg(feature = "jobs")]

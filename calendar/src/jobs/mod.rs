@@ -138,17 +138,13 @@ impl CalendarSyncHandler {
                     state: source.state.clone(),
                     mode: "not_modified",
                 };
-                return Ok(sync::apply(&self.db, source_id, source, fetched).await?);
+                return Ok(sync::apply(&self.db, source_id, source, fetched, sync::elapsed_ms(started)).await?);
             }
             sync::record_unchanged(&self.db, source_id).await?;
             return Ok(SyncReport { mode: "not_modified".into(), ..SyncReport::default() });
         };
-        let fetch_ms = started.elapsed().as_millis() as u64;
-        let started = std::time::Instant::now();
-        let mut report = sync::apply(&self.db, source_id, source, fetched).await?;
-        report.fetch_ms = fetch_ms;
-        report.apply_ms = started.elapsed().as_millis() as u64;
-        Ok(report)
+        // The times go into the report `apply` stores, not only into what it returns.
+        Ok(sync::apply(&self.db, source_id, source, fetched, sync::elapsed_ms(started)).await?)
     }
 
     /// Source `source_id`, restricted to `tenant` when given: a source of another tenant is
@@ -193,11 +189,7 @@ impl CalendarSyncHandler {
                     crate::caldav::PullMode::Listing => "listing",
                 };
                 Ok(Some(Fetched {
-                    changed: pull
-                        .changed
-                        .into_iter()
-                        .map(|o| (o.href, o.etag, String::from_utf8_lossy(&o.body).into_owned()))
-                        .collect(),
+                    changed: pull.changed.into_iter().map(|o| (o.href, o.etag, o.body)).collect(),
                     removed: pull.removed,
                     state: json!({ "token": pull.state.token }),
                     mode,
@@ -211,7 +203,7 @@ impl CalendarSyncHandler {
                     FeedOutcome::NotModified => Ok(None),
                     FeedOutcome::Body { body, etag, last_modified } => Ok(Some(Fetched {
                         // Decoded (and checked to be iCalendar) when applied (`store::sync::apply`).
-                        changed: vec![(String::new(), etag.clone(), String::from_utf8_lossy(&body).into_owned())],
+                        changed: vec![(String::new(), etag.clone(), body)],
                         removed: Vec::new(),
                         state: json!({ "etag": etag, "last_modified": last_modified }),
                         mode: "feed",
