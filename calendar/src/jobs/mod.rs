@@ -144,7 +144,20 @@ impl CalendarSyncHandler {
             return Ok(SyncReport { mode: "not_modified".into(), ..SyncReport::default() });
         };
         // The times go into the report `apply` stores, not only into what it returns.
-        Ok(sync::apply(&self.db, source_id, source, fetched, sync::elapsed_ms(started)).await?)
+        match sync::apply(&self.db, source_id, source, fetched, sync::elapsed_ms(started)).await {
+            Ok(report) => Ok(report),
+            // A value PostgreSQL refuses (SQLSTATE class 22) fails every attempt the same way:
+            // give up now and say so on the source, instead of retrying into the dead letters
+            // with the source showing nothing.
+            Err(e) if is_data_error(&e) => {
+                let error = format!(
+                    "the calendar holds a value the store refuses ({e}); nothing was applied, the next sync tries again"
+                );
+                sync::record_failure(&self.db, source_id, &error).await?;
+                Err(SyncError::Permanent(error))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Source `source_id`, restricted to `tenant` when given: a source of another tenant is
@@ -214,6 +227,12 @@ impl CalendarSyncHandler {
             other => Err(SyncError::Permanent(format!("calendar source kind {other} is not supported yet"))),
         }
     }
+}
+
+/// Whether PostgreSQL refused a value (SQLSTATE class 22, data exception: an invalid byte
+/// sequence, a value out of range), which no retry changes.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code.starts_with("22"))
 }
 
 impl Handler for CalendarSyncHandler {

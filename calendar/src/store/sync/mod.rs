@@ -309,15 +309,16 @@ fn read_objects(
                 continue;
             }
         };
+        // A feed's one object has no href: its warnings say "feed".
+        let name = if href.is_empty() { "feed" } else { href.as_str() };
         let nuls = nul_bytes(&body);
         if nuls > 0 && report.warnings.len() < 50 {
-            let name = if href.is_empty() { "feed" } else { href.as_str() };
             report.warnings.push(format!("{name}: {nuls} NUL bytes removed (not allowed in iCalendar)"));
         }
         let calendar = parse(&text);
         for w in calendar.warnings.iter().take(50usize.saturating_sub(report.warnings.len())) {
             report.warnings.push(format!(
-                "{href}: {}{}",
+                "{name}: {}{}",
                 w.uid.as_deref().map(|u| format!("{u}: ")).unwrap_or_default(),
                 w.message
             ));
