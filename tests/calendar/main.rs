@@ -11,6 +11,7 @@ use fleet_tests::TestDb;
 use sqlx::Row;
 
 mod bench;
+mod bookings;
 mod feeds;
 mod oauth;
 mod providers;

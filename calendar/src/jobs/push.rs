@@ -39,10 +39,9 @@ pub enum PushResult {
     KeptTheirs,
 }
 
-/// The remote UID of a booking: stable, so every push of it addresses one resource.
-pub fn booking_uid(tenant: &str, booking_id: &str) -> String {
-    format!("{booking_id}@{tenant}.fleet")
-}
+/// The remote UID of a booking: stable, so every push of it addresses one resource (defined
+/// with the bookings' store, which the API's conflict check shares).
+pub use crate::store::bookings::booking_uid;
 
 /// What a push of a booking that is missing, or not the job's tenant's, gives up with.
 fn not_found(booking_id: &str) -> String {
