@@ -275,7 +275,7 @@ pub struct DueSync {
     pub table: SourceTable,
     /// The source.
     pub source: String,
-    /// Its sync job (an earlier one's while that holds the unique key).
+    /// Its sync job (an earlier one's while that one is still pending).
     pub job: String,
     /// When the next one is due.
     pub next_sync_at: DateTime<Utc>,

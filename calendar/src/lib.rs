@@ -33,7 +33,8 @@
 //!
 //! - [`store`] (always built; the scheduler links only this): sources, supplier settings,
 //!   occurrences and double bookings as `/v1/calendar` and `fleetctl calendar` see them;
-//!   [`store::bookings`]: bookings as the API writes them and the push job records them.
+//!   [`store::bookings`]: bookings as the API writes them (checked against the supplier's busy
+//!   occurrences, each change written to the outbox) and the push job records them.
 //! - `store::sync` (with `jobs`): what the jobs read and write, and **the hard part**:
 //!   `store::sync::apply`, one fetch applied in one transaction under a per-supplier lock
 //!   — parse, the mass-deletion guard (quarantine), events by (UID, RECURRENCE-ID) with
