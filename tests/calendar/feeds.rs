@@ -1,5 +1,6 @@
-//! `.ics` feeds served by a local axum server, through the `calendar.sync` handler into
-//! what is stored: bytes that only `decode()` may read (a fold inside "ö", Latin-1, NULs),
+//! `.ics` feeds (and one CalDAV collection) served by a local axum server, through the
+//! `calendar.sync` handler into what is stored: bytes that only `decode()` may read (a fold
+//! inside "ö", Latin-1, NULs),
 //! a download cut short, an override whose instance a newer master deleted, duplicate UIDs,
 //! and what the source's `last_report` says about each.
 
@@ -237,5 +238,59 @@ async fn an_exdated_override_stays_deleted_and_duplicate_uids_keep_the_last() {
         assert!(said.iter().any(|w| w.contains(expected)), "{expected}: {said:?}");
     }
     assert!(said.iter().any(|w| w.contains("the last in the file on a tie")), "{said:?}");
+    s.finish().await;
+}
+
+/// A CalDAV server (a stand-in answering `sync-collection` and `calendar-multiget`: Radicale
+/// re-serialises what it stores, so it never serves a fold inside a character or Latin-1)
+/// whose objects only `decode()` can read right: their bytes survive the XML around them.
+#[tokio::test]
+async fn caldav_objects_reach_decode_as_bytes() {
+    use axum::body::Bytes;
+    let s = setup("photographer-23").await;
+    let folded = b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:koeln\r\nDTSTART:20270612T100000Z\r\n\
+                   DTEND:20270612T110000Z\r\nSUMMARY:K\xC3\r\n \xB6ln\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let latin1 = b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:cafe\r\nDTSTART:20270613T100000Z\r\n\
+                   DTEND:20270613T110000Z\r\nSUMMARY:Caf\xE9\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let app = axum::Router::new().route(
+        "/cal/",
+        axum::routing::any(move |body: Bytes| async move {
+            let request = String::from_utf8_lossy(&body);
+            let mut xml = br#"<?xml version="1.0" encoding="utf-8"?><d:multistatus xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">"#.to_vec();
+            for (href, data) in [("/cal/a.ics", &folded[..]), ("/cal/b.ics", &latin1[..])] {
+                xml.extend_from_slice(format!("<d:response><d:href>{href}</d:href><d:propstat><d:prop><d:getetag>\"1\"</d:getetag>").as_bytes());
+                if request.contains("calendar-multiget") {
+                    xml.extend_from_slice(b"<c:calendar-data>");
+                    xml.extend_from_slice(data);
+                    xml.extend_from_slice(b"</c:calendar-data>");
+                }
+                xml.extend_from_slice(b"</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>");
+            }
+            if request.contains("sync-collection") {
+                xml.extend_from_slice(b"<d:sync-token>http://example.com/sync/1</d:sync-token>");
+            }
+            xml.extend_from_slice(b"</d:multistatus>");
+            (axum::http::StatusCode::MULTI_STATUS, [("content-type", "application/xml; charset=utf-8")], xml)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/cal/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let source = format!("cal_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query("INSERT INTO calendar_sources (id, tenant, supplier, kind, url) VALUES ($1, 't1', 'photographer-23', 'caldav', $2)")
+        .bind(&source)
+        .bind(&url)
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let report = s.handler.sync_source(&source).await.unwrap();
+    assert_eq!((report.mode.as_str(), report.events_written), ("initial", 2), "{report:?}");
+    assert_eq!(
+        summaries(&s, &source).await,
+        [
+            ("K\u{f6}ln".to_owned(), "2027-06-12 10:00".to_owned()),
+            ("Caf\u{e9}".to_owned(), "2027-06-13 10:00".to_owned())
+        ]
+    );
     s.finish().await;
 }
