@@ -294,3 +294,35 @@ async fn caldav_objects_reach_decode_as_bytes() {
     );
     s.finish().await;
 }
+
+/// A sync job whose last attempt fails (the feed answers 500) goes to the dead letters with
+/// the reason on the source, not only in the job's history.
+#[tokio::test]
+async fn a_sync_job_that_gives_up_says_why_on_the_source() {
+    use fleet_jobs::catalogue::CalendarSync;
+    let s = setup("photographer-24").await;
+    let env = fleet_tests::TestEnv::new().await;
+    let app = axum::Router::new()
+        .route("/feed.ics", axum::routing::get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed = Feed {
+        body: Arc::new(Mutex::new(Vec::new())),
+        url: format!("http://{}/feed.ics", listener.local_addr().unwrap()),
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let source = feed_source(&s, &feed).await;
+    let worker = env.worker(env.config("calendar", 1), fleet_worker::Registry::new().register(s.handler.clone())).await;
+    let opts = fleet_jobs::EnqueueOptions { tenant: Some("t1".into()), max_attempts: Some(1), ..Default::default() };
+    let job = env.client.enqueue_with(&CalendarSync { source_id: source.clone() }, opts).await.unwrap();
+    fleet_tests::eventually("the sync to give up", std::time::Duration::from_secs(20), || async {
+        (env.client.job_state("calendar", job.as_str()).await.unwrap() == Some(fleet_jobs::JobState::Dead))
+            .then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    let (_, error, _) = stored(&s, &source).await;
+    let error = error.unwrap_or_default();
+    assert!(error.starts_with("gave up after 1 attempts") && error.contains("500"), "{error}");
+    env.cleanup().await;
+    s.finish().await;
+}

@@ -263,7 +263,19 @@ impl Handler for CalendarSyncHandler {
                 Ok(())
             }
             Err(SyncError::Transient(e, Some(after))) => Err(JobError::slow_down(e, after)),
-            Err(SyncError::Transient(e, None)) => Err(JobError::retry(e)),
+            Err(SyncError::Transient(e, None)) => {
+                if ctx.is_last_attempt() {
+                    // The job goes to the dead letters now: the source must say why, or it
+                    // shows neither an error nor a sync.
+                    let error = format!("gave up after {} attempts: {e}", ctx.attempt);
+                    if let Err(db) =
+                        sync::record_failure_of(&self.db, ctx.tenant.as_deref(), &args.source_id, &error).await
+                    {
+                        tracing::warn!(source = %args.source_id, error = %db, "the sync's failure not recorded on the source");
+                    }
+                }
+                Err(JobError::retry(e))
+            }
             Err(SyncError::Permanent(e)) => Err(JobError::give_up(e)),
         }
     }

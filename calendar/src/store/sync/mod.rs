@@ -153,6 +153,26 @@ pub(crate) async fn record_failure(db: &PgPool, source_id: &str, error: &str) ->
     Ok(())
 }
 
+/// Records the failure of a sync job that gives up, on source `source_id` of `tenant` (any
+/// tenant's with `None`, as in [`load_source`]): its last attempt may have failed before the
+/// source was loaded, so the tenant is checked here.
+pub(crate) async fn record_failure_of(
+    db: &PgPool,
+    tenant: Option<&str>,
+    source_id: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calendar_sources SET last_sync_at = now(), last_error = $2 WHERE id = $1 AND ($3::text IS NULL OR tenant = $3)",
+    )
+    .bind(source_id)
+    .bind(error)
+    .bind(tenant)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Records a sync that found nothing changed (and had no window to slide).
 pub(crate) async fn record_unchanged(db: &PgPool, source_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
