@@ -10,7 +10,7 @@ use crate::cron::SourceCron;
 use crate::secrets::SecretBox;
 use chrono::{DateTime, Utc};
 use fleet_jobs::catalogue::{CalendarSync, CommsSync};
-use fleet_jobs::{Client, EnqueueOptions, JobArgs, JobId, Unique};
+use fleet_jobs::{Client, EnqueueOptions, JobArgs, JobId, JobState, Unique};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -194,12 +194,21 @@ pub async fn delete_row(
 }
 
 /// How long a source's sync job holds its unique key: a second sync asked for within
-/// this window gets the first one's id instead of a second job.
+/// this window gets the first one's id instead of a second job, while that one is pending.
 pub const SYNC_UNIQUE_WINDOW: Duration = Duration::from_secs(60);
 
-/// Enqueues a sync of `tenant`'s source `id`. With `unique`, while a sync of it enqueued
-/// in the last [`SYNC_UNIQUE_WINDOW`] exists, that job's id comes back instead of a second
-/// job (key `<kind>:<id>`: the API, `fleetctl` and the ticker share it).
+/// How many finished (or running) syncs of one source inside [`SYNC_UNIQUE_WINDOW`] a
+/// unique enqueue steps past before it enqueues without a key (see [`enqueue_sync`]).
+const SYNC_CHAIN_MAX: usize = 8;
+
+/// Enqueues a sync of `tenant`'s source `id`. With `unique`, one pending sync per source:
+/// while a sync of it is waiting to run (ready, scheduled or waiting to retry), that job's
+/// id comes back instead of a second job (key `<kind>:<id>`: the API, `fleetctl` and the
+/// ticker share it). A sync that is running or finished does not count: it may have read
+/// the calendar before the change the caller wants synced, so a new one is enqueued. The
+/// engine's unique key outlives its job (it holds [`SYNC_UNIQUE_WINDOW`] from the enqueue),
+/// so the next job's key is chained after the finished one's id (`<kind>:<id>:after:<job>`),
+/// which every caller derives the same way and so still finds the one pending job.
 pub async fn enqueue_sync(
     client: &Client,
     table: SourceTable,
@@ -214,12 +223,31 @@ pub async fn enqueue_sync(
         args: A,
         unique: bool,
     ) -> fleet_jobs::Result<JobId> {
-        let opts = EnqueueOptions {
+        let opts = |unique: Option<Unique>, job: JobId| EnqueueOptions {
             tenant: Some(tenant.to_owned()),
-            unique: unique.then(|| Unique { key: format!("{}:{id}", A::KIND), window: SYNC_UNIQUE_WINDOW }),
+            unique,
+            id: Some(job),
             ..Default::default()
         };
-        client.enqueue_with(&args, opts).await
+        if !unique {
+            return client.enqueue_with(&args, opts(None, JobId::new())).await;
+        }
+        let queue = A::options().queue;
+        let mut key = format!("{}:{id}", A::KIND);
+        for _ in 0..SYNC_CHAIN_MAX {
+            let ours = JobId::new();
+            let holder = client
+                .enqueue_with(&args, opts(Some(Unique { key, window: SYNC_UNIQUE_WINDOW }), ours.clone()))
+                .await?;
+            if holder == ours {
+                return Ok(holder);
+            }
+            match client.job_state(&queue, holder.as_str()).await? {
+                Some(JobState::Ready | JobState::Scheduled | JobState::Retrying) => return Ok(holder),
+                _ => key = format!("{}:{id}:after:{holder}", A::KIND),
+            }
+        }
+        client.enqueue_with(&args, opts(None, JobId::new())).await
     }
     let source_id = id.to_owned();
     match table {
@@ -247,7 +275,7 @@ pub struct DueSync {
     pub table: SourceTable,
     /// The source.
     pub source: String,
-    /// Its sync job (an earlier one's while that holds the unique key).
+    /// Its sync job (an earlier one's while that one is still pending).
     pub job: String,
     /// When the next one is due.
     pub next_sync_at: DateTime<Utc>,

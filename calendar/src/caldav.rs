@@ -312,7 +312,7 @@ impl CalDavClient {
             404 => return Err(CalDavError::NotFound),
             _ => return Err(CalDavError::Status(status)),
         }
-        let parsed = parse_multistatus(&String::from_utf8_lossy(&bytes), self.collection.path())?;
+        let parsed = parse_multistatus(&xml_text(&bytes), self.collection.path())?;
         let mut items: Vec<RemoteItem> = parsed
             .responses
             .into_iter()
@@ -345,10 +345,10 @@ impl CalDavClient {
             if status.as_u16() != 207 {
                 return Err(CalDavError::Status(status));
             }
-            let parsed = parse_multistatus(&String::from_utf8_lossy(&bytes), self.collection.path())?;
+            let parsed = parse_multistatus(&xml_text(&bytes), self.collection.path())?;
             for response in parsed.responses {
                 if let (true, Some(data)) = (response.ok, response.calendar_data) {
-                    objects.push(CalendarObject { href: response.href, etag: response.etag, body: data.into_bytes() });
+                    objects.push(CalendarObject { href: response.href, etag: response.etag, body: data_bytes(data) });
                 }
             }
         }
@@ -567,6 +567,44 @@ fn parse_multistatus(text: &str, collection_path: &str) -> Result<MultiStatus, C
     Ok(out)
 }
 
+/// Where [`xml_text`] puts a byte that is not part of valid UTF-8: U+10FE00 + the byte, in
+/// Supplementary Private Use Area-B, which XML allows and calendars do not use.
+const RAW_BYTE_BASE: u32 = 0x10_FE00;
+
+/// A multistatus body as text for the XML parser, with every byte that is not valid UTF-8
+/// kept as a private-use character instead of U+FFFD: `calendar-data` may be folded inside a
+/// UTF-8 sequence or be Latin-1, and [`crate::decode`] repairs both only if it gets the
+/// original bytes back ([`data_bytes`]).
+fn xml_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut text = String::with_capacity(bytes.len() + 16);
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for &b in chunk.invalid() {
+            text.push(char::from_u32(RAW_BYTE_BASE + u32::from(b)).expect("a valid code point"));
+        }
+    }
+    std::borrow::Cow::Owned(text)
+}
+
+/// The bytes of `calendar-data` read through [`xml_text`]: each kept byte put back.
+fn data_bytes(data: String) -> Vec<u8> {
+    let raw = RAW_BYTE_BASE..RAW_BYTE_BASE + 0x100;
+    if !data.chars().any(|c| raw.contains(&u32::from(c))) {
+        return data.into_bytes();
+    }
+    let mut out = Vec::with_capacity(data.len());
+    for c in data.chars() {
+        match u32::from(c) {
+            code if raw.contains(&code) => out.push((code - RAW_BYTE_BASE) as u8),
+            _ => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    out
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -589,6 +627,23 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calendar_data_keeps_its_bytes_through_the_xml() {
+        // A fold between the two bytes of "ö" (0xC3 0xB6) and a Latin-1 "é" (0xE9).
+        let mut xml = br#"<?xml version="1.0"?><d:multistatus xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:response><d:href>/cal/a.ics</d:href><d:propstat><d:prop><c:calendar-data>BEGIN:VCALENDAR
+BEGIN:VEVENT
+SUMMARY:K"#
+            .to_vec();
+        xml.extend_from_slice(b"\xC3\r\n \xB6ln caf\xE9\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+        xml.extend_from_slice(
+            b"</c:calendar-data></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response></d:multistatus>",
+        );
+        let parsed = parse_multistatus(&xml_text(&xml), "/cal/").unwrap();
+        let body = data_bytes(parsed.responses[0].calendar_data.clone().unwrap());
+        assert!(body.windows(6).any(|w| w == b"K\xC3\n \xB6l"), "{body:?}");
+        assert!(body.ends_with(b"caf\xE9\nEND:VEVENT\nEND:VCALENDAR\n"), "{body:?}");
+    }
 
     #[test]
     fn hrefs_stay_on_the_calendar_server() {

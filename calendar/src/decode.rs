@@ -18,11 +18,20 @@ pub enum DecodeError {
     /// The body has no `BEGIN:VCALENDAR` (or bare `BEGIN:VEVENT`) line.
     #[error("not iCalendar: no BEGIN:VCALENDAR")]
     NotICalendar,
+    /// The body is not one complete iCalendar object: a BEGIN without its END (a download cut
+    /// short), or an END that closes something else. Applying what it holds would delete every
+    /// event after the cut and read a cut property as whatever its prefix says.
+    #[error("incomplete iCalendar ({0}): truncated download?")]
+    Incomplete(String),
 }
 
 /// Decodes an iCalendar body: strips a BOM, unfolds lines (CRLF, bare LF or bare CR followed by
-/// a space or tab), normalises line ends to CRLF and decodes UTF-8, or Latin-1 when the bytes are
-/// not UTF-8. Returns an error when the body is not iCalendar at all.
+/// a space or tab), normalises line ends to CRLF, drops NUL bytes (never valid in iCalendar,
+/// and refused by PostgreSQL in text) and decodes UTF-8, or Latin-1 when the bytes are not
+/// UTF-8. Returns an error when the body is not iCalendar at all.
+///
+/// This reads whatever complete events a cut body holds (see [`decode_complete`] for what a
+/// sync accepts).
 pub fn decode(body: &[u8]) -> Result<String, DecodeError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let trimmed = body.trim_ascii_start();
@@ -49,6 +58,48 @@ pub fn decode(body: &[u8]) -> Result<String, DecodeError> {
     })
 }
 
+/// [`decode`], and then refuses a body that is not whole: every `BEGIN:` closed by its `END:`,
+/// in order, and at least one component. A sync applies a fetched object as the complete
+/// state of what it holds, so a body cut short (a dropped connection, a proxy's size limit)
+/// must be refused like an HTML page, never applied as "the events after the cut were
+/// deleted".
+pub fn decode_complete(body: &[u8]) -> Result<String, DecodeError> {
+    let text = decode(body)?;
+    check_balanced(&text)?;
+    Ok(text)
+}
+
+/// Whether every component of `text` (unfolded, CRLF lines) is closed, in order.
+fn check_balanced(text: &str) -> Result<(), DecodeError> {
+    let mut open: Vec<&str> = Vec::new();
+    for line in text.split("\r\n") {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        if name.eq_ignore_ascii_case("BEGIN") {
+            open.push(value.trim());
+        } else if name.eq_ignore_ascii_case("END") {
+            match open.pop() {
+                Some(begun) if begun.eq_ignore_ascii_case(value.trim()) => {}
+                Some(begun) => {
+                    return Err(DecodeError::Incomplete(format!(
+                        "END:{} where END:{begun} was expected",
+                        value.trim()
+                    )));
+                }
+                None => return Err(DecodeError::Incomplete(format!("END:{} without BEGIN", value.trim()))),
+            }
+        }
+    }
+    match open.last() {
+        Some(begun) => Err(DecodeError::Incomplete(format!("no END:{begun}"))),
+        None => Ok(()),
+    }
+}
+
+/// How many NUL bytes `body` holds ([`decode`] drops them; a sync reports how many).
+pub fn nul_bytes(body: &[u8]) -> usize {
+    body.iter().filter(|&&b| b == 0).count()
+}
+
 fn contains_begin(bytes: &[u8]) -> bool {
     bytes.split(|&b| b == b'\n').any(|line| {
         let line = line.trim_ascii();
@@ -57,7 +108,7 @@ fn contains_begin(bytes: &[u8]) -> bool {
     })
 }
 
-/// Removes line folds and normalises line ends to CRLF, on bytes.
+/// Removes line folds and NUL bytes and normalises line ends to CRLF, on bytes.
 fn unfold(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
@@ -78,7 +129,9 @@ fn unfold(input: &[u8]) -> Vec<u8> {
             i = end;
             continue;
         }
-        out.push(b);
+        if b != 0 {
+            out.push(b);
+        }
         i += 1;
     }
     if !out.ends_with(b"\r\n") {
@@ -149,6 +202,29 @@ mod tests {
         assert_eq!(decode(b"  \r\n"), Err(DecodeError::Empty));
         assert_eq!(decode(b"<!DOCTYPE html><html><body>Sign in</body></html>"), Err(DecodeError::Html));
         assert_eq!(decode(b"{\"error\":\"nope\"}"), Err(DecodeError::NotICalendar));
+    }
+
+    #[test]
+    fn a_cut_body_is_incomplete_a_whole_one_is_not() {
+        let whole = b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:a\r\nDTSTART:20270612T140000Z\r\nDTEND:20270612T150000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+        assert!(decode_complete(whole).is_ok());
+        let cut = &whole[..whole.windows(5).position(|w| w == b"DTEND").unwrap() + 9];
+        assert_eq!(decode_complete(cut), Err(DecodeError::Incomplete("no END:VEVENT".into())));
+        assert!(decode(cut).is_ok(), "decode alone still reads what a cut body holds");
+        let crossed = b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:a\r\nEND:VCALENDAR\r\n";
+        assert_eq!(
+            decode_complete(crossed),
+            Err(DecodeError::Incomplete("END:VCALENDAR where END:VEVENT was expected".into()))
+        );
+        let bare = b"BEGIN:VEVENT\nUID:a\nDTSTART:20270612T140000Z\nEND:VEVENT\n";
+        assert!(decode_complete(bare).is_ok());
+    }
+
+    #[test]
+    fn nul_bytes_are_dropped() {
+        let body = b"BEGIN:VCALENDAR\r\nSUMMARY:a\0b\r\nEND:VCALENDAR\r\n";
+        assert_eq!(nul_bytes(body), 1);
+        assert_eq!(decode(body).unwrap(), "BEGIN:VCALENDAR\r\nSUMMARY:ab\r\nEND:VCALENDAR\r\n");
     }
 
     #[test]

@@ -125,8 +125,28 @@ pub fn expand(calendar: &Calendar, options: &ExpandOptions) -> Expansion {
     expansion
 }
 
-fn newer(a: &Event, b: &Event) -> bool {
-    (a.sequence, a.dtstamp) > (b.sequence, b.dtstamp)
+/// Whether `a`, later in the file than `b`, replaces it: a higher (SEQUENCE, DTSTAMP), or the
+/// same one (the last in the file wins a tie, as in `store::sync`'s reading of a fetch).
+fn replaces(a: &Event, b: &Event) -> bool {
+    (a.sequence, a.dtstamp) >= (b.sequence, b.dtstamp)
+}
+
+/// The instants and (for a date-time series) the days a master's EXDATEs remove.
+fn excluded(event: &Event, default: &Zone) -> (HashSet<DateTime<Utc>>, HashSet<NaiveDate>) {
+    let instants = event.exdates.iter().map(|x| x.instant(default)).collect();
+    let days = if event.is_all_day() {
+        HashSet::new()
+    } else {
+        event
+            .exdates
+            .iter()
+            .filter_map(|x| match x {
+                TimeValue::Date(d) => Some(*d),
+                _ => None,
+            })
+            .collect()
+    };
+    (instants, days)
 }
 
 struct Series<'c> {
@@ -221,28 +241,41 @@ fn expand_series(
     let events = &calendar.events;
     let default = &options.default_zone;
 
-    // The master: the newest VEVENT without RECURRENCE-ID.
+    // The master: the newest VEVENT without RECURRENCE-ID, the last in the file on a tie
+    // (`members` is in file order).
     let mut master: Option<usize> = None;
     let mut masters = 0;
     for &i in members.iter().filter(|&&i| events[i].recurrence_id.is_none()) {
         masters += 1;
-        if master.is_none_or(|m| newer(&events[i], &events[m])) {
+        if master.is_none_or(|m| replaces(&events[i], &events[m])) {
             master = Some(i);
         }
     }
     if masters > 1 {
         out.warnings.push(Warning {
             uid: Some(uid.to_owned()),
-            message: format!("{masters} VEVENTs without RECURRENCE-ID share this UID: the newest wins"),
+            message: format!(
+                "{masters} VEVENTs without RECURRENCE-ID share this UID: the newest (SEQUENCE, then DTSTAMP) \
+                 wins, the last in the file on a tie"
+            ),
         });
     }
+    let (exdates, exdays) = master.map(|m| excluded(&events[m], default)).unwrap_or_default();
 
-    // Overrides by the instant of their RECURRENCE-ID (newest per instance wins).
+    // Overrides by the instant of their RECURRENCE-ID (newest per instance wins, the last in
+    // the file on a tie). An instance the master EXDATEs is gone whatever overrides it (RFC
+    // 5545 §3.8.5.1; `recurring-ical-events` agrees): a master that deleted an instance is
+    // newer than the override that moved it, and keeping the override would bring a deleted
+    // booking back.
     let mut overrides: BTreeMap<DateTime<Utc>, usize> = BTreeMap::new();
     for &i in members.iter().filter(|&&i| events[i].recurrence_id.is_some()) {
-        let key = events[i].recurrence_id.as_ref().expect("filtered").instant(default);
+        let rid = events[i].recurrence_id.as_ref().expect("filtered");
+        let key = rid.instant(default);
+        if exdates.contains(&key) || exdays.contains(&rid.local().date()) {
+            continue;
+        }
         match overrides.get(&key) {
-            Some(&j) if !newer(&events[i], &events[j]) => {}
+            Some(&j) if !replaces(&events[i], &events[j]) => {}
             _ => {
                 overrides.insert(key, i);
             }
@@ -265,7 +298,11 @@ fn expand_series(
             if let Some(written_end) = &event.end
                 && written_end.instant(default) < start
             {
-                // DTSTART and DTEND swapped: read them the right way round.
+                // DTSTART and DTEND swapped: read them the right way round, and say so.
+                out.warnings.push(Warning {
+                    uid: Some(uid.to_owned()),
+                    message: "DTEND before DTSTART: read the other way round".to_owned(),
+                });
                 end = start;
                 start = written_end.instant(default);
                 local = written_end.local();
@@ -275,19 +312,6 @@ fn expand_series(
             }
         } else {
             let zone = series.frame(event);
-            let exdates: HashSet<DateTime<Utc>> = event.exdates.iter().map(|x| x.instant(default)).collect();
-            let exdays: HashSet<NaiveDate> = if event.is_all_day() {
-                HashSet::new()
-            } else {
-                event
-                    .exdates
-                    .iter()
-                    .filter_map(|x| match x {
-                        TimeValue::Date(d) => Some(*d),
-                        _ => None,
-                    })
-                    .collect()
-            };
             let instances = instances(&series, event, m, deadline, out);
             let mut in_window = 0usize;
             for (local, rdate_end) in instances {

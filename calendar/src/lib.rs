@@ -6,8 +6,9 @@
 //! Pure calendar logic (with the `jobs` feature; no database):
 //!
 //! - [`decode`]: bytes → text. Detects bodies that are not iCalendar (an HTML login page, an empty
-//!   body), strips a BOM, unfolds lines *before* decoding (a fold may split a UTF-8 sequence) and
-//!   falls back to Latin-1 for non-UTF-8 charsets.
+//!   body) or not whole ([`decode_complete`]: a BEGIN without its END), strips a BOM and NUL
+//!   bytes, unfolds lines *before* decoding (a fold may split a UTF-8 sequence) and falls back
+//!   to Latin-1 for non-UTF-8 charsets. Bodies stay bytes from the wire to here.
 //! - [`parse`]: text → [`Calendar`] of [`Event`]s through `calcard`'s lenient parser. One broken
 //!   event becomes a [`Warning`] and is skipped; the others import.
 //! - [`zone`]: TZID resolution (VTIMEZONE, IANA, Windows names; unknown → default zone + warning)
@@ -32,7 +33,8 @@
 //!
 //! - [`store`] (always built; the scheduler links only this): sources, supplier settings,
 //!   occurrences and double bookings as `/v1/calendar` and `fleetctl calendar` see them;
-//!   [`store::bookings`]: bookings as the API writes them and the push job records them.
+//!   [`store::bookings`]: bookings as the API writes them (checked against the supplier's busy
+//!   occurrences, each change written to the outbox) and the push job records them.
 //! - `store::sync` (with `jobs`): what the jobs read and write, and **the hard part**:
 //!   `store::sync::apply`, one fetch applied in one transaction under a per-supplier lock
 //!   — parse, the mass-deletion guard (quarantine), events by (UID, RECURRENCE-ID) with
@@ -79,7 +81,7 @@ pub mod store;
 #[cfg(feature = "jobs")]
 pub use conflict::{BusyInterval, Conflict, find_conflicts};
 #[cfg(feature = "jobs")]
-pub use decode::{DecodeError, decode, join_objects};
+pub use decode::{DecodeError, decode, decode_complete, join_objects};
 #[cfg(feature = "jobs")]
 pub use expand::{ExpandOptions, Expansion, Occurrence, expand};
 #[cfg(feature = "jobs")]

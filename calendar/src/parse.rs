@@ -232,7 +232,7 @@ fn read_icalendar(ical: &ICalendar, calendar: &mut Calendar, unknown: &mut BTree
         if component.component_type != ICalendarComponentType::VEvent {
             continue;
         }
-        match read_event(component, &resolver, unknown) {
+        match read_event(component, &resolver, unknown, &mut calendar.warnings) {
             Ok(event) => calendar.events.push(event),
             Err((uid, message)) => {
                 calendar.warnings.push(Warning { uid, message: format!("event skipped: {message}") })
@@ -271,11 +271,15 @@ fn globally_unique(tzid: &str) -> Option<Zone> {
     (1..parts.len()).find_map(|skip| parts[skip..].join("/").parse::<chrono_tz::Tz>().ok().map(Zone::Iana))
 }
 
+/// One VEVENT; what was read but ignored in an event that is kept goes to `warnings`.
 fn read_event(
     component: &ICalendarComponent,
     resolver: &Resolver<'_>,
     unknown: &mut BTreeSet<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Result<Event, (Option<String>, String)> {
+    // Ignored properties of this event, reported with its UID once that is known.
+    let mut ignored: Vec<String> = Vec::new();
     let mut uid = None;
     let mut recurrence_id = None;
     let mut this_and_future = false;
@@ -331,6 +335,16 @@ fn read_event(
             (ICalendarProperty::Rrule, Some(ICalendarValue::RecurrenceRule(rule))) if rrules.len() < 8 => {
                 rrules.push(rule.clone());
             }
+            (ICalendarProperty::Rrule, Some(ICalendarValue::RecurrenceRule(_))) => {
+                ignored.push("more than 8 RRULEs: the rest ignored".to_owned());
+            }
+            (ICalendarProperty::Rrule, value) => {
+                // Not a rule calcard could read (a typo, an unknown FREQ): the event is read
+                // as not recurring, which an operator must be told about.
+                let text = value.and_then(text_of).unwrap_or_default();
+                ignored
+                    .push(format!("unreadable RRULE {:?} ignored: only DTSTART and RDATEs kept", truncate(&text, 80)));
+            }
             (ICalendarProperty::Rdate, _) => {
                 for value in &entry.values {
                     match value {
@@ -379,6 +393,7 @@ fn read_event(
         (None, None) => return Err((uid, "no DTSTART".to_owned())),
     };
     let uid = uid.unwrap_or_else(|| format!("fleet-nouid-{}", &content_hash[..32]));
+    warnings.extend(ignored.into_iter().map(|message| Warning { uid: Some(uid.clone()), message }));
     Ok(Event {
         uid,
         recurrence_id,

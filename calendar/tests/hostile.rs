@@ -247,3 +247,64 @@ fn conflicts_on_expanded_occurrences() {
     }
     let _ = NaiveDate::from_ymd_opt(2027, 1, 1);
 }
+
+#[test]
+fn unreadable_rules_and_swapped_ends_are_reported() {
+    let text = ics(concat!(
+        "BEGIN:VEVENT\r\nUID:bad-rule\r\nDTSTART:20270612T140000Z\r\nDTEND:20270612T150000Z\r\n",
+        "RRULE:FREQ=SOMETIMES;COUNT=3\r\nEND:VEVENT\r\n",
+        "BEGIN:VEVENT\r\nUID:swapped\r\nDTSTART:20270613T150000Z\r\nDTEND:20270613T140000Z\r\nEND:VEVENT\r\n",
+    ));
+    let calendar = parse(&decode(text.as_bytes()).unwrap());
+    assert!(
+        calendar.warnings.iter().any(|w| w.uid.as_deref() == Some("bad-rule") && w.message.contains("RRULE")),
+        "{:?}",
+        calendar.warnings
+    );
+    let expansion = expand(&calendar, &window(2027, 2028));
+    assert_eq!(expansion.occurrences.len(), 2, "the bad rule's DTSTART is kept");
+    assert!(
+        expansion.warnings.iter().any(|w| w.uid.as_deref() == Some("swapped") && w.message.contains("DTEND before")),
+        "{:?}",
+        expansion.warnings
+    );
+}
+
+#[test]
+fn exdate_removes_an_override_and_a_tie_goes_to_the_last_in_the_file() {
+    // As `recurring-ical-events` (scripts/calendar-oracle.py) expands it: an EXDATEd instance
+    // is gone even when an override (older or newer) moved it, and an override of an
+    // instance the rule never produces is kept unless EXDATEd too.
+    let text = ics(concat!(
+        "BEGIN:VEVENT\r\nUID:w\r\nSEQUENCE:2\r\nDTSTAMP:20261201T000000Z\r\n",
+        "DTSTART;TZID=Europe/London:20270605T140000\r\nDTEND;TZID=Europe/London:20270605T220000\r\n",
+        "RRULE:FREQ=WEEKLY;COUNT=3\r\nEXDATE;TZID=Europe/London:20270612T140000,20270601T140000\r\nEND:VEVENT\r\n",
+        "BEGIN:VEVENT\r\nUID:w\r\nSEQUENCE:5\r\nDTSTAMP:20270101T000000Z\r\n",
+        "RECURRENCE-ID;TZID=Europe/London:20270612T140000\r\n",
+        "DTSTART;TZID=Europe/London:20270612T100000\r\nDTEND;TZID=Europe/London:20270612T230000\r\nEND:VEVENT\r\n",
+        "BEGIN:VEVENT\r\nUID:w\r\nRECURRENCE-ID;TZID=Europe/London:20270601T140000\r\n",
+        "DTSTART;TZID=Europe/London:20270601T100000\r\nDTEND;TZID=Europe/London:20270601T230000\r\nEND:VEVENT\r\n",
+        "BEGIN:VEVENT\r\nUID:w\r\nRECURRENCE-ID;TZID=Europe/London:20270602T140000\r\n",
+        "DTSTART;TZID=Europe/London:20270602T100000\r\nDTEND;TZID=Europe/London:20270602T230000\r\nEND:VEVENT\r\n",
+        "BEGIN:VEVENT\r\nUID:d\r\nSEQUENCE:1\r\nDTSTAMP:20261201T000000Z\r\nDTSTART:20270705T100000Z\r\n",
+        "DTEND:20270705T110000Z\r\nEND:VEVENT\r\n",
+        "BEGIN:VEVENT\r\nUID:d\r\nSEQUENCE:1\r\nDTSTAMP:20261201T000000Z\r\nDTSTART:20270706T100000Z\r\n",
+        "DTEND:20270706T110000Z\r\nEND:VEVENT\r\n",
+    ));
+    let expansion = expand(&parse(&decode(text.as_bytes()).unwrap()), &window(2027, 2028));
+    let starts: Vec<(String, DateTime<Utc>)> = expansion.occurrences.iter().map(|o| (o.uid.clone(), o.start)).collect();
+    assert_eq!(
+        starts,
+        [
+            ("w".to_owned(), utc(2027, 6, 2, 9, 0)),
+            ("w".to_owned(), utc(2027, 6, 5, 13, 0)),
+            ("w".to_owned(), utc(2027, 6, 19, 13, 0)),
+            ("d".to_owned(), utc(2027, 7, 6, 10, 0)),
+        ]
+    );
+    assert!(
+        expansion.warnings.iter().any(|w| w.uid.as_deref() == Some("d") && w.message.contains("last in the file")),
+        "{:?}",
+        expansion.warnings
+    );
+}

@@ -11,6 +11,8 @@ use fleet_tests::TestDb;
 use sqlx::Row;
 
 mod bench;
+mod bookings;
+mod feeds;
 mod oauth;
 mod providers;
 mod push;

@@ -279,3 +279,84 @@ async fn a_comms_source_shows_its_cursors_and_pages_its_own_entries() {
     );
     api.done().await;
 }
+
+/// "Sync now" is one pending sync per source: asked again while the first waits, the same
+/// job; once that sync has run, a new one at once (not when the unique key's minute is up),
+/// and again one only while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_now_after_a_finished_sync_enqueues_a_new_one() {
+    use fleet_calendar::jobs::CalendarSyncHandler;
+    use fleet_jobs::JobState;
+    let api = Api::new().await;
+    // A feed on loopback, which this handler is allowed to reach.
+    let app = axum::Router::new().route(
+        "/c.ics",
+        axum::routing::get(|| async {
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:a\r\nDTSTART:20270612T100000Z\r\n\
+             DTEND:20270612T110000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/c.ics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let source = calendar_store::create(&api.db.pool, None, "acme", feed(None)).await.unwrap().id;
+    sqlx::query("UPDATE calendar_sources SET url = $2 WHERE id = $1")
+        .bind(&source)
+        .bind(&url)
+        .execute(&api.db.pool)
+        .await
+        .unwrap();
+    let sync_now = || async {
+        let (status, body) = api.post(&format!("/v1/calendar/sources/{source}/sync"), json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["job"].as_str().unwrap().to_owned()
+    };
+
+    let first = sync_now().await;
+    assert_eq!(sync_now().await, first, "one pending sync per source");
+
+    let handler =
+        CalendarSyncHandler::new(api.db.pool.clone(), None).with_allowed(vec!["127.0.0.0/8".parse().unwrap()]);
+    let worker = api.env.worker(api.env.config("calendar", 1), fleet_worker::Registry::new().register(handler)).await;
+    fleet_tests::eventually("the first sync to finish", std::time::Duration::from_secs(20), || async {
+        (api.env.client.job_state("calendar", &first).await.unwrap() == Some(JobState::Succeeded)).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+
+    // Well inside the first one's unique window, and it has run: a new sync.
+    let second = sync_now().await;
+    assert_ne!(second, first, "a sync asked for after the last one finished is enqueued");
+    assert_eq!(api.env.client.job_state("calendar", &second).await.unwrap(), Some(JobState::Ready));
+    assert_eq!(sync_now().await, second, "and it is the one pending sync");
+    // The ticker (and fleetctl) share the rule: a due schedule finds the same pending job.
+    let job = fleet_accounts::sources::enqueue_sync(&api.env.client, SourceTable::Calendar, "acme", &source, true)
+        .await
+        .unwrap();
+    assert_eq!(job.as_str(), second);
+    assert_eq!(api.env.stats("calendar").await.enqueued, 2);
+    api.done().await;
+}
+
+/// A supplier's settings can be read back (`GET`), by its own tenant only: another tenant
+/// sees the defaults of a supplier of that name in its own space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supplier_settings_are_read_back_per_tenant() {
+    let api = Api::new().await;
+    let (status, body) = get(&api, "/v1/calendar/suppliers/studio-7").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"all_day_busy": false, "time_zone": "UTC"}), "never set: the defaults a sync uses");
+    let settings = json!({"all_day_busy": true, "time_zone": "Europe/London"});
+    let (status, body) =
+        api.call("PUT", "/v1/calendar/suppliers/studio-7", Some(&api.key.clone()), Some(settings.clone()), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(&api, "/v1/calendar/suppliers/studio-7").await.1, settings);
+
+    let other = fleet_scheduler::api::auth::create_api_key(&api.db.pool, "globex", "test", &["enqueue"]).await.unwrap();
+    let (status, body) = api.call("GET", "/v1/calendar/suppliers/studio-7", Some(&other), None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"all_day_busy": false, "time_zone": "UTC"}), "acme's settings are not globex's");
+    let (status, _) = api.call("GET", "/v1/calendar/suppliers/studio-7", None, None, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    api.done().await;
+}

@@ -138,17 +138,26 @@ impl CalendarSyncHandler {
                     state: source.state.clone(),
                     mode: "not_modified",
                 };
-                return Ok(sync::apply(&self.db, source_id, source, fetched).await?);
+                return Ok(sync::apply(&self.db, source_id, source, fetched, sync::elapsed_ms(started)).await?);
             }
             sync::record_unchanged(&self.db, source_id).await?;
             return Ok(SyncReport { mode: "not_modified".into(), ..SyncReport::default() });
         };
-        let fetch_ms = started.elapsed().as_millis() as u64;
-        let started = std::time::Instant::now();
-        let mut report = sync::apply(&self.db, source_id, source, fetched).await?;
-        report.fetch_ms = fetch_ms;
-        report.apply_ms = started.elapsed().as_millis() as u64;
-        Ok(report)
+        // The times go into the report `apply` stores, not only into what it returns.
+        match sync::apply(&self.db, source_id, source, fetched, sync::elapsed_ms(started)).await {
+            Ok(report) => Ok(report),
+            // A value PostgreSQL refuses (SQLSTATE class 22) fails every attempt the same way:
+            // give up now and say so on the source, instead of retrying into the dead letters
+            // with the source showing nothing.
+            Err(e) if is_data_error(&e) => {
+                let error = format!(
+                    "the calendar holds a value the store refuses ({e}); nothing was applied, the next sync tries again"
+                );
+                sync::record_failure(&self.db, source_id, &error).await?;
+                Err(SyncError::Permanent(error))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Source `source_id`, restricted to `tenant` when given: a source of another tenant is
@@ -193,11 +202,7 @@ impl CalendarSyncHandler {
                     crate::caldav::PullMode::Listing => "listing",
                 };
                 Ok(Some(Fetched {
-                    changed: pull
-                        .changed
-                        .into_iter()
-                        .map(|o| (o.href, o.etag, String::from_utf8_lossy(&o.body).into_owned()))
-                        .collect(),
+                    changed: pull.changed.into_iter().map(|o| (o.href, o.etag, o.body)).collect(),
                     removed: pull.removed,
                     state: json!({ "token": pull.state.token }),
                     mode,
@@ -211,7 +216,7 @@ impl CalendarSyncHandler {
                     FeedOutcome::NotModified => Ok(None),
                     FeedOutcome::Body { body, etag, last_modified } => Ok(Some(Fetched {
                         // Decoded (and checked to be iCalendar) when applied (`store::sync::apply`).
-                        changed: vec![(String::new(), etag.clone(), String::from_utf8_lossy(&body).into_owned())],
+                        changed: vec![(String::new(), etag.clone(), body)],
                         removed: Vec::new(),
                         state: json!({ "etag": etag, "last_modified": last_modified }),
                         mode: "feed",
@@ -222,6 +227,12 @@ impl CalendarSyncHandler {
             other => Err(SyncError::Permanent(format!("calendar source kind {other} is not supported yet"))),
         }
     }
+}
+
+/// Whether PostgreSQL refused a value (SQLSTATE class 22, data exception: an invalid byte
+/// sequence, a value out of range), which no retry changes.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code.starts_with("22"))
 }
 
 impl Handler for CalendarSyncHandler {
@@ -252,7 +263,19 @@ impl Handler for CalendarSyncHandler {
                 Ok(())
             }
             Err(SyncError::Transient(e, Some(after))) => Err(JobError::slow_down(e, after)),
-            Err(SyncError::Transient(e, None)) => Err(JobError::retry(e)),
+            Err(SyncError::Transient(e, None)) => {
+                if ctx.is_last_attempt() {
+                    // The job goes to the dead letters now: the source must say why, or it
+                    // shows neither an error nor a sync.
+                    let error = format!("gave up after {} attempts: {e}", ctx.attempt);
+                    if let Err(db) =
+                        sync::record_failure_of(&self.db, ctx.tenant.as_deref(), &args.source_id, &error).await
+                    {
+                        tracing::warn!(source = %args.source_id, error = %db, "the sync's failure not recorded on the source");
+                    }
+                }
+                Err(JobError::retry(e))
+            }
             Err(SyncError::Permanent(e)) => Err(JobError::give_up(e)),
         }
     }

@@ -151,11 +151,7 @@ impl CalendarSyncHandler {
             (false, ..) => "incremental",
         };
         Ok(Fetched {
-            changed: pull
-                .changed
-                .into_iter()
-                .map(|o| (o.href, o.etag, String::from_utf8_lossy(&o.body).into_owned()))
-                .collect(),
+            changed: pull.changed.into_iter().map(|o| (o.href, o.etag, o.body)).collect(),
             removed,
             state: pull.state,
             mode,

@@ -39,10 +39,9 @@ pub enum PushResult {
     KeptTheirs,
 }
 
-/// The remote UID of a booking: stable, so every push of it addresses one resource.
-pub fn booking_uid(tenant: &str, booking_id: &str) -> String {
-    format!("{booking_id}@{tenant}.fleet")
-}
+/// The remote UID of a booking: stable, so every push of it addresses one resource (defined
+/// with the bookings' store, which the API's conflict check shares).
+pub use crate::store::bookings::booking_uid;
 
 /// What a push of a booking that is missing, or not the job's tenant's, gives up with.
 fn not_found(booking_id: &str) -> String {
@@ -115,12 +114,9 @@ impl CalendarPushHandler {
         let (href, etag, body, result) =
             match push_event(client, uid, ics.as_bytes(), booking.remote_etag.as_deref()).await? {
                 PushOutcome::Written { href, etag } | PushOutcome::Unchanged { href, etag } => {
-                    (href, etag, ics, PushResult::Pushed)
+                    (href, etag, ics.into_bytes(), PushResult::Pushed)
                 }
-                PushOutcome::KeptTheirs(theirs) => {
-                    let body = String::from_utf8_lossy(&theirs.body).into_owned();
-                    (theirs.href, theirs.etag, body, PushResult::KeptTheirs)
-                }
+                PushOutcome::KeptTheirs(theirs) => (theirs.href, theirs.etag, theirs.body, PushResult::KeptTheirs),
             };
         let fetched = Fetched {
             changed: vec![(href.clone(), etag.clone(), body)],
@@ -128,7 +124,8 @@ impl CalendarPushHandler {
             state: serde_json::Value::Null,
             mode: "push",
         };
-        sync::apply(&self.sync.db, &booking.target_source, source, fetched).await?;
+        // A push's own write: no pull to time.
+        sync::apply(&self.sync.db, &booking.target_source, source, fetched, 0).await?;
         let (state, note) = match result {
             PushResult::KeptTheirs => (
                 "kept_theirs",
@@ -163,7 +160,8 @@ impl CalendarPushHandler {
                         state: serde_json::Value::Null,
                         mode: "push",
                     };
-                    sync::apply(&self.sync.db, &booking.target_source, source, fetched).await?;
+                    // A push's own write: no pull to time.
+                    sync::apply(&self.sync.db, &booking.target_source, source, fetched, 0).await?;
                     self.record(tenant, booking_id, booking.version, Some(&href), None, "deleted", None).await?;
                     return Ok(PushResult::Deleted);
                 }
@@ -177,14 +175,14 @@ impl CalendarPushHandler {
             let text = crate::decode(&theirs.body).unwrap_or_default();
             let their_sequence = crate::parse(&text).events.iter().map(|e| e.sequence).max().unwrap_or(0);
             if their_sequence > booking.version {
-                let body = String::from_utf8_lossy(&theirs.body).into_owned();
                 let fetched = Fetched {
-                    changed: vec![(href.clone(), theirs.etag.clone(), body)],
+                    changed: vec![(href.clone(), theirs.etag.clone(), theirs.body.clone())],
                     removed: Vec::new(),
                     state: serde_json::Value::Null,
                     mode: "push",
                 };
-                sync::apply(&self.sync.db, &booking.target_source, source, fetched).await?;
+                // A push's own write: no pull to time.
+                sync::apply(&self.sync.db, &booking.target_source, source, fetched, 0).await?;
                 let note = "the calendar holds a newer version of this event changed outside the platform; not deleted";
                 self.record(
                     tenant,

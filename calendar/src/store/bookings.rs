@@ -6,11 +6,109 @@
 //! push job's from its envelope. `version` rises only when something the calendar shows
 //! changes, and a push records the version it wrote (`pushed_version`), so a retried or
 //! duplicated push of a version already written does nothing.
+//!
+//! A booking is checked against the supplier's busy occurrences ([`busy_overlapping`]) before
+//! it is written, and each change (`calendar.booking.created`, `.changed`, `.deleted`) is
+//! written to `calendar_outbox` in the transaction that makes it, once per version, for the
+//! relay to publish like conflict events.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
+
+/// The outbox table booking events go to (the relay publishes it).
+pub const OUTBOX: &str = "calendar_outbox";
+
+/// The UID of booking `booking_id` of `tenant` in the calendar: stable, so retries write one
+/// resource, and known to the API, which must not count the booking's own copy as a conflict.
+pub fn booking_uid(tenant: &str, booking_id: &str) -> String {
+    format!("{booking_id}@{tenant}.fleet")
+}
+
+/// A busy occurrence of the supplier that a booking would overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BusyOccurrence {
+    /// The calendar source it is in.
+    pub source: String,
+    /// The event's UID.
+    pub uid: String,
+    /// Its start.
+    pub start: DateTime<Utc>,
+    /// Its end (exclusive).
+    pub end: DateTime<Utc>,
+    /// All-day (counted only when the supplier says all-day events block time).
+    pub all_day: bool,
+    /// Its title.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// At most this many overlapping occurrences are returned.
+const MAX_OVERLAPPING: i64 = 100;
+
+/// The supplier's busy occurrences overlapping `[start, end)`, by start (at most 100): what a
+/// double booking is counted against in a sync — not cancelled, not transparent, not empty,
+/// all-day ones only when the supplier's `all_day_busy` says so — without the booking's own
+/// copy in the calendar (UID `own_uid`).
+pub async fn busy_overlapping(
+    db: &PgPool,
+    tenant: &str,
+    supplier: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    own_uid: &str,
+) -> Result<Vec<BusyOccurrence>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT o.source_id, o.uid, o.start_at, o.end_at, o.all_day, o.summary FROM calendar_occurrences o
+         LEFT JOIN calendar_suppliers s ON s.tenant = o.tenant AND s.supplier = o.supplier
+         WHERE o.tenant = $1 AND o.supplier = $2 AND o.start_at < $4 AND o.end_at > $3 AND o.uid <> $5
+           AND o.status <> 'cancelled' AND NOT o.transparent AND o.end_at > o.start_at
+           AND (NOT o.all_day OR COALESCE(s.all_day_busy, false))
+         ORDER BY o.start_at, o.uid LIMIT $6",
+    )
+    .bind(tenant)
+    .bind(supplier)
+    .bind(start)
+    .bind(end)
+    .bind(own_uid)
+    .bind(MAX_OVERLAPPING)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| BusyOccurrence {
+            source: r.get("source_id"),
+            uid: r.get("uid"),
+            start: r.get("start_at"),
+            end: r.get("end_at"),
+            all_day: r.get("all_day"),
+            summary: r.get("summary"),
+        })
+        .collect())
+}
+
+/// Writes a booking event to the outbox in `tx`, once per (booking, version).
+async fn booking_event(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: &str,
+    event_type: &str,
+    id: &str,
+    version: i64,
+    payload: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO calendar_outbox (tenant, event_type, dedup, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (dedup) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(event_type)
+    .bind(format!("booking:{tenant}:{id}:{version}"))
+    .bind(payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 /// A booking to write to the supplier's calendar.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -110,15 +208,20 @@ pub async fn placement(db: &PgPool, tenant: &str, id: &str) -> Result<Option<Pla
 
 /// Creates booking `id` of `tenant` for `supplier`, or changes it: its version rises (and a
 /// push is due) only when something the calendar shows changed, or it was deleted. A booking
-/// of another supplier is left as it is (the caller sees that in [`view`]).
+/// of another supplier is left as it is (the caller sees that in [`view`]). A change writes
+/// `calendar.booking.created` or `.changed` to the outbox in the same transaction, with the
+/// busy occurrences it was booked over (`overlapping`, when the caller booked anyway).
+/// Returns whether anything changed.
 pub async fn upsert(
     db: &PgPool,
     tenant: &str,
     supplier: &str,
     id: &str,
     req: &BookingRequest,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    overlapping: &[BusyOccurrence],
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let changed: Option<(i64, bool)> = sqlx::query_as(
         "INSERT INTO calendar_bookings (tenant, id, supplier, target_source, summary, description, location, start_at, end_at, version)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
          ON CONFLICT (tenant, id) DO UPDATE SET
@@ -129,7 +232,8 @@ pub async fn upsert(
            OR (calendar_bookings.target_source, calendar_bookings.summary, calendar_bookings.description,
                calendar_bookings.location, calendar_bookings.start_at, calendar_bookings.end_at)
               IS DISTINCT FROM (EXCLUDED.target_source, EXCLUDED.summary, EXCLUDED.description,
-               EXCLUDED.location, EXCLUDED.start_at, EXCLUDED.end_at))",
+               EXCLUDED.location, EXCLUDED.start_at, EXCLUDED.end_at))
+         RETURNING version, (xmax = 0) AS created",
     )
     .bind(tenant)
     .bind(id)
@@ -140,24 +244,44 @@ pub async fn upsert(
     .bind(&req.location)
     .bind(req.start)
     .bind(req.end)
-    .execute(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    let Some((version, created)) = changed else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    let event_type = if created { "calendar.booking.created" } else { "calendar.booking.changed" };
+    let payload = json!({
+        "booking": id, "supplier": supplier, "source": req.source, "summary": req.summary,
+        "start": req.start, "end": req.end, "version": version, "overlapping": overlapping,
+    });
+    booking_event(&mut tx, tenant, event_type, id, version, payload).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
-/// Marks booking `id` of `tenant` and `supplier` deleted (a new version, to be pushed);
-/// false when there is no such booking or it is deleted already.
+/// Marks booking `id` of `tenant` and `supplier` deleted (a new version, to be pushed) and
+/// writes `calendar.booking.deleted` to the outbox with it; false when there is no such
+/// booking or it is deleted already.
 pub async fn mark_deleted(db: &PgPool, tenant: &str, supplier: &str, id: &str) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let mut tx = db.begin().await?;
+    let deleted: Option<(i64, String)> = sqlx::query_as(
         "UPDATE calendar_bookings SET deleted = true, version = version + 1, updated_at = now(), push_state = 'pending', push_error = NULL
-         WHERE tenant = $1 AND id = $2 AND supplier = $3 AND NOT deleted",
+         WHERE tenant = $1 AND id = $2 AND supplier = $3 AND NOT deleted RETURNING version, target_source",
     )
     .bind(tenant)
     .bind(id)
     .bind(supplier)
-    .execute(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(updated.rows_affected() > 0)
+    let Some((version, source)) = deleted else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    let payload = json!({ "booking": id, "supplier": supplier, "source": source, "version": version });
+    booking_event(&mut tx, tenant, "calendar.booking.deleted", id, version, payload).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Booking `id` of `tenant` as the API shows it; none when there is no such booking.

@@ -291,6 +291,21 @@ fn utc() -> String {
     "UTC".to_owned()
 }
 
+/// `tenant`'s settings of `supplier`; the defaults (all-day events free, UTC) for a supplier
+/// whose settings were never set, which is what its syncs use.
+pub async fn supplier(db: &PgPool, tenant: &str, supplier: &str) -> Result<SupplierSettings, StoreError> {
+    let row: Option<(bool, String)> =
+        sqlx::query_as("SELECT all_day_busy, time_zone FROM calendar_suppliers WHERE tenant = $1 AND supplier = $2")
+            .bind(tenant)
+            .bind(supplier)
+            .fetch_optional(db)
+            .await?;
+    Ok(match row {
+        Some((all_day_busy, time_zone)) => SupplierSettings { all_day_busy, time_zone },
+        None => SupplierSettings { all_day_busy: false, time_zone: utc() },
+    })
+}
+
 /// Stores a supplier's settings (applied from its sources' next syncs).
 pub async fn put_supplier(
     db: &PgPool,

@@ -103,6 +103,17 @@ pub(crate) async fn release_source(
     Ok((StatusCode::ACCEPTED, Json(CalendarSyncView { job: job.to_string() })))
 }
 
+/// A supplier's calendar settings (the defaults when never set: all-day events free, UTC).
+#[utoipa::path(get, path = "/v1/calendar/suppliers/{supplier}", params(("supplier" = String, Path)),
+    responses((status = 200, body = SupplierSettings), (status = 401, body = super::error::ErrorBody)))]
+pub(crate) async fn get_supplier(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(supplier): Path<String>,
+) -> Result<Json<SupplierSettings>, ApiError> {
+    Ok(Json(store::supplier(&state.db, &caller.tenant, &supplier).await?))
+}
+
 /// Set a supplier's calendar settings (applied from the next sync).
 #[utoipa::path(put, path = "/v1/calendar/suppliers/{supplier}", params(("supplier" = String, Path)), request_body = SupplierSettings,
     responses((status = 200, body = SupplierSettings), (status = 422, body = super::error::ErrorBody)))]

@@ -24,10 +24,18 @@ pub(crate) struct ErrorBody {
     error: ErrorDetail,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorDetail {
     code: String,
     message: String,
+}
+
+impl ErrorDetail {
+    /// The `error` member of an answer that carries more than the error (a 409 with the
+    /// conflicting occurrences).
+    pub(crate) fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorDetail { code: code.to_owned(), message: message.into() }
+    }
 }
 
 impl ApiError {

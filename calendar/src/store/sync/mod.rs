@@ -27,8 +27,9 @@
 //! later statement addresses that source by id, the source's own (tenant, supplier), or
 //! conflict ids read under that (tenant, supplier).
 
+use crate::decode::nul_bytes;
 use crate::zone::Zone;
-use crate::{Event, decode, parse};
+use crate::{Event, decode_complete, parse};
 use chrono::{DateTime, Utc};
 use conflicts::recompute_conflicts;
 use occurrences::rewrite_occurrences;
@@ -69,8 +70,10 @@ pub(crate) struct SyncSource {
 
 /// A fetch, before it is applied.
 pub(crate) struct Fetched {
-    /// (href, etag, body) of new or changed objects.
-    pub(crate) changed: Vec<(String, Option<String>, String)>,
+    /// (href, etag, body) of new or changed objects. Bodies stay bytes until
+    /// [`crate::decode`] reads them: it unfolds before decoding and falls back to Latin-1,
+    /// which a lossy conversion to `String` before it would defeat (U+FFFD for good).
+    pub(crate) changed: Vec<(String, Option<String>, Vec<u8>)>,
     /// Hrefs gone.
     pub(crate) removed: Vec<String>,
     /// The source state to store when applied (`Null`: keep it, as a push does).
@@ -150,6 +153,26 @@ pub(crate) async fn record_failure(db: &PgPool, source_id: &str, error: &str) ->
     Ok(())
 }
 
+/// Records the failure of a sync job that gives up, on source `source_id` of `tenant` (any
+/// tenant's with `None`, as in [`load_source`]): its last attempt may have failed before the
+/// source was loaded, so the tenant is checked here.
+pub(crate) async fn record_failure_of(
+    db: &PgPool,
+    tenant: Option<&str>,
+    source_id: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calendar_sources SET last_sync_at = now(), last_error = $2 WHERE id = $1 AND ($3::text IS NULL OR tenant = $3)",
+    )
+    .bind(source_id)
+    .bind(error)
+    .bind(tenant)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Records a sync that found nothing changed (and had no window to slide).
 pub(crate) async fn record_unchanged(db: &PgPool, source_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -224,17 +247,24 @@ async fn quarantine(
     Ok(report)
 }
 
-/// Applies `fetched` to source `source_id` (see the steps in the module's header).
+/// Applies `fetched` to source `source_id` (see the steps in the module's header);
+/// `fetch_ms` is how long the pull took, stored in the report with the apply's own time.
 pub(crate) async fn apply(
     db: &PgPool,
     source_id: &str,
     source: &SyncSource,
     fetched: Fetched,
+    fetch_ms: u64,
 ) -> Result<SyncReport, sqlx::Error> {
-    let mut report = SyncReport { fetched: fetched.changed.len(), mode: fetched.mode.into(), ..SyncReport::default() };
+    let started = std::time::Instant::now();
+    let mut report =
+        SyncReport { fetched: fetched.changed.len(), mode: fetched.mode.into(), fetch_ms, ..SyncReport::default() };
     let read = match read_objects(fetched.changed, &source.kind, &mut report) {
         Ok(read) => read,
-        Err(reason) => return quarantine(db, source_id, reason, report).await,
+        Err(reason) => {
+            report.apply_ms = elapsed_ms(started);
+            return quarantine(db, source_id, reason, report).await;
+        }
     };
 
     let mut tx = lock_supplier(db, source).await?;
@@ -242,6 +272,7 @@ pub(crate) async fn apply(
     let gone = gone_events(&existing, &read, &fetched.removed);
     if let Some(reason) = mass_deletion(source, fetched.mode, existing.len(), gone.len()) {
         tx.rollback().await?;
+        report.apply_ms = elapsed_ms(started);
         return quarantine(db, source_id, reason, report).await;
     }
 
@@ -259,8 +290,15 @@ pub(crate) async fn apply(
         recompute_conflicts(&mut tx, source, &mut report).await?;
     }
     let state = next_state(fetched.state, &source.state, expand_now);
+    // Measured before the report is stored: `last_report` is what operators read.
+    report.apply_ms = elapsed_ms(started);
     record_applied(tx, source_id, state, &report).await?;
     Ok(report)
+}
+
+/// Milliseconds since `started`.
+pub(crate) fn elapsed_ms(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The changed objects of a fetch, read.
@@ -273,16 +311,17 @@ struct ReadObjects {
     bodies: Vec<(String, Option<String>, String)>,
 }
 
-/// Step 1: decodes and parses every changed object. An object that is not iCalendar is
-/// skipped with a warning; a feed that is not is the quarantine reason (`Err`).
+/// Step 1: decodes and parses every changed object. An object that is not iCalendar, or not
+/// whole (a download cut short), is skipped with a warning and its stored events kept; a
+/// feed that is not is the quarantine reason (`Err`). NUL bytes are dropped, with a warning.
 fn read_objects(
-    changed: Vec<(String, Option<String>, String)>,
+    changed: Vec<(String, Option<String>, Vec<u8>)>,
     kind: &str,
     report: &mut SyncReport,
 ) -> Result<ReadObjects, String> {
     let mut read = ReadObjects { events: HashMap::new(), hrefs: HashSet::new(), bodies: Vec::new() };
     for (href, etag, body) in changed {
-        let text = match decode(body.as_bytes()) {
+        let text = match decode_complete(&body) {
             Ok(text) => text,
             Err(e) if kind == "ics" => return Err(format!("feed is not iCalendar: {e}")),
             Err(e) => {
@@ -290,10 +329,16 @@ fn read_objects(
                 continue;
             }
         };
+        // A feed's one object has no href: its warnings say "feed".
+        let name = if href.is_empty() { "feed" } else { href.as_str() };
+        let nuls = nul_bytes(&body);
+        if nuls > 0 && report.warnings.len() < 50 {
+            report.warnings.push(format!("{name}: {nuls} NUL bytes removed (not allowed in iCalendar)"));
+        }
         let calendar = parse(&text);
         for w in calendar.warnings.iter().take(50usize.saturating_sub(report.warnings.len())) {
             report.warnings.push(format!(
-                "{href}: {}{}",
+                "{name}: {}{}",
                 w.uid.as_deref().map(|u| format!("{u}: ")).unwrap_or_default(),
                 w.message
             ));
