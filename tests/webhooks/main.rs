@@ -577,6 +577,131 @@ async fn a_finished_batch_publishes_a_portfolio_processed_webhook() {
     w.done().await;
 }
 
+/// A receiver on its own thread and its own runtime, apart from the worker's: it notes
+/// the arrival time of every request before anything else and answers 200.
+struct ArrivalClock {
+    at: Arc<Mutex<Vec<Instant>>>,
+    url: String,
+}
+
+impl ArrivalClock {
+    fn start() -> ArrivalClock {
+        let at: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let noted = at.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let router = Router::new().route(
+                    "/hook",
+                    axum::routing::post(move || {
+                        noted.lock().unwrap().push(Instant::now());
+                        async { StatusCode::OK }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, router).await.unwrap();
+            });
+        });
+        let addr = rx.recv().unwrap();
+        ArrivalClock { at, url: format!("http://{addr}/hook") }
+    }
+
+    fn count(&self) -> usize {
+        self.at.lock().unwrap().len()
+    }
+
+    /// The most arrivals in any 1 s window (a window holding the most can always be
+    /// moved to start at an arrival, so those are the windows counted).
+    fn max_per_second(&self) -> usize {
+        let mut at = self.at.lock().unwrap().clone();
+        at.sort();
+        (0..at.len())
+            .map(|i| at[i..].iter().take_while(|t| **t < at[i] + Duration::from_secs(1)).count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn span(&self) -> Duration {
+        let at = self.at.lock().unwrap();
+        match (at.iter().min(), at.iter().max()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Publishes `events` at once to an endpoint limited to `rate`/s and returns the most
+/// arrivals the receiver saw in any 1 s window, once all have arrived. The handlers
+/// share two database connections, so the deliveries' reads queue behind the publishes'
+/// and each other's: a busy database, whose varying delays bunched the sends when the
+/// endpoint's key was admitted before them.
+async fn arrivals_per_second(rate: f64, events: usize) -> usize {
+    let limit = LimitSpec { rate: Some(rate), ..Default::default() };
+    let w = World::with_handler_connections(true, &[("webhook:endpoint:*", limit)], Some(2)).await;
+    let clock = ArrivalClock::start();
+    w.subscribe(&clock.url).await;
+    for i in 0..events {
+        w.publish("message.received", &format!(r#"{{"n": {i}}}"#)).await;
+    }
+    eventually("every delivery", T, || async { (clock.count() == events).then_some(()) }).await;
+    let peak = clock.max_per_second();
+    println!(
+        "webhook arrivals at the receiver: limit {rate}/s, {events} events over {:.2} s, at most {peak} in any sliding 1 s window",
+        clock.span().as_secs_f64()
+    );
+    w.done().await;
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_per_second_endpoint_never_receives_more_than_5_in_any_sliding_second() {
+    let peak = arrivals_per_second(5.0, 30).await;
+    assert!(peak <= 5, "{peak} arrivals within one second, limit 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_per_second_endpoint_never_receives_more_than_100_in_any_sliding_second() {
+    let peak = arrivals_per_second(100.0, 400).await;
+    assert!(peak <= 100, "{peak} arrivals within one second, limit 100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_naming_another_tenants_endpoint_leaves_its_limit_untouched() {
+    // One delivery per 100 s: a single admission shows in the key's tokens for the
+    // whole test.
+    let spec = LimitSpec { rate: Some(0.01), ..Default::default() };
+    let w = World::new(true, &[("webhook:endpoint:*", spec.clone())]).await;
+    // A message of acme's recorded before its endpoint exists: nothing is delivered yet.
+    let msg = w.publish("message.received", r#"{"n": 0}"#).await;
+    w.settled().await;
+    let (ep, _) = w.subscribe(&format!("{}/ok", w.base)).await;
+    let key = format!("webhook:endpoint:{ep}");
+    let limiter =
+        fleet_jobs::limits::Limiter::new(w.env.client.connection(), w.env.prefix.clone(), Duration::from_secs(5));
+    let delivery = |tenant: &str| {
+        let args = fleet_jobs::catalogue::WebhookDelivery { message_id: msg.clone(), endpoint_id: ep.clone() };
+        (args, fleet_jobs::EnqueueOptions { tenant: Some(tenant.to_owned()), ..Default::default() })
+    };
+    // Another tenant's jobs name acme's endpoint and message: they give up, and the
+    // endpoint's key is never admitted (its one token is still there).
+    for _ in 0..3 {
+        let (args, opts) = delivery("mallory");
+        w.env.client.enqueue_with(&args, opts).await.unwrap();
+    }
+    w.settled().await;
+    assert_eq!(w.env.stats("webhooks").await.dead, 3);
+    assert_eq!(w.receiver.count("ok"), 0, "nothing sent for mallory");
+    assert_eq!(limiter.status(&key, &spec).await.unwrap().tokens, Some(1), "acme's endpoint key was not touched");
+    // acme's own delivery takes it.
+    let (args, opts) = delivery("acme");
+    w.env.client.enqueue_with(&args, opts).await.unwrap();
+    eventually("acme's delivery", T, || async { (w.receiver.count("ok") == 1).then_some(()) }).await;
+    assert_eq!(limiter.status(&key, &spec).await.unwrap().tokens, Some(0));
+    w.done().await;
+}
+
 impl World {
     /// Waits until every job enqueued so far has finished (succeeded or dead).
     async fn settled(&self) {
