@@ -736,6 +736,7 @@ async fn a_reenabled_endpoint_gets_each_held_event_exactly_once() {
     // Delivered while it answers 200; then a 410 disables it.
     let before = w.publish("booking.made", r#"{"n": 0}"#).await;
     eventually("the first delivery", T, || async { (w.receiver.count("switch") == 1).then_some(()) }).await;
+    w.settled().await;
     w.receiver.gone.store(true, SeqCst);
     let gone = w.publish("booking.moved", r#"{"n": 1}"#).await;
     w.settled().await;
@@ -768,6 +769,8 @@ async fn a_reenabled_endpoint_gets_each_held_event_exactly_once() {
     assert_eq!(w.api.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
     let (s, _) = w.call("POST", &format!("/v1/endpoints/{ep}/enable"), json!({"replay_since": "yesterday"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, doc) = w.call("GET", "/openapi.json", Value::Null).await;
+    assert!(doc["paths"]["/v1/endpoints/{id}/enable"]["post"].is_object(), "the route is described");
 
     // Re-enabled: the 410'd delivery and the two held events, once each; twice asked.
     w.receiver.gone.store(false, SeqCst);
