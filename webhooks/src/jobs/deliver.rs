@@ -307,7 +307,7 @@ impl Handler for Deliver {
             return Err(JobError::give_up(why));
         }
         let secrets = self.open_secrets(tenant, &a.endpoint_id, secrets)?;
-        let sent = match self.request(&url, &secrets, &a.message_id, &payload) {
+        let (sent, took) = match self.request(&url, &secrets, &a.message_id, &payload) {
             Ok(request) => {
                 // The endpoint's rate counts arrivals: admit right before the send (see
                 // the module docs). A wait snoozes the job to its reserved slot.
@@ -318,7 +318,6 @@ impl Handler for Deliver {
             }
             Err(refused) => (refused, Duration::ZERO),
         };
-        let (sent, took) = sent;
         let (outcome, result) = match (sent.status, &sent.error) {
             (Some(s), None) if (200..300).contains(&s) => ("delivered", Ok(())),
             (Some(410), _) => {
