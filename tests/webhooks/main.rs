@@ -38,6 +38,8 @@ struct Got {
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
+    /// Whether `/switch` answers 410 Gone (else 200).
+    gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
@@ -64,6 +66,7 @@ async fn receive(
         "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         "throttle" if n == 1 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response(),
         "gone" => StatusCode::GONE.into_response(),
+        "switch" if r.gone.load(std::sync::atomic::Ordering::SeqCst) => StatusCode::GONE.into_response(),
         "broken" => (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(200_000)).into_response(),
         "hang" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -94,8 +97,22 @@ struct World {
 
 impl World {
     async fn new(allow_loopback: bool, limits: &[(&str, LimitSpec)]) -> World {
+        World::with_handler_connections(allow_loopback, limits, None).await
+    }
+
+    /// A world whose job handlers share a pool of `connections` PostgreSQL connections
+    /// (default: the test database's pool), so their reads can be made to queue.
+    async fn with_handler_connections(
+        allow_loopback: bool,
+        limits: &[(&str, LimitSpec)],
+        connections: Option<u32>,
+    ) -> World {
         let env = TestEnv::new().await;
         let db = TestDb::new().await;
+        let handlers_db = match connections {
+            Some(n) => sqlx::postgres::PgPoolOptions::new().max_connections(n).connect(&db.url).await.unwrap(),
+            None => db.pool.clone(),
+        };
         let key = auth::create_api_key(&db.pool, "acme", "hooks", &[auth::Role::Enqueue]).await.unwrap();
         let api = app(
             ApiState::new(env.client.clone(), db.pool.clone())
@@ -115,9 +132,9 @@ impl World {
             timeout: None,
         };
         let registry = Registry::new()
-            .register_with(Deliver::new(db.pool.clone(), settings).unwrap().with_secrets(Some(secrets())), policy)
-            .register(fleet_webhooks::jobs::intake::Record::new(db.pool.clone()))
-            .register(fleet_webhooks::jobs::publish::Publish::new(db.pool.clone(), env.client.clone()))
+            .register_with(Deliver::new(handlers_db.clone(), settings).unwrap().with_secrets(Some(secrets())), policy)
+            .register(fleet_webhooks::jobs::intake::Record::new(handlers_db.clone()))
+            .register(fleet_webhooks::jobs::publish::Publish::new(handlers_db, env.client.clone()))
             .register(fleet_worker::kinds::probe::Probe);
         let mut cfg = env.config("webhooks", 20);
         cfg.queues.push(fleet_worker::QueueConfig { name: "default".into(), concurrency: 10, fetch_batch: None });
@@ -557,5 +574,229 @@ async fn a_finished_batch_publishes_a_portfolio_processed_webhook() {
         chrono::Utc::now().timestamp(),
     )
     .expect("signed with the endpoint's secret");
+    w.done().await;
+}
+
+/// A receiver on its own thread and its own runtime, apart from the worker's: it notes
+/// the arrival time of every request before anything else and answers 200.
+struct ArrivalClock {
+    at: Arc<Mutex<Vec<Instant>>>,
+    url: String,
+}
+
+impl ArrivalClock {
+    fn start() -> ArrivalClock {
+        let at: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let noted = at.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let router = Router::new().route(
+                    "/hook",
+                    axum::routing::post(move || {
+                        noted.lock().unwrap().push(Instant::now());
+                        async { StatusCode::OK }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, router).await.unwrap();
+            });
+        });
+        let addr = rx.recv().unwrap();
+        ArrivalClock { at, url: format!("http://{addr}/hook") }
+    }
+
+    fn count(&self) -> usize {
+        self.at.lock().unwrap().len()
+    }
+
+    /// The most arrivals in any 1 s window (a window holding the most can always be
+    /// moved to start at an arrival, so those are the windows counted).
+    fn max_per_second(&self) -> usize {
+        let mut at = self.at.lock().unwrap().clone();
+        at.sort();
+        (0..at.len())
+            .map(|i| at[i..].iter().take_while(|t| **t < at[i] + Duration::from_secs(1)).count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn span(&self) -> Duration {
+        let at = self.at.lock().unwrap();
+        match (at.iter().min(), at.iter().max()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Publishes `events` at once to an endpoint limited to `rate`/s and returns the most
+/// arrivals the receiver saw in any 1 s window, once all have arrived. The handlers
+/// share two database connections, so the deliveries' reads queue behind the publishes'
+/// and each other's: a busy database, whose varying delays bunched the sends when the
+/// endpoint's key was admitted before them.
+async fn arrivals_per_second(rate: f64, events: usize) -> usize {
+    let limit = LimitSpec { rate: Some(rate), ..Default::default() };
+    let w = World::with_handler_connections(true, &[("webhook:endpoint:*", limit)], Some(2)).await;
+    let clock = ArrivalClock::start();
+    w.subscribe(&clock.url).await;
+    for i in 0..events {
+        w.publish("message.received", &format!(r#"{{"n": {i}}}"#)).await;
+    }
+    eventually("every delivery", T, || async { (clock.count() == events).then_some(()) }).await;
+    let peak = clock.max_per_second();
+    println!(
+        "webhook arrivals at the receiver: limit {rate}/s, {events} events over {:.2} s, at most {peak} in any sliding 1 s window",
+        clock.span().as_secs_f64()
+    );
+    w.done().await;
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_per_second_endpoint_never_receives_more_than_5_in_any_sliding_second() {
+    let peak = arrivals_per_second(5.0, 30).await;
+    assert!(peak <= 5, "{peak} arrivals within one second, limit 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_per_second_endpoint_never_receives_more_than_100_in_any_sliding_second() {
+    let peak = arrivals_per_second(100.0, 400).await;
+    assert!(peak <= 100, "{peak} arrivals within one second, limit 100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_naming_another_tenants_endpoint_leaves_its_limit_untouched() {
+    // One delivery per 100 s: a single admission shows in the key's tokens for the
+    // whole test.
+    let spec = LimitSpec { rate: Some(0.01), ..Default::default() };
+    let w = World::new(true, &[("webhook:endpoint:*", spec.clone())]).await;
+    // A message of acme's recorded before its endpoint exists: nothing is delivered yet.
+    let msg = w.publish("message.received", r#"{"n": 0}"#).await;
+    w.settled().await;
+    let (ep, _) = w.subscribe(&format!("{}/ok", w.base)).await;
+    let key = format!("webhook:endpoint:{ep}");
+    let limiter =
+        fleet_jobs::limits::Limiter::new(w.env.client.connection(), w.env.prefix.clone(), Duration::from_secs(5));
+    let delivery = |tenant: &str| {
+        let args = fleet_jobs::catalogue::WebhookDelivery { message_id: msg.clone(), endpoint_id: ep.clone() };
+        (args, fleet_jobs::EnqueueOptions { tenant: Some(tenant.to_owned()), ..Default::default() })
+    };
+    // Another tenant's jobs name acme's endpoint and message: they give up, and the
+    // endpoint's key is never admitted (its one token is still there).
+    for _ in 0..3 {
+        let (args, opts) = delivery("mallory");
+        w.env.client.enqueue_with(&args, opts).await.unwrap();
+    }
+    w.settled().await;
+    assert_eq!(w.env.stats("webhooks").await.dead, 3);
+    assert_eq!(w.receiver.count("ok"), 0, "nothing sent for mallory");
+    assert_eq!(limiter.status(&key, &spec).await.unwrap().tokens, Some(1), "acme's endpoint key was not touched");
+    // acme's own delivery takes it.
+    let (args, opts) = delivery("acme");
+    w.env.client.enqueue_with(&args, opts).await.unwrap();
+    eventually("acme's delivery", T, || async { (w.receiver.count("ok") == 1).then_some(()) }).await;
+    assert_eq!(limiter.status(&key, &spec).await.unwrap().tokens, Some(0));
+    w.done().await;
+}
+
+impl World {
+    /// Waits until every job enqueued so far has finished (succeeded or dead).
+    async fn settled(&self) {
+        eventually("the queue to settle", T, || async {
+            let s = self.env.stats("webhooks").await;
+            let idle = s.ready + s.scheduled + s.running + s.retrying == 0;
+            (idle && s.enqueued == s.succeeded + s.dead).then_some(())
+        })
+        .await;
+    }
+
+    /// The webhook-ids `path` received, in order.
+    fn ids(&self, path: &str) -> Vec<String> {
+        self.receiver.of(path).iter().map(|g| g.headers["webhook-id"].to_str().unwrap().to_owned()).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reenabled_endpoint_gets_each_held_event_exactly_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let w = World::new(true, &[]).await;
+    let (s, ep) = w
+        .call(
+            "POST",
+            "/v1/endpoints",
+            json!({"url": format!("{}/switch", w.base), "event_types": ["booking.moved", "booking.made"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ep}");
+    let ep = ep["id"].as_str().unwrap().to_owned();
+
+    // Delivered while it answers 200; then a 410 disables it.
+    let before = w.publish("booking.made", r#"{"n": 0}"#).await;
+    eventually("the first delivery", T, || async { (w.receiver.count("switch") == 1).then_some(()) }).await;
+    w.settled().await;
+    w.receiver.gone.store(true, SeqCst);
+    let gone = w.publish("booking.moved", r#"{"n": 1}"#).await;
+    w.settled().await;
+    let (_, listed) = w.call("GET", "/v1/endpoints", json!({})).await;
+    assert_eq!(listed[0]["enabled"], false, "{listed}");
+    assert!(listed[0]["disabled_at"].is_string(), "{listed}");
+
+    // Published while it is disabled: not sent, held.
+    let held_1 = w.publish("booking.moved", r#"{"n": 2}"#).await;
+    let held_2 = w.publish("booking.made", r#"{"n": 3}"#).await;
+    w.publish("invoice.paid", r#"{"n": 4}"#).await; // not one of its event types
+    w.settled().await;
+    // A delivery still queued when it was disabled runs now and is skipped: held too.
+    let args = fleet_jobs::catalogue::WebhookDelivery { message_id: held_1.clone(), endpoint_id: ep.clone() };
+    let opts = fleet_jobs::EnqueueOptions { tenant: Some("acme".into()), ..Default::default() };
+    w.env.client.enqueue_with(&args, opts).await.unwrap();
+    w.settled().await;
+    let outcomes: Vec<String> = w.attempts(&ep).await.into_iter().map(|a| a.1).collect();
+    assert_eq!(outcomes, vec!["delivered", "gone", "skipped"]);
+    assert_eq!(w.ids("switch"), vec![before.clone(), gone.clone()], "nothing sent while disabled");
+
+    // Another tenant's key cannot see or enable it.
+    let other = auth::create_api_key(&w.db.pool, "globex", "hooks", &[auth::Role::Enqueue]).await.unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/endpoints/{ep}/enable"))
+        .header("authorization", format!("Bearer {other}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(w.api.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let (s, _) = w.call("POST", &format!("/v1/endpoints/{ep}/enable"), json!({"replay_since": "yesterday"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, doc) = w.call("GET", "/openapi.json", Value::Null).await;
+    assert!(doc["paths"]["/v1/endpoints/{id}/enable"]["post"].is_object(), "the route is described");
+
+    // Re-enabled: the 410'd delivery and the two held events, once each; twice asked.
+    w.receiver.gone.store(false, SeqCst);
+    let (s, first) = w.call("POST", &format!("/v1/endpoints/{ep}/enable"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!((first["held"].as_u64(), first["enqueued"].as_u64()), (Some(3), Some(3)), "{first}");
+    assert!(first.get("next_since").is_none());
+    let (s, again) = w.call("POST", &format!("/v1/endpoints/{ep}/enable"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["enqueued"].as_u64(), Some(0), "nothing enqueued twice: {again}");
+    w.settled().await;
+    let mut replayed = w.ids("switch")[2..].to_vec();
+    replayed.sort();
+    let mut want = vec![gone.clone(), held_1.clone(), held_2.clone()];
+    want.sort();
+    assert_eq!(replayed, want, "each held event exactly once");
+
+    // Delivered now, so nothing is held any more.
+    let (_, third) = w.call("POST", &format!("/v1/endpoints/{ep}/enable"), json!({})).await;
+    assert_eq!((third["held"].as_u64(), third["enqueued"].as_u64()), (Some(0), Some(0)), "{third}");
+    let (_, listed) = w.call("GET", "/v1/endpoints", json!({})).await;
+    assert_eq!(listed[0]["enabled"], true, "{listed}");
+    // And it receives new events again, through publishing.
+    let after = w.publish("booking.made", r#"{"n": 5}"#).await;
+    w.settled().await;
+    assert_eq!(w.ids("switch").last(), Some(&after));
+    assert_eq!(w.ids("switch").len(), 6);
     w.done().await;
 }

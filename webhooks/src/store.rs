@@ -44,6 +44,8 @@ pub struct Endpoint {
     pub enabled: bool,
     /// Why it was disabled.
     pub disabled_reason: Option<String>,
+    /// When it was last disabled (kept after it is re-enabled).
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 /// Subscribes an endpoint for `tenant` and returns its new id. Checks, in this order:
@@ -103,13 +105,13 @@ pub async fn insert_endpoint<'e>(
     Ok(())
 }
 
-/// id, url, event types, enabled, disabled reason.
-type EndpointRow = (String, String, Vec<String>, bool, Option<String>);
+/// id, url, event types, enabled, disabled reason, disabled at.
+type EndpointRow = (String, String, Vec<String>, bool, Option<String>, Option<DateTime<Utc>>);
 
 /// The endpoints of `tenant`, oldest first.
 pub async fn list_endpoints(db: &PgPool, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
     let rows: Vec<EndpointRow> = sqlx::query_as(
-        "SELECT id, url, event_types, enabled, disabled_reason FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at LIMIT $2",
+        "SELECT id, url, event_types, enabled, disabled_reason, disabled_at FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at LIMIT $2",
     )
     .bind(tenant)
     .bind(MAX_LISTED)
@@ -117,12 +119,13 @@ pub async fn list_endpoints(db: &PgPool, tenant: &str) -> Result<Vec<Endpoint>, 
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, url, event_types, enabled, disabled_reason)| Endpoint {
+        .map(|(id, url, event_types, enabled, disabled_reason, disabled_at)| Endpoint {
             id,
             url,
             event_types,
             enabled,
             disabled_reason,
+            disabled_at,
         })
         .collect())
 }
@@ -199,16 +202,106 @@ pub async fn delivery_endpoint(db: &PgPool, tenant: &str, id: &str) -> Result<Op
 }
 
 /// Disables endpoint `id` of `tenant` because it answered 410 Gone: nothing more is sent
-/// to it.
+/// to it until it is re-enabled ([`enable_endpoint`]). `disabled_at` is set only when it
+/// goes from enabled to disabled: a second 410 from a delivery already in flight keeps
+/// the first time, so the held messages start where the endpoint stopped receiving.
 pub async fn disable_gone(db: &PgPool, tenant: &str, id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = '410 Gone from the endpoint', updated_at = now() WHERE id = $1 AND tenant = $2",
+        "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = '410 Gone from the endpoint', \
+         disabled_at = CASE WHEN enabled THEN now() ELSE disabled_at END, updated_at = now() \
+         WHERE id = $1 AND tenant = $2",
     )
     .bind(id)
     .bind(tenant)
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// An endpoint just re-enabled by [`enable_endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enabled {
+    /// When it was created: nothing published before was ever meant for it.
+    pub created_at: DateTime<Utc>,
+    /// When it was last disabled (kept after it is re-enabled); `None` if it never was.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// Re-enables endpoint `id` of `tenant` (deliveries go to it again from now on, and
+/// publishing includes it); not found if it is not the tenant's. Enabling an enabled
+/// endpoint changes nothing. `disabled_at` is kept: it is where the held messages start.
+pub async fn enable_endpoint(db: &PgPool, tenant: &str, id: &str) -> Result<Enabled, StoreError> {
+    let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "UPDATE webhook_endpoints SET enabled = TRUE, disabled_reason = NULL, \
+         updated_at = CASE WHEN enabled THEN updated_at ELSE now() END \
+         WHERE id = $1 AND tenant = $2 RETURNING created_at, disabled_at",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?;
+    let (created_at, disabled_at) = row.ok_or_else(|| StoreError::NotFound(format!("no endpoint {id}")))?;
+    Ok(Enabled { created_at, disabled_at })
+}
+
+/// A message endpoint `id` did not get while it was disabled (see [`held_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldMessage {
+    /// The message.
+    pub message_id: String,
+    /// When it was published.
+    pub created_at: DateTime<Utc>,
+    /// The attempt that ended its delivery to the endpoint (a 410 Gone, or skipped
+    /// because the endpoint was disabled); `None` when it was never delivered to it
+    /// (published while the endpoint was disabled).
+    pub ended_by: Option<i64>,
+}
+
+/// The messages of `tenant` that endpoint `id` did not get since `since`, oldest first,
+/// at most `limit`:
+///
+/// * messages published at or after `since` (and after the endpoint was created) that
+///   match its event types and were never attempted to it: publishing skipped it while
+///   it was disabled;
+/// * messages whose last attempt to it, at or after `since`, ended with `gone` (its 410)
+///   or `skipped` (the endpoint was disabled when the delivery ran).
+///
+/// Delivered messages are not held, nor are those whose delivery is under way or ended
+/// otherwise (failed, refused: those are dead letters, replayed from there). Nothing for
+/// an endpoint of another tenant.
+pub async fn held_messages(
+    db: &PgPool,
+    tenant: &str,
+    id: &str,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<HeldMessage>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>, Option<i64>)> = sqlx::query_as(
+        "WITH ep AS (SELECT event_types, created_at FROM webhook_endpoints WHERE id = $1 AND tenant = $2), \
+         candidates AS ( \
+           SELECT m.id, m.created_at FROM webhook_messages m, ep \
+           WHERE m.tenant = $2 AND m.created_at >= greatest($3, ep.created_at) \
+             AND (cardinality(ep.event_types) = 0 OR m.event_type = ANY(ep.event_types)) \
+           UNION \
+           SELECT m.id, m.created_at FROM webhook_attempts a \
+           JOIN webhook_messages m ON m.id = a.message_id AND m.tenant = $2 \
+           WHERE a.endpoint_id = $1 AND a.at >= $3 AND a.outcome IN ('gone', 'skipped') AND EXISTS (SELECT 1 FROM ep)) \
+         SELECT c.id, c.created_at, last.id FROM candidates c \
+         LEFT JOIN LATERAL (SELECT a.id, a.outcome, a.at FROM webhook_attempts a \
+           WHERE a.message_id = c.id AND a.endpoint_id = $1 ORDER BY a.id DESC LIMIT 1) last ON TRUE \
+         WHERE last.id IS NULL OR (last.outcome IN ('gone', 'skipped') AND last.at >= $3) \
+         ORDER BY c.created_at, c.id LIMIT $4",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(message_id, created_at, ended_by)| HeldMessage { message_id, created_at, ended_by })
+        .collect())
 }
 
 /// The enabled endpoints of `tenant` subscribed to `event_type` (or to every event).

@@ -1,4 +1,6 @@
-//! `/v1/endpoints` (subscriptions) and `/v1/events` (accepted as a `webhook.publish` job,
+//! `/v1/endpoints` (subscriptions; `POST /v1/endpoints/{id}/enable` re-enables one
+//! disabled by a 410 and replays what it was held from, see [`fleet_webhooks::replay`])
+//! and `/v1/events` (accepted as a `webhook.publish` job,
 //! which records the event and fans it out to every enabled endpoint of the tenant whose
 //! event-type filter matches, one `webhook.deliver` job each).
 //!
@@ -48,6 +50,9 @@ pub(crate) struct EndpointView {
     enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
+    /// When it was last disabled (RFC 3339; kept after it is re-enabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_at: Option<String>,
     /// Only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
@@ -99,6 +104,7 @@ pub(crate) async fn create_endpoint(
         event_types: req.event_types,
         enabled: true,
         disabled_reason: None,
+        disabled_at: None,
         secret: Some(secret),
     };
     Ok((StatusCode::CREATED, Json(view)))
@@ -131,6 +137,7 @@ pub(crate) async fn list_endpoints(
                 event_types: e.event_types,
                 enabled: e.enabled,
                 disabled_reason: e.disabled_reason,
+                disabled_at: e.disabled_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 secret: None,
             })
             .collect(),
@@ -202,6 +209,77 @@ pub(crate) async fn rotate_secret(
     };
     let until = store::rotate_secret(&state.db, state.secrets.as_ref(), &caller.tenant, &id, &secret, grace).await?;
     Ok(Json(RotatedView { id, secret, previous_valid_until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) }))
+}
+
+/// What to replay when an endpoint is re-enabled.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnableRequest {
+    /// Replay what the endpoint did not get since this time (RFC 3339); by default since
+    /// it was last disabled. The `next_since` of an answer that reached the cap goes here.
+    #[serde(default)]
+    replay_since: Option<String>,
+}
+
+/// A re-enabled endpoint and what was replayed to it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EnabledView {
+    /// Endpoint id.
+    id: String,
+    /// Always true: deliveries go to it again.
+    enabled: bool,
+    /// Where the held messages were looked for from (RFC 3339); absent when the endpoint
+    /// was never disabled and no time was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_since: Option<String>,
+    /// Held messages found (at most 1000 per call).
+    held: usize,
+    /// Deliveries enqueued by this call; the rest of `held` were already queued (an
+    /// earlier call) and are not sent twice.
+    enqueued: usize,
+    /// Present when the cap of 1000 was reached: call again with it as `replay_since`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_since: Option<String>,
+}
+
+/// Re-enable an endpoint (disabled by a 410 Gone from it) and replay what it was held
+/// from: one delivery per message published since `replay_since` (default: since it was
+/// disabled) that it did not get, and per delivery that ended with its 410 or was skipped
+/// while it was disabled; oldest first, at most 1000 per call. Idempotent: calling it
+/// again enqueues nothing already queued or delivered.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/enable", request_body = EnableRequest,
+    responses((status = 200, body = EnabledView), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)))]
+pub(crate) async fn enable_endpoint(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<EnableRequest>>,
+) -> Result<Json<EnabledView>, ApiError> {
+    caller.require("enqueue")?;
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let since = match req.replay_since.as_deref() {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| ApiError::invalid("replay_since must be an RFC 3339 time, e.g. 2026-12-05T10:00:00Z"))?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
+    let replayed = fleet_webhooks::replay::enable(&state.db, &state.client, &caller.tenant, &id, since).await.map_err(
+        |e| match e {
+            fleet_webhooks::replay::ReplayError::Store(e) => ApiError::from(e),
+            fleet_webhooks::replay::ReplayError::Enqueue(e) => ApiError::from(e),
+        },
+    )?;
+    let rfc3339 = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Ok(Json(EnabledView {
+        id,
+        enabled: true,
+        replay_since: replayed.since.map(rfc3339),
+        held: replayed.held,
+        enqueued: replayed.enqueued,
+        next_since: replayed.next_since.map(rfc3339),
+    }))
 }
 
 /// Publish an event to the tenant's subscribed endpoints. The event is accepted into

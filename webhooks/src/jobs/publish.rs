@@ -1,16 +1,17 @@
 //! `webhook.publish`: records an event (`webhook_messages`) and enqueues one
 //! `webhook.deliver` per enabled endpoint of the tenant whose filter matches. Idempotent:
 //! the message id is derived from the job id and each delivery has a unique key, so a
-//! retried or duplicated job sends nothing twice. Everything is for the job's tenant (its
+//! retried or duplicated job sends nothing twice (a replay to a re-enabled endpoint takes
+//! the same key for a message it never got: see [`crate::replay`]). Everything is for the job's tenant (its
 //! envelope's, set from the API key): its endpoints only, and the deliveries carry it.
 
+use crate::replay::{DELIVERY_KEY_WINDOW, delivery_key};
 use crate::store;
 use fleet_jobs::catalogue::webhook::message_id;
 use fleet_jobs::catalogue::{WebhookDelivery, WebhookPublish};
 use fleet_jobs::{Client, EnqueueOptions, Unique};
 use fleet_kit::{Handler, JobContext, JobError};
 use sqlx::PgPool;
-use std::time::Duration;
 
 /// The `webhook.publish` handler.
 pub struct Publish {
@@ -47,7 +48,7 @@ impl Handler for Publish {
             .await
             .map_err(|e| JobError::retry(format!("database: {e}")))?;
         for endpoint_id in endpoints {
-            let unique = Unique { key: format!("wh:{id}:{endpoint_id}"), window: Duration::from_secs(7 * 24 * 3600) };
+            let unique = Unique { key: delivery_key(&id, &endpoint_id), window: DELIVERY_KEY_WINDOW };
             let args = WebhookDelivery { message_id: id.clone(), endpoint_id };
             let opts = EnqueueOptions { unique: Some(unique), tenant: Some(tenant.clone()), ..Default::default() };
             self.client.enqueue_with(&args, opts).await.map_err(|e| JobError::retry(format!("enqueue: {e}")))?;
