@@ -14,7 +14,8 @@ use sqlx::Row;
 async fn a_booking_over_busy_time_is_refused_unless_forced_and_each_change_is_published() {
     let s = setup("photographer-book").await;
     let env = TestEnv::new().await;
-    let key = auth::create_api_key(&s.db.pool, "t1", "test", &[fleet_scheduler::api::auth::Role::Enqueue]).await.unwrap();
+    let key =
+        auth::create_api_key(&s.db.pool, "t1", "test", &[fleet_scheduler::api::auth::Role::Enqueue]).await.unwrap();
     let router = app(
         ApiState::new(env.client.clone(), s.db.pool.clone())
             .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),

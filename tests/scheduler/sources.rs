@@ -352,7 +352,14 @@ async fn supplier_settings_are_read_back_per_tenant() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(get(&api, "/v1/calendar/suppliers/studio-7").await.1, settings);
 
-    let other = fleet_scheduler::api::auth::create_api_key(&api.db.pool, "globex", "test", &[fleet_scheduler::api::auth::Role::Enqueue]).await.unwrap();
+    let other = fleet_scheduler::api::auth::create_api_key(
+        &api.db.pool,
+        "globex",
+        "test",
+        &[fleet_scheduler::api::auth::Role::Enqueue],
+    )
+    .await
+    .unwrap();
     let (status, body) = api.call("GET", "/v1/calendar/suppliers/studio-7", Some(&other), None, &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"all_day_busy": false, "time_zone": "UTC"}), "acme's settings are not globex's");

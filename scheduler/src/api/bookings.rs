@@ -15,7 +15,7 @@
 //! (`calendar.booking.created`, `.changed`, `.deleted`) through the outbox, like conflicts.
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorDetail};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -66,7 +66,7 @@ pub(crate) async fn put_booking(
     Query(options): Query<BookingOptions>,
     Json(req): Json<BookingRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     if id.is_empty() || id.len() > 200 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(ApiError::invalid("a booking id is 1-200 characters of letters, digits, '-', '_' and '.'"));
     }
@@ -150,7 +150,7 @@ pub(crate) async fn delete_booking(
     caller: Caller,
     Path((supplier, id)): Path<(String, String)>,
 ) -> Result<Json<BookingView>, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let updated = bookings::mark_deleted(&state.db, &caller.tenant, &supplier, &id).await.map_err(db_error)?;
     let view = load(&state, &caller.tenant, &id).await?;
     if view.supplier != supplier {

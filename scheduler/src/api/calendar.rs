@@ -6,7 +6,7 @@
 //! and never shown again; a sync is a `calendar.sync` job on the `calendar` queue.
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -29,7 +29,7 @@ pub(crate) async fn create_source(
     caller: Caller,
     Json(req): Json<CalendarSourceRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let view = store::create(&state.db, state.secrets.as_ref(), &caller.tenant, req).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -65,7 +65,7 @@ pub(crate) async fn delete_source(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     store::delete(&state.db, Some(&caller.tenant), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -98,7 +98,7 @@ pub(crate) async fn release_source(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let job = store::release(&state.db, &state.client, Some(&caller.tenant), &id).await?;
     Ok((StatusCode::ACCEPTED, Json(CalendarSyncView { job: job.to_string() })))
 }
@@ -123,7 +123,7 @@ pub(crate) async fn put_supplier(
     Path(supplier): Path<String>,
     Json(settings): Json<SupplierSettings>,
 ) -> Result<Json<SupplierSettings>, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     store::put_supplier(&state.db, &caller.tenant, &supplier, &settings).await?;
     Ok(Json(settings))
 }

@@ -7,7 +7,7 @@
 //! Timelines are paged newest first with an opaque cursor (`next`).
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -29,7 +29,7 @@ pub(crate) async fn create_source(
     caller: Caller,
     Json(req): Json<SourceRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let view = store::create(&state.db, state.secrets.as_ref(), &caller.tenant, req).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -65,7 +65,7 @@ pub(crate) async fn delete_source(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     store::delete(&state.db, Some(&caller.tenant), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -120,7 +120,7 @@ pub(crate) async fn put_contact(
     caller: Caller,
     Json(req): Json<ContactRequest>,
 ) -> Result<Json<ContactView>, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     Ok(Json(store::put_contact(&state.db, &caller.tenant, req).await?))
 }
 

@@ -4,7 +4,7 @@
 //! from [`fleet_images::store`], for the caller's tenant only.
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::jobs::{EnqueueRequest, prepare};
 use axum::Json;
@@ -99,7 +99,7 @@ pub(crate) async fn create_portfolio(
     caller: Caller,
     Json(req): Json<PortfolioRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     if req.images.is_empty() || req.images.len() > MAX_IMAGES {
         return Err(ApiError::invalid(format!("a portfolio request holds 1 to {MAX_IMAGES} images")));
     }

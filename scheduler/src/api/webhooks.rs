@@ -12,7 +12,7 @@
 //! the creation; listings show them redacted ([`fleet_net::redact_url`]).
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -87,7 +87,7 @@ pub(crate) async fn create_endpoint(
     caller: Caller,
     Json(req): Json<EndpointRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let url = reqwest_free_url_check(&req.url)?;
     let secret = match req.secret {
         Some(s) => {
@@ -151,7 +151,7 @@ pub(crate) async fn delete_endpoint(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     store::delete_endpoint(&state.db, &caller.tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -194,7 +194,7 @@ pub(crate) async fn rotate_secret(
     Path(id): Path<String>,
     body: Option<Json<RotateRequest>>,
 ) -> Result<Json<RotatedView>, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let req = body.map(|Json(r)| r).unwrap_or_default();
     let grace = req.previous_valid_secs.unwrap_or(86_400);
     if grace > MAX_PREVIOUS_VALID_SECS {
@@ -255,7 +255,7 @@ pub(crate) async fn enable_endpoint(
     Path(id): Path<String>,
     body: Option<Json<EnableRequest>>,
 ) -> Result<Json<EnabledView>, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     let req = body.map(|Json(r)| r).unwrap_or_default();
     let since = match req.replay_since.as_deref() {
         Some(t) => Some(
@@ -292,7 +292,7 @@ pub(crate) async fn publish_event(
     caller: Caller,
     Json(req): Json<EventRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("enqueue")?;
+    caller.require(Role::Enqueue)?;
     if req.event_type.is_empty() || req.event_type.len() > 200 {
         return Err(ApiError::invalid("type must be 1 to 200 characters"));
     }
