@@ -332,3 +332,24 @@ pub async fn enqueue_due(
     }
     Ok(done)
 }
+
+/// A page of `table`'s sources that have a secret, by id after `after`: `(id, stored
+/// secret)`. Every tenant's: for `fleet-scheduler reseal-secrets`, an operator's tool.
+pub async fn sealed_secrets_after(
+    db: &PgPool,
+    table: SourceTable,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let sql =
+        format!("SELECT id, secret FROM {} WHERE id > $1 AND secret IS NOT NULL ORDER BY id LIMIT $2", table.table());
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(after).bind(limit).fetch_all(db).await
+}
+
+/// Replaces source `id`'s secret with `new` if it is still `old` (a sync that refreshed it
+/// meanwhile wins); whether it was replaced.
+pub async fn swap_secret(db: &PgPool, table: SourceTable, id: &str, old: &str, new: &str) -> Result<bool, sqlx::Error> {
+    let sql = format!("UPDATE {} SET secret = $3 WHERE id = $1 AND secret = $2", table.table());
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(old).bind(new).execute(db).await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -115,12 +115,24 @@ enum Refused {
     Unchecked { key: String, error: String },
 }
 
-/// Checks a job's limit keys and settles them afterwards.
+/// Checks a job's limit keys and settles them afterwards. Cheap to clone (one shared
+/// value): every attempt's [`AttemptLimits`] holds one.
 #[derive(Clone, Debug)]
-pub struct Guard {
+pub struct Guard(Arc<GuardParts>);
+
+/// What a [`Guard`] shares between its clones.
+#[derive(Debug)]
+pub struct GuardParts {
     limiter: Limiter,
     table: Arc<LimitTable>,
     renew_every: Duration,
+}
+
+impl std::ops::Deref for Guard {
+    type Target = GuardParts;
+    fn deref(&self) -> &GuardParts {
+        &self.0
+    }
 }
 
 /// Keys a job holds while it runs.
@@ -144,7 +156,7 @@ impl Drop for Held {
 impl Guard {
     /// A guard over `limiter` with `table`'s rules; slots are leased for `lease`.
     pub fn new(limiter: Limiter, table: Arc<LimitTable>, lease: Duration) -> Self {
-        Guard { limiter, table, renew_every: lease / 3 }
+        Guard(Arc::new(GuardParts { limiter, table, renew_every: lease / 3 }))
     }
 
     /// Admits the job on every key, or says how long to wait (the job is then deferred).

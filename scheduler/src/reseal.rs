@@ -18,6 +18,7 @@
 //! is reported by row id (never by content) and left as it is.
 
 use fleet_accounts::secrets::{SecretBox, is_sealed};
+use fleet_accounts::sources::SourceTable;
 use fleet_webhooks::store as endpoint_store;
 use sqlx::PgPool;
 
@@ -79,8 +80,8 @@ fn step(secrets: &SecretBox, aad: &str, stored: &str) -> Result<Step, fleet_acco
 pub async fn reseal_all(db: &PgPool, secrets: &SecretBox) -> Result<Vec<(&'static str, Counts)>, sqlx::Error> {
     Ok(vec![
         ("webhook_endpoints", endpoints(db, secrets, false).await?),
-        ("calendar_sources", sources(db, secrets, "calendar_sources").await?),
-        ("comms_sources", sources(db, secrets, "comms_sources").await?),
+        ("calendar_sources", sources(db, secrets, SourceTable::Calendar).await?),
+        ("comms_sources", sources(db, secrets, SourceTable::Comms).await?),
     ])
 }
 
@@ -138,14 +139,11 @@ async fn endpoints(db: &PgPool, secrets: &SecretBox, plaintext_only: bool) -> Re
     Ok(counts)
 }
 
-async fn sources(db: &PgPool, secrets: &SecretBox, table: &'static str) -> Result<Counts, sqlx::Error> {
+async fn sources(db: &PgPool, secrets: &SecretBox, table: SourceTable) -> Result<Counts, sqlx::Error> {
     let mut counts = Counts::default();
     let mut after = String::new();
-    let select = format!("SELECT id, secret FROM {table} WHERE id > $1 AND secret IS NOT NULL ORDER BY id LIMIT $2");
-    let update = format!("UPDATE {table} SET secret = $3 WHERE id = $1 AND secret = $2");
     loop {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(select.clone())).bind(&after).bind(PAGE).fetch_all(db).await?;
+        let rows = fleet_accounts::sources::sealed_secrets_after(db, table, &after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
         for (id, old) in rows {
@@ -162,11 +160,10 @@ async fn sources(db: &PgPool, secrets: &SecretBox, table: &'static str) -> Resul
                     continue;
                 }
             };
-            let r =
-                sqlx::query(sqlx::AssertSqlSafe(update.clone())).bind(&id).bind(&old).bind(&new).execute(db).await?;
-            match (r.rows_affected(), resealed) {
-                (1, true) => counts.resealed += 1,
-                (1, false) => counts.sealed_plaintext += 1,
+            let swapped = fleet_accounts::sources::swap_secret(db, table, &id, &old, &new).await?;
+            match (swapped, resealed) {
+                (true, true) => counts.resealed += 1,
+                (true, false) => counts.sealed_plaintext += 1,
                 _ => counts.changed += 1,
             }
         }
