@@ -279,7 +279,7 @@ impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             limits: ParseLimits::default(),
-            chunk: 200,
+            chunk: 500,
             chunk_bytes: 16 * 1024 * 1024,
             timeout: Duration::from_secs(60),
             guard: None,
@@ -745,22 +745,40 @@ async fn sync_folder<S: SyncStore>(
     if !current.is_empty() {
         chunks.push(current);
     }
-    for chunk in chunks {
-        let items = fetch_chunk(session, &chunk, source, folder, uidvalidity, book, options, fr).await?;
+    // Pipelined: chunk n+1 is fetched and parsed (on the blocking pool) while chunk n
+    // commits. Commits stay one at a time and in UID order, each with the cursor that
+    // covers it, so a kill still leaves the folder at the last committed chunk; a fetch
+    // that fails while a commit succeeds is reported after that commit.
+    let mut chunks = chunks.into_iter();
+    let mut next = match chunks.next() {
+        Some(c) => Some((fetch_chunk(session, &c, source, folder, uidvalidity, book, options, fr).await?, c)),
+        None => None,
+    };
+    while let Some((items, chunk)) = next.take() {
         if let Some(max) = chunk.iter().map(|m| m.uid).max() {
             cursor.last_uid = cursor.last_uid.max(max);
         }
-        let counts = store
-            .commit(FolderBatch {
-                source: source.to_owned(),
-                folder: folder.to_owned(),
-                cursor,
-                items,
-                removed: std::mem::take(&mut pending_removed),
-                drop_stale_validity: false,
-            })
-            .await?;
-        add_counts(fr, counts);
+        let commit = store.commit(FolderBatch {
+            source: source.to_owned(),
+            folder: folder.to_owned(),
+            cursor,
+            items,
+            removed: std::mem::take(&mut pending_removed),
+            drop_stale_validity: false,
+        });
+        match chunks.next() {
+            Some(following) => {
+                let mut ahead = FolderReport::default();
+                let fetch = fetch_chunk(session, &following, source, folder, uidvalidity, book, options, &mut ahead);
+                let (committed, fetched) = tokio::join!(commit, fetch);
+                add_counts(fr, committed?);
+                let fetched = fetched?;
+                fr.fetched += ahead.fetched;
+                fr.fetched_bytes += ahead.fetched_bytes;
+                next = Some((fetched, following));
+            }
+            None => add_counts(fr, commit.await?),
+        }
     }
     // The pass is complete: record where the server stood at SELECT.
     cursor.uidnext = server_uidnext.unwrap_or(cursor.last_uid + 1).max(cursor.last_uid + 1);

@@ -6,8 +6,10 @@
 //! parser sees the bytes, panic isolation (the parser still panics on some inputs), a
 //! fallback for raw 8-bit headers (decoded with the message's charset or
 //! windows-1252, as WHATWG does, instead of replacement characters), HTML-only mail
-//! turned into text, attachments listed but not kept, and the time taken from `Date`
-//! only when it is sane, else from the server's INTERNALDATE.
+//! turned into text, body parts the parser could not delimit (no closing boundary)
+//! recovered as text rather than listed as attachments, attachments listed but not
+//! kept, and the time taken from `Date` only when it is sane, else from the server's
+//! INTERNALDATE.
 
 use crate::html::html_to_text;
 use chrono::{DateTime, TimeZone, Utc};
@@ -215,10 +217,10 @@ fn parse_inner(
     });
     let subject = subject.map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "));
 
-    let text = body_text(&msg, limits);
+    let text = body_text(&msg, raw, limits);
     let attachments = msg
         .attachments()
-        .filter(|p| !matches!(p.body, PartType::Multipart(_)))
+        .filter(|p| is_attachment(p))
         .map(|p| Attachment {
             name: p.attachment_name().map(str::to_owned),
             content_type: p
@@ -298,23 +300,127 @@ fn mailboxes(a: Option<&mail_parser::Address<'_>>) -> Vec<Mailbox> {
         .collect()
 }
 
-/// The plain text of the message: its text parts, else its HTML parts as text.
-fn body_text(msg: &mail_parser::Message<'_>, limits: &ParseLimits) -> String {
+/// What a part's declared type makes it, for the text and the attachment list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    /// `text/plain`, or no `Content-Type` (RFC 2045's default).
+    Plain,
+    /// `text/html`.
+    Html,
+    /// `multipart/*`: only a part whose boundary never came comes back as a leaf.
+    Multipart,
+    /// Anything else (`text/calendar`, `image/png`, `application/pdf`, …).
+    Other,
+}
+
+fn declared(p: &mail_parser::MessagePart<'_>) -> Declared {
+    let Some(ct) = p.content_type() else { return Declared::Plain };
+    let subtype = ct.subtype().unwrap_or("plain");
+    match ct.ctype() {
+        t if t.eq_ignore_ascii_case("text") && subtype.eq_ignore_ascii_case("plain") => Declared::Plain,
+        t if t.eq_ignore_ascii_case("text") && subtype.eq_ignore_ascii_case("html") => Declared::Html,
+        t if t.eq_ignore_ascii_case("multipart") => Declared::Multipart,
+        _ => Declared::Other,
+    }
+}
+
+/// True when part `p` really is an attachment: `Content-Disposition: attachment`, a
+/// file name, or a type the timeline does not show as text (a nested message, a PDF,
+/// an image, a calendar invitation). A nameless plain or HTML part is not one, even
+/// when the parser lists it among its attachments: that is a body part it gave up on
+/// (no closing boundary) or an alternative of the body shown.
+fn is_attachment(p: &mail_parser::MessagePart<'_>) -> bool {
+    if matches!(p.body, PartType::Multipart(_)) {
+        return false;
+    }
+    let disposition_attachment = p.content_disposition().is_some_and(|d| d.is_attachment());
+    disposition_attachment
+        || p.attachment_name().is_some()
+        || !matches!(p.body, PartType::Text(_) | PartType::Html(_))
+        || declared(p) == Declared::Other
+}
+
+/// The text of a body part the parser could not delimit (its closing boundary never
+/// came, or a multipart's boundary never appeared), with what kind of text it is.
+///
+/// mail-parser keeps such a part as raw text (the bytes up to the end of the message,
+/// still transfer-encoded, an HTML part relabelled as plain) and lists it as an
+/// attachment; left there, the message shows no text. `None` for every other part.
+fn recovered_text(p: &mail_parser::MessagePart<'_>, raw: &[u8]) -> Option<(Declared, String)> {
+    let PartType::Text(text) = &p.body else { return None };
+    if is_attachment(p) {
+        return None;
+    }
+    let kind = declared(p);
+    if !(p.is_encoding_problem || kind == Declared::Multipart) {
+        // A well-formed alternative the parser chose not to show: not lost text.
+        return None;
+    }
+    Some((kind, redecoded(p, raw).unwrap_or_else(|| text.to_string())))
+}
+
+/// The text of a part the parser kept undecoded because it could not find where it
+/// ends: its raw bytes decoded with the part's transfer encoding and charset. `None`
+/// for a part without that problem, or when the bytes do not decode.
+fn redecoded(p: &mail_parser::MessagePart<'_>, raw: &[u8]) -> Option<String> {
+    if !p.is_encoding_problem {
+        return None;
+    }
+    let body = raw.get(p.offset_body as usize..p.offset_end as usize)?;
+    let bytes = match p.content_transfer_encoding().map(str::to_ascii_lowercase).as_deref() {
+        Some("base64") => {
+            let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            mail_parser::decoders::base64::base64_decode(&compact)?
+        }
+        Some("quoted-printable") => mail_parser::decoders::quoted_printable::quoted_printable_decode(body)?,
+        _ => return None,
+    };
+    let charset = p.content_type().and_then(|ct| ct.attribute("charset"));
+    Some(match charset.and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes())) {
+        Some(decode) => decode(&bytes),
+        None => String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// The plain text of the message: its text parts, else its HTML parts as text, with
+/// the text of body parts the parser could not delimit put back in their place.
+fn body_text(msg: &mail_parser::Message<'_>, raw: &[u8], limits: &ParseLimits) -> String {
+    // (part index, text) of the plain and the HTML bodies, in the message's order.
+    let mut plain: Vec<(u32, String)> = msg
+        .text_body
+        .iter()
+        .filter_map(|&i| match &msg.parts.get(i as usize)?.body {
+            PartType::Text(t) => Some((i, redecoded(&msg.parts[i as usize], raw).unwrap_or_else(|| t.to_string()))),
+            _ => None,
+        })
+        .collect();
+    let mut html: Vec<(u32, String)> = msg
+        .html_body
+        .iter()
+        .filter_map(|&i| match &msg.parts.get(i as usize)?.body {
+            PartType::Html(h) => Some((i, redecoded(&msg.parts[i as usize], raw).unwrap_or_else(|| h.to_string()))),
+            _ => None,
+        })
+        .collect();
+    for &i in &msg.attachments {
+        match msg.parts.get(i as usize).and_then(|p| recovered_text(p, raw)) {
+            Some((Declared::Html, h)) => html.push((i, h)),
+            Some((_, t)) => plain.push((i, t)),
+            None => {}
+        }
+    }
+    plain.sort_by_key(|(i, _)| *i);
+    html.sort_by_key(|(i, _)| *i);
     let mut text = String::new();
-    let plain: Vec<_> = msg.text_bodies().filter(|p| matches!(p.body, PartType::Text(_))).collect();
     if !plain.is_empty() {
-        for p in plain {
-            if let PartType::Text(t) = &p.body {
-                text.push_str(t);
-                text.push('\n');
-            }
+        for (_, t) in plain {
+            text.push_str(&t);
+            text.push('\n');
         }
     } else {
-        for p in msg.html_bodies() {
-            if let PartType::Html(h) = &p.body {
-                text.push_str(&html_to_text(h, limits.max_html_bytes));
-                text.push('\n');
-            }
+        for (_, h) in html {
+            text.push_str(&html_to_text(&h, limits.max_html_bytes));
+            text.push('\n');
         }
     }
     let text = text.replace('\0', "").replace("\r\n", "\n");
@@ -408,4 +514,73 @@ pub fn decode_8bit(bytes: &[u8], charset: Option<&str>) -> String {
         .filter(|e| *e != encoding_rs::UTF_8)
         .unwrap_or(encoding_rs::WINDOWS_1252);
     encoding.decode_without_bom_handling(bytes).0.into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> ParsedMail {
+        parse_mail(raw.as_bytes(), &ParseLimits::default(), None).expect("parsed")
+    }
+
+    const HEAD: &str = "From: Anna <anna@example.com>\r\nTo: studio@photo.example\r\nMessage-ID: <cut@x>\r\nSubject: Booking\r\nMIME-Version: 1.0\r\n";
+
+    #[test]
+    fn an_only_text_part_without_its_closing_boundary_is_the_text_and_no_attachment() {
+        let p = parse(&format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\nPreamble.\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nWe would love to book you for June.\r\nSee you soon, Anna\r\n"
+        ));
+        assert_eq!(p.text, "We would love to book you for June.\nSee you soon, Anna");
+        assert!(p.attachments.is_empty(), "{:?}", p.attachments);
+    }
+
+    #[test]
+    fn an_unterminated_part_is_decoded_with_its_transfer_encoding_and_charset() {
+        let p = parse(&format!(
+            "{HEAD}Content-Type: multipart/alternative; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nCaf=E9 at ten, =\r\nthen the church.\r\n"
+        ));
+        assert_eq!(p.text, "Café at ten, then the church.");
+        assert!(p.attachments.is_empty(), "{:?}", p.attachments);
+        let p = parse(&format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nQ2Fmw6kgYXQg\r\ndGVuLg==\r\n"
+        ));
+        assert_eq!(p.text, "Café at ten.");
+        assert!(p.attachments.is_empty());
+    }
+
+    #[test]
+    fn an_unterminated_html_part_becomes_text() {
+        let p = parse(&format!(
+            "{HEAD}Content-Type: multipart/alternative; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/html\r\n\r\n<p>Hello there</p>\r\n"
+        ));
+        assert_eq!(p.text, "Hello there");
+        assert!(p.attachments.is_empty());
+    }
+
+    #[test]
+    fn a_multipart_whose_boundary_never_comes_is_text() {
+        let p = parse(&format!("{HEAD}Content-Type: multipart/mixed; boundary=XX\r\n\r\nJust text, no parts.\r\n"));
+        assert_eq!(p.text, "Just text, no parts.");
+        assert!(p.attachments.is_empty());
+    }
+
+    #[test]
+    fn real_attachments_stay_listed_beside_recovered_text() {
+        let p = parse(&format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nThe contract.\r\n--XX\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=c.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--XX\r\nContent-Type: text/plain\r\nContent-Disposition: attachment\r\n\r\nnotes\r\n--XX\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\n--XX\r\nContent-Type: text/plain\r\n\r\nP.S. cut off here"
+        ));
+        assert_eq!(p.text, "The contract.\nP.S. cut off here");
+        let listed: Vec<_> = p.attachments.iter().map(|a| (a.name.as_deref(), a.content_type.as_str())).collect();
+        assert_eq!(listed, [(Some("c.pdf"), "application/pdf"), (None, "text/plain"), (None, "text/calendar")]);
+    }
+
+    #[test]
+    fn a_second_alternative_is_neither_text_nor_attachment() {
+        let p = parse(&format!(
+            "{HEAD}Content-Type: multipart/alternative; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nPlain.\r\n--XX\r\nContent-Type: text/html\r\n\r\n<p>Rich.</p>\r\n--XX--\r\n"
+        ));
+        assert_eq!(p.text, "Plain.");
+        assert!(p.attachments.is_empty());
+    }
 }

@@ -604,6 +604,69 @@ async fn sources_are_registered_synced_and_read_through_the_api() {
     env.cleanup().await;
 }
 
+/// A multipart message whose only text part never gets its closing boundary, as some
+/// mailers and truncating relays send it: through Dovecot, `comms.sync` and the API,
+/// its text is shown and it lists no attachment; a real attachment that is cut off the
+/// same way stays listed, with its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unterminated_text_part_is_shown_as_text_not_listed_as_an_attachment() {
+    use fleet_scheduler::api::{ApiState, app, auth};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let account = new_user();
+    add_source(&db, "src-cut", "studio", &account).await;
+    let head = |id: &str| {
+        format!(
+            "From: Anna <anna@example.com>\r\nTo: studio@photo.example\r\nMessage-ID: <{id}>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nSubject: Booking\r\nMIME-Version: 1.0\r\n"
+        )
+    };
+    let only_text = format!(
+        "{}Content-Type: multipart/mixed; boundary=\"cut\"\r\n\r\n--cut\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nWe would love to book you for June at the caf=E9.\r\nAnna\r\n",
+        head("cut-text@x")
+    );
+    let cut_pdf = format!(
+        "{}Content-Type: multipart/mixed; boundary=\"cut\"\r\n\r\n--cut\r\nContent-Type: text/plain\r\n\r\nThe contract is attached.\r\n--cut\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"contract.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n",
+        head("cut-pdf@x")
+    );
+    load(&account, "INBOX", &[only_text.into_bytes(), cut_pdf.into_bytes()]).await;
+
+    let registry = Registry::new()
+        .register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())).with_allowed(loopback()));
+    let mut cfg = env.config("comms", 1);
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    let worker = env.worker(cfg, registry).await;
+    let mut rx = worker.events();
+    let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
+    env.client.enqueue_with(&CommsSync { source_id: "src-cut".into() }, tenant).await.unwrap();
+    n_final(&mut rx, 1, Duration::from_secs(60)).await;
+
+    let key = auth::create_api_key(&db.pool, "studio", "comms", &[auth::Role::Enqueue]).await.unwrap();
+    let api = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+            .with_secrets(SecretBox::new(KEY).unwrap()),
+        1 << 20,
+    );
+    let (s, page) = call(&api, &key, "GET", "/v1/comms/clients/anna/timeline", serde_json::Value::Null).await;
+    assert_eq!(s, 200, "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    let entry =
+        |mid: &str| entries.iter().find(|e| e["message_id"] == mid).unwrap_or_else(|| panic!("{mid} in {page}"));
+    let text = entry("cut-text@x");
+    assert_eq!(text["text"], "We would love to book you for June at the café.\nAnna", "{text}");
+    assert_eq!(text["snippet"], "We would love to book you for June at the café. Anna");
+    assert_eq!(text["attachments"], serde_json::json!([]), "{text}");
+    let pdf = entry("cut-pdf@x");
+    assert_eq!(pdf["text"], "The contract is attached.");
+    let listed = pdf["attachments"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{pdf}");
+    assert_eq!(listed[0]["name"], "contract.pdf");
+    assert_eq!(listed[0]["content_type"], "application/pdf");
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
 /// `cargo test --release -p fleet-tests --test comms -- --ignored --nocapture bench`:
 /// messages per second from the local Dovecot into the PostgreSQL timeline for a
 /// 10,000-message mailbox, full and incremental, and the duplicates after a forced
