@@ -12,6 +12,9 @@
 //!   `image_near_duplicates`), each scoped by the tenant it serves: analyses and variants
 //!   as the jobs record them (near-duplicate pairs found when an analysis lands), a
 //!   portfolio's page as `GET /v1/portfolios/{portfolio}` reads it.
+//! - [`uploads`]: presigned S3 PUT URLs for originals (`POST /v1/uploads`), each for a key
+//!   Fleet makes under the tenant's prefix; and from [`storage`] its configuration
+//!   ([`storage::StoreConfig`]) and key rules (the stores themselves are behind `jobs`).
 //!
 //! Behind the `jobs` feature (what the worker links): pure functions over bytes, no I/O,
 //! which the handlers call on a blocking thread pool,
@@ -31,7 +34,8 @@
 //!
 //! and what talks to the outside:
 //!
-//! - [`storage`]: object storage (a local folder or S3) for uploads and variants.
+//! - [`storage`]: object storage (a local folder or S3) for uploads and variants (its
+//!   configuration and key rules are always built).
 //! - [`vision`]: optional outside vision providers (categories, tags, alt text), SSRF-guarded.
 //! - [`jobs`]: the `image.analyze` and `image.variants` handlers: read the upload from
 //!   [`storage`], decode within the memory budget, ask [`vision`], write variants back and
@@ -53,6 +57,7 @@
 //! ```
 
 pub mod store;
+pub mod uploads;
 
 #[cfg(feature = "jobs")]
 pub mod analysis;
@@ -76,7 +81,6 @@ pub mod limits;
 pub mod metadata;
 #[cfg(feature = "jobs")]
 mod resize;
-#[cfg(feature = "jobs")]
 pub mod storage;
 #[cfg(feature = "jobs")]
 pub mod variants;

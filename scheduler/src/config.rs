@@ -3,7 +3,10 @@
 //! start with errors that name the setting or variable.
 //!
 //! Variables: `FLEET_REDIS_URL`, `FLEET_PREFIX`, `FLEET_DATABASE_URL`, `FLEET_API_LISTEN`,
-//! `FLEET_LOG_FORMAT` (and `FLEET_CONFIG`, the file, read by the command line).
+//! `FLEET_LOG_FORMAT`, the S3 store presigned uploads go to (`[images.storage]`):
+//! `FLEET_S3_ENDPOINT`, `FLEET_S3_BUCKET`, `FLEET_S3_REGION`, `FLEET_S3_ACCESS_KEY_ID`,
+//! `FLEET_S3_SECRET_ACCESS_KEY`, `FLEET_S3_PATH_STYLE` (and `FLEET_CONFIG`, the file, read by
+//! the command line).
 
 use crate::schedule::{Schedule, ScheduleSpec};
 use serde::Deserialize;
@@ -46,6 +49,19 @@ pub struct SchedulerConfig {
     /// `[api]`: per-key and per-provider request rates, request and statement timeouts,
     /// event streams per tenant.
     pub api: crate::api::limits::ApiLimits,
+    /// `[images]`: the object store originals are uploaded to.
+    pub images: ImagesConfig,
+}
+
+/// `[images]`: what the API needs of the images domain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// `[images.storage]`: the store the workers read originals from, in the same shape as
+    /// the worker's (`kind = "local"` or `kind = "s3"` with `endpoint`, `bucket`, `region`,
+    /// `access_key_id`, `secret_access_key`, `path_style`). `POST /v1/uploads` presigns PUT
+    /// URLs into it, so it only works with `kind = "s3"`; default local.
+    pub storage: fleet_images::storage::StoreConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -61,6 +77,7 @@ impl Default for SchedulerConfig {
             intake: Default::default(),
             tenants: Default::default(),
             api: Default::default(),
+            images: Default::default(),
         }
     }
 }
@@ -159,6 +176,7 @@ impl SchedulerConfig {
                 message: format!("{e} (expected host:port, e.g. 0.0.0.0:8080)"),
             })?;
         }
+        self.apply_s3_env(&get)?;
         if let Some(v) = get("FLEET_LOG_FORMAT") {
             self.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -172,6 +190,73 @@ impl SchedulerConfig {
                 }
             };
         }
+        Ok(())
+    }
+
+    /// `FLEET_S3_*`: sets `[images.storage]` to S3 (or changes the S3 store the file set).
+    /// A store that was not S3 needs at least the endpoint, bucket and both keys.
+    fn apply_s3_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use fleet_images::storage::{S3Config, StoreConfig};
+        const VARS: [&str; 6] = [
+            "FLEET_S3_ENDPOINT",
+            "FLEET_S3_BUCKET",
+            "FLEET_S3_REGION",
+            "FLEET_S3_ACCESS_KEY_ID",
+            "FLEET_S3_SECRET_ACCESS_KEY",
+            "FLEET_S3_PATH_STYLE",
+        ];
+        if VARS.iter().all(|v| get(v).is_none()) {
+            return Ok(());
+        }
+        let mut s3 = match &self.images.storage {
+            StoreConfig::S3(c) => c.clone(),
+            StoreConfig::Local(_) => {
+                let need = |var: &'static str| {
+                    get(var).ok_or_else(|| ConfigError::Env {
+                        var,
+                        value: String::new(),
+                        message: "must be set too: the S3 store needs FLEET_S3_ENDPOINT, FLEET_S3_BUCKET, \
+                                  FLEET_S3_ACCESS_KEY_ID and FLEET_S3_SECRET_ACCESS_KEY"
+                            .into(),
+                    })
+                };
+                S3Config::new(
+                    need("FLEET_S3_ENDPOINT")?,
+                    need("FLEET_S3_BUCKET")?,
+                    need("FLEET_S3_ACCESS_KEY_ID")?.into(),
+                    need("FLEET_S3_SECRET_ACCESS_KEY")?.into(),
+                )
+            }
+        };
+        if let Some(v) = get("FLEET_S3_ENDPOINT") {
+            s3.endpoint = v;
+        }
+        if let Some(v) = get("FLEET_S3_BUCKET") {
+            s3.bucket = v;
+        }
+        if let Some(v) = get("FLEET_S3_REGION") {
+            s3.region = v;
+        }
+        if let Some(v) = get("FLEET_S3_ACCESS_KEY_ID") {
+            s3.access_key_id = v.into();
+        }
+        if let Some(v) = get("FLEET_S3_SECRET_ACCESS_KEY") {
+            s3.secret_access_key = v.into();
+        }
+        if let Some(v) = get("FLEET_S3_PATH_STYLE") {
+            s3.path_style = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FLEET_S3_PATH_STYLE",
+                        value: v,
+                        message: "expected true or false".into(),
+                    });
+                }
+            };
+        }
+        self.images.storage = StoreConfig::S3(s3);
         Ok(())
     }
 
@@ -204,6 +289,10 @@ impl SchedulerConfig {
         }
         for q in &self.tenants.queues {
             fleet_jobs::keys::validate_queue_name(q).map_err(|m| ConfigError::invalid("tenants.queues", m))?;
+        }
+        if let fleet_images::storage::StoreConfig::S3(c) = &self.images.storage {
+            fleet_images::uploads::UploadSigner::new(c)
+                .map_err(|e| ConfigError::invalid("images.storage", e.to_string()))?;
         }
         let mut names = std::collections::HashSet::new();
         for s in &self.schedules {
@@ -323,6 +412,51 @@ mod tests {
         let (key, message) = invalid("[[schedules]]\nname = \"n\"\ncron = \"not cron\"\nkind = \"probe\"");
         assert_eq!(key, "schedules");
         assert!(message.contains("not cron"), "{message}");
+    }
+
+    #[test]
+    fn the_upload_store_comes_from_the_file_or_the_environment() {
+        use fleet_images::storage::ExposeSecret as _;
+        use fleet_images::storage::StoreConfig;
+        let cfg = SchedulerConfig::load_with(None, env(&[])).unwrap();
+        assert!(matches!(cfg.images.storage, StoreConfig::Local(_)), "local by default");
+        let file = r#"
+            [images.storage]
+            kind = "s3"
+            endpoint = "http://127.0.0.1:9000"
+            bucket = "photos"
+            access_key_id = "from-file"
+            secret_access_key = "file-secret"
+            path_style = true
+            "#;
+        let mut cfg = SchedulerConfig::from_toml(file).unwrap();
+        cfg.apply_env(env(&[("FLEET_S3_BUCKET", "other"), ("FLEET_S3_SECRET_ACCESS_KEY", "env-secret")])).unwrap();
+        let StoreConfig::S3(c) = &cfg.images.storage else { panic!("s3 expected") };
+        assert_eq!((c.endpoint.as_str(), c.bucket.as_str(), c.path_style), ("http://127.0.0.1:9000", "other", true));
+        assert_eq!((c.access_key_id.expose_secret(), c.secret_access_key.expose_secret()), ("from-file", "env-secret"));
+        cfg.validate().unwrap();
+
+        let all = [
+            ("FLEET_S3_ENDPOINT", "http://s3.local:9000"),
+            ("FLEET_S3_BUCKET", "b"),
+            ("FLEET_S3_ACCESS_KEY_ID", "k"),
+            ("FLEET_S3_SECRET_ACCESS_KEY", "s"),
+            ("FLEET_S3_REGION", "eu-west-1"),
+            ("FLEET_S3_PATH_STYLE", "1"),
+        ];
+        let cfg = SchedulerConfig::load_with(None, env(&all)).unwrap();
+        let StoreConfig::S3(c) = &cfg.images.storage else { panic!("s3 expected") };
+        assert_eq!((c.bucket.as_str(), c.region.as_str(), c.path_style), ("b", "eu-west-1", true));
+        let e = SchedulerConfig::load_with(None, env(&all[..2])).unwrap_err();
+        assert!(matches!(&e, ConfigError::Env { var: "FLEET_S3_ACCESS_KEY_ID", .. }), "{e}");
+        let e =
+            SchedulerConfig::load_with(None, env(&[all[0], all[1], all[2], all[3], ("FLEET_S3_PATH_STYLE", "yes")]))
+                .unwrap_err();
+        assert!(e.to_string().contains("FLEET_S3_PATH_STYLE"), "{e}");
+        let bad = file.replace("http://127.0.0.1:9000", "not a url");
+        let e = SchedulerConfig::from_toml(&bad).unwrap().validate().unwrap_err();
+        assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "images.storage"), "{e}");
+        assert!(SchedulerConfig::from_toml("[images.storage]\nkind = \"s3\"\nbukcet = \"x\"").is_err());
     }
 
     #[test]

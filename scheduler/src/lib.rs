@@ -95,7 +95,9 @@ pub async fn run(
     let state = api::ApiState::new(client.clone(), db.clone())
         .with_intake(config.intake.clone())
         .with_tenancy(config.tenants.clone())
-        .with_limits(config.api.clone());
+        .with_limits(config.api.clone())
+        .with_upload_store(&config.images.storage)
+        .context("[images.storage] (or FLEET_S3_*)")?;
     let sampling = {
         let (history, client, s) = (state.history.clone(), client.clone(), stop.clone());
         supervise(&tasks, "sampler", Restart::DEFAULT, stop.clone(), move || {

@@ -465,3 +465,4 @@ async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet
 }
 
 mod metadata_and_placeholders;
+mod presigned_uploads;

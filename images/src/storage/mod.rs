@@ -16,17 +16,30 @@
 //! [`ObjectStore::get_existing`]); bad keys, refused credentials and other 4xx are
 //! permanent; 5xx, 429, timeouts and connection errors are retryable.
 
+//!
+//! Without the `jobs` feature (the scheduler) only the configuration, [`validate_key`] and
+//! [`StorageError`] are built: what [`crate::uploads`] needs to presign, no HTTP client.
+
+#[cfg(feature = "jobs")]
 mod local;
+#[cfg(feature = "jobs")]
 mod s3;
 
+#[cfg(feature = "jobs")]
 pub use local::LocalStore;
+#[cfg(feature = "jobs")]
 pub use s3::S3Store;
 
+#[cfg(feature = "jobs")]
 use bytes::Bytes;
+#[cfg(feature = "jobs")]
 use futures::future::BoxFuture;
-use secrecy::SecretString;
+/// The keys' type in [`S3Config`] and how to read it: re-exported, so a config can be built
+/// and checked without depending on `secrecy` directly.
+pub use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::path::PathBuf;
+#[cfg(feature = "jobs")]
 use std::sync::Arc;
 
 /// What went wrong, and whether trying again can help.
@@ -67,6 +80,7 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
+#[cfg(feature = "jobs")]
 /// A store of immutable-ish blobs by key. Object-safe: use it as `Arc<dyn ObjectStore>`.
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Stores `bytes` under `key`, replacing any object there. Readers see the old
@@ -155,6 +169,23 @@ pub struct S3Config {
     pub connect_timeout_ms: u64,
 }
 
+impl S3Config {
+    /// A config for `bucket` at `endpoint` with these keys, and the defaults of the
+    /// settings left out (region `us-east-1`, virtual-host style, 60 s and 5 s timeouts).
+    pub fn new(endpoint: String, bucket: String, access_key_id: SecretString, secret_access_key: SecretString) -> Self {
+        S3Config {
+            endpoint,
+            bucket,
+            region: default_region(),
+            access_key_id,
+            secret_access_key,
+            path_style: false,
+            timeout_ms: default_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+        }
+    }
+}
+
 fn default_region() -> String {
     "us-east-1".into()
 }
@@ -182,6 +213,7 @@ impl std::fmt::Debug for S3Config {
 
 /// The store `config` describes. Fails only on a config that cannot work (bad
 /// endpoint URL or bucket name); it does not contact the server.
+#[cfg(feature = "jobs")]
 pub fn from_config(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
     Ok(match config {
         StoreConfig::Local(c) => Arc::new(LocalStore::new(&c.root)),
@@ -209,6 +241,7 @@ mod tests {
         assert!(e.contains("a/../b") && e.contains(".."), "the error names the key and the reason: {e}");
     }
 
+    #[cfg(feature = "jobs")]
     #[test]
     fn config_reads_both_kinds_and_refuses_unknown_fields() {
         let local: StoreConfig = toml::from_str("kind = \"local\"\nroot = \"/tmp/x\"").unwrap();

@@ -1,7 +1,9 @@
 //! `/v1/portfolios`: a photographer's upload of N images becomes one batch of
 //! `image.analyze` + `image.variants` jobs (queue `images`) with an optional completion
 //! callback; the portfolio's analyses, variants and near-duplicate groups are read back
-//! from [`fleet_images::store`], for the caller's tenant only.
+//! from [`fleet_images::store`], for the caller's tenant only. `/v1/uploads` hands out
+//! presigned PUT URLs ([`fleet_images::uploads`]) so apps put originals straight into the
+//! S3 store, under the caller's prefix.
 
 use super::ApiState;
 use super::auth::{Caller, Role};
@@ -157,6 +159,62 @@ pub(crate) async fn create_portfolio(
     let batch = state.client.create_batch(&queue, jobs, &callbacks).await?;
     super::batches::record_batch(&state.db, &batch, &caller.tenant, &queue, total as i64, &callbacks).await?;
     Ok((StatusCode::CREATED, Json(PortfolioAccepted { batch, jobs: total })))
+}
+
+/// An original about to be uploaded.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UploadRequest {
+    /// The file name (1 to 200 bytes, no path separators); kept in the key with anything
+    /// but letters, digits, `.`, `-` and `_` replaced by `_`.
+    name: String,
+    /// `image/jpeg`, `image/png`, `image/webp`, `image/gif` or `image/tiff`.
+    content_type: String,
+    /// The file's size in bytes (1 to 64 MiB); the PUT must be exactly this long.
+    bytes: u64,
+}
+
+/// Where and how to PUT the original.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UploadGranted {
+    /// `tenants/<tenant>/uploads/<uuid v7>/<name>`: pass it as an image's `key` to
+    /// `POST /v1/portfolios` once the PUT has succeeded.
+    key: String,
+    /// The presigned PUT URL (SigV4; valid for this key, content type and size only).
+    url: String,
+    /// When the URL stops working (15 minutes after it was signed).
+    expires_at: chrono::DateTime<chrono::Utc>,
+    /// Headers the PUT must send with exactly these values (`content-type`, `content-length`).
+    #[schema(value_type = Object)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A presigned URL to PUT one original straight into the S3 store, at a key Fleet makes
+/// under the caller's prefix. 422 for a name, type or size that cannot be signed; 501 when
+/// the store is not S3 (a local store cannot take uploads).
+#[utoipa::path(post, path = "/v1/uploads", request_body = UploadRequest,
+    responses((status = 201, body = UploadGranted), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody), (status = 501, body = super::error::ErrorBody)))]
+pub(crate) async fn create_upload(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<UploadRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    use fleet_images::uploads::UploadError;
+    caller.require(Role::Enqueue)?;
+    let Some(signer) = &state.uploads else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_configured",
+            "presigned uploads need an S3 store: set [images.storage] kind = \"s3\" (or FLEET_S3_*) in the \
+             scheduler's config; with a local store, put originals into its folder directly",
+        ));
+    };
+    let up = signer.sign_put(&caller.tenant, &req.name, &req.content_type, req.bytes).map_err(|e| match e {
+        UploadError::Invalid(m) => ApiError::invalid(m),
+        UploadError::Storage(e) => ApiError::internal("signing an upload URL", e),
+    })?;
+    let granted = UploadGranted { key: up.key, url: up.url, expires_at: up.expires_at, headers: up.headers };
+    Ok((StatusCode::CREATED, Json(granted)))
 }
 
 /// One analysed image of a portfolio.

@@ -41,6 +41,8 @@ pub struct ApiState {
     pub tenancy: std::sync::Arc<crate::tenancy::TenancyConfig>,
     /// Per-process request rates, timeout and stream caps.
     pub limits: limits::Limiter,
+    /// Signs `POST /v1/uploads` URLs (`None`: the store is not S3, uploads answer 501).
+    pub uploads: Option<std::sync::Arc<fleet_images::uploads::UploadSigner>>,
 }
 
 impl ApiState {
@@ -54,6 +56,7 @@ impl ApiState {
             secrets: fleet_accounts::secrets::SecretBox::from_env().ok(),
             tenancy: Default::default(),
             limits: limits::Limiter::new(limits::ApiLimits::generous()),
+            uploads: None,
         }
     }
 
@@ -84,6 +87,21 @@ impl ApiState {
         self
     }
 
+    /// The same state with presigned uploads into `storage` when it is S3 (else none: `POST
+    /// /v1/uploads` answers 501). Fails on an S3 endpoint or bucket that cannot be addressed.
+    pub fn with_upload_store(
+        mut self,
+        storage: &fleet_images::storage::StoreConfig,
+    ) -> Result<Self, fleet_images::storage::StorageError> {
+        self.uploads = match storage {
+            fleet_images::storage::StoreConfig::S3(c) => {
+                Some(std::sync::Arc::new(fleet_images::uploads::UploadSigner::new(c)?))
+            }
+            fleet_images::storage::StoreConfig::Local(_) => None,
+        };
+        Ok(self)
+    }
+
     /// The same state with intake providers.
     pub fn with_intake(mut self, providers: std::collections::BTreeMap<String, intake::IntakeProvider>) -> Self {
         self.intake = std::sync::Arc::new(providers);
@@ -111,13 +129,13 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
-        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, webhooks::enable_endpoint, intake::receive, stream::tenant_stream, images::create_portfolio, images::get_portfolio,
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, webhooks::enable_endpoint, intake::receive, stream::tenant_stream, images::create_portfolio, images::get_portfolio, images::create_upload,
         calendar::create_source, calendar::list_sources, calendar::get_source, calendar::delete_source, calendar::sync_source, calendar::release_source, calendar::get_supplier, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
         bookings::put_booking, bookings::get_booking, bookings::delete_booking,
         comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView,
-        images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView,
+        images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView, images::UploadRequest, images::UploadGranted,
         fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
         fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView)),
@@ -155,6 +173,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/batches/{id}", get(batches::get_batch))
         .route("/v1/batches/{id}/events", get(batches::batch_events))
         .route("/v1/portfolios", post(images::create_portfolio))
+        .route("/v1/uploads", post(images::create_upload))
         .route("/v1/portfolios/{portfolio}", get(images::get_portfolio))
         .route("/v1/endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
         .route("/v1/endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
