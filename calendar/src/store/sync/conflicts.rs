@@ -22,7 +22,9 @@ pub(super) async fn recompute_conflicts(
     report: &mut SyncReport,
 ) -> Result<(), sqlx::Error> {
     let busy = busy_intervals(tx, source).await?;
+    let scanning = std::time::Instant::now();
     let current = current_conflicts(&busy);
+    report.conflicts_ms = super::elapsed_ms(scanning);
     let mut open: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
     for row in sqlx::query(
         "SELECT id, start_at, end_at FROM calendar_conflicts WHERE tenant = $1 AND supplier = $2 AND resolved_at IS NULL",

@@ -1,5 +1,6 @@
-//! Step 5 of applying a fetch: the source's occurrences re-expanded over the window, and
-//! only those whose fingerprint (a hash of the whole occurrence) changed written.
+//! Step 5 of applying a fetch: the source's occurrences (or only the series the fetch
+//! touched) re-expanded over the window, and only those whose fingerprint (a hash of the
+//! whole occurrence) changed written.
 
 use super::{SyncReport, SyncSource, Tx, WINDOW_MONTHS, WRITE_CHUNK, rid_text};
 use crate::zone::Zone;
@@ -9,30 +10,46 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 
-/// Step 5: re-expands every object of the source and writes only the occurrences that
-/// changed.
+/// Step 5: re-expands the series with a UID in `touched` (every series of the source when
+/// `None`) and writes only the occurrences that changed. A touched series is read from every
+/// object holding one of its events (an override may sit in another object than its master),
+/// so it is expanded whole, as in a full expansion.
 pub(super) async fn rewrite_occurrences(
     tx: &mut Tx,
     source_id: &str,
     source: &SyncSource,
+    touched: Option<&HashSet<String>>,
     report: &mut SyncReport,
 ) -> Result<(), sqlx::Error> {
     let zone = supplier_zone(tx, source).await?;
-    let bodies: Vec<String> =
-        sqlx::query_scalar("SELECT body FROM calendar_objects WHERE source_id = $1 ORDER BY href")
-            .bind(source_id)
-            .fetch_all(&mut **tx)
-            .await?;
-    let expansion = expand_window(&bodies, zone, report);
+    let uids: Option<Vec<&str>> = touched.map(|t| t.iter().map(String::as_str).collect());
+    let bodies: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM calendar_objects WHERE source_id = $1
+           AND ($2::text[] IS NULL OR href IN (SELECT href FROM calendar_events WHERE source_id = $1 AND uid = ANY($2)))
+         ORDER BY href",
+    )
+    .bind(source_id)
+    .bind(&uids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let expanding = std::time::Instant::now();
+    let expansion = expand_window(&bodies, zone, touched, report);
+    let mut expand_time = expanding.elapsed();
     let mut stored: HashMap<String, String> = HashMap::new();
-    for row in sqlx::query("SELECT key, fingerprint FROM calendar_occurrences WHERE source_id = $1")
-        .bind(source_id)
-        .fetch_all(&mut **tx)
-        .await?
+    for row in sqlx::query(
+        "SELECT key, fingerprint FROM calendar_occurrences WHERE source_id = $1 AND ($2::text[] IS NULL OR uid = ANY($2))",
+    )
+    .bind(source_id)
+    .bind(&uids)
+    .fetch_all(&mut **tx)
+    .await?
     {
         stored.insert(row.get("key"), row.get("fingerprint"));
     }
+    let comparing = std::time::Instant::now();
     let (writes, gone) = occurrence_changes(&expansion.occurrences, stored);
+    expand_time += comparing.elapsed();
+    report.expand_ms = u64::try_from(expand_time.as_millis()).unwrap_or(u64::MAX);
     write_occurrences(tx, source_id, source, &writes).await?;
     report.occurrences_written = writes.len();
     if !gone.is_empty() {
@@ -57,10 +74,19 @@ async fn supplier_zone(tx: &mut Tx, source: &SyncSource) -> Result<Zone, sqlx::E
     Ok(zone_name.and_then(|z| z.parse::<chrono_tz::Tz>().ok()).map(Zone::Iana).unwrap_or(Zone::Utc))
 }
 
-/// The source's objects expanded from yesterday to [`WINDOW_MONTHS`] ahead; warnings go
+/// The source's objects expanded from yesterday to [`WINDOW_MONTHS`] ahead, only the events
+/// with a UID in `touched` when given (an object may hold other series too); warnings go
 /// to the report (up to 50 in all).
-fn expand_window(bodies: &[String], zone: Zone, report: &mut SyncReport) -> Expansion {
-    let calendar = parse(&join_objects(bodies.iter().map(String::as_str)));
+fn expand_window(
+    bodies: &[String],
+    zone: Zone,
+    touched: Option<&HashSet<String>>,
+    report: &mut SyncReport,
+) -> Expansion {
+    let mut calendar = parse(&join_objects(bodies.iter().map(String::as_str)));
+    if let Some(touched) = touched {
+        calendar.events.retain(|e| touched.contains(&e.uid));
+    }
     let now = Utc::now();
     let mut options = ExpandOptions::window(now - TimeDelta::days(1), now + Months::new(WINDOW_MONTHS));
     options.default_zone = zone;
