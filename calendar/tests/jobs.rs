@@ -5,21 +5,11 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{TimeDelta, Utc};
 use fleet_calendar::jobs::CalendarSyncHandler;
 use fleet_jobs::catalogue::{CalendarPush, CalendarSync};
-use fleet_kit::testing::{TestDb, TestJob, assert_give_up};
+use fleet_kit::testing::{TestDb, TestJob, assert_give_up, unreachable_database};
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// A pool on no server: a handler that queries it gets an error (a retry), so a job that
-/// gives up with it has not read or written anything.
-fn no_database() -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
-        .unwrap()
-}
 
 fn handler(db: &PgPool) -> CalendarSyncHandler {
     CalendarSyncHandler::new(db.clone(), None).with_allowed(vec!["127.0.0.0/8".parse().unwrap()])
@@ -130,7 +120,7 @@ async fn a_feed_is_synced_into_events_occurrences_and_a_double_booking_then_fetc
 
 #[tokio::test]
 async fn a_push_naming_another_tenant_than_the_jobs_gives_up_as_not_found() {
-    let push = handler(&no_database()).push_handler();
+    let push = handler(&unreachable_database()).push_handler();
     let args = CalendarPush { tenant: "t2".into(), booking_id: "b1".into() };
     let out = TestJob::new().tenant("t1").perform(&push, args).await;
     assert_eq!(assert_give_up(&out), "booking b1 not found");

@@ -5,21 +5,11 @@
 use fleet_images::jobs::{ImageSettings, Images};
 use fleet_images::storage::{LocalConfig, StoreConfig};
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
-use fleet_kit::testing::{TestDb, TestJob, assert_give_up};
+use fleet_kit::testing::{TestDb, TestJob, assert_give_up, unreachable_database};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// A pool on no server: a handler that queries it gets an error (a retry), so a job that
-/// gives up with it stopped before writing any result.
-fn no_database() -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
-        .unwrap()
-}
 
 /// A local store's folder, removed when the test ends.
 struct Uploads(PathBuf);
@@ -97,7 +87,7 @@ async fn a_key_outside_the_tenants_namespace_gives_up_before_the_store_is_read()
     let uploads = Uploads::new("namespace");
     // Another tenant's upload is there: reading it would decode it and reach the database.
     uploads.put("tenants/t2/photo.jpg", &fixture("formats/people.jpg"));
-    let images = uploads.images(no_database());
+    let images = uploads.images(unreachable_database());
     let job = TestJob::new().tenant("t1");
 
     let out = job.perform(&images.analyzer(), analyze("tenants/t2/photo.jpg")).await;
@@ -114,7 +104,7 @@ async fn a_truncated_or_disguised_upload_gives_up_with_what_is_wrong_with_it() {
     let jpeg = fixture("formats/people.jpg");
     uploads.put("tenants/t1/cut.jpg", &jpeg[..jpeg.len() / 2]);
     uploads.put("tenants/t1/page.jpg", b"<!doctype html><title>login</title>");
-    let images = uploads.images(no_database());
+    let images = uploads.images(unreachable_database());
     let job = TestJob::new().tenant("t1");
 
     let out = job.perform(&images.analyzer(), analyze("tenants/t1/cut.jpg")).await;

@@ -272,10 +272,19 @@ pub fn assert_slow_down(outcome: &Result<(), JobError>) -> (&str, Duration) {
 }
 
 #[cfg(feature = "postgres")]
-pub use database::TestDb;
+pub use database::{TestDb, unreachable_database};
 
 #[cfg(feature = "postgres")]
 mod database {
+    /// A pool on no server: a handler that queries it gets an error (a retry), so a job
+    /// that gives up with it has provably not read or written anything.
+    pub fn unreachable_database() -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool is made without connecting")
+    }
+
     /// A PostgreSQL database of one test's own, created fresh and migrated, so tests run
     /// in parallel on one server without seeing each other's rows. Server:
     /// `FLEET_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432`, the one

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use fleet_jobs::catalogue::webhook::message_id;
 use fleet_jobs::catalogue::{WebhookDelivery, WebhookIntake, WebhookPublish};
 use fleet_jobs::{Client, JobState};
-use fleet_kit::testing::{TestDb, TestJob, assert_give_up, assert_slow_down, perform_job};
+use fleet_kit::testing::{TestDb, TestJob, assert_give_up, assert_slow_down, perform_job, unreachable_database};
 use fleet_webhooks::jobs::intake::Record;
 use fleet_webhooks::jobs::publish::Publish;
 use fleet_webhooks::jobs::{Deliver, WebhookSettings};
@@ -15,15 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// A pool on no server: a handler that queries it gets an error (a retry), so a job that
-/// gives up with it has not touched the database.
-fn no_database() -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
-        .unwrap()
-}
 
 /// A job client on no server: an enqueue through it fails (a retry), so a job that gives
 /// up with it has enqueued nothing.
@@ -102,7 +93,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
 
 #[tokio::test]
 async fn a_delivery_without_a_tenant_gives_up_before_reading_anything() {
-    let deliver = Deliver::new(no_database(), local_delivery()).unwrap();
+    let deliver = Deliver::new(unreachable_database(), local_delivery()).unwrap();
     let args = WebhookDelivery { message_id: "msg_1".into(), endpoint_id: "ep_1".into() };
     let why = assert_give_up(&perform_job(&deliver, args).await).to_owned();
     assert!(why.contains("needs a tenant"), "{why}");
@@ -192,7 +183,7 @@ async fn gone_disables_the_endpoint_and_too_many_requests_slows_it_down() {
 
 #[tokio::test]
 async fn publish_without_a_tenant_gives_up_before_recording_anything() {
-    let publish = Publish::new(no_database(), no_redis());
+    let publish = Publish::new(unreachable_database(), no_redis());
     let args = WebhookPublish {
         event_type: "order.paid".into(),
         payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
@@ -268,7 +259,7 @@ async fn publish_enqueues_one_delivery_per_subscribed_endpoint_of_the_tenant_onc
 
 #[tokio::test]
 async fn intake_refuses_a_job_with_a_tenant_before_recording_anything() {
-    let record = Record::new(no_database());
+    let record = Record::new(unreachable_database());
     let args = WebhookIntake { provider: "stripe".into(), id: "evt_1".into(), body: "{}".into(), received_at: 1 };
     let out = TestJob::new().tenant("t1").perform(&record, args).await;
     assert!(assert_give_up(&out).contains("refused"), "{out:?}");
