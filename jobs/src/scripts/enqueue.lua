@@ -59,7 +59,8 @@ for i = 1, #ARGV, 8 do
   elseif redis.call('HSETNX', K.jobs, id, ARGV[i + 1]) == 1 then
     if ukey ~= '' then
       redis.call('HSET', K.uniq, ukey, id)
-      redis.call('ZADD', K.uniqexp, now + uwindow, ukey)
+      -- now_ms() drops the microseconds, so +1 keeps the window at least as long as asked.
+      redis.call('ZADD', K.uniqexp, now + uwindow + 1, ukey)
     end
     if t ~= '' then
       redis.call('HSET', qkey(K, 'ten'), id, t)
