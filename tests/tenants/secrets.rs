@@ -86,7 +86,7 @@ impl World {
         };
         let registry = Registry::new()
             .register_with(Deliver::new(db.pool.clone(), settings).unwrap().with_secrets(worker_keys), policy)
-            .register(fleet_webhooks::jobs::intake::Record::new(db.pool.clone()))
+            .register(fleet_webhooks::jobs::intake::Record::new(db.pool.clone(), env.client.clone()))
             .register(fleet_webhooks::jobs::publish::Publish::new(db.pool.clone(), env.client.clone()));
         let mut cfg = env.config("webhooks", 10);
         cfg.lease_ms = 10_000;
@@ -227,7 +227,8 @@ async fn a_delivery_job_of_tenant_b_naming_a_s_endpoint_or_message_sends_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intake_job_with_a_tenant_is_refused_and_records_nothing() {
     let w = World::new(None, None).await;
-    let forged = WebhookIntake { provider: "sms".into(), id: "evt_1".into(), body: "{}".into(), received_at: 1 };
+    let forged =
+        WebhookIntake { provider: "sms".into(), id: "evt_1".into(), body: "{}".into(), received_at: 1, routes: vec![] };
     let opts = EnqueueOptions { tenant: Some("bravo".into()), max_attempts: Some(3), ..Default::default() };
     let id = w.env.client.enqueue_with(&forged, opts).await.unwrap().0;
     let dead = w.dead(&id).await;

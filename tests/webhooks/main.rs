@@ -133,7 +133,7 @@ impl World {
         };
         let registry = Registry::new()
             .register_with(Deliver::new(handlers_db.clone(), settings).unwrap().with_secrets(Some(secrets())), policy)
-            .register(fleet_webhooks::jobs::intake::Record::new(handlers_db.clone()))
+            .register(fleet_webhooks::jobs::intake::Record::new(handlers_db.clone(), env.client.clone()))
             .register(fleet_webhooks::jobs::publish::Publish::new(handlers_db, env.client.clone()))
             .register(fleet_worker::kinds::probe::Probe);
         let mut cfg = env.config("webhooks", 20);
@@ -440,6 +440,26 @@ fn intake_router(w: &World) -> Router {
         encoding = "hex"
         id_header = "x-request-id"
         timestamp_header = "x-timestamp"
+
+        [twilio]
+        scheme = "twilio"
+        secrets = ["12345"]
+        public_url = "https://fleet.example.com"
+
+        [stripe]
+        scheme = "stripe"
+        secrets = ["whsec_test_5b8f0c1d2e3f"]
+
+        [crm]
+        scheme = "hmac_sha256"
+        secrets = ["crm-secret"]
+        signature_header = "x-signature"
+        tenant = "acme"
+        event_type = "/type"
+
+        [[crm.routes]]
+        events = ["client.*"]
+        publish = ""
         "#,
     )
     .unwrap();
@@ -537,6 +557,95 @@ async fn intake_accepts_a_good_call_and_refuses_tampered_stale_and_replayed_ones
         post_raw(&router, "/v1/intake/sms", &hmac_headers(sign("sms-shared-secret", now), "sms_1", now), sms_body)
             .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "replayed id");
+
+    // Twilio: a status callback signed by Twilio's own library (twilio 9.13.0) for the
+    // public URL, arriving through the route with the path it was sent to.
+    let form = "MessageSid=SM0123456789abcdef0123456789abcdef&MessageStatus=delivered&To=%2B447700900123&From=%2B447700900999&Body=Caf%C3%A9+at+3+%E2%80%94+see+you+%E2%9C%93";
+    let twilio = |sig: &str, token: &str| {
+        vec![
+            ("content-type", "application/x-www-form-urlencoded".to_owned()),
+            ("x-twilio-signature", sig.to_owned()),
+            ("i-twilio-idempotency-token", token.to_owned()),
+        ]
+    };
+    let (s, _) = post_raw(&router, "/v1/intake/twilio", &twilio("UMYNvNo6L/qohtBWOU26dFeDXWQ=", "tw_1"), form).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = post_raw(&router, "/v1/intake/twilio", &twilio("UMYNvNo6L/qohtBWOU26dFeDXWQ=", "tw_1"), form).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a replayed Twilio call");
+    let tampered = form.replace("delivered", "failed");
+    let (s, _) =
+        post_raw(&router, "/v1/intake/twilio", &twilio("UMYNvNo6L/qohtBWOU26dFeDXWQ=", "tw_2"), &tampered).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a tampered Twilio call");
+    // Stripe: signed now over "{t}.{body}"; the event id is the replay id.
+    let event = r#"{"id":"evt_stripe_1","object":"event","type":"invoice.paid"}"#;
+    let stripe = |t: i64| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_test_5b8f0c1d2e3f").unwrap();
+        mac.update(format!("{t}.{event}").as_bytes());
+        vec![("stripe-signature", format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes())))]
+    };
+    assert_eq!(post_raw(&router, "/v1/intake/stripe", &stripe(now), event).await.0, StatusCode::ACCEPTED);
+    assert_eq!(post_raw(&router, "/v1/intake/stripe", &stripe(now + 1), event).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(post_raw(&router, "/v1/intake/stripe", &stripe(now - 400), event).await.0, StatusCode::UNAUTHORIZED);
+    eventually("the Twilio and Stripe calls to be recorded", T, || async {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM intake_events WHERE provider IN ('twilio', 'stripe') ORDER BY id")
+                .fetch_all(&w.db.pool)
+                .await
+                .unwrap();
+        (ids == ["evt_stripe_1", "tw_1"]).then_some(())
+    })
+    .await;
+    w.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_intake_event_reaches_the_configured_tenants_endpoints_and_others_are_only_recorded() {
+    let w = World::new(true, &[]).await;
+    let router = intake_router(&w);
+    let (s, ep) = w
+        .call("POST", "/v1/endpoints", json!({"url": format!("{}/ok", w.base), "event_types": ["crm.client.updated"]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ep}");
+    use hmac::Mac;
+    let signed = |body: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"crm-secret").unwrap();
+        mac.update(body.as_bytes());
+        vec![("x-signature", hex::encode(mac.finalize().into_bytes()))]
+    };
+    let updated = r#"{"type": "client.updated", "client": {"id": "c_7", "name": "Ada & Grace"}}"#;
+    let invoice = r#"{"type": "invoice.paid", "invoice": "in_1"}"#;
+    // A payload naming another tenant changes nothing: the tenant is the provider's config.
+    let forged = r#"{"type": "client.created", "tenant": "globex"}"#;
+    for body in [updated, invoice, forged] {
+        assert_eq!(post_raw(&router, "/v1/intake/crm", &signed(body), body).await.0, StatusCode::ACCEPTED);
+    }
+    let rows = eventually("the routed events to be published", T, || async {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT tenant, event_type, payload FROM webhook_messages ORDER BY event_type")
+                .fetch_all(&w.db.pool)
+                .await
+                .unwrap();
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM intake_events WHERE provider = 'crm'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+        (rows.len() == 2 && recorded == 3).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        rows,
+        [
+            ("acme".to_owned(), "crm.client.created".to_owned(), forged.to_owned()),
+            ("acme".to_owned(), "crm.client.updated".to_owned(), updated.to_owned()),
+        ],
+        "client.* events published byte for byte to the provider's tenant, invoice.paid only recorded"
+    );
+    let ep = ep["id"].as_str().unwrap().to_owned();
+    eventually("the subscribed endpoint's delivery", T, || async {
+        let attempts = w.attempts(&ep).await;
+        (attempts.iter().map(|a| a.1.as_str()).collect::<Vec<_>>() == ["delivered"]).then_some(())
+    })
+    .await;
     w.done().await;
 }
 

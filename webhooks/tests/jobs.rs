@@ -259,8 +259,14 @@ async fn publish_enqueues_one_delivery_per_subscribed_endpoint_of_the_tenant_onc
 
 #[tokio::test]
 async fn intake_refuses_a_job_with_a_tenant_before_recording_anything() {
-    let record = Record::new(unreachable_database());
-    let args = WebhookIntake { provider: "stripe".into(), id: "evt_1".into(), body: "{}".into(), received_at: 1 };
+    let record = Record::new(unreachable_database(), no_redis());
+    let args = WebhookIntake {
+        provider: "stripe".into(),
+        id: "evt_1".into(),
+        body: "{}".into(),
+        received_at: 1,
+        routes: vec![],
+    };
     let out = TestJob::new().tenant("t1").perform(&record, args).await;
     assert!(assert_give_up(&out).contains("refused"), "{out:?}");
 }
@@ -268,12 +274,13 @@ async fn intake_refuses_a_job_with_a_tenant_before_recording_anything() {
 #[tokio::test]
 async fn intake_records_an_event_once_however_often_it_runs() {
     let db = TestDb::new(&MIGRATOR).await;
-    let record = Record::new(db.pool.clone());
+    let record = Record::new(db.pool.clone(), no_redis());
     let event = |body: &str| WebhookIntake {
         provider: "stripe".into(),
         id: "evt_1".into(),
         body: body.into(),
         received_at: 1_764_892_800_000,
+        routes: vec![],
     };
     perform_job(&record, event("first")).await.unwrap();
     perform_job(&record, event("replayed")).await.unwrap();
@@ -282,5 +289,59 @@ async fn intake_records_an_event_once_however_often_it_runs() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "first");
     assert_eq!(rows[0].1.timestamp_millis(), 1_764_892_800_000);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn intake_routes_enqueue_their_jobs_for_the_configured_tenant_once_however_often_it_runs() {
+    let db = TestDb::new(&MIGRATOR).await;
+    let redis_url = std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("test-intake-routes-{}-{}", std::process::id(), fleet_jobs::envelope::now_ms());
+    let client = Client::connect(&redis_url, prefix.clone()).await.expect("Redis (scripts/services.sh)");
+    let record = Record::new(db.pool.clone(), client.clone());
+    let body = r#"{"id":"evt_9","type":"client.updated","client":{"id":"c_7"}}"#;
+    let args = WebhookIntake {
+        provider: "crm".into(),
+        id: "evt_9".into(),
+        body: body.into(),
+        received_at: 1,
+        routes: vec![fleet_jobs::catalogue::IntakeRoute {
+            tenant: "studio-7".into(),
+            kind: "webhook.publish".into(),
+            queue: None,
+            args: format!(r#"{{"event_type":"crm.client.updated","payload":{body}}}"#),
+        }],
+    };
+    let job = TestJob::new().id("intake-1");
+    job.perform(&record, args.clone()).await.unwrap();
+    // The same attempt again (a worker died after enqueueing) and a second delivery of the
+    // same event (another intake job) enqueue nothing more.
+    job.attempt(2, 10).perform(&record, args.clone()).await.unwrap();
+    TestJob::new().id("intake-2").perform(&record, args).await.unwrap();
+    let ready = client.jobs_in_state("webhooks", JobState::Ready, 0, 100).await.unwrap();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    let env = client.job("webhooks", &ready[0].id).await.unwrap().unwrap().envelope.unwrap();
+    assert_eq!((env.kind.as_str(), env.tenant.as_deref()), ("webhook.publish", Some("studio-7")));
+    let published: WebhookPublish = serde_json::from_str(env.args.get()).unwrap();
+    assert_eq!((published.event_type.as_str(), published.payload.get()), ("crm.client.updated", body));
+
+    // A route naming a kind Fleet does not have gives up with that name, after recording.
+    let bad = WebhookIntake {
+        id: "evt_10".into(),
+        routes: vec![fleet_jobs::catalogue::IntakeRoute {
+            tenant: "studio-7".into(),
+            kind: "crm.sync".into(),
+            queue: None,
+            args: "{}".into(),
+        }],
+        ..WebhookIntake { provider: "crm".into(), id: String::new(), body: "{}".into(), received_at: 1, routes: vec![] }
+    };
+    let out = perform_job(&record, bad).await;
+    assert!(assert_give_up(&out).contains("crm.sync"), "{out:?}");
+
+    let mut conn = client.connection();
+    for key in client.scan_keys(&format!("{prefix}:*")).await.unwrap() {
+        let _: () = redis::cmd("DEL").arg(key).query_async(&mut conn).await.unwrap();
+    }
     db.drop_db().await;
 }

@@ -14,7 +14,7 @@ pub use calendar::{CalendarPush, CalendarSync};
 pub use comms::CommsSync;
 pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
 pub use probe::{ProbeAction, ProbeArgs};
-pub use webhook::{WebhookDelivery, WebhookIntake, WebhookPublish};
+pub use webhook::{IntakeRoute, WebhookDelivery, WebhookIntake, WebhookPublish};
 
 use crate::kind::{Audience, JobArgs, KindOptions};
 use serde_json::value::RawValue;

@@ -42,6 +42,25 @@ pub struct WebhookIntake {
     pub body: String,
     /// When it was received, ms since the epoch.
     pub received_at: u64,
+    /// What else to do with it: the jobs the provider's configured routes asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IntakeRoute>,
+}
+
+/// One job an incoming call leads to, decided by the scheduler's config for its provider
+/// (never by the call itself): `kind` with `args`, for `tenant`, on `queue` or the kind's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeRoute {
+    /// The tenant the provider's config names.
+    pub tenant: String,
+    /// A public kind, e.g. `webhook.publish`.
+    pub kind: String,
+    /// Queue, if not the kind's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The job's arguments, JSON.
+    pub args: String,
 }
 
 impl JobArgs for WebhookIntake {

@@ -5,21 +5,54 @@
 //! signature, and it gives them no tenant. One that carries a tenant came from somewhere
 //! else (a tenant's API call or batch callback): it is refused without recording
 //! anything, so it cannot plant an unsigned event or spend a genuine event's id.
+//!
+//! After recording, it enqueues the jobs its routes name (publishing the event to the
+//! provider's tenant, or a public kind with the event as arguments). Each route's job holds
+//! a unique key in Fleet's own namespace (`intake:...`, which no tenant's key can be: the
+//! API puts those under `tenant:<name>:`) for a day, so a retried attempt enqueues nothing
+//! twice.
 
 use crate::store;
-use fleet_jobs::catalogue::WebhookIntake;
+use fleet_jobs::catalogue::{IntakeRoute, WebhookIntake};
+use fleet_jobs::{Client, EnqueueOptions, Unique};
 use fleet_kit::{Handler, JobContext, JobError};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::time::Duration;
+
+/// How long a route's unique key stops a retried attempt from enqueueing its job again.
+const ROUTE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The `webhook.intake` handler.
 pub struct Record {
     db: PgPool,
+    client: Client,
 }
 
 impl Record {
-    /// A handler writing to `db`.
-    pub fn new(db: PgPool) -> Self {
-        Record { db }
+    /// A handler writing to `db` and enqueueing routed jobs with `client`.
+    pub fn new(db: PgPool, client: Client) -> Self {
+        Record { db, client }
+    }
+
+    async fn route(&self, a: &WebhookIntake, n: usize, r: &IntakeRoute) -> Result<(), JobError> {
+        let kind = fleet_jobs::catalogue::lookup(&r.kind)
+            .ok_or_else(|| JobError::give_up(format!("route {n} names an unknown kind {:?}", r.kind)))?;
+        let args = serde_json::value::RawValue::from_string(r.args.clone())
+            .map_err(|e| JobError::give_up(format!("route {n}: arguments are not JSON: {e}")))?;
+        let digest = Sha256::digest(format!("{}\n{}", a.provider, a.id).as_bytes());
+        let key = format!("intake:{}:{digest:x}:{n}", a.provider);
+        let opts = EnqueueOptions {
+            tenant: Some(r.tenant.clone()),
+            queue: r.queue.clone(),
+            unique: Some(Unique { key, window: ROUTE_WINDOW }),
+            ..Default::default()
+        };
+        self.client
+            .enqueue_raw(&r.kind, args, &(kind.options)(), opts)
+            .await
+            .map_err(|e| JobError::retry(format!("route {n}: enqueue {}: {e}", r.kind)))?;
+        Ok(())
     }
 }
 
@@ -36,6 +69,9 @@ impl Handler for Record {
         store::record_intake(&self.db, &a.provider, &a.id, &a.body, at)
             .await
             .map_err(|e| JobError::retry(format!("database: {e}")))?;
+        for (n, r) in a.routes.iter().enumerate() {
+            self.route(&a, n, r).await?;
+        }
         Ok(())
     }
 }

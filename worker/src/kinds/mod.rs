@@ -40,7 +40,7 @@ pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(images.variants())
             // Endpoint secrets are sealed with FLEET_SECRETS_KEY too.
             .register(deliver.with_secrets(secrets.clone()))
-            .register(fleet_webhooks::jobs::intake::Record::new(db.clone()))
+            .register(fleet_webhooks::jobs::intake::Record::new(db.clone(), client.clone()))
             .register(fleet_webhooks::jobs::publish::Publish::new(db.clone(), client));
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.
         // New entries are published through the relay; SMS accounts use `[limits."sms:*"]`.
