@@ -649,6 +649,67 @@ async fn a_routed_intake_event_reaches_the_configured_tenants_endpoints_and_othe
     w.done().await;
 }
 
+/// POSTs `body` to `uri` with `key` and an `Idempotency-Key`; (status, replayed, body).
+async fn idempotent_post(api: &Router, key: &str, idem: &str, uri: &str, body: &Value) -> (StatusCode, bool, Value) {
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", idem)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = api.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let replayed = res.headers().get("idempotent-replayed").is_some();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, replayed, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_creating_posts_with_an_idempotency_key_create_once_even_concurrently() {
+    let w = World::new(true, &[]).await;
+    let endpoint = json!({"url": format!("{}/ok", w.base), "event_types": ["gallery.ready"]});
+    let tries = futures::future::join_all(
+        (0..5).map(|_| idempotent_post(&w.api, &w.key, "ep-create-1", "/v1/endpoints", &endpoint)),
+    )
+    .await;
+    assert!(tries.iter().all(|t| t.0 == StatusCode::CREATED), "{tries:?}");
+    assert!(tries.iter().all(|t| t.2 == tries[0].2), "every retry gets the first answer: {tries:?}");
+    assert_eq!(tries.iter().filter(|t| !t.1).count(), 1, "one ran, the others were replayed: {tries:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints WHERE tenant = 'acme'")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    let other = json!({"url": format!("{}/other", w.base)});
+    let (s, _, e) = idempotent_post(&w.api, &w.key, "ep-create-1", "/v1/endpoints", &other).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused")));
+    // Another tenant's same key is its own.
+    let globex = auth::create_api_key(&w.db.pool, "globex", "hooks", &[auth::Role::Enqueue]).await.unwrap();
+    let (s, replayed, theirs) = idempotent_post(&w.api, &globex, "ep-create-1", "/v1/endpoints", &endpoint).await;
+    assert_eq!((s, replayed), (StatusCode::CREATED, false));
+    assert_ne!(theirs["id"], tries[0].2["id"]);
+
+    let event = json!({"type": "gallery.ready", "payload": {"gallery": "smith-jones"}});
+    let events =
+        futures::future::join_all((0..4).map(|_| idempotent_post(&w.api, &w.key, "evt-1", "/v1/events", &event))).await;
+    assert!(events.iter().all(|t| t.0 == StatusCode::ACCEPTED && t.2 == events[0].2), "{events:?}");
+    let ep = tries[0].2["id"].as_str().unwrap().to_owned();
+    eventually("the one delivery of the one event", T, || async {
+        let attempts = w.attempts(&ep).await;
+        (attempts.iter().map(|a| a.1.as_str()).collect::<Vec<_>>() == ["delivered"]).then_some(())
+    })
+    .await;
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_messages WHERE event_type = 'gallery.ready'")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(messages, 1);
+    w.done().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_batch_publishes_a_portfolio_processed_webhook() {
     let w = World::new(true, &[]).await;

@@ -9,6 +9,7 @@ mod bookings;
 mod calendar;
 mod comms;
 pub mod error;
+mod idempotency;
 mod images;
 pub mod intake;
 mod jobs;
@@ -220,6 +221,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/schedules", get(admin::schedules))
         .route("/admin/v1/schedules/{name}/pause", post(admin::pause_schedule))
         .route("/admin/v1/schedules/{name}/resume", post(admin::resume_schedule))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), max_body), idempotency::layer))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), shape::guard))
         .with_state(state)
