@@ -822,6 +822,93 @@ mod tests {
         server.abort();
     }
 
+    /// A fake S3 for multipart uploads: part `failing_part` always answers 500, and the
+    /// first `bad_completions` completions answer 200 with an `<Error>` in the body. The
+    /// log lists each request as `<method> <query>`.
+    async fn multipart_server(
+        failing_part: Option<u16>,
+        bad_completions: usize,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        use axum::http::{Method, StatusCode, Uri};
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = log.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+            let seen = seen.clone();
+            async move {
+                // The query without the signature's `X-Amz-*` parameters.
+                let query: Vec<&str> =
+                    uri.query().unwrap_or_default().split('&').filter(|kv| !kv.starts_with("X-Amz-")).collect();
+                let query = query.join("&");
+                let completions = {
+                    let mut log = seen.lock().unwrap();
+                    log.push(format!("{method} {query}"));
+                    log.iter().filter(|l| l.starts_with("POST uploadId")).count()
+                };
+                let part =
+                    query.split('&').find_map(|kv| kv.strip_prefix("partNumber=")).and_then(|n| n.parse::<u16>().ok());
+                let xml =
+                    |body: &str| (StatusCode::OK, [("etag", "\"abc\"")], format!("<?xml version=\"1.0\"?>{body}"));
+                match (method.as_str(), part) {
+                    ("POST", _) if query.starts_with("uploads") => {
+                        xml("<InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                         <UploadId>up-1</UploadId></InitiateMultipartUploadResult>")
+                    }
+                    ("PUT", Some(n)) if Some(n) == failing_part => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, [("etag", "")], String::new())
+                    }
+                    ("PUT", Some(_)) => xml(""),
+                    ("POST", _) if completions <= bad_completions => {
+                        xml("<Error><Code>InternalError</Code><Message>try again</Message></Error>")
+                    }
+                    ("POST", _) => {
+                        xml("<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                         <ETag>\"abc-3\"</ETag></CompleteMultipartUploadResult>")
+                    }
+                    ("DELETE", _) => (StatusCode::NO_CONTENT, [("etag", "")], String::new()),
+                    _ => (StatusCode::BAD_REQUEST, [("etag", "")], String::new()),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), log, server)
+    }
+
+    #[tokio::test]
+    async fn s3_each_part_and_the_completion_are_retried_and_a_failed_upload_is_aborted() {
+        let store_at = |endpoint: String| {
+            let mut c = config("fleet-parts");
+            c.endpoint = endpoint;
+            c.multipart_threshold_bytes = 1;
+            c.multipart_part_bytes = 5 << 20;
+            S3Store::new(&c).unwrap()
+        };
+        let object = Bytes::from(vec![1u8; (10 << 20) + 1]); // 3 parts
+
+        // Part 2 keeps failing: tried 3 times, the error names it, the upload is aborted.
+        let (url, log, server) = multipart_server(Some(2), 0).await;
+        let e = store_at(url).put("k", object.clone(), "image/jpeg").await.unwrap_err();
+        assert!(
+            matches!(&e, StorageError::Retryable(t) if t.contains("part 2") && t.contains("after 3 attempts")),
+            "{e}"
+        );
+        let log = log.lock().unwrap().clone();
+        let count = |prefix: &str| log.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("PUT partNumber=2&"), 3, "{log:?}");
+        assert_eq!(count("POST uploadId"), 0, "never completed: {log:?}");
+        assert_eq!(count("DELETE uploadId=up-1"), 1, "aborted once: {log:?}");
+        server.abort();
+
+        // A completion answered 200 with an `<Error>` inside is tried again.
+        let (url, log, server) = multipart_server(None, 1).await;
+        store_at(url).put("k", object, "image/jpeg").await.unwrap();
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.iter().filter(|l| l.starts_with("POST uploadId=up-1")).count(), 2, "{log:?}");
+        assert!(!log.iter().any(|l| l.starts_with("DELETE")), "{log:?}");
+        server.abort();
+    }
+
     #[tokio::test]
     async fn s3_errors_say_whether_to_retry_and_hide_credentials() {
         // A missing bucket is permanent, and says so.
