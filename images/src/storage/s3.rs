@@ -15,6 +15,9 @@
 //!   way that may pass (408, 429, 5xx, timeouts, connection errors), waiting 100 ms,
 //!   200 ms, ... (with jitter) or the server's `Retry-After` when it is at most 10 s.
 //!   Every S3 call made here is idempotent, so a retry cannot store something twice.
+//!   No retry starts once one request's deadline (`timeout_ms`) has gone by since the
+//!   first try: a request that timed out is left to the job's own retry, so a hung store
+//!   costs a job one deadline, not `max_attempts` of them.
 //! * **Multipart uploads**: an object above `multipart_threshold_bytes` goes up in parts
 //!   of `multipart_part_bytes` (slices of the caller's buffer, no copies), up to
 //!   [`PARALLEL_PARTS`] at a time, each retried on its own; a failed upload is aborted so
@@ -69,6 +72,9 @@ pub struct S3Store {
     multipart_threshold: u64,
     part_bytes: u64,
     max_attempts: u32,
+    /// No retry starts once this much time has gone by since the first try (one request's
+    /// deadline): a request that timed out has used it up, and the job's retry takes over.
+    retry_budget: Duration,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -82,6 +88,7 @@ impl std::fmt::Debug for S3Store {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_bytes", &self.part_bytes)
             .field("max_attempts", &self.max_attempts)
+            .field("retry_budget", &self.retry_budget)
             .finish()
     }
 }
@@ -225,6 +232,7 @@ impl S3Store {
             multipart_threshold: config.multipart_threshold_bytes,
             part_bytes: config.multipart_part_bytes,
             max_attempts: config.max_attempts,
+            retry_budget: Duration::from_millis(config.timeout_ms),
         })
     }
 
@@ -245,6 +253,7 @@ impl S3Store {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt>>,
     {
+        let started = tokio::time::Instant::now();
         let mut tried = 0;
         loop {
             tried += 1;
@@ -252,13 +261,15 @@ impl S3Store {
                 Ok(v) => return Ok(v),
                 Err(failed) => failed,
             };
-            let too_long = failed.retry_after.is_some_and(|r| r > MAX_INLINE_WAIT);
+            let wait = backoff(tried + 1, failed.retry_after);
+            let too_long =
+                failed.retry_after.is_some_and(|r| r > MAX_INLINE_WAIT) || started.elapsed() + wait > self.retry_budget;
             match failed.error {
                 StorageError::Retryable(text) if tried >= self.max_attempts || too_long => {
                     let s = if tried == 1 { "" } else { "s" };
                     return Err(StorageError::Retryable(format!("{text} (after {tried} attempt{s})")));
                 }
-                StorageError::Retryable(_) => tokio::time::sleep(backoff(tried + 1, failed.retry_after)).await,
+                StorageError::Retryable(_) => tokio::time::sleep(wait).await,
                 other => return Err(other),
             }
         }
@@ -974,6 +985,7 @@ mod tests {
         let started = std::time::Instant::now();
         let e = store.get("k").await.unwrap_err();
         assert!(e.is_retryable() && e.to_string().contains("did not answer in time"), "{e}");
+        assert!(e.to_string().contains("after 1 attempt)"), "a timeout used up the retry budget: {e}");
         assert!(started.elapsed() < Duration::from_secs(5), "the deadline held: {:?}", started.elapsed());
         server.abort();
     }
