@@ -91,6 +91,19 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// The object under `key`, or `None` when there is none.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>>;
 
+    /// The object under `key` if it is at most `max_bytes` long, or `None` when there is
+    /// none. A larger one is a permanent error naming its size and the limit, found
+    /// without reading it all: S3 checks `Content-Length` and stops reading the body at
+    /// the limit, the local store checks the file's size.
+    fn get_at_most<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(async move {
+            match self.get(key).await? {
+                Some(b) if b.len() as u64 > max_bytes => Err(too_large(key, Some(b.len() as u64), max_bytes)),
+                other => Ok(other),
+            }
+        })
+    }
+
     /// Size and content type of the object under `key`, or `None` when there is none.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectMeta>, StorageError>>;
 
@@ -106,6 +119,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn get_existing<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StorageError>> {
         Box::pin(async move { self.get(key).await?.ok_or_else(|| StorageError::NotFound(key.to_owned())) })
     }
+}
+
+/// The error for an object over the size a reader takes ([`ObjectStore::get_at_most`]).
+#[cfg(feature = "jobs")]
+pub(crate) fn too_large(key: &str, size: Option<u64>, max_bytes: u64) -> StorageError {
+    let size = size.map_or_else(|| "larger".to_owned(), |s| format!("{s} bytes"));
+    StorageError::Permanent(format!("object {key:?} is {size}, more than the {max_bytes} bytes allowed"))
 }
 
 /// Longest key accepted, in bytes (S3's limit).

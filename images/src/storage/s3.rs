@@ -461,6 +461,37 @@ impl S3Store {
         .await
     }
 
+    /// `GET` of `key`, the body streamed into one buffer and, with `cap`, refused past it
+    /// (by `Content-Length` before reading, and while reading).
+    async fn read(&self, key: &str, cap: Option<u64>) -> Result<Option<Bytes>, StorageError> {
+        validate_key(key)?;
+        let what = &self.what("reading", key);
+        self.retrying(|| async move {
+            let url = self.bucket.get_object(Some(&self.credentials), key).sign(SIGNED_FOR);
+            let mut resp = match self.send(what, self.http.get(url)).await? {
+                Ok(resp) => resp,
+                Err(f) if f.is_absent_object() => return Ok(None),
+                Err(f) => return Err(f.into()),
+            };
+            let length = resp.content_length();
+            let max = cap.unwrap_or(u64::MAX);
+            if let Some(n) = length.filter(|&n| n > max) {
+                return Err(super::too_large(key, Some(n), max).into());
+            }
+            // Sized from Content-Length, but never more than 64 MiB up front on its word.
+            let mut out = bytes::BytesMut::with_capacity(length.unwrap_or(0).min(64 << 20) as usize);
+            // A body cut off midway is retried like a failed request.
+            while let Some(chunk) = resp.chunk().await.map_err(|e| send_error(what, e))? {
+                if (out.len() + chunk.len()) as u64 > max {
+                    return Err(super::too_large(key, None, max).into());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Some(out.freeze()))
+        })
+        .await
+    }
+
     /// Aborts a multipart upload (its parts are deleted); an upload already gone is fine.
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
         let what = &self.what("aborting the multipart upload of", key);
@@ -489,20 +520,11 @@ impl ObjectStore for S3Store {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
-        Box::pin(async move {
-            validate_key(key)?;
-            let what = &self.what("reading", key);
-            self.retrying(|| async move {
-                let url = self.bucket.get_object(Some(&self.credentials), key).sign(SIGNED_FOR);
-                match self.send(what, self.http.get(url)).await? {
-                    // A body cut off midway is retried like a failed request.
-                    Ok(resp) => Ok(Some(resp.bytes().await.map_err(|e| send_error(what, e))?)),
-                    Err(f) if f.is_absent_object() => Ok(None),
-                    Err(f) => Err(f.into()),
-                }
-            })
-            .await
-        })
+        Box::pin(self.read(key, None))
+    }
+
+    fn get_at_most<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(self.read(key, Some(max_bytes)))
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectMeta>, StorageError>> {
@@ -622,6 +644,12 @@ mod tests {
         store.put(key, Bytes::from_static(b"second!"), "image/webp").await.unwrap();
         assert_eq!(store.get_existing(key).await.unwrap(), Bytes::from_static(b"second!"));
         assert_eq!(store.head(key).await.unwrap().unwrap().content_type.as_deref(), Some("image/webp"));
+
+        // Read with a size limit: at the limit it comes back, over it the error names it.
+        assert_eq!(store.get_at_most(key, 7).await.unwrap().as_deref(), Some(&b"second!"[..]));
+        let e = store.get_at_most(key, 6).await.unwrap_err();
+        assert!(matches!(&e, StorageError::Permanent(t) if t.contains("7 bytes, more than the 6")), "{e}");
+        assert_eq!(store.get_at_most("absent", 6).await.unwrap(), None);
 
         store.put("empty", Bytes::new(), "text/plain").await.unwrap();
         assert_eq!(store.get("empty").await.unwrap().as_deref(), Some(&b""[..]));
@@ -830,6 +858,25 @@ mod tests {
         );
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         assert_no_secrets(&format!("{e} {e:?}"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn s3_a_body_without_a_length_is_cut_off_at_the_limit() {
+        // Chunked, no Content-Length: the limit is enforced while reading.
+        let app = axum::Router::new().fallback(|| async {
+            let chunks = futures::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"abcd"))));
+            axum::body::Body::from_stream(chunks)
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let mut c = config("fleet-chunked");
+        c.endpoint = format!("http://{addr}");
+        let store = S3Store::new(&c).unwrap();
+        assert_eq!(store.get_at_most("k", 12).await.unwrap().as_deref(), Some(&b"abcdabcdabcd"[..]));
+        let e = store.get_at_most("k", 10).await.unwrap_err();
+        assert!(matches!(&e, StorageError::Permanent(t) if t.contains("is larger, more than the 10 bytes")), "{e}");
         server.abort();
     }
 
