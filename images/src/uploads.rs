@@ -12,8 +12,7 @@
 
 use crate::storage::{S3Config, StorageError, validate_key};
 use chrono::{DateTime, Utc};
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use secrecy::ExposeSecret as _;
+use rusty_s3::{Bucket, Credentials, S3Action};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -110,21 +109,7 @@ impl UploadSigner {
     /// A signer for `config`'s bucket; checks the endpoint and bucket name like
     /// [`crate::storage::S3Config`]'s store does, without contacting the server.
     pub fn new(config: &S3Config) -> Result<Self, StorageError> {
-        let endpoint: url::Url = config
-            .endpoint
-            .parse()
-            .map_err(|e| StorageError::Permanent(format!("S3 endpoint {:?} is not a URL: {e}", config.endpoint)))?;
-        let style = if config.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
-        let bucket = Bucket::new(endpoint, style, config.bucket.clone(), config.region.clone()).map_err(|e| {
-            StorageError::Permanent(format!(
-                "S3 bucket {:?} at {:?} cannot be addressed: {e}",
-                config.bucket, config.endpoint
-            ))
-        })?;
-        let credentials = Credentials::new(
-            config.access_key_id.expose_secret().to_owned(),
-            config.secret_access_key.expose_secret().to_owned(),
-        );
+        let (bucket, credentials) = config.bucket()?;
         Ok(UploadSigner { bucket, credentials })
     }
 
@@ -171,6 +156,7 @@ mod tests {
             path_style: true,
             timeout_ms: 1000,
             connect_timeout_ms: 1000,
+            ..S3Config::new(String::new(), String::new(), SecretString::from(""), SecretString::from(""))
         })
         .unwrap()
     }

@@ -123,17 +123,42 @@ async fn an_app_puts_an_original_through_a_presigned_url_and_it_is_analysed() {
         "variants": {"widths": [320], "formats": ["jpeg"]}});
     let (s, accepted) = call(&api, &studio, "POST", "/v1/portfolios", Some(upload)).await;
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
+    // A job of another tenant that names studio's key anyway (enqueued past the API): the
+    // worker refuses it before it reads the bucket.
+    let stolen = env
+        .client
+        .enqueue_with(
+            &fleet_jobs::catalogue::ImageAnalyze {
+                image_id: "stolen".into(),
+                key: key.clone(),
+                portfolio: Some("direct".into()),
+                allow_gps: false,
+                vision: false,
+            },
+            fleet_jobs::EnqueueOptions { tenant: Some("other".into()), ..Default::default() },
+        )
+        .await
+        .unwrap();
     let images = Images::new(db.pool.clone(), &ImageSettings { storage, ..Default::default() }).unwrap();
     let registry = Registry::builtin().register(images.analyzer()).register(images.variants());
     let mut cfg = env.config("images", 2);
     cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None }];
     let worker = env.worker(cfg, registry).await;
-    fleet_tests::eventually("both jobs of the upload", Duration::from_secs(120), || async {
-        let stats = env.stats("images").await;
-        assert_eq!(stats.dead, 0, "no job may fail: {stats:?}");
-        (stats.succeeded == 2).then_some(())
-    })
+    fleet_tests::eventually(
+        "both jobs of the upload, and the other tenant's refused",
+        Duration::from_secs(120),
+        || async {
+            let stats = env.stats("images").await;
+            assert!(stats.dead <= 1, "only the other tenant's job may fail: {stats:?}");
+            (stats.succeeded == 2 && stats.dead == 1).then_some(())
+        },
+    )
     .await;
+    let dead = env.client.dead_letters("images", 0, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, stolen.as_str());
+    assert!(dead[0].reason.contains("outside the tenant's prefix"), "{}", dead[0].reason);
+    assert_eq!(dead[0].job.attempts, 1, "refused once, not retried");
     let (s, view) = call(&api, &studio, "GET", "/v1/portfolios/direct", None).await;
     assert_eq!(s, StatusCode::OK, "{view}");
     let analysed = &view["images"][0];

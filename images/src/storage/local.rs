@@ -118,6 +118,37 @@ impl ObjectStore for LocalStore {
         })
     }
 
+    fn get_at_most<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            let key = key.to_owned();
+            Self::blocking(move || {
+                use std::io::Read as _;
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if is_absent(&e) => return Ok(None),
+                    Err(e) => return Err(io_error("reading", &key, e)),
+                };
+                let meta = file.metadata().map_err(|e| io_error("reading", &key, e))?;
+                if !meta.is_file() {
+                    return Ok(None); // a folder (a prefix of other keys), as `head` reads it
+                }
+                let size = meta.len();
+                if size > max_bytes {
+                    return Err(super::too_large(&key, Some(size), max_bytes));
+                }
+                // Never more than the limit, even if the file grows meanwhile.
+                let mut out = Vec::with_capacity(size as usize);
+                file.take(max_bytes + 1).read_to_end(&mut out).map_err(|e| io_error("reading", &key, e))?;
+                if out.len() as u64 > max_bytes {
+                    return Err(super::too_large(&key, None, max_bytes));
+                }
+                Ok(Some(Bytes::from(out)))
+            })
+            .await
+        })
+    }
+
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectMeta>, StorageError>> {
         Box::pin(async move {
             let path = self.path(key)?;
@@ -199,6 +230,13 @@ mod tests {
         // Putting the same bytes again is harmless.
         store.put(key, Bytes::from_static(b"second, longer"), "image/jpeg").await.unwrap();
         assert_eq!(files_under(&dir.0), vec!["ünïcödé ✓.jpg".to_owned()], "no temporary file is left behind");
+
+        // Read with a size limit: at the limit it comes back, over it the error names it.
+        assert_eq!(store.get_at_most(key, 14).await.unwrap().as_deref(), Some(&b"second, longer"[..]));
+        let e = store.get_at_most(key, 13).await.unwrap_err();
+        assert!(matches!(&e, StorageError::Permanent(t) if t.contains("14 bytes, more than the 13")), "{e}");
+        assert_eq!(store.get_at_most("never/was/there", 13).await.unwrap(), None);
+        assert_eq!(store.get_at_most("tenant", 13).await.unwrap(), None, "a folder is no object");
 
         store.delete(key).await.unwrap();
         assert_eq!(store.get(key).await.unwrap(), None);

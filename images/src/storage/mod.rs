@@ -7,7 +7,8 @@
 //!   atomically (temporary file, `fsync`, rename).
 //! * [`S3Store`]: any S3-compatible server (AWS, MinIO, R2, moto), path-style or
 //!   virtual-host style, requests signed with SigV4 by `rusty-s3` and sent with the
-//!   workspace's `reqwest`.
+//!   client `fleet_net` builds; retryable failures are tried again, and large objects
+//!   go up as multipart uploads with parts in parallel.
 //! * [`StoreConfig`] and [`from_config`]: `{ kind = "local", root = ".." }` or
 //!   `{ kind = "s3", endpoint = .., bucket = .., .. }`.
 //!
@@ -90,6 +91,19 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// The object under `key`, or `None` when there is none.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>>;
 
+    /// The object under `key` if it is at most `max_bytes` long, or `None` when there is
+    /// none. A larger one is a permanent error naming its size and the limit, found
+    /// without reading it all: S3 checks `Content-Length` and stops reading the body at
+    /// the limit, the local store checks the file's size.
+    fn get_at_most<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(async move {
+            match self.get(key).await? {
+                Some(b) if b.len() as u64 > max_bytes => Err(too_large(key, Some(b.len() as u64), max_bytes)),
+                other => Ok(other),
+            }
+        })
+    }
+
     /// Size and content type of the object under `key`, or `None` when there is none.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectMeta>, StorageError>>;
 
@@ -105,6 +119,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn get_existing<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StorageError>> {
         Box::pin(async move { self.get(key).await?.ok_or_else(|| StorageError::NotFound(key.to_owned())) })
     }
+}
+
+/// The error for an object over the size a reader takes ([`ObjectStore::get_at_most`]).
+#[cfg(feature = "jobs")]
+pub(crate) fn too_large(key: &str, size: Option<u64>, max_bytes: u64) -> StorageError {
+    let size = size.map_or_else(|| "larger".to_owned(), |s| format!("{s} bytes"));
+    StorageError::Permanent(format!("object {key:?} is {size}, more than the {max_bytes} bytes allowed"))
 }
 
 /// Longest key accepted, in bytes (S3's limit).
@@ -167,7 +188,23 @@ pub struct S3Config {
     /// Connect timeout, ms.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Objects larger than this many bytes are stored as a multipart upload (parts sent
+    /// in parallel, each retried on its own); smaller ones with one `PUT`.
+    #[serde(default = "default_multipart_threshold_bytes")]
+    pub multipart_threshold_bytes: u64,
+    /// Size of each part of a multipart upload, bytes: 5 MiB (S3's smallest part) to
+    /// 5 GiB. Raised when an object would need more than 10,000 parts.
+    #[serde(default = "default_multipart_part_bytes")]
+    pub multipart_part_bytes: u64,
+    /// Tries of one request before a retryable failure (5xx, 429, 408, timeout,
+    /// connection error) is returned, 1 to 10; waits grow from 100 ms, with jitter, and
+    /// honour `Retry-After` up to 10 s.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
+
+/// S3's smallest part (except the last), and largest part, of a multipart upload.
+pub const MULTIPART_PART_BYTES_RANGE: std::ops::RangeInclusive<u64> = (5 << 20)..=(5 << 30);
 
 impl S3Config {
     /// A config for `bucket` at `endpoint` with these keys, and the defaults of the
@@ -182,7 +219,47 @@ impl S3Config {
             path_style: false,
             timeout_ms: default_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            multipart_threshold_bytes: default_multipart_threshold_bytes(),
+            multipart_part_bytes: default_multipart_part_bytes(),
+            max_attempts: default_max_attempts(),
         }
+    }
+
+    /// The bucket and keys this config names, checked without contacting the server: the
+    /// endpoint must be a URL, a virtual-host style bucket needs a host name endpoint and a
+    /// DNS-safe name, and the multipart and retry settings must be in range. What both the
+    /// store and the upload signer ([`crate::uploads`]) sign with.
+    pub(crate) fn bucket(&self) -> Result<(rusty_s3::Bucket, rusty_s3::Credentials), StorageError> {
+        let invalid = |setting: &str, why: String| StorageError::Permanent(format!("S3 setting {setting}: {why}"));
+        if !MULTIPART_PART_BYTES_RANGE.contains(&self.multipart_part_bytes) {
+            return Err(invalid(
+                "multipart_part_bytes",
+                format!("must be 5 MiB to 5 GiB (S3's part sizes), not {}", self.multipart_part_bytes),
+            ));
+        }
+        if self.multipart_threshold_bytes == 0 {
+            return Err(invalid("multipart_threshold_bytes", "must be at least 1".into()));
+        }
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(invalid("max_attempts", format!("must be 1 to 10, not {}", self.max_attempts)));
+        }
+        let endpoint: url::Url = self
+            .endpoint
+            .parse()
+            .map_err(|e| StorageError::Permanent(format!("S3 endpoint {:?} is not a URL: {e}", self.endpoint)))?;
+        let style = if self.path_style { rusty_s3::UrlStyle::Path } else { rusty_s3::UrlStyle::VirtualHost };
+        let bucket = rusty_s3::Bucket::new(endpoint, style, self.bucket.clone(), self.region.clone()).map_err(|e| {
+            let hint = if self.path_style { "" } else { " (an IP endpoint needs path_style = true)" };
+            StorageError::Permanent(format!(
+                "S3 bucket {:?} at {:?} cannot be addressed: {e}{hint}",
+                self.bucket, self.endpoint
+            ))
+        })?;
+        let credentials = rusty_s3::Credentials::new(
+            self.access_key_id.expose_secret().to_owned(),
+            self.secret_access_key.expose_secret().to_owned(),
+        );
+        Ok((bucket, credentials))
     }
 }
 
@@ -194,6 +271,15 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+fn default_multipart_threshold_bytes() -> u64 {
+    16 << 20
+}
+fn default_multipart_part_bytes() -> u64 {
+    8 << 20
+}
+fn default_max_attempts() -> u32 {
+    3
 }
 
 impl std::fmt::Debug for S3Config {
@@ -207,6 +293,9 @@ impl std::fmt::Debug for S3Config {
             .field("path_style", &self.path_style)
             .field("timeout_ms", &self.timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("multipart_threshold_bytes", &self.multipart_threshold_bytes)
+            .field("multipart_part_bytes", &self.multipart_part_bytes)
+            .field("max_attempts", &self.max_attempts)
             .finish()
     }
 }
