@@ -172,3 +172,70 @@ async fn the_dashboard_shows_queues_live_and_replays_in_a_real_browser() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+/// The app's side of live progress in a browser: its server exchanges the API key for a
+/// stream token, and a page on the app's own origin (another port here) follows the
+/// tenant's jobs with `EventSource`, never holding the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_the_apps_origin_follows_jobs_with_a_stream_token_and_no_api_key() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let fleet = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", fleet.local_addr().unwrap());
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+            .with_secrets(fleet_accounts::secrets::SecretBox::new(&"3c".repeat(32)).unwrap()),
+        1 << 20,
+    );
+    tokio::spawn(async move { axum::serve(fleet, router).await.unwrap() });
+    let key = auth::create_api_key(&db.pool, "acme", "app", &[auth::Role::Enqueue]).await.unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{site}{path}"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    // The app's server side: one token for this page, job events only.
+    let res = post("/v1/stream/tokens", json!({"ttl_secs": 300, "types": ["job.*"]})).await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let token: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+
+    // The app's page, on its own origin.
+    let page = format!(
+        "<!doctype html><title>gallery</title><script>
+         window.seen = []; window.errors = 0;
+         const es = new EventSource({url});
+         es.addEventListener('job.succeeded', e => window.seen.push(JSON.parse(e.data).id));
+         es.onerror = () => window.errors++;
+         </script>",
+        url = serde_json::to_string(&format!("{site}/v1/stream?token={token}&after=0")).unwrap()
+    );
+    assert!(!page.contains(&key), "the page holds no API key");
+    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_site = format!("http://{}", app_listener.local_addr().unwrap());
+    let app_router =
+        axum::Router::new().route("/gallery", axum::routing::get(move || async move { axum::response::Html(page) }));
+    tokio::spawn(async move { axum::serve(app_listener, app_router).await.unwrap() });
+
+    let browser = Browser::start().await;
+    browser.go(&format!("{app_site}/gallery")).await;
+    let worker = env.worker(env.config("default", 2), fleet_worker::Registry::builtin()).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let res = post("/v1/jobs", json!({"kind": "probe", "args": {"do": "succeed"}})).await.unwrap();
+        let v: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    browser.until("the page to see the 3 jobs succeed", "return window.seen.slice().sort()", json!(ids)).await;
+    assert_eq!(browser.js("return window.errors").await, json!(0), "the cross-origin stream opened cleanly");
+    browser.close().await;
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}

@@ -386,3 +386,88 @@ async fn a_tenant_follows_its_own_jobs_live_and_resumes_after_a_reconnect() {
     worker.shutdown().await;
     api.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_token_opens_only_its_tenants_named_events_and_nothing_else() {
+    let api = Api::new().await;
+    let (s, e) = api.post("/v1/stream/tokens", json!({})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("not_configured")));
+    let sealed = app(
+        ApiState::new(api.env.client.clone(), api.db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests())
+            .with_secrets(fleet_accounts::secrets::SecretBox::new(&"5a".repeat(32)).unwrap()),
+        64 * 1024,
+    );
+    let call = |method: &str, uri: &str, auth: Option<String>, body: Option<Value>| {
+        let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", format!("Bearer {a}"));
+        }
+        let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty)).unwrap();
+        sealed.clone().oneshot(req)
+    };
+    let json_of = |res: axum::response::Response| async move {
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+    };
+    let key = api.key.clone();
+    let (_, batch) = api.post("/v1/batches", json!({"jobs": [probe("succeed"), probe("succeed")]})).await;
+    let batch = batch["id"].as_str().unwrap().to_owned();
+    let (_, alone) = api.post("/v1/jobs", probe("succeed")).await;
+    let alone = alone["id"].as_str().unwrap().to_owned();
+
+    for bad in [json!({"ttl_secs": 0}), json!({"ttl_secs": 90000}), json!({"types": [""]})] {
+        let (s, _) = json_of(call("POST", "/v1/stream/tokens", Some(key.clone()), Some(bad)).await.unwrap()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let token_for = |body: Value| {
+        let res = call("POST", "/v1/stream/tokens", Some(key.clone()), Some(body));
+        async move {
+            let (s, t) = json_of(res.await.unwrap()).await;
+            assert_eq!(s, StatusCode::CREATED, "{t}");
+            t["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let narrow = token_for(json!({"batches": [batch], "types": ["job.*"]})).await;
+    let everything = token_for(json!({})).await;
+
+    // A token is no API key: it enqueues nothing and reads no job.
+    let (s, _) = json_of(call("POST", "/v1/jobs", Some(narrow.clone()), Some(probe("succeed"))).await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) =
+        json_of(call("GET", &format!("/v1/jobs/default/{alone}"), Some(narrow.clone()), None).await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Altered or foreign tokens open nothing.
+    let mut altered = narrow.clone().into_bytes();
+    let i = altered.len() / 2;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    for bad in [altered.as_str(), "fst_", "fk_000000000000_nope"] {
+        let res = call("GET", &format!("/v1/stream?token={bad}"), None, None).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+
+    let worker = api.env.worker(api.env.config("default", 4), Registry::builtin()).await;
+    let res = call("GET", &format!("/v1/stream?token={narrow}&after=0"), None, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*", "a browser on the app's origin may read it");
+    let mut body = res.into_body().into_data_stream();
+    let events = read_sse(&mut body, |ev| ev.iter().filter(|(_, e, _)| e == "job.succeeded").count() >= 2).await;
+    assert!(events.iter().all(|(_, e, d)| e == "job.succeeded" && d["batch"] == batch.as_str()), "{events:?}");
+    let res = call("GET", &format!("/v1/stream?token={everything}&after=0"), None, None).await.unwrap();
+    let mut body = res.into_body().into_data_stream();
+    let all =
+        read_sse(&mut body, |ev| ev.iter().any(|(_, e, d)| e == "job.succeeded" && d["id"] == alone.as_str())).await;
+    assert!(!all.is_empty());
+
+    // It expires.
+    let short = token_for(json!({"ttl_secs": 1})).await;
+    eventually("the one-second token to expire", Duration::from_secs(10), || async {
+        let res = call("GET", &format!("/v1/stream?token={short}"), None, None).await.unwrap();
+        (res.status() == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    api.done().await;
+}

@@ -10,15 +10,29 @@
 //!
 //! A tenant holds at most `api.streams_per_tenant` streams (this one and batch event
 //! streams) open at once per scheduler process; one more gets 429 with `Retry-After`.
+//!
+//! **Browsers.** `EventSource` cannot send an `Authorization` header, and an API key must
+//! never reach a browser. The app's server exchanges its key for a stream token
+//! (`POST /v1/stream/tokens`): short-lived (15 min by default, 24 h at most), bound to
+//! the key's tenant and optionally narrowed to batches and event types, sealed with
+//! `FLEET_SECRETS_KEY` (AES-256-GCM, so it cannot be read or altered). The browser opens
+//! `/v1/stream?token=...`. A token is accepted by this route only: it enqueues nothing
+//! and reads nothing else. Token streams answer `Access-Control-Allow-Origin: *` (no
+//! cookies are involved; the token is the credential), so a page on the app's own origin
+//! can open them.
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::ApiError;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::Json;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use fleet_jobs::events::{self, TenantEvent};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -34,6 +48,142 @@ pub(crate) struct StreamQuery {
     /// Resume after this event id (like `Last-Event-ID`); `0` replays every kept event.
     /// Without either, the stream starts with the next event.
     after: Option<String>,
+    /// A stream token (`POST /v1/stream/tokens`) instead of an `Authorization` header.
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+/// Longest and default life of a stream token.
+const MAX_TOKEN_SECS: u64 = 24 * 3600;
+const DEFAULT_TOKEN_SECS: u64 = 15 * 60;
+/// Most batches and event types one token may name.
+const MAX_TOPICS: usize = 100;
+/// Associated data of sealed stream tokens (a token opens as nothing else).
+const TOKEN_AAD: &str = "fleet stream token v1";
+
+/// What a stream token may see.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamTokenRequest {
+    /// Seconds the token stays valid (default 900, at most 86,400). A stream open when it
+    /// expires goes on; reconnecting needs a new token.
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    /// Only events of these batches (job events of their jobs and their `batch.progress`).
+    #[serde(default)]
+    batches: Vec<String>,
+    /// Only these event types: exact (`job.succeeded`) or a prefix ending in `.*`
+    /// (`calendar.*`).
+    #[serde(default)]
+    types: Vec<String>,
+}
+
+/// A stream token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StreamToken {
+    /// Opaque; pass it as `/v1/stream?token=`.
+    token: String,
+    /// When it stops opening streams (ms since the epoch).
+    expires_at: u64,
+}
+
+/// The sealed content of a token.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// Tenant.
+    t: String,
+    /// Expiry, ms since the epoch.
+    e: u64,
+    /// Batches (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    b: Vec<String>,
+    /// Event types (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    y: Vec<String>,
+}
+
+impl Claims {
+    fn admits(&self, e: &TenantEvent) -> bool {
+        let batch_ok = self.b.is_empty() || e.batch.as_ref().is_some_and(|b| self.b.contains(b));
+        batch_ok && self.type_ok(&e.event_type)
+    }
+
+    fn type_ok(&self, event_type: &str) -> bool {
+        self.y.is_empty()
+            || self.y.iter().any(|y| {
+                y == event_type || y.strip_suffix('*').is_some_and(|p| p.ends_with('.') && event_type.starts_with(p))
+            })
+    }
+}
+
+/// Exchange the caller's API key for a short-lived token a browser's `EventSource` can
+/// open `/v1/stream` with.
+#[utoipa::path(post, path = "/v1/stream/tokens", request_body = StreamTokenRequest,
+    responses((status = 201, body = StreamToken), (status = 401, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody),
+        (status = 501, description = "no FLEET_SECRETS_KEY to seal tokens with", body = super::error::ErrorBody)))]
+pub(crate) async fn create_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<StreamTokenRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(seal) = &state.secrets else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_configured",
+            "stream tokens are sealed with FLEET_SECRETS_KEY, which this scheduler does not have",
+        ));
+    };
+    let ttl = req.ttl_secs.unwrap_or(DEFAULT_TOKEN_SECS);
+    if !(1..=MAX_TOKEN_SECS).contains(&ttl) {
+        return Err(ApiError::invalid(format!("ttl_secs must be 1 to {MAX_TOKEN_SECS}")));
+    }
+    if req.batches.len() > MAX_TOPICS || req.types.len() > MAX_TOPICS {
+        return Err(ApiError::invalid(format!("at most {MAX_TOPICS} batches and {MAX_TOPICS} types")));
+    }
+    if req.batches.iter().chain(&req.types).any(|t| t.is_empty() || t.len() > 200) {
+        return Err(ApiError::invalid("batch ids and event types must be 1 to 200 characters"));
+    }
+    let expires_at = fleet_jobs::envelope::now_ms() + ttl * 1000;
+    let claims = Claims { t: caller.tenant, e: expires_at, b: req.batches, y: req.types };
+    let sealed = seal
+        .seal(TOKEN_AAD, &serde_json::to_string(&claims).unwrap_or_default())
+        .map_err(|e| ApiError::internal("sealing a stream token", e))?;
+    let token = format!("fst_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed));
+    Ok((StatusCode::CREATED, Json(StreamToken { token, expires_at })))
+}
+
+/// Who opens a stream: an API key's tenant (everything), or a token's (what it names).
+pub(crate) struct StreamCaller {
+    tenant: String,
+    claims: Option<Claims>,
+}
+
+impl FromRequestParts<ApiState> for StreamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let token = parts.uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+        });
+        let Some(token) = token else {
+            let caller = Caller::from_request_parts(parts, state).await?;
+            return Ok(StreamCaller { tenant: caller.tenant, claims: None });
+        };
+        let refused = || ApiError::unauthorized("invalid or expired stream token");
+        let seal = state.secrets.as_ref().ok_or_else(refused)?;
+        let sealed = token
+            .strip_prefix("fst_")
+            .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(refused)?;
+        let claims: Claims =
+            seal.open(TOKEN_AAD, &sealed).ok().and_then(|text| serde_json::from_str(&text).ok()).ok_or_else(refused)?;
+        if claims.e <= fleet_jobs::envelope::now_ms() {
+            return Err(refused());
+        }
+        Ok(StreamCaller { tenant: claims.t.clone(), claims: Some(claims) })
+    }
 }
 
 /// The tenant's live job and batch events, as server-sent events.
@@ -43,10 +193,10 @@ pub(crate) struct StreamQuery {
         (status = 429, description = "the tenant has the most streams open", body = super::error::ErrorBody)))]
 pub(crate) async fn tenant_stream(
     State(state): State<ApiState>,
-    caller: Caller,
+    caller: StreamCaller,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
-) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(query.after);
     let prefix = state.client.prefix().to_owned();
     let mut conn = state.client.connection();
@@ -59,20 +209,28 @@ pub(crate) async fn tenant_stream(
     let slot = state.limits.open_stream(&caller.tenant)?;
     let client = state.client.clone();
     let tenant = caller.tenant;
+    let by_token = caller.claims.is_some();
+    let claims = std::sync::Arc::new(caller.claims);
     let stream = futures::stream::unfold((start, Vec::<Event>::new()), move |(mut after, mut pending)| {
         let _held = &slot;
-        let (client, tenant, prefix) = (client.clone(), tenant.clone(), prefix.clone());
+        let (client, tenant, prefix, claims) = (client.clone(), tenant.clone(), prefix.clone(), claims.clone());
         async move {
             loop {
                 if let Some(event) = pending.pop() {
-                    return Some((Ok(event), (after, pending)));
+                    return Some((Ok::<Event, Infallible>(event), (after, pending)));
                 }
                 let mut conn = client.connection();
                 match events::read_after(&mut conn, &prefix, &tenant, &after, READ_COUNT).await {
                     Ok(read) if !read.is_empty() => {
                         after = read.last().map(|(id, _)| id.clone()).unwrap_or(after);
+                        let read: Vec<(String, TenantEvent)> = match claims.as_ref() {
+                            Some(c) => read.into_iter().filter(|(_, e)| c.admits(e)).collect(),
+                            None => read,
+                        };
                         let mut out: Vec<Event> = read.iter().map(|(id, e)| job_event(id, e)).collect();
-                        out.extend(batch_events(&client, &read).await);
+                        if claims.as_ref().as_ref().is_none_or(|c| c.type_ok("batch.progress")) {
+                            out.extend(batch_events(&client, &read).await);
+                        }
                         // Popped from the back: keep them in order.
                         out.reverse();
                         pending = out;
@@ -85,7 +243,11 @@ pub(crate) async fn tenant_stream(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let mut res = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    if by_token {
+        res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
+    Ok(res)
 }
 
 fn job_event(id: &str, e: &TenantEvent) -> Event {
