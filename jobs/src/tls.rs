@@ -141,16 +141,22 @@ fn read_pem(path: &Path, setting: &'static str, kind: PemKind) -> Result<Vec<u8>
 /// failed (the server's certificate was refused, the server does not speak TLS, the
 /// client certificate was refused). `None` for every other error.
 pub fn tls_failure(e: &redis::RedisError) -> Option<String> {
-    let io = std::error::Error::source(e)?.downcast_ref::<std::io::Error>()?;
-    let inner = io.get_ref()?;
-    inner.downcast_ref::<rustls::Error>().map(|r| r.to_string())
+    // redis keeps an I/O error as `Arc<dyn Error>` and hands out the Arc as the source;
+    // tokio-rustls puts rustls' error inside that I/O error.
+    let source = std::error::Error::source(e)?;
+    let io = match source.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>() {
+        Some(arc) => arc.downcast_ref::<std::io::Error>()?,
+        None => source.downcast_ref::<std::io::Error>()?,
+    };
+    io.get_ref()?.downcast_ref::<rustls::Error>().map(|r| r.to_string())
 }
 
 /// `host:port` of a Redis client's address, for messages (no password, no database).
 pub fn redis_addr(client: &redis::Client) -> String {
     match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port} (TLS)"),
+        redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("{host}:{port}")
+        }
         redis::ConnectionAddr::Unix(path) => path.display().to_string(),
         other => format!("{other:?}"),
     }

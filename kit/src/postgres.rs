@@ -113,16 +113,26 @@ fn is_loopback(options: &PgConnectOptions) -> bool {
     host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `e` is a failed TLS negotiation: the server offers no TLS where the mode
+/// demands it (`Error::Tls`), or the handshake failed (a refused certificate: rustls'
+/// error inside an I/O error). Neither gets better by retrying.
+pub fn is_tls_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
 /// A message for a failed connection to PostgreSQL at `url` (shown without its password
 /// or query) in `mode` (`PgConnectOptions::get_ssl_mode`): TLS failures say so and name
 /// the mode.
 pub fn describe_connect_error(url: &str, mode: PgSslMode, e: &sqlx::Error) -> String {
     let at = fleet_net::redact_url(url);
-    match e {
-        sqlx::Error::Tls(_) => {
-            format!("TLS with PostgreSQL at {at} failed (sslmode {}): {e}", mode_name(mode))
-        }
-        _ => format!("PostgreSQL is not reachable at {at}: {e}"),
+    if is_tls_failure(e) {
+        format!("TLS with PostgreSQL at {at} failed (sslmode {}): {e}", mode_name(mode))
+    } else {
+        format!("PostgreSQL is not reachable at {at}: {e}")
     }
 }
 

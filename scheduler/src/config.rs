@@ -475,6 +475,21 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_come_from_the_file_or_the_environment() {
+        let text = "redis_url = \"rediss://redis.example.com:6380\"\n[database_tls]\nsslmode = \"verify-full\"\n";
+        let mut cfg = SchedulerConfig::from_toml(text).unwrap();
+        cfg.validate().unwrap();
+        cfg.apply_env(env(&[("FLEET_REDIS_CA_FILE", "/nonexistent/ca.pem"), ("FLEET_DATABASE_SSLMODE", "require")]))
+            .unwrap();
+        assert_eq!(cfg.database_tls.sslmode.as_deref(), Some("require"));
+        let e = cfg.validate().unwrap_err();
+        assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "redis_tls"), "{e}");
+        assert!(e.to_string().contains("redis_tls.ca_file") && e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let e = SchedulerConfig::load_with(None, env(&[("FLEET_DATABASE_SSLMODE", "on")])).unwrap_err();
+        assert!(e.to_string().contains("database_tls.sslmode"), "{e}");
+    }
+
+    #[test]
     fn two_schedules_cannot_share_a_name() {
         let one =
             "[[schedules]]\nname = \"digest\"\ncron = \"0 * * * * *\"\nkind = \"probe\"\nargs = { do = \"succeed\" }\n";

@@ -65,7 +65,9 @@ pub async fn run(
         match db::connect_and_migrate_tls(&config.database_url, &config.database_tls, Some(statement_timeout)).await {
             Ok(db) => break db,
             // A refused certificate or a server without TLS will not change in 2 s: say so and stop.
-            Err(e) if matches!(e.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Tls(_))) => return Err(e),
+            Err(e) if e.downcast_ref::<sqlx::Error>().is_some_and(fleet_kit::postgres::is_tls_failure) => {
+                return Err(e);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL not ready; retrying in 2 s");
                 tokio::time::sleep(Duration::from_secs(2)).await;

@@ -1,7 +1,7 @@
 //! PostgreSQL for the job kinds that keep records there. Workers apply the same
 //! migrations as the scheduler (under sqlx's advisory lock), whichever starts first.
 
-use fleet_kit::postgres::{PgTls, describe_connect_error};
+use fleet_kit::postgres::{PgTls, describe_connect_error, is_tls_failure};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub async fn connect_and_migrate_tls(url: &str, tls: &PgTls) -> anyhow::Result<P
             .connect_with(options.clone());
         match pool.await {
             Ok(p) => break p,
-            Err(e) if delay < Duration::from_secs(8) && !matches!(e, sqlx::Error::Tls(_)) => {
+            Err(e) if delay < Duration::from_secs(8) && !is_tls_failure(&e) => {
                 tracing::warn!(error = %describe_connect_error(url, mode, &e), "PostgreSQL not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
