@@ -2,14 +2,16 @@
 # Makes sure the TLS services of the TLS tests (tests/tls) are running, beside the plain
 # ones of scripts/services.sh:
 #   Redis with TLS only on 127.0.0.1:$FLEET_REDIS_TLS_PORT (default 6390; Debian's
-#     redis-server 7 has TLS built in; `--port 0`, no client certificate asked for),
+#     redis-server 7 has TLS built in; `--port 0`; `--tls-auth-clients optional`: no client
+#     certificate needed, but one that is presented must be signed by the test CA),
 #   PostgreSQL with ssl=on on 127.0.0.1:$FLEET_PG_TLS_PORT (default 5440): a throwaway
 #     cluster (initdb, trust auth on loopback) under $DIR/pg, run by the postgres user when
 #     this script runs as root (PostgreSQL refuses to run as root).
 # Certificates are made here with openssl, once, under $DIR (default /tmp/fleet-tls):
 #   ca.pem (the test CA), server.pem/server.key (signed by it, subjectAltName
 #   IP:127.0.0.1 and DNS:localhost; rustls ignores the CN), other-ca.pem (a CA that signed
-#   nothing here: what a "wrong CA" test trusts).
+#   nothing here: what a "wrong CA" test trusts), client.pem/client.key (signed by the test
+#   CA) and other-client.pem/other-client.key (signed by the other CA) for mutual TLS.
 # Running it again when both are up does nothing. It prints, on stdout, the variables the
 # tests read (scripts/test.sh evals them):
 #   FLEET_TEST_REDIS_TLS_URL, FLEET_TEST_PG_TLS_URL, FLEET_TEST_TLS_CA, FLEET_TEST_TLS_OTHER_CA
@@ -47,6 +49,24 @@ ensure_certs() {
   say "made the test certificates in $t"
 }
 
+# Client certificates for the mutual-TLS check, made once with the CAs above:
+# client.pem/client.key (signed by the test CA) and other-client.pem/.key (by the other CA).
+ensure_client_certs() {
+  local t="$DIR/tls" name ca
+  for name in client other-client; do
+    [[ -s "$t/$name.pem" && -s "$t/$name.key" ]] && continue
+    ca=ca; [[ $name == other-client ]] && ca=other-ca
+    [[ -s "$t/$ca.key" ]] || die "$t/$ca.key is missing: remove $t and run this script again"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=fleet-$name" -keyout "$t/$name.key" -out "$t/$name.csr" \
+      >/dev/null 2>&1 || die "openssl could not make the $name key"
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$t/client.ext"
+    openssl x509 -req -in "$t/$name.csr" -CA "$t/$ca.pem" -CAkey "$t/$ca.key" -CAcreateserial -days 3650 \
+      -extfile "$t/client.ext" -out "$t/$name.pem" >/dev/null 2>&1 || die "openssl could not sign the $name certificate"
+    chmod 0644 "$t/$name.pem"
+    chmod 0600 "$t/$name.key"
+  done
+}
+
 # True when a TLS handshake on the port verifies against the test CA and Redis answers PONG.
 redis_up() {
   command -v redis-cli >/dev/null 2>&1 || return 1
@@ -54,7 +74,13 @@ redis_up() {
 }
 
 ensure_redis() {
-  if redis_up; then say "TLS Redis is up on 127.0.0.1:$REDIS_PORT"; return; fi
+  if redis_up; then
+    # An instance started by an older version of this script did not check client certificates.
+    timeout 3 redis-cli --tls --cacert "$DIR/tls/ca.pem" -h 127.0.0.1 -p "$REDIS_PORT" \
+      CONFIG SET tls-auth-clients optional >/dev/null 2>&1 || true
+    say "TLS Redis is up on 127.0.0.1:$REDIS_PORT"
+    return
+  fi
   command -v redis-server >/dev/null 2>&1 ||
     die "redis-server is missing (scripts/services.sh installs it, or: apt-get install redis-server)"
   command -v redis-cli >/dev/null 2>&1 || die "redis-cli is missing (apt-get install redis-tools)"
@@ -64,7 +90,7 @@ ensure_redis() {
   say "starting Redis with TLS on 127.0.0.1:$REDIS_PORT"
   redis-server --daemonize yes --bind 127.0.0.1 --port 0 --tls-port "$REDIS_PORT" \
     --tls-cert-file "$DIR/tls/server.pem" --tls-key-file "$DIR/tls/server.key" \
-    --tls-ca-cert-file "$DIR/tls/ca.pem" --tls-auth-clients no \
+    --tls-ca-cert-file "$DIR/tls/ca.pem" --tls-auth-clients optional \
     --save "" --appendonly no --dir "$DIR/redis" --logfile "$DIR/redis/redis.log" \
     --pidfile "$DIR/redis/redis.pid" >/dev/null ||
     die "redis-server did not start with TLS (built without TLS?); see $DIR/redis/redis.log"
@@ -144,6 +170,7 @@ EOF
 }
 
 ensure_certs
+ensure_client_certs
 ensure_redis
 ensure_postgres
 printf 'export FLEET_TEST_REDIS_TLS_URL=%q\n' "rediss://127.0.0.1:$REDIS_PORT"

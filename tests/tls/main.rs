@@ -127,6 +127,25 @@ async fn jobs_run_end_to_end_over_tls_redis_and_a_wrong_ca_is_refused() {
     let other = other_ca();
     let (ok, _, err) = fleetctl(&base, &[("FLEET_REDIS_CA_FILE", other.to_str().unwrap())]).await;
     assert!(!ok && err.contains("TLS handshake"), "{err}");
+    // Mutual TLS: the server checks a client certificate that is presented (the test
+    // Redis runs with `--tls-auth-clients optional`): one of the test CA is let in, one of
+    // another CA is turned away, which shows the certificate is sent.
+    let dir = ca.parent().unwrap();
+    let mutual = |name: &str| RedisTls {
+        ca_file: Some(ca.clone()),
+        client_cert_file: Some(dir.join(format!("{name}.pem"))),
+        client_key_file: Some(dir.join(format!("{name}.key"))),
+    };
+    let mut conn =
+        fleet_jobs::connect_with(&url, &mutual("client")).await.expect("a client certificate of the test CA");
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let refused = async {
+        let mut conn = fleet_jobs::connect_with(&url, &mutual("other-client")).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(fleet_jobs::Error::from)
+    };
+    assert!(refused.await.is_err(), "a client certificate of another CA is refused");
+
     // An unreadable CA file names the setting and the file.
     let (ok, _, err) = fleetctl(&base, &[("FLEET_REDIS_CA_FILE", "/nonexistent/ca.pem")]).await;
     assert!(!ok && err.contains("FLEET_REDIS_CA_FILE") && err.contains("/nonexistent/ca.pem"), "{err}");
