@@ -4,7 +4,8 @@
 #   Redis with TLS only on 127.0.0.1:$FLEET_REDIS_TLS_PORT (default 6390; Debian's
 #     redis-server 7 has TLS built in; `--port 0`; `--tls-auth-clients optional`: no client
 #     certificate needed, but one that is presented must be signed by the test CA),
-#   PostgreSQL with ssl=on on 127.0.0.1:$FLEET_PG_TLS_PORT (default 5440): a throwaway
+#   PostgreSQL with ssl=on on 127.0.0.1:$FLEET_PG_TLS_PORT (default 5440; also on 127.0.0.2,
+#     an address the certificate does not name, for the host-name check): a throwaway
 #     cluster (initdb, trust auth on loopback) under $DIR/pg, run by the postgres user when
 #     this script runs as root (PostgreSQL refuses to run as root).
 # Certificates are made here with openssl, once, under $DIR (default /tmp/fleet-tls):
@@ -114,16 +115,47 @@ as_pg() {
   if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# True when the server on the port answers over TLS, verified against the test CA.
+# True when the server on the port answers over TLS at address $1 (default 127.0.0.1),
+# verified against the test CA (the host name too for 127.0.0.1; 127.0.0.2, which the
+# certificate does not name, is what the host-name check of the tests connects to).
 pg_up() {
   command -v psql >/dev/null 2>&1 || return 1
-  [[ $(PGCONNECT_TIMEOUT=3 psql "host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$DIR/tls/ca.pem" \
+  local host=${1:-127.0.0.1} mode=verify-full
+  [[ $host == 127.0.0.1 ]] || mode=verify-ca
+  [[ $(PGCONNECT_TIMEOUT=3 psql "host=$host port=$PG_PORT user=postgres dbname=postgres sslmode=$mode sslrootcert=$DIR/tls/ca.pem" \
     -tAc "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()" 2>/dev/null) == t ]]
 }
 
+write_pg_conf() {
+  local pg="$DIR/pg"
+  cat >"$pg/data/postgresql.auto.conf" <<EOF
+# Written by scripts/tls-services.sh (edits are overwritten).
+listen_addresses = '127.0.0.1,127.0.0.2'
+port = $PG_PORT
+unix_socket_directories = '$pg/run'
+ssl = on
+ssl_cert_file = '$pg/server.pem'
+ssl_key_file = '$pg/server.key'
+fsync = off
+max_connections = 50
+EOF
+  if [[ $(id -u) -eq 0 ]]; then chown postgres: "$pg/data/postgresql.auto.conf"; fi
+}
+
 ensure_postgres() {
-  if pg_up; then say "TLS PostgreSQL is up on 127.0.0.1:$PG_PORT"; return; fi
   local bin
+  if pg_up; then
+    if ! pg_up 127.0.0.2 && [[ -s "$DIR/pg/data/postmaster.pid" ]]; then
+      # Started by an older version of this script: listen on 127.0.0.2 too.
+      bin=$(pg_bin)
+      say "restarting the TLS PostgreSQL to listen on 127.0.0.2 as well"
+      write_pg_conf
+      as_pg "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 20 restart >/dev/null ||
+        die "PostgreSQL did not restart; see $DIR/pg/postgres.log"
+    fi
+    say "TLS PostgreSQL is up on 127.0.0.1:$PG_PORT"
+    return
+  fi
   bin=$(pg_bin)
   [[ -n "$bin" ]] || die "PostgreSQL's initdb/pg_ctl are missing (scripts/services.sh installs PostgreSQL, or: apt-get install postgresql)"
   command -v psql >/dev/null 2>&1 || die "psql is missing (apt-get install postgresql-client)"
@@ -147,23 +179,12 @@ ensure_postgres() {
     as_pg "$bin/initdb" -D "$pg/data" -U postgres -A trust --no-sync >"$pg/initdb.log" 2>&1 ||
       die "initdb failed; see $pg/initdb.log"
   fi
-  cat >"$pg/data/postgresql.auto.conf" <<EOF
-# Written by scripts/tls-services.sh (edits are overwritten).
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$pg/run'
-ssl = on
-ssl_cert_file = '$pg/server.pem'
-ssl_key_file = '$pg/server.key'
-fsync = off
-max_connections = 50
-EOF
-  [[ $(id -u) -eq 0 ]] && chown postgres: "$pg/data/postgresql.auto.conf"
+  write_pg_conf
   say "starting PostgreSQL with TLS on 127.0.0.1:$PG_PORT"
   as_pg "$bin/pg_ctl" -D "$pg/data" -l "$pg/postgres.log" -w -t 20 start >/dev/null ||
     die "PostgreSQL did not start; see $pg/postgres.log"
   for _ in $(seq 1 100); do
-    if pg_up; then say "TLS PostgreSQL is up on 127.0.0.1:$PG_PORT"; return; fi
+    if pg_up && pg_up 127.0.0.2; then say "TLS PostgreSQL is up on 127.0.0.1:$PG_PORT (and 127.0.0.2)"; return; fi
     sleep 0.1
   done
   die "the TLS PostgreSQL did not answer over TLS on 127.0.0.1:$PG_PORT within 10 s; see $pg/postgres.log"

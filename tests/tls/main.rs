@@ -208,6 +208,19 @@ async fn postgres_over_tls_with_verify_full_migrates_and_require_refuses_a_plain
     worker_pool.close().await;
     scheduler_pool.close().await;
 
+    // Only verify-full checks the host name: 127.0.0.2 reaches the same server, but its
+    // certificate names 127.0.0.1 and localhost only.
+    let other_name = url.replacen("127.0.0.1", "127.0.0.2", 1);
+    let verify_ca = PgTls { sslmode: Some("verify-ca".into()), ..verify_full.clone() };
+    let pool =
+        fleet_worker::db::connect_and_migrate_tls(&other_name, &verify_ca).await.expect("verify-ca ignores the name");
+    pool.close().await;
+    let e = fleet_worker::db::connect_and_migrate_tls(&other_name, &verify_full).await.unwrap_err().to_string();
+    assert!(
+        e.contains("TLS with PostgreSQL") && e.contains("sslmode verify-full") && e.contains("not valid for name"),
+        "{e}"
+    );
+
     // verify-full with a CA that did not sign the server's certificate: refused at once.
     let wrong = PgTls { sslrootcert: Some(other_ca()), ..verify_full.clone() };
     let e = fleet_worker::db::connect_and_migrate_tls(&url, &wrong).await.unwrap_err().to_string();
