@@ -8,6 +8,12 @@ scripts/radicale.sh
 scripts/calendar-oracle.sh >/dev/null
 scripts/dovecot.sh
 scripts/browser.sh
+# The TLS Redis and PostgreSQL of tests/tls; it prints the URLs and the CA path they read.
+if ! tls_env=$(scripts/tls-services.sh); then
+  echo "test: scripts/tls-services.sh could not start the TLS services (see above); the tls tests will fail" >&2
+  tls_env=""
+fi
+eval "$tls_env"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else

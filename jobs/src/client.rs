@@ -140,6 +140,13 @@ impl Client {
         Ok(Client::new(conn, prefix))
     }
 
+    /// Like [`Client::connect`], with the TLS settings of a `rediss://` URL (CA file,
+    /// client certificate).
+    pub async fn connect_with(url: &str, tls: &crate::RedisTls, prefix: impl Into<String>) -> Result<Self> {
+        let conn = crate::connect_with(url, tls).await?;
+        Ok(Client::new(conn, prefix))
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -31,6 +31,30 @@ pub enum Error {
         /// Its quota there.
         quota: u64,
     },
+    /// A TLS file of the Redis connection cannot be read or holds no PEM certificate (or
+    /// key): fix the file or the setting naming it; retrying will not help.
+    #[error("{setting} {}: {reason}", .path.display())]
+    TlsFile {
+        /// The setting (and its environment variable) that names the file.
+        setting: &'static str,
+        /// The file as configured.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS handshake with Redis failed: its certificate was refused (wrong CA, wrong
+    /// host name, expired), it does not speak TLS on that port, or it refused the client
+    /// certificate.
+    #[error(
+        "TLS handshake with Redis at {addr} failed: {reason} (check redis_tls.ca_file / FLEET_REDIS_CA_FILE, \
+         the host name in the URL and the server's certificate)"
+    )]
+    TlsHandshake {
+        /// `host:port` (never the URL, which may hold a password).
+        addr: String,
+        /// rustls' reason.
+        reason: String,
+    },
     /// Redis returned data Fleet did not write (another program changed the keys).
     #[error("unexpected data in redis: {0}")]
     Corrupt(String),

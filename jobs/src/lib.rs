@@ -21,6 +21,7 @@
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
 //! * [`tenant`]: tenant names, the namespaces a tenant's keys live in, fair shares and quotas.
+//! * [`tls`]: `rediss://` with a CA file and a client certificate; the rustls provider.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
 pub mod admin;
@@ -40,12 +41,14 @@ pub mod retry;
 mod scripts;
 pub mod state;
 pub mod tenant;
+pub mod tls;
 
 pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};
 pub use error::{Error, Result};
 pub use kind::{Audience, JobArgs, KindOptions};
 pub use state::{JobState, QueueStats};
+pub use tls::RedisTls;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
@@ -53,16 +56,26 @@ use std::time::Duration;
 /// Opens a self-reconnecting Redis connection with Fleet's timeouts (2 s to
 /// connect, 5 s per response).
 pub async fn connect(url: &str) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    connect_with(url, &RedisTls::default()).await
+}
+
+/// Like [`connect`], with the CA file and client certificate of `tls` for a `rediss://`
+/// URL ([`tls::redis_client`]).
+pub async fn connect_with(url: &str, tls: &RedisTls) -> Result<ConnectionManager> {
+    let client = tls::redis_client(url, tls)?;
     connect_client(&client).await
 }
 
-/// Like [`connect`], from an existing `redis::Client`.
+/// Like [`connect`], from an existing `redis::Client`. A failed TLS handshake is
+/// [`Error::TlsHandshake`], naming the server's address and rustls' reason.
 pub async fn connect_client(client: &redis::Client) -> Result<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(2));
-    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
+    ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| match tls::tls_failure(&e) {
+        Some(reason) => Error::TlsHandshake { addr: tls::redis_addr(client), reason },
+        None => Error::Redis(e),
+    })
 }

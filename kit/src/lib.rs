@@ -13,9 +13,13 @@
 //! * [`testing`]: one attempt of a handler in a unit test, without Redis or a worker
 //!   ([`testing::perform_job`], [`testing::TestJob`], `assert_give_up` and kin); with the
 //!   `postgres` feature, a fresh migrated database per test (`testing::TestDb`).
+//! * `postgres` (feature `postgres`): how the binaries reach PostgreSQL, TLS modes included
+//!   (`postgres::PgTls`).
 
 pub mod handler;
 pub mod limits;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod testing;
 
 pub use handler::{CpuPool, Handler, JobContext, JobError, panic_message};

@@ -50,6 +50,8 @@ enum Command {
 /// Runs the command.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    // One rustls provider for the process (ring, as fleet_net's), before any TLS connection.
+    fleet_jobs::tls::install_crypto_provider();
     let config = match SchedulerConfig::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -75,14 +77,14 @@ pub fn main() -> ExitCode {
         match args.command.unwrap_or(Command::Run) {
             Command::Run => crate::run(config, shutdown_signal()).await,
             Command::CreateApiKey { tenant, name, roles } => {
-                let db = crate::db::connect_and_migrate(&config.database_url).await?;
+                let db = crate::db::connect_and_migrate_tls(&config.database_url, &config.database_tls, None).await?;
                 fleet_jobs::tenant::validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
                 let key = crate::api::auth::create_api_key(&db, &tenant, &name, &roles).await?;
                 println!("{key}");
                 Ok(())
             }
             Command::RevokeApiKey { id } => {
-                let db = crate::db::connect_and_migrate(&config.database_url).await?;
+                let db = crate::db::connect_and_migrate_tls(&config.database_url, &config.database_tls, None).await?;
                 if crate::api::auth::revoke_api_key(&db, &id).await? {
                     println!("revoked {id}");
                     Ok(())
@@ -93,7 +95,7 @@ pub fn main() -> ExitCode {
             Command::ResealSecrets => {
                 let secrets = fleet_accounts::secrets::SecretBox::from_env()
                     .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;
-                let db = crate::db::connect_and_migrate(&config.database_url).await?;
+                let db = crate::db::connect_and_migrate_tls(&config.database_url, &config.database_tls, None).await?;
                 println!("current key {}; old keys {:?}", secrets.key_id(), secrets.old_key_ids().collect::<Vec<_>>());
                 let report = crate::reseal::reseal_all(&db, &secrets).await?;
                 let mut failed = 0;

@@ -2,7 +2,9 @@
 //! variables (read through an injectable reader, so tests pass their own); checked at
 //! start with errors that name the setting or variable.
 //!
-//! Variables: `FLEET_REDIS_URL`, `FLEET_PREFIX`, `FLEET_DATABASE_URL`, `FLEET_API_LISTEN`,
+//! Variables: `FLEET_REDIS_URL`, `FLEET_REDIS_CA_FILE`, `FLEET_REDIS_CLIENT_CERT_FILE`,
+//! `FLEET_REDIS_CLIENT_KEY_FILE`, `FLEET_PREFIX`, `FLEET_DATABASE_URL`,
+//! `FLEET_DATABASE_SSLMODE`, `FLEET_DATABASE_SSLROOTCERT`, `FLEET_API_LISTEN`,
 //! `FLEET_LOG_FORMAT`, the S3 store presigned uploads go to (`[images.storage]`):
 //! `FLEET_S3_ENDPOINT`, `FLEET_S3_BUCKET`, `FLEET_S3_REGION`, `FLEET_S3_ACCESS_KEY_ID`,
 //! `FLEET_S3_SECRET_ACCESS_KEY`, `FLEET_S3_PATH_STYLE` (and `FLEET_CONFIG`, the file, read by
@@ -28,12 +30,16 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
-    /// Redis URL.
+    /// Redis URL (`rediss://` for TLS).
     pub redis_url: String,
+    /// `[redis_tls]`: CA file and client certificate of a `rediss://` URL.
+    pub redis_tls: fleet_jobs::RedisTls,
     /// Key prefix (must match the workers').
     pub prefix: String,
     /// PostgreSQL URL.
     pub database_url: String,
+    /// `[database_tls]`: `sslmode` and `sslrootcert` (see `fleet_kit::postgres`).
+    pub database_tls: fleet_kit::postgres::PgTls,
     /// Address of the HTTP API, `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes (larger gets 413).
@@ -68,8 +74,10 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls: Default::default(),
             prefix: "fleet".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/fleet".into(),
+            database_tls: Default::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
             log_format: LogFormat::Text,
@@ -163,12 +171,14 @@ impl SchedulerConfig {
         if let Some(v) = get("FLEET_REDIS_URL") {
             self.redis_url = v;
         }
+        self.redis_tls.apply_env(&get);
         if let Some(v) = get("FLEET_PREFIX") {
             self.prefix = v;
         }
         if let Some(v) = get("FLEET_DATABASE_URL") {
             self.database_url = v;
         }
+        self.database_tls.apply_env(&get);
         if let Some(v) = get("FLEET_API_LISTEN") {
             self.listen = v.trim().parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
                 var: "FLEET_API_LISTEN",
@@ -264,12 +274,17 @@ impl SchedulerConfig {
     /// limit, `[api]`, the intake providers, the tenants' queues, and the schedules
     /// (each must parse, and no two may share a name).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            return Err(ConfigError::invalid("redis_url", format!("not a Redis URL ({e})")));
+        match fleet_jobs::tls::redis_client(&self.redis_url, &self.redis_tls) {
+            Ok(_) => {}
+            Err(fleet_jobs::Error::Redis(e)) => {
+                return Err(ConfigError::invalid("redis_url", format!("not a Redis URL ({e})")));
+            }
+            Err(e) => return Err(ConfigError::invalid("redis_tls", e.to_string())),
         }
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err(ConfigError::invalid("database_url", "expected postgres://user@host:port/database"));
         }
+        self.database_tls.validate().map_err(|m| ConfigError::invalid("database_tls", m))?;
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return Err(ConfigError::invalid("prefix", "must be non-empty and contain no braces"));
         }
@@ -457,6 +472,21 @@ mod tests {
         let e = SchedulerConfig::from_toml(&bad).unwrap().validate().unwrap_err();
         assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "images.storage"), "{e}");
         assert!(SchedulerConfig::from_toml("[images.storage]\nkind = \"s3\"\nbukcet = \"x\"").is_err());
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_file_or_the_environment() {
+        let text = "redis_url = \"rediss://redis.example.com:6380\"\n[database_tls]\nsslmode = \"verify-full\"\n";
+        let mut cfg = SchedulerConfig::from_toml(text).unwrap();
+        cfg.validate().unwrap();
+        cfg.apply_env(env(&[("FLEET_REDIS_CA_FILE", "/nonexistent/ca.pem"), ("FLEET_DATABASE_SSLMODE", "require")]))
+            .unwrap();
+        assert_eq!(cfg.database_tls.sslmode.as_deref(), Some("require"));
+        let e = cfg.validate().unwrap_err();
+        assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "redis_tls"), "{e}");
+        assert!(e.to_string().contains("redis_tls.ca_file") && e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let e = SchedulerConfig::load_with(None, env(&[("FLEET_DATABASE_SSLMODE", "on")])).unwrap_err();
+        assert!(e.to_string().contains("database_tls.sslmode"), "{e}");
     }
 
     #[test]

@@ -2,24 +2,43 @@
 //! applied at start-up. sqlx holds a PostgreSQL advisory lock while it migrates, so
 //! replicas starting at once apply each migration once.
 
+use fleet_kit::postgres::{PgTls, describe_connect_error};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Connects (5 s timeout to get a connection) and applies pending migrations.
+/// Connects (5 s timeout to get a connection) and applies pending migrations; TLS as the
+/// URL says (`?sslmode=`), else as [`fleet_kit::postgres`]'s default.
 pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
-    connect_and_migrate_with(url, None).await
+    connect_and_migrate_tls(url, &PgTls::default(), None).await
 }
 
 /// Like [`connect_and_migrate`], and every statement of the returned pool is cancelled by
-/// PostgreSQL after `statement_timeout` (its `statement_timeout` setting, per connection),
-/// so one slow query cannot hold a pooled connection for long. Migrations run before, on a
-/// connection without the limit.
+/// PostgreSQL after `statement_timeout` (see [`connect_and_migrate_tls`]).
 pub async fn connect_and_migrate_with(url: &str, statement_timeout: Option<Duration>) -> anyhow::Result<PgPool> {
-    let unreachable = |e: sqlx::Error| anyhow::anyhow!("PostgreSQL is not reachable at {}: {e}", redacted(url));
-    let options: PgConnectOptions = url.parse().map_err(unreachable)?;
+    connect_and_migrate_tls(url, &PgTls::default(), statement_timeout).await
+}
+
+/// Connects with the TLS settings `tls` (`[database_tls]`, over the URL's) and applies
+/// pending migrations; every statement of the returned pool is cancelled by PostgreSQL
+/// after `statement_timeout` if given (its `statement_timeout` setting, per connection),
+/// so one slow query cannot hold a pooled connection for long. Migrations run before, on a
+/// connection without the limit. A failed TLS handshake says so, with the mode.
+pub async fn connect_and_migrate_tls(
+    url: &str,
+    tls: &PgTls,
+    statement_timeout: Option<Duration>,
+) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions =
+        tls.connect_options(url).map_err(|e| anyhow::anyhow!("PostgreSQL URL {}: {e}", redacted(url)))?;
+    let mode = options.get_ssl_mode();
+    // The sqlx error stays in the chain, so callers can tell a TLS failure (not retried).
+    let unreachable = |e: sqlx::Error| {
+        let message = describe_connect_error(url, mode, &e);
+        anyhow::Error::new(e).context(message)
+    };
     let pool_options = || PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(5));
     let Some(limit) = statement_timeout.filter(|d| !d.is_zero()) else {
         let pool = pool_options().connect_with(options).await.map_err(unreachable)?;

@@ -15,15 +15,31 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "fleetctl", version)]
 struct Args {
-    /// Redis URL.
+    /// Redis URL (`rediss://` for TLS).
     #[arg(long, env = "FLEET_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
     redis_url: String,
+    /// PEM file of the CA that signs a `rediss://` server's certificate (default: Mozilla's roots).
+    #[arg(long, env = "FLEET_REDIS_CA_FILE", global = true)]
+    redis_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for a `rediss://` server that demands one (with --redis-client-key-file).
+    #[arg(long, env = "FLEET_REDIS_CLIENT_CERT_FILE", global = true)]
+    redis_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --redis-client-cert-file.
+    #[arg(long, env = "FLEET_REDIS_CLIENT_KEY_FILE", global = true)]
+    redis_client_key_file: Option<std::path::PathBuf>,
     /// Key prefix of the deployment.
     #[arg(long, env = "FLEET_PREFIX", default_value = "fleet", global = true)]
     prefix: String,
     /// PostgreSQL URL (for schedules and the calendar and comms commands).
     #[arg(long, env = "FLEET_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/fleet", global = true)]
     database_url: String,
+    /// PostgreSQL TLS mode: disable, prefer, require, verify-ca or verify-full (over the URL's
+    /// `sslmode`; only verify-full checks the host name).
+    #[arg(long, env = "FLEET_DATABASE_SSLMODE", global = true)]
+    database_sslmode: Option<String>,
+    /// PEM file of the CA that signs PostgreSQL's certificate (over the URL's `sslrootcert`).
+    #[arg(long, env = "FLEET_DATABASE_SSLROOTCERT", global = true)]
+    database_sslrootcert: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -83,21 +99,30 @@ enum Command {
 /// Where the deployment's stores are.
 struct Stores {
     redis_url: String,
+    redis_tls: fleet_jobs::RedisTls,
     prefix: String,
     database_url: String,
+    database_tls: fleet_kit::postgres::PgTls,
 }
 
 impl Stores {
     async fn client(&self) -> Result<Client, String> {
-        Client::connect(&self.redis_url, self.prefix.clone())
+        Client::connect_with(&self.redis_url, &self.redis_tls, self.prefix.clone())
             .await
-            .map_err(|e| format!("Redis at {}: {e}", self.redis_url))
+            .map_err(|e| format!("Redis at {}: {e}", crate::db::redacted(&self.redis_url)))
     }
 
     async fn db(&self) -> Result<sqlx::PgPool, String> {
-        sqlx::PgPool::connect(&self.database_url)
+        self.database_tls.validate()?;
+        let options = self
+            .database_tls
+            .connect_options(&self.database_url)
+            .map_err(|e| format!("PostgreSQL at {}: {e}", crate::db::redacted(&self.database_url)))?;
+        let mode = options.get_ssl_mode();
+        sqlx::postgres::PgPoolOptions::new()
+            .connect_with(options)
             .await
-            .map_err(|e| format!("PostgreSQL at {}: {e}", crate::db::redacted(&self.database_url)))
+            .map_err(|e| fleet_kit::postgres::describe_connect_error(&self.database_url, mode, &e))
     }
 }
 
@@ -300,7 +325,20 @@ fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 async fn execute(args: Args) -> Result<(), String> {
-    let stores = Stores { redis_url: args.redis_url, prefix: args.prefix, database_url: args.database_url };
+    let stores = Stores {
+        redis_url: args.redis_url,
+        redis_tls: fleet_jobs::RedisTls {
+            ca_file: args.redis_ca_file,
+            client_cert_file: args.redis_client_cert_file,
+            client_key_file: args.redis_client_key_file,
+        },
+        prefix: args.prefix,
+        database_url: args.database_url,
+        database_tls: fleet_kit::postgres::PgTls {
+            sslmode: args.database_sslmode,
+            sslrootcert: args.database_sslrootcert,
+        },
+    };
     match args.command {
         Command::Queue(command) => queues(&stores, args.json, command).await,
         Command::Calendar(command) => sources::calendar(&stores, args.json, command).await,
@@ -588,6 +626,7 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
 /// Runs `fleetctl`.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    fleet_jobs::tls::install_crypto_provider();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -62,8 +62,12 @@ pub async fn run(
     };
     let db = loop {
         let statement_timeout = Duration::from_millis(config.api.statement_timeout_ms);
-        match db::connect_and_migrate_with(&config.database_url, Some(statement_timeout)).await {
+        match db::connect_and_migrate_tls(&config.database_url, &config.database_tls, Some(statement_timeout)).await {
             Ok(db) => break db,
+            // A refused certificate or a server without TLS will not change in 2 s: say so and stop.
+            Err(e) if e.downcast_ref::<sqlx::Error>().is_some_and(fleet_kit::postgres::is_tls_failure) => {
+                return Err(e);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL not ready; retrying in 2 s");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -72,8 +76,11 @@ pub async fn run(
     };
     seal_plaintext_endpoint_secrets(&db, secrets.as_ref()).await;
     let client = loop {
-        match Client::connect(&config.redis_url, config.prefix.clone()).await {
+        match Client::connect_with(&config.redis_url, &config.redis_tls, config.prefix.clone()).await {
             Ok(c) => break c,
+            Err(e @ (fleet_jobs::Error::TlsHandshake { .. } | fleet_jobs::Error::TlsFile { .. })) => {
+                return Err(e.into());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis not ready; retrying in 2 s");
                 tokio::time::sleep(Duration::from_secs(2)).await;

@@ -19,6 +19,8 @@ struct Args {
 /// Runs the worker command with the built-in job kinds.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    // One rustls provider for the process (ring, as fleet_net's), before any TLS connection.
+    fleet_jobs::tls::install_crypto_provider();
     let config = match WorkerConfig::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -39,8 +39,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`, or `rediss://` for TLS.
     pub redis_url: String,
+    /// `[redis_tls]`: CA file and client certificate of a `rediss://` URL
+    /// (`FLEET_REDIS_CA_FILE`, `FLEET_REDIS_CLIENT_CERT_FILE`, `FLEET_REDIS_CLIENT_KEY_FILE`).
+    pub redis_tls: fleet_jobs::RedisTls,
     /// Key prefix: the deployment's namespace in Redis.
     pub prefix: String,
     /// Address of the `/healthz`, `/readyz` and `/metrics` endpoint; empty string disables it.
@@ -75,6 +78,9 @@ pub struct WorkerConfig {
     pub limits: std::collections::BTreeMap<String, fleet_jobs::limits::LimitSpec>,
     /// PostgreSQL URL; job kinds that keep records there (webhooks) run only with it.
     pub database_url: Option<String>,
+    /// `[database_tls]`: `sslmode` and `sslrootcert` of the PostgreSQL connections
+    /// (`FLEET_DATABASE_SSLMODE`, `FLEET_DATABASE_SSLROOTCERT`); see `fleet_kit::postgres`.
+    pub database_tls: fleet_kit::postgres::PgTls,
     /// Webhook delivery settings.
     pub webhooks: fleet_webhooks::jobs::WebhookSettings,
     /// Image analysis and variants: object store, memory budget, vision providers.
@@ -93,6 +99,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_tls: Default::default(),
             prefix: "fleet".to_owned(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             queues: vec![QueueConfig { name: "default".to_owned(), concurrency: 10, fetch_batch: None }],
@@ -108,6 +115,7 @@ impl Default for WorkerConfig {
             log_format: LogFormat::Text,
             limits: Default::default(),
             database_url: None,
+            database_tls: Default::default(),
             webhooks: Default::default(),
             images: Default::default(),
             calendar: Default::default(),
@@ -192,9 +200,11 @@ impl WorkerConfig {
         if let Some(v) = get("FLEET_REDIS_URL") {
             self.redis_url = v;
         }
+        self.redis_tls.apply_env(&get);
         if let Some(v) = get("FLEET_DATABASE_URL") {
             self.database_url = if v.trim().is_empty() { None } else { Some(v) };
         }
+        self.database_tls.apply_env(&get);
         if let Some(v) = get("FLEET_WEBHOOK_ALLOW") {
             self.webhooks.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         }
@@ -273,8 +283,16 @@ impl WorkerConfig {
     /// Checks ranges and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            return invalid("redis_url", format!("{:?} is not a Redis URL ({e})", self.redis_url));
+        match fleet_jobs::tls::redis_client(&self.redis_url, &self.redis_tls) {
+            Ok(_) => {}
+            Err(fleet_jobs::Error::Redis(e)) => {
+                let url = fleet_net::redact_url(&self.redis_url);
+                return invalid("redis_url", format!("{url:?} is not a Redis URL ({e})"));
+            }
+            Err(e) => return invalid("redis_tls", e.to_string()),
+        }
+        if let Err(m) = self.database_tls.validate() {
+            return invalid("database_tls", m);
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return invalid("prefix", "must be non-empty and contain no braces".into());
@@ -419,5 +437,32 @@ mod tests {
         assert!(e.to_string().contains("queues.concurrency"), "{e}");
         let cfg = WorkerConfig { redis_url: "http://x".into(), ..WorkerConfig::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("redis_url"));
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_file_or_the_environment() {
+        let mut cfg = WorkerConfig::from_toml(
+            r#"
+            redis_url = "rediss://:pw@redis.example.com:6380"
+            [redis_tls]
+            ca_file = "/nonexistent/redis-ca.pem"
+            [database_tls]
+            sslmode = "verify-full"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.database_tls.sslmode.as_deref(), Some("verify-full"));
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("redis_tls.ca_file") && e.contains("/nonexistent/redis-ca.pem"), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+        cfg.apply_env(|k| match k {
+            "FLEET_REDIS_CA_FILE" => Some(String::new()),
+            "FLEET_DATABASE_SSLMODE" => Some("verify-everything".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.redis_tls, fleet_jobs::RedisTls::default());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("database_tls.sslmode"), "{e}");
     }
 }

@@ -89,13 +89,22 @@ impl std::fmt::Debug for RunningWorker {
     }
 }
 
-/// Connects to Redis, retrying with backoff and saying what it waits for.
-async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {url:?}"))?;
+/// Connects to Redis (over TLS for a `rediss://` URL, with `tls`), retrying with backoff
+/// and saying what it waits for. A TLS file that cannot be read or a failed TLS handshake
+/// ends the start: retrying would not fix either.
+async fn connect_redis(
+    url: &str,
+    tls: &fleet_jobs::RedisTls,
+) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
+    let client = fleet_jobs::tls::redis_client(url, tls).map_err(|e| match e {
+        fleet_jobs::Error::Redis(e) => anyhow::anyhow!("invalid Redis URL {:?}: {e}", redacted(url)),
+        e => anyhow::anyhow!("{e}"),
+    })?;
     let mut delay = Duration::from_millis(200);
     loop {
         match fleet_jobs::connect_client(&client).await {
             Ok(conn) => return Ok((client, conn)),
+            Err(e @ fleet_jobs::Error::TlsHandshake { .. }) => anyhow::bail!("{e}"),
             Err(e) => {
                 tracing::warn!(redis = %redacted(url), error = %e, retry_in_ms = delay.as_millis() as u64,
                     "Redis is not reachable yet; the worker keeps trying");
@@ -116,7 +125,7 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
     config.validate()?;
     let metrics = http::prometheus();
     let instance: Arc<str> = instance_id().into();
-    let (client, conn) = connect_redis(&config.redis_url).await?;
+    let (client, conn) = connect_redis(&config.redis_url, &config.redis_tls).await?;
     let registry = Arc::new(registry);
     let (events, _) = broadcast::channel(65_536);
     let dispatch_cfg = DispatchConfig {

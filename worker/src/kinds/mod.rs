@@ -14,10 +14,11 @@ use crate::{Registry, WorkerConfig};
 pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
     let mut registry = if config.test_kinds { Registry::builtin() } else { Registry::new() };
     if let Some(url) = &config.database_url {
-        let db = crate::db::connect_and_migrate(url).await?;
+        let db = crate::db::connect_and_migrate_tls(url, &config.database_tls).await?;
         let deliver =
             fleet_webhooks::jobs::Deliver::new(db.clone(), config.webhooks.clone()).map_err(anyhow::Error::msg)?;
-        let client = fleet_jobs::Client::connect(&config.redis_url, config.prefix.clone()).await?;
+        let client =
+            fleet_jobs::Client::connect_with(&config.redis_url, &config.redis_tls, config.prefix.clone()).await?;
         // Vision providers use `[limits."ai:provider:*"]`, through the runtime's limits.
         let images = fleet_images::jobs::Images::new(db.clone(), &config.images).map_err(anyhow::Error::msg)?;
         // calendar.sync, comms.sync and webhook.deliver open sealed secrets with FLEET_SECRETS_KEY
