@@ -12,6 +12,7 @@
 //! * [`kind`]: the [`JobArgs`] trait that gives typed arguments a stable kind name and defaults.
 //! * [`catalogue`]: the job kinds Fleet knows, by stable name.
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
+//! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
@@ -28,6 +29,7 @@ pub mod backend;
 pub mod batches;
 pub mod catalogue;
 pub mod client;
+pub mod conn;
 pub mod deadcaps;
 pub mod envelope;
 pub mod error;
@@ -41,28 +43,17 @@ mod scripts;
 pub mod state;
 pub mod tenant;
 
-pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
+pub use client::{CancelOutcome, Client, Durability, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};
 pub use error::{Error, Result};
 pub use kind::{Audience, JobArgs, KindOptions};
 pub use state::{JobState, QueueStats};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::time::Duration;
+pub use conn::{RedisClient, RedisConn};
 
-/// Opens a self-reconnecting Redis connection with Fleet's timeouts (2 s to
-/// connect, 5 s per response).
-pub async fn connect(url: &str) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    connect_client(&client).await
-}
-
-/// Like [`connect`], from an existing `redis::Client`.
-pub async fn connect_client(client: &redis::Client) -> Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
+/// Opens the shared Redis connection for a URL setting with Fleet's timeouts (2 s to
+/// connect, 5 s per response): one URL is a single server, several comma-separated
+/// URLs (or a `redis+cluster://` URL) a Redis Cluster (see [`conn`]).
+pub async fn connect(url: &str) -> Result<RedisConn> {
+    RedisClient::open(url)?.connect().await
 }

@@ -264,8 +264,8 @@ impl SchedulerConfig {
     /// limit, `[api]`, the intake providers, the tenants' queues, and the schedules
     /// (each must parse, and no two may share a name).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            return Err(ConfigError::invalid("redis_url", format!("not a Redis URL ({e})")));
+        if let Err(e) = fleet_jobs::RedisClient::open(&self.redis_url) {
+            return Err(ConfigError::invalid("redis_url", e.to_string()));
         }
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err(ConfigError::invalid("database_url", "expected postgres://user@host:port/database"));

@@ -273,8 +273,8 @@ impl WorkerConfig {
     /// Checks ranges and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            return invalid("redis_url", format!("{:?} is not a Redis URL ({e})", self.redis_url));
+        if let Err(e) = fleet_jobs::RedisClient::open(&self.redis_url) {
+            return invalid("redis_url", e.to_string());
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return invalid("prefix", "must be non-empty and contain no braces".into());

@@ -90,11 +90,11 @@ impl std::fmt::Debug for RunningWorker {
 }
 
 /// Connects to Redis, retrying with backoff and saying what it waits for.
-async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {url:?}"))?;
+async fn connect_redis(url: &str) -> anyhow::Result<(fleet_jobs::RedisClient, fleet_jobs::RedisConn)> {
+    let client = fleet_jobs::RedisClient::open(url).context("the Redis URL setting")?;
     let mut delay = Duration::from_millis(200);
     loop {
-        match fleet_jobs::connect_client(&client).await {
+        match client.connect().await {
             Ok(conn) => return Ok((client, conn)),
             Err(e) => {
                 tracing::warn!(redis = %redacted(url), error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -106,9 +106,10 @@ async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::
     }
 }
 
-/// A Redis URL without its password, for logs.
+/// A Redis URL setting (one URL, or a cluster's comma-separated nodes) without its
+/// passwords, for logs.
 fn redacted(url: &str) -> String {
-    fleet_net::redact_url(url)
+    url.split(',').map(fleet_net::redact_url).collect::<Vec<_>>().join(",")
 }
 
 /// Starts a worker: one engine and one apalis worker per queue, plus the HTTP endpoint.
