@@ -216,6 +216,25 @@ async fn admin_tools_see_queues_on_every_primary() {
     env.client.resume(q).await.unwrap();
     eventually("the replayed job to die again", T, || async { (env.stats(q).await.dead == 1).then_some(()) }).await;
     assert_eq!(env.client.purge(&queues[0], &Default::default()).await.unwrap(), 1);
+    // fleetctl, given the cluster's URL setting, sees the same.
+    let fleetctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl-e2e"))
+            .args(["--redis-url", &urls, "--prefix", &env.prefix])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run fleetctl");
+        assert!(out.status.success(), "fleetctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed: serde_json::Value = serde_json::from_str(&fleetctl(&["queues", "--json"])).unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|q| q["queue"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 3, "{listed}");
+    assert!(queues.iter().all(|q| names.contains(&q.as_str())), "{listed}");
+    assert!(fleetctl(&["dead", &queues[1], "--group"]).contains("probe: scripted give-up"));
+    fleetctl(&["pause", &queues[1]]);
+    assert!(env.client.is_paused(&queues[1]).await.unwrap());
+    fleetctl(&["resume", &queues[1]]);
     w.shutdown().await;
     env.cleanup().await;
 }
