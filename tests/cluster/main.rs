@@ -434,4 +434,9 @@ async fn a_primary_killed_mid_run_loses_no_replicated_job_and_the_worker_rides_t
     }
     eprintln!("kill -9 of {old:?}: {retried} enqueues retried until {new:?} took over");
     w.shutdown().await;
+    // `scripts/redis-cluster.sh start` again starts the dead node, which rejoins as a replica.
+    cluster.heal();
+    let mut c = cluster_facts::node(&old).await;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+    assert_eq!(redis::from_redis_value_ref::<String>(&role[0]).unwrap(), "slave", "{old:?} came back as a replica");
 }
