@@ -239,6 +239,40 @@ async fn admin_tools_see_queues_on_every_primary() {
     env.cleanup().await;
 }
 
+/// The shipped worker command, given the cluster's URL setting in `FLEET_REDIS_URL`,
+/// serves queues on every primary and reports ready (`PING` to every primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_command_runs_on_the_cluster_from_its_url_setting() {
+    let Some((env, urls)) = on_cluster().await else { return };
+    let queues = cluster_facts::queue_per_primary(&urls, &env.prefix, "p").await;
+    let listen = format!("127.0.0.1:{}", fleet_tests::free_port());
+    let spec: Vec<String> = queues.iter().map(|q| format!("{q}=4")).collect();
+    let spec = spec.join(",");
+    let worker = fleet_tests::WorkerProcess::spawn(
+        env!("CARGO_BIN_EXE_fleet-worker-e2e"),
+        &urls,
+        &env.prefix,
+        &[("FLEET_QUEUES", spec.as_str()), ("FLEET_LISTEN", listen.as_str())],
+    );
+    for q in &queues {
+        env.client.enqueue_bulk_with((0..20).map(|_| (succeed(), on(q)))).await.unwrap();
+    }
+    for q in &queues {
+        succeeded(&env, q, 20).await;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let body = eventually("the worker's /readyz to say ready", T, || async {
+        let res = http.get(format!("http://{listen}/readyz")).send().await.ok()?;
+        (res.status().as_u16() == 200).then_some(())?;
+        serde_json::from_slice::<serde_json::Value>(&res.bytes().await.ok()?).ok()
+    })
+    .await;
+    assert_eq!(body["checks"]["redis"]["ok"], true, "{body}");
+    worker.terminate(T);
+    env.cleanup().await;
+}
+
 /// Every primary's script cache flushed (as after a failover to a replica that never ran
 /// the scripts, or a restart): the next calls send the scripts' bodies and go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
