@@ -474,3 +474,79 @@ async fn a_primary_killed_mid_run_loses_no_replicated_job_and_the_worker_rides_t
     let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
     assert_eq!(redis::from_redis_value_ref::<String>(&role[0]).unwrap(), "slave", "{old:?} came back as a replica");
 }
+
+/// The scheduler's HTTP API on the cluster: an idempotent enqueue (its key in the tenant's
+/// own slot), a batch whose completion callback goes to a queue on another primary, and the
+/// batch's view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_enqueues_and_runs_a_batch_on_the_cluster() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use fleet_scheduler::api::{ApiState, app, auth};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+    let Some((env, urls)) = on_cluster().await else { return };
+    let db = fleet_tests::TestDb::new().await;
+    let key = auth::create_api_key(&db.pool, "acme", "test", &[auth::Role::Enqueue]).await.unwrap();
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        64 * 1024,
+    );
+    let call = |method: &str, uri: &str, body: Option<Value>, idem: Option<&str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"));
+        if let Some(k) = idem {
+            req = req.header("idempotency-key", k);
+        }
+        let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty)).unwrap();
+        let router = router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let probe = |action: &str| json!({"kind": "probe", "args": {"do": action}});
+    let (s1, first) = call("POST", "/v1/jobs", Some(probe("succeed")), Some("order-7")).await;
+    let (s2, again) = call("POST", "/v1/jobs", Some(probe("succeed")), Some("order-7")).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED), "{first}");
+    assert_eq!(first["id"], again["id"]);
+    // A queue declared for tenants whose slot is on another primary than `default`'s.
+    let (default_owner, _) = cluster_facts::owner(&urls, &format!("{}:{{default}}:stats", env.prefix)).await;
+    let mut callback_q = String::new();
+    for q in ["callbacks", "images", "webhooks"] {
+        if cluster_facts::owner(&urls, &format!("{}:{{{q}}}:stats", env.prefix)).await.0 != default_owner {
+            callback_q = q.to_owned();
+            break;
+        }
+    }
+    assert!(!callback_q.is_empty(), "a tenant queue on another primary than default's");
+    let jobs: Vec<Value> = (0..30).map(|i| if i == 3 { probe("give_up") } else { probe("succeed") }).collect();
+    let req = json!({
+        "jobs": jobs,
+        "on_complete": {"kind": "probe", "args": {"do": "succeed", "tag": "done"}, "queue": callback_q}
+    });
+    let (s, batch) = call("POST", "/v1/batches", Some(req), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let queues = vec!["default".to_owned(), callback_q.clone()];
+    let w = env.worker(config(&env, &urls, &queues, 8), Registry::builtin()).await;
+    eventually("the completion callback to run on another primary's queue", T, || async {
+        (env.stats(&callback_q).await.succeeded == 1).then_some(())
+    })
+    .await;
+    let (s, view) = call("GET", &format!("/v1/batches/{id}"), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (view["total"].as_i64(), view["succeeded"].as_i64(), view["failed"].as_i64()),
+        (Some(30), Some(29), Some(1))
+    );
+    w.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
