@@ -19,7 +19,7 @@
 //! * **Scripts** run by their first key, and every key of a script shares one hash
 //!   tag (`crate::keys`, `crate::scripts`). A script whose SHA a node does not know
 //!   (a promoted replica after a failover, a flushed script cache) is sent again as
-//!   `EVAL` of its body to that node only ([`crate::scripts::ScriptCall`]), never as
+//!   `EVAL` of its body to that node only (`scripts::ScriptCall`), never as
 //!   `SCRIPT LOAD` to every node, which fails while any node is down.
 //! * **Pipelines** go whole to the node of their first key: every pipeline Fleet sends
 //!   touches one hash tag (tenant event appends are grouped per tenant: `events.rs`).

@@ -28,7 +28,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
-    /// Redis URL.
+    /// Redis URL; for a Redis Cluster, several node URLs separated by commas, or one
+    /// `redis+cluster://` URL (see `fleet_jobs::conn`).
     pub redis_url: String,
     /// Key prefix (must match the workers').
     pub prefix: String,

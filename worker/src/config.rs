@@ -39,7 +39,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`; for a Redis Cluster, several node URLs
+    /// separated by commas, or one `redis+cluster://` URL (see `fleet_jobs::conn`).
     pub redis_url: String,
     /// Key prefix: the deployment's namespace in Redis.
     pub prefix: String,
