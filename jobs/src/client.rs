@@ -42,8 +42,9 @@ pub struct EnqueueOptions {
     pub tenant: Option<String>,
     /// The batch it belongs to (set by batch creation).
     pub batch: Option<String>,
-    /// When the enqueue is acknowledged (default: [`Durability::Primary`]).
-    pub durability: Durability,
+    /// When the enqueue is acknowledged; `None`: the queue's setting on this client
+    /// ([`Client::with_queue_durability`]), else [`Durability::Primary`].
+    pub durability: Option<Durability>,
 }
 
 /// Longest [`Durability::Replicated`] wait: below the connection's 5 s reply timeout.
@@ -133,7 +134,7 @@ impl EnqueueOptions {
     /// Options acknowledged only once `replicas` replicas hold the job, within `timeout`
     /// (see [`Durability::Replicated`]).
     pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.durability = Durability::Replicated { replicas, timeout };
+        self.durability = Some(Durability::Replicated { replicas, timeout });
         self
     }
 }
@@ -148,7 +149,23 @@ struct Prepared {
     at_ms: u64,
     unique: Option<Unique>,
     tenant: Option<String>,
-    durability: Durability,
+    durability: Option<Durability>,
+}
+
+impl Durability {
+    fn validate(self) -> Result<()> {
+        match self {
+            Durability::Replicated { replicas, timeout }
+                if replicas == 0 || timeout.is_zero() || timeout > MAX_REPLICATION_WAIT =>
+            {
+                Err(Error::Invalid(format!(
+                    "replicated durability needs at least 1 replica and a wait of 1 ms to {} ms",
+                    MAX_REPLICATION_WAIT.as_millis()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Enqueues jobs and reads queue and job state. Cheap to clone.
@@ -156,6 +173,8 @@ struct Prepared {
 pub struct Client {
     conn: RedisConn,
     prefix: String,
+    /// Per-queue durability of this client's enqueues (see [`Client::with_queue_durability`]).
+    durability: std::sync::Arc<HashMap<String, Durability>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -167,7 +186,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client on an existing connection, with key prefix `prefix` (normally `fleet`).
     pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>) -> Self {
-        Client { conn: conn.into(), prefix: prefix.into() }
+        Client { conn: conn.into(), prefix: prefix.into(), durability: Default::default() }
     }
 
     /// Connects to Redis at `url` (e.g. `redis://127.0.0.1:6379`; several comma-separated
@@ -175,6 +194,21 @@ impl Client {
     pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self> {
         let conn = crate::connect(url).await?;
         Ok(Client::new(conn, prefix))
+    }
+
+    /// The same client, acknowledging its enqueues onto `queue` as `durability` unless a
+    /// call's [`EnqueueOptions::durability`] says otherwise (e.g. `Durability::Replicated`
+    /// for a queue of payments, where a job lost with a dying primary costs money).
+    pub fn with_queue_durability(mut self, queue: &str, durability: Durability) -> Result<Self> {
+        validate_queue_name(queue).map_err(Error::Invalid)?;
+        durability.validate()?;
+        std::sync::Arc::make_mut(&mut self.durability).insert(queue.to_owned(), durability);
+        Ok(self)
+    }
+
+    /// How enqueues onto `queue` are acknowledged when a call does not say.
+    pub fn queue_durability(&self, queue: &str) -> Durability {
+        self.durability.get(queue).copied().unwrap_or_default()
     }
 
     /// The key prefix.
@@ -298,7 +332,7 @@ impl Client {
             // The strongest durability any job of the group asks for.
             let wait = jobs[start..end]
                 .iter()
-                .filter_map(|j| match j.durability {
+                .filter_map(|j| match j.durability.unwrap_or_else(|| self.queue_durability(queue)) {
                     Durability::Replicated { replicas, timeout } => Some((replicas, timeout)),
                     Durability::Primary => None,
                 })
@@ -480,13 +514,8 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     if let Some(t) = &opts.tenant {
         crate::tenant::validate_tenant(t).map_err(Error::Invalid)?;
     }
-    if let Durability::Replicated { replicas, timeout } = opts.durability
-        && (replicas == 0 || timeout.is_zero() || timeout > MAX_REPLICATION_WAIT)
-    {
-        return Err(Error::Invalid(format!(
-            "replicated durability needs at least 1 replica and a wait of 1 ms to {} ms",
-            MAX_REPLICATION_WAIT.as_millis()
-        )));
+    if let Some(d) = opts.durability {
+        d.validate()?;
     }
     let epoch_ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let env = Envelope {

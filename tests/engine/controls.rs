@@ -211,6 +211,22 @@ async fn a_replicated_enqueue_that_too_few_replicas_confirm_is_an_error_but_writ
     assert_eq!(env.client.job_state("default", "replicated-1").await.unwrap(), Some(JobState::Ready));
     let _ = env.client.enqueue_with(&probe(ProbeAction::Succeed), opts).await;
     assert_eq!(env.stats("default").await.enqueued, 1);
+    // A queue's own setting on a client applies to the calls that do not say.
+    let strict = env
+        .client
+        .clone()
+        .with_queue_durability(
+            "payments",
+            fleet_jobs::Durability::Replicated { replicas: have + 1, timeout: Duration::from_millis(50) },
+        )
+        .unwrap();
+    let on_payments = || EnqueueOptions::default().queue("payments");
+    let e = strict.enqueue_with(&probe(ProbeAction::Succeed), on_payments()).await.unwrap_err();
+    assert!(matches!(e, fleet_jobs::Error::NotReplicated { .. }), "{e}");
+    let mut relaxed = on_payments();
+    relaxed.durability = Some(fleet_jobs::Durability::Primary);
+    strict.enqueue_with(&probe(ProbeAction::Succeed), relaxed).await.expect("a call's own setting wins");
+    strict.enqueue_with(&probe(ProbeAction::Succeed), EnqueueOptions::default()).await.expect("other queues: primary");
     for bad in [
         EnqueueOptions::default().replicated(0, Duration::from_secs(1)),
         EnqueueOptions::default().replicated(1, Duration::from_secs(5)),
