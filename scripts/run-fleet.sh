@@ -3,9 +3,17 @@
 # needed), builds the release binaries, starts the scheduler (HTTP API on
 # 127.0.0.1:8080, cron schedules) and a worker (health and metrics on 127.0.0.1:9464).
 # Ctrl-C stops both gracefully. Configs: deploy/local/*.toml, overridable with FLEET_*.
+# FLEET_REDIS_CLUSTER=1 runs it on a local Redis Cluster (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# FLEET_REDIS_CLUSTER=1: run on a local 3+3 Redis Cluster (scripts/redis-cluster.sh) instead
+# of the single Redis (PostgreSQL stays as it is).
+if [[ "${FLEET_REDIS_CLUSTER:-}" == 1 ]]; then
+  FLEET_REDIS_URL=$(scripts/redis-cluster.sh start)
+  export FLEET_REDIS_URL
+  echo "run-fleet: Redis Cluster $FLEET_REDIS_URL" >&2
+fi
 scripts/build-deps.sh
 cargo build --release --locked -p fleet-worker -p fleet-scheduler
 mkdir -p .fleet

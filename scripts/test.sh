@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# A local 3+3 Redis Cluster for the cluster suite (tests/cluster): its URL setting.
+FLEET_TEST_REDIS_CLUSTER_URLS=$(scripts/redis-cluster.sh start)
+export FLEET_TEST_REDIS_CLUSTER_URLS
 scripts/s3.sh
 scripts/radicale.sh
 scripts/calendar-oracle.sh >/dev/null

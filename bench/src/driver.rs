@@ -205,6 +205,39 @@ async fn w1(n: usize) {
     );
 }
 
+/// W1 single enqueues on a Redis Cluster (`FLEET_BENCH_CLUSTER_URLS`, default the local
+/// `scripts/redis-cluster.sh` one), acknowledged by the primary and then once replicated
+/// (`EnqueueOptions::replicated(1, 1 s)`: the script and `WAIT 1` in one pipeline): jobs/s
+/// and per-call latency, so the cost of a replicated acknowledgement is measured.
+async fn w1_replicated(n: usize) {
+    let urls = std::env::var("FLEET_BENCH_CLUSTER_URLS")
+        .unwrap_or_else(|_| (7000..7006).map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(","));
+    let c = Client::connect(&urls, format!("bench-{}", uuid_like())).await.expect("connect to the Redis Cluster");
+    let n = n.min(20_000);
+    for (label, replicated) in [("primary ack", false), ("replicated(1) ack", true), ("primary ack", false)] {
+        let mut lat = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for i in 0..n {
+            let mut opts = EnqueueOptions::default().queue("bench");
+            if replicated {
+                opts = opts.replicated(1, Duration::from_secs(1));
+            }
+            let t = Instant::now();
+            c.enqueue_with(&BenchJob { k: "noop".into(), a: i as f64 }, opts).await.expect("enqueue");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "W1 single enqueue on a 3+3 cluster, {label}: {n} jobs, {:.0} jobs/s, per call p50 {:.3} ms, p99 {:.3} ms",
+            n as f64 / secs,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    cleanup(&c).await;
+}
+
 async fn w2(n: usize, label: &str, args: &[&str]) {
     w2_tenants(n, 0, label, args).await
 }
@@ -686,6 +719,7 @@ pub async fn run(args: &[String]) {
     for w in &which {
         match w.as_str() {
             "w1" => w1(n).await,
+            "w1-replicated" => w1_replicated(n).await,
             "w2" => {
                 w2(n, "concurrency 10", &["10"]).await;
                 let best_args: Vec<&str> = best.split_whitespace().collect();

@@ -80,27 +80,12 @@ pub struct JobSummary {
 }
 
 impl Client {
-    /// Every key matching `pattern` (SCAN, 1000 at a time: for operators and tools, never
-    /// a worker's hot path).
+    /// Every key matching `pattern` (SCAN, 1000 at a time, on every primary of a cluster:
+    /// for operators and tools, never a worker's hot path).
     pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut conn = self.connection();
-        let mut out = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            out.extend(keys.into_iter().map(lossy));
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
+        // On a cluster, every primary is scanned: keys of different queues live on different nodes.
+        let keys = self.connection().scan_match(pattern, 1000).await?;
+        Ok(keys.into_iter().map(lossy).collect())
     }
 
     /// Every queue under this prefix that has counters.

@@ -1,12 +1,12 @@
 //! The typed client that upstream Rust apps use to enqueue jobs and read their state.
 
+use crate::conn::RedisConn;
 use crate::envelope::{Envelope, JobId, Priority, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{QueueKeys, validate_queue_name};
 use crate::kind::{JobArgs, KindOptions};
 use crate::scripts;
 use crate::state::{DeadLetter, JobInfo, JobState, QueueStats};
-use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,6 +42,36 @@ pub struct EnqueueOptions {
     pub tenant: Option<String>,
     /// The batch it belongs to (set by batch creation).
     pub batch: Option<String>,
+    /// When the enqueue is acknowledged; `None`: the queue's setting on this client
+    /// ([`Client::with_queue_durability`]), else [`Durability::Primary`].
+    pub durability: Option<Durability>,
+}
+
+/// Longest [`Durability::Replicated`] wait: below the connection's 5 s reply timeout.
+pub const MAX_REPLICATION_WAIT: Duration = Duration::from_secs(4);
+
+/// When an enqueue is acknowledged, and so what survives the death of the Redis primary
+/// that took it (see the README's "Durability" section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// As soon as the primary has written the job. Replication is asynchronous: a
+    /// primary that dies within the replication lag (usually under a millisecond, more
+    /// under load or a slow link) loses the jobs it had not passed on yet, and a replica
+    /// promoted in its place never saw them.
+    #[default]
+    Primary,
+    /// Once at least `replicas` replicas of the primary hold the job (`WAIT` on the same
+    /// primary, right after the enqueue), waiting at most `timeout`; otherwise
+    /// [`Error::NotReplicated`]: the job was written on the primary but may be lost if it
+    /// dies now (enqueueing the same ids again is safe). A replica's copy is in its
+    /// memory, not on its disk: it survives the primary's death and the replica's
+    /// promotion, not a power loss of both.
+    Replicated {
+        /// Replicas that must hold the job (1 for a replica per primary).
+        replicas: u32,
+        /// Longest wait for them, at most [`MAX_REPLICATION_WAIT`].
+        timeout: Duration,
+    },
 }
 
 /// A unique key and how long it holds.
@@ -101,6 +131,12 @@ impl EnqueueOptions {
         self.deadline = Some(at);
         self
     }
+    /// Options acknowledged only once `replicas` replicas hold the job, within `timeout`
+    /// (see [`Durability::Replicated`]).
+    pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.durability = Some(Durability::Replicated { replicas, timeout });
+        self
+    }
 }
 
 /// One job ready to be written: the chunk unit of the enqueue script.
@@ -113,13 +149,32 @@ struct Prepared {
     at_ms: u64,
     unique: Option<Unique>,
     tenant: Option<String>,
+    durability: Option<Durability>,
+}
+
+impl Durability {
+    fn validate(self) -> Result<()> {
+        match self {
+            Durability::Replicated { replicas, timeout }
+                if replicas == 0 || timeout.is_zero() || timeout > MAX_REPLICATION_WAIT =>
+            {
+                Err(Error::Invalid(format!(
+                    "replicated durability needs at least 1 replica and a wait of 1 ms to {} ms",
+                    MAX_REPLICATION_WAIT.as_millis()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Enqueues jobs and reads queue and job state. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
+    /// Per-queue durability of this client's enqueues (see [`Client::with_queue_durability`]).
+    durability: std::sync::Arc<HashMap<String, Durability>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,11 +185,12 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client on an existing connection, with key prefix `prefix` (normally `fleet`).
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
-        Client { conn, prefix: prefix.into() }
+    pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>) -> Self {
+        Client { conn: conn.into(), prefix: prefix.into(), durability: Default::default() }
     }
 
-    /// Connects to Redis at `url` (e.g. `redis://127.0.0.1:6379`).
+    /// Connects to Redis at `url` (e.g. `redis://127.0.0.1:6379`; several comma-separated
+    /// URLs for a Redis Cluster: see [`crate::conn`]).
     pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self> {
         let conn = crate::connect(url).await?;
         Ok(Client::new(conn, prefix))
@@ -147,13 +203,28 @@ impl Client {
         Ok(Client::new(conn, prefix))
     }
 
+    /// The same client, acknowledging its enqueues onto `queue` as `durability` unless a
+    /// call's [`EnqueueOptions::durability`] says otherwise (e.g. `Durability::Replicated`
+    /// for a queue of payments, where a job lost with a dying primary costs money).
+    pub fn with_queue_durability(mut self, queue: &str, durability: Durability) -> Result<Self> {
+        validate_queue_name(queue).map_err(Error::Invalid)?;
+        durability.validate()?;
+        std::sync::Arc::make_mut(&mut self.durability).insert(queue.to_owned(), durability);
+        Ok(self)
+    }
+
+    /// How enqueues onto `queue` are acknowledged when a call does not say.
+    pub fn queue_durability(&self, queue: &str) -> Durability {
+        self.durability.get(queue).copied().unwrap_or_default()
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// The underlying connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -265,7 +336,30 @@ impl Client {
                     .arg(window)
                     .arg(j.tenant.as_deref().unwrap_or(""));
             }
-            let reply: Vec<redis::Value> = inv.invoke_async(&mut self.conn.clone()).await?;
+            // The strongest durability any job of the group asks for.
+            let wait = jobs[start..end]
+                .iter()
+                .filter_map(|j| match j.durability.unwrap_or_else(|| self.queue_durability(queue)) {
+                    Durability::Replicated { replicas, timeout } => Some((replicas, timeout)),
+                    Durability::Primary => None,
+                })
+                .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)));
+            let reply: Vec<redis::Value> = match wait {
+                None => inv.invoke_async(&mut self.conn.clone()).await?,
+                Some((replicas, timeout)) => {
+                    let (reply, acked): (Vec<redis::Value>, i64) =
+                        inv.invoke_then_wait(&mut self.conn.clone(), replicas, timeout).await?;
+                    let refused = reply.first().cloned().map(value_text).is_some_and(|t| t == "!quota");
+                    if !refused && acked < i64::from(replicas) {
+                        return Err(Error::NotReplicated {
+                            queue: queue.clone(),
+                            replicas: acked.max(0) as u32,
+                            wanted: replicas,
+                        });
+                    }
+                    reply
+                }
+            };
             let texts: Vec<String> = reply.into_iter().map(value_text).collect();
             if texts.first().is_some_and(|t| t == "!quota") {
                 let num = |i: usize| texts.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -427,6 +521,9 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     if let Some(t) = &opts.tenant {
         crate::tenant::validate_tenant(t).map_err(Error::Invalid)?;
     }
+    if let Some(d) = opts.durability {
+        d.validate()?;
+    }
     let epoch_ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let env = Envelope {
         id: id.clone(),
@@ -453,5 +550,6 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         at_ms,
         unique: opts.unique,
         tenant: opts.tenant,
+        durability: opts.durability,
     })
 }

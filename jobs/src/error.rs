@@ -15,6 +15,9 @@ pub enum Error {
         /// The serializer's error.
         source: serde_json::Error,
     },
+    /// The Redis URL setting does not parse, or names cluster nodes that disagree.
+    #[error("redis url: {0}")]
+    RedisUrl(String),
     /// An enqueue option or name is invalid.
     #[error("invalid job: {0}")]
     Invalid(String),
@@ -54,6 +57,18 @@ pub enum Error {
         addr: String,
         /// rustls' reason.
         reason: String,
+    },
+    /// An enqueue asked to be acknowledged once replicated ([`crate::client::Durability`])
+    /// and fewer replicas confirmed it in time. The jobs were written on the primary (an
+    /// enqueue of the same ids again is safe) but are lost if it dies before replicating them.
+    #[error("enqueued on queue {queue:?} but held by {replicas} replicas of the {wanted} asked for in time")]
+    NotReplicated {
+        /// The queue.
+        queue: String,
+        /// Replicas that confirmed.
+        replicas: u32,
+        /// Replicas asked for.
+        wanted: u32,
     },
     /// Redis returned data Fleet did not write (another program changed the keys).
     #[error("unexpected data in redis: {0}")]

@@ -8,8 +8,8 @@
 //! truth, and an append lost to a Redis error is logged, never retried at the expense
 //! of the ack path. The HTTP API serves it as server-sent events (`GET /v1/stream`).
 
+use crate::conn::RedisConn;
 use crate::error::Result;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 /// Entries kept per tenant stream (approximately: Redis trims whole nodes).
@@ -69,15 +69,24 @@ impl TenantEvent {
     }
 }
 
-/// Appends each `(tenant, event)` to its tenant's stream, in one pipelined round trip.
-pub async fn append(conn: &mut ConnectionManager, prefix: &str, events: &[(String, TenantEvent)]) -> Result<()> {
+/// Appends each `(tenant, event)` to its tenant's stream: one pipelined round trip on a
+/// single server; on a cluster, where each tenant's stream has its own slot, one pipeline
+/// per tenant, sent at once.
+pub async fn append(conn: &mut RedisConn, prefix: &str, events: &[(String, TenantEvent)]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
+    let mut pipes: Vec<redis::Pipeline> = Vec::new();
+    let mut by_tenant: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (tenant, event) in events {
         let data = serde_json::to_string(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?;
-        pipe.cmd("XADD")
+        let group = if conn.is_cluster() { tenant.as_str() } else { "" };
+        let at = *by_tenant.entry(group).or_insert_with(|| {
+            pipes.push(redis::pipe());
+            pipes.len() - 1
+        });
+        pipes[at]
+            .cmd("XADD")
             .arg(stream_key(prefix, tenant))
             .arg("MAXLEN")
             .arg("~")
@@ -87,7 +96,11 @@ pub async fn append(conn: &mut ConnectionManager, prefix: &str, events: &[(Strin
             .arg(data)
             .ignore();
     }
-    pipe.query_async::<()>(conn).await?;
+    let sends = pipes.iter().map(|pipe| {
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    });
+    futures::future::try_join_all(sends).await?;
     Ok(())
 }
 
@@ -95,7 +108,7 @@ pub async fn append(conn: &mut ConnectionManager, prefix: &str, events: &[(Strin
 /// the caller's: pass [`latest_id`]'s answer to see only new events, `"0"` for all kept).
 /// Entries whose data does not decode are skipped.
 pub async fn read_after(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     prefix: &str,
     tenant: &str,
     after: &str,
@@ -121,7 +134,7 @@ pub async fn read_after(
 }
 
 /// The id of the newest event of `tenant`, or `"0-0"` when there is none.
-pub async fn latest_id(conn: &mut ConnectionManager, prefix: &str, tenant: &str) -> Result<String> {
+pub async fn latest_id(conn: &mut RedisConn, prefix: &str, tenant: &str) -> Result<String> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(stream_key(prefix, tenant))
         .arg("+")

@@ -54,10 +54,9 @@ pub fn readiness(checks: &[Check]) -> (bool, serde_json::Value) {
     (ready, serde_json::json!({"status": if ready { "ready" } else { "not_ready" }, "checks": map}))
 }
 
-/// Redis answers `PING` within `timeout`.
-pub async fn redis(conn: &mut redis::aio::ConnectionManager, timeout: Duration) -> Check {
-    let cmd = redis::cmd("PING");
-    match tokio::time::timeout(timeout, cmd.query_async::<String>(conn)).await {
+/// Redis answers `PING` within `timeout` (on a cluster, every primary).
+pub async fn redis(conn: &mut crate::RedisConn, timeout: Duration) -> Check {
+    match tokio::time::timeout(timeout, conn.ping()).await {
         Ok(Ok(_)) => Check::ok("redis", "PONG"),
         Ok(Err(e)) => Check::failed("redis", format!("PING failed: {e}")),
         Err(_) => Check::failed("redis", format!("no answer to PING within {} ms", timeout.as_millis())),

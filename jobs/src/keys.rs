@@ -232,8 +232,11 @@ impl QueueKeys {
     }
 
     /// A call of `script` with its declared keys as `KEYS`, in their declared order.
-    pub(crate) fn invoke<'a>(&self, script: &'a crate::scripts::ScriptSpec<QueueKey>) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.script().prepare_invoke();
+    pub(crate) fn invoke<'a>(
+        &self,
+        script: &'a crate::scripts::ScriptSpec<QueueKey>,
+    ) -> crate::scripts::ScriptCall<'a> {
+        let mut inv = script.call();
         for key in script.keys {
             inv.key(self.key(*key));
         }

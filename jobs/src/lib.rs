@@ -12,6 +12,7 @@
 //! * [`kind`]: the [`JobArgs`] trait that gives typed arguments a stable kind name and defaults.
 //! * [`catalogue`]: the job kinds Fleet knows, by stable name.
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
+//! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
@@ -29,6 +30,7 @@ pub mod backend;
 pub mod batches;
 pub mod catalogue;
 pub mod client;
+pub mod conn;
 pub mod deadcaps;
 pub mod envelope;
 pub mod error;
@@ -43,39 +45,25 @@ pub mod state;
 pub mod tenant;
 pub mod tls;
 
-pub use client::{CancelOutcome, Client, EnqueueOptions, Unique};
+pub use client::{CancelOutcome, Client, Durability, EnqueueOptions, Unique};
 pub use envelope::{Envelope, JobId, Priority};
 pub use error::{Error, Result};
 pub use kind::{Audience, JobArgs, KindOptions};
 pub use state::{JobState, QueueStats};
 pub use tls::RedisTls;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::time::Duration;
+pub use conn::{RedisClient, RedisConn};
 
-/// Opens a self-reconnecting Redis connection with Fleet's timeouts (2 s to
-/// connect, 5 s per response).
-pub async fn connect(url: &str) -> Result<ConnectionManager> {
-    connect_with(url, &RedisTls::default()).await
+/// Opens the shared Redis connection for a URL setting with Fleet's timeouts (2 s to
+/// connect, 5 s per response): one URL is a single server, several comma-separated
+/// URLs (or a `redis+cluster://` URL) a Redis Cluster (see [`conn`]).
+pub async fn connect(url: &str) -> Result<RedisConn> {
+    RedisClient::open(url)?.connect().await
 }
 
-/// Like [`connect`], with the CA file and client certificate of `tls` for a `rediss://`
-/// URL ([`tls::redis_client`]).
-pub async fn connect_with(url: &str, tls: &RedisTls) -> Result<ConnectionManager> {
-    let client = tls::redis_client(url, tls)?;
-    connect_client(&client).await
-}
-
-/// Like [`connect`], from an existing `redis::Client`. A failed TLS handshake is
+/// Like [`connect`], with the CA file and client certificate of `tls` for `rediss://`
+/// URLs (one server or a cluster's nodes). A failed TLS handshake is
 /// [`Error::TlsHandshake`], naming the server's address and rustls' reason.
-pub async fn connect_client(client: &redis::Client) -> Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| match tls::tls_failure(&e) {
-        Some(reason) => Error::TlsHandshake { addr: tls::redis_addr(client), reason },
-        None => Error::Redis(e),
-    })
+pub async fn connect_with(url: &str, tls: &RedisTls) -> Result<RedisConn> {
+    RedisClient::open_with(url, tls)?.connect().await
 }

@@ -17,10 +17,10 @@
 //!
 //! Each key's Redis keys share the hash tag `{lim:<key>}`.
 
+use crate::conn::RedisConn;
 use crate::error::{Error, Result};
 use crate::scripts;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -204,7 +204,7 @@ pub fn validate_limit_key(key: &str) -> Result<(), String> {
 /// Fleet-wide limits in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Limiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     lease: Duration,
 }
@@ -217,8 +217,8 @@ impl std::fmt::Debug for Limiter {
 
 impl Limiter {
     /// A limiter under `prefix`; concurrency slots and breaker probes are leased for `lease`.
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>, lease: Duration) -> Self {
-        Limiter { conn, prefix: prefix.into(), lease }
+    pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>, lease: Duration) -> Self {
+        Limiter { conn: conn.into(), prefix: prefix.into(), lease }
     }
 
     async fn call(
@@ -231,7 +231,7 @@ impl Limiter {
     ) -> Result<(Vec<Value>, LimitStatus)> {
         validate_limit_key(key).map_err(Error::Invalid)?;
         let k = LimitKeys::new(&self.prefix, key);
-        let mut inv = scripts::LIMIT.script().prepare_invoke();
+        let mut inv = scripts::LIMIT.call();
         for key in scripts::LIMIT.keys {
             inv.key(k.key(*key));
         }

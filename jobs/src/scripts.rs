@@ -9,13 +9,21 @@
 
 use crate::keys::QueueKey as Q;
 use crate::limits::LimitKey as L;
-use redis::Script;
+use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 use std::sync::OnceLock;
 
 const PRELUDE: &str = include_str!("scripts/prelude.lua");
 
-fn with_prelude(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+/// A script's full text (prelude included) and its SHA1.
+pub(crate) struct Loaded {
+    code: String,
+    hash: String,
+}
+
+fn with_prelude(body: &str) -> Loaded {
+    let code = format!("{PRELUDE}\n{body}");
+    let hash = Script::new(&code).get_hash().to_owned();
+    Loaded { code, hash }
 }
 
 /// One script: its name (`scripts/<name>.lua`), its source, and its `KEYS`, in order.
@@ -27,7 +35,7 @@ pub(crate) struct ScriptSpec<K: 'static> {
     pub(crate) source: &'static str,
     /// The keys it is called with, in `KEYS` order.
     pub(crate) keys: &'static [K],
-    script: OnceLock<Script>,
+    script: OnceLock<Loaded>,
 }
 
 impl<K> ScriptSpec<K> {
@@ -36,8 +44,82 @@ impl<K> ScriptSpec<K> {
     }
 
     /// The script with the prelude, hashed once.
-    pub(crate) fn script(&self) -> &Script {
+    fn loaded(&self) -> &Loaded {
         self.script.get_or_init(|| with_prelude(self.source))
+    }
+
+    /// A call of this script; add its keys (all of them, in declared order) then its
+    /// arguments.
+    pub(crate) fn call(&self) -> ScriptCall<'_> {
+        ScriptCall { script: self.loaded(), keys: Vec::with_capacity(self.keys.len()), args: Vec::new() }
+    }
+}
+
+/// One call of a script: `EVALSHA`, and when the server does not know the SHA (a
+/// replica promoted by a failover, a restarted or flushed server), `EVAL` of the body to
+/// that same server, which also caches it there. Never `SCRIPT LOAD`, which a cluster
+/// client sends to every node and which fails while any node is down.
+pub(crate) struct ScriptCall<'a> {
+    script: &'a Loaded,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptCall<'_> {
+    /// Adds a key (`KEYS[n]`).
+    pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn cmd(&self, verb: &str, script: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(self.keys.len());
+        for a in self.keys.iter().chain(&self.args) {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+
+    /// Runs the call, then `WAIT replicas timeout` in the same pipeline, so on a cluster
+    /// both go to the primary that took the write; returns the script's reply and the
+    /// number of replicas that confirmed every write of the connection so far.
+    pub(crate) async fn invoke_then_wait<T: FromRedisValue>(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        replicas: u32,
+        timeout: std::time::Duration,
+    ) -> RedisResult<(T, i64)> {
+        let pipe = |verb: &str, script: &str| {
+            let mut p = redis::pipe();
+            p.add_command(self.cmd(verb, script)).cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64);
+            p
+        };
+        match pipe("EVALSHA", &self.script.hash).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                pipe("EVAL", &self.script.code).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs the call on `conn` (routed by its first key on a cluster).
+    pub(crate) async fn invoke_async<T: FromRedisValue>(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> RedisResult<T> {
+        match self.cmd("EVALSHA", &self.script.hash).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.cmd("EVAL", &self.script.code).query_async(conn).await
+            }
+            other => other,
+        }
     }
 }
 

@@ -81,8 +81,17 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client> {
         return Ok(redis::Client::open(info)?);
     }
     install_crypto_provider();
+    match certificates(tls)? {
+        None => Ok(redis::Client::open(info)?),
+        Some(certs) => Ok(redis::Client::build_with_tls(info, certs)?),
+    }
+}
+
+/// The CA and client certificate files of `tls`, read and checked (`None` when no file
+/// is configured: Mozilla's roots, no client certificate).
+pub(crate) fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>> {
     if !tls.is_set() {
-        return Ok(redis::Client::open(info)?);
+        return Ok(None);
     }
     let root_cert = match &tls.ca_file {
         Some(path) => Some(read_pem(path, "redis_tls.ca_file (FLEET_REDIS_CA_FILE)", PemKind::Certificate)?),
@@ -106,7 +115,7 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client> {
             ));
         }
     };
-    Ok(redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })?)
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
 }
 
 #[derive(Clone, Copy)]

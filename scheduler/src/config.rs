@@ -30,7 +30,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
-    /// Redis URL (`rediss://` for TLS).
+    /// Redis URL (`rediss://` for TLS); for a Redis Cluster, several node URLs separated by
+    /// commas, or one `redis+cluster://` URL (see `fleet_jobs::conn`).
     pub redis_url: String,
     /// `[redis_tls]`: CA file and client certificate of a `rediss://` URL.
     pub redis_tls: fleet_jobs::RedisTls,
@@ -274,8 +275,9 @@ impl SchedulerConfig {
     /// limit, `[api]`, the intake providers, the tenants' queues, and the schedules
     /// (each must parse, and no two may share a name).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match fleet_jobs::tls::redis_client(&self.redis_url, &self.redis_tls) {
+        match fleet_jobs::RedisClient::open_with(&self.redis_url, &self.redis_tls) {
             Ok(_) => {}
+            Err(e @ fleet_jobs::Error::RedisUrl(_)) => return Err(ConfigError::invalid("redis_url", e.to_string())),
             Err(fleet_jobs::Error::Redis(e)) => {
                 return Err(ConfigError::invalid("redis_url", format!("not a Redis URL ({e})")));
             }

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "fleetctl", version)]
 struct Args {
-    /// Redis URL (`rediss://` for TLS).
+    /// Redis URL (`rediss://` for TLS; a Redis Cluster: several node URLs separated by commas).
     #[arg(long, env = "FLEET_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
     redis_url: String,
     /// PEM file of the CA that signs a `rediss://` server's certificate (default: Mozilla's roots).

@@ -190,3 +190,49 @@ async fn attempt_history_is_capped_and_finished_records_expire() {
     w.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_enqueue_that_too_few_replicas_confirm_is_an_error_but_written() {
+    let env = TestEnv::new().await;
+    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut env.client.connection()).await.unwrap();
+    let have: u32 = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.parse().ok())
+        .expect("INFO replication names connected_slaves");
+    let mut opts = EnqueueOptions::default().replicated(have + 1, Duration::from_millis(100));
+    opts.id = Some(fleet_jobs::JobId("replicated-1".into()));
+    let err = env.client.enqueue_with(&probe(ProbeAction::Succeed), opts.clone()).await.unwrap_err();
+    match err {
+        fleet_jobs::Error::NotReplicated { replicas, wanted, .. } => assert_eq!((replicas, wanted), (have, have + 1)),
+        other => panic!("expected NotReplicated, got {other}"),
+    }
+    // Written on the primary all the same: enqueueing the same id again is the same job.
+    assert_eq!(env.client.job_state("default", "replicated-1").await.unwrap(), Some(JobState::Ready));
+    let _ = env.client.enqueue_with(&probe(ProbeAction::Succeed), opts).await;
+    assert_eq!(env.stats("default").await.enqueued, 1);
+    // A queue's own setting on a client applies to the calls that do not say.
+    let strict = env
+        .client
+        .clone()
+        .with_queue_durability(
+            "payments",
+            fleet_jobs::Durability::Replicated { replicas: have + 1, timeout: Duration::from_millis(50) },
+        )
+        .unwrap();
+    let on_payments = || EnqueueOptions::default().queue("payments");
+    let e = strict.enqueue_with(&probe(ProbeAction::Succeed), on_payments()).await.unwrap_err();
+    assert!(matches!(e, fleet_jobs::Error::NotReplicated { .. }), "{e}");
+    let mut relaxed = on_payments();
+    relaxed.durability = Some(fleet_jobs::Durability::Primary);
+    strict.enqueue_with(&probe(ProbeAction::Succeed), relaxed).await.expect("a call's own setting wins");
+    strict.enqueue_with(&probe(ProbeAction::Succeed), EnqueueOptions::default()).await.expect("other queues: primary");
+    for bad in [
+        EnqueueOptions::default().replicated(0, Duration::from_secs(1)),
+        EnqueueOptions::default().replicated(1, Duration::from_secs(5)),
+    ] {
+        let e = env.client.enqueue_with(&probe(ProbeAction::Succeed), bad).await.unwrap_err();
+        assert!(matches!(e, fleet_jobs::Error::Invalid(_)), "{e}");
+    }
+    env.cleanup().await;
+}

@@ -488,3 +488,192 @@ pub async fn foreign_dead_letter(env: &TestEnv, id: &str, envelope: &[u8], histo
         .await
         .unwrap();
 }
+
+/// The local Redis Cluster's URL setting (`FLEET_TEST_REDIS_CLUSTER_URLS`, set by
+/// `scripts/test.sh` after `scripts/redis-cluster.sh start`), or `None` with a message
+/// saying how to run the cluster suite: its tests then return early.
+pub fn cluster_urls() -> Option<String> {
+    match std::env::var("FLEET_TEST_REDIS_CLUSTER_URLS") {
+        Ok(urls) if !urls.trim().is_empty() => Some(urls),
+        _ => {
+            eprintln!(
+                "SKIPPED: FLEET_TEST_REDIS_CLUSTER_URLS is not set. Start a local cluster with \
+                 `scripts/redis-cluster.sh start` and export its output as FLEET_TEST_REDIS_CLUSTER_URLS \
+                 (scripts/test.sh does both)."
+            );
+            None
+        }
+    }
+}
+
+/// A Redis Cluster of a test's own (3 primaries, 3 replicas on six free ports), started by
+/// `scripts/redis-cluster.sh` and stopped when dropped: for drills that kill or demote a
+/// primary without disturbing the tests that share the suite's cluster.
+pub struct OwnCluster {
+    /// Its URL setting (the six nodes, comma-separated).
+    pub urls: String,
+    ports: Vec<u16>,
+    state: std::path::PathBuf,
+}
+
+impl OwnCluster {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
+    }
+
+    fn run(&self, action: &str) -> std::process::Output {
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        std::process::Command::new(Self::script())
+            .arg(action)
+            .env("FLEET_CLUSTER_PORTS", ports.join(" "))
+            .env("FLEET_STATE_DIR", &self.state)
+            .env("FLEET_CLUSTER_NODE_TIMEOUT", "2000")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", Self::script().display()))
+    }
+
+    /// Starts one and waits for `cluster_state:ok`.
+    pub fn start() -> OwnCluster {
+        // Six ports whose cluster bus ports (port + 10000) are free too.
+        let mut ports = Vec::new();
+        while ports.len() < 6 {
+            let p = free_port();
+            if p < 55_000 && !ports.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                ports.push(p);
+            }
+        }
+        let state = std::env::temp_dir().join(format!("fleet-test-cluster-{}-{}", ports[0], std::process::id()));
+        let mut c = OwnCluster { urls: String::new(), ports, state };
+        let out = c.run("start");
+        assert!(out.status.success(), "the test's cluster did not start: {}", String::from_utf8_lossy(&out.stderr));
+        c.urls = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        c
+    }
+
+    /// Starts the nodes that are down again (they rejoin from their nodes.conf) and waits
+    /// for `cluster_state:ok`.
+    pub fn heal(&self) {
+        let out = self.run("start");
+        assert!(out.status.success(), "the test's cluster did not heal: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The process id of the node on `port`.
+    pub fn pid(&self, port: u16) -> u32 {
+        let file = self.state.join(format!("redis-cluster-{}/{port}/redis.pid", self.ports[0]));
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// `CLUSTER` facts a test needs, asked of one node directly with `redis-cli`-free plain
+/// connections: which primary serves a key, and its replicas.
+pub mod cluster_facts {
+    use std::time::Duration;
+
+    /// A node's address.
+    pub type Node = (String, u16);
+
+    /// One node's plain connection (not the cluster client: tests ask specific nodes).
+    pub async fn node(addr: &Node) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(format!("redis://{}:{}", addr.0, addr.1)).expect("node url");
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to a cluster node")
+    }
+
+    /// The first reachable node of a URL setting.
+    pub async fn any_node(urls: &str) -> redis::aio::MultiplexedConnection {
+        for url in urls.split(',') {
+            let Ok(client) = redis::Client::open(url.trim()) else { continue };
+            if let Ok(c) = client.get_multiplexed_async_connection().await {
+                return c;
+            }
+        }
+        panic!("no node of {urls} answers");
+    }
+
+    /// The slot ranges: (start, end, primary, replicas).
+    pub async fn slots(urls: &str) -> Vec<(u16, u16, Node, Vec<Node>)> {
+        let mut c = any_node(urls).await;
+        let v: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.expect("CLUSTER SLOTS");
+        let node = |v: &redis::Value| -> Option<Node> {
+            let redis::Value::Array(parts) = v else { return None };
+            Some((redis::from_redis_value_ref(parts.first()?).ok()?, redis::from_redis_value_ref(parts.get(1)?).ok()?))
+        };
+        v.iter()
+            .filter_map(|r| {
+                let redis::Value::Array(r) = r else { return None };
+                let start: u16 = redis::from_redis_value_ref(r.first()?).ok()?;
+                let end: u16 = redis::from_redis_value_ref(r.get(1)?).ok()?;
+                let primary = node(r.get(2)?)?;
+                let replicas = r.iter().skip(3).filter_map(node).collect();
+                Some((start, end, primary, replicas))
+            })
+            .collect()
+    }
+
+    /// The slot of `key`.
+    pub async fn slot(urls: &str, key: &str) -> u16 {
+        let mut c = any_node(urls).await;
+        redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut c).await.expect("CLUSTER KEYSLOT")
+    }
+
+    /// The primary serving `key`, and its replicas (asked of every node of `urls` with
+    /// `ROLE`: the slot map a node gossips can lag behind a replica that just attached).
+    pub async fn owner(urls: &str, key: &str) -> (Node, Vec<Node>) {
+        let s = slot(urls, key).await;
+        let primary = slots(urls)
+            .await
+            .into_iter()
+            .find(|(a, b, _, _)| (*a..=*b).contains(&s))
+            .map(|(_, _, p, _)| p)
+            .unwrap_or_else(|| panic!("no primary serves slot {s}"));
+        let mut replicas = Vec::new();
+        for url in urls.split(',') {
+            let Some((host, port)) = url.trim().trim_start_matches("redis://").rsplit_once(':') else { continue };
+            let n: Node = (host.to_owned(), port.trim_end_matches('/').parse().expect("a port"));
+            let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), async {
+                redis::Client::open(url.trim())?.get_multiplexed_async_connection().await
+            })
+            .await
+            else {
+                continue;
+            };
+            let Ok(role): redis::RedisResult<Vec<redis::Value>> = redis::cmd("ROLE").query_async(&mut c).await else {
+                continue;
+            };
+            let text = |i: usize| role.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+            let port = role.get(2).and_then(|v| redis::from_redis_value_ref::<u16>(v).ok());
+            if text(0).as_deref() == Some("slave") && port == Some(primary.1) {
+                replicas.push(n);
+            }
+        }
+        (primary, replicas)
+    }
+
+    /// One queue name (from `base-0`, `base-1`, ...) per primary: names whose hash tags
+    /// land on each of the cluster's primaries.
+    pub async fn queue_per_primary(urls: &str, prefix: &str, base: &str) -> Vec<String> {
+        let primaries: std::collections::BTreeSet<Node> = slots(urls).await.into_iter().map(|(_, _, p, _)| p).collect();
+        let mut taken = std::collections::BTreeMap::new();
+        for i in 0..1000 {
+            let q = format!("{base}-{i}");
+            let (p, _) = owner(urls, &format!("{prefix}:{{{q}}}:stats")).await;
+            taken.entry(p).or_insert(q);
+            if taken.len() == primaries.len() {
+                break;
+            }
+        }
+        assert_eq!(taken.len(), primaries.len(), "queue names on every primary");
+        taken.into_values().collect()
+    }
+}

@@ -39,7 +39,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`, or `rediss://` for TLS.
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`, or `rediss://` for TLS; for a Redis
+    /// Cluster, several node URLs separated by commas, or one `redis+cluster://` URL (see
+    /// `fleet_jobs::conn`).
     pub redis_url: String,
     /// `[redis_tls]`: CA file and client certificate of a `rediss://` URL
     /// (`FLEET_REDIS_CA_FILE`, `FLEET_REDIS_CLIENT_CERT_FILE`, `FLEET_REDIS_CLIENT_KEY_FILE`).
@@ -283,8 +285,9 @@ impl WorkerConfig {
     /// Checks ranges and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
-        match fleet_jobs::tls::redis_client(&self.redis_url, &self.redis_tls) {
+        match fleet_jobs::RedisClient::open_with(&self.redis_url, &self.redis_tls) {
             Ok(_) => {}
+            Err(e @ fleet_jobs::Error::RedisUrl(_)) => return invalid("redis_url", e.to_string()),
             Err(fleet_jobs::Error::Redis(e)) => {
                 let url = fleet_net::redact_url(&self.redis_url);
                 return invalid("redis_url", format!("{url:?} is not a Redis URL ({e})"));

@@ -52,7 +52,7 @@ pub(crate) struct HttpState {
 /// What `/readyz` checks.
 #[derive(Clone)]
 pub(crate) struct Readiness {
-    pub(crate) redis: redis::aio::ConnectionManager,
+    pub(crate) redis: fleet_jobs::RedisConn,
     pub(crate) db: Option<sqlx::PgPool>,
     pub(crate) tasks: Tasks,
     pub(crate) engines: Engines,

@@ -89,20 +89,20 @@ impl std::fmt::Debug for RunningWorker {
     }
 }
 
-/// Connects to Redis (over TLS for a `rediss://` URL, with `tls`), retrying with backoff
-/// and saying what it waits for. A TLS file that cannot be read or a failed TLS handshake
-/// ends the start: retrying would not fix either.
+/// Connects to Redis (one server or a cluster; over TLS for `rediss://` URLs, with `tls`),
+/// retrying with backoff and saying what it waits for. A TLS file that cannot be read or a
+/// failed TLS handshake ends the start: retrying would not fix either.
 async fn connect_redis(
     url: &str,
     tls: &fleet_jobs::RedisTls,
-) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
-    let client = fleet_jobs::tls::redis_client(url, tls).map_err(|e| match e {
+) -> anyhow::Result<(fleet_jobs::RedisClient, fleet_jobs::RedisConn)> {
+    let client = fleet_jobs::RedisClient::open_with(url, tls).map_err(|e| match e {
         fleet_jobs::Error::Redis(e) => anyhow::anyhow!("invalid Redis URL {:?}: {e}", redacted(url)),
-        e => anyhow::anyhow!("{e}"),
+        e => anyhow::anyhow!("the Redis URL setting: {e}"),
     })?;
     let mut delay = Duration::from_millis(200);
     loop {
-        match fleet_jobs::connect_client(&client).await {
+        match client.connect().await {
             Ok(conn) => return Ok((client, conn)),
             Err(e @ fleet_jobs::Error::TlsHandshake { .. }) => anyhow::bail!("{e}"),
             Err(e) => {
@@ -115,9 +115,10 @@ async fn connect_redis(
     }
 }
 
-/// A Redis URL without its password, for logs.
+/// A Redis URL setting (one URL, or a cluster's comma-separated nodes) without its
+/// passwords, for logs.
 fn redacted(url: &str) -> String {
-    fleet_net::redact_url(url)
+    url.split(',').map(fleet_net::redact_url).collect::<Vec<_>>().join(",")
 }
 
 /// Starts a worker: one engine and one apalis worker per queue, plus the HTTP endpoint.

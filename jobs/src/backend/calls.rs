@@ -2,9 +2,9 @@
 //! benchmarks and tools can drive a queue step by step with them too.
 
 use super::{Completion, EngineConfig, Op, RawJob};
+use crate::conn::RedisConn;
 use crate::keys::QueueKeys;
 use crate::scripts;
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
 /// What one lease call returned.
@@ -70,12 +70,7 @@ fn envelope_text(v: Value) -> String {
 /// Promotes due scheduled jobs (at most `cfg.promote_limit`) and leases up to
 /// `want` ready jobs for `cfg.lease`, in one script call, for a caller that holds no
 /// job of this queue (so it may be given one suspect, alone: see [`lease_for`]).
-pub async fn lease(
-    conn: &mut ConnectionManager,
-    k: &QueueKeys,
-    cfg: &EngineConfig,
-    want: usize,
-) -> RedisResult<Leased> {
+pub async fn lease(conn: &mut RedisConn, k: &QueueKeys, cfg: &EngineConfig, want: usize) -> RedisResult<Leased> {
     lease_for(conn, k, cfg, want, true).await
 }
 
@@ -83,7 +78,7 @@ pub async fn lease(
 /// given one suspect (a job that was running when its worker stopped) to run alone;
 /// then it must lease nothing else until that job has finished.
 pub async fn lease_for(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     k: &QueueKeys,
     cfg: &EngineConfig,
     want: usize,
@@ -166,7 +161,7 @@ pub struct Completed {
 
 /// Applies completions in one script call.
 pub async fn complete(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     k: &QueueKeys,
     cfg: &EngineConfig,
     batch: &[Completion],
@@ -213,7 +208,7 @@ pub async fn complete(
 /// such job's crash count goes up and it waits as a suspect, or ends dead at
 /// `cfg.crash_limit` crashes (see `heartbeat.lua`).
 pub async fn heartbeat(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     k: &QueueKeys,
     cfg: &EngineConfig,
     held: &[(String, String)],
@@ -259,12 +254,7 @@ pub struct Swept {
 /// Time-based expiry of one queue, bounded: removes at most `limit` entries per
 /// structure (finished records past retention, dead letters past their age or over
 /// the cap, unique keys past their window, counters of batches finished a week ago).
-pub async fn janitor(
-    conn: &mut ConnectionManager,
-    k: &QueueKeys,
-    cfg: &EngineConfig,
-    limit: usize,
-) -> RedisResult<Swept> {
+pub async fn janitor(conn: &mut RedisConn, k: &QueueKeys, cfg: &EngineConfig, limit: usize) -> RedisResult<Swept> {
     let v: Vec<i64> = k
         .invoke(&scripts::JANITOR)
         .arg(limit.max(1))

@@ -1,10 +1,10 @@
 //! The per-queue engine: fetcher, acker and heartbeat tasks around one Redis connection.
 
 use super::{Completion, EngineConfig, JobEvent, Op, Outcome, RawJob, RedisBackend, calls};
+use crate::conn::RedisConn;
 use crate::keys::QueueKeys;
 use apalis_core::task::{builder::TaskBuilder, task_id::TaskId};
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ const ACK_RETRY_MAX: Duration = Duration::from_millis(250);
 struct Shared {
     cfg: EngineConfig,
     keys: QueueKeys,
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Jobs this process holds a lease on (buffered or running): id -> lease.
     leased: Mutex<HashMap<String, Held>>,
     /// Free concurrency slots.
@@ -66,8 +66,8 @@ impl QueueEngine {
     /// extra connection that idle waits block on; `conn` carries every script call;
     /// every applied completion is sent to `events` (when it has subscribers).
     pub fn start(
-        client: redis::Client,
-        conn: ConnectionManager,
+        client: crate::RedisClient,
+        conn: RedisConn,
         cfg: EngineConfig,
         events: broadcast::Sender<JobEvent>,
     ) -> (RedisBackend, EngineHandle) {
@@ -271,10 +271,10 @@ impl ErrorBackoff {
     }
 }
 
-async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<apalis_core::task::Task<RawJob>>) {
+async fn fetcher(shared: Arc<Shared>, client: crate::RedisClient, tx: mpsc::Sender<apalis_core::task::Task<RawJob>>) {
     let cfg = &shared.cfg;
     let stop = shared.stop_fetch.clone();
-    let mut waiter: Option<ConnectionManager> = None;
+    let mut waiter: Option<RedisConn> = None;
     let mut backoff = ErrorBackoff::new();
     let batch = cfg.fetch_batch.max(1);
     // Set while a suspect runs alone here, or while suspects wait for a worker that holds
@@ -370,7 +370,9 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
             continue;
         }
         if waiter.is_none() {
-            match waiting_connection(&client, cfg.idle_wait).await {
+            // Its own connection: a BLPOP on the shared one would hold up every command
+            // behind it on that server (on a cluster, that queue's node).
+            match client.blocking(cfg.idle_wait).await {
                 Ok(c) => waiter = Some(c),
                 Err(e) => {
                     tracing::warn!(queue = %cfg.queue, error = %e, "could not open the wake-up connection");
@@ -394,14 +396,6 @@ async fn fetcher(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<ap
         }
     }
     tracing::debug!(queue = %cfg.queue, "fetcher stopped");
-}
-
-async fn waiting_connection(client: &redis::Client, idle_wait: Duration) -> RedisResult<ConnectionManager> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(idle_wait + Duration::from_secs(2)))
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client.clone(), config).await
 }
 
 async fn apply(shared: &Shared, batch: &[Completion]) -> RedisResult<calls::Completed> {
