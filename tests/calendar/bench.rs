@@ -12,9 +12,17 @@
 //! many minutes for 5,000 events, so the items are written straight into Radicale's storage
 //! folder (`FLEET_RADICALE_STORAGE`, default the one `scripts/radicale.sh` configures), one
 //! file per event as Radicale itself stores them; every change after that goes through CalDAV.
+//!
+//! Radicale then takes minutes to index the folder on its first read. With
+//! `FLEET_BENCH_COLLECTION=<name>` the bench uses (and keeps) the collection `<name>`: a
+//! later run finds Radicale's cache of it warm, rewrites only the events an earlier run
+//! changed and removes the event it added, so runs can alternate (two builds, same server).
+//! `FLEET_BENCH_FULL_SYNCS=<n>` (default 1) measures the full sync `n` times, each into a
+//! new source of a new supplier in the same database.
 
-use super::{setup, wrap};
+use super::{KEY, setup, setup_at, wrap};
 use fleet_accounts::outbox::Relay;
+use fleet_accounts::secrets::SecretBox;
 use fleet_calendar::{ExpandOptions, decode, expand, parse};
 use fleet_jobs::catalogue::CalendarSync;
 use fleet_jobs::events;
@@ -68,10 +76,43 @@ fn split(report: &fleet_calendar::jobs::SyncReport) -> String {
     )
 }
 
+/// The load average, as `/proc/loadavg` says it (the machine is shared).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A new source of a new supplier `supplier` on the same collection (same database), for
+/// another first sync.
+async fn another_source(s: &super::Setup, supplier: &str) -> String {
+    let source = format!("cal_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query("INSERT INTO calendar_suppliers (tenant, supplier, all_day_busy, time_zone) VALUES ('t1', $1, false, 'Europe/London')")
+        .bind(supplier)
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO calendar_sources (id, tenant, supplier, kind, url, username, secret) VALUES ($1, 't1', $2, 'caldav', $3, 'fleet', $4)",
+    )
+    .bind(&source)
+    .bind(supplier)
+    .bind(s.cal.collection().as_str())
+    .bind(SecretBox::new(KEY).unwrap().seal(&source, "fleet").unwrap())
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    source
+}
+
 #[tokio::test]
 #[ignore]
 async fn bench_sync_5000_events() {
-    let mut s = setup("bench-supplier").await;
+    let kept = std::env::var("FLEET_BENCH_COLLECTION").ok().filter(|c| !c.is_empty());
+    let mut s = match &kept {
+        Some(name) => setup_at("bench-supplier", name).await,
+        None => setup("bench-supplier").await,
+    };
     let collection = s.cal.collection().path().trim_matches('/').to_owned();
     let dir = format!("{}/collection-root/{collection}", storage_root());
     assert!(
@@ -79,8 +120,15 @@ async fn bench_sync_5000_events() {
         "Radicale's storage folder {dir} not found: set FLEET_RADICALE_STORAGE"
     );
     for i in 0..EVENTS {
-        std::fs::write(format!("{dir}/bench-{i}.ics"), wrap(&event(i))).unwrap();
+        let (path, body) = (format!("{dir}/bench-{i}.ics"), wrap(&event(i)));
+        // An unchanged file keeps Radicale's cache of it (a kept collection).
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(body.as_str()) {
+            std::fs::write(path, body).unwrap();
+        }
     }
+    // What an earlier run of a kept collection added.
+    let _ = std::fs::remove_file(format!("{dir}/clash.ics"));
+    println!("load average at the start: {}", load());
 
     // Radicale parses and caches each item on first read (its PUT path does that on upload):
     // one untimed pass with a patient client so the measured sync meets a warm server.
@@ -108,6 +156,42 @@ async fn bench_sync_5000_events() {
         full.conflicts_detected
     );
     assert_eq!(full.events_written, EVENTS);
+    let rounds: usize = std::env::var("FLEET_BENCH_FULL_SYNCS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    for round in 2..=rounds {
+        let source = another_source(&s, &format!("bench-supplier-{round}")).await;
+        let started = Instant::now();
+        let again = s.handler.sync_source(&source).await.unwrap();
+        println!(
+            "full sync of {EVENTS} events, run {round}: {:.2} s ({}; load {})",
+            started.elapsed().as_secs_f64(),
+            split(&again),
+            load()
+        );
+        assert_eq!(again.events_written, EVENTS);
+    }
+
+    // The fetch alone, as it was done before (a sync report of hrefs and ETags, then
+    // `calendar-multiget`s of 100) and as `pull_changes` does it now (the bodies inside the
+    // sync report), alternating on the same warm server.
+    for round in 1..=3 {
+        let started = Instant::now();
+        let listed = s.cal.sync_collection(None).await.unwrap();
+        let fleet_calendar::caldav::SyncOutcome::Changes { changed, .. } = listed else { panic!("{listed:?}") };
+        let hrefs: Vec<String> = changed.into_iter().map(|c| c.href).collect();
+        let objects = s.cal.multiget(&hrefs).await.unwrap();
+        let before = started.elapsed();
+        assert_eq!(objects.len(), EVENTS);
+        let started = Instant::now();
+        let pull = fleet_calendar::caldav::pull_changes(&s.cal, &Default::default()).await.unwrap();
+        let after = started.elapsed();
+        assert_eq!(pull.changed.len(), EVENTS);
+        println!(
+            "fetch of {EVENTS} objects, round {round}: sync report + calendar-multiget {:.2} s, bodies in the sync report {:.2} s (load {})",
+            before.as_secs_f64(),
+            after.as_secs_f64(),
+            load()
+        );
+    }
 
     let started = Instant::now();
     let idle = s.sync().await;
@@ -192,5 +276,10 @@ async fn bench_sync_5000_events() {
     );
     worker.shutdown().await;
     env.cleanup().await;
-    s.finish().await;
+    println!("load average at the end: {}", load());
+    if kept.is_some() {
+        s.db.drop_db().await;
+    } else {
+        s.finish().await;
+    }
 }

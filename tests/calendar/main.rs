@@ -32,13 +32,22 @@ struct Setup {
 }
 
 async fn setup(supplier: &str) -> Setup {
+    setup_at(supplier, &format!("it-{}", uuid::Uuid::now_v7())).await
+}
+
+/// A database and a source on the collection `collection` of the test user (created when
+/// missing, kept when it exists).
+async fn setup_at(supplier: &str, collection: &str) -> Setup {
     let db = TestDb::new().await;
-    let url = format!("{}/fleet/it-{}/", caldav_base().trim_end_matches('/'), uuid::Uuid::now_v7());
+    let url = format!("{}/fleet/{collection}/", caldav_base().trim_end_matches('/'));
     let cal = CalDavClient::new(&url, Some("fleet".into()), Some("fleet".to_owned().into()), ClientOptions::default())
         .unwrap();
-    cal.make_calendar()
-        .await
-        .unwrap_or_else(|e| panic!("Radicale at {} is not reachable ({e}): run scripts/radicale.sh", caldav_base()));
+    match cal.make_calendar().await {
+        Ok(()) => {}
+        // Radicale answers MKCALENDAR on an existing collection with 409: a kept one is fine.
+        Err(fleet_calendar::caldav::CalDavError::Status(s)) if s.as_u16() == 409 => {}
+        Err(e) => panic!("Radicale at {} is not reachable ({e}): run scripts/radicale.sh", caldav_base()),
+    }
     let secrets = SecretBox::new(KEY).unwrap();
     let source = format!("cal_{}", uuid::Uuid::now_v7().simple());
     sqlx::query("INSERT INTO calendar_suppliers (tenant, supplier, all_day_busy, time_zone) VALUES ('t1', $1, false, 'Europe/London')")

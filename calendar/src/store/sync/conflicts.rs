@@ -1,36 +1,66 @@
 //! Step 6 of applying a fetch: the supplier's double bookings recomputed over all its
-//! sources. A conflict's id is a hash of its sorted pair of occurrences, and its outbox
+//! sources; after an incremental apply, only the occurrences it changed against those
+//! overlapping them (reading all 5,400 busy rows for one moved booking was most of that
+//! apply). A conflict's id is a hash of its sorted pair of occurrences, and its outbox
 //! event's dedup key carries the conflict's generation (which rises each time it opens
 //! again), so a retried apply writes each detection and resolution once.
 
+use super::occurrences::Changed;
 use super::{SyncReport, SyncSource, Tx};
 use crate::{BusyInterval, find_conflicts};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// (source, occurrence key) of both sides, and the overlap.
 type OpenConflict = ((String, String), (String, String), DateTime<Utc>, DateTime<Utc>);
 
-/// Step 6: every busy occurrence of the supplier checked against every other; new and
+/// What an incremental apply changed: the occurrences of `source_id` in `changed`. Only a
+/// conflict with one of them on a side can open, move or resolve, and only an occurrence
+/// overlapping one of their new times can be the other side.
+pub(super) struct Scope<'a> {
+    pub(super) source_id: &'a str,
+    pub(super) changed: &'a Changed,
+}
+
+/// Step 6: every busy occurrence of the supplier checked against every other (with a
+/// `scope`, only the changed occurrences against those overlapping them); new and
 /// resolved conflicts stored and written to the outbox once each.
 pub(super) async fn recompute_conflicts(
     tx: &mut Tx,
     source: &SyncSource,
+    scope: Option<Scope<'_>>,
     report: &mut SyncReport,
 ) -> Result<(), sqlx::Error> {
-    let busy = busy_intervals(tx, source).await?;
+    if scope.as_ref().is_some_and(|s| s.changed.keys.is_empty()) {
+        return Ok(());
+    }
+    let busy = busy_intervals(tx, source, scope.as_ref()).await?;
     let scanning = std::time::Instant::now();
-    let current = current_conflicts(&busy);
+    let mut current = current_conflicts(&busy);
+    if let Some(scope) = &scope {
+        // Two unchanged occurrences that both overlap a changed one: their conflict (if
+        // any) is as it was, and not this apply's to touch.
+        let changed: HashSet<&str> = scope.changed.keys.iter().map(String::as_str).collect();
+        let touches = |side: &(String, String)| side.0 == scope.source_id && changed.contains(side.1.as_str());
+        current.retain(|_, c| touches(&c.0) || touches(&c.1));
+    }
     report.conflicts_ms = super::elapsed_ms(scanning);
+    let (changed_source, changed_keys) = match &scope {
+        Some(scope) => (Some(scope.source_id), Some(&scope.changed.keys)),
+        None => (None, None),
+    };
     let mut open: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
     for row in sqlx::query(
-        "SELECT id, start_at, end_at FROM calendar_conflicts WHERE tenant = $1 AND supplier = $2 AND resolved_at IS NULL",
+        "SELECT id, start_at, end_at FROM calendar_conflicts WHERE tenant = $1 AND supplier = $2 AND resolved_at IS NULL
+           AND ($3::text IS NULL OR (a_source = $3 AND a_key = ANY($4)) OR (b_source = $3 AND b_key = ANY($4)))",
     )
     .bind(&source.tenant)
     .bind(&source.supplier)
+    .bind(changed_source)
+    .bind(changed_keys)
     .fetch_all(&mut **tx)
     .await?
     {
@@ -54,10 +84,13 @@ pub(super) async fn recompute_conflicts(
 }
 
 /// The supplier's occurrences that block time now or later: not cancelled, not transparent,
-/// not empty, and all-day ones only when the supplier says all-day events are busy.
+/// not empty, and all-day ones only when the supplier says all-day events are busy; with a
+/// `scope`, only those overlapping a changed occurrence's new time (the changed ones among
+/// them).
 async fn busy_intervals(
     tx: &mut Tx,
     source: &SyncSource,
+    scope: Option<&Scope<'_>>,
 ) -> Result<Vec<BusyInterval<(String, String, String)>>, sqlx::Error> {
     let all_day_busy: bool =
         sqlx::query_scalar("SELECT all_day_busy FROM calendar_suppliers WHERE tenant = $1 AND supplier = $2")
@@ -66,14 +99,22 @@ async fn busy_intervals(
             .fetch_optional(&mut **tx)
             .await?
             .unwrap_or(false);
+    // The changed times as one multirange, built once: `[start, end)` ranges overlap exactly
+    // when the half-open intervals do. (An EXISTS over the unnested ranges per row took
+    // 41 ms for 13 ranges and 173 ms for 130 against 5,400 rows; the multirange 2-3 ms.)
+    let ranges = scope.map(|s| &s.changed.ranges);
     let rows = sqlx::query(
         "SELECT source_id, key, uid, start_at, end_at FROM calendar_occurrences
          WHERE tenant = $1 AND supplier = $2 AND status <> 'cancelled' AND NOT transparent AND end_at > start_at
-           AND end_at > now() AND ($3 OR NOT all_day)",
+           AND end_at > now() AND ($3 OR NOT all_day)
+           AND ($4::timestamptz[] IS NULL OR tstzrange(start_at, GREATEST(start_at, end_at)) && (
+             SELECT range_agg(tstzrange(r.s, GREATEST(r.s, r.e))) FROM UNNEST($4::timestamptz[], $5::timestamptz[]) AS r(s, e)))",
     )
     .bind(&source.tenant)
     .bind(&source.supplier)
     .bind(all_day_busy)
+    .bind(ranges.map(|r| r.iter().map(|r| r.0).collect::<Vec<DateTime<Utc>>>()))
+    .bind(ranges.map(|r| r.iter().map(|r| r.1).collect::<Vec<DateTime<Utc>>>()))
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows

@@ -15,7 +15,8 @@
 //! 5. [`occurrences`]: re-expand over the window the series the fetch touched (the whole
 //!    source on the day's first apply, so the window slides), write only the occurrences
 //!    whose fingerprint changed.
-//! 6. [`conflicts`]: the supplier's double bookings; each new or resolved one is
+//! 6. [`conflicts`]: the supplier's double bookings (after an incremental apply, only those
+//!    the changed occurrences can open, move or resolve); each new or resolved one is
 //!    written to `calendar_outbox` once (its dedup key carries the conflict's generation), so
 //!    a retried apply publishes nothing twice.
 //! 7. [`record_applied`]: the new sync state, the report, and commit.
@@ -49,6 +50,9 @@ pub(crate) const OUTBOX: &str = "calendar_outbox";
 
 /// Rows per multi-row statement.
 const WRITE_CHUNK: usize = 1000;
+
+/// Changed occurrences up to which step 6 looks only at them and what overlaps them.
+const SCOPED_CONFLICTS_MAX: usize = 500;
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
@@ -301,8 +305,14 @@ pub(crate) async fn apply(
         // only the series the fetch touched: the rest of the source's occurrences cannot have
         // changed, and re-expanding 5,000 events for one was most of an incremental sync.
         let touched = (!window_stale(&source.state)).then(|| touched_uids(&read, &gone));
-        rewrite_occurrences(&mut tx, source_id, source, touched.as_ref(), &mut report).await?;
-        recompute_conflicts(&mut tx, source, &mut report).await?;
+        let changed =
+            rewrite_occurrences(&mut tx, source_id, source, touched.as_ref(), &read.bodies, &mut report).await?;
+        // Only the occurrences just changed can open, move or resolve a conflict; the day's
+        // first apply checks them all (conflicts that have passed are resolved then).
+        // Many changed occurrences (a long series rewritten) are cheaper checked whole.
+        let narrow = touched.is_some() && changed.ranges.len() <= SCOPED_CONFLICTS_MAX;
+        let scope = narrow.then_some(conflicts::Scope { source_id, changed: &changed });
+        recompute_conflicts(&mut tx, source, scope, &mut report).await?;
     }
     let state = next_state(fetched.state, &source.state, expand_now);
     // Measured before the report is stored: `last_report` is what operators read.
@@ -445,15 +455,25 @@ async fn write_objects(
     bodies: &[(String, Option<String>, String)],
     removed: &[String],
 ) -> Result<(), sqlx::Error> {
-    for (href, etag, body) in bodies {
+    // Multi-row statements: a first sync's 5,000 objects are a handful of round trips. A
+    // statement may not upsert one row twice: the last copy of an href wins, as it would
+    // one statement each.
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(bodies.len());
+    for (i, (href, ..)) in bodies.iter().enumerate() {
+        last.insert(href.as_str(), i);
+    }
+    let bodies: Vec<&(String, Option<String>, String)> =
+        bodies.iter().enumerate().filter(|(i, b)| last.get(b.0.as_str()) == Some(i)).map(|(_, b)| b).collect();
+    for chunk in bodies.chunks(WRITE_CHUNK) {
         sqlx::query(
-            "INSERT INTO calendar_objects (source_id, href, etag, body) VALUES ($1, $2, $3, $4)
+            "INSERT INTO calendar_objects (source_id, href, etag, body)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])
              ON CONFLICT (source_id, href) DO UPDATE SET etag = EXCLUDED.etag, body = EXCLUDED.body",
         )
         .bind(source_id)
-        .bind(href)
-        .bind(etag)
-        .bind(body)
+        .bind(chunk.iter().map(|b| b.0.as_str()).collect::<Vec<&str>>())
+        .bind(chunk.iter().map(|b| b.1.as_deref()).collect::<Vec<Option<&str>>>())
+        .bind(chunk.iter().map(|b| b.2.as_str()).collect::<Vec<&str>>())
         .execute(&mut **tx)
         .await?;
     }

@@ -19,20 +19,30 @@ pub(super) async fn rewrite_occurrences(
     source_id: &str,
     source: &SyncSource,
     touched: Option<&HashSet<String>>,
+    fresh: &[(String, Option<String>, String)],
     report: &mut SyncReport,
-) -> Result<(), sqlx::Error> {
+) -> Result<Changed, sqlx::Error> {
     let zone = supplier_zone(tx, source).await?;
     let uids: Option<Vec<&str>> = touched.map(|t| t.iter().map(String::as_str).collect());
-    let bodies: Vec<String> = sqlx::query_scalar(
-        "SELECT body FROM calendar_objects WHERE source_id = $1
-           AND ($2::text[] IS NULL OR href IN (SELECT href FROM calendar_events WHERE source_id = $1 AND uid = ANY($2)))
-         ORDER BY href",
+    // The objects this apply has just written are in memory: their bodies are not read
+    // back (a first sync's 5,000 of them were megabytes through the connection again).
+    let fresh: HashMap<&str, &str> = fresh.iter().map(|(href, _, body)| (href.as_str(), body.as_str())).collect();
+    let fresh_hrefs: Vec<&str> = fresh.keys().copied().collect();
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT o.href, CASE WHEN f.href IS NULL THEN o.body END FROM calendar_objects o
+           LEFT JOIN UNNEST($3::text[]) AS f(href) ON f.href = o.href
+         WHERE o.source_id = $1
+           AND ($2::text[] IS NULL OR o.href IN (SELECT href FROM calendar_events WHERE source_id = $1 AND uid = ANY($2)))
+         ORDER BY o.href",
     )
     .bind(source_id)
     .bind(&uids)
+    .bind(&fresh_hrefs)
     .fetch_all(&mut **tx)
     .await?;
     let expanding = std::time::Instant::now();
+    let bodies: Vec<&str> =
+        rows.iter().filter_map(|(href, body)| body.as_deref().or_else(|| fresh.get(href.as_str()).copied())).collect();
     let expansion = expand_window(&bodies, zone, touched, report);
     let mut expand_time = expanding.elapsed();
     let mut stored: HashMap<String, String> = HashMap::new();
@@ -60,7 +70,18 @@ pub(super) async fn rewrite_occurrences(
             .await?;
     }
     report.occurrences_deleted = gone.len();
-    Ok(())
+    let mut keys: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
+    let ranges = writes.iter().map(|w| (w.2.start, w.2.end)).collect();
+    keys.extend(gone);
+    Ok(Changed { keys, ranges })
+}
+
+/// The occurrences of the source a rewrite changed: what step 6 needs to narrow its scan.
+pub(super) struct Changed {
+    /// Keys of the occurrences written or deleted.
+    pub(super) keys: Vec<String>,
+    /// (start, end) of each occurrence written.
+    pub(super) ranges: Vec<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// The supplier's zone for floating times and all-day dates (UTC unless set).
@@ -77,13 +98,8 @@ async fn supplier_zone(tx: &mut Tx, source: &SyncSource) -> Result<Zone, sqlx::E
 /// The source's objects expanded from yesterday to [`WINDOW_MONTHS`] ahead, only the events
 /// with a UID in `touched` when given (an object may hold other series too); warnings go
 /// to the report (up to 50 in all).
-fn expand_window(
-    bodies: &[String],
-    zone: Zone,
-    touched: Option<&HashSet<String>>,
-    report: &mut SyncReport,
-) -> Expansion {
-    let mut calendar = parse(&join_objects(bodies.iter().map(String::as_str)));
+fn expand_window(bodies: &[&str], zone: Zone, touched: Option<&HashSet<String>>, report: &mut SyncReport) -> Expansion {
+    let mut calendar = parse(&join_objects(bodies.iter().copied()));
     if let Some(touched) = touched {
         calendar.events.retain(|e| touched.contains(&e.uid));
     }
