@@ -67,7 +67,8 @@ fn packet(bytes: &[u8], format: Format) -> Result<Option<Cow<'_, [u8]>>, String>
             .map(|s| Cow::Borrowed(&s.data[JPEG_XMP_SIGNATURE.len()..])),
         Format::Png => png_packet(bytes)?,
         Format::Webp => riff_chunk(bytes, b"XMP ").map(Cow::Borrowed),
-        Format::Gif | Format::Tiff => None,
+        // AVIF keeps XMP in an `application/rdf+xml` item: not read yet.
+        Format::Gif | Format::Tiff | Format::Avif => None,
     };
     match found {
         Some(p) if p.len() > MAX_XMP_BYTES => Err(format!("XMP packet larger than {MAX_XMP_BYTES} bytes: ignored")),

@@ -1,0 +1,96 @@
+//! What AVIF costs per image: decoding a 12 MP AVIF, and encoding the four default widths
+//! (320, 640, 1280, 2048) as AVIF next to JPEG + WebP. Meaningful in release only:
+//!
+//! ```sh
+//! cargo run --release -p fleet-images --features jobs --example avif_cost
+//! ```
+//!
+//! The source is a photo fixture upscaled to 4000 × 3000 with sensor-like grain (as the
+//! `timing_12mp` test makes it), so the encoders do real work.
+
+use std::time::{Duration, Instant};
+
+use fleet_images::{Limits, OutputFormat, VariantSpec, decode, make_variants};
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn main() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/images/exif/gps/DSCN0010.jpg");
+    let mut source = decode(&std::fs::read(fixture).unwrap(), &Limits::default()).unwrap();
+    let mut big = image::imageops::resize(&source.image.to_rgb8(), 4000, 3000, image::imageops::FilterType::CatmullRom);
+    let mut seed = 1u32;
+    for p in big.pixels_mut() {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let n = ((seed >> 24) as i16 - 128) / 32;
+        p.0 = p.0.map(|c| (i16::from(c) + n).clamp(0, 255) as u8);
+    }
+    source.image = image::DynamicImage::ImageRgb8(big);
+
+    // A 12 MP AVIF to decode: the full-size image through the same encoder (speed 10: only
+    // the decode is timed here).
+    let t = Instant::now();
+    let full = make_variants(
+        &source,
+        &VariantSpec {
+            widths: vec![4000],
+            formats: vec![OutputFormat::Avif],
+            avif_speed: 10,
+            ..VariantSpec::default()
+        },
+    )
+    .unwrap()
+    .remove(0);
+    eprintln!("12 MP AVIF made in {:.1?} ({} KB)", t.elapsed(), full.byte_len / 1024);
+    let decodes: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let d = decode(&full.bytes, &Limits::default()).unwrap();
+            assert_eq!((d.width(), d.height()), (4000, 3000));
+            t.elapsed()
+        })
+        .collect();
+    println!("decode 12 MP AVIF (4000x3000, {} KB): median of 3 {:.0?}", full.byte_len / 1024, median(decodes));
+
+    let widths = vec![320, 640, 1280, 2048];
+    let spec = |formats: Vec<OutputFormat>| VariantSpec { widths: widths.clone(), formats, ..VariantSpec::default() };
+    let t = Instant::now();
+    let jw = make_variants(&source, &spec(vec![OutputFormat::Jpeg, OutputFormat::Webp])).unwrap();
+    let t_jw = t.elapsed();
+    let t = Instant::now();
+    let avif = make_variants(&source, &spec(vec![OutputFormat::Avif])).unwrap();
+    let t_avif = t.elapsed();
+    println!(
+        "4 widths JPEG + WebP (resize included): {t_jw:.0?}; 4 widths AVIF q60 speed 8 (resize included): {t_avif:.0?}"
+    );
+    for w in widths.iter().rev() {
+        let size = |vs: &[fleet_images::Variant], f| {
+            vs.iter().find(|v| v.width == *w && v.format == f).map_or(0, |v| v.byte_len)
+        };
+        println!(
+            "  {w:>4}w: jpeg {:>4} KB, webp {:>4} KB, avif {:>4} KB",
+            size(&jw, OutputFormat::Jpeg) / 1024,
+            size(&jw, OutputFormat::Webp) / 1024,
+            size(&avif, OutputFormat::Avif) / 1024
+        );
+    }
+    // Each AVIF width on its own, from a ready-made level (encode only).
+    for w in widths.iter().rev() {
+        let level = make_variants(
+            &source,
+            &VariantSpec { widths: vec![*w], formats: vec![OutputFormat::Jpeg], ..VariantSpec::default() },
+        )
+        .unwrap()
+        .remove(0);
+        let level = decode(&level.bytes, &Limits::default()).unwrap();
+        let t = Instant::now();
+        make_variants(
+            &level,
+            &VariantSpec { widths: vec![*w], formats: vec![OutputFormat::Avif], ..VariantSpec::default() },
+        )
+        .unwrap();
+        println!("  AVIF encode {w:>4}w alone: {:.0?}", t.elapsed());
+    }
+}
