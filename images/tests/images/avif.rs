@@ -94,6 +94,18 @@ fn twelve_bit_greyscale_comes_out_grey() {
 }
 
 #[test]
+fn display_p3_avif_is_converted_to_srgb() {
+    // A flat (200, 100, 50) in Display P3 (CICP 12/13/1, 4:4:4): in sRGB the red is deeper,
+    // about (215, 93, 30).
+    let p3 = decode_fixture("formats/avif_p3_16x16.avif");
+    assert_eq!(p3.colour, fleet_images::ColourConversion::IccToSrgb, "{:?}", p3.warnings);
+    let px = p3.image.to_rgb8().get_pixel(8, 8).0;
+    for (got, want) in px.iter().zip([215u8, 93, 30]) {
+        assert!(got.abs_diff(want) <= 4, "{px:?} is not P3 (200, 100, 50) in sRGB");
+    }
+}
+
+#[test]
 fn rotation_and_mirror_properties_are_applied() {
     // The tree with `irot` 1 (a quarter turn anticlockwise) and `imir` axis 0 (top and bottom
     // exchanged): displayed, it is the tree transposed.
