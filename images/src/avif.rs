@@ -495,6 +495,99 @@ fn primary_properties(bytes: &[u8]) -> Result<Properties, String> {
     Ok(props)
 }
 
+/// The XMP packet of an AVIF: the item of type `mime` whose content type is
+/// `application/rdf+xml` (`iinf`/`infe`), its bytes by `iloc` (in the file or in `idat`).
+/// `Ok(None)` when there is none; `Err` says why one that is there cannot be read.
+pub(crate) fn xmp_packet(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let Some(meta) = find_box(bytes, b"meta")? else { return Ok(None) };
+    let meta = meta.get(4..).ok_or("short meta box")?;
+    let Some(iinf) = find_box(meta, b"iinf")? else { return Ok(None) };
+    let entries = match iinf.first() {
+        Some(0) => iinf.get(6..),
+        Some(_) => iinf.get(8..),
+        None => None,
+    }
+    .ok_or("short iinf box")?;
+    let mut xmp_item = None;
+    for (kind, infe) in boxes(entries)? {
+        let version = infe.first().copied().unwrap_or(0);
+        if &kind != b"infe" || version < 2 {
+            continue;
+        }
+        // version 2: item_ID u16; 3: u32; then protection index u16, item type, name\0, type\0.
+        let id_len = if version == 2 { 2 } else { 4 };
+        let id = infe.get(4..4 + id_len).ok_or("short infe box")?;
+        let id = id.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        let rest = infe.get(4 + id_len + 2..).ok_or("short infe box")?;
+        if rest.get(..4) != Some(b"mime") {
+            continue;
+        }
+        let mut strings = rest[4..].split(|b| *b == 0);
+        let _name = strings.next();
+        if strings.next() == Some(b"application/rdf+xml") {
+            xmp_item = Some(id);
+            break;
+        }
+    }
+    let Some(item) = xmp_item else { return Ok(None) };
+    let iloc = find_box(meta, b"iloc")?.ok_or("XMP item without an iloc box")?;
+    let idat = find_box(meta, b"idat")?;
+    item_data(iloc, item, bytes, idat).map(Some)
+}
+
+/// The bytes of `item` by the `iloc` box: its extents, in the file (construction method 0) or in
+/// `idat` (1), joined; at most [`crate::xmp::MAX_XMP_BYTES`] + 1, so an oversized packet is
+/// still seen as one.
+fn item_data(iloc: &[u8], item: u32, file: &[u8], idat: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<u64, String> {
+        let v = iloc.get(pos..pos + n).ok_or("short iloc box")?;
+        pos += n;
+        Ok(v.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    let version = take(1)?;
+    take(3)?;
+    let sizes = take(2)?;
+    let (offset_size, length_size, base_size) =
+        (((sizes >> 12) & 15) as usize, ((sizes >> 8) & 15) as usize, ((sizes >> 4) & 15) as usize);
+    let index_size = if version >= 1 { (sizes & 15) as usize } else { 0 };
+    let count = take(if version < 2 { 2 } else { 4 })?;
+    for _ in 0..count {
+        let id = take(if version < 2 { 2 } else { 4 })?;
+        let method = if version >= 1 { take(2)? & 15 } else { 0 };
+        take(2)?; // data_reference_index
+        let base = take(base_size)?;
+        let extents = take(2)?;
+        let mut data = Vec::new();
+        for _ in 0..extents {
+            take(index_size)?;
+            let offset = take(offset_size)?;
+            let length = take(length_size)?;
+            if id != u64::from(item) {
+                continue;
+            }
+            let source = match method {
+                0 => file,
+                1 => idat.ok_or("item in idat without an idat box")?,
+                other => return Err(format!("item construction method {other} not supported")),
+            };
+            let start = usize::try_from(base.saturating_add(offset)).map_err(|_| "extent offset overflows")?;
+            let end = if length == 0 {
+                source.len()
+            } else {
+                start.saturating_add(usize::try_from(length).map_err(|_| "extent length overflows")?)
+            };
+            let extent = source.get(start..end).ok_or("extent outside the file")?;
+            let room = (crate::xmp::MAX_XMP_BYTES + 1).saturating_sub(data.len());
+            data.extend_from_slice(&extent[..extent.len().min(room)]);
+        }
+        if id == u64::from(item) {
+            return Ok(data);
+        }
+    }
+    Err("XMP item not in the iloc box".into())
+}
+
 /// The 1-based property indices `ipma` associates with `item`.
 fn ipma_associations(body: &[u8], item: u32) -> Result<Vec<usize>, String> {
     let short = || "short ipma".to_string();

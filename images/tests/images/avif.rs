@@ -213,6 +213,22 @@ fn avif_variants_keep_the_credit_and_never_the_location() {
 }
 
 #[test]
+fn gps_in_an_avif_xmp_item_is_found_and_never_reaches_a_variant() {
+    // No EXIF; the position only in the XMP item (48°51.5'N 2°17.4'E).
+    let bytes = fixture("formats/avif_xmp_gps.avif");
+    let m = fleet_images::read_metadata(&bytes, true);
+    assert!(!m.exif_present && m.gps_present, "{m:?}");
+    let gps = m.gps.unwrap();
+    assert!((gps.latitude - 48.858_33).abs() < 1e-4 && (gps.longitude - 2.29).abs() < 1e-4, "{gps:?}");
+    assert!(fleet_images::read_metadata(&bytes, false).gps.is_none());
+    let decoded = decode(&bytes, &Limits::default()).unwrap();
+    let spec = VariantSpec { widths: vec![32], formats: vec![OutputFormat::Avif], ..VariantSpec::default() };
+    let v = make_variants(&decoded, &spec).unwrap().remove(0);
+    assert!(!fleet_images::read_metadata(&v.bytes, true).gps_present);
+    assert!(!v.bytes.windows(8).any(|w| w == b"GPSLatit"), "no XMP in the variant");
+}
+
+#[test]
 fn avif_variants_keep_alpha_and_settings_are_checked() {
     let decoded = decode_fixture("formats/transparent_with_icc_profile.png");
     let spec = VariantSpec { widths: vec![100], formats: vec![OutputFormat::Avif], ..VariantSpec::default() };
