@@ -111,8 +111,9 @@ pub struct VariantSpec {
     pub webp_method: u8,
     /// AVIF quality, 1–100 (ravif's scale; 60 looks like JPEG ~80 at a third of the bytes).
     pub avif_quality: u8,
-    /// rav1e speed, 1 (slowest, smallest) – 10 (fastest). Default 8: on photos 5–12 % faster than
-    /// 6 for files 15–20 % bigger (docs/field notes), still the most expensive step by far.
+    /// rav1e speed, 1 (slowest, smallest) – 10 (fastest). Default 10: on a 12 MP photo's four
+    /// widths 3.6× less CPU than speed 8 for files 5 % bigger at the same PSNR
+    /// (`examples/avif_cost.rs`, BENCHMARKS.md); still the most expensive step by far.
     pub avif_speed: u8,
     /// Optional watermark.
     pub watermark: Option<Watermark>,
@@ -130,7 +131,7 @@ impl Default for VariantSpec {
             webp_quality: 80,
             webp_method: 2,
             avif_quality: 60,
-            avif_speed: 8,
+            avif_speed: 10,
             watermark: None,
             keep_metadata: KeptMetadata::default(),
         }
