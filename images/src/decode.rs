@@ -88,7 +88,7 @@ impl Decoded {
 
 /// Decodes untrusted bytes (first frame of animations) within `limits`.
 ///
-/// Errors: [`ImageError::Unsupported`] (HEIC, AVIF, SVG …), [`ImageError::TooLarge`] (refused from
+/// Errors: [`ImageError::Unsupported`] (HEIC, SVG …), [`ImageError::TooLarge`] (refused from
 /// the header, before any pixel allocation), [`ImageError::Truncated`], [`ImageError::Corrupt`]
 /// (including decoder panics). All of them are permanent.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
@@ -119,6 +119,10 @@ fn decode_pixels(
         decode_cmyk_jpeg(bytes, &header, limits, &mut warnings)?
     } else if let (Format::Jpeg, Some(min)) = (header.format, at_least) {
         decode_jpeg_scaled(bytes, &header, limits, min)?
+    } else if header.format == Format::Avif {
+        let avif = crate::avif::decode(bytes, &header, limits)?;
+        warnings.extend(avif.warnings);
+        (avif.image, avif.icc, avif.orientation, ColourConversion::Untagged)
     } else {
         decode_generic(bytes, &header, limits)?
     };

@@ -21,6 +21,9 @@ pub enum Format {
     Gif,
     /// TIFF (first page).
     Tiff,
+    /// AVIF (AV1 in HEIF): the primary image, 8/10/12-bit, with its alpha plane; decoded by
+    /// libdav1d (see [`crate::avif`]).
+    Avif,
 }
 
 impl Format {
@@ -32,9 +35,12 @@ impl Format {
             Format::Webp => "webp",
             Format::Gif => "gif",
             Format::Tiff => "tiff",
+            Format::Avif => "avif",
         }
     }
 
+    /// The `image` crate's format for the formats it decodes here; AVIF is not one of them
+    /// (this crate decodes it itself, [`crate::avif`]).
     pub(crate) fn to_image_format(self) -> image::ImageFormat {
         match self {
             Format::Jpeg => image::ImageFormat::Jpeg,
@@ -42,12 +48,13 @@ impl Format {
             Format::Webp => image::ImageFormat::WebP,
             Format::Gif => image::ImageFormat::Gif,
             Format::Tiff => image::ImageFormat::Tiff,
+            Format::Avif => image::ImageFormat::Avif,
         }
     }
 }
 
 /// Detects the format from the leading bytes (never from a file name). Known formats that this
-/// crate refuses come back as `Unsupported("heic")`, `Unsupported("avif")`, `Unsupported("svg")` …
+/// crate refuses come back as `Unsupported("heic")`, `Unsupported("svg")` …
 pub fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
     let starts = |magic: &[u8]| bytes.starts_with(magic);
     if starts(&[0xFF, 0xD8, 0xFF]) {
@@ -65,22 +72,28 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
     if starts(b"II*\0") || starts(b"MM\0*") {
         return Ok(Format::Tiff);
     }
+    if iso_bmff_brands(bytes).is_some_and(|brands| brands.iter().any(|b| *b == b"avif" || *b == b"avis")) {
+        return Ok(Format::Avif);
+    }
     Err(ImageError::Unsupported(unsupported_name(bytes).to_string()))
+}
+
+/// The major brand, then the compatible brands (up to the `ftyp` box size, at most 64 bytes) of an
+/// ISO-BMFF file; `None` when it does not start with an `ftyp` box.
+fn iso_bmff_brands(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    if bytes.len() < 12 || &bytes[4..8] != b"ftyp" {
+        return None;
+    }
+    let box_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let end = box_len.clamp(12, 64).min(bytes.len());
+    Some(std::iter::once(&bytes[8..12]).chain(bytes.get(16..end).unwrap_or(&[]).chunks_exact(4)).collect())
 }
 
 /// Names the formats we recognise but do not decode, for a clear dead-letter message.
 fn unsupported_name(bytes: &[u8]) -> &'static str {
     let starts = |magic: &[u8]| bytes.starts_with(magic);
-    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
-        // ISO-BMFF: the major brand, then the compatible brands up to the box size.
-        let box_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        let end = box_len.clamp(12, 64).min(bytes.len());
-        let brands: Vec<&[u8]> =
-            std::iter::once(&bytes[8..12]).chain(bytes.get(16..end).unwrap_or(&[]).chunks_exact(4)).collect();
+    if let Some(brands) = iso_bmff_brands(bytes) {
         let has = |names: &[&[u8]]| brands.iter().any(|b| names.contains(b));
-        if has(&[b"avif", b"avis"]) {
-            return "avif";
-        }
         if has(&[b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"]) {
             return "heic";
         }
@@ -180,6 +193,7 @@ pub fn read_header(bytes: &[u8], limits: &Limits) -> Result<Header, ImageError> 
                 cmyk: info.components == 4,
             }
         }
+        Format::Avif => crate::avif::read_header(bytes)?,
         _ => generic_header(bytes, format, limits)?,
     };
     limits.check(&header)?;
@@ -308,7 +322,10 @@ mod tests {
         let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
         assert_eq!(sniff(heic), Err(ImageError::Unsupported("heic".into())));
         let avif = b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf";
-        assert_eq!(sniff(avif), Err(ImageError::Unsupported("avif".into())));
+        assert_eq!(sniff(avif), Ok(Format::Avif));
+        // A HEIF whose compatible brands name AVIF (libheif writes `mif1` first).
+        let avif = b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf";
+        assert_eq!(sniff(avif), Ok(Format::Avif));
         let svg = b"<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"/>";
         assert_eq!(sniff(svg), Err(ImageError::Unsupported("svg".into())));
         assert_eq!(sniff(b"BM\0\0"), Err(ImageError::Unsupported("bmp".into())));

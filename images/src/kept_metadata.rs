@@ -8,7 +8,8 @@
 //! The values come from the source's EXIF (`Artist`, `Copyright`) and are written as a fresh
 //! EXIF block of those tags only (`kamadak-exif`'s writer), put into the JPEG as an APP1
 //! segment and into the WebP as an `EXIF` chunk (with the `VP8X` header that announces it) by
-//! `img-parts`.
+//! `img-parts`, and handed to the AVIF encoder (`ravif`), which stores it as the file's `Exif`
+//! item.
 
 use bytes::Bytes;
 use exif::{Field, In, Tag, Value};
@@ -68,7 +69,14 @@ impl KeptMetadata {
         Ok(out.into_inner())
     }
 
-    /// `encoded` (a variant just encoded, without metadata) with the kept tags in it.
+    /// The EXIF block for the AVIF encoder (which writes it as the file's `Exif` item), `None`
+    /// when nothing is kept: AVIF gets its metadata at encoding, not afterwards.
+    pub(crate) fn exif_for_avif(&self) -> Result<Option<Vec<u8>>, ImageError> {
+        if self.is_empty() { Ok(None) } else { self.exif_block().map(Some) }
+    }
+
+    /// `encoded` (a variant just encoded, without metadata) with the kept tags in it; AVIF
+    /// variants are returned as they are (their encoder was given [`Self::exif_for_avif`]).
     pub(crate) fn embed(&self, encoded: Vec<u8>, format: OutputFormat) -> Result<Vec<u8>, ImageError> {
         if self.is_empty() {
             return Ok(encoded);
@@ -86,6 +94,8 @@ impl KeptMetadata {
                 webp.set_exif(Some(exif));
                 webp.encoder().bytes()
             }
+            // The AVIF encoder wrote the block itself ([`Self::exif_for_avif`]).
+            OutputFormat::Avif => return Ok(encoded),
         };
         Ok(out.to_vec())
     }

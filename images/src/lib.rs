@@ -62,6 +62,8 @@ pub mod uploads;
 #[cfg(feature = "jobs")]
 pub mod analysis;
 #[cfg(feature = "jobs")]
+mod avif;
+#[cfg(feature = "jobs")]
 mod colour;
 #[cfg(feature = "jobs")]
 pub mod decode;

@@ -61,7 +61,7 @@ pub struct GpsPosition {
 /// EXIF has none. Never fails; GPS coordinates only with `include_gps`.
 pub fn read_metadata(bytes: &[u8], include_gps: bool) -> Metadata {
     let format = match sniff(bytes) {
-        Ok(f @ (Format::Jpeg | Format::Png | Format::Webp | Format::Tiff)) => f,
+        Ok(f @ (Format::Jpeg | Format::Png | Format::Webp | Format::Tiff | Format::Avif)) => f,
         // GIF has no EXIF; unsupported formats are the decoder's business.
         Ok(Format::Gif) | Err(_) => return Metadata::default(),
     };

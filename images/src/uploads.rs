@@ -28,7 +28,8 @@ pub const MAX_UPLOAD_BYTES: u64 = 64 << 20;
 pub const MAX_NAME_BYTES: usize = 200;
 
 /// Content types a URL is signed for: the formats the image jobs decode.
-pub const UPLOAD_CONTENT_TYPES: [&str; 5] = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff"];
+pub const UPLOAD_CONTENT_TYPES: [&str; 6] =
+    ["image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff", "image/avif"];
 
 /// Why no URL was signed.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,7 @@
 //! Web variants: resized (never upscaled, aspect kept) with Lanczos3 in a cascade from the largest
-//! width down, optionally watermarked, encoded as JPEG (libjpeg-turbo through `mozjpeg`) and lossy WebP (libwebp).
+//! width down, optionally watermarked, encoded as JPEG (libjpeg-turbo through `mozjpeg`), lossy WebP
+//! (libwebp) and, when asked for, AVIF (rav1e through `ravif`: several times slower than the other
+//! two together, so not in the default formats).
 //! Outputs carry no metadata at all (no EXIF, no GPS, no XMP, no ICC: pixels are already sRGB),
 //! unless the spec keeps some of the photographer's credit ([`KeptMetadata`]: artist and
 //! copyright only; never a location).
@@ -23,6 +25,8 @@ pub const RECIPE_VERSION: u32 = 2;
 const WEBP_MAX_SIDE: u32 = 16_383;
 /// libjpeg's largest side.
 const JPEG_MAX_SIDE: u32 = 65_500;
+/// AV1's largest frame side (16-bit `max_frame_width_minus_1`).
+const AVIF_MAX_SIDE: u32 = 65_536;
 
 /// An output encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -32,6 +36,8 @@ pub enum OutputFormat {
     Jpeg,
     /// Lossy WebP (alpha kept).
     Webp,
+    /// AVIF (AV1, 8-bit 4:2:0 YCbCr, alpha kept), encoded by rav1e at [`VariantSpec::avif_speed`].
+    Avif,
 }
 
 impl OutputFormat {
@@ -40,6 +46,7 @@ impl OutputFormat {
         match self {
             OutputFormat::Jpeg => "jpg",
             OutputFormat::Webp => "webp",
+            OutputFormat::Avif => "avif",
         }
     }
 
@@ -48,6 +55,7 @@ impl OutputFormat {
         match self {
             OutputFormat::Jpeg => "image/jpeg",
             OutputFormat::Webp => "image/webp",
+            OutputFormat::Avif => "image/avif",
         }
     }
 }
@@ -91,7 +99,8 @@ pub struct VariantSpec {
     /// Target widths. A width at or above the source width yields one variant at the source
     /// width (never upscaled); duplicates collapse.
     pub widths: Vec<u32>,
-    /// Output formats; each width is encoded in each.
+    /// Output formats; each width is encoded in each. Default JPEG and WebP; add `avif` to get
+    /// AVIF too (it costs several times the other two together, see BENCHMARKS.md).
     pub formats: Vec<OutputFormat>,
     /// JPEG quality, 1–100.
     pub jpeg_quality: u8,
@@ -100,6 +109,12 @@ pub struct VariantSpec {
     /// libwebp effort, 0 (fastest) – 6 (smallest). Default 2: on 12 MP photos it is 2.6× faster
     /// than libwebp's default 4 for files 2 % bigger (`fleet-bench image-steps`).
     pub webp_method: u8,
+    /// AVIF quality, 1–100 (ravif's scale; 60 looks like JPEG ~80 at a third of the bytes).
+    pub avif_quality: u8,
+    /// rav1e speed, 1 (slowest, smallest) – 10 (fastest). Default 10: on a 12 MP photo's four
+    /// widths 3.6× less CPU than speed 8 for files 5 % bigger at the same PSNR
+    /// (`examples/avif_cost.rs`, BENCHMARKS.md); still the most expensive step by far.
+    pub avif_speed: u8,
     /// Optional watermark.
     pub watermark: Option<Watermark>,
     /// Metadata written into every variant (default none): the source's artist and/or
@@ -115,6 +130,8 @@ impl Default for VariantSpec {
             jpeg_quality: 80,
             webp_quality: 80,
             webp_method: 2,
+            avif_quality: 60,
+            avif_speed: 10,
             watermark: None,
             keep_metadata: KeptMetadata::default(),
         }
@@ -146,6 +163,10 @@ impl VariantSpec {
                 w.margin
             ));
         }
+        // Only when AVIF is asked for, so the recipes of JPEG/WebP variants stay what they were.
+        if self.formats.contains(&OutputFormat::Avif) {
+            canonical.push_str(&format!(";avif_q={};avif_s={}", self.avif_quality, self.avif_speed));
+        }
         // Only when something is kept, so the recipes of plain variants stay what they were.
         if !self.keep_metadata.is_empty() {
             canonical.push_str(&format!(";keep={}", self.keep_metadata.canonical()));
@@ -161,13 +182,16 @@ impl VariantSpec {
         if self.formats.is_empty() {
             return bad("formats must not be empty".into());
         }
-        for q in [self.jpeg_quality, self.webp_quality] {
+        for q in [self.jpeg_quality, self.webp_quality, self.avif_quality] {
             if !(1..=100).contains(&q) {
                 return bad(format!("quality {q} is outside 1–100"));
             }
         }
         if self.webp_method > 6 {
             return bad(format!("webp_method {} is outside 0–6", self.webp_method));
+        }
+        if !(1..=10).contains(&self.avif_speed) {
+            return bad(format!("avif_speed {} is outside 1–10", self.avif_speed));
         }
         if let Some(w) = &self.watermark {
             let in_unit = |v: f32| v.is_finite() && (0.0..=1.0).contains(&v);
@@ -289,6 +313,38 @@ fn encode(image: &DynamicImage, format: OutputFormat, spec: &VariantSpec) -> Res
                 .encode_advanced(&config)
                 .map_err(|e| ImageError::Internal(format!("WebP encoder: {e:?}")))?;
             Ok(memory.to_vec())
+        }
+        OutputFormat::Avif => {
+            if w > AVIF_MAX_SIDE || h > AVIF_MAX_SIDE {
+                return Err(ImageError::InvalidRequest(format!("{w}x{h} is too large for AVIF")));
+            }
+            // rav1e through ravif, single-threaded (no `threading` feature: the caller owns the
+            // threads), 8-bit 4:2:0. The kept metadata (artist, copyright), if any, goes in as the
+            // file's EXIF item: ravif writes nothing else (no ICC: pixels are sRGB, tagged by the
+            // `colr` box it writes).
+            let encoder = ravif::Encoder::new()
+                .with_quality(f32::from(spec.avif_quality))
+                .with_alpha_quality(f32::from(spec.avif_quality))
+                .with_speed(spec.avif_speed)
+                .with_bit_depth(ravif::BitDepth::Eight);
+            let encoder = match spec.keep_metadata.exif_for_avif()? {
+                Some(exif) => encoder.with_exif(exif),
+                None => encoder,
+            };
+            let encoded = match image {
+                DynamicImage::ImageRgb8(b) => {
+                    let px: Vec<ravif::RGB8> =
+                        b.as_raw().chunks_exact(3).map(|c| ravif::RGB8::new(c[0], c[1], c[2])).collect();
+                    encoder.encode_rgb(ravif::Img::new(&px[..], w as usize, h as usize))
+                }
+                DynamicImage::ImageRgba8(b) => {
+                    let px: Vec<ravif::RGBA8> =
+                        b.as_raw().chunks_exact(4).map(|c| ravif::RGBA8::new(c[0], c[1], c[2], c[3])).collect();
+                    encoder.encode_rgba(ravif::Img::new(&px[..], w as usize, h as usize))
+                }
+                _ => return Err(ImageError::Internal("AVIF encoder expects RGB or RGBA".into())),
+            };
+            encoded.map(|e| e.avif_file).map_err(|e| ImageError::Internal(format!("AVIF encoder: {e}")))
         }
     }
 }

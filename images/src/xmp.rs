@@ -3,7 +3,8 @@
 //!
 //! The packet is found by the container, never by searching the whole file for `<x:xmpmeta`:
 //! a JPEG APP1 segment that starts with `http://ns.adobe.com/xap/1.0/\0`, a PNG `iTXt` chunk
-//! keyed `XML:com.adobe.xmp` (deflated or not), a WebP `XMP ` chunk. JPEG's Extended XMP (a
+//! keyed `XML:com.adobe.xmp` (deflated or not), a WebP `XMP ` chunk, an AVIF item of type `mime`
+//! and content type `application/rdf+xml`. JPEG's Extended XMP (a
 //! packet split over several segments) is not joined: writers put the GPS properties in the
 //! main packet, which is what is read.
 //!
@@ -67,6 +68,7 @@ fn packet(bytes: &[u8], format: Format) -> Result<Option<Cow<'_, [u8]>>, String>
             .map(|s| Cow::Borrowed(&s.data[JPEG_XMP_SIGNATURE.len()..])),
         Format::Png => png_packet(bytes)?,
         Format::Webp => riff_chunk(bytes, b"XMP ").map(Cow::Borrowed),
+        Format::Avif => crate::avif::xmp_packet(bytes)?.map(Cow::Owned),
         Format::Gif | Format::Tiff => None,
     };
     match found {

@@ -155,3 +155,55 @@ async fn a_real_jpeg_is_analysed_and_its_variants_land_under_the_tenants_prefix(
     assert_eq!(uploads.keys(), stored);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn an_avif_upload_is_analysed_and_gets_avif_variants_when_asked() {
+    let db = TestDb::new(&MIGRATOR).await;
+    let uploads = Uploads::new("avif");
+    let avif = fixture("formats/tree.avif");
+    uploads.put("tenants/t1/tree.avif", &avif);
+    let images = uploads.images(db.pool.clone());
+    let job = TestJob::new().tenant("t1");
+
+    job.perform(&images.analyzer(), analyze("tenants/t1/tree.avif")).await.unwrap();
+    let (format, width, height): (String, i32, i32) =
+        sqlx::query_as("SELECT format, width, height FROM image_analyses WHERE tenant = 't1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((format.as_str(), width, height), ("avif", 320, 241));
+
+    let args = ImageVariants { formats: Some(vec!["avif".into(), "jpeg".into()]), ..variants("tenants/t1/tree.avif") };
+    job.perform(&images.variants(), args).await.unwrap();
+    let rows: Vec<(String, i32, String)> =
+        sqlx::query_as("SELECT format, width, key FROM image_variants WHERE tenant = 't1' ORDER BY format, width")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let shape: Vec<(&str, i32)> = rows.iter().map(|(f, w, _)| (f.as_str(), *w)).collect();
+    assert_eq!(shape, [("avif", 160), ("avif", 320), ("jpg", 160), ("jpg", 320)]);
+    for (format, width, key) in rows.iter().filter(|(f, _, _)| f == "avif") {
+        assert!(key.ends_with(&format!("/{width}.{format}")), "{key}");
+        let stored = std::fs::read(uploads.0.join(key)).unwrap();
+        let back = fleet_images::decode(&stored, &fleet_images::Limits::default()).unwrap();
+        assert_eq!((back.header.format, back.width() as i32), (fleet_images::Format::Avif, *width));
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_truncated_avif_gives_up_with_one_clear_error() {
+    let uploads = Uploads::new("avif-cut");
+    let avif = fixture("formats/tree.avif");
+    uploads.put("tenants/t1/cut.avif", &avif[..avif.len() / 2]);
+    let images = uploads.images(unreachable_database());
+    let job = TestJob::new().tenant("t1");
+
+    let out = job.perform(&images.analyzer(), analyze("tenants/t1/cut.avif")).await;
+    let why = assert_give_up(&out);
+    assert!(why.starts_with("truncated image: AVIF"), "{why}");
+    let args = ImageVariants { formats: Some(vec!["avif".into()]), ..variants("tenants/t1/cut.avif") };
+    let out = job.perform(&images.variants(), args).await;
+    assert!(assert_give_up(&out).starts_with("truncated image: AVIF"), "{out:?}");
+    assert_eq!(uploads.keys(), ["tenants/t1/cut.avif"], "no variant written");
+}

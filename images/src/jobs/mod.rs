@@ -300,7 +300,10 @@ impl Variants {
                 .map(|f| match f.as_str() {
                     "jpeg" | "jpg" => Ok(OutputFormat::Jpeg),
                     "webp" => Ok(OutputFormat::Webp),
-                    other => Err(JobError::give_up(format!("unknown variant format {other:?}: use jpeg or webp"))),
+                    "avif" => Ok(OutputFormat::Avif),
+                    other => {
+                        Err(JobError::give_up(format!("unknown variant format {other:?}: use jpeg, webp or avif")))
+                    }
                 })
                 .collect::<Result<_, _>>()?;
         }

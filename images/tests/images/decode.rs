@@ -51,6 +51,8 @@ fn every_supported_format_decodes() {
         ("formats/image-rs_webp_extended_images_lossy_alpha.webp", Format::Webp, 0, 0, true),
         ("formats/image-rs_webp_extended_images_anim.webp", Format::Webp, 0, 0, true),
         ("formats/tree.webp", Format::Webp, 320, 241, false),
+        ("formats/tree.avif", Format::Avif, 320, 241, false),
+        ("formats/avif_basn6a16_10bit_444_limited_alpha.avif", Format::Avif, 32, 32, true),
         ("formats/image-rs_gif_anim_large-gif-anim-combine.gif", Format::Gif, 1000, 1000, false),
         ("formats/transparent.gif", Format::Gif, 327, 479, true),
     ];
@@ -105,10 +107,9 @@ fn detection_is_from_bytes_not_names() {
 }
 
 #[test]
-fn heic_avif_svg_are_unsupported() {
+fn heic_and_svg_are_unsupported() {
     let limits = Limits::default();
     assert_eq!(decode(&fixture("formats/tree.heic"), &limits).unwrap_err(), ImageError::Unsupported("heic".into()));
-    assert_eq!(decode(&fixture("formats/tree.avif"), &limits).unwrap_err(), ImageError::Unsupported("avif".into()));
     let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>"#;
     let err = decode(svg, &limits).unwrap_err();
     assert_eq!(err.to_string(), "unsupported format: svg");

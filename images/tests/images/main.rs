@@ -2,6 +2,7 @@
 //! sources and licences) and inputs built by the tests themselves (bombs, EXIF chunks, TIFF).
 
 mod analysis;
+mod avif;
 mod decode;
 mod metadata;
 mod support;

@@ -45,6 +45,7 @@ fn default_spec_resizes_encodes_and_strips_metadata() {
                     "unexpected WebP chunks {chunks:?}"
                 );
             }
+            OutputFormat::Avif => unreachable!("AVIF is not in the default formats"),
         }
         // Upright: the variant looks like the upright decode.
         let again = decode(&v.bytes, &Limits::default()).unwrap();

@@ -70,7 +70,8 @@ pub struct ImageVariants {
     /// [`MIN_VARIANT_WIDTH`] to [`MAX_VARIANT_WIDTH`]); never upscaled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub widths: Option<Vec<u32>>,
-    /// `jpeg` and/or `webp` (default both).
+    /// `jpeg`, `webp` and/or `avif` (default `jpeg` and `webp`: AVIF costs several times the
+    /// other two together, so it is made only when asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formats: Option<Vec<String>>,
     /// An optional watermark.
@@ -105,7 +106,7 @@ pub const MIN_VARIANT_WIDTH: u32 = 16;
 pub const MAX_VARIANT_WIDTH: u32 = 8192;
 
 /// Checks a variants request against the documented maxima: 1 to 8 widths of 16 to
-/// 8,192 pixels, formats among `jpeg` (or `jpg`) and `webp`, each once.
+/// 8,192 pixels, formats among `jpeg` (or `jpg`), `webp` and `avif`, each once.
 pub fn check_variant_request(widths: Option<&[u32]>, formats: Option<&[String]>) -> Result<(), String> {
     if let Some(w) = widths {
         if w.is_empty() || w.len() > MAX_VARIANT_WIDTHS {
@@ -121,7 +122,8 @@ pub fn check_variant_request(widths: Option<&[u32]>, formats: Option<&[String]>)
             let canonical = match format.as_str() {
                 "jpeg" | "jpg" => "jpeg",
                 "webp" => "webp",
-                other => return Err(format!("unknown variant format {other:?}: use jpeg or webp")),
+                "avif" => "avif",
+                other => return Err(format!("unknown variant format {other:?}: use jpeg, webp or avif")),
             };
             if seen.contains(&canonical) {
                 return Err(format!("variant format {canonical} appears twice"));
@@ -243,10 +245,11 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|f| f.to_string()).collect::<Vec<_>>();
         assert_eq!(check_variant_request(None, None), Ok(()));
         assert_eq!(check_variant_request(Some(&[16, 320, 8192]), Some(&s(&["jpg", "webp"]))), Ok(()));
+        assert_eq!(check_variant_request(None, Some(&s(&["avif", "jpeg"]))), Ok(()));
         for widths in [&[][..], &[0], &[15], &[8193], &[u32::MAX], &[100, 200, 300, 400, 500, 600, 700, 800, 900]] {
             assert!(check_variant_request(Some(widths), None).is_err(), "{widths:?}");
         }
-        for formats in [s(&[]), s(&["png"]), s(&["jpeg", "jpg"]), s(&["webp", "webp"])] {
+        for formats in [s(&[]), s(&["png"]), s(&["jpeg", "jpg"]), s(&["webp", "webp"]), s(&["avif", "avif"])] {
             assert!(check_variant_request(None, Some(&formats)).is_err(), "{formats:?}");
         }
     }

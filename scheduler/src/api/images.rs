@@ -43,7 +43,7 @@ pub(crate) struct VariantRequest {
     /// Widths (default 320, 640, 1280, 2048; 1 to 8 of 16 to 8,192 pixels).
     #[serde(default)]
     widths: Option<Vec<u32>>,
-    /// `jpeg` and/or `webp` (default both).
+    /// `jpeg`, `webp` and/or `avif` (default `jpeg` and `webp`; AVIF only when asked for).
     #[serde(default)]
     formats: Option<Vec<String>>,
     /// Watermark: `{"key", "position", "opacity", "scale"}`.
@@ -168,7 +168,7 @@ pub(crate) struct UploadRequest {
     /// The file name (1 to 200 bytes, no path separators); kept in the key with anything
     /// but letters, digits, `.`, `-` and `_` replaced by `_`.
     name: String,
-    /// `image/jpeg`, `image/png`, `image/webp`, `image/gif` or `image/tiff`.
+    /// `image/jpeg`, `image/png`, `image/webp`, `image/gif`, `image/tiff` or `image/avif`.
     content_type: String,
     /// The file's size in bytes (1 to 64 MiB); the PUT must be exactly this long.
     bytes: u64,
