@@ -104,8 +104,8 @@ impl Images {
             budget_mb,
             variants_prefix: settings.variants_prefix.trim_matches('/').to_owned(),
             vision,
-            // A quarter of the budget, at most 128 MiB: a dozen 12 MP photos at ½ scale.
-            share: Arc::new(DecodeShare::new((budget_mb as usize / 4).min(128) << 20)),
+            // An eighth of the budget, at most 64 MiB: seven 12 MP photos at ½ scale.
+            share: Arc::new(DecodeShare::new((budget_mb as usize / 8).min(64) << 20)),
         })
     }
 
