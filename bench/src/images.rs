@@ -100,6 +100,18 @@ fn peak_rss_mb(child: &Child) -> f64 {
     kb / 1024.0
 }
 
+/// CPU seconds (user + system) the child has used so far: less sensitive than wall time
+/// to other work on a shared machine.
+fn cpu_seconds(child: &Child) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Runs the workload and prints its figures.
 pub async fn run(client: &Client) {
     let n: usize = std::env::var("FLEET_BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
@@ -139,6 +151,8 @@ pub async fn run(client: &Client) {
     )
     .expect("worker config");
 
+    // One analysis and one variants job per photo, in that order, as `POST /v1/portfolios`
+    // enqueues them (the two jobs of a photo share one decode when they run close together).
     let tenant = EnqueueOptions { tenant: Some(TENANT.into()), ..Default::default() };
     let mut jobs_a = Vec::new();
     let mut jobs_v = Vec::new();
@@ -169,9 +183,25 @@ pub async fn run(client: &Client) {
             tenant.clone(),
         ));
     }
-    client.enqueue_bulk_with(jobs_a).await.expect("enqueue analyses");
-    client.enqueue_bulk_with(jobs_v).await.expect("enqueue variants");
+    // The queue holds a1, v1, a2, v2 … (FLEET_BENCH_IMAGES_ORDER=kinds: all analyses first,
+    // as this benchmark did before 2026-12-05).
+    let by_kind = std::env::var("FLEET_BENCH_IMAGES_ORDER").is_ok_and(|v| v == "kinds");
+    if by_kind {
+        client.enqueue_bulk_with(jobs_a).await.expect("enqueue analyses");
+        client.enqueue_bulk_with(jobs_v).await.expect("enqueue variants");
+    } else {
+        for (a, v) in jobs_a.into_iter().zip(jobs_v) {
+            client.enqueue_with(&a.0, a.1).await.expect("enqueue analysis");
+            client.enqueue_with(&v.0, v.1).await.expect("enqueue variants");
+        }
+    }
+    println!(
+        "  queue order: {}",
+        if by_kind { "all analyses, then all variants" } else { "per photo: analysis, variants" }
+    );
 
+    let load0 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("  load average at the start {}", load0.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let t0 = Instant::now();
     let mut worker = Command::new(exe_dir.join("fleet-worker"))
         .arg("--config")
@@ -204,6 +234,8 @@ pub async fn run(client: &Client) {
     }
     let wall = t0.elapsed().as_secs_f64();
     peak = peak.max(peak_rss_mb(&worker));
+    let cpu = cpu_seconds(&worker);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let _ = Command::new("kill").arg("-TERM").arg(worker.id().to_string()).status();
     let _ = worker.wait();
     let db = sqlx::PgPool::connect(&db_url).await.expect("db");
@@ -213,6 +245,11 @@ pub async fn run(client: &Client) {
         "  fleet-worker (concurrency 2, 2 cores): {n} analyses + {variants} variants in {wall:.1} s = {:.2} images/s, peak RSS {peak:.0} MB, {:.1} MB of variants",
         n as f64 / wall,
         vbytes as f64 / 1e6
+    );
+    println!(
+        "  worker CPU {cpu:.1} s = {:.0} ms per photo (both jobs); load average at the end {}",
+        cpu * 1000.0 / n as f64,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     db.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&mut admin).await.ok();
@@ -289,8 +326,13 @@ pub fn steps(path: &str) {
         best(&mut || drop(fleet_images::decode_scaled(&bytes, &limits, 2048, 0).expect("decode")))
     );
     println!(
-        "  decode ≥640       {:7.1} ms (DCT-scaled)",
+        "  decode ≥640       {:7.1} ms (DCT-scaled; the analysis before 2026-12-05)",
         best(&mut || drop(fleet_images::decode_scaled(&bytes, &limits, 640, 640).expect("decode")))
+    );
+    let (aw, ah) = fleet_images::analysis::analysis_decode_size(decoded.header.width, decoded.header.height);
+    println!(
+        "  decode for analysis {:5.1} ms (DCT-scaled to a 512 px long side: {aw}x{ah} at least)",
+        best(&mut || drop(fleet_images::decode_scaled(&bytes, &limits, aw, ah).expect("decode")))
     );
     println!("  analyze           {:7.1} ms", best(&mut || drop(fleet_images::analyze(&decoded).expect("analyze"))));
     let half = fleet_images::decode_scaled(&bytes, &limits, 2048, 0).expect("decode");
@@ -300,7 +342,18 @@ pub fn steps(path: &str) {
             fleet_images::analyze(&fleet_images::decode_scaled(&bytes, &limits, 640, 640).expect("d")).expect("a")
         ))
     );
+    println!(
+        "  analyze (⅛ scale) {:7.1} ms (with its decode)",
+        best(&mut || drop(
+            fleet_images::analyze(&fleet_images::decode_scaled(&bytes, &limits, aw, ah).expect("d")).expect("a")
+        ))
+    );
+    println!(
+        "  analyze (½ scale) {:7.1} ms (the variants' decode, shared: analysis only)",
+        best(&mut || drop(fleet_images::analyze(&half).expect("a")))
+    );
     println!("  metadata          {:7.1} ms", best(&mut || drop(fleet_images::read_metadata(&bytes, false))));
+    println!("  sha256            {:7.1} ms", best(&mut || drop(fleet_images::sha256_hex(&bytes))));
     let widths = WIDTHS.to_vec();
     for (label, spec) in [
         ("4 widths both, defaults", VariantSpec { widths: widths.clone(), ..Default::default() }),
@@ -341,5 +394,135 @@ pub fn steps(path: &str) {
             size = fleet_images::make_variants(&half, &spec).expect("variants").iter().map(|v| v.byte_len).sum();
         });
         println!("  {label}  {ms:7.1} ms  {:6.0} KB", size as f64 / 1024.0);
+    }
+    encoder_settings(&bytes);
+}
+
+/// The 2048 px level of `bytes` as the variants make it (½-scale decode, Lanczos3), RGB.
+fn level_2048(bytes: &[u8]) -> (Vec<u8>, u32, u32) {
+    use fast_image_resize::images::Image;
+    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    let half = fleet_images::decode_scaled(bytes, &fleet_images::Limits::default(), 2048, 0).expect("decode");
+    let src = half.image.to_rgb8();
+    let (sw, sh) = src.dimensions();
+    let (w, h) = (2048u32, (u64::from(sh) * 2048 / u64::from(sw)) as u32);
+    let mut level = Image::new(w, h, PixelType::U8x3);
+    let src_view =
+        fast_image_resize::images::ImageRef::new(sw, sh, src.as_raw(), PixelType::U8x3).expect("source view");
+    Resizer::new()
+        .resize(&src_view, &mut level, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)))
+        .expect("resize");
+    (level.into_vec(), w, h)
+}
+
+/// `fleet-bench image-encode <file> <case>`: one encode of the 2048 px level, for
+/// `valgrind --tool=callgrind` (instruction counts do not depend on the machine's load):
+/// `none` (decode and resize only), `webp-m0` … `webp-m4`, `jpeg-opt`, `jpeg-std`.
+pub fn encode_one(path: &str, case: &str) {
+    let bytes = std::fs::read(path).expect("read the image");
+    let (level, w, h) = level_2048(&bytes);
+    let out = match case {
+        "none" => Vec::new(),
+        "jpeg-opt" | "jpeg-std" => {
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+            c.set_fastest_defaults();
+            c.set_size(w as usize, h as usize);
+            c.set_quality(80.0);
+            c.set_optimize_coding(case == "jpeg-opt");
+            let mut s = c.start_compress(Vec::new()).expect("start");
+            s.write_scanlines(&level).expect("write");
+            s.finish().expect("finish")
+        }
+        webp if webp.starts_with("webp-m") => {
+            let mut c = libwebp_sys::WebPConfig::new().expect("config");
+            c.lossless = 0;
+            c.quality = 80.0;
+            c.method = webp[6..].parse().expect("webp-m<0-6>");
+            webp::Encoder::new(&level, webp::PixelLayout::Rgb, w, h).encode_advanced(&c).expect("webp").to_vec()
+        }
+        other => panic!("unknown case {other:?}"),
+    };
+    println!("{case}: {} bytes", out.len());
+}
+
+/// Encoder settings on one level (the 2048 px variant of `bytes`), each best of 3: time,
+/// size and PSNR against the level, to choose the defaults in `fleet_images::variants`.
+pub fn encoder_settings(bytes: &[u8]) {
+    let (level, w, h) = level_2048(bytes);
+    let best = |f: &mut dyn FnMut() -> Vec<u8>| {
+        let mut out = Vec::new();
+        let ms = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                out = f();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .fold(f64::MAX, f64::min);
+        (ms, out)
+    };
+    let psnr = |decoded: &[u8]| {
+        let mse = level.iter().zip(decoded).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum::<f64>()
+            / level.len() as f64;
+        10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10()
+    };
+    println!("  encoder settings on the {w}x{h} level (best of 3; PSNR against the level):");
+    type Tweak = fn(&mut libwebp_sys::WebPConfig);
+    let webp_cases: [(&str, Tweak); 9] = [
+        ("WebP q80 m4", |c| c.method = 4),
+        ("WebP q80 m2 (default)", |c| c.method = 2),
+        ("WebP q80 m1", |c| c.method = 1),
+        ("WebP q80 m0", |c| c.method = 0),
+        ("WebP q80 m0 segments 1", |c| {
+            c.method = 0;
+            c.segments = 1;
+        }),
+        ("WebP q80 m0 sns 0", |c| {
+            c.method = 0;
+            c.sns_strength = 0;
+        }),
+        ("WebP q80 m2 segments 1 sns 0", |c| {
+            c.method = 2;
+            c.segments = 1;
+            c.sns_strength = 0;
+        }),
+        ("WebP q80 m0 segments 1 sns 0", |c| {
+            c.method = 0;
+            c.segments = 1;
+            c.sns_strength = 0;
+        }),
+        ("WebP q75 m0", |c| {
+            c.method = 0;
+            c.quality = 75.0;
+        }),
+    ];
+    for (label, tweak) in webp_cases {
+        let (ms, out) = best(&mut || {
+            let mut c = libwebp_sys::WebPConfig::new().expect("config");
+            c.lossless = 0;
+            c.quality = 80.0;
+            tweak(&mut c);
+            webp::Encoder::new(&level, webp::PixelLayout::Rgb, w, h).encode_advanced(&c).expect("webp").to_vec()
+        });
+        let back = webp::Decoder::new(&out).decode().expect("decode webp");
+        println!("    {label:32} {ms:7.1} ms {:7.1} KB  PSNR {:.2} dB", out.len() as f64 / 1024.0, psnr(&back));
+    }
+    for (label, optimize, fastest) in [
+        ("JPEG q80 fastest + optimized Huffman (default)", true, true),
+        ("JPEG q80 fastest, standard Huffman", false, true),
+    ] {
+        let (ms, out) = best(&mut || {
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+            if fastest {
+                c.set_fastest_defaults();
+            }
+            c.set_size(w as usize, h as usize);
+            c.set_quality(80.0);
+            c.set_optimize_coding(optimize);
+            let mut s = c.start_compress(Vec::new()).expect("start");
+            s.write_scanlines(&level).expect("write");
+            s.finish().expect("finish")
+        });
+        let back = image::load_from_memory_with_format(&out, image::ImageFormat::Jpeg).expect("jpeg").to_rgb8();
+        println!("    {label:32} {ms:7.1} ms {:7.1} KB  PSNR {:.2} dB", out.len() as f64 / 1024.0, psnr(back.as_raw()));
     }
 }

@@ -39,6 +39,10 @@ fn main() {
     rt.block_on(async {
         match args.first().map(String::as_str) {
             Some("run") | None => driver::run(&args[1.min(args.len())..]).await,
+            Some("image-encode") => images::encode_one(
+                args.get(1).map(String::as_str).expect("image-encode <file> <case>"),
+                args.get(2).map(String::as_str).unwrap_or("none"),
+            ),
             Some("image-steps") => images::steps(args.get(1).map(String::as_str).expect("image-steps <file>")),
             Some("version") => {
                 println!("fleet {} (fleet-jobs Redis engine, apalis-core 1.0)", env!("CARGO_PKG_VERSION"))

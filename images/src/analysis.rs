@@ -133,6 +133,21 @@ pub struct Analysis {
     pub thumbhash: String,
 }
 
+/// The least upright size a decode must reach (for [`crate::decode_scaled`]) for [`analyze`]
+/// to see its full 512 px copy, given the stored `width × height`. The copy's long side is
+/// what counts, whichever way the photo is turned, so the answer asks the same of both sides:
+/// the short side scaled as the long side reaches 512. A 4240 × 2832 JPEG then decodes at
+/// ⅛ scale (530 × 354) instead of ¼.
+pub fn analysis_decode_size(width: u32, height: u32) -> (u32, u32) {
+    let (long, short) = (width.max(height), width.min(height));
+    if long <= ANALYSIS_SIDE {
+        // The whole image: no scale reaches this on both sides except the full one.
+        return (long, long);
+    }
+    let q = (u64::from(ANALYSIS_SIDE) * u64::from(short)).div_ceil(u64::from(long.max(1))) as u32;
+    (q.max(1), q.max(1))
+}
+
 /// Analyses a decoded image. Works on one small copy, so it costs a few ms after the decode.
 pub fn analyze(decoded: &Decoded) -> Result<Analysis, ImageError> {
     let image = &decoded.image;
@@ -454,6 +469,20 @@ mod tests {
         set.add("c", PHash(u64::MAX));
         set.add("d", PHash(0b111_1111_1111)); // 8 from b, 11 from a
         assert_eq!(set.groups(), vec![vec!["a", "b", "d"]]);
+    }
+
+    #[test]
+    fn the_analysis_decode_reaches_512_on_the_long_side_either_way_up() {
+        assert_eq!(analysis_decode_size(4240, 2832), (342, 342));
+        assert_eq!(analysis_decode_size(2832, 4240), (342, 342));
+        assert_eq!(analysis_decode_size(400, 300), (400, 400));
+        assert_eq!(analysis_decode_size(100_000, 1), (1, 1));
+        // libjpeg-turbo's n/8 sizes: the smallest n with both sides ≥ q keeps the long side ≥ 512.
+        for (w, h) in [(4240u32, 2832u32), (6000, 4000), (4000, 4000), (1024, 700), (5000, 600)] {
+            let (q, _) = analysis_decode_size(w, h);
+            let n = (1..=8u32).find(|n| w * n >= q * 8 && h * n >= q * 8).unwrap();
+            assert!(w.max(h) * n >= 512 * 8, "{w}x{h} at {n}/8");
+        }
     }
 
     #[test]

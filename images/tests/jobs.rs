@@ -207,3 +207,47 @@ async fn a_truncated_avif_gives_up_with_one_clear_error() {
     assert!(assert_give_up(&out).starts_with("truncated image: AVIF"), "{out:?}");
     assert_eq!(uploads.keys(), ["tenants/t1/cut.avif"], "no variant written");
 }
+
+/// The photo's two jobs share one decode (`jobs/share.rs`): an analysis after the variants
+/// takes their pixels and finds what an analysis of its own finds; an object replaced under
+/// the same key between the two is decoded afresh, never served from the other's pixels.
+#[tokio::test]
+async fn the_analysis_after_the_variants_shares_their_decode_but_never_another_files() {
+    let db = TestDb::new(&MIGRATOR).await;
+    let uploads = Uploads::new("share");
+    let people = fixture("formats/people.jpg");
+    let cat = fixture("formats/image-rs_jpg_progressive_cat.jpg");
+    let job = TestJob::new().tenant("t1");
+    let row = |pool: PgPool| async move {
+        sqlx::query_as::<_, (i32, i32, i64, String)>(
+            "SELECT width, height, phash, source_sha256 FROM image_analyses WHERE tenant = 't1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+
+    // Alone: the analysis decodes for itself.
+    uploads.put("tenants/t1/a.jpg", &people);
+    job.perform(&uploads.images(db.pool.clone()).analyzer(), analyze("tenants/t1/a.jpg")).await.unwrap();
+    let alone = row(db.pool.clone()).await;
+
+    // After the variants, in the same worker: their pixels.
+    let images = uploads.images(db.pool.clone());
+    job.perform(&images.variants(), variants("tenants/t1/a.jpg")).await.unwrap();
+    job.perform(&images.analyzer(), analyze("tenants/t1/a.jpg")).await.unwrap();
+    let shared = row(db.pool.clone()).await;
+    assert_eq!((shared.0, shared.1, &shared.3), (600, 400, &alone.3));
+    let distance = ((shared.2 ^ alone.2) as u64).count_ones();
+    assert!(distance <= 2, "phash {:016x} vs {:016x}", shared.2, alone.2);
+
+    // The object replaced between the two jobs: the analysis is of the new bytes.
+    let images = uploads.images(db.pool.clone());
+    job.perform(&images.variants(), variants("tenants/t1/a.jpg")).await.unwrap();
+    uploads.put("tenants/t1/a.jpg", &cat);
+    job.perform(&images.analyzer(), analyze("tenants/t1/a.jpg")).await.unwrap();
+    let replaced = row(db.pool.clone()).await;
+    assert_eq!((replaced.0, replaced.1), (320, 240));
+    assert_eq!(replaced.3, fleet_images::sha256_hex(&cat));
+    db.drop_db().await;
+}

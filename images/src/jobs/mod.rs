@@ -15,6 +15,8 @@
 //! and its variants are written under that prefix
 //! (`tenants/<tenant>/variants/<sha256>/<recipe>/<width>.<ext>`).
 
+mod share;
+
 use crate::storage::{ObjectStore, StorageError, StoreConfig};
 use crate::store;
 use crate::vision::{ProviderGate, SkipReason, Vision, VisionConfig};
@@ -26,6 +28,7 @@ use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_kit::limits::{AttemptLimits, Verdict};
 use fleet_kit::{Handler, JobContext, JobError};
 use serde::Deserialize;
+use share::{DecodeShare, Taker};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -75,6 +78,8 @@ pub struct Images {
     budget_mb: u32,
     variants_prefix: String,
     vision: Option<Arc<Vision>>,
+    /// Decoded uploads left by one of a photo's two jobs for the other.
+    share: Arc<DecodeShare>,
 }
 
 impl Images {
@@ -99,6 +104,8 @@ impl Images {
             budget_mb,
             variants_prefix: settings.variants_prefix.trim_matches('/').to_owned(),
             vision,
+            // An eighth of the budget, at most 64 MiB: seven 12 MP photos at ½ scale.
+            share: Arc::new(DecodeShare::new((budget_mb as usize / 8).min(64) << 20)),
         })
     }
 
@@ -129,12 +136,42 @@ impl Images {
 
     /// Reads the header (refusing what the limits refuse), then waits for room in the
     /// memory budget for the decoded pixels. The permit is held until it is dropped.
-    async fn admit(&self, bytes: &[u8]) -> Result<tokio::sync::OwnedSemaphorePermit, JobError> {
+    async fn admit(&self, bytes: &[u8]) -> Result<(tokio::sync::OwnedSemaphorePermit, crate::Header), JobError> {
         let header = crate::read_header(bytes, &self.limits).map_err(image_error)?;
         // Decoded pixels plus the working copies (resize, encode): about twice the estimate.
         let mb = (crate::estimate_decoded_bytes(&header) * 2).div_ceil(1024 * 1024);
         let permits = (mb as u32).clamp(1, self.budget_mb);
-        self.memory.clone().acquire_many_owned(permits).await.map_err(|_| JobError::retry("memory budget closed"))
+        let permit = self
+            .memory
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| JobError::retry("memory budget closed"))?;
+        Ok((permit, header))
+    }
+
+    /// The upload's pixels, upright and sRGB, at least `need` large (see
+    /// [`crate::decode_scaled`]): the sibling job's if it left large enough ones (or is
+    /// decoding them), else decoded here at `plan` on the CPU pool and left for it.
+    #[allow(clippy::too_many_arguments)]
+    async fn pixels(
+        &self,
+        ctx: &JobContext,
+        key: &str,
+        source: &bytes::Bytes,
+        sha256: &str,
+        need: (u32, u32),
+        plan: (u32, u32),
+        for_sibling: bool,
+        taker: Taker,
+    ) -> Result<Arc<crate::Decoded>, JobError> {
+        let limits = self.limits.clone();
+        let src = source.clone();
+        self.share
+            .get(key, sha256, need, plan, for_sibling, taker, |(w, h)| async move {
+                ctx.blocking(move || crate::decode_scaled(&src, &limits, w, h)).await?.map_err(image_error)
+            })
+            .await
     }
 
     fn tenant(ctx: &JobContext) -> String {
@@ -220,14 +257,19 @@ impl Handler for Analyze {
         let images = &self.0;
         Images::check_key(&ctx, &a.key)?;
         let bytes = images.source(&a.key).await?;
-        let permit = images.admit(&bytes).await?;
-        let limits = images.limits.clone();
+        let (permit, header) = images.admit(&bytes).await?;
         let (allow_gps, want_vision) = (a.allow_gps, a.vision && images.vision.is_some());
+        let source_sha256 = crate::sha256_hex(&bytes);
+        // Analysis works on a ~512 px copy (⅛ scale for a 12 MP JPEG); vision gets 640 px.
+        let need =
+            if want_vision { (640, 640) } else { crate::analysis::analysis_decode_size(header.width, header.height) };
+        // Larger when this photo's variants job is expected next, so it decodes nothing.
+        let (plan, for_sibling) = images.share.analysis_plan(need);
+        let decoded =
+            images.pixels(&ctx, &a.key, &bytes, &source_sha256, need, plan, for_sibling, Taker::Analysis).await?;
         let src = bytes.clone();
-        let (analysis, metadata, decoded_warnings, source_sha256, preview) = ctx
+        let (analysis, metadata, decoded_warnings, preview) = ctx
             .blocking(move || -> Result<_, ImageError> {
-                // Analysis works on a ~512 px copy; vision gets 640 px: decode no larger than needed.
-                let decoded = crate::decode_scaled(&src, &limits, 640, 640)?;
                 let analysis = crate::analyze(&decoded)?;
                 let metadata = crate::read_metadata(&src, allow_gps);
                 // Vision providers get a small upright JPEG with no metadata, never the upload.
@@ -238,7 +280,7 @@ impl Handler for Analyze {
                 } else {
                     None
                 };
-                Ok((analysis, metadata, decoded.warnings.clone(), crate::sha256_hex(&src), preview))
+                Ok((analysis, metadata, decoded.warnings.clone(), preview))
             })
             .await?
             .map_err(image_error)?;
@@ -354,18 +396,19 @@ impl Handler for Variants {
             .collect::<Vec<_>>()
             .join("/");
 
-        let permit = images.admit(&bytes).await?;
-        let limits = images.limits.clone();
-        let variants = ctx
-            .blocking(move || -> Result<_, ImageError> {
-                // The largest width is all the variants need: a JPEG decodes at the smallest
-                // DCT scale that still covers it.
-                let widest = spec.widths.iter().copied().max().unwrap_or(0);
-                let decoded = crate::decode_scaled(&bytes, &limits, widest, 0)?;
-                crate::make_variants(&decoded, &spec)
-            })
-            .await?
-            .map_err(image_error)?;
+        let (permit, header) = images.admit(&bytes).await?;
+        // The largest width is all the variants need: a JPEG decodes at the smallest DCT
+        // scale that still covers it (or the analysis job decoded that much already).
+        let widest = spec.widths.iter().copied().max().unwrap_or(0);
+        images.share.expect_variants(widest);
+        let need = (widest, 0);
+        // Asking for the analysis's size as well costs nothing when the widest width is
+        // 512 or more (the same scale covers both), and lets an analysis arriving during
+        // the decode wait for it instead of decoding too.
+        let (_, q) = crate::analysis::analysis_decode_size(header.width, header.height);
+        let plan = (widest, q);
+        let decoded = images.pixels(&ctx, &a.key, &bytes, &source_sha256, need, plan, false, Taker::Variants).await?;
+        let variants = ctx.blocking(move || crate::make_variants(&decoded, &spec)).await?.map_err(image_error)?;
         drop(permit);
 
         for v in &variants {
