@@ -38,6 +38,9 @@ async fn entries(router: &axum::Router, key: &str, query: &str) -> Vec<Value> {
     page["entries"].as_array().unwrap().clone()
 }
 
+/// (method, uri, body, action, target, affected)
+type Action = (&'static str, &'static str, Option<Value>, &'static str, &'static str, i64);
+
 async fn count(db: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM admin_audit").fetch_one(&db.pool).await.unwrap()
 }
@@ -59,8 +62,7 @@ async fn every_admin_action_leaves_one_audit_entry_and_a_refused_one_none() {
     let body = json!({"cron": "*/5 * * * * *", "kind": "probe", "args": {"do": "succeed"}});
     let edited = json!({"cron": "*/10 * * * * *", "kind": "probe", "args": {"do": "succeed"}});
 
-    // (method, uri, body, action, target, affected)
-    let actions: Vec<(&str, &str, Option<Value>, &str, &str, i64)> = vec![
+    let actions: Vec<Action> = vec![
         (
             "POST",
             "/admin/v1/queues/default/replay",
