@@ -293,3 +293,44 @@ async fn a_schedule_created_through_the_api_is_ticked_edited_run_now_and_deleted
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_creates_edits_runs_and_deletes_schedules_and_overrides_limits_each_audited() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let ctl = |args: &[&str]| fleetctl(&env, &[args, &["--database-url", db.url.as_str()][..]].concat());
+    let (ok, _, err) = ctl(&["schedule", "create", "tidy", "--cron", "61 * * * * *", "--kind", "probe"]);
+    assert!(!ok && err.contains("cron"), "an invalid cron is refused: {err}");
+    let create =
+        ["schedule", "create", "tidy", "--cron", "0 */5 * * * *", "--kind", "probe", "--args", r#"{"do":"succeed"}"#];
+    let (ok, _, err) = ctl(&create);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ctl(&["schedule", "edit", "tidy", "--cron", "0 */10 * * * *", "--json"]);
+    assert!(ok && out.contains("0 */10 * * * *"), "{out}{err}");
+    let (ok, out, err) = ctl(&["schedule", "run", "tidy", "--json"]);
+    assert!(ok, "{err}");
+    let run: Value = serde_json::from_str(&out).unwrap();
+    let id = run["job"].as_str().unwrap();
+    assert!(env.client.job("default", id).await.unwrap().is_some(), "one job enqueued now");
+    let (ok, _, err) = ctl(&["schedule", "delete", "tidy", "--yes"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(&["schedule", "show", "tidy"]);
+    assert!(!ok && err.contains("no schedule"), "{err}");
+    let (ok, _, err) = ctl(&["limit-override", "partner-api", "--rate", "5", "--concurrency", "2"]);
+    assert!(ok, "{err}");
+    let actions: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, target FROM admin_audit ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    let want: Vec<(String, String)> = [
+        ("schedule.create", "schedule:tidy"),
+        ("schedule.edit", "schedule:tidy"),
+        ("schedule.run", "schedule:tidy"),
+        ("schedule.delete", "schedule:tidy"),
+        ("limit.override", "limit:partner-api"),
+    ]
+    .iter()
+    .map(|(a, t)| (a.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(actions, want, "one entry per change, none for the refused create");
+    db.drop_db().await;
+    env.cleanup().await;
+}
