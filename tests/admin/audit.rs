@@ -334,3 +334,38 @@ async fn fleetctl_creates_edits_runs_and_deletes_schedules_and_overrides_limits_
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_and_revoking_an_api_key_is_audited_by_id_never_by_secret() {
+    let db = TestDb::new().await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-scheduler-e2e"))
+            .args(args)
+            .env_remove("FLEET_CONFIG")
+            .env("FLEET_DATABASE_URL", &db.url)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run fleet-scheduler");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    };
+    let (ok, key, err) = run(&["create-api-key", "--tenant", "ops", "--name", "night-shift", "--role", "admin"]);
+    assert!(ok, "{err}");
+    let key = key.trim().to_owned();
+    let id = key_id(&key);
+    let (ok, _, err) = run(&["revoke-api-key", &id]);
+    assert!(ok, "{err}");
+    let rows: Vec<(String, String, String, Value)> =
+        sqlx::query_as("SELECT actor, action, target, params FROM admin_audit ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].0.starts_with("cli:"), "{rows:?}");
+    assert_eq!((rows[0].1.as_str(), rows[0].2.clone()), ("api_key.create", format!("key:{id}")));
+    assert_eq!(rows[0].3["roles"], json!(["admin"]));
+    assert_eq!((rows[1].1.as_str(), rows[1].2.clone()), ("api_key.revoke", format!("key:{id}")));
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(!format!("{rows:?}").contains(secret), "no secret in the audit log");
+    db.drop_db().await;
+}
