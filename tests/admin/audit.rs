@@ -369,3 +369,28 @@ async fn creating_and_revoking_an_api_key_is_audited_by_id_never_by_secret() {
     assert!(!format!("{rows:?}").contains(secret), "no secret in the audit log");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_past_the_retention_are_pruned_in_bounded_batches_on_insert() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO admin_audit (actor, action, target, at)
+         SELECT 'k', 'queue.pause', 'queue:q', now() - interval '100 days' FROM generate_series(1, 1500)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let change = |n: i64| fleet_scheduler::audit::Change {
+        actor: "k",
+        tenant: Some("ops"),
+        action: "queue.resume",
+        target: "queue:q".into(),
+        params: json!({}),
+        affected: n,
+    };
+    fleet_scheduler::audit::record(&db.pool, change(1)).await.unwrap();
+    assert_eq!(count(&db).await, 1 + 500, "one write deletes at most PRUNE_BATCH (1,000) expired entries");
+    fleet_scheduler::audit::record(&db.pool, change(2)).await.unwrap();
+    assert_eq!(count(&db).await, 2, "the next write deletes the rest; recent entries stay");
+    db.drop_db().await;
+}
