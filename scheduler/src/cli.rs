@@ -80,12 +80,38 @@ pub fn main() -> ExitCode {
                 let db = crate::db::connect_and_migrate_tls(&config.database_url, &config.database_tls, None).await?;
                 fleet_jobs::tenant::validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
                 let key = crate::api::auth::create_api_key(&db, &tenant, &name, &roles).await?;
+                // The id only (`fk_<id>_<secret>`): the secret is never recorded.
+                let id = key.strip_prefix("fk_").and_then(|r| r.split_once('_')).map(|(id, _)| id).unwrap_or("");
+                crate::audit::record(
+                    &db,
+                    crate::audit::Change {
+                        actor: &crate::audit::local_actor("cli"),
+                        tenant: None,
+                        action: "api_key.create",
+                        target: format!("key:{id}"),
+                        params: serde_json::json!({"tenant": tenant, "name": name, "roles": roles}),
+                        affected: 1,
+                    },
+                )
+                .await?;
                 println!("{key}");
                 Ok(())
             }
             Command::RevokeApiKey { id } => {
                 let db = crate::db::connect_and_migrate_tls(&config.database_url, &config.database_tls, None).await?;
                 if crate::api::auth::revoke_api_key(&db, &id).await? {
+                    crate::audit::record(
+                        &db,
+                        crate::audit::Change {
+                            actor: &crate::audit::local_actor("cli"),
+                            tenant: None,
+                            action: "api_key.revoke",
+                            target: format!("key:{id}"),
+                            params: serde_json::json!({}),
+                            affected: 1,
+                        },
+                    )
+                    .await?;
                     println!("revoked {id}");
                     Ok(())
                 } else {

@@ -67,6 +67,12 @@ struct Select {
 }
 
 impl Select {
+    /// The selection as recorded in the audit log.
+    fn params(&self, rate: Option<u32>) -> serde_json::Value {
+        serde_json::json!({"ids": self.ids, "kind": self.kind, "reason": self.reason, "all": self.all,
+            "limit": self.limit, "rate": rate})
+    }
+
     fn filter(&self) -> Result<DeadFilter, String> {
         if self.ids.is_empty() && self.kind.is_none() && self.reason.is_none() && !self.all {
             return Err("say which dead letters: --id, --kind, --reason or --all".into());
@@ -88,12 +94,135 @@ impl Select {
 enum Command {
     #[command(flatten)]
     Queue(QueueCommand),
+    /// Schedules stored in PostgreSQL: show, create, edit, delete, run now.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// The audit log: changes made by operators and admins, newest first (PostgreSQL).
+    Audit {
+        /// Only this action (e.g. queue.replay, schedule.edit, api_key.create).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only entries with an id below this (the previous page's last id).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Rows (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
     /// Calendar sources, occurrences and double bookings (PostgreSQL).
     #[command(subcommand)]
     Calendar(sources::CalendarCommand),
     /// Communication sources and timelines (PostgreSQL).
     #[command(subcommand)]
     Comms(sources::CommsCommand),
+}
+
+/// A schedule's definition given on the command line.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ScheduleFields {
+    /// Cron expression (six fields with seconds, or five).
+    #[arg(long)]
+    cron: Option<String>,
+    /// IANA time zone (default UTC).
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Job kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Job arguments as JSON.
+    #[arg(long)]
+    args: Option<String>,
+    /// Queue (default: the kind's).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Priority: high, normal or low.
+    #[arg(long)]
+    priority: Option<String>,
+    /// Attempts.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Missed ticks: skip or catch_up.
+    #[arg(long)]
+    missed: Option<String>,
+    /// Catch-up window in seconds.
+    #[arg(long)]
+    catch_up_secs: Option<u64>,
+}
+
+impl ScheduleFields {
+    /// `base` with the given fields over it, checked as the config's schedules are.
+    fn apply(&self, mut spec: crate::schedule::ScheduleSpec) -> Result<crate::schedule::ScheduleSpec, String> {
+        let quoted = |v: &str| serde_json::Value::String(v.to_owned());
+        if let Some(v) = &self.cron {
+            spec.cron = v.clone();
+        }
+        if let Some(v) = &self.timezone {
+            spec.timezone = v.clone();
+        }
+        if let Some(v) = &self.kind {
+            spec.kind = v.clone();
+        }
+        if let Some(v) = &self.args {
+            spec.args = serde_json::from_str(v).map_err(|e| format!("--args is not JSON: {e}"))?;
+        }
+        if let Some(v) = &self.queue {
+            spec.queue = Some(v.clone());
+        }
+        if let Some(v) = &self.priority {
+            spec.priority = Some(serde_json::from_value(quoted(v)).map_err(|_| format!("unknown priority {v:?}"))?);
+        }
+        if let Some(v) = self.max_attempts {
+            spec.max_attempts = Some(v);
+        }
+        if let Some(v) = &self.missed {
+            spec.missed =
+                serde_json::from_value(quoted(v)).map_err(|_| format!("--missed is skip or catch_up, not {v:?}"))?;
+        }
+        if let Some(v) = self.catch_up_secs {
+            spec.catch_up_secs = v;
+        }
+        crate::schedule::Schedule::parse(spec.clone())?;
+        Ok(spec)
+    }
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// A stored schedule's definition.
+    Show {
+        /// Schedule name.
+        name: String,
+    },
+    /// Store a new schedule (every scheduler runs it within 5 s).
+    Create {
+        /// Schedule name.
+        name: String,
+        #[command(flatten)]
+        fields: ScheduleFields,
+    },
+    /// Change a stored schedule (the fields given; the others stay).
+    Edit {
+        /// Schedule name.
+        name: String,
+        #[command(flatten)]
+        fields: ScheduleFields,
+    },
+    /// Delete a stored schedule and its state.
+    Delete {
+        /// Schedule name.
+        name: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Enqueue one run of a stored schedule's job now.
+    Run {
+        /// Schedule name.
+        name: String,
+    },
 }
 
 /// Where the deployment's stores are.
@@ -112,7 +241,28 @@ impl Stores {
             .map_err(|e| format!("Redis at {}: {e}", crate::db::redacted(&self.redis_url)))
     }
 
+    /// Records a change made through fleetctl (as `fleetctl:<$USER>`); when PostgreSQL
+    /// cannot be reached the change stays made and a warning says it is not audited.
+    async fn audit(&self, action: &str, target: String, params: serde_json::Value, affected: i64) {
+        let result = match self.db_within(std::time::Duration::from_secs(5)).await {
+            Ok(db) => {
+                let actor = crate::audit::local_actor("fleetctl");
+                let change = crate::audit::Change { actor: &actor, tenant: None, action, target, params, affected };
+                crate::audit::record(&db, change).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            eprintln!("fleetctl: warning: done, but not written to the audit log: {e}");
+        }
+    }
+
     async fn db(&self) -> Result<sqlx::PgPool, String> {
+        self.db_within(std::time::Duration::from_secs(30)).await
+    }
+
+    /// A pool, giving up after `timeout` when PostgreSQL cannot be reached.
+    async fn db_within(&self, timeout: std::time::Duration) -> Result<sqlx::PgPool, String> {
         self.database_tls.validate()?;
         let options = self
             .database_tls
@@ -120,6 +270,7 @@ impl Stores {
             .map_err(|e| format!("PostgreSQL at {}: {e}", crate::db::redacted(&self.database_url)))?;
         let mode = options.get_ssl_mode();
         sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(timeout)
             .connect_with(options)
             .await
             .map_err(|e| fleet_kit::postgres::describe_connect_error(&self.database_url, mode, &e))
@@ -244,6 +395,27 @@ enum QueueCommand {
         #[arg(long)]
         quota: Option<u64>,
     },
+    /// Override a limit key's rate, burst, concurrency and breaker at run time, fleet-wide
+    /// (over the workers' config; an option left out is cleared).
+    LimitOverride {
+        /// Limit key (as in the workers' config, e.g. `google-calendar` or `smtp:acme`).
+        key: String,
+        /// Requests per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests back to back before the rate applies.
+        #[arg(long, default_value_t = 1)]
+        burst: u32,
+        /// Requests in flight at once.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Consecutive failures that open the breaker.
+        #[arg(long)]
+        breaker_failures: Option<u32>,
+        /// How long an open breaker stays open, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        breaker_cooldown_ms: u64,
+    },
     /// Schedules and their state (PostgreSQL).
     Schedules,
     /// Stop a schedule from enqueueing (its ticks count as missed).
@@ -341,6 +513,36 @@ async fn execute(args: Args) -> Result<(), String> {
     };
     match args.command {
         Command::Queue(command) => queues(&stores, args.json, command).await,
+        Command::Schedule(command) => schedule(&stores, args.json, command).await,
+        Command::Audit { action, since, before, limit } => {
+            let db = stores.db().await?;
+            if !(1..=crate::audit::MAX_PAGE).contains(&limit) {
+                return Err(format!("--limit must be 1 to {}", crate::audit::MAX_PAGE));
+            }
+            let q = crate::audit::Query { action, since, before, limit: Some(limit) };
+            let page = crate::audit::list(&db, &q).await.map_err(|e| format!("reading the audit log: {e}"))?;
+            print(args.json, &page, || {
+                table(
+                    &["ID", "AT", "WHO", "TENANT", "ACTION", "TARGET", "COUNT", "PARAMETERS"],
+                    page.entries
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.id.to_string(),
+                                when(Some(e.at)),
+                                e.actor.clone(),
+                                e.tenant.clone().unwrap_or_default(),
+                                e.action.clone(),
+                                e.target.clone(),
+                                e.affected.to_string(),
+                                e.params.to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+            Ok(())
+        }
         Command::Calendar(command) => sources::calendar(&stores, args.json, command).await,
         Command::Comms(command) => sources::comms(&stores, args.json, command).await,
     }
@@ -485,6 +687,7 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                 return Err("cancelled".into());
             }
             let moved = client.replay(&queue, &filter, rate).await.map_err(err)?;
+            stores.audit("queue.replay", format!("queue:{queue}"), select.params(rate), moved as i64).await;
             print(json, &serde_json::json!({"replayed": moved}), || format!("replayed {moved}"));
         }
         QueueCommand::Purge { queue, select, yes } => {
@@ -498,14 +701,17 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                 return Err("cancelled".into());
             }
             let gone = client.purge(&queue, &filter).await.map_err(err)?;
+            stores.audit("queue.purge", format!("queue:{queue}"), select.params(None), gone as i64).await;
             print(json, &serde_json::json!({"purged": gone}), || format!("purged {gone}"));
         }
         QueueCommand::Pause { queue } => {
             client.pause(&queue).await.map_err(err)?;
+            stores.audit("queue.pause", format!("queue:{queue}"), serde_json::json!({}), 1).await;
             println!("paused {queue}");
         }
         QueueCommand::Resume { queue } => {
             client.resume(&queue).await.map_err(err)?;
+            stores.audit("queue.resume", format!("queue:{queue}"), serde_json::json!({}), 1).await;
             println!("resumed {queue}");
         }
         QueueCommand::DeadCaps { queue, max_count, max_age_secs, clear } => {
@@ -518,6 +724,8 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                     caps.max_age_secs = max_age_secs;
                 }
                 client.set_dead_caps(&queue, caps).await.map_err(err)?;
+                let params = serde_json::to_value(caps).unwrap_or_default();
+                stores.audit("queue.dead_caps", format!("queue:{queue}"), params, 1).await;
             }
             let caps = client.dead_caps(&queue).await.map_err(err)?;
             let show = |v: Option<u64>| v.map_or_else(|| "workers' setting".to_owned(), |n| n.to_string());
@@ -567,6 +775,8 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
             }
             let limits = fleet_jobs::tenant::TenantLimits { concurrency, quota };
             client.set_tenant_limits(&queue, tenant.as_deref(), limits).await.map_err(err)?;
+            let target = format!("queue:{queue}/tenant:{}", tenant.as_deref().unwrap_or("*"));
+            stores.audit("tenant.limits", target, serde_json::to_value(limits).unwrap_or_default(), 1).await;
             let who = tenant.as_deref().map_or("every tenant".to_owned(), |t| format!("tenant {t}"));
             let shown = |v: Option<u64>| match v {
                 None => "unchanged".to_owned(),
@@ -579,14 +789,36 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                 shown(quota)
             );
         }
+        QueueCommand::LimitOverride { key, rate, burst, concurrency, breaker_failures, breaker_cooldown_ms } => {
+            let spec = fleet_jobs::limits::LimitSpec {
+                rate,
+                burst,
+                concurrency,
+                breaker_failures,
+                breaker_cooldown_ms,
+                process_rate: None,
+            };
+            let limiter = fleet_jobs::limits::Limiter::new(
+                client.connection(),
+                client.prefix(),
+                std::time::Duration::from_secs(30),
+            );
+            limiter.set_spec(&key, &spec).await.map_err(err)?;
+            stores
+                .audit("limit.override", format!("limit:{key}"), serde_json::to_value(&spec).unwrap_or_default(), 1)
+                .await;
+            print(json, &serde_json::json!({"key": key, "override": spec}), || format!("limit {key} overridden"));
+        }
         QueueCommand::PauseSchedule { name } => {
             let db = stores.db().await?;
             crate::ticker::set_paused(&db, &name, true).await.map_err(|e| e.to_string())?;
+            stores.audit("schedule.pause", format!("schedule:{name}"), serde_json::json!({}), 1).await;
             println!("paused schedule {name} (every scheduler sees it within 5 s)");
         }
         QueueCommand::ResumeSchedule { name } => {
             let db = stores.db().await?;
             crate::ticker::set_paused(&db, &name, false).await.map_err(|e| e.to_string())?;
+            stores.audit("schedule.resume", format!("schedule:{name}"), serde_json::json!({}), 1).await;
             println!("resumed schedule {name}");
         }
         QueueCommand::Schedules => {
@@ -618,6 +850,84 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                         .collect(),
                 )
             });
+        }
+    }
+    Ok(())
+}
+
+async fn schedule(stores: &Stores, json: bool, command: ScheduleCommand) -> Result<(), String> {
+    let db = stores.db().await?;
+    let dberr = |e: sqlx::Error| e.to_string();
+    let show = |spec: &crate::schedule::ScheduleSpec| {
+        print(json, spec, || serde_json::to_string_pretty(spec).unwrap_or_default());
+    };
+    let stored = |name: &str| {
+        format!("no schedule {name:?} in PostgreSQL (a config-file schedule is changed in the config file)")
+    };
+    match command {
+        ScheduleCommand::Show { name } => {
+            let spec = crate::ticker::load_spec(&db, &name).await.map_err(dberr)?.ok_or_else(|| stored(&name))?;
+            show(&spec);
+        }
+        ScheduleCommand::Create { name, fields } => {
+            let (Some(_), Some(_)) = (&fields.cron, &fields.kind) else {
+                return Err("a new schedule needs --cron and --kind".into());
+            };
+            let base = crate::schedule::ScheduleSpec {
+                name: name.clone(),
+                cron: String::new(),
+                timezone: "UTC".into(),
+                kind: String::new(),
+                args: serde_json::json!({}),
+                queue: None,
+                priority: None,
+                max_attempts: None,
+                missed: Default::default(),
+                catch_up_secs: 0,
+                paused: false,
+            };
+            let spec = fields.apply(base)?;
+            if !crate::ticker::store_spec(&db, &spec, false).await.map_err(dberr)? {
+                return Err(format!("schedule {name:?} exists: use schedule edit"));
+            }
+            stores
+                .audit(
+                    "schedule.create",
+                    format!("schedule:{name}"),
+                    serde_json::to_value(&spec).unwrap_or_default(),
+                    1,
+                )
+                .await;
+            show(&spec);
+        }
+        ScheduleCommand::Edit { name, fields } => {
+            let old = crate::ticker::load_spec(&db, &name).await.map_err(dberr)?.ok_or_else(|| stored(&name))?;
+            let spec = fields.apply(old)?;
+            if !crate::ticker::store_spec(&db, &spec, true).await.map_err(dberr)? {
+                return Err(stored(&name));
+            }
+            stores
+                .audit("schedule.edit", format!("schedule:{name}"), serde_json::to_value(&spec).unwrap_or_default(), 1)
+                .await;
+            show(&spec);
+        }
+        ScheduleCommand::Delete { name, yes } => {
+            if !confirm(&format!("delete schedule {name}"), yes)? {
+                return Err("cancelled".into());
+            }
+            if !crate::ticker::delete_spec(&db, &name).await.map_err(dberr)? {
+                return Err(stored(&name));
+            }
+            stores.audit("schedule.delete", format!("schedule:{name}"), serde_json::json!({}), 1).await;
+            println!("deleted schedule {name}");
+        }
+        ScheduleCommand::Run { name } => {
+            let spec = crate::ticker::load_spec(&db, &name).await.map_err(dberr)?.ok_or_else(|| stored(&name))?;
+            let s = crate::schedule::Schedule::parse(spec)?;
+            let client = stores.client().await?;
+            let id = crate::ticker::run_now(&client, &s).await.map_err(|e| e.to_string())?;
+            stores.audit("schedule.run", format!("schedule:{name}"), serde_json::json!({"job": &id.0}), 1).await;
+            print(json, &serde_json::json!({"schedule": name, "job": &id.0}), || format!("enqueued job {}", id.0));
         }
     }
     Ok(())

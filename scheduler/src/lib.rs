@@ -19,6 +19,7 @@
 //!   plaintext endpoint secrets sealed at start-up.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -103,6 +104,7 @@ pub async fn run(
         .with_intake(config.intake.clone())
         .with_tenancy(config.tenants.clone())
         .with_limits(config.api.clone())
+        .with_config_schedules(config.schedules.clone())
         .with_upload_store(&config.images.storage)
         .context("[images.storage] (or FLEET_S3_*)")?;
     let sampling = {

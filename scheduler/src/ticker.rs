@@ -194,19 +194,12 @@ impl Ticker {
     }
 
     async fn enqueue(&self, s: &Schedule, tick: DateTime<Utc>) -> fleet_jobs::Result<()> {
-        let kind = fleet_jobs::catalogue::lookup(&s.spec.kind)
-            .ok_or_else(|| fleet_jobs::Error::Invalid(format!("unknown kind {:?}", s.spec.kind)))?;
-        let args = serde_json::value::to_raw_value(&s.spec.args)
-            .map_err(|e| fleet_jobs::Error::Invalid(format!("args: {e}")))?;
         let opts = EnqueueOptions {
-            queue: s.spec.queue.clone(),
-            priority: s.spec.priority,
-            max_attempts: s.spec.max_attempts,
             run_at: Some(std::time::UNIX_EPOCH + Duration::from_millis(tick.timestamp_millis().max(0) as u64)),
             unique: Some(Unique { key: tick_key(s.name(), tick), window: s.catch_up() + Duration::from_secs(3600) }),
             ..Default::default()
         };
-        self.client.enqueue_raw(&s.spec.kind, args, &(kind.options)(), opts).await.map(|_| ())
+        enqueue_job(&self.client, s, opts).await.map(|_| ())
     }
 
     /// Where a replica that has not handled `s` yet starts: now (skip), or the start of
@@ -273,7 +266,81 @@ impl Ticker {
     }
 }
 
+/// Enqueues `s`'s job with `opts` (its queue, priority and attempts filled in).
+async fn enqueue_job(client: &Client, s: &Schedule, opts: EnqueueOptions) -> fleet_jobs::Result<fleet_jobs::JobId> {
+    let kind = fleet_jobs::catalogue::lookup(&s.spec.kind)
+        .ok_or_else(|| fleet_jobs::Error::Invalid(format!("unknown kind {:?}", s.spec.kind)))?;
+    let args =
+        serde_json::value::to_raw_value(&s.spec.args).map_err(|e| fleet_jobs::Error::Invalid(format!("args: {e}")))?;
+    let opts = EnqueueOptions {
+        queue: s.spec.queue.clone(),
+        priority: s.spec.priority,
+        max_attempts: s.spec.max_attempts,
+        ..opts
+    };
+    client.enqueue_raw(&s.spec.kind, args, &(kind.options)(), opts).await
+}
+
+/// Enqueues one run of `s` now, outside its ticks (run-now: no unique key, so each call
+/// is one job; the API's `Idempotency-Key` makes a retried request one run).
+pub async fn run_now(client: &Client, s: &Schedule) -> fleet_jobs::Result<fleet_jobs::JobId> {
+    enqueue_job(client, s, EnqueueOptions::default()).await
+}
+
+/// The schedule named `name` in the `schedules` table.
+pub async fn load_spec(db: &PgPool, name: &str) -> Result<Option<ScheduleSpec>, sqlx::Error> {
+    Ok(load_specs_where(db, Some(name)).await?.into_iter().next())
+}
+
+/// Writes `spec` into the `schedules` table: a new row (`replace = false`; answers false
+/// when the name is taken) or over an existing one (`replace = true`; false when none).
+pub async fn store_spec(db: &PgPool, spec: &ScheduleSpec, replace: bool) -> Result<bool, sqlx::Error> {
+    let priority = spec.priority.and_then(|p| serde_json::to_value(p).ok()).and_then(|v| v.as_str().map(str::to_owned));
+    let missed = match spec.missed {
+        Missed::Skip => "skip",
+        Missed::CatchUp => "catch_up",
+    };
+    let sql = if replace {
+        "UPDATE schedules SET cron = $2, timezone = $3, kind = $4, args = $5, queue = $6, priority = $7,
+                max_attempts = $8, missed = $9, catch_up_secs = $10, paused = $11, updated_at = now()
+          WHERE name = $1"
+    } else {
+        "INSERT INTO schedules (name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING"
+    };
+    let r = sqlx::query(sql)
+        .bind(&spec.name)
+        .bind(&spec.cron)
+        .bind(&spec.timezone)
+        .bind(&spec.kind)
+        .bind(&spec.args)
+        .bind(&spec.queue)
+        .bind(priority)
+        .bind(spec.max_attempts.map(|m| m.min(i32::MAX as u32) as i32))
+        .bind(missed)
+        .bind(spec.catch_up_secs.min(i64::MAX as u64) as i64)
+        .bind(spec.paused)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Deletes the schedule `name` from the `schedules` table with its state; false when none.
+pub async fn delete_spec(db: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let r = sqlx::query("DELETE FROM schedules WHERE name = $1").bind(name).execute(&mut *tx).await?;
+    if r.rows_affected() == 1 {
+        sqlx::query("DELETE FROM schedule_state WHERE name = $1").bind(name).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(r.rows_affected() == 1)
+}
+
 async fn load_specs(db: &PgPool) -> Result<Vec<ScheduleSpec>, sqlx::Error> {
+    load_specs_where(db, None).await
+}
+
+async fn load_specs_where(db: &PgPool, name: Option<&str>) -> Result<Vec<ScheduleSpec>, sqlx::Error> {
     type Row = (
         String,
         String,
@@ -288,8 +355,10 @@ async fn load_specs(db: &PgPool) -> Result<Vec<ScheduleSpec>, sqlx::Error> {
         bool,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused FROM schedules",
+        "SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused FROM schedules
+          WHERE $1::text IS NULL OR name = $1",
     )
+    .bind(name)
     .fetch_all(db)
     .await?;
     Ok(rows

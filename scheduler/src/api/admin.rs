@@ -3,8 +3,10 @@
 //! changes (replay, purge, pause, resume) the `admin` role.
 
 use super::ApiState;
+use super::audit::record as audit;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
+use crate::schedule::ScheduleSpec;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -162,7 +164,7 @@ pub(crate) async fn dead_groups(
 }
 
 /// Which dead letters a replay or purge applies to.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeadSelect {
     #[serde(default)]
@@ -214,6 +216,9 @@ async fn dead_op(
         (s.client.purge(queue, &filter).await?, "purged")
     };
     tracing::info!(operator = %caller.key_id, %queue, count = n, "dead letters {what}");
+    let action = if replay { "queue.replay" } else { "queue.purge" };
+    let params = serde_json::to_value(sel).unwrap_or_default();
+    audit(s, caller, action, format!("queue:{queue}"), params, n as i64).await;
     Ok(Json(serde_json::json!({ what: n })))
 }
 
@@ -252,6 +257,8 @@ async fn set_queue_paused(
         s.client.resume(queue).await?;
     }
     tracing::info!(operator = %caller.key_id, %queue, paused, "queue paused state changed");
+    let action = if paused { "queue.pause" } else { "queue.resume" };
+    audit(s, caller, action, format!("queue:{queue}"), serde_json::json!({}), 1).await;
     Ok(Json(serde_json::json!({"paused": paused})))
 }
 
@@ -286,6 +293,8 @@ pub(crate) async fn set_dead_caps(
     queue_name(&queue)?;
     s.client.set_dead_caps(&queue, caps).await?;
     tracing::info!(operator = %caller.key_id, %queue, ?caps, "queue dead-letter caps changed");
+    let params = serde_json::to_value(caps).unwrap_or_default();
+    audit(&s, &caller, "queue.dead_caps", format!("queue:{queue}"), params, 1).await;
     Ok(Json(s.client.dead_caps(&queue).await?))
 }
 
@@ -439,10 +448,13 @@ async fn set_schedule(
     paused: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Role::Admin)?;
+    schedule_name(name)?;
     crate::ticker::set_paused(&s.db, name, paused)
         .await
         .map_err(|e| ApiError::unavailable("pausing the schedule", e))?;
     tracing::info!(operator = %caller.key_id, schedule = %name, paused, "schedule paused state changed");
+    let action = if paused { "schedule.pause" } else { "schedule.resume" };
+    audit(s, caller, action, format!("schedule:{name}"), serde_json::json!({}), 1).await;
     Ok(Json(serde_json::json!({"schedule": name, "paused": paused})))
 }
 
@@ -462,4 +474,186 @@ pub(crate) async fn resume_schedule(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     set_schedule(&s, &caller, &name, false).await
+}
+
+/// A malformed schedule name (as the config's rules say) is refused before anything is read.
+fn schedule_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
+        return Err(ApiError::invalid(format!(
+            "schedule name {name:?} must be 1 to 200 characters without spaces or braces"
+        )));
+    }
+    Ok(())
+}
+
+/// The config file's schedule `name`, if it is one.
+fn config_schedule<'a>(s: &'a ApiState, name: &str) -> Option<&'a ScheduleSpec> {
+    s.config_schedules.iter().find(|c| c.name == name)
+}
+
+/// Config-file schedules are owned by the file: the API does not edit or delete them.
+fn not_config_owned(s: &ApiState, name: &str) -> Result<(), ApiError> {
+    if config_schedule(s, name).is_some() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "config_owned",
+            format!(
+                "schedule {name:?} comes from the config file: edit it there (the API can pause, resume and run it)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The body of `POST`/`PUT /admin/v1/schedules/{name}`: a schedule as in the config file,
+/// without the name (the path's) or with the same one; checked as config schedules are
+/// (an invalid expression, zone, kind or arguments: 422 `invalid_schedule`).
+fn parsed_spec(name: &str, body: serde_json::Value) -> Result<ScheduleSpec, ApiError> {
+    let serde_json::Value::Object(mut fields) = body else {
+        return Err(ApiError::invalid("expected a JSON object"));
+    };
+    match fields.get("name") {
+        None => {
+            fields.insert("name".into(), serde_json::Value::String(name.to_owned()));
+        }
+        Some(serde_json::Value::String(n)) if n == name => {}
+        Some(_) => return Err(ApiError::invalid("the body's name differs from the path's")),
+    }
+    let spec: ScheduleSpec = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", e.to_string()))?;
+    crate::schedule::Schedule::parse(spec.clone())
+        .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", e))?;
+    Ok(spec)
+}
+
+fn db_error(context: &'static str) -> impl Fn(sqlx::Error) -> ApiError {
+    move |e| ApiError::unavailable(context, e)
+}
+
+/// A schedule's definition and who owns it (`config` or `api`).
+#[derive(Debug, Serialize)]
+pub(crate) struct ScheduleDefinition {
+    owner: &'static str,
+    #[serde(flatten)]
+    spec: ScheduleSpec,
+}
+
+/// GET /admin/v1/schedules/{name}: the definition (operators).
+pub(crate) async fn get_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleDefinition>, ApiError> {
+    read(&caller)?;
+    schedule_name(&name)?;
+    if let Some(spec) = crate::ticker::load_spec(&s.db, &name).await.map_err(db_error("reading the schedule"))? {
+        return Ok(Json(ScheduleDefinition { owner: "api", spec }));
+    }
+    match config_schedule(&s, &name) {
+        Some(spec) => Ok(Json(ScheduleDefinition { owner: "config", spec: spec.clone() })),
+        None => Err(ApiError::not_found(format!("no schedule {name:?}"))),
+    }
+}
+
+/// POST /admin/v1/schedules/{name}: creates a schedule (admin; 409 when the name is taken,
+/// by the config file or the API). Every scheduler replica runs it within 5 s.
+pub(crate) async fn create_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    schedule_name(&name)?;
+    not_config_owned(&s, &name)?;
+    let spec = parsed_spec(&name, body)?;
+    if !crate::ticker::store_spec(&s.db, &spec, false).await.map_err(db_error("storing the schedule"))? {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "schedule_exists",
+            format!("schedule {name:?} exists: PUT edits it"),
+        ));
+    }
+    let params = serde_json::to_value(&spec).unwrap_or_default();
+    audit(&s, &caller, "schedule.create", format!("schedule:{name}"), params, 1).await;
+    Ok((axum::http::StatusCode::CREATED, Json(ScheduleDefinition { owner: "api", spec })))
+}
+
+/// PUT /admin/v1/schedules/{name}: replaces a schedule's definition (admin; 404 when the
+/// API has no such schedule, 409 `config_owned` for a config-file one).
+pub(crate) async fn edit_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<ScheduleDefinition>, ApiError> {
+    caller.require(Role::Admin)?;
+    schedule_name(&name)?;
+    not_config_owned(&s, &name)?;
+    let spec = parsed_spec(&name, body)?;
+    if !crate::ticker::store_spec(&s.db, &spec, true).await.map_err(db_error("storing the schedule"))? {
+        return Err(ApiError::not_found(format!("no schedule {name:?}: POST creates it")));
+    }
+    let params = serde_json::to_value(&spec).unwrap_or_default();
+    audit(&s, &caller, "schedule.edit", format!("schedule:{name}"), params, 1).await;
+    Ok(Json(ScheduleDefinition { owner: "api", spec }))
+}
+
+/// DELETE /admin/v1/schedules/{name}: deletes a schedule and its state (admin).
+pub(crate) async fn delete_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    schedule_name(&name)?;
+    not_config_owned(&s, &name)?;
+    if !crate::ticker::delete_spec(&s.db, &name).await.map_err(db_error("deleting the schedule"))? {
+        return Err(ApiError::not_found(format!("no schedule {name:?}")));
+    }
+    audit(&s, &caller, "schedule.delete", format!("schedule:{name}"), serde_json::json!({}), 1).await;
+    Ok(Json(serde_json::json!({"deleted": name})))
+}
+
+/// POST /admin/v1/schedules/{name}/run: enqueues one run of the schedule's job now
+/// (admin; config-file schedules too, paused ones too). Its ticks are not changed.
+pub(crate) async fn run_schedule(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    schedule_name(&name)?;
+    let spec = match crate::ticker::load_spec(&s.db, &name).await.map_err(db_error("reading the schedule"))? {
+        Some(spec) => spec,
+        None => {
+            config_schedule(&s, &name).cloned().ok_or_else(|| ApiError::not_found(format!("no schedule {name:?}")))?
+        }
+    };
+    let schedule = crate::schedule::Schedule::parse(spec)
+        .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", e))?;
+    let id = crate::ticker::run_now(&s.client, &schedule).await?;
+    let params = serde_json::json!({"job": &id.0});
+    audit(&s, &caller, "schedule.run", format!("schedule:{name}"), params, 1).await;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(serde_json::json!({"schedule": name, "job": id.0}))))
+}
+
+/// PUT /admin/v1/limits/{key}: run-time overrides of a limit key's rate, burst,
+/// concurrency and breaker, fleet-wide (admin; they win over the workers' config until
+/// set again; a field left out is cleared). Answers the overrides now in force.
+pub(crate) async fn set_limit(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(spec): Json<fleet_jobs::limits::LimitSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    fleet_jobs::limits::validate_limit_key(&key).map_err(ApiError::invalid)?;
+    spec.validate().map_err(ApiError::invalid)?;
+    let limiter = fleet_jobs::limits::Limiter::new(s.client.connection(), s.client.prefix(), Duration::from_secs(30));
+    limiter.set_spec(&key, &spec).await?;
+    tracing::info!(operator = %caller.key_id, limit = %key, ?spec, "limit overridden");
+    let params = serde_json::to_value(&spec).unwrap_or_default();
+    audit(&s, &caller, "limit.override", format!("limit:{key}"), params, 1).await;
+    Ok(Json(serde_json::json!({"key": key, "override": spec})))
 }

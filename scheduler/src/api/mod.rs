@@ -3,6 +3,7 @@
 //! `/openapi.json`. [`app`] returns the router, so tests call it without a socket.
 
 pub mod admin;
+mod audit;
 pub mod auth;
 mod batches;
 mod bookings;
@@ -44,6 +45,9 @@ pub struct ApiState {
     pub limits: limits::Limiter,
     /// Signs `POST /v1/uploads` URLs (`None`: the store is not S3, uploads answer 501).
     pub uploads: Option<std::sync::Arc<fleet_images::uploads::UploadSigner>>,
+    /// The config file's schedules: config-owned, so the admin API refuses to edit or
+    /// delete them (pause, resume and run-now work on them).
+    pub config_schedules: std::sync::Arc<Vec<crate::schedule::ScheduleSpec>>,
 }
 
 impl ApiState {
@@ -58,7 +62,14 @@ impl ApiState {
             tenancy: Default::default(),
             limits: limits::Limiter::new(limits::ApiLimits::generous()),
             uploads: None,
+            config_schedules: Default::default(),
         }
+    }
+
+    /// The same state knowing the config file's schedules (see [`ApiState::config_schedules`]).
+    pub fn with_config_schedules(mut self, specs: Vec<crate::schedule::ScheduleSpec>) -> Self {
+        self.config_schedules = std::sync::Arc::new(specs);
+        self
     }
 
     /// The same state with these rules for tenants (default: no test kinds, the public
@@ -220,6 +231,16 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/queues/{queue}/tenants", get(tenants::list))
         .route("/admin/v1/queues/{queue}/tenants/{tenant}", get(tenants::get).put(tenants::set))
         .route("/admin/v1/schedules", get(admin::schedules))
+        .route("/admin/v1/audit", get(audit::list))
+        .route("/admin/v1/limits/{key}", axum::routing::put(admin::set_limit))
+        .route(
+            "/admin/v1/schedules/{name}",
+            get(admin::get_schedule)
+                .post(admin::create_schedule)
+                .put(admin::edit_schedule)
+                .delete(admin::delete_schedule),
+        )
+        .route("/admin/v1/schedules/{name}/run", post(admin::run_schedule))
         .route("/admin/v1/schedules/{name}/pause", post(admin::pause_schedule))
         .route("/admin/v1/schedules/{name}/resume", post(admin::resume_schedule))
         .layer(axum::middleware::from_fn_with_state((state.clone(), max_body), idempotency::layer))

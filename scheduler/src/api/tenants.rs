@@ -71,6 +71,8 @@ pub(crate) async fn set(
     s.client.set_tenant_limits(&queue, Some(&tenant), limits).await?;
     tracing::info!(operator = %caller.key_id, %queue, %tenant, concurrency = ?limits.concurrency,
         quota = ?limits.quota, "tenant limits changed");
+    let params = serde_json::to_value(limits).unwrap_or_default();
+    super::audit::record(&s, &caller, "tenant.limits", format!("queue:{queue}/tenant:{tenant}"), params, 1).await;
     let usage = s.client.tenant_usage(&queue, &tenant).await?;
     Ok(Json(TenantView { tenant, usage }))
 }
