@@ -405,17 +405,22 @@ impl Client {
     /// never as an error (see [`JobInfo`]).
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         let k = self.keys(queue);
-        let (env, state, att, hist): RecordBytes = redis::pipe()
+        type Bytes = Option<Vec<u8>>;
+        let (env, state, att, hist, progress, result): (Bytes, Bytes, Bytes, Bytes, Bytes, Bytes) = redis::pipe()
             .hget(&k.jobs, id)
             .hget(&k.state, id)
             .hget(&k.att, id)
             .hget(&k.hist, id)
+            .hget(&k.progress, id)
+            .hget(&k.results, id)
             .query_async(&mut self.conn.clone())
             .await?;
         let (Some(env), Some(state)) = (env, state) else {
             return Ok(None);
         };
-        Ok(Some(JobInfo::from_bytes(env, state, att, hist)))
+        let mut info = JobInfo::from_bytes(env, state, att, hist);
+        (info.progress, info.result) = crate::progress::decode(progress, result);
+        Ok(Some(info))
     }
 
     /// The state of one job, or `None` if unknown.

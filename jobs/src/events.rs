@@ -24,7 +24,8 @@ pub fn stream_key(prefix: &str, tenant: &str) -> String {
 /// calendars, a new message in a client's timeline) carried in `data`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantEvent {
-    /// `job.succeeded`, `job.retrying`, `job.dead`, `job.expired`, or a domain event type
+    /// `job.succeeded`, `job.retrying`, `job.dead`, `job.expired`, `job.progress` (its
+    /// `data` the progress, see `crate::progress`), or a domain event type
     /// such as `calendar.conflict.detected` or `comms.entry.created`.
     #[serde(rename = "type")]
     pub event_type: String,

@@ -52,6 +52,10 @@ pub struct QueueKeys {
     pub suspects: String,
     /// The one worker instance told to drain so it can take a suspect (expires by itself).
     pub drain: String,
+    /// Progress reported by running jobs: hash id -> progress JSON (see `crate::progress`).
+    pub progress: String,
+    /// Results recorded by jobs: hash id -> result JSON (see `crate::progress`).
+    pub results: String,
 }
 
 impl QueueKeys {
@@ -81,6 +85,8 @@ impl QueueKeys {
             crashes: k("crashes"),
             suspects: k("suspects"),
             drain: k("drain"),
+            progress: k("progress"),
+            results: k("results"),
         }
     }
 }
@@ -138,11 +144,15 @@ pub enum QueueKey {
     Suspects,
     /// [`QueueKeys::drain`].
     Drain,
+    /// [`QueueKeys::progress`].
+    Progress,
+    /// [`QueueKeys::results`].
+    Results,
 }
 
 impl QueueKey {
     /// Every queue key.
-    pub const ALL: [QueueKey; 24] = [
+    pub const ALL: [QueueKey; 26] = [
         QueueKey::Jobs,
         QueueKey::State,
         QueueKey::Att,
@@ -167,6 +177,8 @@ impl QueueKey {
         QueueKey::Crashes,
         QueueKey::Suspects,
         QueueKey::Drain,
+        QueueKey::Progress,
+        QueueKey::Results,
     ];
 
     /// The key's name in the scripts' `KEYS` headers (`jobs`, `r0`, `sched`, ...).
@@ -196,6 +208,8 @@ impl QueueKey {
             QueueKey::Crashes => "crashes",
             QueueKey::Suspects => "suspects",
             QueueKey::Drain => "drain",
+            QueueKey::Progress => "progress",
+            QueueKey::Results => "results",
         }
     }
 }
@@ -228,6 +242,8 @@ impl QueueKeys {
             QueueKey::Crashes => &self.crashes,
             QueueKey::Suspects => &self.suspects,
             QueueKey::Drain => &self.drain,
+            QueueKey::Progress => &self.progress,
+            QueueKey::Results => &self.results,
         }
     }
 

@@ -18,6 +18,7 @@
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
 //! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
 //! * [`events`]: live job events per tenant (a capped Redis stream each).
+//! * [`progress`]: what a running job reports (progress) and records (its result).
 //! * [`retry`]: backoff policy for failed attempts.
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
@@ -39,6 +40,7 @@ pub mod health;
 pub mod keys;
 pub mod kind;
 pub mod limits;
+pub mod progress;
 pub mod retry;
 mod scripts;
 pub mod state;

@@ -225,6 +225,10 @@ pub(crate) static JANITOR: ScriptSpec<Q> = ScriptSpec::new(
     &[Q::Jobs, Q::State, Q::Att, Q::Stats, Q::Dead, Q::Done, Q::Hist, Q::Uniq, Q::Uniqexp, Q::Batches, Q::Batchfin],
 );
 
+/// Records a running job's progress or result, under its lease.
+pub(crate) static RECORD: ScriptSpec<Q> =
+    ScriptSpec::new("record", include_str!("scripts/record.lua"), &[Q::State, Q::Progress, Q::Results]);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +265,7 @@ mod tests {
             row(&LIMIT),
             row(&DEAD_LETTERS),
             row(&JANITOR),
+            row(&RECORD),
         ]
     }
 

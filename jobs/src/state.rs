@@ -103,6 +103,12 @@ pub struct JobInfo {
     /// Why the stored history does not decode (then `history` is empty), with its text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_error: Option<String>,
+    /// The progress its handler last reported (see [`crate::progress`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::progress::Progress>,
+    /// The result its handler recorded (JSON, at most 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// What [`JobInfo::kind`] says when the envelope does not decode.
@@ -168,6 +174,8 @@ impl JobInfo {
             raw_envelope_hex,
             history,
             history_error,
+            progress: None,
+            result: None,
         }
     }
 }

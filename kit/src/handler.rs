@@ -2,6 +2,7 @@
 //! what happens next.
 
 use crate::limits::AttemptLimits;
+use crate::report::JobReport;
 use fleet_jobs::JobArgs;
 use std::fmt;
 use std::future::Future;
@@ -152,6 +153,9 @@ pub struct JobContext {
     /// Limit keys learned while the handler runs (see [`JobContext::limits`]);
     /// `AttemptLimits::default()` admits everything (no Redis: a handler run in a test).
     pub limits: AttemptLimits,
+    /// Where [`JobContext::progress`] and [`JobContext::set_result`] go;
+    /// `JobReport::default()` keeps them in memory (a handler run in a test).
+    pub report: JobReport,
 }
 
 impl JobContext {
@@ -167,6 +171,24 @@ impl JobContext {
     /// attempt's outcome, as it does the keys of [`Handler::limit_keys`].
     pub fn limits(&self) -> &AttemptLimits {
         &self.limits
+    }
+
+    /// Reports `percent` done (0–100) and a short message (at most 200 characters),
+    /// shown with the job and streamed to its tenant as `job.progress`. Never waits;
+    /// reports are coalesced to a few writes a second, the last one always written.
+    pub fn progress(&self, percent: f64, message: impl Into<String>) {
+        self.report.progress(percent, message);
+    }
+
+    /// Reports `done` of `total` units and a short message, like [`JobContext::progress`].
+    pub fn progress_of(&self, done: u64, total: u64, message: impl Into<String>) {
+        self.report.progress_of(done, total, message);
+    }
+
+    /// Records the job's result (JSON, at most 64 KiB; a larger one is a permanent
+    /// error), shown with the job as long as its finished record is kept.
+    pub async fn set_result<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        self.report.set_result(value).await
     }
 
     /// Runs CPU-heavy work on the bounded blocking pool so it never stalls the

@@ -63,6 +63,7 @@ pub struct TestJob {
     trace: Option<String>,
     cpu_slots: usize,
     timeout: Option<Duration>,
+    report: crate::report::JobReport,
 }
 
 impl Default for TestJob {
@@ -90,6 +91,7 @@ impl TestJob {
             trace: None,
             cpu_slots: 2,
             timeout: None,
+            report: crate::report::JobReport::default(),
         }
     }
 
@@ -159,7 +161,14 @@ impl TestJob {
             tenant: self.tenant.clone(),
             cpu: CpuPool::new(self.cpu_slots),
             limits: crate::limits::AttemptLimits::default(),
+            report: self.report.clone(),
         }
+    }
+
+    /// What the handler reported so far through this job's contexts: every progress
+    /// report, in order (unthrottled), and the result recorded last.
+    pub fn reported(&self) -> crate::report::Reported {
+        self.report.reported().unwrap_or_default()
     }
 
     /// Runs one attempt of `handler` with `args`, encoded to JSON and decoded again as

@@ -643,6 +643,16 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
                 if let Some(e) = &job.history_error {
                     s.push_str(&format!("history   {}\n", printable(e)));
                 }
+                if let Some(p) = &job.progress {
+                    let of = match (p.done, p.total) {
+                        (Some(d), Some(t)) => format!(" ({d} of {t})"),
+                        _ => String::new(),
+                    };
+                    s.push_str(&format!("progress  {:.1}%{of} {} at {}\n", p.percent, printable(&p.message), ms(p.at)));
+                }
+                if let Some(r) = &job.result {
+                    s.push_str(&format!("result    {}\n", printable(r.get())));
+                }
                 s.trim_end().to_owned()
             });
         }

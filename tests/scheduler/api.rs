@@ -291,7 +291,7 @@ async fn the_enqueuing_requests_trace_context_travels_with_the_job() {
 
 /// Reads server-sent events from `body` until `enough` says so (or 60 s pass):
 /// `(id, event, data)` per event.
-async fn read_sse(
+pub(crate) async fn read_sse(
     body: &mut (impl futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
     enough: impl Fn(&[(String, String, Value)]) -> bool,
 ) -> Vec<(String, String, Value)> {
@@ -320,7 +320,7 @@ async fn read_sse(
     events
 }
 
-fn stream_request(uri: &str, key: &str, last_event_id: Option<&str>) -> Request<Body> {
+pub(crate) fn stream_request(uri: &str, key: &str, last_event_id: Option<&str>) -> Request<Body> {
     let mut req = Request::builder().uri(uri).header("authorization", format!("Bearer {key}"));
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);

@@ -3,6 +3,7 @@
 
 mod api;
 mod fleetctl;
+mod progress;
 mod sources;
 
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};

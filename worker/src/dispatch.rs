@@ -23,9 +23,11 @@ use apalis_core::task::Task;
 use fleet_jobs::backend::{Completer, Completion, Op, RawJob};
 use fleet_jobs::envelope::{Envelope, now_ms};
 use fleet_jobs::limits::WaitReason;
+use fleet_jobs::progress::Attempt;
 use fleet_jobs::retry::Backoff;
 use fleet_jobs::state::AttemptRecord;
 use fleet_kit::limits::{AttemptLimits, Guard, Held, Verdict};
+use fleet_kit::report::JobReport;
 use fleet_kit::{CpuPool, JobContext, JobError, panic_message};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -41,7 +43,12 @@ pub(crate) struct DispatchConfig {
     pub(crate) default_timeout: Duration,
     pub(crate) cpu: CpuPool,
     pub(crate) guard: Guard,
+    /// Writes what handlers report (progress, results).
+    pub(crate) recorder: fleet_jobs::progress::Recorder,
 }
+
+/// Longest wait for a finished attempt's last progress to be written.
+const REPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The tower service of one queue's apalis worker.
 #[derive(Clone)]
@@ -134,7 +141,19 @@ async fn attempt(
     }
     // Keys the handler learns while it runs are held by the job, as its declared ones.
     let learned = AttemptLimits::new(cfg.guard.clone(), job.id.clone());
-    let ctx = context(job, env, cfg, learned.clone());
+    let report = JobReport::live(
+        cfg.recorder.clone(),
+        Attempt {
+            queue: job.queue.clone(),
+            id: job.id.clone(),
+            token: job.token.clone(),
+            kind: env.kind.clone(),
+            attempt: job.attempt,
+            tenant: env.tenant.clone(),
+            batch: env.batch.clone(),
+        },
+    );
+    let ctx = context(job, env, cfg, learned.clone(), report.clone());
     if job.lost.is_cancelled() {
         // Cancelled, taken back or fenced (its lease could not be renewed) before it started.
         return AttemptOutcome::NotStarted;
@@ -151,6 +170,11 @@ async fn attempt(
     };
     let timeout = env.timeout_ms.map(Duration::from_millis).or(entry.policy.timeout).unwrap_or(cfg.default_timeout);
     let ran = run(prepared.run, timeout, &job.lost).await;
+    // The last progress reported is written before the completion is sent (bounded: a
+    // slow Redis does not hold the completion back for long).
+    if tokio::time::timeout(REPORT_FLUSH_TIMEOUT, report.finish()).await.is_err() {
+        tracing::warn!(job = %job.id, "the job's last progress was not written in time");
+    }
     settle(&cfg.guard, held, &learned, &job.id, &ran).await;
     match ran {
         // Cancelled by an operator, or the lease was taken back: there is nothing to record.
@@ -203,7 +227,7 @@ fn expire(env: &Envelope, started_at: u64) -> Option<AttemptOutcome> {
 }
 
 /// What a handler knows about its job.
-fn context(job: &RawJob, env: &Envelope, cfg: &DispatchConfig, limits: AttemptLimits) -> JobContext {
+fn context(job: &RawJob, env: &Envelope, cfg: &DispatchConfig, limits: AttemptLimits, report: JobReport) -> JobContext {
     JobContext {
         id: job.id.clone(),
         kind: env.kind.clone(),
@@ -216,6 +240,7 @@ fn context(job: &RawJob, env: &Envelope, cfg: &DispatchConfig, limits: AttemptLi
         tenant: env.tenant.clone(),
         cpu: cfg.cpu.clone(),
         limits,
+        report,
     }
 }
 

@@ -138,6 +138,7 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
             Arc::new(fleet_kit::limits::LimitTable::new(&config.limits)),
             config.lease(),
         ),
+        recorder: fleet_jobs::progress::Recorder::new(conn.clone(), config.prefix.clone()),
     };
 
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(config.shutdown_grace_secs));

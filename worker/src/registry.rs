@@ -141,6 +141,7 @@ mod tests {
             tenant: tenant.map(str::to_owned),
             cpu: CpuPool::new(1),
             limits: Default::default(),
+            report: Default::default(),
         }
     }
 

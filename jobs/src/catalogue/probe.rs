@@ -44,6 +44,20 @@ pub enum ProbeAction {
         /// When to stop snoozing.
         until: u64,
     },
+    /// Report progress `steps` times (1 of `steps`, 2 of `steps`, ...), `step_ms` apart
+    /// (0: only yielding between reports), then record the result
+    /// `{"steps": steps, "pad": "<pad_bytes x's>"}` (a large `pad_bytes` makes it too
+    /// large: the job gives up) and succeed.
+    Report {
+        /// Progress reports.
+        steps: u32,
+        /// Milliseconds between reports.
+        #[serde(default)]
+        step_ms: u64,
+        /// Bytes of padding in the result.
+        #[serde(default)]
+        pad_bytes: usize,
+    },
 }
 
 /// Arguments of the `probe` kind.

@@ -33,6 +33,8 @@ local function purge(K, id)
   redis.call('HDEL', K.att, id)
   redis.call('HDEL', K.hist, id)
   redis.call('HDEL', qkey(K, 'crashes'), id)
+  redis.call('HDEL', qkey(K, 'progress'), id)
+  redis.call('HDEL', qkey(K, 'results'), id)
 end
 
 -- Appends one attempt record (a JSON object) to the job's history, keeping

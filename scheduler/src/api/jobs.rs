@@ -91,6 +91,31 @@ pub(crate) struct JobView {
     run_at: DateTime<Utc>,
     /// Errors of the last failed attempts, oldest first.
     errors: Vec<String>,
+    /// The progress its handler last reported, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<ProgressView>,
+    /// The result its handler recorded (any JSON, at most 64 KiB), if any; kept as long
+    /// as the finished job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    result: Option<Box<RawValue>>,
+}
+
+/// A job's progress, as its handler last reported it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProgressView {
+    /// 0 to 100.
+    percent: f64,
+    /// Units done, when reported as done of total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    done: Option<u64>,
+    /// Units in all, when reported as done of total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
+    /// A short message (at most 200 characters).
+    message: String,
+    /// When it was reported.
+    at: DateTime<Utc>,
 }
 
 /// The result of a cancel.
@@ -317,6 +342,14 @@ pub(crate) async fn get_job(
         enqueued_at: ms(env.enqueued_at),
         run_at: ms(env.run_at),
         errors: job.history.into_iter().map(|a| a.error).collect(),
+        progress: job.progress.map(|p| ProgressView {
+            percent: p.percent,
+            done: p.done,
+            total: p.total,
+            message: p.message,
+            at: ms(p.at),
+        }),
+        result: job.result,
     }))
 }
 

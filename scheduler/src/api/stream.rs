@@ -1,6 +1,8 @@
 //! `GET /v1/stream`: the caller's tenant's live job events as server-sent events.
 //!
-//! Each event of a job (`job.succeeded`, `job.retrying`, `job.dead`, `job.expired`)
+//! Each event of a job (`job.succeeded`, `job.retrying`, `job.dead`, `job.expired`, and
+//! `job.progress` while it runs, its `data` the progress reported: `percent`, `done`,
+//! `total`, `message`, `at`; a few a second per job at most, the last one always sent)
 //! carries its stream id as the SSE `id`, so a client that reconnects with
 //! `Last-Event-ID` (browsers do it by themselves) resumes exactly after the last event
 //! it saw, as long as the tenant's stream still holds it (the newest 10,000 are kept).
@@ -188,7 +190,7 @@ impl FromRequestParts<ApiState> for StreamCaller {
 
 /// The tenant's live job and batch events, as server-sent events.
 #[utoipa::path(get, path = "/v1/stream", params(StreamQuery),
-    responses((status = 200, description = "text/event-stream: `job.*` events (JSON: type, queue, id, kind, attempt, batch, at) and `batch.progress` (JSON: id, queue, total, succeeded, failed, pending, finished)"),
+    responses((status = 200, description = "text/event-stream: `job.*` events (JSON: type, queue, id, kind, attempt, batch, at; `job.progress` also data: percent, done, total, message, at) and `batch.progress` (JSON: id, queue, total, succeeded, failed, pending, finished)"),
         (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
         (status = 429, description = "the tenant has the most streams open", body = super::error::ErrorBody)))]
 pub(crate) async fn tenant_stream(
@@ -258,7 +260,11 @@ fn job_event(id: &str, e: &TenantEvent) -> Event {
 /// One progress event per batch the read touched.
 async fn batch_events(client: &fleet_jobs::Client, read: &[(String, TenantEvent)]) -> Vec<Event> {
     let touched: BTreeSet<(&str, &str)> =
-        read.iter().filter_map(|(_, e)| Some((e.queue.as_str(), e.batch.as_deref()?))).collect();
+        // A job's progress changes no batch counter.
+        read.iter()
+            .filter(|(_, e)| e.event_type != "job.progress")
+            .filter_map(|(_, e)| Some((e.queue.as_str(), e.batch.as_deref()?)))
+            .collect();
     let mut out = Vec::new();
     for (queue, batch) in touched {
         let Ok(Some(s)) = client.batch(queue, batch).await else { continue };

@@ -42,6 +42,17 @@ impl Handler for Probe {
                 Err(JobError::snooze(Duration::from_millis(ms)))
             }
             ProbeAction::SnoozeUntil { .. } => Ok(()),
+            ProbeAction::Report { steps, step_ms, pad_bytes } => {
+                for step in 1..=u64::from(steps) {
+                    ctx.progress_of(step, u64::from(steps), format!("step {step}"));
+                    if step_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(step_ms)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                ctx.set_result(&serde_json::json!({"steps": steps, "pad": "x".repeat(pad_bytes)})).await
+            }
         }
     }
 }
@@ -55,6 +66,22 @@ mod tests {
 
     fn probe(action: ProbeAction) -> ProbeArgs {
         ProbeArgs::new(action)
+    }
+
+    #[tokio::test]
+    async fn report_reports_each_step_then_records_its_result() {
+        let job = TestJob::new();
+        job.perform(&Probe, probe(ProbeAction::Report { steps: 3, step_ms: 0, pad_bytes: 2 })).await.unwrap();
+        let reported = job.reported();
+        let done: Vec<_> = reported.progress.iter().map(|p| (p.done, p.message.as_str())).collect();
+        assert_eq!(done, [(Some(1), "step 1"), (Some(2), "step 2"), (Some(3), "step 3")]);
+        assert_eq!(reported.progress[2].percent, 100.0);
+        assert_eq!(reported.result, Some(serde_json::json!({"steps": 3, "pad": "xx"})));
+        let big = TestJob::new();
+        let too_large =
+            big.perform(&Probe, probe(ProbeAction::Report { steps: 1, step_ms: 0, pad_bytes: 70_000 })).await;
+        assert!(assert_give_up(&too_large).contains("over the limit of 65536"), "{too_large:?}");
+        assert_eq!(big.reported().result, None);
     }
 
     #[tokio::test]
