@@ -128,7 +128,7 @@ impl Images {
     /// The upload's bytes; one over the size limit is refused from its length, never read
     /// into memory whole.
     async fn source(&self, key: &str) -> Result<bytes::Bytes, JobError> {
-        match self.store.get_at_most(key, self.limits.max_bytes as u64).await {
+        match self.store.get_at_most(key, self.limits.max_bytes).await {
             Ok(Some(b)) => Ok(b),
             Ok(None) => Err(JobError::give_up(format!("source image {key:?} not found in the store"))),
             Err(e) => Err(storage_error(e)),
