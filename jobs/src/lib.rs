@@ -39,6 +39,7 @@ pub mod health;
 pub mod keys;
 pub mod kind;
 pub mod limits;
+pub mod partitions;
 pub mod retry;
 mod scripts;
 pub mod state;

@@ -17,6 +17,7 @@ mod acks;
 mod controls;
 mod expiry;
 mod kinds;
+mod partitions;
 mod suspects;
 
 const T: Duration = Duration::from_secs(20);

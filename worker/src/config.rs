@@ -18,6 +18,30 @@ pub struct QueueConfig {
     /// Most jobs leased per fetch (defaults to the concurrency, at most 100).
     #[serde(default)]
     pub fetch_batch: Option<usize>,
+    /// Partitions of a hot queue (2 to 64; unset or 1: one queue, as always): the queue
+    /// is that many physical queues, each its own hash tag (on a Redis Cluster, spread
+    /// over the primaries), served here by one engine each with an equal share of
+    /// `concurrency` (rounded up). Every worker, scheduler and client of the queue must
+    /// declare the same number (see `fleet_jobs::partitions`).
+    #[serde(default)]
+    pub partitions: Option<u32>,
+}
+
+impl QueueConfig {
+    /// The physical queues this entry stands for, each with its concurrency and fetch
+    /// batch: the queue itself, or its partitions with a share of the concurrency each.
+    pub fn physical(&self) -> Vec<(String, usize, usize)> {
+        let n = self.partitions.unwrap_or(1).max(1);
+        let batch = self.fetch_batch.unwrap_or(self.concurrency.min(100));
+        if n == 1 {
+            return vec![(self.name.clone(), self.concurrency, batch)];
+        }
+        let share = self.concurrency.div_ceil(n as usize).max(1);
+        fleet_jobs::partitions::partition_queues(&self.name, n)
+            .into_iter()
+            .map(|p| (p, share, batch.min(share)))
+            .collect()
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -104,7 +128,12 @@ impl Default for WorkerConfig {
             redis_tls: Default::default(),
             prefix: "fleet".to_owned(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-            queues: vec![QueueConfig { name: "default".to_owned(), concurrency: 10, fetch_batch: None }],
+            queues: vec![QueueConfig {
+                name: "default".to_owned(),
+                concurrency: 10,
+                fetch_batch: None,
+                partitions: None,
+            }],
             lease_ms: 30_000,
             shutdown_grace_secs: 30,
             job_timeout_secs: 300,
@@ -322,6 +351,14 @@ impl WorkerConfig {
             {
                 return invalid("queues.fetch_batch", format!("{b} for queue {:?}: must be 1 to 1000", q.name));
             }
+            if let Some(n) = q.partitions
+                && (n == 0 || n > fleet_jobs::partitions::MAX_PARTITIONS)
+            {
+                return invalid(
+                    "queues.partitions",
+                    format!("{n} for queue {:?}: must be 1 to {}", q.name, fleet_jobs::partitions::MAX_PARTITIONS),
+                );
+            }
         }
         if self.lease_ms < 100 || self.lease_ms > 3_600_000 {
             return invalid("lease_ms", format!("{}: must be 100 to 3600000", self.lease_ms));
@@ -390,7 +427,7 @@ fn parse_queues(v: &str) -> Result<Vec<QueueConfig>, String> {
                 Some((n, c)) => (n.trim(), c.trim().parse().map_err(|_| format!("{c:?} is not a number in {part:?}"))?),
                 None => (part, default_concurrency()),
             };
-            Ok(QueueConfig { name: name.to_owned(), concurrency: conc, fetch_batch: None })
+            Ok(QueueConfig { name: name.to_owned(), concurrency: conc, fetch_batch: None, partitions: None })
         })
         .collect()
 }
@@ -422,7 +459,10 @@ mod tests {
         .unwrap();
         assert_eq!((cfg.dead_max_count, cfg.dead_max_age_secs), (500, 3600));
         assert_eq!(cfg.queues.len(), 2);
-        assert_eq!(cfg.queues[0], QueueConfig { name: "webhooks".into(), concurrency: 50, fetch_batch: None });
+        assert_eq!(
+            cfg.queues[0],
+            QueueConfig { name: "webhooks".into(), concurrency: 50, fetch_batch: None, partitions: None }
+        );
         assert_eq!(cfg.queues[1].concurrency, 10);
         assert_eq!(cfg.lease_ms, 5000);
         cfg.validate().unwrap();
