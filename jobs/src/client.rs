@@ -580,7 +580,7 @@ impl Client {
             for p in self.partitions(queue) {
                 all.extend(Box::pin(self.dead_letters(&p, 0, offset + limit)).await?);
             }
-            all.sort_by(|a, b| b.died_at.cmp(&a.died_at));
+            all.sort_by_key(|d| std::cmp::Reverse(d.died_at));
             return Ok(all.into_iter().skip(offset).take(limit).collect());
         }
         let k = self.keys(queue);
