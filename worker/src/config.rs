@@ -22,7 +22,9 @@ pub struct QueueConfig {
     /// is that many physical queues, each its own hash tag (on a Redis Cluster, spread
     /// over the primaries), served here by one engine each with an equal share of
     /// `concurrency` (rounded up). Every worker, scheduler and client of the queue must
-    /// declare the same number (see `fleet_jobs::partitions`).
+    /// declare the same number (see `fleet_jobs::partitions`). The queue's own name is
+    /// served too, with one slot: a job enqueued there by a producer that was not told of
+    /// the partitions (a handler's or batch callback's enqueue, an older client) still runs.
     #[serde(default)]
     pub partitions: Option<u32>,
 }
@@ -37,10 +39,13 @@ impl QueueConfig {
             return vec![(self.name.clone(), self.concurrency, batch)];
         }
         let share = self.concurrency.div_ceil(n as usize).max(1);
-        fleet_jobs::partitions::partition_queues(&self.name, n)
+        let mut queues: Vec<(String, usize, usize)> = fleet_jobs::partitions::partition_queues(&self.name, n)
             .into_iter()
             .map(|p| (p, share, batch.min(share)))
-            .collect()
+            .collect();
+        // The catch-all: the logical name itself, for producers that do not know the partitions.
+        queues.push((self.name.clone(), 1, 1));
+        queues
     }
 }
 
