@@ -442,6 +442,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_partitioned_queue_is_its_partitions_plus_the_logical_name_as_a_catch_all() {
+        let q = QueueConfig { name: "emails".into(), concurrency: 30, fetch_batch: None, partitions: Some(3) };
+        let physical = q.physical();
+        assert_eq!(physical.len(), 4);
+        assert!(physical[..3].iter().all(|(name, c, b)| name.starts_with("emails#") && (*c, *b) == (10, 10)));
+        assert_eq!(physical[3], ("emails".to_owned(), 1, 1));
+        let plain = QueueConfig { partitions: None, ..q };
+        assert_eq!(plain.physical(), [("emails".to_owned(), 30, 30)]);
+    }
+
+    #[test]
     fn file_then_environment() {
         let mut cfg = WorkerConfig::from_toml(
             r#"
