@@ -171,7 +171,7 @@ pub async fn main(args: &[String]) {
                 redis_url: url(),
                 prefix: prefix(),
                 listen: None,
-                queues: vec![QueueConfig { name: queue(), concurrency, fetch_batch: batch }],
+                queues: vec![QueueConfig { name: queue(), concurrency, fetch_batch: batch, partitions: None }],
                 retention_secs,
                 ..WorkerConfig::default()
             };
@@ -186,7 +186,7 @@ pub async fn main(args: &[String]) {
                 registry =
                     registry.register(fleet_webhooks::jobs::Deliver::new(db, settings).expect("webhook handler"));
                 cfg.database_url = Some(db_url);
-                cfg.queues = vec![QueueConfig { name: "webhooks".into(), concurrency, fetch_batch: batch }];
+                cfg.queues = vec![QueueConfig { name: "webhooks".into(), concurrency, fetch_batch: batch, partitions: None }];
             }
             let stop = async {
                 let mut term =

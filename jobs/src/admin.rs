@@ -93,6 +93,13 @@ impl Client {
         let keys = self.scan_keys(&format!("{}:{{*}}:stats", self.prefix())).await?;
         let mut out: Vec<String> =
             keys.iter().filter_map(|k| Some(k[k.find('{')? + 1..k.find('}')?].to_owned())).collect();
+        // The partitions of a queue this client knows as partitioned show as that queue.
+        for q in &mut out {
+            let logical = crate::partitions::logical_queue(q);
+            if logical != q.as_str() && self.partitions(logical).len() > 1 {
+                *q = logical.to_owned();
+            }
+        }
         out.sort();
         out.dedup();
         Ok(out)
@@ -145,7 +152,25 @@ impl Client {
     }
 
     /// One queue for a dashboard: counters, lag, paused, live workers.
+    /// On a partitioned queue: the sums of its partitions' counters, the largest lag,
+    /// paused if any partition is, and the live instances serving any partition.
     pub async fn overview(&self, queue: &str) -> Result<QueueOverview> {
+        let parts = self.partitions(queue);
+        if parts.len() > 1 {
+            let (mut lag_ms, mut paused, mut workers) = (0, false, std::collections::BTreeSet::new());
+            for p in &parts {
+                lag_ms = lag_ms.max(self.lag_ms(p).await?);
+                paused |= self.is_paused(p).await?;
+                workers.extend(self.workers(p).await?.into_iter().map(|w| w.instance));
+            }
+            return Ok(QueueOverview {
+                queue: queue.to_owned(),
+                stats: self.stats(queue).await?,
+                lag_ms,
+                paused,
+                workers: workers.len(),
+            });
+        }
         Ok(QueueOverview {
             queue: queue.to_owned(),
             stats: self.stats(queue).await?,
@@ -153,6 +178,15 @@ impl Client {
             paused: self.is_paused(queue).await?,
             workers: self.workers(queue).await?.len(),
         })
+    }
+
+    /// The overview of each partition of `queue` (of `queue` alone when it has none).
+    pub async fn partition_overviews(&self, queue: &str) -> Result<Vec<QueueOverview>> {
+        let mut out = Vec::new();
+        for p in self.partitions(queue) {
+            out.push(Box::pin(self.overview(&p)).await?);
+        }
+        Ok(out)
     }
 
     /// Every queue's overview.

@@ -83,7 +83,9 @@ impl Client {
         }
         crate::keys::validate_queue_name(queue).map_err(Error::Invalid)?;
         let id = format!("b-{}", uuid::Uuid::now_v7().simple());
-        let k = self.keys(queue);
+        // On a partitioned queue a batch lives in one partition, picked by its id: its
+        // counters and all its jobs share one hash tag, as the completion script needs.
+        let k = self.keys(&self.partition_of(queue, &id));
         let cb = serde_json::to_string(callbacks).map_err(|e| Error::Invalid(format!("callbacks: {e}")))?;
         let mut prepared = Vec::with_capacity(jobs.len());
         for (kind, args, defaults, mut opts) in jobs {
@@ -92,6 +94,7 @@ impl Client {
             }
             opts.queue = Some(queue.to_owned());
             opts.batch = Some(id.clone());
+            opts.partition_key = Some(id.clone());
             prepared.push((kind, args, defaults, opts));
         }
         let _: () = redis::pipe()
@@ -120,7 +123,7 @@ impl Client {
 
     /// Progress of a batch on `queue`, or `None` if unknown (or expired).
     pub async fn batch(&self, queue: &str, id: &str) -> Result<Option<BatchStatus>> {
-        let k = self.keys(queue);
+        let k = self.keys(&self.partition_of(queue, id));
         let (total, ok, fail, done): (Option<i64>, Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
             .arg(&k.batches)
             .arg(format!("{id}:total"))
@@ -144,13 +147,17 @@ impl Client {
     /// (at most 20 per call). Safe to run anywhere, any number of times. (The counters of
     /// batches finished over a week ago are forgotten by the workers' janitor.)
     pub async fn fire_finished_batches(&self, queue: &str) -> Result<usize> {
-        let k = self.keys(queue);
-        let ids: Vec<String> =
-            redis::cmd("LRANGE").arg(&k.batchdone).arg(0).arg(19).query_async(&mut self.connection()).await?;
-        for id in &ids {
-            self.fire(&k, id).await?;
+        let mut fired = 0;
+        for p in self.partitions(queue) {
+            let k = self.keys(&p);
+            let ids: Vec<String> =
+                redis::cmd("LRANGE").arg(&k.batchdone).arg(0).arg(19).query_async(&mut self.connection()).await?;
+            for id in &ids {
+                self.fire(&k, id).await?;
+            }
+            fired += ids.len();
         }
-        Ok(ids.len())
+        Ok(fired)
     }
 
     async fn fire(&self, k: &QueueKeys, id: &str) -> Result<()> {

@@ -45,6 +45,12 @@ pub struct EnqueueOptions {
     /// When the enqueue is acknowledged; `None`: the queue's setting on this client
     /// ([`Client::with_queue_durability`]), else [`Durability::Primary`].
     pub durability: Option<Durability>,
+    /// On a partitioned queue ([`Client::with_partitions`]), the key that picks the
+    /// partition: jobs with the same key land in the same partition (and so keep their
+    /// order). `None`: the batch, else the tenant, else the unique key, else a
+    /// caller-chosen id; a job with none of them goes round-robin. Ignored on a queue
+    /// without partitions.
+    pub partition_key: Option<String>,
 }
 
 /// Longest [`Durability::Replicated`] wait: below the connection's 5 s reply timeout.
@@ -137,11 +143,21 @@ impl EnqueueOptions {
         self.durability = Some(Durability::Replicated { replicas, timeout });
         self
     }
+    /// Options with a partition key (see [`EnqueueOptions::partition_key`]).
+    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
 }
 
 /// One job ready to be written: the chunk unit of the enqueue script.
 struct Prepared {
+    /// The physical queue written to (a partition of `logical`, or `logical` itself).
     queue: String,
+    /// The queue the caller named.
+    logical: String,
+    /// What picks the partition on a partitioned queue.
+    partition_key: Option<String>,
     id: JobId,
     envelope: String,
     priority: u8,
@@ -175,6 +191,10 @@ pub struct Client {
     prefix: String,
     /// Per-queue durability of this client's enqueues (see [`Client::with_queue_durability`]).
     durability: std::sync::Arc<HashMap<String, Durability>>,
+    /// Partitioned queues: logical name -> physical names (see [`Client::with_partitions`]).
+    partitions: std::sync::Arc<HashMap<String, Vec<String>>>,
+    /// Round-robin counter of enqueues without a partition key.
+    round_robin: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Client {
@@ -186,7 +206,13 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client on an existing connection, with key prefix `prefix` (normally `fleet`).
     pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>) -> Self {
-        Client { conn: conn.into(), prefix: prefix.into(), durability: Default::default() }
+        Client {
+            conn: conn.into(),
+            prefix: prefix.into(),
+            durability: Default::default(),
+            partitions: Default::default(),
+            round_robin: Default::default(),
+        }
     }
 
     /// Connects to Redis at `url` (e.g. `redis://127.0.0.1:6379`; several comma-separated
@@ -211,6 +237,51 @@ impl Client {
         durability.validate()?;
         std::sync::Arc::make_mut(&mut self.durability).insert(queue.to_owned(), durability);
         Ok(self)
+    }
+
+    /// The same client, treating `queue` as partitioned into `n` partitions (1 to
+    /// [`crate::partitions::MAX_PARTITIONS`]; 1 undoes it): enqueues spread over them
+    /// (see [`EnqueueOptions::partition_key`]) and reads (stats, job, cancel, dead
+    /// letters, pause, batches, tenant limits) cover all of them. Every process that
+    /// enqueues onto or serves the queue must declare the same `n`.
+    pub fn with_partitions(mut self, queue: &str, n: u32) -> Result<Self> {
+        validate_queue_name(queue).map_err(Error::Invalid)?;
+        if n == 0 || n > crate::partitions::MAX_PARTITIONS {
+            return Err(Error::Invalid(format!(
+                "queue {queue:?}: partitions must be 1 to {}, got {n}",
+                crate::partitions::MAX_PARTITIONS
+            )));
+        }
+        let map = std::sync::Arc::make_mut(&mut self.partitions);
+        if n == 1 {
+            map.remove(queue);
+        } else {
+            map.insert(queue.to_owned(), crate::partitions::partition_queues(queue, n));
+        }
+        Ok(self)
+    }
+
+    /// The physical queues of `queue`: its partitions in order, or just `queue` when it
+    /// is not partitioned.
+    pub fn partitions(&self, queue: &str) -> Vec<String> {
+        self.partitions.get(queue).cloned().unwrap_or_else(|| vec![queue.to_owned()])
+    }
+
+    /// The partition of `queue` that jobs with partition key `key` go to (`queue` itself
+    /// when it is not partitioned).
+    pub fn partition_of(&self, queue: &str, key: &str) -> String {
+        match self.partitions.get(queue) {
+            Some(names) => names[crate::partitions::pick(names.len(), Some(key), &self.round_robin)].clone(),
+            None => queue.to_owned(),
+        }
+    }
+
+    /// Moves a prepared job onto its partition (nothing for a queue without partitions).
+    fn place(&self, job: &mut Prepared) {
+        if let Some(names) = self.partitions.get(&job.logical) {
+            let i = crate::partitions::pick(names.len(), job.partition_key.as_deref(), &self.round_robin);
+            job.queue = names[i].clone();
+        }
     }
 
     /// How enqueues onto `queue` are acknowledged when a call does not say.
@@ -241,7 +312,8 @@ impl Client {
     /// Enqueues one job with options.
     pub async fn enqueue_with<A: JobArgs>(&self, args: &A, opts: EnqueueOptions) -> Result<JobId> {
         let raw = encode_args(A::KIND, args)?;
-        let job = prepare(A::KIND, raw, &A::options(), opts)?;
+        let mut job = prepare(A::KIND, raw, &A::options(), opts)?;
+        self.place(&mut job);
         Ok(self.write_chunk(&[job]).await?.remove(0))
     }
 
@@ -257,7 +329,8 @@ impl Client {
         if kind.is_empty() || kind.len() > 128 {
             return Err(Error::Invalid("kind must be 1 to 128 characters".into()));
         }
-        let job = prepare(kind, args, defaults, opts)?;
+        let mut job = prepare(kind, args, defaults, opts)?;
+        self.place(&mut job);
         Ok(self.write_chunk(&[job]).await?.remove(0))
     }
 
@@ -300,14 +373,35 @@ impl Client {
         let mut ids = Vec::new();
         let mut chunk: Vec<Prepared> = Vec::with_capacity(BULK_CHUNK);
         for job in jobs {
-            chunk.push(job?);
+            let mut job = job?;
+            self.place(&mut job);
+            chunk.push(job);
             if chunk.len() == BULK_CHUNK {
-                ids.extend(self.write_chunk(&chunk).await?);
-                chunk.clear();
+                ids.extend(self.write_grouped(std::mem::take(&mut chunk)).await?);
             }
         }
         if !chunk.is_empty() {
-            ids.extend(self.write_chunk(&chunk).await?);
+            ids.extend(self.write_grouped(chunk).await?);
+        }
+        Ok(ids)
+    }
+
+    /// [`Client::write_chunk`], with a chunk that spans partitions first grouped by
+    /// partition (keeping each partition's jobs in order), so it costs one call per
+    /// partition rather than one per change of partition; ids come back in the
+    /// caller's order. Without partitioned queues, exactly `write_chunk`.
+    async fn write_grouped(&self, chunk: Vec<Prepared>) -> Result<Vec<JobId>> {
+        if self.partitions.is_empty() || !chunk.iter().any(|j| j.queue != j.logical) {
+            return self.write_chunk(&chunk).await;
+        }
+        let mut order: Vec<usize> = (0..chunk.len()).collect();
+        order.sort_by(|a, b| chunk[*a].queue.cmp(&chunk[*b].queue)); // stable
+        let mut slots: Vec<Option<Prepared>> = chunk.into_iter().map(Some).collect();
+        let sorted: Vec<Prepared> = order.iter().map(|i| slots[*i].take().expect("each index once")).collect();
+        let written = self.write_chunk(&sorted).await?;
+        let mut ids = vec![JobId(String::new()); written.len()];
+        for (pos, id) in order.into_iter().zip(written) {
+            ids[pos] = id;
         }
         Ok(ids)
     }
@@ -339,7 +433,7 @@ impl Client {
             // The strongest durability any job of the group asks for.
             let wait = jobs[start..end]
                 .iter()
-                .filter_map(|j| match j.durability.unwrap_or_else(|| self.queue_durability(queue)) {
+                .filter_map(|j| match j.durability.unwrap_or_else(|| self.queue_durability(&j.logical)) {
                     Durability::Replicated { replicas, timeout } => Some((replicas, timeout)),
                     Durability::Primary => None,
                 })
@@ -378,6 +472,20 @@ impl Client {
 
     /// Cancels a job that has not finished (queued, scheduled, retrying or running).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
+        if self.partitions.contains_key(queue) {
+            for p in self.partitions(queue) {
+                match self.cancel_in(&p, id).await? {
+                    CancelOutcome::NotFound => continue,
+                    found => return Ok(found),
+                }
+            }
+            return Ok(CancelOutcome::NotFound);
+        }
+        self.cancel_in(queue, id).await
+    }
+
+    /// [`Client::cancel`] on one physical queue.
+    async fn cancel_in(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
         let k = self.keys(queue);
         let (code, prev): (i64, Vec<u8>) =
             k.invoke(&scripts::CANCEL).arg(id).arg(24 * 3600 * 1000).invoke_async(&mut self.conn.clone()).await?;
@@ -392,18 +500,49 @@ impl Client {
         })
     }
 
-    /// Counters of `queue`, in one round trip.
+    /// Counters of `queue`, in one round trip (one per partition on a partitioned
+    /// queue: the sums over its partitions).
     pub async fn stats(&self, queue: &str) -> Result<QueueStats> {
-        let map: HashMap<String, i64> =
-            redis::cmd("HGETALL").arg(self.keys(queue).stats).query_async(&mut self.conn.clone()).await?;
-        Ok(QueueStats::from_map(&map))
+        if self.partitions.contains_key(queue) {
+            let mut sum: HashMap<String, i64> = HashMap::new();
+            for p in self.partitions(queue) {
+                for (k, v) in self.stats_map(&p).await? {
+                    *sum.entry(k).or_default() += v;
+                }
+            }
+            return Ok(QueueStats::from_map(&sum));
+        }
+        Ok(QueueStats::from_map(&self.stats_map(queue).await?))
+    }
+
+    /// Counters of each physical queue of `queue` (its partitions, or itself alone).
+    pub async fn partition_stats(&self, queue: &str) -> Result<Vec<(String, QueueStats)>> {
+        let mut out = Vec::new();
+        for p in self.partitions(queue) {
+            let s = QueueStats::from_map(&self.stats_map(&p).await?);
+            out.push((p, s));
+        }
+        Ok(out)
+    }
+
+    async fn stats_map(&self, queue: &str) -> Result<HashMap<String, i64>> {
+        Ok(redis::cmd("HGETALL").arg(self.keys(queue).stats).query_async(&mut self.conn.clone()).await?)
     }
 
     /// Everything held about one job, or `None` if it is unknown (or its record expired).
     /// Read as bytes: a record Fleet did not write (an envelope that is not UTF-8 or not
     /// JSON, a garbage state or history) is returned with what did not decode said in it,
     /// never as an error (see [`JobInfo`]).
+    /// On a partitioned queue, each partition is asked in turn.
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
+        if self.partitions.contains_key(queue) {
+            for p in self.partitions(queue) {
+                if let Some(info) = Box::pin(self.job(&p, id)).await? {
+                    return Ok(Some(info));
+                }
+            }
+            return Ok(None);
+        }
         let k = self.keys(queue);
         type Bytes = Option<Vec<u8>>;
         let (env, state, att, hist, progress, result): (Bytes, Bytes, Bytes, Bytes, Bytes, Bytes) = redis::pipe()
@@ -425,13 +564,30 @@ impl Client {
 
     /// The state of one job, or `None` if unknown.
     pub async fn job_state(&self, queue: &str, id: &str) -> Result<Option<JobState>> {
+        if self.partitions.contains_key(queue) {
+            for p in self.partitions(queue) {
+                if let Some(s) = Box::pin(self.job_state(&p, id)).await? {
+                    return Ok(Some(s));
+                }
+            }
+            return Ok(None);
+        }
         let raw: Option<Vec<u8>> =
             redis::cmd("HGET").arg(self.keys(queue).state).arg(id).query_async(&mut self.conn.clone()).await?;
         Ok(raw.and_then(|s| JobState::parse(&String::from_utf8_lossy(&s))).map(|(s, _)| s))
     }
 
     /// Dead letters of `queue`, newest first, `limit` from `offset`.
+    /// On a partitioned queue, the partitions' dead letters merged by time of death.
     pub async fn dead_letters(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>> {
+        if self.partitions.contains_key(queue) {
+            let mut all = Vec::new();
+            for p in self.partitions(queue) {
+                all.extend(Box::pin(self.dead_letters(&p, 0, offset + limit)).await?);
+            }
+            all.sort_by_key(|d| std::cmp::Reverse(d.died_at));
+            return Ok(all.into_iter().skip(offset).take(limit).collect());
+        }
         let k = self.keys(queue);
         let stop = offset as isize + limit as isize - 1;
         let entries: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
@@ -466,6 +622,13 @@ impl Client {
 
     /// Stops workers from starting jobs of `queue` (running jobs finish).
     pub async fn pause(&self, queue: &str) -> Result<()> {
+        for p in self.partitions(queue) {
+            self.pause_one(&p).await?;
+        }
+        Ok(())
+    }
+
+    async fn pause_one(&self, queue: &str) -> Result<()> {
         let k = self.keys(queue);
         let _: () = redis::cmd("HSET").arg(&k.conf).arg("paused").arg("1").query_async(&mut self.conn.clone()).await?;
         Ok(())
@@ -473,6 +636,13 @@ impl Client {
 
     /// Lets workers start jobs of `queue` again and wakes an idle one.
     pub async fn resume(&self, queue: &str) -> Result<()> {
+        for p in self.partitions(queue) {
+            self.resume_one(&p).await?;
+        }
+        Ok(())
+    }
+
+    async fn resume_one(&self, queue: &str) -> Result<()> {
         let k = self.keys(queue);
         let _: () = redis::pipe()
             .hdel(&k.conf, "paused")
@@ -517,6 +687,7 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         opts.run_at.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)).unwrap_or(0);
     let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
     let run_at = if at_ms > 0 { at_ms } else { now + delay_ms };
+    let caller_id = opts.id.is_some();
     let id = opts.id.unwrap_or_default();
     if let Some(u) = &opts.unique
         && (u.key.is_empty() || u.window.is_zero())
@@ -529,6 +700,7 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     if let Some(d) = opts.durability {
         d.validate()?;
     }
+    let batch_key = opts.batch.clone();
     let epoch_ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let env = Envelope {
         id: id.clone(),
@@ -546,7 +718,15 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         batch: opts.batch,
     };
     let envelope = serde_json::to_string(&env).map_err(|source| Error::Encode { kind: kind.to_owned(), source })?;
+    let partition_key = opts
+        .partition_key
+        .or(batch_key)
+        .or_else(|| opts.tenant.clone())
+        .or_else(|| opts.unique.as_ref().map(|u| u.key.clone()))
+        .or_else(|| caller_id.then(|| id.0.clone()));
     Ok(Prepared {
+        logical: queue.clone(),
+        partition_key,
         queue,
         id,
         envelope,

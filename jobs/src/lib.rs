@@ -40,6 +40,7 @@ pub mod health;
 pub mod keys;
 pub mod kind;
 pub mod limits;
+pub mod partitions;
 pub mod progress;
 pub mod retry;
 mod scripts;

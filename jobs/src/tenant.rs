@@ -84,11 +84,21 @@ pub struct TenantLimits {
 impl Client {
     /// Sets the concurrency cap and queued-job quota of `tenant` on `queue` (with `None`,
     /// the defaults of every tenant). Takes effect at the next fetch or enqueue.
+    ///
+    /// On a partitioned queue, set on every partition (a tenant's jobs all go to one
+    /// partition unless their enqueues give another partition key).
     pub async fn set_tenant_limits(&self, queue: &str, tenant: Option<&str>, limits: TenantLimits) -> Result<()> {
         validate_queue_name(queue).map_err(crate::Error::Invalid)?;
         if let Some(t) = tenant {
             validate_tenant(t).map_err(crate::Error::Invalid)?;
         }
+        for p in self.partitions(queue) {
+            self.set_tenant_limits_in(&p, tenant, limits).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_tenant_limits_in(&self, queue: &str, tenant: Option<&str>, limits: TenantLimits) -> Result<()> {
         let k = self.keys(queue);
         let field = |name: &str| match tenant {
             Some(t) => format!("t{name}:{t}"),
@@ -141,9 +151,10 @@ impl Client {
     }
 
     /// The limits of `tenant` on `queue` and its usage now.
+    /// (On a partitioned queue: in the tenant's partition.)
     pub async fn tenant_usage(&self, queue: &str, tenant: &str) -> Result<TenantUsage> {
         validate_queue_name(queue).map_err(crate::Error::Invalid)?;
-        let k = self.keys(queue);
+        let k = self.keys(&self.partition_of(queue, tenant));
         let base = k.jobs.trim_end_matches("jobs").to_owned();
         let v: Vec<Option<u64>> = redis::pipe()
             .hget(format!("{base}trun"), tenant)

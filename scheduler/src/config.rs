@@ -307,6 +307,15 @@ impl SchedulerConfig {
         for q in &self.tenants.queues {
             fleet_jobs::keys::validate_queue_name(q).map_err(|m| ConfigError::invalid("tenants.queues", m))?;
         }
+        for (q, n) in &self.tenants.partitions {
+            fleet_jobs::keys::validate_queue_name(q).map_err(|m| ConfigError::invalid("tenants.partitions", m))?;
+            if *n == 0 || *n > fleet_jobs::partitions::MAX_PARTITIONS {
+                return Err(ConfigError::invalid(
+                    "tenants.partitions",
+                    format!("{n} for queue {q:?}: must be 1 to {}", fleet_jobs::partitions::MAX_PARTITIONS),
+                ));
+            }
+        }
         if let fleet_images::storage::StoreConfig::S3(c) = &self.images.storage {
             fleet_images::uploads::UploadSigner::new(c)
                 .map_err(|e| ConfigError::invalid("images.storage", e.to_string()))?;

@@ -235,10 +235,18 @@ struct Stores {
 }
 
 impl Stores {
+    /// A client on the deployment's Redis, knowing the partitioned queues declared in
+    /// `FLEET_PARTITIONS` (`queue=n[,queue=n...]`, as in the workers' config).
     async fn client(&self) -> Result<Client, String> {
-        Client::connect_with(&self.redis_url, &self.redis_tls, self.prefix.clone())
+        let mut client = Client::connect_with(&self.redis_url, &self.redis_tls, self.prefix.clone())
             .await
-            .map_err(|e| format!("Redis at {}: {e}", crate::db::redacted(&self.redis_url)))
+            .map_err(|e| format!("Redis at {}: {e}", crate::db::redacted(&self.redis_url)))?;
+        if let Ok(spec) = std::env::var("FLEET_PARTITIONS") {
+            for (q, n) in fleet_jobs::partitions::parse_spec(&spec).map_err(|e| format!("FLEET_PARTITIONS: {e}"))? {
+                client = client.with_partitions(&q, n).map_err(|e| format!("FLEET_PARTITIONS: {e}"))?;
+            }
+        }
+        Ok(client)
     }
 
     /// Records a change made through fleetctl (as `fleetctl:<$USER>`); when PostgreSQL

@@ -78,7 +78,7 @@ pub async fn run(
     seal_plaintext_endpoint_secrets(&db, secrets.as_ref()).await;
     let client = loop {
         match Client::connect_with(&config.redis_url, &config.redis_tls, config.prefix.clone()).await {
-            Ok(c) => break c,
+            Ok(c) => break config.tenants.partitioned(c)?,
             Err(e @ (fleet_jobs::Error::TlsHandshake { .. } | fleet_jobs::Error::TlsFile { .. })) => {
                 return Err(e.into());
             }

@@ -23,11 +23,21 @@ pub struct TenancyConfig {
     pub concurrency: u64,
     /// Unfinished jobs of one tenant on one queue (0: no quota); over it the API answers 429.
     pub queued: u64,
+    /// Partitioned queues and their partition counts, e.g. `partitions = { emails = 3 }`
+    /// (the same numbers as the workers' `[[queues]] partitions`): tenants' jobs on such a
+    /// queue go to the partition of their tenant, so each tenant keeps its order.
+    pub partitions: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for TenancyConfig {
     fn default() -> Self {
-        TenancyConfig { test_kinds: false, queues: Vec::new(), concurrency: 0, queued: 10_000 }
+        TenancyConfig {
+            test_kinds: false,
+            queues: Vec::new(),
+            concurrency: 0,
+            queued: 10_000,
+            partitions: Default::default(),
+        }
     }
 }
 
@@ -58,6 +68,14 @@ impl TenancyConfig {
         t.queues = t.declared_queues();
         t.queues.push("callbacks".into());
         t
+    }
+
+    /// `client`, knowing the partitioned queues (see [`TenancyConfig::partitions`]).
+    pub fn partitioned(&self, mut client: Client) -> fleet_jobs::Result<Client> {
+        for (queue, n) in &self.partitions {
+            client = client.with_partitions(queue, *n)?;
+        }
+        Ok(client)
     }
 
     /// The kinds tenants may enqueue.

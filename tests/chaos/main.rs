@@ -159,7 +159,8 @@ async fn a_hundred_thousand_jobs_due_in_the_same_second_are_all_processed() {
     assert_eq!(s.scheduled + s.ready, n);
     assert!(s.scheduled > 0, "{s:?}");
     let mut cfg = env.config("default", 200);
-    cfg.queues = vec![QueueConfig { name: "default".into(), concurrency: 200, fetch_batch: Some(200) }];
+    cfg.queues =
+        vec![QueueConfig { name: "default".into(), concurrency: 200, fetch_batch: Some(200), partitions: None }];
     cfg.retention_secs = 0;
     let worker = env.worker(cfg, Registry::builtin()).await;
     all_final(&env, n, Duration::from_secs(240)).await;
@@ -363,7 +364,8 @@ mod pg_outage {
             .register_with(Deliver::new(via.clone(), settings).unwrap().with_secrets(Some(secrets())), policy())
             .register_with(Publish::new(via.clone(), env.client.clone()), policy());
         let mut cfg = env.config("webhooks", 10);
-        cfg.queues = vec![QueueConfig { name: "webhooks".into(), concurrency: 10, fetch_batch: None }];
+        cfg.queues =
+            vec![QueueConfig { name: "webhooks".into(), concurrency: 10, fetch_batch: None, partitions: None }];
         cfg.listen = Some("127.0.0.1:0".parse().unwrap());
         cfg.lease_ms = 10_000;
         let worker = env.worker(cfg, registry).await;

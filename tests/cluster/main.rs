@@ -32,7 +32,10 @@ async fn on_cluster() -> Option<(TestEnv, String)> {
 fn config(env: &TestEnv, urls: &str, queues: &[String], concurrency: usize) -> WorkerConfig {
     let mut cfg = env.config(&queues[0], concurrency);
     cfg.redis_url = urls.to_owned();
-    cfg.queues = queues.iter().map(|q| QueueConfig { name: q.clone(), concurrency, fetch_batch: None }).collect();
+    cfg.queues = queues
+        .iter()
+        .map(|q| QueueConfig { name: q.clone(), concurrency, fetch_batch: None, partitions: None })
+        .collect();
     cfg
 }
 
@@ -548,5 +551,41 @@ async fn the_http_api_enqueues_and_runs_a_batch_on_the_cluster() {
     );
     w.shutdown().await;
     db.drop_db().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_queue_lands_on_every_primary_and_all_its_jobs_run() {
+    let Some((mut env, urls)) = on_cluster().await else { return };
+    env.client = env.client.clone().with_partitions("hot", 3).unwrap();
+    let parts = env.client.partitions("hot");
+    let mut primaries = std::collections::HashSet::new();
+    for p in &parts {
+        let (primary, _) = cluster_facts::owner(&urls, &format!("{}:{{{p}}}:stats", env.prefix)).await;
+        primaries.insert(primary);
+    }
+    assert_eq!(primaries.len(), 3, "the 3 partitions {parts:?} are on 3 different primaries");
+
+    let mut cfg = config(&env, &urls, &["hot".to_owned()], 9);
+    cfg.queues[0].partitions = Some(3);
+    let w = env.worker(cfg, Registry::builtin()).await;
+    let n = 150;
+    let jobs = (0..n).map(|i| {
+        let mut opts = on("hot");
+        if i % 2 == 0 {
+            opts.tenant = Some(format!("t{}", i % 6));
+        }
+        (succeed(), opts)
+    });
+    let ids = env.client.enqueue_bulk_with(jobs).await.unwrap();
+    succeeded(&env, "hot", n).await;
+    let s = env.stats("hot").await;
+    assert_eq!((s.enqueued, s.succeeded, s.ready, s.running, s.failed), (n, n, 0, 0, 0));
+    for (p, s) in env.client.partition_stats("hot").await.unwrap() {
+        assert!(s.succeeded > 0, "{p} on its own primary ran jobs");
+    }
+    let job = env.client.job("hot", ids[7].as_str()).await.unwrap().expect("found by id");
+    assert_eq!(job.state, JobState::Succeeded);
+    w.shutdown().await;
     env.cleanup().await;
 }

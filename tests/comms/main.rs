@@ -241,7 +241,7 @@ async fn in_app_messages_join_the_timeline_in_commit_order_and_are_published() {
     let registry =
         Registry::new().register(SyncSource::new(db.pool.clone(), None).with_allowed(loopback()).with_relay(relay));
     let mut cfg = env.config("comms", 1);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     let job = CommsSync { source_id: "app".into() };
@@ -334,7 +334,7 @@ async fn a_failing_source_is_isolated_and_records_its_error() {
     let registry = Registry::new()
         .register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())).with_allowed(loopback()));
     let mut cfg = env.config("comms", 2);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 2, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
@@ -451,7 +451,7 @@ async fn sms_and_calls_page_retry_overlap_a_day_and_merge_status() {
 
     let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets)).with_allowed(loopback()));
     let mut cfg = env.config("comms", 1);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     let job = CommsSync { source_id: "sms-1".into() };
@@ -567,7 +567,7 @@ async fn sources_are_registered_synced_and_read_through_the_api() {
     let registry = Registry::new()
         .register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())).with_allowed(loopback()));
     let mut cfg = env.config("comms", 1);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     let (s, v) = call(&api, &key, "POST", &format!("/v1/comms/sources/{id}/sync"), serde_json::Value::Null).await;
@@ -633,7 +633,7 @@ async fn an_unterminated_text_part_is_shown_as_text_not_listed_as_an_attachment(
     let registry = Registry::new()
         .register(SyncSource::new(db.pool.clone(), Some(SecretBox::new(KEY).unwrap())).with_allowed(loopback()));
     let mut cfg = env.config("comms", 1);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
@@ -784,7 +784,7 @@ async fn a_provider_429_is_retried_then_slows_the_whole_account_down_fleet_wide(
     let spec = table.spec("sms:studio:AC429").cloned().expect("sms:* matches the account");
     let handler = SyncSource::new(db.pool.clone(), Some(secrets)).with_allowed(loopback());
     let mut cfg = env.config("comms", 1);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     // The handler takes the account's key through the worker's limits.
     cfg.limits = rules;
     let worker = env.worker(cfg, Registry::new().register(handler)).await;
@@ -851,7 +851,7 @@ async fn servers_at_private_addresses_are_refused_by_default() {
 
     let registry = Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets)));
     let mut cfg = env.config("comms", 2);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 2, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
@@ -948,7 +948,7 @@ async fn an_xoauth2_source_renews_a_refused_access_token_and_syncs() {
     let registry =
         Registry::new().register(SyncSource::new(db.pool.clone(), Some(secrets.clone())).with_allowed(loopback()));
     let mut cfg = env.config("comms", 1);
-    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "comms".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let tenant = EnqueueOptions { tenant: Some("studio".into()), ..Default::default() };
     env.client.enqueue_with(&CommsSync { source_id: "src-oauth".into() }, tenant).await.unwrap();

@@ -17,6 +17,7 @@ mod acks;
 mod controls;
 mod expiry;
 mod kinds;
+mod partitions;
 mod progress;
 mod suspects;
 

@@ -146,7 +146,7 @@ async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_
     let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
     let registry = Registry::new().register(images.analyzer()).register(images.variants());
     let mut cfg = env.config("images", 4);
-    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 4, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 4, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     n_final(&mut rx, 10, Duration::from_secs(120)).await;
@@ -306,8 +306,8 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     let registry = Registry::builtin().register(images.analyzer()).register(images.variants());
     let mut cfg = env.config("images", 2);
     cfg.queues = vec![
-        QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None },
-        QueueConfig { name: "callbacks".into(), concurrency: 1, fetch_batch: None },
+        QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None },
+        QueueConfig { name: "callbacks".into(), concurrency: 1, fetch_batch: None, partitions: None },
     ];
     let worker = env.worker(cfg, registry).await;
     fleet_tests::eventually("the portfolio's completion callback", Duration::from_secs(120), || async {
@@ -427,7 +427,7 @@ async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet
     let images = Images::new(db.pool.clone(), &settings).unwrap();
     let registry = Registry::new().register(images.analyzer());
     let mut cfg = env.config("images", 1);
-    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 1, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 1, fetch_batch: None, partitions: None }];
     // The handler takes each provider's key through the worker's limits.
     cfg.limits = rules;
     let worker = env.worker(cfg, registry).await;

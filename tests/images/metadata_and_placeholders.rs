@@ -105,7 +105,7 @@ async fn a_gps_position_stored_only_in_xmp_is_detected_and_kept_only_when_allowe
         .unwrap();
     let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
     let mut cfg = env.config("images", 2);
-    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, Registry::new().register(images.analyzer())).await;
     let mut rx = worker.events();
     n_final(&mut rx, 4, Duration::from_secs(120)).await;
@@ -222,7 +222,7 @@ async fn a_portfolio_shows_thumbhashes_and_its_variants_keep_the_credit_asked_fo
     let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
     let registry = Registry::new().register(images.analyzer()).register(images.variants());
     let mut cfg = env.config("images", 2);
-    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
     n_final(&mut rx, 6, Duration::from_secs(120)).await;

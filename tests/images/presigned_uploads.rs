@@ -142,7 +142,7 @@ async fn an_app_puts_an_original_through_a_presigned_url_and_it_is_analysed() {
     let images = Images::new(db.pool.clone(), &ImageSettings { storage, ..Default::default() }).unwrap();
     let registry = Registry::builtin().register(images.analyzer()).register(images.variants());
     let mut cfg = env.config("images", 2);
-    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None }];
+    cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     fleet_tests::eventually(
         "both jobs of the upload, and the other tenant's refused",

@@ -186,7 +186,7 @@ async fn a_batch_of_300_with_3_failures_fires_its_completion_callback_exactly_on
     let id = batch["id"].as_str().unwrap().to_owned();
     // Two workers share the batch's queue; a third runs the callback queue.
     let mut cfg = api.env.config("default", 20);
-    cfg.queues.push(QueueConfig { name: "callbacks".into(), concurrency: 2, fetch_batch: None });
+    cfg.queues.push(QueueConfig { name: "callbacks".into(), concurrency: 2, fetch_batch: None, partitions: None });
     let a = api.env.worker(cfg.clone(), Registry::builtin()).await;
     let b = api.env.worker(cfg, Registry::builtin()).await;
     eventually("the completion callback to run", Duration::from_secs(60), || async {

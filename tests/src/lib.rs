@@ -55,7 +55,7 @@ impl TestEnv {
             redis_url: redis_url(),
             prefix: self.prefix.clone(),
             listen: None,
-            queues: vec![QueueConfig { name: queue.to_owned(), concurrency, fetch_batch: None }],
+            queues: vec![QueueConfig { name: queue.to_owned(), concurrency, fetch_batch: None, partitions: None }],
             lease_ms: 5_000,
             shutdown_grace_secs: 10,
             ..WorkerConfig::default()

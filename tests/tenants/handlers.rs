@@ -66,8 +66,10 @@ impl Drop for Store {
 /// A worker serving `queues` with `registry`.
 async fn worker(env: &TestEnv, queues: &[&str], registry: Registry) -> RunningWorker {
     let mut cfg = env.config(queues[0], 2);
-    cfg.queues =
-        queues.iter().map(|q| QueueConfig { name: (*q).to_owned(), concurrency: 2, fetch_batch: None }).collect();
+    cfg.queues = queues
+        .iter()
+        .map(|q| QueueConfig { name: (*q).to_owned(), concurrency: 2, fetch_batch: None, partitions: None })
+        .collect();
     env.worker(cfg, registry).await
 }
 

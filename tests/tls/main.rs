@@ -71,7 +71,7 @@ async fn jobs_run_end_to_end_over_tls_redis_and_a_wrong_ca_is_refused() {
     let mut config = WorkerConfig {
         prefix: prefix.clone(),
         listen: None,
-        queues: vec![QueueConfig { name: "default".into(), concurrency: 4, fetch_batch: None }],
+        queues: vec![QueueConfig { name: "default".into(), concurrency: 4, fetch_batch: None, partitions: None }],
         lease_ms: 5_000,
         shutdown_grace_secs: 10,
         ..WorkerConfig::default()

@@ -137,7 +137,12 @@ impl World {
             .register(fleet_webhooks::jobs::publish::Publish::new(handlers_db, env.client.clone()))
             .register(fleet_worker::kinds::probe::Probe);
         let mut cfg = env.config("webhooks", 20);
-        cfg.queues.push(fleet_worker::QueueConfig { name: "default".into(), concurrency: 10, fetch_batch: None });
+        cfg.queues.push(fleet_worker::QueueConfig {
+            name: "default".into(),
+            concurrency: 10,
+            fetch_batch: None,
+            partitions: None,
+        });
         cfg.limits = limits.iter().map(|(k, s)| (k.to_string(), s.clone())).collect();
         cfg.lease_ms = 10_000;
         let workers = vec![env.worker(cfg, registry).await];

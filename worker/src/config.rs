@@ -18,6 +18,35 @@ pub struct QueueConfig {
     /// Most jobs leased per fetch (defaults to the concurrency, at most 100).
     #[serde(default)]
     pub fetch_batch: Option<usize>,
+    /// Partitions of a hot queue (2 to 64; unset or 1: one queue, as always): the queue
+    /// is that many physical queues, each its own hash tag (on a Redis Cluster, spread
+    /// over the primaries), served here by one engine each with an equal share of
+    /// `concurrency` (rounded up). Every worker, scheduler and client of the queue must
+    /// declare the same number (see `fleet_jobs::partitions`). The queue's own name is
+    /// served too, with one slot: a job enqueued there by a producer that was not told of
+    /// the partitions (a handler's or batch callback's enqueue, an older client) still runs.
+    #[serde(default)]
+    pub partitions: Option<u32>,
+}
+
+impl QueueConfig {
+    /// The physical queues this entry stands for, each with its concurrency and fetch
+    /// batch: the queue itself, or its partitions with a share of the concurrency each.
+    pub fn physical(&self) -> Vec<(String, usize, usize)> {
+        let n = self.partitions.unwrap_or(1).max(1);
+        let batch = self.fetch_batch.unwrap_or(self.concurrency.min(100));
+        if n == 1 {
+            return vec![(self.name.clone(), self.concurrency, batch)];
+        }
+        let share = self.concurrency.div_ceil(n as usize).max(1);
+        let mut queues: Vec<(String, usize, usize)> = fleet_jobs::partitions::partition_queues(&self.name, n)
+            .into_iter()
+            .map(|p| (p, share, batch.min(share)))
+            .collect();
+        // The catch-all: the logical name itself, for producers that do not know the partitions.
+        queues.push((self.name.clone(), 1, 1));
+        queues
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -104,7 +133,12 @@ impl Default for WorkerConfig {
             redis_tls: Default::default(),
             prefix: "fleet".to_owned(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-            queues: vec![QueueConfig { name: "default".to_owned(), concurrency: 10, fetch_batch: None }],
+            queues: vec![QueueConfig {
+                name: "default".to_owned(),
+                concurrency: 10,
+                fetch_batch: None,
+                partitions: None,
+            }],
             lease_ms: 30_000,
             shutdown_grace_secs: 30,
             job_timeout_secs: 300,
@@ -322,6 +356,14 @@ impl WorkerConfig {
             {
                 return invalid("queues.fetch_batch", format!("{b} for queue {:?}: must be 1 to 1000", q.name));
             }
+            if let Some(n) = q.partitions
+                && (n == 0 || n > fleet_jobs::partitions::MAX_PARTITIONS)
+            {
+                return invalid(
+                    "queues.partitions",
+                    format!("{n} for queue {:?}: must be 1 to {}", q.name, fleet_jobs::partitions::MAX_PARTITIONS),
+                );
+            }
         }
         if self.lease_ms < 100 || self.lease_ms > 3_600_000 {
             return invalid("lease_ms", format!("{}: must be 100 to 3600000", self.lease_ms));
@@ -390,7 +432,7 @@ fn parse_queues(v: &str) -> Result<Vec<QueueConfig>, String> {
                 Some((n, c)) => (n.trim(), c.trim().parse().map_err(|_| format!("{c:?} is not a number in {part:?}"))?),
                 None => (part, default_concurrency()),
             };
-            Ok(QueueConfig { name: name.to_owned(), concurrency: conc, fetch_batch: None })
+            Ok(QueueConfig { name: name.to_owned(), concurrency: conc, fetch_batch: None, partitions: None })
         })
         .collect()
 }
@@ -398,6 +440,17 @@ fn parse_queues(v: &str) -> Result<Vec<QueueConfig>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partitioned_queue_is_its_partitions_plus_the_logical_name_as_a_catch_all() {
+        let q = QueueConfig { name: "emails".into(), concurrency: 30, fetch_batch: None, partitions: Some(3) };
+        let physical = q.physical();
+        assert_eq!(physical.len(), 4);
+        assert!(physical[..3].iter().all(|(name, c, b)| name.starts_with("emails#") && (*c, *b) == (10, 10)));
+        assert_eq!(physical[3], ("emails".to_owned(), 1, 1));
+        let plain = QueueConfig { partitions: None, ..q };
+        assert_eq!(plain.physical(), [("emails".to_owned(), 30, 30)]);
+    }
 
     #[test]
     fn file_then_environment() {
@@ -422,7 +475,10 @@ mod tests {
         .unwrap();
         assert_eq!((cfg.dead_max_count, cfg.dead_max_age_secs), (500, 3600));
         assert_eq!(cfg.queues.len(), 2);
-        assert_eq!(cfg.queues[0], QueueConfig { name: "webhooks".into(), concurrency: 50, fetch_batch: None });
+        assert_eq!(
+            cfg.queues[0],
+            QueueConfig { name: "webhooks".into(), concurrency: 50, fetch_batch: None, partitions: None }
+        );
         assert_eq!(cfg.queues[1].concurrency, 10);
         assert_eq!(cfg.lease_ms, 5000);
         cfg.validate().unwrap();

@@ -143,10 +143,12 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
 
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(config.shutdown_grace_secs));
     let mut engines = Vec::new();
-    for q in &config.queues {
-        let mut ec = EngineConfig::new(&config.prefix, &q.name, instance.to_string());
-        ec.concurrency = q.concurrency;
-        ec.fetch_batch = q.fetch_batch.unwrap_or(q.concurrency.min(100));
+    // A partitioned queue is one engine per partition, each its own fetch loop and
+    // wake-up wait, so a job on any partition wakes a worker.
+    for (queue, concurrency, fetch_batch) in config.queues.iter().flat_map(|q| q.physical()) {
+        let mut ec = EngineConfig::new(&config.prefix, &queue, instance.to_string());
+        ec.concurrency = concurrency;
+        ec.fetch_batch = fetch_batch;
         ec.lease = config.lease();
         ec.retention = Duration::from_secs(config.retention_secs);
         ec.dead_max_count = config.dead_max_count;
@@ -155,7 +157,7 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
         ec.crash_limit = config.crash_limit;
         let (backend, handle) = QueueEngine::start(client.clone(), conn.clone(), ec, events.clone());
         let service = Dispatch::new(registry.clone(), handle.completer(), dispatch_cfg.clone());
-        let name = format!("{}@{}", q.name, instance);
+        let name = format!("{queue}@{instance}");
         monitor = monitor.register(move |_restarts| {
             WorkerBuilder::new(name.as_str()).backend(backend.clone()).build(service.clone())
         });
