@@ -186,7 +186,8 @@ pub async fn main(args: &[String]) {
                 registry =
                     registry.register(fleet_webhooks::jobs::Deliver::new(db, settings).expect("webhook handler"));
                 cfg.database_url = Some(db_url);
-                cfg.queues = vec![QueueConfig { name: "webhooks".into(), concurrency, fetch_batch: batch, partitions: None }];
+                cfg.queues =
+                    vec![QueueConfig { name: "webhooks".into(), concurrency, fetch_batch: batch, partitions: None }];
             }
             let stop = async {
                 let mut term =
