@@ -75,6 +75,8 @@ async fn run(
     let key = super::jobs::idempotency_key(req.headers())?.unwrap_or_default();
     let (mut parts, body) = req.into_parts();
     let caller = Caller::from_request_parts(&mut parts, state).await?;
+    // The route's own extractor takes it from here: one key lookup, one rate count.
+    parts.extensions.insert(caller.clone());
     let bytes = axum::body::to_bytes(body, max_body).await.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body over {max_body} bytes"))
     })?;
