@@ -82,9 +82,21 @@ impl Client {
             return Err(Error::Invalid(format!("a batch holds 1 to {} jobs", crate::client::BULK_CHUNK)));
         }
         crate::keys::validate_queue_name(queue).map_err(Error::Invalid)?;
-        let id = format!("b-{}", uuid::Uuid::now_v7().simple());
         // On a partitioned queue a batch lives in one partition, picked by its id: its
         // counters and all its jobs share one hash tag, as the completion script needs.
+        // A tenant's batch gets an id that falls in the tenant's own partition, so its
+        // batches cannot spread it over several partitions (each with its own cap and
+        // quota for the tenant).
+        let tenant = jobs.first().and_then(|(_, _, _, o)| o.tenant.clone());
+        let home = tenant.as_deref().map(|t| self.partition_of(queue, t));
+        let mut id = format!("b-{}", uuid::Uuid::now_v7().simple());
+        // Each try lands in the tenant's partition with chance 1/N (N ≤ 64 partitions).
+        for _ in 0..4096 {
+            if home.as_ref().is_none_or(|h| *h == self.partition_of(queue, &id)) {
+                break;
+            }
+            id = format!("b-{}", uuid::Uuid::now_v7().simple());
+        }
         let k = self.keys(&self.partition_of(queue, &id));
         let cb = serde_json::to_string(callbacks).map_err(|e| Error::Invalid(format!("callbacks: {e}")))?;
         let mut prepared = Vec::with_capacity(jobs.len());

@@ -124,3 +124,29 @@ async fn a_tenant_keeps_its_order_within_its_partition_and_cancel_finds_jobs_by_
     w.shutdown().await;
     env.cleanup().await;
 }
+
+/// A tenant's batches land in the tenant's own partition: several batches cannot spread a
+/// tenant over partitions (each of which holds its own cap and quota for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_batches_all_land_in_the_tenants_partition() {
+    let mut env = TestEnv::new().await;
+    env.client = env.client.clone().with_partitions(Q, 3).unwrap();
+    let home = env.client.partition_of(Q, "studio-7");
+    let job = || {
+        let args = serde_json::value::RawValue::from_string(r#"{"do":"succeed"}"#.into()).unwrap();
+        let mut o = EnqueueOptions::default().queue(Q);
+        o.tenant = Some("studio-7".into());
+        ("probe".to_owned(), args, fleet_jobs::KindOptions::default(), o)
+    };
+    for _ in 0..9 {
+        let batch =
+            env.client.create_batch(Q, vec![job(), job()], &fleet_jobs::batches::Callbacks::default()).await.unwrap();
+        assert_eq!(env.client.partition_of(Q, &batch), home, "batch {batch}");
+        assert_eq!(env.client.batch(Q, &batch).await.unwrap().map(|b| b.total), Some(2));
+    }
+    let per = env.client.partition_stats(Q).await.unwrap();
+    for (p, s) in &per {
+        assert_eq!(s.enqueued, if *p == home { 18 } else { 0 }, "{p}");
+    }
+    env.cleanup().await;
+}
