@@ -3,7 +3,8 @@
 # needed), builds the release binaries, starts the scheduler (HTTP API on
 # 127.0.0.1:8080, cron schedules) and a worker (health and metrics on 127.0.0.1:9464).
 # Ctrl-C stops both gracefully. Configs: deploy/local/*.toml, overridable with FLEET_*.
-# FLEET_REDIS_CLUSTER=1 runs it on a local Redis Cluster (see the README).
+# FLEET_REDIS_CLUSTER=1 runs it on a local Redis Cluster, FLEET_REDIS_SENTINEL=1 behind a
+# local Redis Sentinel (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -13,6 +14,10 @@ if [[ "${FLEET_REDIS_CLUSTER:-}" == 1 ]]; then
   FLEET_REDIS_URL=$(scripts/redis-cluster.sh start)
   export FLEET_REDIS_URL
   echo "run-fleet: Redis Cluster $FLEET_REDIS_URL" >&2
+elif [[ "${FLEET_REDIS_SENTINEL:-}" == 1 ]]; then
+  FLEET_REDIS_URL=$(scripts/redis-sentinel.sh start)
+  export FLEET_REDIS_URL
+  echo "run-fleet: Redis behind Sentinel $FLEET_REDIS_URL" >&2
 fi
 scripts/build-deps.sh
 cargo build --release --locked -p fleet-worker -p fleet-scheduler

@@ -67,6 +67,10 @@ impl Handler for Bench {
 }
 
 pub fn url() -> String {
+    // A whole URL setting (a cluster's nodes, comma-separated) wins over the peer harness's parts.
+    if let Ok(urls) = std::env::var("FLEET_BENCH_REDIS_URLS") {
+        return urls;
+    }
     format!(
         "redis://{}:{}/{}",
         std::env::var("PEERS_REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
@@ -149,11 +153,13 @@ pub async fn main(args: &[String]) {
             let mut lease_ms = WorkerConfig::default().lease_ms;
             let mut limits = std::collections::BTreeMap::new();
             let mut retention_secs = 0;
+            let mut partitions = None;
             for kv in &args[2.min(args.len())..] {
                 match kv.split_once('=') {
                     Some(("batch", v)) => batch = Some(v.parse().expect("batch")),
                     Some(("lease", v)) => lease_ms = v.parse().expect("lease"),
                     Some(("retention", v)) => retention_secs = v.parse().expect("retention"),
+                    Some(("partitions", v)) => partitions = Some(v.parse().expect("partitions")),
                     Some(("rate", v)) => {
                         let spec = fleet_jobs::limits::LimitSpec {
                             rate: Some(v.parse().expect("rate")),
@@ -162,7 +168,9 @@ pub async fn main(args: &[String]) {
                         };
                         limits.insert("bench:limited".to_owned(), spec);
                     }
-                    _ => panic!("unknown worker option {kv:?} (known: batch=N, lease=MS, rate=R, retention=S)"),
+                    _ => panic!(
+                        "unknown worker option {kv:?} (known: batch=N, lease=MS, rate=R, retention=S, partitions=N)"
+                    ),
                 }
             }
             let cfg = WorkerConfig {
@@ -171,7 +179,7 @@ pub async fn main(args: &[String]) {
                 redis_url: url(),
                 prefix: prefix(),
                 listen: None,
-                queues: vec![QueueConfig { name: queue(), concurrency, fetch_batch: batch, partitions: None }],
+                queues: vec![QueueConfig { name: queue(), concurrency, fetch_batch: batch, partitions }],
                 retention_secs,
                 ..WorkerConfig::default()
             };

@@ -106,8 +106,17 @@ struct Worker {
 
 impl Worker {
     fn spawn(pipe: &Pipe, prefix: &str, args: &[&str]) -> Worker {
+        Worker::spawn_on(pipe, prefix, args, None)
+    }
+
+    /// Like [`Worker::spawn`], on the Redis URL setting `urls` when given.
+    fn spawn_on(pipe: &Pipe, prefix: &str, args: &[&str], urls: Option<&str>) -> Worker {
         let exe = std::env::current_exe().expect("own path");
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        if let Some(urls) = urls {
+            cmd.env("FLEET_BENCH_REDIS_URLS", urls);
+        }
+        let child = cmd
             .arg("worker")
             .args(args)
             .env("PEERS_FIFO", &pipe.path)
@@ -276,6 +285,77 @@ async fn w2_tenants(n: usize, tenants: usize, label: &str, args: &[&str]) {
         (cpu1 - cpu0) * 1e6 / n as f64,
         worker_cpu * 1e6 / n as f64
     );
+}
+
+/// The local cluster's nodes (`FLEET_BENCH_CLUSTER_URLS`, default `scripts/redis-cluster.sh`'s).
+fn cluster_urls() -> String {
+    std::env::var("FLEET_BENCH_CLUSTER_URLS")
+        .unwrap_or_else(|_| (7000..7006).map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(","))
+}
+
+/// CPU seconds used so far by each primary among `urls`' nodes, by address.
+async fn primaries_cpu(urls: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for url in urls.split(',') {
+        let client = redis::Client::open(url.trim()).expect("node url");
+        let mut c = client.get_multiplexed_async_connection().await.expect("connect to a node");
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.expect("ROLE");
+        if redis::from_redis_value_ref::<String>(&role[0]).ok().as_deref() != Some("master") {
+            continue;
+        }
+        let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c).await.expect("INFO");
+        let get = |k: &str| {
+            info.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        out.push((url.trim().to_owned(), get("used_cpu_sys:") + get("used_cpu_user:")));
+    }
+    out
+}
+
+/// W2 on one Redis against the local 3+3 cluster with the queue in 3 partitions (one per
+/// primary): drain jobs/s, and each primary's Redis CPU per job, so the spread is seen.
+async fn w2_cluster(n: usize, args: &[&str]) {
+    let single = adapter::url();
+    let cluster = cluster_urls();
+    for (label, urls, partitions) in
+        [("one Redis", single.as_str(), 1u32), ("3+3 cluster, 3 partitions", cluster.as_str(), 3)]
+    {
+        let mut c = Client::connect(urls, format!("bench-{}", uuid_like())).await.expect("connect to Redis");
+        if partitions > 1 {
+            c = c.with_partitions("bench", partitions).expect("partitions");
+        }
+        adapter_enqueue_queue(&c, n, "noop", 0.0).await;
+        let pipe = Pipe::new("w2c");
+        let cpu0 = primaries_cpu(urls).await;
+        let mut worker_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if partitions > 1 {
+            worker_args.push(format!("partitions={partitions}"));
+        }
+        let worker_args: Vec<&str> = worker_args.iter().map(String::as_str).collect();
+        let w = Worker::spawn_on(&pipe, c.prefix(), &worker_args, Some(urls));
+        pipe.wait("W2 drain", Duration::from_secs(300), |s| s.done >= n);
+        let cpu1 = primaries_cpu(urls).await;
+        let (rate, worker_cpu) = {
+            let s = pipe.seen.lock().unwrap();
+            let span = s.last_done.unwrap() - s.first_done.unwrap();
+            ((n - 1) as f64 / span.as_secs_f64(), w.cpu_secs())
+        };
+        w.stop();
+        cleanup(&c).await;
+        let shards: Vec<String> = cpu0
+            .iter()
+            .zip(&cpu1)
+            .map(|((addr, a), (_, b))| {
+                format!("{} {:.1} µs/job", addr.rsplit(':').next().unwrap_or(addr), (b - a) * 1e6 / n as f64)
+            })
+            .collect();
+        println!(
+            "W2 drain {n} queued no-op jobs, {label} ({}): {rate:.0} jobs/s; Redis CPU per primary: {}; worker CPU {:.1} µs/job",
+            args.join(" "),
+            shards.join(", "),
+            worker_cpu * 1e6 / n as f64
+        );
+    }
 }
 
 /// Fairness between tenants on one queue: tenant A queues 20,000 jobs of 10 ms, then
@@ -725,6 +805,12 @@ pub async fn run(args: &[String]) {
                 let best_args: Vec<&str> = best.split_whitespace().collect();
                 w2(n, &format!("best ({best})"), &best_args).await;
             }
+            "w2-cluster" => {
+                let best_args: Vec<&str> = best.split_whitespace().collect();
+                for _ in 0..2 {
+                    w2_cluster(n, &best_args).await;
+                }
+            }
             "fairness" => {
                 fairness(true).await;
                 fairness(false).await;
@@ -753,7 +839,7 @@ pub async fn run(args: &[String]) {
                 recovery(30_000).await;
             }
             other => eprintln!(
-                "unknown workload {other} (w1, w2, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images)"
+                "unknown workload {other} (w1, w1-replicated, w2, w2-cluster, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images)"
             ),
         }
     }

@@ -2,7 +2,7 @@
 //! the peer benchmark harness (`../shared/peer-bench`), in one binary.
 //!
 //! ```text
-//! fleet-bench run [w1,w1-replicated,w2,w3,w4,w2-tenants,fairness,...] [--n 50000] [--best "200 batch=200"]   # prints the figures
+//! fleet-bench run [w1,w1-replicated,w2,w2-cluster,w3,w4,w2-tenants,fairness,...] [--n 50000] [--best "200 batch=200"]   # prints the figures
 //! fleet-bench enqueue <n> <single|bulk> <noop|sleep> [sleep_ms]         # adapter protocol
 //! fleet-bench trickle <count> <interval_ms>
 //! fleet-bench worker <concurrency> [batch=N]

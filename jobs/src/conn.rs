@@ -11,6 +11,14 @@
 //!   `redis` crate's cluster client, which follows `MOVED`/`ASK`, refreshes the slot map
 //!   after a failover and reconnects to nodes. Password, user, TLS and protocol come
 //!   from the first URL; the others must agree.
+//! * one or more `redis+sentinel://host:26379/<service>` URLs (comma-separated, one per
+//!   Sentinel, all naming the same service): a primary watched by Redis Sentinel. The
+//!   primary's address is asked of the Sentinels (the `redis` crate's `Sentinel`, which
+//!   also checks the answer really is a primary), and asked again whenever a request
+//!   fails the way a failover makes it fail (connection refused or dropped, a timeout,
+//!   `READONLY` from a demoted primary): the connection then moves to the promoted
+//!   replica by itself. A password in the URL is the primary's (Sentinels without one);
+//!   a database number follows the service (`/<service>/2`).
 //!
 //! Either way the result is a [`RedisConn`]: cheap to clone, multiplexed, and usable
 //! wherever a `redis::aio::ConnectionLike` is, so every call of the engine is written
@@ -60,6 +68,79 @@ pub struct RedisClient {
 enum Target {
     Single(redis::Client),
     Cluster(Vec<ConnectionInfo>, Option<redis::TlsCertificates>),
+    Sentinel(std::sync::Arc<SentinelTarget>),
+}
+
+/// The Sentinels watching one primary, and how to talk to that primary.
+struct SentinelTarget {
+    /// The Sentinels' addresses.
+    sentinels: Vec<ConnectionInfo>,
+    /// The monitored service (`sentinel monitor <name> ...`).
+    service: String,
+    /// Password, user and database of the primary.
+    node: redis::sentinel::SentinelNodeConnectionInfo,
+}
+
+impl SentinelTarget {
+    /// The current primary, as the Sentinels say (and it confirms).
+    async fn primary(&self) -> RedisResult<redis::Client> {
+        let mut sentinel = redis::sentinel::Sentinel::build(self.sentinels.clone())?;
+        sentinel.async_master_for(&self.service, Some(&self.node)).await
+    }
+}
+
+/// The scheme of a Sentinel URL.
+const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
+/// Reads `redis+sentinel://[:password@]host:port/<service>[/<db>]` URLs.
+fn sentinel_target(entries: &[&str]) -> Result<SentinelTarget> {
+    let invalid = Error::RedisUrl;
+    let (mut sentinels, mut service, mut redis_info) = (Vec::new(), None::<String>, None);
+    for entry in entries {
+        let Some(rest) = entry.strip_prefix(SENTINEL_SCHEME) else {
+            return Err(invalid(format!(
+                "{:?}: every URL of a Sentinel setting must be redis+sentinel:// (TLS to Sentinels is not supported)",
+                redact(entry)
+            )));
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let name = parts.next().ok_or_else(|| {
+            invalid(format!("{:?}: name the monitored service: redis+sentinel://host:26379/<service>", redact(entry)))
+        })?;
+        let db: i64 = match parts.next() {
+            Some(d) => d.parse().map_err(|_| invalid(format!("{:?}: the database must be a number", redact(entry))))?,
+            None => 0,
+        };
+        if service.as_deref().is_some_and(|s| s != name) {
+            return Err(invalid("every redis+sentinel:// URL must name the same service".into()));
+        }
+        service = Some(name.to_owned());
+        let info = format!("redis://{host}")
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| invalid(format!("{:?} is not a Sentinel address ({e})", redact(entry))))?;
+        sentinels.push(info);
+        // The primary's password, user and database, read as a plain URL would be.
+        let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
+        let primary = format!("redis://{auth}{host}/{db}")
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| invalid(format!("{:?} is not a Sentinel URL ({e})", redact(entry))))?
+            .redis_settings()
+            .clone();
+        redis_info.get_or_insert(primary);
+    }
+    Ok(SentinelTarget {
+        sentinels,
+        service: service.unwrap_or_default(),
+        node: redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(redis_info.unwrap_or_default()),
+    })
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -68,6 +149,7 @@ impl std::fmt::Debug for RedisClient {
         match &self.target {
             Target::Single(_) => f.write_str("RedisClient(single)"),
             Target::Cluster(nodes, _) => write!(f, "RedisClient(cluster, {} seed nodes)", nodes.len()),
+            Target::Sentinel(t) => write!(f, "RedisClient(sentinel, {} sentinels)", t.sentinels.len()),
         }
     }
 }
@@ -89,6 +171,12 @@ impl RedisClient {
     pub fn open_with(urls: &str, tls: &crate::RedisTls) -> Result<Self> {
         let entries: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
         let invalid = Error::RedisUrl;
+        if entries.iter().any(|e| e.starts_with(SENTINEL_SCHEME) || e.starts_with("rediss+sentinel://")) {
+            if tls.is_set() {
+                return Err(Error::Invalid("TLS settings are not supported with redis+sentinel:// URLs".into()));
+            }
+            return Ok(RedisClient { target: Target::Sentinel(std::sync::Arc::new(sentinel_target(&entries)?)) });
+        }
         match entries.as_slice() {
             [] => Err(invalid("the Redis URL is empty".into())),
             [one] if !one.contains(CLUSTER_SCHEME) => {
@@ -138,12 +226,7 @@ impl RedisClient {
     pub async fn connect(&self) -> Result<RedisConn> {
         match &self.target {
             Target::Single(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(2));
-                let conn = ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| {
+                let conn = ConnectionManager::new_with_config(client.clone(), manager_config()).await.map_err(|e| {
                     match crate::tls::tls_failure(&e) {
                         Some(reason) => Error::TlsHandshake { addr: crate::tls::redis_addr(client), reason },
                         None => Error::Redis(e),
@@ -153,6 +236,9 @@ impl RedisClient {
             }
             Target::Cluster(nodes, certs) => {
                 Ok(RedisConn::Cluster(cluster_builder(nodes, certs).build()?.get_async_connection().await?))
+            }
+            Target::Sentinel(target) => {
+                Ok(RedisConn::Sentinel(SentinelConn::open(target.clone(), manager_config()).await?))
             }
         }
     }
@@ -170,6 +256,13 @@ impl RedisClient {
                     .set_number_of_retries(1);
                 Ok(RedisConn::Single(ConnectionManager::new_with_config(client.clone(), config).await?))
             }
+            Target::Sentinel(target) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(response))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(1);
+                Ok(RedisConn::Sentinel(SentinelConn::open(target.clone(), config).await?))
+            }
             Target::Cluster(nodes, certs) => {
                 let client = cluster_builder(nodes, certs).overall_response_timeout(Some(response * 2)).build()?;
                 let config =
@@ -177,6 +270,133 @@ impl RedisClient {
                 Ok(RedisConn::Cluster(client.get_async_connection_with_config(config).await?))
             }
         }
+    }
+}
+
+/// Fleet's settings of a single server's connection: 2 s to connect, 5 s per reply.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
+}
+
+/// A connection to the primary the Sentinels name, moving to the new one after a
+/// failover: a request that fails as a failover makes requests fail asks the Sentinels
+/// again and, if they name another primary, is sent once more to it. Clones share the
+/// connection, and a move is seen by all of them at once.
+#[derive(Clone)]
+pub struct SentinelConn {
+    shared: std::sync::Arc<SentinelShared>,
+    db: i64,
+}
+
+struct SentinelShared {
+    target: std::sync::Arc<SentinelTarget>,
+    config: ConnectionManagerConfig,
+    /// The connection to the current primary, its generation (bumped at each move) and
+    /// address.
+    current: std::sync::RwLock<(u64, ConnectionManager, String)>,
+    /// Held while the Sentinels are asked: one question at a time.
+    asking: tokio::sync::Mutex<()>,
+}
+
+impl SentinelConn {
+    async fn open(target: std::sync::Arc<SentinelTarget>, config: ConnectionManagerConfig) -> RedisResult<Self> {
+        let client = target.primary().await?;
+        let addr = client.get_connection_info().addr().to_string();
+        let db = client.get_connection_info().redis_settings().db();
+        let conn = ConnectionManager::new_with_config(client, config.clone()).await?;
+        let shared = SentinelShared {
+            target,
+            config,
+            current: std::sync::RwLock::new((0, conn, addr)),
+            asking: tokio::sync::Mutex::new(()),
+        };
+        Ok(SentinelConn { shared: std::sync::Arc::new(shared), db })
+    }
+
+    /// The current connection and its generation.
+    fn current(&self) -> (u64, ConnectionManager) {
+        let c = self.shared.current.read().unwrap_or_else(|e| e.into_inner());
+        (c.0, c.1.clone())
+    }
+
+    /// After a failure on generation `seen`: asks the Sentinels where the primary is
+    /// (unless another request has moved the connection since) and moves to it when it
+    /// changed. Returns the generation now current.
+    async fn follow(&self, seen: u64) -> RedisResult<u64> {
+        let _asking = self.shared.asking.lock().await;
+        let (generation, addr) = {
+            let c = self.shared.current.read().unwrap_or_else(|e| e.into_inner());
+            (c.0, c.2.clone())
+        };
+        if generation != seen {
+            return Ok(generation);
+        }
+        let client = self.shared.target.primary().await?;
+        let found = client.get_connection_info().addr().to_string();
+        if found == addr {
+            return Ok(generation);
+        }
+        tracing::warn!(from = %addr, to = %found, "Redis Sentinel names a new primary: following it");
+        let conn = ConnectionManager::new_with_config(client, self.shared.config.clone()).await?;
+        *self.shared.current.write().unwrap_or_else(|e| e.into_inner()) = (generation + 1, conn, found);
+        Ok(generation + 1)
+    }
+}
+
+/// Whether `e` is how requests fail while a primary is down or demoted.
+fn failover_error(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+}
+
+impl ConnectionLike for SentinelConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (seen, mut conn) = self.current();
+            match conn.req_packed_command(cmd).await {
+                Err(e) if failover_error(&e) => {
+                    if self.follow(seen).await.map_err(|_| e)? == seen {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "the Redis primary is unreachable and the Sentinels name no other yet",
+                        )));
+                    }
+                    self.current().1.req_packed_command(cmd).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (seen, mut conn) = self.current();
+            match conn.req_packed_commands(pipeline, offset, count).await {
+                // A pipeline is not sent again: some of it may have run. The next request
+                // goes to the new primary.
+                Err(e) if failover_error(&e) => {
+                    let _ = self.follow(seen).await;
+                    Err(e)
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
     }
 }
 
@@ -218,6 +438,8 @@ pub enum RedisConn {
     Single(ConnectionManager),
     /// A Redis Cluster: one multiplexed connection per node, routed by key.
     Cluster(ClusterConnection),
+    /// The primary Redis Sentinel names, followed through failovers.
+    Sentinel(SentinelConn),
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -225,6 +447,7 @@ impl std::fmt::Debug for RedisConn {
         f.write_str(match self {
             RedisConn::Single(_) => "RedisConn(single)",
             RedisConn::Cluster(_) => "RedisConn(cluster)",
+            RedisConn::Sentinel(_) => "RedisConn(sentinel)",
         })
     }
 }
@@ -246,6 +469,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -258,6 +482,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -265,6 +490,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -279,6 +505,7 @@ impl RedisConn {
     pub async fn ping(&mut self) -> RedisResult<()> {
         match self {
             RedisConn::Single(c) => redis::cmd("PING").query_async::<()>(c).await,
+            RedisConn::Sentinel(c) => redis::cmd("PING").query_async::<()>(c).await,
             RedisConn::Cluster(c) => {
                 let route =
                     RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
@@ -291,7 +518,7 @@ impl RedisConn {
     /// primary of a cluster. For operators and tools: never a worker's hot path.
     pub async fn scan_match(&mut self, pattern: &str, count: usize) -> RedisResult<Vec<Vec<u8>>> {
         let nodes = match self {
-            RedisConn::Single(_) => return scan_node(self, None, pattern, count).await,
+            RedisConn::Single(_) | RedisConn::Sentinel(_) => return scan_node(self, None, pattern, count).await,
             RedisConn::Cluster(c) => primaries(c).await?,
         };
         let mut out = Vec::new();

@@ -316,6 +316,16 @@ impl SchedulerConfig {
                 ));
             }
         }
+        for (q, d) in &self.tenants.durability {
+            fleet_jobs::keys::validate_queue_name(q).map_err(|m| ConfigError::invalid("tenants.durability", m))?;
+            let max = fleet_jobs::client::MAX_REPLICATION_WAIT.as_millis() as u64;
+            if d.replicas == 0 || d.timeout_ms == 0 || d.timeout_ms > max {
+                return Err(ConfigError::invalid(
+                    "tenants.durability",
+                    format!("queue {q:?}: replicas must be at least 1 and timeout_ms 1 to {max}"),
+                ));
+            }
+        }
         if let fleet_images::storage::StoreConfig::S3(c) = &self.images.storage {
             fleet_images::uploads::UploadSigner::new(c)
                 .map_err(|e| ConfigError::invalid("images.storage", e.to_string()))?;

@@ -27,6 +27,33 @@ pub struct TenancyConfig {
     /// (the same numbers as the workers' `[[queues]] partitions`): tenants' jobs on such a
     /// queue go to the partition of their tenant, so each tenant keeps its order.
     pub partitions: std::collections::BTreeMap<String, u32>,
+    /// Queues whose enqueues are acknowledged only once replicated, e.g.
+    /// `durability = { payments = { replicas = 1, timeout_ms = 500 } }`: the API's and
+    /// cron's enqueues onto them wait (Redis `WAIT`) until that many replicas hold the job,
+    /// at most `timeout_ms` (up to 4,000), and answer 503 `not_replicated` otherwise (the
+    /// job was written on the primary; retrying with the same Idempotency-Key is safe).
+    /// See the README's "Durability" section for what each setting survives.
+    pub durability: std::collections::BTreeMap<String, QueueDurability>,
+}
+
+/// One queue's replicated acknowledgement (see [`TenancyConfig::durability`]).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDurability {
+    /// Replicas that must hold each job before the enqueue is acknowledged.
+    pub replicas: u32,
+    /// Longest wait for them, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl QueueDurability {
+    /// As the engine's setting.
+    pub fn durability(self) -> fleet_jobs::Durability {
+        fleet_jobs::Durability::Replicated {
+            replicas: self.replicas,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+        }
+    }
 }
 
 impl Default for TenancyConfig {
@@ -37,6 +64,7 @@ impl Default for TenancyConfig {
             concurrency: 0,
             queued: 10_000,
             partitions: Default::default(),
+            durability: Default::default(),
         }
     }
 }
@@ -70,10 +98,14 @@ impl TenancyConfig {
         t
     }
 
-    /// `client`, knowing the partitioned queues (see [`TenancyConfig::partitions`]).
+    /// `client`, knowing the partitioned queues (see [`TenancyConfig::partitions`]) and
+    /// the queues acknowledged once replicated ([`TenancyConfig::durability`]).
     pub fn partitioned(&self, mut client: Client) -> fleet_jobs::Result<Client> {
         for (queue, n) in &self.partitions {
             client = client.with_partitions(queue, *n)?;
+        }
+        for (queue, d) in &self.durability {
+            client = client.with_queue_durability(queue, d.durability())?;
         }
         Ok(client)
     }

@@ -14,6 +14,8 @@ use fleet_jobs::limits::{Admission, LimitSpec, Limiter, WaitReason};
 use fleet_jobs::{EnqueueOptions, JobArgs, JobId, JobState};
 use fleet_tests::cluster_facts::{self, Node};
 use fleet_tests::{OwnCluster, TestEnv, cluster_urls, eventually};
+
+mod sentinel;
 use fleet_worker::{QueueConfig, Registry, WorkerConfig};
 use serde_json::value::RawValue;
 use std::time::Duration;

@@ -101,8 +101,9 @@ async fn a_tenant_keeps_its_order_within_its_partition_and_cancel_finds_jobs_by_
     assert_eq!(env.client.job_state(Q, &victim).await.unwrap(), Some(JobState::Cancelled));
     assert_eq!(env.client.cancel(Q, "no-such-job").await.unwrap(), CancelOutcome::NotFound);
 
-    // One job at a time per partition engine: each tenant's jobs start in enqueue order.
-    let mut cfg = env.config(Q, 3);
+    // One job at a time (the partitions share the queue's one slot): each tenant's jobs
+    // run in enqueue order.
+    let mut cfg = env.config(Q, 1);
     cfg.queues[0].partitions = Some(3);
     let w = env.worker(cfg, Registry::builtin()).await;
     let mut rx = w.events();
@@ -148,5 +149,53 @@ async fn a_tenants_batches_all_land_in_the_tenants_partition() {
     for (p, s) in &per {
         assert_eq!(s.enqueued, if *p == home { 18 } else { 0 }, "{p}");
     }
+    env.cleanup().await;
+}
+
+/// The partitions share the queue's concurrency: with every job in one partition, that
+/// partition runs as many at once as the whole queue may (an even split would give it a
+/// third), and the others still get slots as soon as they have work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_partition_uses_the_slots_idle_partitions_leave() {
+    let mut env = TestEnv::new().await;
+    env.client = env.client.clone().with_partitions(Q, 3).unwrap();
+    let on_one = || {
+        let mut o = EnqueueOptions::default().queue(Q);
+        o.partition_key = Some("one-key".into());
+        o
+    };
+    for _ in 0..6 {
+        env.client.enqueue_with(&probe(ProbeAction::Sleep { ms: 5_000 }), on_one()).await.unwrap();
+    }
+    let busy: Vec<String> = {
+        let per = env.client.partition_stats(Q).await.unwrap();
+        per.into_iter().filter(|(_, s)| s.enqueued > 0).map(|(p, _)| p).collect()
+    };
+    assert_eq!(busy.len(), 1, "every job with one key lands in one partition: {busy:?}");
+    let mut cfg = env.config(Q, 6);
+    cfg.queues[0].partitions = Some(3);
+    let w = env.worker(cfg, Registry::builtin()).await;
+    eventually("all 6 jobs of the one busy partition to run at once", T, || async {
+        let s = env.client.stats(Q).await.ok()?;
+        (s.running == 6).then_some(())
+    })
+    .await;
+    // The whole queue is still bounded by its 6 slots: a job on another partition waits.
+    let mut other = EnqueueOptions::default().queue(Q);
+    other.partition_key = Some("another-key-0".into());
+    let mut k = 0;
+    while env.client.partition_of(Q, other.partition_key.as_deref().unwrap()) == busy[0] {
+        k += 1;
+        other.partition_key = Some(format!("another-key-{k}"));
+    }
+    let id = env.client.enqueue_with(&probe(ProbeAction::Succeed), other).await.unwrap();
+    assert_eq!(env.client.job_state(Q, id.as_str()).await.unwrap(), Some(JobState::Ready));
+    let s = env.client.stats(Q).await.unwrap();
+    assert!(s.running <= 6, "never more than the queue's concurrency: {s:?}");
+    eventually("the other partition's job to run once a slot frees", T, || async {
+        (env.client.job_state(Q, id.as_str()).await.ok()?? == JobState::Succeeded).then_some(())
+    })
+    .await;
+    w.shutdown().await;
     env.cleanup().await;
 }

@@ -575,6 +575,72 @@ impl Drop for OwnCluster {
     }
 }
 
+/// A primary, its replica and three Sentinels of the test's own
+/// (`scripts/redis-sentinel.sh` on free ports), stopped when dropped.
+pub struct OwnSentinel {
+    /// Its URL setting (the three Sentinels, comma-separated).
+    pub urls: String,
+    /// Primary, replica, then the Sentinels' ports.
+    pub ports: Vec<u16>,
+    state: std::path::PathBuf,
+}
+
+impl OwnSentinel {
+    fn run(&self, action: &str) -> std::process::Output {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-sentinel.sh");
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        std::process::Command::new(&script)
+            .arg(action)
+            .env("FLEET_SENTINEL_PORTS", ports.join(" "))
+            .env("FLEET_STATE_DIR", &self.state)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+    }
+
+    /// Starts one and waits until the Sentinels agree on the primary and its replica.
+    pub fn start() -> OwnSentinel {
+        let mut ports = Vec::new();
+        while ports.len() < 5 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let state = std::env::temp_dir().join(format!("fleet-test-sentinel-{}-{}", ports[0], std::process::id()));
+        let mut s = OwnSentinel { urls: String::new(), ports, state };
+        let out = s.run("start");
+        assert!(
+            out.status.success(),
+            "the test's Sentinel setup did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s.urls = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        s
+    }
+
+    /// The primary's port, as the Sentinels name it now.
+    pub fn primary(&self) -> Option<u16> {
+        String::from_utf8_lossy(&self.run("primary").stdout).trim().parse().ok()
+    }
+
+    /// The process id of the server on `port`.
+    pub fn pid(&self, port: u16) -> u32 {
+        let file = self.state.join(format!("redis-sentinel-{}/{port}/redis.pid", self.ports[0]));
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+}
+
+impl Drop for OwnSentinel {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 /// `CLUSTER` facts a test needs, asked of one node directly with `redis-cli`-free plain
 /// connections: which primary serves a key, and its replicas.
 pub mod cluster_facts {

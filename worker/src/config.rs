@@ -29,22 +29,46 @@ pub struct QueueConfig {
     pub partitions: Option<u32>,
 }
 
+/// One physical queue a [`QueueConfig`] stands for, as one engine serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Physical {
+    /// The physical queue's name.
+    pub queue: String,
+    /// Jobs it may run at once here.
+    pub concurrency: usize,
+    /// Most jobs leased per fetch.
+    pub fetch_batch: usize,
+    /// Whether its `concurrency` is the logical queue's, shared with the other partitions
+    /// (one pool of slots for all of them), rather than its own.
+    pub shared: bool,
+}
+
 impl QueueConfig {
-    /// The physical queues this entry stands for, each with its concurrency and fetch
-    /// batch: the queue itself, or its partitions with a share of the concurrency each.
-    pub fn physical(&self) -> Vec<(String, usize, usize)> {
+    /// The physical queues this entry stands for: the queue itself, or its partitions,
+    /// which share the queue's concurrency (a hot partition may use the slots idle ones
+    /// leave; fetchers waiting for a slot get them in turn), plus the logical name with one
+    /// slot of its own.
+    pub fn physical(&self) -> Vec<Physical> {
         let n = self.partitions.unwrap_or(1).max(1);
         let batch = self.fetch_batch.unwrap_or(self.concurrency.min(100));
+        let one = |queue: String, concurrency: usize, fetch_batch: usize, shared: bool| Physical {
+            queue,
+            concurrency,
+            fetch_batch,
+            shared,
+        };
         if n == 1 {
-            return vec![(self.name.clone(), self.concurrency, batch)];
+            return vec![one(self.name.clone(), self.concurrency, batch, false)];
         }
+        // A fetch takes at most a partition's fair share of the slots, so one partition's
+        // backlog cannot take every slot in one call while the others wait.
         let share = self.concurrency.div_ceil(n as usize).max(1);
-        let mut queues: Vec<(String, usize, usize)> = fleet_jobs::partitions::partition_queues(&self.name, n)
+        let mut queues: Vec<Physical> = fleet_jobs::partitions::partition_queues(&self.name, n)
             .into_iter()
-            .map(|p| (p, share, batch.min(share)))
+            .map(|p| one(p, self.concurrency, batch.min(share), true))
             .collect();
         // The catch-all: the logical name itself, for producers that do not know the partitions.
-        queues.push((self.name.clone(), 1, 1));
+        queues.push(one(self.name.clone(), 1, 1, false));
         queues
     }
 }
@@ -446,10 +470,18 @@ mod tests {
         let q = QueueConfig { name: "emails".into(), concurrency: 30, fetch_batch: None, partitions: Some(3) };
         let physical = q.physical();
         assert_eq!(physical.len(), 4);
-        assert!(physical[..3].iter().all(|(name, c, b)| name.starts_with("emails#") && (*c, *b) == (10, 10)));
-        assert_eq!(physical[3], ("emails".to_owned(), 1, 1));
+        // The partitions share the queue's 30 slots; each fetch takes at most a third.
+        assert!(
+            physical[..3]
+                .iter()
+                .all(|p| p.queue.starts_with("emails#") && (p.concurrency, p.fetch_batch, p.shared) == (30, 10, true))
+        );
+        assert_eq!(physical[3], Physical { queue: "emails".into(), concurrency: 1, fetch_batch: 1, shared: false });
         let plain = QueueConfig { partitions: None, ..q };
-        assert_eq!(plain.physical(), [("emails".to_owned(), 30, 30)]);
+        assert_eq!(
+            plain.physical(),
+            [Physical { queue: "emails".into(), concurrency: 30, fetch_batch: 30, shared: false }]
+        );
     }
 
     #[test]

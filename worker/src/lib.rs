@@ -145,10 +145,17 @@ pub async fn start(config: WorkerConfig, registry: Registry) -> anyhow::Result<R
     let mut engines = Vec::new();
     // A partitioned queue is one engine per partition, each its own fetch loop and
     // wake-up wait, so a job on any partition wakes a worker.
-    for (queue, concurrency, fetch_batch) in config.queues.iter().flat_map(|q| q.physical()) {
+    // Its partitions take their slots from one pool of the queue's concurrency.
+    let physical = config.queues.iter().flat_map(|q| {
+        let pool = Arc::new(tokio::sync::Semaphore::new(q.concurrency.max(1)));
+        q.physical().into_iter().map(move |p| (p, pool.clone()))
+    });
+    for (p, pool) in physical {
+        let queue = p.queue;
         let mut ec = EngineConfig::new(&config.prefix, &queue, instance.to_string());
-        ec.concurrency = concurrency;
-        ec.fetch_batch = fetch_batch;
+        ec.concurrency = p.concurrency;
+        ec.fetch_batch = p.fetch_batch;
+        ec.shared_slots = p.shared.then_some(pool);
         ec.lease = config.lease();
         ec.retention = Duration::from_secs(config.retention_secs);
         ec.dead_max_count = config.dead_max_count;

@@ -79,7 +79,7 @@ impl QueueEngine {
             keys,
             conn,
             leased: Mutex::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(concurrency)),
+            slots: cfg.shared_slots.clone().unwrap_or_else(|| Arc::new(Semaphore::new(concurrency))),
             events,
             stop_fetch: stop_fetch.clone(),
             cfg,

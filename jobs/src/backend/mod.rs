@@ -198,6 +198,11 @@ pub struct EngineConfig {
     /// goes to the dead letters as "crashed its worker N times". The queue's `conf`
     /// hash field `crash_limit` overrides it at run time.
     pub crash_limit: u32,
+    /// Concurrency slots shared with other engines (the partitions of one logical queue):
+    /// when set, this engine's fetcher takes its slots from here instead of its own
+    /// `concurrency` slots, so a busy partition can use what idle ones leave, and the
+    /// fetchers waiting for a slot get them in turn (tokio's semaphore is fair).
+    pub shared_slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl EngineConfig {
@@ -217,6 +222,7 @@ impl EngineConfig {
             promote_limit: 1000,
             idle_wait: Duration::from_secs(1),
             crash_limit: 3,
+            shared_slots: None,
         }
     }
 }

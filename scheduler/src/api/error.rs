@@ -82,6 +82,11 @@ impl From<fleet_jobs::Error> for ApiError {
             e @ fleet_jobs::Error::QuotaExceeded { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()).retry_after(5)
             }
+            e @ fleet_jobs::Error::NotReplicated { .. } => {
+                // Written on the primary, not yet on its replicas: a retry with the same
+                // ids (or Idempotency-Key) is safe and does not enqueue twice.
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_replicated", e.to_string()).retry_after(1)
+            }
             other => ApiError::internal("job store", other),
         }
     }

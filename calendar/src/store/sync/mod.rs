@@ -283,9 +283,12 @@ pub(crate) async fn apply(
     };
 
     let mut tx = lock_supplier(db, source).await?;
-    let existing = stored_events(&mut tx, source_id).await?;
+    let existing = stored_events(&mut tx, source_id, &read, &fetched.removed).await?;
     let gone = gone_events(&existing, &read, &fetched.removed);
-    if let Some(reason) = mass_deletion(source, fetched.mode, existing.len(), gone.len()) {
+    // The guard weighs the deletions against all the source's events: counted only when
+    // something would be deleted.
+    let stored = if gone.is_empty() { 0 } else { count_events(&mut tx, source_id).await? };
+    if let Some(reason) = mass_deletion(source, fetched.mode, stored, gone.len()) {
         tx.rollback().await?;
         report.apply_ms = elapsed_ms(started);
         return quarantine(db, source_id, reason, report).await;
@@ -395,14 +398,29 @@ async fn lock_supplier(db: &PgPool, source: &SyncSource) -> Result<Tx, sqlx::Err
     Ok(tx)
 }
 
-/// Step 3: the source's stored events with their versions.
-async fn stored_events(tx: &mut Tx, source_id: &str) -> Result<HashMap<EventKey, StoredVersion>, sqlx::Error> {
+/// Step 3: the stored events this fetch can touch, with their versions: those in the
+/// objects it re-read or removed, and those with a key it read (an event may move between
+/// objects). A one-change sync reads a handful of rows, not the source's 5,000.
+async fn stored_events(
+    tx: &mut Tx,
+    source_id: &str,
+    read: &ReadObjects,
+    removed: &[String],
+) -> Result<HashMap<EventKey, StoredVersion>, sqlx::Error> {
+    let hrefs: Vec<&str> = read.hrefs.iter().chain(removed).map(String::as_str).collect();
+    let (uids, rids): (Vec<&str>, Vec<&str>) = read.events.keys().map(|(u, r)| (u.as_str(), r.as_str())).unzip();
     let mut existing = HashMap::new();
-    for row in
-        sqlx::query("SELECT uid, rid, href, sequence, dtstamp, content_hash FROM calendar_events WHERE source_id = $1")
-            .bind(source_id)
-            .fetch_all(&mut **tx)
-            .await?
+    for row in sqlx::query(
+        "SELECT uid, rid, href, sequence, dtstamp, content_hash FROM calendar_events
+          WHERE source_id = $1
+            AND (href = ANY($2) OR (uid, rid) IN (SELECT * FROM UNNEST($3::text[], $4::text[])))",
+    )
+    .bind(source_id)
+    .bind(&hrefs)
+    .bind(&uids)
+    .bind(&rids)
+    .fetch_all(&mut **tx)
+    .await?
     {
         existing.insert(
             (row.get("uid"), row.get("rid")),
@@ -410,6 +428,15 @@ async fn stored_events(tx: &mut Tx, source_id: &str) -> Result<HashMap<EventKey,
         );
     }
     Ok(existing)
+}
+
+/// Step 3: how many events the source has stored (the mass-deletion guard's base).
+async fn count_events(tx: &mut Tx, source_id: &str) -> Result<usize, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM calendar_events WHERE source_id = $1")
+        .bind(source_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Step 3: events in removed or re-fetched objects that the fetch no longer has.
