@@ -759,7 +759,7 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     let at_ms =
         opts.run_at.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)).unwrap_or(0);
     if let Some(d) = &opts.dedup {
-        crate::dedup::validate(d).map_err(Error::Invalid)?;
+        crate::dedup::check(d).map_err(Error::Invalid)?;
         if opts.batch.is_some() {
             return Err(Error::Invalid("a job of a batch cannot have a dedup key".into()));
         }

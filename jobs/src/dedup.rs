@@ -142,7 +142,7 @@ pub struct Enqueued {
 
 /// Checks a dedup request: a key of 1 to 200 characters without control characters, a
 /// debounce delay of at least 1 ms and a max wait from the delay to [`MAX_DEBOUNCE`].
-pub(crate) fn validate(d: &Dedup) -> Result<(), String> {
+pub fn check(d: &Dedup) -> Result<(), String> {
     if d.key.is_empty() || d.key.len() > 300 || d.key.chars().any(char::is_control) {
         return Err("a dedup key must be 1 to 300 characters without control characters".into());
     }

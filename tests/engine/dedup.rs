@@ -5,6 +5,7 @@
 use super::{T, probe};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use chrono::SubsecRound;
 use fleet_jobs::backend::calls;
 use fleet_jobs::backend::{Completion, EngineConfig, Op, RawJob};
 use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
@@ -343,6 +344,21 @@ async fn a_held_job_whose_running_job_vanished_runs_after_the_hold() {
         .await
         .unwrap();
     assert_eq!(lease_n(&env, &cfg, 1).await[0].id, held.id.as_str());
+
+    // The janitor finds such a key at once: its waiting job is due now, not after the hold.
+    let opts = EnqueueOptions::default().keep_last("sync:8");
+    let gone = env.client.enqueue_reported(&probe(ProbeAction::Succeed), opts.clone()).await.unwrap();
+    lease_n(&env, &cfg, 1).await;
+    let waiting = env.client.enqueue_reported(&probe(ProbeAction::Succeed), opts).await.unwrap();
+    let _: () = redis::pipe()
+        .hdel(&k.state, gone.id.as_str())
+        .zrem(&k.leases, gone.id.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    calls::janitor(&mut conn, &k, &cfg, 100).await.unwrap();
+    assert!(start_of(&env, &waiting.id).await.unwrap() <= redis_now(&env).await, "released by the janitor");
+    assert_eq!(lease_n(&env, &cfg, 1).await[0].id, waiting.id.as_str());
     env.cleanup().await;
 }
 
@@ -429,6 +445,61 @@ async fn the_api_reports_each_mode_keeps_tenants_keys_apart_and_refuses_bad_comb
     let unknown = job_with(json!({"key": "x", "mode": "sometimes"}));
     assert_eq!(api.call(&api.a, "POST", "/v1/jobs", unknown).await.0, StatusCode::BAD_REQUEST);
     assert_eq!(api.env.stats("default").await.enqueued, before);
+    let (s, doc) = api.call(&api.a, "GET", "/openapi.json", json!(null)).await;
+    assert_eq!(s, StatusCode::OK);
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["DedupRequest"]["properties"]["mode"].is_object(), "the dedup request is described");
+    assert!(schemas["Enqueued"]["properties"]["deduplicated"].is_object(), "and its outcome");
     api.db.drop_db().await;
     api.env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_last_schedule_never_piles_up_ticks_and_its_dedup_is_stored_in_postgres() {
+    use fleet_scheduler::schedule::{Missed, Schedule, ScheduleDedup, ScheduleSpec};
+    use fleet_scheduler::ticker::{Ticker, load_spec, store_spec};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let spec = ScheduleSpec {
+        name: "resync".into(),
+        cron: "* * * * * *".into(),
+        timezone: "UTC".into(),
+        kind: "probe".into(),
+        args: json!({"do": "succeed"}),
+        queue: None,
+        priority: None,
+        max_attempts: None,
+        missed: Missed::Skip,
+        catch_up_secs: 0,
+        paused: false,
+        dedup: Some(ScheduleDedup {
+            key: "resync".into(),
+            mode: "keep_last".into(),
+            delay_ms: None,
+            max_wait_ms: None,
+        }),
+    };
+    assert!(store_spec(&db.pool, &spec, false).await.unwrap());
+    assert_eq!(load_spec(&db.pool, "resync").await.unwrap().as_ref(), Some(&spec));
+    let mut bad = spec.clone();
+    bad.dedup = Some(ScheduleDedup { key: "k".into(), mode: "replace".into(), delay_ms: Some(5), max_wait_ms: None });
+    assert!(Schedule::parse(bad).unwrap_err().contains("debounce only"));
+
+    // Two replicas, ten ticks, no worker: one job waits, each newer tick replaced the last.
+    let mut replicas: Vec<Ticker> = (0..2).map(|_| Ticker::new(env.client.clone(), None, vec![spec.clone()])).collect();
+    for r in &mut replicas {
+        assert!(r.reload().await.is_empty());
+    }
+    let t0 = chrono::Utc::now().trunc_subsecs(0);
+    for step in 0..=10 {
+        let now = t0 + chrono::Duration::seconds(step) + chrono::Duration::milliseconds(250);
+        for r in &mut replicas {
+            let report = r.tick(now).await;
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+        }
+    }
+    let s = env.stats("default").await;
+    assert_eq!((s.enqueued, s.pending(), s.superseded), (10, 1, 9), "{s:?}");
+    db.drop_db().await;
+    env.cleanup().await;
 }
