@@ -119,7 +119,7 @@ impl Deduplicated {
 
     /// Reads the script's reply element `{ id, outcome, replaced, running }`.
     pub(crate) fn from_reply(outcome: &str, replaced: String, running: String) -> Option<Self> {
-        let previous = (!replaced.is_empty()).then(|| JobId(replaced));
+        let previous = (!replaced.is_empty()).then_some(JobId(replaced));
         match outcome {
             "throttled" => Some(Deduplicated::Throttled),
             "debounced" => Some(Deduplicated::Debounced),
