@@ -157,7 +157,7 @@ impl Worker {
     }
 }
 
-async fn redis_cpu(c: &Client) -> f64 {
+pub(crate) async fn redis_cpu(c: &Client) -> f64 {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c.connection()).await.expect("INFO");
     let get = |k: &str| {
         info.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
@@ -170,7 +170,7 @@ async fn redis_memory(c: &Client) -> f64 {
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
-async fn cleanup(c: &Client) {
+pub(crate) async fn cleanup(c: &Client) {
     let mut conn = c.connection();
     for k in c.scan_keys(&format!("{}:*", c.prefix())).await.expect("scan") {
         let _: () = redis::cmd("UNLINK").arg(k).query_async(&mut conn).await.expect("unlink");
@@ -834,12 +834,13 @@ pub async fn run(args: &[String]) {
             "limits" => limits().await,
             "webhooks" => webhooks().await,
             "images" => crate::images::run(&fresh().await).await,
+            "dedup" => crate::dedup::run(fresh, n).await,
             "recovery" => {
                 recovery(5_000).await;
                 recovery(30_000).await;
             }
             other => eprintln!(
-                "unknown workload {other} (w1, w1-replicated, w2, w2-cluster, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images)"
+                "unknown workload {other} (w1, w1-replicated, w2, w2-cluster, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images, dedup)"
             ),
         }
     }

@@ -2,7 +2,7 @@
 //! the peer benchmark harness (`../shared/peer-bench`), in one binary.
 //!
 //! ```text
-//! fleet-bench run [w1,w1-replicated,w2,w2-cluster,w3,w4,w2-tenants,fairness,...] [--n 50000] [--best "200 batch=200"]   # prints the figures
+//! fleet-bench run [w1,w1-replicated,w2,w2-cluster,w3,w4,w2-tenants,fairness,dedup,...] [--n 50000] [--best "200 batch=200"]   # prints the figures
 //! fleet-bench enqueue <n> <single|bulk> <noop|sleep> [sleep_ms]         # adapter protocol
 //! fleet-bench trickle <count> <interval_ms>
 //! fleet-bench worker <concurrency> [batch=N]
@@ -19,9 +19,11 @@
 //!   tenants and fairness, memory, webhooks), timed from the events jobs write to a pipe.
 //! * `adapter`: the peer harness's protocol (`enqueue`, `trickle`, `worker`), and the
 //!   benchmark's job kinds run by the shipped worker runtime.
+//! * `dedup`: the enqueue cost of each dedup mode.
 //! * `images`: the 300-photo portfolio and per-step image timings.
 
 mod adapter;
+mod dedup;
 mod driver;
 mod images;
 

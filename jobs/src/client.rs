@@ -1,6 +1,7 @@
 //! The typed client that upstream Rust apps use to enqueue jobs and read their state.
 
 use crate::conn::RedisConn;
+use crate::dedup::{Dedup, DedupMode, DedupTag, Deduplicated, Enqueued};
 use crate::envelope::{Envelope, JobId, Priority, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{QueueKeys, validate_queue_name};
@@ -51,6 +52,10 @@ pub struct EnqueueOptions {
     /// caller-chosen id; a job with none of them goes round-robin. Ignored on a queue
     /// without partitions.
     pub partition_key: Option<String>,
+    /// A dedup key and mode (debounce, replace, keep-last; see [`crate::dedup`]). With
+    /// `unique` too, the throttle is checked first. Not with a batch; a debounced job's
+    /// start is its debounce delay (no `delay` or `run_at`).
+    pub dedup: Option<Dedup>,
 }
 
 /// Longest [`Durability::Replicated`] wait: below the connection's 5 s reply timeout.
@@ -143,6 +148,21 @@ impl EnqueueOptions {
         self.durability = Some(Durability::Replicated { replicas, timeout });
         self
     }
+    /// Options with a debounce key: see [`DedupMode::Debounce`].
+    pub fn debounce(mut self, key: impl Into<String>, delay: Duration, max_wait: Duration) -> Self {
+        self.dedup = Some(Dedup { key: key.into(), mode: DedupMode::Debounce { delay, max_wait } });
+        self
+    }
+    /// Options with a replace key: see [`DedupMode::Replace`].
+    pub fn replace(mut self, key: impl Into<String>) -> Self {
+        self.dedup = Some(Dedup { key: key.into(), mode: DedupMode::Replace });
+        self
+    }
+    /// Options with a keep-last-if-running key: see [`DedupMode::KeepLast`].
+    pub fn keep_last(mut self, key: impl Into<String>) -> Self {
+        self.dedup = Some(Dedup { key: key.into(), mode: DedupMode::KeepLast });
+        self
+    }
     /// Options with a partition key (see [`EnqueueOptions::partition_key`]).
     pub fn partition_key(mut self, key: impl Into<String>) -> Self {
         self.partition_key = Some(key.into());
@@ -164,6 +184,7 @@ struct Prepared {
     delay_ms: u64,
     at_ms: u64,
     unique: Option<Unique>,
+    dedup: Option<Dedup>,
     tenant: Option<String>,
     durability: Option<Durability>,
 }
@@ -311,6 +332,12 @@ impl Client {
 
     /// Enqueues one job with options.
     pub async fn enqueue_with<A: JobArgs>(&self, args: &A, opts: EnqueueOptions) -> Result<JobId> {
+        Ok(self.enqueue_reported(args, opts).await?.id)
+    }
+
+    /// Enqueues one job with options and says what its unique or dedup key did (the
+    /// surviving job's id and the outcome: see [`Deduplicated`]).
+    pub async fn enqueue_reported<A: JobArgs>(&self, args: &A, opts: EnqueueOptions) -> Result<Enqueued> {
         let raw = encode_args(A::KIND, args)?;
         let mut job = prepare(A::KIND, raw, &A::options(), opts)?;
         self.place(&mut job);
@@ -326,6 +353,17 @@ impl Client {
         defaults: &KindOptions,
         opts: EnqueueOptions,
     ) -> Result<JobId> {
+        Ok(self.enqueue_raw_reported(kind, args, defaults, opts).await?.id)
+    }
+
+    /// [`Client::enqueue_raw`] that says what the job's unique or dedup key did.
+    pub async fn enqueue_raw_reported(
+        &self,
+        kind: &str,
+        args: Box<RawValue>,
+        defaults: &KindOptions,
+        opts: EnqueueOptions,
+    ) -> Result<Enqueued> {
         if kind.is_empty() || kind.len() > 128 {
             return Err(Error::Invalid("kind must be 1 to 128 characters".into()));
         }
@@ -352,10 +390,12 @@ impl Client {
         I: IntoIterator<Item = (A, EnqueueOptions)>,
     {
         let defaults = A::options();
-        self.write_all(
-            jobs.into_iter().map(|(args, opts)| prepare(A::KIND, encode_args(A::KIND, &args)?, &defaults, opts)),
-        )
-        .await
+        let written = self
+            .write_all(
+                jobs.into_iter().map(|(args, opts)| prepare(A::KIND, encode_args(A::KIND, &args)?, &defaults, opts)),
+            )
+            .await?;
+        Ok(written.into_iter().map(|e| e.id).collect())
     }
 
     /// Enqueues jobs of any kinds from JSON arguments (the HTTP API's bulk path), in chunks
@@ -364,12 +404,20 @@ impl Client {
         &self,
         jobs: Vec<(String, Box<RawValue>, KindOptions, EnqueueOptions)>,
     ) -> Result<Vec<JobId>> {
+        Ok(self.enqueue_many_reported(jobs).await?.into_iter().map(|e| e.id).collect())
+    }
+
+    /// [`Client::enqueue_many`] that says what each job's unique or dedup key did.
+    pub async fn enqueue_many_reported(
+        &self,
+        jobs: Vec<(String, Box<RawValue>, KindOptions, EnqueueOptions)>,
+    ) -> Result<Vec<Enqueued>> {
         self.write_all(jobs.into_iter().map(|(kind, args, defaults, opts)| prepare(&kind, args, &defaults, opts))).await
     }
 
     /// Writes jobs in chunks of [`BULK_CHUNK`], one round trip per chunk; stops at the
     /// first job that does not prepare (earlier chunks are already written).
-    async fn write_all(&self, jobs: impl Iterator<Item = Result<Prepared>>) -> Result<Vec<JobId>> {
+    async fn write_all(&self, jobs: impl Iterator<Item = Result<Prepared>>) -> Result<Vec<Enqueued>> {
         let mut ids = Vec::new();
         let mut chunk: Vec<Prepared> = Vec::with_capacity(BULK_CHUNK);
         for job in jobs {
@@ -390,7 +438,7 @@ impl Client {
     /// partition (keeping each partition's jobs in order), so it costs one call per
     /// partition rather than one per change of partition; ids come back in the
     /// caller's order. Without partitioned queues, exactly `write_chunk`.
-    async fn write_grouped(&self, chunk: Vec<Prepared>) -> Result<Vec<JobId>> {
+    async fn write_grouped(&self, chunk: Vec<Prepared>) -> Result<Vec<Enqueued>> {
         if self.partitions.is_empty() || !chunk.iter().any(|j| j.queue != j.logical) {
             return self.write_chunk(&chunk).await;
         }
@@ -399,16 +447,16 @@ impl Client {
         let mut slots: Vec<Option<Prepared>> = chunk.into_iter().map(Some).collect();
         let sorted: Vec<Prepared> = order.iter().map(|i| slots[*i].take().expect("each index once")).collect();
         let written = self.write_chunk(&sorted).await?;
-        let mut ids = vec![JobId(String::new()); written.len()];
-        for (pos, id) in order.into_iter().zip(written) {
-            ids[pos] = id;
+        let mut ids = vec![None; written.len()];
+        for (pos, e) in order.into_iter().zip(written) {
+            ids[pos] = Some(e);
         }
-        Ok(ids)
+        Ok(ids.into_iter().flatten().collect())
     }
 
     /// Writes jobs (grouped by queue, one script call per group) and returns the id
     /// holding each: its own, or an existing job's for a duplicate.
-    async fn write_chunk(&self, jobs: &[Prepared]) -> Result<Vec<JobId>> {
+    async fn write_chunk(&self, jobs: &[Prepared]) -> Result<Vec<Enqueued>> {
         let mut holders = Vec::with_capacity(jobs.len());
         let mut start = 0;
         while start < jobs.len() {
@@ -429,6 +477,16 @@ impl Client {
                     .arg(ukey)
                     .arg(window)
                     .arg(j.tenant.as_deref().unwrap_or(""));
+                match &j.dedup {
+                    Some(d) => {
+                        let max_wait = match d.mode {
+                            DedupMode::Debounce { max_wait, .. } => max_wait.as_millis() as u64,
+                            _ => 0,
+                        };
+                        inv.arg(d.mode.letter()).arg(&d.key).arg(max_wait)
+                    }
+                    None => inv.arg("").arg("").arg(0),
+                };
             }
             // The strongest durability any job of the group asks for.
             let wait = jobs[start..end]
@@ -454,8 +512,8 @@ impl Client {
                     reply
                 }
             };
-            let texts: Vec<String> = reply.into_iter().map(value_text).collect();
-            if texts.first().is_some_and(|t| t == "!quota") {
+            if reply.first().cloned().map(value_text).is_some_and(|t| t == "!quota") {
+                let texts: Vec<String> = reply.into_iter().map(value_text).collect();
                 let num = |i: usize| texts.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
                 return Err(Error::QuotaExceeded {
                     tenant: texts.get(1).cloned().unwrap_or_default(),
@@ -464,7 +522,7 @@ impl Client {
                     quota: num(3),
                 });
             }
-            holders.extend(texts.into_iter().map(JobId));
+            holders.extend(reply.into_iter().map(enqueued_of));
             start = end;
         }
         Ok(holders)
@@ -670,6 +728,21 @@ fn value_text(v: redis::Value) -> String {
     }
 }
 
+/// One element of the enqueue script's reply: an id, or `{ id, outcome, replaced, running }`.
+fn enqueued_of(v: redis::Value) -> Enqueued {
+    match v {
+        redis::Value::Array(items) => {
+            let mut t = items.into_iter().map(value_text);
+            let id = JobId(t.next().unwrap_or_default());
+            let outcome = t.next().unwrap_or_default();
+            let replaced = t.next().unwrap_or_default();
+            let running = t.next().unwrap_or_default();
+            Enqueued { id, deduplicated: Deduplicated::from_reply(&outcome, replaced, running) }
+        }
+        other => Enqueued { id: JobId(value_text(other)), deduplicated: None },
+    }
+}
+
 fn encode_args<A: JobArgs>(kind: &str, args: &A) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(args).map_err(|source| Error::Encode { kind: kind.to_owned(), source })
 }
@@ -685,7 +758,27 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
     let now = now_ms();
     let at_ms =
         opts.run_at.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)).unwrap_or(0);
-    let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
+    if let Some(d) = &opts.dedup {
+        crate::dedup::check(d).map_err(Error::Invalid)?;
+        if opts.batch.is_some() {
+            return Err(Error::Invalid("a job of a batch cannot have a dedup key".into()));
+        }
+        if matches!(d.mode, DedupMode::Debounce { .. }) && (opts.delay.is_some() || opts.run_at.is_some()) {
+            return Err(Error::Invalid(
+                "a debounced job starts after its debounce delay: it takes no delay or run_at".into(),
+            ));
+        }
+        if opts.id.as_ref().is_some_and(|id| !crate::dedup::plain_id(id.as_str())) {
+            return Err(Error::Invalid(
+                "the id of a job with a dedup key may hold only letters, digits, '-', '_', '.' and ':'".into(),
+            ));
+        }
+    }
+    let debounce = match opts.dedup.as_ref().map(|d| d.mode) {
+        Some(DedupMode::Debounce { delay, .. }) => Some(delay),
+        _ => None,
+    };
+    let delay_ms = debounce.or(opts.delay).map(|d| d.as_millis() as u64).unwrap_or(0);
     let run_at = if at_ms > 0 { at_ms } else { now + delay_ms };
     let caller_id = opts.id.is_some();
     let id = opts.id.unwrap_or_default();
@@ -716,12 +809,18 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         deadline: opts.deadline.map(epoch_ms),
         tenant: opts.tenant.clone(),
         batch: opts.batch,
+        dedup: match (&opts.dedup, &opts.unique) {
+            (Some(d), _) => Some(DedupTag { mode: d.mode.name().to_owned(), key: d.key.clone() }),
+            (None, Some(u)) => Some(DedupTag { mode: "throttle".to_owned(), key: u.key.clone() }),
+            (None, None) => None,
+        },
     };
     let envelope = serde_json::to_string(&env).map_err(|source| Error::Encode { kind: kind.to_owned(), source })?;
     let partition_key = opts
         .partition_key
         .or(batch_key)
         .or_else(|| opts.tenant.clone())
+        .or_else(|| opts.dedup.as_ref().map(|d| d.key.clone()))
         .or_else(|| opts.unique.as_ref().map(|u| u.key.clone()))
         .or_else(|| caller_id.then(|| id.0.clone()));
     Ok(Prepared {
@@ -734,6 +833,7 @@ fn prepare(kind: &str, args: Box<RawValue>, defaults: &KindOptions, opts: Enqueu
         delay_ms,
         at_ms,
         unique: opts.unique,
+        dedup: opts.dedup,
         tenant: opts.tenant,
         durability: opts.durability,
     })

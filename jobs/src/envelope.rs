@@ -107,6 +107,9 @@ pub struct Envelope {
     /// The batch it belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
+    /// Its unique or dedup key and mode, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<crate::dedup::DedupTag>,
 }
 
 /// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`), split;

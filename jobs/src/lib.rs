@@ -12,6 +12,7 @@
 //! * [`kind`]: the [`JobArgs`] trait that gives typed arguments a stable kind name and defaults.
 //! * [`catalogue`]: the job kinds Fleet knows, by stable name.
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
+//! * [`dedup`]: dedup modes per key (debounce, replace, keep-last) beside the unique key's throttle.
 //! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
@@ -33,6 +34,7 @@ pub mod catalogue;
 pub mod client;
 pub mod conn;
 pub mod deadcaps;
+pub mod dedup;
 pub mod envelope;
 pub mod error;
 pub mod events;
@@ -49,6 +51,7 @@ pub mod tenant;
 pub mod tls;
 
 pub use client::{CancelOutcome, Client, Durability, EnqueueOptions, Unique};
+pub use dedup::{Dedup, DedupMode, Deduplicated, Enqueued};
 pub use envelope::{Envelope, JobId, Priority};
 pub use error::{Error, Result};
 pub use kind::{Audience, JobArgs, KindOptions};

@@ -242,6 +242,11 @@ pub struct QueueStats {
     pub replayed: i64,
     /// Dead letters purged by operators.
     pub purged: i64,
+    /// Jobs cancelled because a newer one of their dedup key took their place (replace,
+    /// keep-last); also counted in `cancelled`.
+    pub superseded: i64,
+    /// Enqueues merged into their debounce key's pending job.
+    pub debounced: i64,
 }
 
 impl QueueStats {
@@ -269,6 +274,8 @@ impl QueueStats {
             deferred: g("deferred"),
             replayed: g("replayed"),
             purged: g("purged"),
+            superseded: g("superseded"),
+            debounced: g("debounced"),
         }
     }
 

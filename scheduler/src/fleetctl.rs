@@ -903,6 +903,7 @@ async fn schedule(stores: &Stores, json: bool, command: ScheduleCommand) -> Resu
                 missed: Default::default(),
                 catch_up_secs: 0,
                 paused: false,
+                dedup: None,
             };
             let spec = fields.apply(base)?;
             if !crate::ticker::store_spec(&db, &spec, false).await.map_err(dberr)? {

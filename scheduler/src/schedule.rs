@@ -55,6 +55,51 @@ pub struct ScheduleSpec {
     /// Paused schedules enqueue nothing (their ticks count as missed).
     #[serde(default)]
     pub paused: bool,
+    /// A dedup key and mode for the jobs it enqueues (e.g. `keep_last`, so a slow run
+    /// never has more than one tick waiting behind it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<ScheduleDedup>,
+}
+
+/// A schedule's dedup key and mode (see the README's "Dedup modes"). The tick's own
+/// unique key is checked first; a debounced tick starts after the debounce delay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDedup {
+    /// The key, scoped to the queue.
+    pub key: String,
+    /// `debounce`, `replace` or `keep_last`.
+    pub mode: String,
+    /// Debounce only (required there): quiet time after the last job, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Debounce only: longest wait from the burst's first job, in ms (default 10 × delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+}
+
+impl ScheduleDedup {
+    /// The engine's dedup key and mode, or why these settings are not one.
+    pub fn to_dedup(&self) -> Result<fleet_jobs::Dedup, String> {
+        use fleet_jobs::DedupMode;
+        let timing = self.delay_ms.is_some() || self.max_wait_ms.is_some();
+        let mode = match self.mode.as_str() {
+            "debounce" => {
+                let delay = self.delay_ms.ok_or("dedup mode debounce needs delay_ms")?;
+                let max_wait = self.max_wait_ms.unwrap_or(delay.saturating_mul(10));
+                DedupMode::Debounce { delay: Duration::from_millis(delay), max_wait: Duration::from_millis(max_wait) }
+            }
+            "replace" | "keep_last" if timing => {
+                return Err("dedup delay_ms and max_wait_ms are for debounce only".into());
+            }
+            "replace" => DedupMode::Replace,
+            "keep_last" => DedupMode::KeepLast,
+            other => return Err(format!("unknown dedup mode {other:?} (debounce, replace or keep_last)")),
+        };
+        let d = fleet_jobs::Dedup { key: self.key.clone(), mode };
+        fleet_jobs::dedup::check(&d)?;
+        Ok(d)
+    }
 }
 
 fn utc() -> String {
@@ -102,6 +147,9 @@ impl Schedule {
             .map_err(|e| format!("schedule {:?}: args do not fit kind {:?}: {e}", spec.name, spec.kind))?;
         if let Some(q) = &spec.queue {
             fleet_jobs::keys::validate_queue_name(q).map_err(|e| format!("schedule {:?}: {e}", spec.name))?;
+        }
+        if let Some(d) = &spec.dedup {
+            d.to_dedup().map_err(|e| format!("schedule {:?}: {e}", spec.name))?;
         }
         Ok(Schedule { spec, cron, tz })
     }
@@ -158,6 +206,7 @@ mod tests {
             missed: Missed::Skip,
             catch_up_secs: 0,
             paused: false,
+            dedup: None,
         }
     }
 

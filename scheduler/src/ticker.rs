@@ -272,10 +272,15 @@ async fn enqueue_job(client: &Client, s: &Schedule, opts: EnqueueOptions) -> fle
         .ok_or_else(|| fleet_jobs::Error::Invalid(format!("unknown kind {:?}", s.spec.kind)))?;
     let args =
         serde_json::value::to_raw_value(&s.spec.args).map_err(|e| fleet_jobs::Error::Invalid(format!("args: {e}")))?;
+    let dedup = s.spec.dedup.as_ref().map(|d| d.to_dedup()).transpose().map_err(fleet_jobs::Error::Invalid)?;
+    // A debounced tick starts after the debounce delay, not at its tick time.
+    let debounced = matches!(dedup, Some(fleet_jobs::Dedup { mode: fleet_jobs::DedupMode::Debounce { .. }, .. }));
     let opts = EnqueueOptions {
         queue: s.spec.queue.clone(),
         priority: s.spec.priority,
         max_attempts: s.spec.max_attempts,
+        run_at: if debounced { None } else { opts.run_at },
+        dedup,
         ..opts
     };
     client.enqueue_raw(&s.spec.kind, args, &(kind.options)(), opts).await
@@ -302,11 +307,11 @@ pub async fn store_spec(db: &PgPool, spec: &ScheduleSpec, replace: bool) -> Resu
     };
     let sql = if replace {
         "UPDATE schedules SET cron = $2, timezone = $3, kind = $4, args = $5, queue = $6, priority = $7,
-                max_attempts = $8, missed = $9, catch_up_secs = $10, paused = $11, updated_at = now()
+                max_attempts = $8, missed = $9, catch_up_secs = $10, paused = $11, dedup = $12, updated_at = now()
           WHERE name = $1"
     } else {
-        "INSERT INTO schedules (name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING"
+        "INSERT INTO schedules (name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused, dedup)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING"
     };
     let r = sqlx::query(sql)
         .bind(&spec.name)
@@ -320,6 +325,7 @@ pub async fn store_spec(db: &PgPool, spec: &ScheduleSpec, replace: bool) -> Resu
         .bind(missed)
         .bind(spec.catch_up_secs.min(i64::MAX as u64) as i64)
         .bind(spec.paused)
+        .bind(spec.dedup.as_ref().and_then(|d| serde_json::to_value(d).ok()))
         .execute(db)
         .await?;
     Ok(r.rows_affected() == 1)
@@ -353,9 +359,10 @@ async fn load_specs_where(db: &PgPool, name: Option<&str>) -> Result<Vec<Schedul
         String,
         i64,
         bool,
+        Option<serde_json::Value>,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused FROM schedules
+        "SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up_secs, paused, dedup FROM schedules
           WHERE $1::text IS NULL OR name = $1",
     )
     .bind(name)
@@ -363,7 +370,7 @@ async fn load_specs_where(db: &PgPool, name: Option<&str>) -> Result<Vec<Schedul
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up, paused)| {
+        .map(|(name, cron, timezone, kind, args, queue, priority, max_attempts, missed, catch_up, paused, dedup)| {
             ScheduleSpec {
                 name,
                 cron,
@@ -376,6 +383,7 @@ async fn load_specs_where(db: &PgPool, name: Option<&str>) -> Result<Vec<Schedul
                 missed: if missed == "catch_up" { Missed::CatchUp } else { Missed::Skip },
                 catch_up_secs: catch_up.max(0) as u64,
                 paused,
+                dedup: dedup.and_then(|d| serde_json::from_value(d).ok()),
             }
         })
         .collect())

@@ -24,6 +24,7 @@ fn spec(name: &str, cron: &str) -> ScheduleSpec {
         missed: Missed::Skip,
         catch_up_secs: 0,
         paused: false,
+        dedup: None,
     }
 }
 

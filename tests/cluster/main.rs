@@ -321,6 +321,7 @@ async fn cron_ticks_are_enqueued_once_each_onto_queues_on_different_primaries() 
         missed: Missed::Skip,
         catch_up_secs: 0,
         paused: false,
+        dedup: None,
     };
     let specs = vec![spec("first", &queues[0]), spec("second", &queues[1]), spec("third", &queues[2])];
     // Two replicas, no database: each tick's unique key (in its queue's slot) makes one job.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod acks;
 mod controls;
+mod dedup;
 mod expiry;
 mod kinds;
 mod partitions;

@@ -27,6 +27,7 @@ fn every_second(name: &str) -> ScheduleSpec {
         missed: Missed::Skip,
         catch_up_secs: 0,
         paused: false,
+        dedup: None,
     }
 }
 

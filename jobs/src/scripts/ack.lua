@@ -103,6 +103,8 @@ end
 -- and not leased since. Not release, snooze or defer: the reaped job is in ready anyway,
 -- as they asked. (A plain `q<p>` with the same attempt count is the older form.)
 local LATE_OK = { ok = true, expire = true, dead = true, retry = true }
+local FINAL_OP = { ok = true, expire = true, dead = true }
+local DEDUP = dedup_on(K)
 
 for i = 5, #ARGV, 7 do
   local id, tok, op = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -118,6 +120,7 @@ for i = 5, #ARGV, 7 do
     redis.call('ZREM', K.leases, id)
     n_running = n_running + 1
     apply(id, tok, op, pri_of(st), delay, entry, batch, false)
+    if DEDUP then dedup_settle(K, id, FINAL_OP[op], now) end
     res[#res + 1] = 1
   elseif tok ~= '' and string.sub(st, 3) == ':' .. tok then
     -- This very completion was applied before (its reply was lost).
@@ -127,11 +130,13 @@ for i = 5, #ARGV, 7 do
     -- Reaped from this very lease and not leased again since: the attempt did finish.
     n_late = n_late + 1
     apply(id, tok, op, pri_of(st), delay, entry, batch, true)
+    if DEDUP then dedup_settle(K, id, FINAL_OP[op], now) end
     res[#res + 1] = 4
   elseif LATE_OK[op] and code_of(st) == 'q' and #st == 2 and attempt > 0
       and tonumber(redis.call('HGET', K.att, id) or '0') == attempt then
     n_late = n_late + 1
     apply(id, tok, op, pri_of(st), delay, entry, batch, true)
+    if DEDUP then dedup_settle(K, id, FINAL_OP[op], now) end
     res[#res + 1] = 4
   else
     n_stale = n_stale + 1

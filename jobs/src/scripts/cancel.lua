@@ -21,10 +21,12 @@ elseif c ~= 'q' then
 end
 local t = tenant_of(K, id)
 if c == 'r' then left_running(t, true, st) else finished_only(t) end
-tenants_settle(K)
 redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)
 redis.call('HSET', K.state, id, 'c' .. p)
+-- A keyed job lets its key go; a keep-last key's waiting job goes on (see prelude).
+if dedup_on(K) then dedup_settle(K, id, true, now_ms()) end
+tenants_settle(K)
 redis.call('ZADD', K.done, now_ms() + math.max(retention, 3600000), id)
 -- A cancelled job of a batch counts as finished (not succeeded).
 local env = redis.call('HGET', K.jobs, id)

@@ -23,6 +23,20 @@ local holds_nothing, instance = ARGV[4] == '1', ARGV[5]
 -- tenants always share a fetch of two or more.
 local QUANTUM = math.min(4, math.ceil(want / 2))
 local now = now_ms()
+local DEDUP = dedup_on(K)
+
+-- A held keep-last job found due (see prelude): held again while its key's job runs.
+local function still_held(id)
+  local f = redis.call('HGET', qkey(K, 'dkey'), id)
+  if not f or string.sub(f, 1, 2) ~= 'h:' then return false end
+  local r = redis.call('HGET', qkey(K, 'dedup'), 'r:' .. string.sub(f, 3))
+  if r and code_of(redis.call('HGET', K.state, r) or 'c') == 'r' then
+    redis.call('ZADD', K.sched, now + DEDUP_HOLD_MS, id)
+    return true
+  end
+  redis.call('HSET', qkey(K, 'dkey'), id, 'w:' .. string.sub(f, 3))
+  return false
+end
 
 local function next_due()
   local first = redis.call('ZRANGE', K.sched, 0, 0, 'WITHSCORES')
@@ -39,7 +53,7 @@ if #due > 0 then
     local st = redis.call('HGET', K.state, id)
     if st then
       local c, p = code_of(st), pri_of(st)
-      if c == 's' or c == 'y' then
+      if (c == 's' or c == 'y') and not (DEDUP and c == 's' and still_held(id)) then
         if c == 's' then from_sched = from_sched + 1 else from_retry = from_retry + 1 end
         push_ready(K, p, tenant_of(K, id), id, false)
         -- Keeps the token of the completion that scheduled it (`:<token>`), so a
@@ -93,6 +107,7 @@ if redis.call('LLEN', K.suspects) > 0 then
         local a = redis.call('HINCRBY', K.att, id, 1)
         redis.call('HSET', K.state, id, 'r' .. pri_of(st) .. ':' .. tok)
         redis.call('ZADD', K.leases, now + lease_ms, id)
+        if DEDUP then dedup_leased(K, id) end
         if cap > 0 then redis.call('HINCRBY', qkey(K, 'trun'), t, 1) end
         redis.call('HINCRBY', K.stats, 'ready', -1)
         redis.call('HINCRBY', K.stats, 'running', 1)
@@ -159,6 +174,7 @@ for p = 1, 3 do
             local a = redis.call('HINCRBY', K.att, id, 1)
             redis.call('HSET', K.state, id, 'r' .. pri_of(st) .. ':' .. tok)
             redis.call('ZADD', K.leases, deadline, id)
+            if DEDUP then dedup_leased(K, id) end
             out[#out + 1] = id
             out[#out + 1] = redis.call('HGET', K.jobs, id)
             out[#out + 1] = a

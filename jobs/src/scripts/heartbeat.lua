@@ -24,6 +24,7 @@ local dead_max, dead_age, hist_cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonum
 local crash_limit = tonumber(ARGV[7])
 local now = now_ms()
 local out = { 0 }
+local DEDUP = dedup_on(K)
 
 for i = 8, #ARGV, 2 do
   local id, tok = ARGV[i], ARGV[i + 1]
@@ -108,6 +109,8 @@ for _, id in ipairs(expired) do
       redis.call('HINCRBY', K.stats, 'ready', 1)
       back = back + 1
     end
+    -- A keep-last key's run ended: its waiting job goes on (see prelude).
+    if DEDUP then dedup_settle(K, id, to_the_dead, now) end
     out[1] = out[1] + 1
   end
 end

@@ -5,7 +5,9 @@
 --   * dead letters past their age, or over the count cap (trim_dead, which reads the
 --     queue's own caps from `conf` when set);
 --   * unique keys past their window (`uniqexp` -> `uniq`);
---   * counters of batches whose callbacks were enqueued more than `batch keep ms` ago.
+--   * counters of batches whose callbacks were enqueued more than `batch keep ms` ago;
+--   * dedup slots of jobs that are gone or ended without their scripts (a record removed
+--     by hand): 20 sampled per call; a keep-last key's waiting job is let go at once.
 -- KEYS: jobs state att stats dead done hist uniq uniqexp batches batchfin
 -- ARGV: limit, dead max count, dead max age ms, batch keep ms
 -- Returns { records expired, dead letters evicted, unique keys forgotten,
@@ -45,5 +47,12 @@ for _, b in ipairs(batches) do
   redis.call('ZREM', K.batchfin, b)
 end
 if #batches == bl then more = 1 end
+
+if dedup_on(K) then
+  for _, id in ipairs(redis.call('HRANDFIELD', qkey(K, 'dkey'), 20)) do
+    local st = redis.call('HGET', K.state, id)
+    if (not st) or string.find('kdcx', code_of(st), 1, true) then dedup_settle(K, id, true, now) end
+  end
+end
 
 return { expired, evicted, #ukeys, #batches, more }

@@ -228,3 +228,110 @@ local function tenants_settle(K)
     if redis.call('HINCRBY', qkey(K, 'topen'), t, -n) <= 0 then redis.call('HDEL', qkey(K, 'topen'), t) end
   end
 end
+
+-- Dedup modes (see dedup.rs). Per queue, `dedup` maps a key's slot to a job id and
+-- `dkey` maps a job of a keyed mode to its slot, while that slot is the job's:
+--   dedup  'd:<key>' -> '<max wait end ms>|<id>'  debounce: the pending job of the burst
+--          'p:<key>' -> id                        replace: the pending job
+--          'w:<key>' -> id                        keep-last: the waiting job
+--          'r:<key>' -> id                        keep-last: the running job
+--   dkey   id -> 'd:<key>' | 'p:<key>' | 'w:<key>' | 'h:<key>' (waiting, held until the
+--          running job of its key ends) | 'r:<key>' (running)
+-- A slot is let go when its job is leased (debounce, replace) or ends (keep-last), so
+-- both hashes hold only live jobs. Scripts that lease or end jobs test `dkey` once per
+-- call (DEDUP_ON): a queue that never used the modes pays one EXISTS.
+-- A held job waits in `sched` until DEDUP_HOLD_MS from now; its key's run ending
+-- moves it to now. Should that never happen (a record removed by hand), fetch finds it
+-- due, sees no running job for its key, and lets it run: a key is never stuck.
+local DEDUP_HOLD_MS = 60000
+
+local function dedup_on(K) return redis.call('EXISTS', qkey(K, 'dkey')) == 1 end
+
+-- Ends a job that a newer one of its key replaces: like a cancel (counted as
+-- cancelled and superseded). st: its state, neither running nor final. A ready job's
+-- list entry is dropped when a fetch reaches it.
+local function dedup_supersede(K, id, st, now)
+  local c = code_of(st)
+  if c == 's' or c == 'y' then redis.call('ZREM', qkey(K, 'sched'), id) end
+  redis.call('HINCRBY', K.stats, GAUGE[c], -1)
+  redis.call('HINCRBY', K.stats, 'cancelled', 1)
+  redis.call('HINCRBY', K.stats, 'superseded', 1)
+  redis.call('HSET', K.state, id, 'c' .. pri_of(st))
+  redis.call('ZADD', qkey(K, 'done'), now + 3600000, id)
+  redis.call('HDEL', qkey(K, 'dkey'), id)
+  finished_only(tenant_of(K, id))
+end
+
+-- A live state that is neither running nor final: the job has yet to (re)start.
+local function dedup_waits(st)
+  if not st then return false end
+  local c = code_of(st)
+  return c == 'q' or c == 's' or c == 'y'
+end
+
+-- Lets the waiting job of a keep-last key start now if it was held.
+local function dedup_release(K, key, now)
+  local w = redis.call('HGET', qkey(K, 'dedup'), 'w:' .. key)
+  if not w then return end
+  if redis.call('HGET', qkey(K, 'dkey'), w) == 'h:' .. key then
+    redis.call('HSET', qkey(K, 'dkey'), w, 'w:' .. key)
+    if code_of(redis.call('HGET', K.state, w) or 'c') == 's' then
+      redis.call('ZADD', qkey(K, 'sched'), now, w)
+      local wk = qkey(K, 'wake')
+      if redis.call('LLEN', wk) == 0 then redis.call('RPUSH', wk, '1') end
+    end
+  end
+end
+
+-- A job of a keyed mode was leased: its pending slot is let go (a new enqueue makes a
+-- new job); a keep-last job becomes its key's running job.
+local function dedup_leased(K, id)
+  local f = redis.call('HGET', qkey(K, 'dkey'), id)
+  if not f then return end
+  local slot, key = string.sub(f, 1, 1), string.sub(f, 3)
+  local D = qkey(K, 'dedup')
+  if slot == 'w' or slot == 'h' then
+    if redis.call('HGET', D, 'w:' .. key) == id then redis.call('HDEL', D, 'w:' .. key) end
+    redis.call('HSET', D, 'r:' .. key, id)
+    redis.call('HSET', qkey(K, 'dkey'), id, 'r:' .. key)
+  elseif slot ~= 'r' then
+    local v = redis.call('HGET', D, f)
+    if v and (v == id or string.sub(v, -(#id + 1)) == '|' .. id) then redis.call('HDEL', D, f) end
+    redis.call('HDEL', qkey(K, 'dkey'), id)
+  end
+end
+
+-- A job of a keyed mode stopped running (any completion, a lost lease) or ended
+-- (final: succeeded, dead, expired, cancelled); st is its state now. When a keep-last
+-- job's run ends, the waiting job of its key (if any) is released; a run that ends
+-- without finishing (retry, snooze, lease lost) is superseded by that waiting job, which
+-- carries newer args, or else becomes the waiting job itself.
+local function dedup_settle(K, id, final, now)
+  local f = redis.call('HGET', qkey(K, 'dkey'), id)
+  if not f then return end
+  local slot, key = string.sub(f, 1, 1), string.sub(f, 3)
+  local D = qkey(K, 'dedup')
+  if slot == 'r' then
+    if redis.call('HGET', D, 'r:' .. key) == id then redis.call('HDEL', D, 'r:' .. key) end
+    if final then
+      redis.call('HDEL', qkey(K, 'dkey'), id)
+      dedup_release(K, key, now)
+      return
+    end
+    local w = redis.call('HGET', D, 'w:' .. key)
+    if w and w ~= id and dedup_waits(redis.call('HGET', K.state, w)) then
+      local st = redis.call('HGET', K.state, id)
+      if dedup_waits(st) then dedup_supersede(K, id, st, now) end
+      dedup_release(K, key, now)
+    else
+      redis.call('HSET', D, 'w:' .. key, id)
+      redis.call('HSET', qkey(K, 'dkey'), id, 'w:' .. key)
+    end
+  elseif final then
+    local field = f
+    if slot == 'h' then field = 'w:' .. key end
+    local v = redis.call('HGET', D, field)
+    if v and (v == id or string.sub(v, -(#id + 1)) == '|' .. id) then redis.call('HDEL', D, field) end
+    redis.call('HDEL', qkey(K, 'dkey'), id)
+  end
+end

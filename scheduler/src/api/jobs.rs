@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Json, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use fleet_jobs::{CancelOutcome, EnqueueOptions, JobId, JobState, Priority, Unique};
+use fleet_jobs::{CancelOutcome, Dedup, DedupMode, EnqueueOptions, JobId, JobState, Priority, Unique};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -52,6 +52,40 @@ pub(crate) struct EnqueueRequest {
     /// Not started by this instant: the job expires instead of running.
     #[serde(default)]
     deadline: Option<DateTime<Utc>>,
+    /// Collapse jobs that share a key: debounce, replace or keep-last (see the README's
+    /// "Dedup modes"). With `unique_key` too, the throttle is checked first.
+    #[serde(default)]
+    dedup: Option<DedupRequest>,
+}
+
+/// A dedup key and mode.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DedupRequest {
+    /// The key (1 to 200 characters), in the caller's own namespace.
+    key: String,
+    /// `debounce`: each new job moves the pending one's start to `delay_ms` from now and
+    /// gives it its args, never past `max_wait_ms` after the burst's first job;
+    /// `replace`: a pending (ready or scheduled) job with the key is cancelled for the
+    /// new one; `keep_last`: at most one running and one waiting job per key, the
+    /// waiting one with the latest args, started when the running one ends.
+    mode: DedupModeName,
+    /// Debounce only (required): quiet time after the last job, 1 ms to 7 days.
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    /// Debounce only: longest wait from the burst's first job, from `delay_ms` to 7 days
+    /// (default: 10 times `delay_ms`, at most 7 days).
+    #[serde(default)]
+    max_wait_ms: Option<u64>,
+}
+
+/// A dedup mode's name.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DedupModeName {
+    Debounce,
+    Replace,
+    KeepLast,
 }
 
 /// An enqueued job.
@@ -61,6 +95,36 @@ pub(crate) struct Enqueued {
     id: String,
     /// Its queue.
     queue: String,
+    /// When a key collapsed the enqueue: `throttled` (the unique key's job, nothing
+    /// created), `debounced` (merged into the key's pending job `id`), `replaced` (a new
+    /// job; the pending one, `replaced`, was cancelled) or `waiting` (a new job held
+    /// until the key's running job, `waiting_for`, ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deduplicated: Option<String>,
+    /// The job this one replaced (cancelled), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaced: Option<String>,
+    /// The running job of the key this one waits for (keep-last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<String>,
+}
+
+impl Enqueued {
+    fn of(e: fleet_jobs::Enqueued, queue: String) -> Self {
+        use fleet_jobs::Deduplicated as D;
+        let (replaced, waiting_for) = match &e.deduplicated {
+            Some(D::Replaced { previous }) => (Some(previous.0.clone()), None),
+            Some(D::Waiting { running, previous }) => (previous.as_ref().map(|p| p.0.clone()), Some(running.0.clone())),
+            _ => (None, None),
+        };
+        Enqueued {
+            id: e.id.0,
+            queue,
+            deduplicated: e.deduplicated.as_ref().map(|d| d.name().to_owned()),
+            replaced,
+            waiting_for,
+        }
+    }
 }
 
 /// Many jobs at once (at most 1000).
@@ -99,6 +163,18 @@ pub(crate) struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     result: Option<Box<RawValue>>,
+    /// Its unique or dedup key and mode, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedup: Option<DedupView>,
+}
+
+/// A job's unique or dedup key, as its tenant named it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DedupView {
+    /// `throttle` (the unique key), `debounce`, `replace` or `keep_last`.
+    mode: String,
+    /// The key.
+    key: String,
 }
 
 /// A job's progress, as its handler last reported it.
@@ -170,6 +246,7 @@ pub(crate) fn prepare(
     if r.unique_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
         return Err(ApiError::invalid("unique_key must be 1 to 200 characters"));
     }
+    let dedup = r.dedup.map(|d| dedup_of(d, tenant, r.delay_ms.is_some() || r.run_at.is_some())).transpose()?;
     let to_system = |t: DateTime<Utc>| UNIX_EPOCH + Duration::from_millis(t.timestamp_millis().max(0) as u64);
     let opts = EnqueueOptions {
         queue: r.queue,
@@ -185,9 +262,43 @@ pub(crate) fn prepare(
         }),
         deadline: r.deadline.map(to_system),
         tenant: Some(tenant.to_owned()),
+        dedup,
         ..Default::default()
     };
     Ok((r.kind, r.args, defaults, opts))
+}
+
+/// Checks a dedup request (a bad combination is a 400 `bad_dedup`) and puts its key in
+/// the tenant's namespace, like a unique key.
+fn dedup_of(d: DedupRequest, tenant: &str, has_start: bool) -> Result<Dedup, ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_dedup", m);
+    if d.key.is_empty() || d.key.len() > 200 || d.key.chars().any(char::is_control) {
+        return Err(bad("dedup.key must be 1 to 200 characters without control characters"));
+    }
+    let max = fleet_jobs::dedup::MAX_DEBOUNCE.as_millis() as u64;
+    let mode = match d.mode {
+        DedupModeName::Debounce => {
+            let delay = d.delay_ms.ok_or_else(|| bad("dedup mode debounce needs delay_ms"))?;
+            if delay == 0 || delay > max {
+                return Err(bad(&format!("dedup.delay_ms must be 1 to {max} (7 days)")));
+            }
+            let max_wait = d.max_wait_ms.unwrap_or(delay.saturating_mul(10).min(max));
+            if max_wait < delay || max_wait > max {
+                return Err(bad(&format!("dedup.max_wait_ms must be from delay_ms to {max} (7 days)")));
+            }
+            if has_start {
+                return Err(bad("a debounced job starts after dedup.delay_ms: leave out delay_ms and run_at"));
+            }
+            DedupMode::Debounce { delay: Duration::from_millis(delay), max_wait: Duration::from_millis(max_wait) }
+        }
+        DedupModeName::Replace | DedupModeName::KeepLast if d.delay_ms.is_some() || d.max_wait_ms.is_some() => {
+            return Err(bad("dedup.delay_ms and dedup.max_wait_ms are for mode debounce only"));
+        }
+        DedupModeName::Replace => DedupMode::Replace,
+        DedupModeName::KeepLast => DedupMode::KeepLast,
+    };
+    // In the tenant's namespace: no tenant can take another's key, or Fleet's own.
+    Ok(Dedup { key: fleet_jobs::tenant::unique_key(tenant, &d.key), mode })
 }
 
 /// The request's W3C `traceparent`, kept when well-formed (the job's logs join its trace).
@@ -249,7 +360,7 @@ async fn idempotent_ids(
 /// Enqueue one job.
 #[utoipa::path(post, path = "/v1/jobs", request_body = EnqueueRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the same job")),
-    responses((status = 201, body = Enqueued), (status = 401, body = super::error::ErrorBody),
+    responses((status = 201, body = Enqueued), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody),
         (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn enqueue(
     State(state): State<ApiState>,
@@ -266,9 +377,9 @@ pub(crate) async fn enqueue(
         opts.id = idempotent_ids(&state, &caller.tenant, &key, &raw, 1).await?.pop();
     }
     let queue = opts.queue.clone().unwrap_or_else(|| defaults.queue.clone());
-    let id = state.client.enqueue_raw(&kind, args, &defaults, opts).await?;
+    let done = state.client.enqueue_raw_reported(&kind, args, &defaults, opts).await?;
     metrics::counter!("fleet_api_enqueued_total", "kind" => kind).increment(1);
-    Ok((StatusCode::CREATED, Json(Enqueued { id: id.0, queue })))
+    Ok((StatusCode::CREATED, Json(Enqueued::of(done, queue))))
 }
 
 /// Enqueue up to 1000 jobs in one request.
@@ -309,8 +420,8 @@ pub(crate) async fn enqueue_bulk(
         queues.push(opts.queue.clone().unwrap_or_else(|| defaults.queue.clone()));
     }
     // One round trip per queue in the request, not one per job.
-    let written = state.client.enqueue_many(prepared).await?;
-    let out: Vec<Enqueued> = written.into_iter().zip(queues).map(|(id, queue)| Enqueued { id: id.0, queue }).collect();
+    let written = state.client.enqueue_many_reported(prepared).await?;
+    let out: Vec<Enqueued> = written.into_iter().zip(queues).map(|(e, queue)| Enqueued::of(e, queue)).collect();
     metrics::counter!("fleet_api_enqueued_total", "kind" => "bulk").increment(n as u64);
     Ok((StatusCode::CREATED, Json(BulkEnqueued { jobs: out })))
 }
@@ -350,6 +461,12 @@ pub(crate) async fn get_job(
             at: ms(p.at),
         }),
         result: job.result,
+        dedup: env.dedup.map(|d| {
+            // Shown as the tenant named it, without its namespace.
+            let own = fleet_jobs::tenant::unique_key(&caller.tenant, "");
+            let key = d.key.strip_prefix(own.as_str()).unwrap_or(&d.key).to_owned();
+            DedupView { mode: d.mode, key }
+        }),
     }))
 }
 
