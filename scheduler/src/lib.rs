@@ -19,6 +19,7 @@
 //!   plaintext endpoint secrets sealed at start-up.
 
 pub mod api;
+pub mod archive;
 pub mod audit;
 pub mod cli;
 pub mod config;
