@@ -32,6 +32,7 @@ CREATE INDEX job_archive_finished ON job_archive (finished_at DESC, seq DESC);
 CREATE INDEX job_archive_queue_state ON job_archive (queue, state, finished_at DESC, seq DESC);
 CREATE INDEX job_archive_tenant ON job_archive (tenant, finished_at DESC, seq DESC);
 CREATE INDEX job_archive_kind ON job_archive (kind, finished_at DESC, seq DESC);
+CREATE INDEX job_archive_state ON job_archive (state, finished_at);
 CREATE INDEX job_archive_text ON job_archive
     USING gin ((coalesce(error, '') || ' ' || args::text) gin_trgm_ops);
 

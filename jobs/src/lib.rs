@@ -13,6 +13,7 @@
 //! * [`catalogue`]: the job kinds Fleet knows, by stable name.
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
 //! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
+//! * [`archive`]: finished jobs queued for the scheduler's archive in PostgreSQL.
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
@@ -27,6 +28,7 @@
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
 pub mod admin;
+pub mod archive;
 pub mod backend;
 pub mod batches;
 pub mod catalogue;

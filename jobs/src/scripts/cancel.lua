@@ -25,7 +25,9 @@ tenants_settle(K)
 redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)
 redis.call('HSET', K.state, id, 'c' .. p)
-redis.call('ZADD', K.done, now_ms() + math.max(retention, 3600000), id)
+local now = now_ms()
+redis.call('ZADD', K.done, now + math.max(retention, 3600000), id)
+archive(K, id, 'c', now)
 -- A cancelled job of a batch counts as finished (not succeeded).
 local env = redis.call('HGET', K.jobs, id)
 if env then
