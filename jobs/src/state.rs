@@ -242,6 +242,9 @@ pub struct QueueStats {
     pub replayed: i64,
     /// Dead letters purged by operators.
     pub purged: i64,
+    /// Finished jobs not queued for the archive because its list was full (the scheduler
+    /// had not drained it for a long time); see `crate::archive`.
+    pub archive_dropped: i64,
 }
 
 impl QueueStats {
@@ -269,6 +272,7 @@ impl QueueStats {
             deferred: g("deferred"),
             replayed: g("replayed"),
             purged: g("purged"),
+            archive_dropped: g("archive_dropped"),
         }
     }
 

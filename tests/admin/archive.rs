@@ -396,7 +396,7 @@ async fn bench_archive_search() {
     let two_weeks_ago = urlencode(&(Utc::now() - Days::days(14)).to_rfc3339());
     let queries = [
         ("newest, no filter".to_owned(), "/admin/v1/archive/jobs".to_owned()),
-        ("queue + state=dead".into(), "/admin/v1/archive/jobs?queue=mail&state=dead".into()),
+        ("queue + state=dead".into(), "/admin/v1/archive/jobs?queue=default&state=dead".into()),
         ("tenant".into(), "/admin/v1/archive/jobs?tenant=tenant-417".into()),
         ("kind + last 24 h".into(), format!("/admin/v1/archive/jobs?kind=image.analyze&from={day_ago}")),
         (
