@@ -133,10 +133,7 @@ impl Client {
         let mut out = Vec::with_capacity(entries.len());
         let rows = entries.into_iter().zip(parsed).zip(jobs).zip(hist).zip(progress).zip(results);
         for (((((entry, parsed), env), hist), progress), result) in rows {
-            let (state, attempt, finished_at, id) = match parsed {
-                Some(p) => p,
-                None => (None, 0, 0, String::new()),
-            };
+            let (state, attempt, finished_at, id) = parsed.unwrap_or_default();
             let record = env.map(|env| FinishedRecord {
                 envelope: serde_json::from_slice::<Envelope>(&env).map_err(|_| text(env)),
                 history: json(hist).unwrap_or_else(|| serde_json::json!([])),
