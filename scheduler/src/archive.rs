@@ -4,7 +4,7 @@
 //! ## Layout
 //!
 //! * Types: [`ArchivedJob`] (a whole row), [`ArchivedSummary`] (a row as listed),
-//!   [`Search`] (the filters), [`Page`] (a page and the cursor of the next).
+//!   [`Search`] (the filters), [`ArchivePage`] (a page and the cursor of the next).
 //! * [`insert`]: one multi-row `INSERT ... SELECT FROM UNNEST(...)` per batch, idempotent on
 //!   (queue, id, attempt).
 //! * [`search`] and [`get`]: the reads. Pages go newest first by (finished_at, seq) with a
@@ -165,7 +165,7 @@ pub struct Search {
 
 /// A page of archived jobs, newest first, and the cursor of the next (none: the last).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Page {
+pub struct ArchivePage {
     /// The jobs.
     pub jobs: Vec<ArchivedSummary>,
     /// Pass as `cursor` for the next page.
@@ -248,7 +248,7 @@ fn like_escaped(text: &str) -> String {
 }
 
 /// The archived jobs matching `s`, newest first, one page.
-pub async fn search(db: &PgPool, s: &Search) -> Result<Page, SearchError> {
+pub async fn search(db: &PgPool, s: &Search) -> Result<ArchivePage, SearchError> {
     let limit = s.check()?;
     let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(
         "SELECT seq, tenant, queue, id, attempt, kind, state, left(args::text, ",
@@ -294,7 +294,7 @@ pub async fn search(db: &PgPool, s: &Search) -> Result<Page, SearchError> {
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| Cursor { finished_us: r.job.finished_at.timestamp_micros(), seq: r.seq }.encode()))
         .flatten();
-    Ok(Page { jobs: rows.into_iter().map(|r| r.job).collect(), next })
+    Ok(ArchivePage { jobs: rows.into_iter().map(|r| r.job).collect(), next })
 }
 
 /// Job `id` of `queue` as archived: the ending with the highest attempt (or that

@@ -234,6 +234,20 @@ async fn search_filters_matches_text_ranges_over_time_pages_and_scopes_tenants()
         let (s, body) = http(&router, "GET", &format!("/admin/v1/archive/jobs?{bad}"), Some(&op), None).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
     }
+    // Described in the OpenAPI document.
+    let (_, doc) = http(&router, "GET", "/openapi.json", None, None).await;
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    for path in [
+        "/admin/v1/archive/jobs",
+        "/admin/v1/archive/jobs/{queue}/{id}",
+        "/v1/archive/jobs",
+        "/v1/archive/jobs/{queue}/{id}",
+    ] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path}");
+    }
+    for schema in ["ArchivedJob", "ArchivedSummary", "ArchivePage"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
     env.cleanup().await;
     db.drop_db().await;
 }

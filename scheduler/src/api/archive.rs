@@ -6,7 +6,7 @@
 use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use crate::archive::{self, ArchivedJob, Page, Search, SearchError};
+use crate::archive::{self, ArchivePage, ArchivedJob, Search, SearchError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
@@ -36,19 +36,20 @@ fn check_queue(queue: &str) -> Result<(), ApiError> {
 
 /// GET /admin/v1/archive/jobs: finished jobs of every tenant, newest first.
 #[utoipa::path(get, path = "/admin/v1/archive/jobs", params(Search),
-    responses((status = 200, body = Page), (status = 401, body = super::error::ErrorBody),
+    responses((status = 200, body = ArchivePage), (status = 401, body = super::error::ErrorBody),
         (status = 403, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn admin_search(
     State(s): State<ApiState>,
     caller: Caller,
     Query(q): Query<Search>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Json<ArchivePage>, ApiError> {
     caller.require(Role::Operator)?;
     Ok(Json(archive::search(&s.db, &q).await?))
 }
 
 /// GET /admin/v1/archive/jobs/{queue}/{id}: one archived job, whole.
-#[utoipa::path(get, path = "/admin/v1/archive/jobs/{queue}/{id}", params(ShowQuery),
+#[utoipa::path(get, path = "/admin/v1/archive/jobs/{queue}/{id}",
+    params(("queue" = String, Path, description = "queue"), ("id" = String, Path, description = "job id"), ShowQuery),
     responses((status = 200, body = ArchivedJob), (status = 401, body = super::error::ErrorBody),
         (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn admin_show(
@@ -69,13 +70,13 @@ pub(crate) async fn admin_show(
 /// GET /v1/archive/jobs: the caller's tenant's finished jobs (a `tenant` filter is
 /// replaced by the key's tenant).
 #[utoipa::path(get, path = "/v1/archive/jobs", params(Search),
-    responses((status = 200, body = Page), (status = 401, body = super::error::ErrorBody),
+    responses((status = 200, body = ArchivePage), (status = 401, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn tenant_search(
     State(s): State<ApiState>,
     caller: Caller,
     Query(mut q): Query<Search>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Json<ArchivePage>, ApiError> {
     caller.require(Role::Enqueue)?;
     q.tenant = Some(caller.tenant.clone());
     Ok(Json(archive::search(&s.db, &q).await?))
@@ -83,7 +84,8 @@ pub(crate) async fn tenant_search(
 
 /// GET /v1/archive/jobs/{queue}/{id}: one of the caller's tenant's archived jobs (404
 /// for another tenant's).
-#[utoipa::path(get, path = "/v1/archive/jobs/{queue}/{id}", params(ShowQuery),
+#[utoipa::path(get, path = "/v1/archive/jobs/{queue}/{id}",
+    params(("queue" = String, Path, description = "queue"), ("id" = String, Path, description = "job id"), ShowQuery),
     responses((status = 200, body = ArchivedJob), (status = 401, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn tenant_show(

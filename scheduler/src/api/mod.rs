@@ -153,7 +153,7 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
         fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView,
-        crate::archive::ArchivedJob, crate::archive::ArchivedSummary, crate::archive::Page)),
+        crate::archive::ArchivedJob, crate::archive::ArchivedSummary, crate::archive::ArchivePage)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
