@@ -1,8 +1,8 @@
 -- The archive of finished jobs (succeeded, dead, cancelled, expired): copied from Redis
--- by the scheduler in batches (scheduler::archive), so a job's history outlives Redis's
--- retention. One row per (queue, id, attempt): a copy sent twice changes nothing, and a
--- dead letter replayed and finished again under the same attempt number keeps the newer
--- ending. `queue` is the logical queue (a partitioned queue's partitions are one queue).
+-- by the scheduler in batches (scheduler::archiver), so a job's history outlives Redis's
+-- retention. One row per ending, keyed by (queue, id, attempt, finished_at), all taken
+-- from the ending itself: a copy sent twice changes nothing, and a dead letter replayed
+-- (its attempts start again) and finished again keeps both endings. `queue` is the logical queue (a partitioned queue's partitions are one queue).
 -- Searched newest first with keyset pages on (finished_at, seq); each filter has an index
 -- that ends in that order, and text in args or error is matched through trigrams.
 -- Pruned per queue and state by the retention task (scheduler::retention).
@@ -26,7 +26,7 @@ CREATE TABLE job_archive (
     started_at   TIMESTAMPTZ,
     finished_at  TIMESTAMPTZ NOT NULL,
     archived_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (queue, id, attempt)
+    PRIMARY KEY (queue, id, attempt, finished_at)
 );
 CREATE INDEX job_archive_finished ON job_archive (finished_at DESC, seq DESC);
 CREATE INDEX job_archive_queue_state ON job_archive (queue, state, finished_at DESC, seq DESC);

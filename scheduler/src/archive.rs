@@ -6,7 +6,7 @@
 //! * Types: [`ArchivedJob`] (a whole row), [`ArchivedSummary`] (a row as listed),
 //!   [`Search`] (the filters), [`ArchivePage`] (a page and the cursor of the next).
 //! * [`insert`]: one multi-row `INSERT ... SELECT FROM UNNEST(...)` per batch, idempotent on
-//!   (queue, id, attempt).
+//!   (queue, id, attempt, finished_at): every field of the key comes from the ending itself.
 //! * [`search`] and [`get`]: the reads. Pages go newest first by (finished_at, seq) with a
 //!   keyset cursor, so page 1,000 costs what page 1 does; each filter has an index ending in
 //!   that order, and `q` (text in args or error) uses the trigram index.
@@ -356,9 +356,8 @@ pub struct NewRow {
     pub finished_at: DateTime<Utc>,
 }
 
-/// Writes `rows` in one statement; a row already archived under its (queue, id,
-/// attempt) is left as it is, unless this one ended later (a dead letter replayed and
-/// finished again under the same attempt number). Answers how many rows were written.
+/// Writes `rows` in one statement; a row already archived under its (queue, id, attempt,
+/// finished_at) is left as it is (a copy sent again). Answers how many rows were written.
 pub async fn insert(db: &PgPool, rows: &[NewRow]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
@@ -374,12 +373,7 @@ pub async fn insert(db: &PgPool, rows: &[NewRow]) -> Result<u64, sqlx::Error> {
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[],
                               $8::jsonb[], $9::text[], $10::jsonb[], $11::jsonb[], $12::text[], $13::timestamptz[],
                               $14::timestamptz[], $15::timestamptz[])
-         ON CONFLICT (queue, id, attempt) DO UPDATE SET
-             tenant = EXCLUDED.tenant, kind = EXCLUDED.kind, state = EXCLUDED.state, args = EXCLUDED.args,
-             result = EXCLUDED.result, error = EXCLUDED.error, progress = EXCLUDED.progress,
-             history = EXCLUDED.history, batch = EXCLUDED.batch, enqueued_at = EXCLUDED.enqueued_at,
-             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, archived_at = now()
-           WHERE job_archive.finished_at < EXCLUDED.finished_at",
+         ON CONFLICT (queue, id, attempt, finished_at) DO NOTHING",
     )
     .bind(col!(|r| r.tenant.clone()))
     .bind(col!(|r| r.queue.clone()))

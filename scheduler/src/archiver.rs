@@ -7,7 +7,7 @@
 //! records, write them in one `INSERT ... SELECT FROM UNNEST`, and only after PostgreSQL
 //! committed, drop them from the list. A scheduler or PostgreSQL stopping in between
 //! leaves the entries to be copied again; the insert is idempotent on (queue, id,
-//! attempt), so nothing is lost or doubled. Several schedulers may drain at once: an
+//! attempt, finish time), so nothing is lost or doubled. Several schedulers may drain at once: an
 //! entry is dropped only while it is still at the head of its list.
 
 use crate::archive::{FinalState, NewRow};
