@@ -461,3 +461,32 @@ async fn bench_archive_search() {
     env.cleanup().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_and_dead_again_keeps_both_endings() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let stop = CancellationToken::new();
+    let a = archiver(&env, &db.pool, 100);
+    a.pass(&["default".into()], &stop).await;
+    let w = env.worker(env.config("default", 2), Registry::builtin()).await;
+    let mut rx = w.events();
+    let id = env.client.enqueue(&probe(ProbeAction::GiveUp, "twice")).await.unwrap();
+    n_final(&mut rx, 1, T).await;
+    let only = fleet_jobs::admin::DeadFilter { ids: vec![id.0.clone()], ..Default::default() };
+    assert_eq!(env.client.replay("default", &only, None).await.unwrap(), 1);
+    n_final(&mut rx, 1, T).await;
+    w.shutdown().await;
+    // Both endings wait in one batch, under the same attempt number (a replay starts again).
+    let done = a.pass(&["default".into()], &stop).await;
+    assert_eq!((done.read, done.written), (2, 2));
+    let endings: Vec<(String, i32)> =
+        sqlx::query_as("SELECT state, attempt FROM job_archive WHERE id = $1 ORDER BY finished_at")
+            .bind(&id.0)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(endings, [("dead".to_owned(), 1), ("dead".to_owned(), 1)]);
+    env.cleanup().await;
+    db.drop_db().await;
+}
