@@ -56,6 +56,9 @@ pub struct QueueKeys {
     pub progress: String,
     /// Results recorded by jobs: hash id -> result JSON (see `crate::progress`).
     pub results: String,
+    /// Finished jobs waiting to be copied into the archive: list of
+    /// `<state code>:<attempt>:<finished ms>:<id>` (see `crate::archive`).
+    pub archive: String,
 }
 
 impl QueueKeys {
@@ -87,6 +90,7 @@ impl QueueKeys {
             drain: k("drain"),
             progress: k("progress"),
             results: k("results"),
+            archive: k("archive"),
         }
     }
 }
@@ -148,11 +152,13 @@ pub enum QueueKey {
     Progress,
     /// [`QueueKeys::results`].
     Results,
+    /// [`QueueKeys::archive`].
+    Archive,
 }
 
 impl QueueKey {
     /// Every queue key.
-    pub const ALL: [QueueKey; 26] = [
+    pub const ALL: [QueueKey; 27] = [
         QueueKey::Jobs,
         QueueKey::State,
         QueueKey::Att,
@@ -179,6 +185,7 @@ impl QueueKey {
         QueueKey::Drain,
         QueueKey::Progress,
         QueueKey::Results,
+        QueueKey::Archive,
     ];
 
     /// The key's name in the scripts' `KEYS` headers (`jobs`, `r0`, `sched`, ...).
@@ -210,6 +217,7 @@ impl QueueKey {
             QueueKey::Drain => "drain",
             QueueKey::Progress => "progress",
             QueueKey::Results => "results",
+            QueueKey::Archive => "archive",
         }
     }
 }
@@ -244,6 +252,7 @@ impl QueueKeys {
             QueueKey::Drain => &self.drain,
             QueueKey::Progress => &self.progress,
             QueueKey::Results => &self.results,
+            QueueKey::Archive => &self.archive,
         }
     }
 

@@ -14,6 +14,7 @@
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
 //! * [`dedup`]: dedup modes per key (debounce, replace, keep-last) beside the unique key's throttle.
 //! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
+//! * [`archive`]: finished jobs queued for the scheduler's archive in PostgreSQL.
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
@@ -28,6 +29,7 @@
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
 pub mod admin;
+pub mod archive;
 pub mod backend;
 pub mod batches;
 pub mod catalogue;

@@ -229,6 +229,10 @@ pub(crate) static JANITOR: ScriptSpec<Q> = ScriptSpec::new(
 pub(crate) static RECORD: ScriptSpec<Q> =
     ScriptSpec::new("record", include_str!("scripts/record.lua"), &[Q::State, Q::Progress, Q::Results]);
 
+/// Drops the archive entries the scheduler copied into PostgreSQL, if still at the head.
+pub(crate) static ARCHIVED: ScriptSpec<Q> =
+    ScriptSpec::new("archived", include_str!("scripts/archived.lua"), &[Q::Archive]);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +270,7 @@ mod tests {
             row(&DEAD_LETTERS),
             row(&JANITOR),
             row(&RECORD),
+            row(&ARCHIVED),
         ]
     }
 

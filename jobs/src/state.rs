@@ -247,6 +247,9 @@ pub struct QueueStats {
     pub superseded: i64,
     /// Enqueues merged into their debounce key's pending job.
     pub debounced: i64,
+    /// Finished jobs not queued for the archive because its list was full (the scheduler
+    /// had not drained it for a long time); see `crate::archive`.
+    pub archive_dropped: i64,
 }
 
 impl QueueStats {
@@ -276,6 +279,7 @@ impl QueueStats {
             purged: g("purged"),
             superseded: g("superseded"),
             debounced: g("debounced"),
+            archive_dropped: g("archive_dropped"),
         }
     }
 

@@ -2,19 +2,13 @@
 //! `fleetctl` or `fleet-scheduler create-api-key`/`revoke-api-key`, recorded in
 //! PostgreSQL (`admin_audit`) with who (a key id, or `fleetctl:<user>`/`cli:<user>`;
 //! never a secret), the key's tenant, the action, its target, the filter or parameters,
-//! how many items it affected and when. Entries older than [`RETENTION`] are deleted in
-//! batches of [`PRUNE_BATCH`] each time one is written.
+//! how many items it affected and when. Entries are kept 90 days by default
+//! (`[retention] audit_days`), deleted in bounded batches by the retention task
+//! ([`crate::retention`]), like every other growing table.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use std::time::Duration;
-
-/// How long entries are kept (90 days).
-pub const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
-
-/// Most expired entries deleted per write.
-pub const PRUNE_BATCH: i64 = 1000;
 
 /// Most entries in one page of [`list`].
 pub const MAX_PAGE: i64 = 500;
@@ -57,7 +51,7 @@ pub struct Entry {
     pub at: DateTime<Utc>,
 }
 
-/// Records `change`, then deletes at most [`PRUNE_BATCH`] entries older than [`RETENTION`].
+/// Records `change`.
 pub async fn record(db: &PgPool, change: Change<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO admin_audit (actor, tenant, action, target, params, affected) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -70,7 +64,6 @@ pub async fn record(db: &PgPool, change: Change<'_>) -> Result<(), sqlx::Error> 
     .bind(change.affected)
     .execute(db)
     .await?;
-    prune(db, RETENTION, PRUNE_BATCH).await?;
     Ok(())
 }
 
@@ -80,20 +73,6 @@ pub async fn record_or_log(db: &PgPool, change: Change<'_>) {
     if let Err(e) = record(db, change).await {
         tracing::error!(%action, %target, error = %e, "could not write the audit entry");
     }
-}
-
-/// Deletes at most `batch` entries older than `older_than`; answers how many.
-pub async fn prune(db: &PgPool, older_than: Duration, batch: i64) -> Result<u64, sqlx::Error> {
-    let secs = older_than.as_secs_f64();
-    let r = sqlx::query(
-        "DELETE FROM admin_audit WHERE id IN (
-           SELECT id FROM admin_audit WHERE at < now() - make_interval(secs => $1) ORDER BY at LIMIT $2)",
-    )
-    .bind(secs)
-    .bind(batch)
-    .execute(db)
-    .await?;
-    Ok(r.rows_affected())
 }
 
 /// Which entries [`list`] answers.

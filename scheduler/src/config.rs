@@ -58,6 +58,11 @@ pub struct SchedulerConfig {
     pub api: crate::api::limits::ApiLimits,
     /// `[images]`: the object store originals are uploaded to.
     pub images: ImagesConfig,
+    /// `[archive]`: finished jobs copied into PostgreSQL, and their retention per queue
+    /// and state.
+    pub archive: crate::archiver::ArchiveConfig,
+    /// `[retention]`: how long the other growing tables keep their rows.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// `[images]`: what the API needs of the images domain.
@@ -87,6 +92,8 @@ impl Default for SchedulerConfig {
             tenants: Default::default(),
             api: Default::default(),
             images: Default::default(),
+            archive: Default::default(),
+            retention: Default::default(),
         }
     }
 }
@@ -326,6 +333,8 @@ impl SchedulerConfig {
                 ));
             }
         }
+        self.archive.check().map_err(|m| ConfigError::invalid("archive", m))?;
+        self.retention.check().map_err(|m| ConfigError::invalid("retention", m))?;
         if let fleet_images::storage::StoreConfig::S3(c) = &self.images.storage {
             fleet_images::uploads::UploadSigner::new(c)
                 .map_err(|e| ConfigError::invalid("images.storage", e.to_string()))?;

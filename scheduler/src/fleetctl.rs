@@ -112,12 +112,60 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// The archive of finished jobs: search it, show one (PostgreSQL).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Calendar sources, occurrences and double bookings (PostgreSQL).
     #[command(subcommand)]
     Calendar(sources::CalendarCommand),
     /// Communication sources and timelines (PostgreSQL).
     #[command(subcommand)]
     Comms(sources::CommsCommand),
+}
+
+/// `fleetctl archive ...`
+#[derive(Subcommand, Debug)]
+enum ArchiveCommand {
+    /// Finished jobs, newest first, by any of the filters; prints the cursor of the next page.
+    Search {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only this final state: succeeded, dead, cancelled or expired.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Text in the arguments or the error (3 to 200 characters, case-insensitive).
+        #[arg(long)]
+        text: Option<String>,
+        /// Finished at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Finished before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// The cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Rows (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One archived job, whole: arguments, result, progress, error and failed attempts.
+    Show {
+        /// Queue.
+        queue: String,
+        /// Job id.
+        id: String,
+        /// That attempt's ending (default: the latest).
+        #[arg(long)]
+        attempt: Option<i32>,
+    },
 }
 
 /// A schedule's definition given on the command line.
@@ -551,8 +599,55 @@ async fn execute(args: Args) -> Result<(), String> {
             });
             Ok(())
         }
+        Command::Archive(command) => archived(&stores, args.json, command).await,
         Command::Calendar(command) => sources::calendar(&stores, args.json, command).await,
         Command::Comms(command) => sources::comms(&stores, args.json, command).await,
+    }
+}
+
+async fn archived(stores: &Stores, json: bool, command: ArchiveCommand) -> Result<(), String> {
+    let db = stores.db().await?;
+    match command {
+        ArchiveCommand::Search { queue, state, kind, tenant, text, from, to, cursor, limit } => {
+            let q =
+                crate::archive::Search { queue, state, kind, tenant, q: text, from, to, cursor, limit: Some(limit) };
+            let page = crate::archive::search(&db, &q).await.map_err(|e| format!("searching the archive: {e}"))?;
+            print(json, &page, || {
+                let mut out = table(
+                    &["FINISHED", "QUEUE", "ID", "KIND", "STATE", "TENANT", "ATTEMPT", "ERROR"],
+                    page.jobs
+                        .iter()
+                        .map(|j| {
+                            vec![
+                                when(Some(j.finished_at)),
+                                j.queue.clone(),
+                                j.id.clone(),
+                                j.kind.clone(),
+                                j.state.clone(),
+                                j.tenant.clone().unwrap_or_default(),
+                                j.attempt.to_string(),
+                                j.error.clone().unwrap_or_default(),
+                            ]
+                        })
+                        .collect(),
+                );
+                if let Some(next) = &page.next {
+                    out.push_str(&format!("next page: --cursor {next}\n"));
+                }
+                out
+            });
+            Ok(())
+        }
+        ArchiveCommand::Show { queue, id, attempt } => {
+            fleet_jobs::keys::validate_queue_name(&queue)?;
+            let job = crate::archive::get(&db, &queue, &id, attempt, None)
+                .await
+                .map_err(|e| format!("reading the archive: {e}"))?
+                .ok_or_else(|| format!("no archived job {id} in queue {queue}"))?;
+            // Nested data (arguments, result, attempts): JSON either way.
+            println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
+            Ok(())
+        }
     }
 }
 

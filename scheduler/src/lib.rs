@@ -15,16 +15,22 @@
 //! call into that domain's store (`fleet_calendar::store`, `fleet_comms::store`,
 //! `fleet_images::store`, `fleet_webhooks::store`); what sources share is in
 //! `fleet_accounts`. The scheduler links no job handler, IMAP client or image decoder.
+//! * [`archive`]: the archive of finished jobs in PostgreSQL and its search; [`archiver`]
+//!   copies finished jobs into it from Redis in batches; [`retention`] prunes it and every
+//!   other growing table in bounded batches.
 //! * [`reseal`]: stored secrets re-sealed with the current key (`reseal-secrets`), and
 //!   plaintext endpoint secrets sealed at start-up.
 
 pub mod api;
+pub mod archive;
+pub mod archiver;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod fleetctl;
 pub mod reseal;
+pub mod retention;
 pub mod schedule;
 pub mod tenancy;
 pub mod ticker;
@@ -113,6 +119,20 @@ pub async fn run(
             history.clone().run(client.clone(), s.clone())
         })
     };
+    let archiving = {
+        let archiver = archiver::Archiver::new(client.clone(), db.clone(), config.archive.clone());
+        supervise(&tasks, "archiver", Restart::DEFAULT, stop.clone(), {
+            let s = stop.clone();
+            move || archiver.clone().run(s.clone())
+        })
+    };
+    let pruning = {
+        let (db, archive, tables) = (db.clone(), config.archive.clone(), config.retention.clone());
+        supervise(&tasks, "retention", Restart::DEFAULT, stop.clone(), {
+            let s = stop.clone();
+            move || retention::run(db.clone(), archive.clone(), tables.clone(), s.clone())
+        })
+    };
     let router = api::app(state, config.max_body_bytes)
         .merge(health_routes(Readiness { client, db: db.clone(), tasks: tasks.clone() }))
         .route("/metrics", get(move || std::future::ready(metrics.render())));
@@ -145,6 +165,8 @@ pub async fn run(
     stop.cancel();
     let _ = ticking.await;
     let _ = sampling.await;
+    let _ = archiving.await;
+    let _ = pruning.await;
     if !ended_early {
         let _ = serving.await;
     }

@@ -372,7 +372,8 @@ async fn creating_and_revoking_an_api_key_is_audited_by_id_never_by_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_past_the_retention_are_pruned_in_bounded_batches_on_insert() {
+async fn entries_past_the_retention_are_pruned_in_bounded_batches_by_the_retention_task() {
+    use fleet_scheduler::retention::{self, RetentionConfig};
     let db = TestDb::new().await;
     sqlx::query(
         "INSERT INTO admin_audit (actor, action, target, at)
@@ -381,17 +382,21 @@ async fn entries_past_the_retention_are_pruned_in_bounded_batches_on_insert() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let change = |n: i64| fleet_scheduler::audit::Change {
+    let change = fleet_scheduler::audit::Change {
         actor: "k",
         tenant: Some("ops"),
         action: "queue.resume",
         target: "queue:q".into(),
         params: json!({}),
-        affected: n,
+        affected: 1,
     };
-    fleet_scheduler::audit::record(&db.pool, change(1)).await.unwrap();
-    assert_eq!(count(&db).await, 1 + 500, "one write deletes at most PRUNE_BATCH (1,000) expired entries");
-    fleet_scheduler::audit::record(&db.pool, change(2)).await.unwrap();
-    assert_eq!(count(&db).await, 2, "the next write deletes the rest; recent entries stay");
+    fleet_scheduler::audit::record(&db.pool, change).await.unwrap();
+    let tables = RetentionConfig { batch: 1000, ..Default::default() };
+    let audit = retention::targets(&Default::default(), &tables).into_iter().find(|t| t.name == "admin_audit").unwrap();
+    assert_eq!(retention::prune_batch(&db.pool, &audit, 1000).await.unwrap(), 1000, "one statement, one batch");
+    assert_eq!(count(&db).await, 1 + 500);
+    let pass = retention::pass(&db.pool, &Default::default(), &tables).await;
+    assert!(pass.contains(&("admin_audit".into(), 500)), "{pass:?}");
+    assert_eq!(count(&db).await, 1, "the recent entry stays");
     db.drop_db().await;
 }

@@ -8,6 +8,7 @@ use fleet_tests::{TestEnv, n_final, redis_url};
 use fleet_worker::Registry;
 use std::time::Duration;
 
+mod archive;
 mod audit;
 mod browser;
 mod deadcaps;

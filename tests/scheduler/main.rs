@@ -258,7 +258,7 @@ async fn the_scheduler_serves_readyz_with_its_stores_and_supervised_tasks() {
     })
     .await;
     assert_eq!(body["status"], "ready", "{body}");
-    for check in ["redis", "postgres", "task:ticker", "task:sampler", "task:api"] {
+    for check in ["redis", "postgres", "task:ticker", "task:sampler", "task:archiver", "task:retention", "task:api"] {
         assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
     }
     let (status, live) = get("/healthz").await.unwrap();

@@ -36,6 +36,7 @@ local n_dup, n_gone, n_late, n_unready = 0, 0, 0, 0
 local released = {}
 
 local function finish(id, code, pri, tok)
+  archive(K, id, code, now)
   if retention > 0 then
     redis.call('HSET', K.state, id, code .. pri .. ':' .. tok)
     redis.call('ZADD', K.done, now + retention, id)

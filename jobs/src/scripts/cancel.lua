@@ -24,10 +24,12 @@ if c == 'r' then left_running(t, true, st) else finished_only(t) end
 redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)
 redis.call('HSET', K.state, id, 'c' .. p)
+local now = now_ms()
 -- A keyed job lets its key go; a keep-last key's waiting job goes on (see prelude).
-if dedup_on(K) then dedup_settle(K, id, true, now_ms()) end
+if dedup_on(K) then dedup_settle(K, id, true, now) end
 tenants_settle(K)
-redis.call('ZADD', K.done, now_ms() + math.max(retention, 3600000), id)
+redis.call('ZADD', K.done, now + math.max(retention, 3600000), id)
+archive(K, id, 'c', now)
 -- A cancelled job of a batch counts as finished (not succeeded).
 local env = redis.call('HGET', K.jobs, id)
 if env then

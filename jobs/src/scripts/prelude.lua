@@ -88,8 +88,34 @@ local function trim_dead(K, now, max_count, max_age, limit)
   return evicted
 end
 
+-- Most finished jobs waiting for the archive per queue; past it an ending is counted
+-- (stats.archive_dropped) instead of queued, so the list stays bounded when no scheduler
+-- drains it for a long time.
+local ARCHIVE_CAP = 1000000
+-- Whether a scheduler archives this queue (conf field `archive` = 1), read once per call.
+local ARCHIVING = nil
+
+-- Queues a job that just finished (code k, d, c or x) for the archive: one list entry
+-- `<code>:<attempt>:<now ms>:<id>`, which the scheduler reads with the job's record,
+-- copies into PostgreSQL and only then removes (see jobs/src/archive.rs). Nothing at all
+-- when no scheduler archives the queue.
+local function archive(K, id, code, now)
+  if ARCHIVING == nil then
+    ARCHIVING = redis.call('HGET', qkey(K, 'conf'), 'archive') == '1'
+  end
+  if not ARCHIVING then return end
+  local key = qkey(K, 'archive')
+  if redis.call('LLEN', key) >= ARCHIVE_CAP then
+    redis.call('HINCRBY', K.stats, 'archive_dropped', 1)
+    return
+  end
+  local att = redis.call('HGET', qkey(K, 'att'), id) or '0'
+  redis.call('RPUSH', key, code .. ':' .. att .. ':' .. now .. ':' .. id)
+end
+
 -- Moves a job into the dead-letter set.
 local function to_dead(K, id, pri, now)
+  archive(K, id, 'd', now)
   redis.call('HSET', K.state, id, 'd' .. pri)
   redis.call('ZADD', K.dead, now, id)
   redis.call('HINCRBY', K.stats, 'dead', 1)
@@ -260,6 +286,7 @@ local function dedup_supersede(K, id, st, now)
   redis.call('ZADD', qkey(K, 'done'), now + 3600000, id)
   redis.call('HDEL', qkey(K, 'dkey'), id)
   finished_only(tenant_of(K, id))
+  archive(K, id, 'c', now)
 end
 
 -- A live state that is neither running nor final: the job has yet to (re)start.
