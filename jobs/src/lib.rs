@@ -14,6 +14,7 @@
 //! * [`client`]: enqueue one, with options, or in bulk; read job and queue state.
 //! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
+//! * [`browse`]: jobs by state with filters, a page at a time; retry now and delete of one job.
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
 //! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
@@ -29,6 +30,7 @@
 pub mod admin;
 pub mod backend;
 pub mod batches;
+pub mod browse;
 pub mod catalogue;
 pub mod client;
 pub mod conn;

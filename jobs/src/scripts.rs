@@ -229,6 +229,14 @@ pub(crate) static JANITOR: ScriptSpec<Q> = ScriptSpec::new(
 pub(crate) static RECORD: ScriptSpec<Q> =
     ScriptSpec::new("record", include_str!("scripts/record.lua"), &[Q::State, Q::Progress, Q::Results]);
 
+/// Makes a scheduled or retrying job due now.
+pub(crate) static NUDGE: ScriptSpec<Q> =
+    ScriptSpec::new("nudge", include_str!("scripts/nudge.lua"), &[Q::State, Q::Sched, Q::Wake]);
+
+/// Deletes a finished job's record.
+pub(crate) static FORGET: ScriptSpec<Q> =
+    ScriptSpec::new("forget", include_str!("scripts/forget.lua"), &[Q::Jobs, Q::State, Q::Att, Q::Hist, Q::Done]);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +274,8 @@ mod tests {
             row(&DEAD_LETTERS),
             row(&JANITOR),
             row(&RECORD),
+            row(&NUDGE),
+            row(&FORGET),
         ]
     }
 
