@@ -11,6 +11,7 @@ use std::time::Duration;
 mod audit;
 mod browser;
 mod deadcaps;
+mod jobs;
 mod traces;
 
 const FLEETCTL: &str = env!("CARGO_BIN_EXE_fleetctl-e2e");

@@ -219,10 +219,16 @@ pub(crate) async fn replay(
     State(s): State<ApiState>,
     caller: Caller,
     Path((queue, id)): Path<(String, String)>,
-    body: Option<Json<ReplayRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     caller.require(Role::Admin)?;
     queue_name(&queue)?;
+    // No body: the job's own arguments.
+    let body: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid replay body: {e}")))?
+    };
     let job =
         s.client.job(&queue, &id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id} on queue {queue}")))?;
     let env = job
@@ -230,7 +236,7 @@ pub(crate) async fn replay(
         .ok_or_else(|| ApiError::invalid(format!("job {id}'s envelope does not decode: it cannot be copied")))?;
     let kind = fleet_jobs::catalogue::lookup(&env.kind)
         .ok_or_else(|| ApiError::invalid(format!("kind {:?} is not in the catalogue", env.kind)))?;
-    let edited = body.and_then(|Json(b)| b.args);
+    let edited = body.args;
     let was_edited = edited.is_some();
     let args = edited.unwrap_or(env.args);
     (kind.validate)(&args).map_err(|e| ApiError::invalid(format!("args do not fit kind {:?}: {e}", env.kind)))?;
