@@ -455,6 +455,16 @@ pub(crate) async fn schedules(
     .fetch_all(&s.db)
     .await
     .map_err(|e| ApiError::unavailable("reading schedules", e))?;
+    // A schedule no ticker has run yet: its next fire time from its definition.
+    let mut rows = rows;
+    for row in rows.iter_mut().filter(|r| r.next_fire_at.is_none() && !r.paused) {
+        let spec = match crate::ticker::load_spec(&s.db, &row.name).await.map_err(db_error("reading the schedule"))? {
+            Some(spec) => Some(spec),
+            None => config_schedule(&s, &row.name).cloned(),
+        };
+        row.next_fire_at =
+            spec.and_then(|spec| crate::schedule::Schedule::parse(spec).ok()?.next_after(chrono::Utc::now()));
+    }
     Ok(Json(rows))
 }
 
