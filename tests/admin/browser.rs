@@ -634,3 +634,57 @@ async fn every_dashboard_page_finds_shows_and_acts_in_a_real_browser() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+/// When the archive answers `GET /admin/v1/archive/jobs` (a stand-in here, speaking its
+/// documented shape), the job browser shows its tab and searches it with the same filters,
+/// sending the key in the header only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_browser_searches_the_archive_when_it_answers() {
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    env.client.enqueue(&ProbeArgs::new(ProbeAction::Succeed)).await.unwrap();
+    let asked: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let seen = asked.clone();
+    let archive = axum::routing::get(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+        let seen = seen.clone();
+        async move {
+            let query = uri.query().unwrap_or("").to_owned();
+            let authorized =
+                headers.get("authorization").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer fk_"));
+            seen.lock().unwrap().push((query, authorized));
+            axum::Json(
+                json!({"jobs": [{"id": "01archived", "queue": "default", "kind": "calendar.sync", "state": "dead",
+                "tenant": "studio-7", "attempts": 3, "enqueued_at": 1_796_400_000_000u64, "error": "401 from the CalDAV server"}],
+                "next": null}),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20)
+        .merge(axum::Router::new().route("/admin/v1/archive/jobs", archive));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
+    let browser = Browser::start().await;
+    browser.go(&format!("{site}/dashboard#key={admin}")).await;
+    browser.until("the queues", &count("#queues tbody tr"), json!(1)).await;
+    browser.go(&format!("{site}/dashboard#/jobs?queue=default&state=dead&tenant=studio-7&q=caldav")).await;
+    browser.until("the archive tab", "return document.getElementById('tab-archive').hidden", json!(false)).await;
+    browser.js("document.getElementById('tab-archive').click(); return true").await;
+    browser.until("the archived job", &text_of("#jobs tbody tr a"), json!("01archived")).await;
+    assert_eq!(
+        browser.js("return location.hash").await,
+        json!("#/jobs?queue=default&state=dead&tenant=studio-7&q=caldav&source=archive")
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked.iter().all(|(_, authorized)| *authorized), "{asked:?}");
+    assert!(
+        asked.iter().any(|(q, _)| q == "queue=default&state=dead&tenant=studio-7&q=caldav&limit=50"),
+        "the same filters go to the archive: {asked:?}"
+    );
+    assert!(asked.iter().all(|(q, _)| !q.contains("fk_")), "never a key in a URL");
+    browser.close().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}

@@ -207,8 +207,10 @@ function localInput(iso) {
 function isoOf(local) { return local ? new Date(local).toISOString() : ""; }
 async function archiveAnswers() {
   if (archive !== null) return archive;
+  // Any answer but 404 means the route exists (a 422 for a missing filter included); a
+  // network failure leaves the question open for the next page.
   try { await api("/admin/v1/archive/jobs?limit=1"); archive = true; }
-  catch (e) { archive = e.status === 404 ? false : null; }
+  catch (e) { archive = e.status === 404 ? false : (e.status ? true : null); }
   return archive === true;
 }
 let jobsParams = null;
