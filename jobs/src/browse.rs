@@ -149,7 +149,7 @@ impl Client {
         let parts = self.partitions(queue);
         let mut page = JobPage { jobs: Vec::new(), next: None, scanned: 0 };
         while let Some(part) = parts.get(pos.part) {
-            let lists = self.state_lists(part, state).await?;
+            let lists = self.state_lists(part, state, filter.tenant.as_deref()).await?;
             while let Some((list, kind)) = lists.get(pos.list) {
                 loop {
                     if page.jobs.len() >= limit || page.scanned >= MAX_SCAN {
@@ -186,16 +186,24 @@ impl Client {
         Ok(page)
     }
 
-    /// The Redis structures that hold `state`'s jobs on one physical queue, in order.
-    async fn state_lists(&self, queue: &str, state: JobState) -> Result<Vec<(String, Entries)>> {
+    /// The Redis structures that hold `state`'s jobs on one physical queue, in order. A
+    /// tenant's ready jobs wait in its own list per priority (and, after a crash, among
+    /// the suspects), so a listing of one tenant's ready jobs reads only those.
+    async fn state_lists(&self, queue: &str, state: JobState, tenant: Option<&str>) -> Result<Vec<(String, Entries)>> {
         let k = self.keys(queue);
-        Ok(match state {
-            JobState::Ready => self.ready_lists(queue).await?.into_iter().map(|l| (l, Entries::List)).collect(),
-            JobState::Scheduled | JobState::Retrying => vec![(k.sched, Entries::Ascending)],
-            JobState::Running => vec![(k.leases, Entries::Ascending)],
-            JobState::Dead => vec![(k.dead, Entries::Descending)],
-            JobState::Succeeded | JobState::Cancelled | JobState::Expired => vec![(k.done, Entries::Descending)],
-            JobState::Unknown => Vec::new(),
+        Ok(match (state, tenant) {
+            (JobState::Ready, Some(t)) => std::iter::once(k.suspects.clone())
+                .chain(k.ready.iter().map(|base| format!("{base}:t:{t}")))
+                .map(|l| (l, Entries::List))
+                .collect(),
+            (state, _) => match state {
+                JobState::Ready => self.ready_lists(queue).await?.into_iter().map(|l| (l, Entries::List)).collect(),
+                JobState::Scheduled | JobState::Retrying => vec![(k.sched, Entries::Ascending)],
+                JobState::Running => vec![(k.leases, Entries::Ascending)],
+                JobState::Dead => vec![(k.dead, Entries::Descending)],
+                JobState::Succeeded | JobState::Cancelled | JobState::Expired => vec![(k.done, Entries::Descending)],
+                JobState::Unknown => Vec::new(),
+            },
         })
     }
 
