@@ -108,7 +108,7 @@ impl Client {
     /// The ready lists of `queue`, highest priority first: per priority the list of jobs
     /// without a tenant, then the lists of the first 100 tenants in the ring and of the
     /// tenants parked at their cap.
-    async fn ready_lists(&self, queue: &str) -> Result<Vec<String>> {
+    pub(crate) async fn ready_lists(&self, queue: &str) -> Result<Vec<String>> {
         let k = self.keys(queue);
         let mut conn = self.connection();
         let tpark = format!("{}tpark", k.jobs.trim_end_matches("jobs"));

@@ -16,6 +16,7 @@
 //! * [`conn`]: one connection type for a single Redis and a Redis Cluster (the URL forms).
 //! * [`archive`]: finished jobs queued for the scheduler's archive in PostgreSQL.
 //! * [`admin`]: the operators' data API (queues, jobs by state, dead letters, replay, purge).
+//! * [`browse`]: jobs by state with filters, a page at a time; retry now and delete of one job.
 //! * [`backend`]: the per-queue engine (fetcher, acker, heartbeat) and the apalis-core backend.
 //! * [`limits`]: fleet-wide rate limits, concurrency caps, circuit breakers and slow-downs per key.
 //! * [`batches`]: groups of jobs with counters and callbacks fired exactly once.
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod archive;
 pub mod backend;
 pub mod batches;
+pub mod browse;
 pub mod catalogue;
 pub mod client;
 pub mod conn;

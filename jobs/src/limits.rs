@@ -201,6 +201,25 @@ pub fn validate_limit_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A limit key as operators see it: its run-time overrides and its live state.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitView {
+    /// The limit key.
+    pub key: String,
+    /// Run-time overrides in force (`None`: the workers' config applies).
+    pub overrides: Option<LimitSpec>,
+    /// The breaker.
+    pub breaker: BreakerState,
+    /// Consecutive failures counted by the breaker.
+    pub failures: u64,
+    /// Tokens available now (`None` when no rate is known here: the rate is the workers' config).
+    pub tokens: Option<u64>,
+    /// Concurrency slots held now.
+    pub in_flight: u64,
+    /// Until when a slow-down holds every request back (ms since the epoch), if it does.
+    pub slowed_until: Option<u64>,
+}
+
 /// Fleet-wide limits in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Limiter {
@@ -306,6 +325,62 @@ impl Limiter {
     /// The key's breaker and tokens.
     pub async fn status(&self, key: &str, spec: &LimitSpec) -> Result<LimitStatus> {
         self.call("status", key, "", spec, 0).await.map(|(_, s)| s)
+    }
+
+    /// Limit keys with state in Redis (a rate, a breaker, slots or overrides), sorted, at
+    /// most `max` (a SCAN of every primary: for operators, never a worker's hot path).
+    pub async fn keys(&self, max: usize) -> Result<Vec<String>> {
+        let pattern = format!("{}:{{lim:*}}:*", self.prefix);
+        let raw = self.conn.clone().scan_match(&pattern, 1000).await?;
+        let mut out: Vec<String> = raw
+            .iter()
+            .filter_map(|k| {
+                let k = std::str::from_utf8(k).ok()?;
+                let start = k.find("{lim:")? + 5;
+                let end = start + k[start..].find('}')?;
+                Some(k[start..end].to_owned())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out.truncate(max);
+        Ok(out)
+    }
+
+    /// One key's overrides and live state.
+    pub async fn inspect(&self, key: &str) -> Result<LimitView> {
+        validate_limit_key(key).map_err(Error::Invalid)?;
+        let k = LimitKeys::new(&self.prefix, key);
+        let now = crate::envelope::now_ms();
+        let (conf, brk, in_flight): (
+            std::collections::HashMap<String, String>,
+            std::collections::HashMap<String, String>,
+            u64,
+        ) = redis::pipe()
+            .hgetall(k.key(LimitKey::Conf))
+            .hgetall(k.key(LimitKey::Brk))
+            .zcount(k.key(LimitKey::Cap), now, "+inf")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let num = |m: &std::collections::HashMap<String, String>, f: &str| m.get(f).and_then(|v| v.parse::<f64>().ok());
+        let overrides = (!conf.is_empty()).then(|| LimitSpec {
+            rate: num(&conf, "rate"),
+            burst: num(&conf, "burst").map_or(1, |b| b as u32),
+            concurrency: num(&conf, "concurrency").map(|c| c as u32),
+            breaker_failures: num(&conf, "failures").map(|f| f as u32),
+            breaker_cooldown_ms: num(&conf, "cooldown_ms").map_or(0, |c| c as u64),
+            process_rate: None,
+        });
+        let status = self.status(key, &LimitSpec::default()).await?;
+        Ok(LimitView {
+            key: key.to_owned(),
+            overrides,
+            breaker: status.breaker,
+            failures: num(&brk, "failures").map_or(0, |f| f as u64),
+            tokens: status.tokens,
+            in_flight,
+            slowed_until: num(&brk, "until").map(|u| u as u64).filter(|u| *u > now),
+        })
     }
 
     /// Sets run-time overrides for `key` (they win over config); `None` fields are cleared.

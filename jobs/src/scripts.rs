@@ -233,6 +233,14 @@ pub(crate) static RECORD: ScriptSpec<Q> =
 pub(crate) static ARCHIVED: ScriptSpec<Q> =
     ScriptSpec::new("archived", include_str!("scripts/archived.lua"), &[Q::Archive]);
 
+/// Makes a scheduled or retrying job due now.
+pub(crate) static NUDGE: ScriptSpec<Q> =
+    ScriptSpec::new("nudge", include_str!("scripts/nudge.lua"), &[Q::State, Q::Sched, Q::Wake]);
+
+/// Deletes a finished job's record.
+pub(crate) static FORGET: ScriptSpec<Q> =
+    ScriptSpec::new("forget", include_str!("scripts/forget.lua"), &[Q::Jobs, Q::State, Q::Att, Q::Hist, Q::Done]);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +279,8 @@ mod tests {
             row(&JANITOR),
             row(&RECORD),
             row(&ARCHIVED),
+            row(&NUDGE),
+            row(&FORGET),
         ]
     }
 

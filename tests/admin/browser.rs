@@ -1,5 +1,8 @@
 //! The dashboard in a real headless Chromium, driven through chromedriver (W3C WebDriver):
-//! it refuses a bad key, shows the queues, updates live, and its Replay button works.
+//! it refuses a bad key, shows the queues, updates live, and its Replay button works; its
+//! pages (job browser, job, schedules, batches, workers, limits, tenants, audit) show what
+//! the fleet holds and their actions change it. With `FLEET_DASHBOARD_SCREENSHOTS=<dir>`
+//! the pages are saved there as PNG (the README's pictures come from `docs/`).
 
 use super::{five_dead, two_foreign_dead};
 use fleet_jobs::catalogue::{ProbeAction, ProbeArgs};
@@ -75,6 +78,29 @@ impl Browser {
     /// Waits until `script` returns `expected`.
     async fn until(&self, what: &str, script: &str, expected: Value) {
         eventually(what, Duration::from_secs(30), || async { (self.js(script).await == expected).then_some(()) }).await;
+    }
+
+    /// Runs `script` and waits until `check` returns `expected`.
+    async fn act(&self, what: &str, script: &str, check: &str, expected: Value) {
+        self.js(script).await;
+        self.until(what, check, expected).await;
+    }
+
+    /// Resizes the window (CSS pixels).
+    async fn resize(&self, width: u32, height: u32) {
+        let url = format!("{}/session/{}/window/rect", self.base, self.session);
+        Self::send(&self.http, reqwest::Method::POST, &url, Some(json!({"width": width, "height": height}))).await;
+    }
+
+    /// Saves a PNG of the window as `<dir>/<name>.png` when `FLEET_DASHBOARD_SCREENSHOTS`
+    /// names a directory.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let Ok(dir) = std::env::var("FLEET_DASHBOARD_SCREENSHOTS") else { return };
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let v = Self::send(&self.http, reqwest::Method::GET, &url, None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("a screenshot")).expect("base64");
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).expect("write the screenshot");
     }
 
     async fn close(self) {
@@ -236,6 +262,429 @@ async fn a_page_on_the_apps_origin_follows_jobs_with_a_stream_token_and_no_api_k
     assert_eq!(browser.js("return window.errors").await, json!(0), "the cross-origin stream opened cleanly");
     browser.close().await;
     worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+/// `document.querySelectorAll(css).length`.
+fn count(css: &str) -> String {
+    format!("return document.querySelectorAll({}).length", serde_json::to_string(css).unwrap())
+}
+
+/// The text of the first element matching `css` (null when there is none).
+fn text_of(css: &str) -> String {
+    format!("var e = document.querySelector({}); return e ? e.textContent : null;", serde_json::to_string(css).unwrap())
+}
+
+/// Sets the value of the element `id` and clicks `button` (a CSS selector).
+fn fill_and_click(fields: &[(&str, &str)], button: &str) -> String {
+    let mut js = String::new();
+    for (id, v) in fields {
+        js.push_str(&format!("document.getElementById({:?}).value = {};", id, serde_json::to_string(v).unwrap()));
+    }
+    js.push_str(&format!("document.querySelector({}).click(); return true;", serde_json::to_string(button).unwrap()));
+    js
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_page_finds_shows_and_acts_in_a_real_browser() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let (gave_up, failed) = five_dead(&env).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
+    let app_key = auth::create_api_key(&db.pool, "studio-7", "app", &[auth::Role::Enqueue]).await.unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{site}{path}"))
+            .header("authorization", format!("Bearer {app_key}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    // The tenant's job, due in an hour, about its calendar.
+    let res = post(
+        "/v1/jobs",
+        json!({"kind": "probe", "args": {"do": "succeed", "tag": "calendar sync studio-7"}, "delay_ms": 3_600_000}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let later: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    let later = later["id"].as_str().unwrap().to_owned();
+
+    let browser = Browser::start().await;
+    browser.resize(1280, 900).await;
+    browser.go(&format!("{site}/dashboard#key={admin}")).await;
+    browser.until("the queues", &count("#queues tbody tr"), json!(1)).await;
+    browser.screenshot("dashboard").await;
+
+    // Job browser: a queue's dead letters, then filtered by text, deep-linked.
+    browser.go(&format!("{site}/dashboard#/jobs?queue=default&state=dead")).await;
+    browser.until("the five dead letters", &count("#jobs tbody tr"), json!(5)).await;
+    browser.go(&format!("{site}/dashboard#/jobs?queue=default&state=dead&q=GIVE-UP")).await;
+    browser.until("the three that gave up", &count("#jobs tbody tr"), json!(3)).await;
+    let listed = browser
+        .js("return Array.from(document.querySelectorAll('#jobs tbody tr')).map(r => r.dataset.id).sort()")
+        .await;
+    let mut want = gave_up.clone();
+    want.sort();
+    assert_eq!(listed, json!(want));
+    // The tenant's scheduled job, by tenant and text, through the filter form.
+    browser
+        .act(
+            "the tenant's scheduled job",
+            &fill_and_click(
+                &[("f-state", "scheduled"), ("f-tenant", "studio-7"), ("f-q", "calendar"), ("f-kind", "")],
+                "#jobs-filter button",
+            ),
+            &text_of("#jobs tbody tr a"),
+            json!(later),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return location.hash").await,
+        json!("#/jobs?queue=default&state=scheduled&tenant=studio-7&q=calendar")
+    );
+    browser.screenshot("dashboard-jobs").await;
+
+    // Job page: envelope, pretty args; retry now makes it run at once.
+    browser.js("document.querySelector('#jobs tbody tr a').click(); return true").await;
+    browser.until("the job page", &text_of("#job-state"), json!("scheduled")).await;
+    let args: Value = serde_json::from_str(
+        browser.js("return document.getElementById('job-args').textContent").await.as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, json!({"do": "succeed", "tag": "calendar sync studio-7"}));
+    assert!(browser.js(&text_of("#job-envelope")).await.as_str().unwrap().contains("studio-7"));
+    browser
+        .act(
+            "retry now",
+            "document.getElementById('act-retry').click(); return true",
+            &text_of("#act-result"),
+            json!("retried: it runs as soon as a worker is free"),
+        )
+        .await;
+    let worker = env.worker(env.config("default", 2), fleet_worker::Registry::builtin()).await;
+    browser.until("the retried job to succeed", &text_of("#job-state"), json!("succeeded")).await;
+    worker.shutdown().await;
+
+    // A dead letter: error and attempts shown; retried, cancelled, deleted from its page.
+    let dead = &failed[0];
+    browser.go(&format!("{site}/dashboard#/job/default/{dead}")).await;
+    browser.until("the dead letter", &text_of("#job-state"), json!("dead")).await;
+    browser.until("its attempt", &count("#job-history tbody tr"), json!(1)).await;
+    assert!(browser.js(&text_of("#job-last-error")).await.as_str().unwrap().contains("scripted failure"));
+    browser.screenshot("dashboard-job").await;
+    browser
+        .act(
+            "retry of the dead letter",
+            "document.getElementById('act-retry').click(); return true",
+            &text_of("#job-state"),
+            json!("ready"),
+        )
+        .await;
+    browser
+        .act(
+            "cancel",
+            "document.getElementById('act-cancel').click(); return true",
+            &text_of("#job-state"),
+            json!("cancelled"),
+        )
+        .await;
+    browser.js("document.getElementById('act-delete').click(); return true").await;
+    assert_eq!(browser.js(&text_of("#act-delete")).await, json!("Really delete?"), "delete asks once more");
+    browser
+        .act(
+            "delete",
+            "document.getElementById('act-delete').click(); return true",
+            &text_of("#job-state"),
+            json!("gone"),
+        )
+        .await;
+    assert!(env.client.job("default", dead).await.unwrap().is_none());
+
+    // Replay with edited arguments: a new job of the same kind and tenant-less origin.
+    let other = &gave_up[0];
+    browser.go(&format!("{site}/dashboard#/job/default/{other}")).await;
+    browser.until("the other dead letter", &text_of("#job-state"), json!("dead")).await;
+    browser
+        .act(
+            "the replayed copy",
+            "document.getElementById('replay-box').open = true; document.getElementById('replay-args').value = '{\"do\": \"succeed\"}'; document.getElementById('act-replay').click(); return true",
+            "var a = document.querySelector('#replay-result a'); return a ? a.textContent.length > 0 : false",
+            json!(true),
+        )
+        .await;
+    let copy = browser.js(&text_of("#replay-result a")).await.as_str().unwrap().to_owned();
+    let job = env.client.job("default", &copy).await.unwrap().expect("the copy");
+    let copied: Value = serde_json::from_str(job.envelope.as_ref().unwrap().args.get()).unwrap();
+    assert_eq!(copied, json!({"do": "succeed"}));
+    assert_eq!(
+        env.client.job_state("default", other).await.unwrap(),
+        Some(fleet_jobs::JobState::Dead),
+        "the original stays"
+    );
+
+    // Schedules: create, pause, resume, run now, edit, delete.
+    browser.go(&format!("{site}/dashboard#/schedules")).await;
+    browser.until("the empty list", &text_of("#sched-error"), json!("no schedules yet")).await;
+    browser.js("document.getElementById('sched-new').click(); return true").await;
+    browser.until("the editor", "return document.getElementById('sched-editor').hidden", json!(false)).await;
+    let def = json!({"cron": "0 0 3 * * *", "timezone": "Europe/Berlin", "kind": "probe", "args": {"do": "succeed"}})
+        .to_string();
+    browser
+        .act(
+            "the new schedule",
+            &fill_and_click(&[("sched-name", "nightly"), ("sched-def", &def)], "#sched-save"),
+            &count("#schedules tr[data-schedule=nightly]"),
+            json!(1),
+        )
+        .await;
+    // Its next fire time, before any tick: 03:00 in Berlin is 01:00 or 02:00 UTC.
+    let next = browser.js(&text_of("#schedules tr[data-schedule=nightly] td:nth-child(2)")).await;
+    let next = next.as_str().unwrap();
+    assert!(next.ends_with(" 01:00:00") || next.ends_with(" 02:00:00"), "{next}");
+    browser
+        .act(
+            "pause",
+            "document.querySelector('.sched-pause').click(); return true",
+            &text_of("#schedules tbody tr td:nth-child(5)"),
+            json!("yes"),
+        )
+        .await;
+    browser
+        .act(
+            "resume",
+            "document.querySelector('.sched-resume').click(); return true",
+            &text_of("#schedules tbody tr td:nth-child(5)"),
+            json!(""),
+        )
+        .await;
+    let before = env.stats("default").await.ready;
+    browser
+        .act(
+            "run now",
+            "document.querySelector('.sched-run').click(); return true",
+            &text_of(".sched-run"),
+            json!("enqueued"),
+        )
+        .await;
+    assert_eq!(env.stats("default").await.ready, before + 1, "run now enqueued one job");
+    browser
+        .act(
+            "the editor with the definition",
+            "document.querySelector('.sched-edit').click(); return true",
+            "return document.getElementById('sched-def').value.includes('Europe/Berlin')",
+            json!(true),
+        )
+        .await;
+    let edited =
+        json!({"cron": "0 30 4 * * *", "timezone": "UTC", "kind": "probe", "args": {"do": "succeed"}}).to_string();
+    browser
+        .act(
+            "the edit",
+            &fill_and_click(&[("sched-def", &edited)], "#sched-save"),
+            &text_of("#sched-form-result"),
+            json!("saved"),
+        )
+        .await;
+    let stored: (String,) =
+        sqlx::query_as("SELECT cron FROM schedules WHERE name = 'nightly'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(stored.0, "0 30 4 * * *");
+    browser.screenshot("dashboard-schedules").await;
+    browser.js("document.querySelector('.sched-delete').click(); return true").await;
+    browser
+        .act(
+            "delete",
+            "document.querySelector('.sched-delete').click(); return true",
+            &count("#schedules tr[data-schedule=nightly]"),
+            json!(0),
+        )
+        .await;
+
+    // Batches with their progress.
+    let jobs: Vec<Value> = (0..4).map(|_| json!({"kind": "probe", "args": {"do": "succeed"}})).collect();
+    assert_eq!(post("/v1/batches", json!({"jobs": jobs})).await.unwrap().status().as_u16(), 201);
+    browser.go(&format!("{site}/dashboard#/batches")).await;
+    browser
+        .until(
+            "the batch",
+            "var p = document.querySelector('#batch-list progress'); return p ? p.max : null;",
+            json!(4),
+        )
+        .await;
+    let mut cfg = env.config("default", 2);
+    cfg.lease_ms = 600; // heartbeats (with the jobs held) every 200 ms
+    let worker = env.worker(cfg, fleet_worker::Registry::builtin()).await;
+    browser
+        .until(
+            "its progress, live",
+            "var p = document.querySelector('#batch-list progress'); return p ? p.value : null;",
+            json!(4),
+        )
+        .await;
+    browser.screenshot("dashboard-batches").await;
+
+    // Workers with what they run.
+    let sleeping = env.client.enqueue(&ProbeArgs::new(ProbeAction::Sleep { ms: 60_000 })).await.unwrap();
+    browser.go(&format!("{site}/dashboard#/workers")).await;
+    browser
+        .until(
+            "the worker running the job",
+            &format!("return document.querySelector('#workers a[href$=\"{}\"]') !== null", sleeping.0),
+            json!(true),
+        )
+        .await;
+    assert_eq!(browser.js(&text_of("#workers tbody tr td")).await, json!(worker.instance()));
+    browser.screenshot("dashboard-workers").await;
+    env.client.cancel("default", sleeping.as_str()).await.unwrap();
+    worker.shutdown().await;
+
+    // Limit keys: an override set from the form shows with its tokens; edited again.
+    browser.go(&format!("{site}/dashboard#/limits")).await;
+    browser
+        .act(
+            "the override",
+            &fill_and_click(
+                &[
+                    ("l-key", "vision:provider:acme"),
+                    ("l-rate", "5"),
+                    ("l-burst", "3"),
+                    ("l-fail", "4"),
+                    ("l-cool", "30000"),
+                ],
+                "#limit-form button",
+            ),
+            &text_of("#limits tr[data-key='vision:provider:acme'] td:nth-child(7)"),
+            json!("5/s, burst 3, breaker 4 / 30000 ms"),
+        )
+        .await;
+    assert_eq!(
+        browser.js(&text_of("#limits tr[data-key='vision:provider:acme'] td:nth-child(4)")).await,
+        json!("3"),
+        "a full bucket"
+    );
+    assert_eq!(
+        browser.js(&text_of("#limits tr[data-key='vision:provider:acme'] td:nth-child(2)")).await,
+        json!("closed")
+    );
+    browser.js("document.querySelector('.limit-edit').click(); return true").await;
+    assert_eq!(browser.js("return document.getElementById('l-rate').value").await, json!("5"), "Edit fills the form");
+    browser.screenshot("dashboard-limits").await;
+
+    // Tenants with usage against quotas.
+    post("/v1/jobs", json!({"kind": "probe", "args": {"do": "succeed"}})).await.unwrap();
+    browser.go(&format!("{site}/dashboard#/tenants?queue=default")).await;
+    browser
+        .until("the tenant's open job", &text_of("#tenants tr[data-tenant=studio-7] td:nth-child(4)"), json!("1"))
+        .await;
+    browser.screenshot("dashboard-tenants").await;
+
+    // The audit log holds every action taken above.
+    browser.go(&format!("{site}/dashboard#/audit")).await;
+    let actions = "return Array.from(new Set(Array.from(document.querySelectorAll('#audit tbody tr')).map(r => r.dataset.action))).sort()";
+    browser
+        .until(
+            "every action",
+            actions,
+            json!([
+                "job.cancel",
+                "job.delete",
+                "job.replay",
+                "job.retry",
+                "limit.override",
+                "schedule.create",
+                "schedule.delete",
+                "schedule.edit",
+                "schedule.pause",
+                "schedule.resume",
+                "schedule.run"
+            ]),
+        )
+        .await;
+    browser
+        .act(
+            "the filter",
+            &fill_and_click(&[("a-action", "job.retry")], "#audit-form button"),
+            &count("#audit tbody tr"),
+            json!(2),
+        )
+        .await;
+    browser.screenshot("dashboard-audit").await;
+
+    // At a phone's width nothing spills sideways: wide tables scroll inside their box.
+    browser.resize(390, 844).await;
+    browser.go(&format!("{site}/dashboard#/jobs?queue=default&state=dead")).await;
+    browser.until("the dead letters on a phone", &count("#jobs tbody tr"), json!(4)).await;
+    assert_eq!(browser.js("return document.documentElement.scrollWidth <= window.innerWidth").await, json!(true));
+    browser.screenshot("dashboard-phone").await;
+
+    // The archive tab stays hidden while the archive route answers 404.
+    assert_eq!(browser.js("return document.getElementById('tab-archive').hidden").await, json!(true));
+    browser.close().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+/// When the archive answers `GET /admin/v1/archive/jobs` (a stand-in here, speaking its
+/// documented shape), the job browser shows its tab and searches it with the same filters,
+/// sending the key in the header only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_browser_searches_the_archive_when_it_answers() {
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    env.client.enqueue(&ProbeArgs::new(ProbeAction::Succeed)).await.unwrap();
+    let asked: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let seen = asked.clone();
+    let archive = axum::routing::get(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+        let seen = seen.clone();
+        async move {
+            let query = uri.query().unwrap_or("").to_owned();
+            let authorized =
+                headers.get("authorization").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer fk_"));
+            seen.lock().unwrap().push((query, authorized));
+            axum::Json(
+                json!({"jobs": [{"id": "01archived", "queue": "default", "kind": "calendar.sync", "state": "dead",
+                "tenant": "studio-7", "attempts": 3, "enqueued_at": 1_796_400_000_000u64, "error": "401 from the CalDAV server"}],
+                "next": null}),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20)
+        .merge(axum::Router::new().route("/admin/v1/archive/jobs", archive));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
+    let browser = Browser::start().await;
+    browser.go(&format!("{site}/dashboard#key={admin}")).await;
+    browser.until("the queues", &count("#queues tbody tr"), json!(1)).await;
+    browser.go(&format!("{site}/dashboard#/jobs?queue=default&state=dead&tenant=studio-7&q=caldav")).await;
+    browser.until("the archive tab", "return document.getElementById('tab-archive').hidden", json!(false)).await;
+    browser.js("document.getElementById('tab-archive').click(); return true").await;
+    browser.until("the archived job", &text_of("#jobs tbody tr a"), json!("01archived")).await;
+    assert_eq!(
+        browser.js("return location.hash").await,
+        json!("#/jobs?queue=default&state=dead&tenant=studio-7&q=caldav&source=archive")
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked.iter().all(|(_, authorized)| *authorized), "{asked:?}");
+    assert!(
+        asked.iter().any(|(q, _)| q == "queue=default&state=dead&tenant=studio-7&q=caldav&limit=50"),
+        "the same filters go to the archive: {asked:?}"
+    );
+    assert!(asked.iter().all(|(q, _)| !q.contains("fk_")), "never a key in a URL");
+    browser.close().await;
     db.drop_db().await;
     env.cleanup().await;
 }

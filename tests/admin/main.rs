@@ -12,6 +12,7 @@ mod archive;
 mod audit;
 mod browser;
 mod deadcaps;
+mod jobs;
 mod traces;
 
 const FLEETCTL: &str = env!("CARGO_BIN_EXE_fleetctl-e2e");

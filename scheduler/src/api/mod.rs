@@ -3,6 +3,7 @@
 //! `/openapi.json`. [`app`] returns the router, so tests call it without a socket.
 
 pub mod admin;
+mod admin_jobs;
 mod archive;
 mod audit;
 pub mod auth;
@@ -146,13 +147,14 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         calendar::create_source, calendar::list_sources, calendar::get_source, calendar::delete_source, calendar::sync_source, calendar::release_source, calendar::get_supplier, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
         bookings::put_booking, bookings::get_booking, bookings::delete_booking,
         comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries,
-        archive::admin_search, archive::admin_show, archive::tenant_search, archive::tenant_show),
+        archive::admin_search, archive::admin_show, archive::tenant_search, archive::tenant_show,
+        admin_jobs::browse, admin_jobs::retry, admin_jobs::cancel, admin_jobs::delete, admin_jobs::replay, admin_jobs::batches, admin_jobs::limits, admin_jobs::limit),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::DedupRequest, jobs::DedupModeName, jobs::DedupView, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::ProgressView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView, stream::StreamTokenRequest, stream::StreamToken,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView, images::UploadRequest, images::UploadGranted,
         fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
-        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView,
+        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView, admin_jobs::ReplayRequest,
         crate::archive::ArchivedJob, crate::archive::ArchivedSummary, crate::archive::ArchivePage)),
     modifiers(&BearerAuth)
 )]
@@ -222,7 +224,13 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/history", get(admin::history))
         .route("/admin/v1/stream", get(admin::stream))
         .route("/admin/v1/queues/{queue}/jobs", get(admin::jobs))
-        .route("/admin/v1/queues/{queue}/jobs/{id}", get(admin::job))
+        .route("/admin/v1/jobs", get(admin_jobs::browse))
+        .route("/admin/v1/queues/{queue}/jobs/{id}", get(admin::job).delete(admin_jobs::delete))
+        .route("/admin/v1/queues/{queue}/jobs/{id}/retry", post(admin_jobs::retry))
+        .route("/admin/v1/queues/{queue}/jobs/{id}/cancel", post(admin_jobs::cancel))
+        .route("/admin/v1/queues/{queue}/jobs/{id}/replay", post(admin_jobs::replay))
+        .route("/admin/v1/batches", get(admin_jobs::batches))
+        .route("/admin/v1/limits", get(admin_jobs::limits))
         .route("/admin/v1/queues/{queue}/dead", get(admin::dead))
         .route("/admin/v1/queues/{queue}/dead/groups", get(admin::dead_groups))
         .route("/admin/v1/queues/{queue}/replay", post(admin::replay))
@@ -239,7 +247,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/archive/jobs/{queue}/{id}", get(archive::admin_show))
         .route("/v1/archive/jobs", get(archive::tenant_search))
         .route("/v1/archive/jobs/{queue}/{id}", get(archive::tenant_show))
-        .route("/admin/v1/limits/{key}", axum::routing::put(admin::set_limit))
+        .route("/admin/v1/limits/{key}", get(admin_jobs::limit).put(admin::set_limit))
         .route(
             "/admin/v1/schedules/{name}",
             get(admin::get_schedule)
