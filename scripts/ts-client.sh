@@ -39,7 +39,7 @@ scheduler=$target/debug/fleet-scheduler
 worker=$target/debug/fleet-worker
 
 cd "$client"
-npm ci --no-audit --no-fund --loglevel=error || die "npm ci failed (see above)"
+npm ci --ignore-scripts --no-audit --no-fund --loglevel=error || die "npm ci failed (see above)"
 
 # Types from the OpenAPI description: generated fresh, compared with the checked-in ones.
 work=$(mktemp -d "${TMPDIR:-/tmp}/fleet-ts-client.XXXXXX")

@@ -11,6 +11,7 @@ export type FleetErrorCode =
   | "method_not_allowed"
   | "timeout"
   | "conflict"
+  | "booking_conflict"
   | "gone"
   | "too_large"
   | "unsupported_media_type"
