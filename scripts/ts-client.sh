@@ -9,8 +9,8 @@
 #   scripts/ts-client.sh --update   rewrite openapi.json and src/schema.ts after an API change
 #
 # Needs Node.js 20+ and npm (the npm registry for `npm ci`), Redis and PostgreSQL
-# (scripts/services.sh starts them). FLEET_TEST_PG_URL and FLEET_TEST_REDIS_URL as the
-# Rust tests.
+# (scripts/services.sh starts them) and Chromium (scripts/browser.sh installs it).
+# FLEET_TEST_PG_URL and FLEET_TEST_REDIS_URL are read as by the Rust tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -67,6 +67,10 @@ npm run --silent build || die "the TypeScript client does not compile (see above
 # A fleet of the tests' own.
 cd "$root"
 scripts/services.sh
+# Headless Chromium for the browser helper's test.
+scripts/browser.sh || die "scripts/browser.sh could not install Chromium"
+FLEET_CHROMIUM=$(command -v chromium)
+export FLEET_CHROMIUM
 pg_base=${FLEET_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432}
 redis_url=${FLEET_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 suffix=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
