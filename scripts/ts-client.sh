@@ -112,6 +112,10 @@ test_kinds = true
 [api]
 rate_per_key = 1000
 burst_per_key = 1000
+
+[images.storage]
+kind = "local"
+root = "$work/objects"
 TOML
 cat > "$work/worker.toml" <<TOML
 redis_url = "$redis_url"
@@ -129,6 +133,10 @@ concurrency = 8
 [[queues]]
 name = "webhooks"
 concurrency = 8
+
+[[queues]]
+name = "images"
+concurrency = 1
 
 [images.storage]
 kind = "local"
@@ -163,5 +171,5 @@ say "fleet up: API http://127.0.0.1:$api_port, prefix $prefix, database $db"
 
 cd "$client"
 FLEET_URL=http://127.0.0.1:$api_port FLEET_API_KEY=$FLEET_API_KEY FLEET_API_KEY_OTHER=$FLEET_API_KEY_OTHER \
-  FLEET_API_KEY_OPERATOR=$FLEET_API_KEY_OPERATOR \
+  FLEET_API_KEY_OPERATOR=$FLEET_API_KEY_OPERATOR FLEET_TENANT=ts-a-$suffix FLEET_OBJECTS=$work/objects \
   node --test --test-concurrency=4 dist/test/*.test.js || die "the TypeScript client's tests failed (see above)"
