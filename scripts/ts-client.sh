@@ -43,9 +43,10 @@ npm ci --ignore-scripts --no-audit --no-fund --loglevel=error || die "npm ci fai
 
 # Types from the OpenAPI description: generated fresh, compared with the checked-in ones.
 work=$(mktemp -d "${TMPDIR:-/tmp}/fleet-ts-client.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 "$scheduler" openapi > "$work/openapi.json" || die "fleet-scheduler openapi failed"
-npx --no-install openapi-typescript "$work/openapi.json" --empty-objects-unknown --output "$work/schema.ts" >/dev/null 2>&1 ||
-  die "openapi-typescript could not generate types from the OpenAPI description"
+npx --no-install openapi-typescript "$work/openapi.json" --empty-objects-unknown --output "$work/schema.ts" \
+  >"$work/generate.log" 2>&1 || { cat "$work/generate.log" >&2; die "openapi-typescript could not generate types from the OpenAPI description"; }
 if [[ "${1:-}" == --update ]]; then
   cp "$work/openapi.json" openapi.json
   cp "$work/schema.ts" src/schema.ts

@@ -78,8 +78,13 @@ test("a page in Chromium follows a job with a stream token from its own server a
     chromium,
     ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
       `--user-data-dir=${profile}`, url],
-    { stdio: ["ignore", "ignore", "pipe"] },
+    // Its own process group, so the browser's helper processes end with it.
+    { stdio: ["ignore", "ignore", "pipe"], detached: true },
   );
+  const exited = new Promise((resolve) => {
+    browser.once("exit", resolve);
+    browser.once("error", resolve);
+  });
   let log = "";
   browser.stderr.on("data", (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
   try {
@@ -92,8 +97,13 @@ test("a page in Chromium follows a job with a stream token from its own server a
     assert.match(report.event?.eventId ?? "", /^\d+-\d+$/);
     assert.equal(report.tokens, 1);
   } finally {
-    browser.kill("SIGKILL");
+    try {
+      process.kill(-browser.pid!, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await exited;
     server.close();
-    await rm(profile, { recursive: true, force: true });
+    await rm(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   }
 });
