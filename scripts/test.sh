@@ -23,3 +23,8 @@ else
   echo "test: cargo-nextest not found, using cargo test (install it with: cargo install cargo-nextest)" >&2
   cargo test --workspace --locked --no-fail-fast "$@"
 fi
+# The TypeScript client: its types checked against the API, its tests against a fleet of
+# their own (a filtered run, with arguments, is about the Rust tests only).
+if [[ $# -eq 0 ]]; then
+  scripts/ts-client.sh
+fi

@@ -45,11 +45,26 @@ enum Command {
     /// in plaintext. Prints counts per table; safe to re-run and to interrupt. Fails if a
     /// secret could not be opened with any configured key.
     ResealSecrets,
+    /// Print the HTTP API's OpenAPI description (JSON) and exit. Needs no config and no
+    /// running services, so clients can be generated from it offline.
+    Openapi,
 }
 
 /// Runs the command.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.command, Some(Command::Openapi)) {
+        return match crate::api::openapi().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleet-scheduler: cannot write the OpenAPI description: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // One rustls provider for the process (ring, as fleet_net's), before any TLS connection.
     fleet_jobs::tls::install_crypto_provider();
     let config = match SchedulerConfig::load(args.config.as_deref()) {
@@ -118,6 +133,7 @@ pub fn main() -> ExitCode {
                     anyhow::bail!("no active key with id {id}")
                 }
             }
+            Command::Openapi => unreachable!("answered before the config is read"),
             Command::ResealSecrets => {
                 let secrets = fleet_accounts::secrets::SecretBox::from_env()
                     .map_err(|e| anyhow::anyhow!("FLEET_SECRETS_KEY: {e}"))?;

@@ -21,7 +21,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// Register a calendar source.
-#[utoipa::path(post, path = "/v1/calendar/sources", request_body = CalendarSourceRequest,
+#[utoipa::path(post, path = "/v1/calendar/sources", operation_id = "calendar_create_source", request_body = CalendarSourceRequest,
     responses((status = 201, body = CalendarSourceView),
         (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn create_source(
@@ -36,7 +36,7 @@ pub(crate) async fn create_source(
 
 /// List the tenant's calendar sources with their sync state, by registration, a page at a
 /// time (`limit` 1 to 500, default 100; `offset`).
-#[utoipa::path(get, path = "/v1/calendar/sources", params(SourceFilter),
+#[utoipa::path(get, path = "/v1/calendar/sources", operation_id = "calendar_list_sources", params(SourceFilter),
     responses((status = 200, body = Vec<CalendarSourceView>), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn list_sources(
     State(state): State<ApiState>,
@@ -47,7 +47,7 @@ pub(crate) async fn list_sources(
 }
 
 /// One source: its sync state, last error, quarantine reason and last report.
-#[utoipa::path(get, path = "/v1/calendar/sources/{id}", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/calendar/sources/{id}", operation_id = "calendar_get_source", params(("id" = String, Path)),
     responses((status = 200, body = CalendarSourceView), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn get_source(
     State(state): State<ApiState>,
@@ -58,7 +58,7 @@ pub(crate) async fn get_source(
 }
 
 /// Remove a source with its events, occurrences and conflicts.
-#[utoipa::path(delete, path = "/v1/calendar/sources/{id}", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/calendar/sources/{id}", operation_id = "calendar_delete_source", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn delete_source(
     State(state): State<ApiState>,
@@ -78,7 +78,7 @@ pub(crate) struct CalendarSyncView {
 }
 
 /// Sync a source now (a `calendar.sync` job; the same job id while one is pending).
-#[utoipa::path(post, path = "/v1/calendar/sources/{id}/sync", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/calendar/sources/{id}/sync", operation_id = "calendar_sync_source", params(("id" = String, Path)),
     responses((status = 202, body = CalendarSyncView), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn sync_source(
     State(state): State<ApiState>,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// Register a source.
-#[utoipa::path(post, path = "/v1/comms/sources", request_body = SourceRequest,
+#[utoipa::path(post, path = "/v1/comms/sources", operation_id = "comms_create_source", request_body = SourceRequest,
     responses((status = 201, body = SourceView),
         (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn create_source(
@@ -36,7 +36,7 @@ pub(crate) async fn create_source(
 
 /// List the tenant's sources with their sync state, by registration, a page at a time
 /// (`limit` 1 to 500, default 100; `offset`).
-#[utoipa::path(get, path = "/v1/comms/sources", params(fleet_accounts::sources::ListPage),
+#[utoipa::path(get, path = "/v1/comms/sources", operation_id = "comms_list_sources", params(fleet_accounts::sources::ListPage),
     responses((status = 200, body = Vec<SourceView>), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(crate) async fn list_sources(
     State(state): State<ApiState>,
@@ -47,7 +47,7 @@ pub(crate) async fn list_sources(
 }
 
 /// One source's sync state: per-folder cursors, last error and report, quarantined count.
-#[utoipa::path(get, path = "/v1/comms/sources/{id}", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/comms/sources/{id}", operation_id = "comms_get_source", params(("id" = String, Path)),
     responses((status = 200, body = SourceView), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn get_source(
     State(state): State<ApiState>,
@@ -58,7 +58,7 @@ pub(crate) async fn get_source(
 }
 
 /// Remove a source: its cursors, its copies, and the entries no other source holds.
-#[utoipa::path(delete, path = "/v1/comms/sources/{id}", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/comms/sources/{id}", operation_id = "comms_delete_source", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn delete_source(
     State(state): State<ApiState>,
@@ -78,7 +78,7 @@ pub(crate) struct SyncView {
 }
 
 /// Sync a source now (a `comms.sync` job; the same job id while one is pending).
-#[utoipa::path(post, path = "/v1/comms/sources/{id}/sync", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/comms/sources/{id}/sync", operation_id = "comms_sync_source", params(("id" = String, Path)),
     responses((status = 202, body = SyncView), (status = 404, body = super::error::ErrorBody)))]
 pub(crate) async fn sync_source(
     State(state): State<ApiState>,

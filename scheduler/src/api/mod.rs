@@ -263,3 +263,23 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), shape::guard))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Generated clients (`clients/typescript`) name one function per operation id: two
+    /// routes with one id would collide there.
+    #[test]
+    fn every_operation_has_its_own_id() {
+        let doc = super::openapi();
+        let mut seen = std::collections::BTreeMap::new();
+        for (path, item) in &doc.paths.paths {
+            let ops = [&item.get, &item.put, &item.post, &item.delete, &item.patch, &item.head, &item.options];
+            for op in ops.into_iter().flatten() {
+                let id = op.operation_id.clone().unwrap_or_else(|| panic!("{path}: an operation without an id"));
+                if let Some(other) = seen.insert(id.clone(), path.clone()) {
+                    panic!("operation id {id:?} is used by {other} and {path}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+// Fleet's TypeScript client. Server side: `Fleet` (an API key). Browser side:
+// `openEventStream` from `@fleet/client/browser` (a stream token, never a key).
+
+export { Fleet, FINAL_STATES, streamWithToken } from "./client.js";
+export type {
+  BatchRequest,
+  BatchView,
+  BookingRequest,
+  CalendarSourceRequest,
+  CancelView,
+  CommsSourceRequest,
+  ContactRequest,
+  CreateOptions,
+  EndpointRequest,
+  EndpointView,
+  Enqueued,
+  EnqueueRequest,
+  EventRequest,
+  EventView,
+  FleetOptions,
+  JobView,
+  PortfolioRequest,
+  StreamToken,
+  StreamTokenRequest,
+  SupplierSettings,
+  TimelinePage,
+  UploadRequest,
+  WaitOptions,
+} from "./client.js";
+export { FleetError, FleetTimeoutError, type FleetErrorCode } from "./errors.js";
+export { isBatchProgress, isJobEvent, JOB_AND_BATCH_TYPES } from "./events.js";
+export type { BatchProgress, JobEventType, Progress, StreamEvent, TenantEvent } from "./events.js";
+export { readEventStream, type ReadStreamOptions } from "./sse.js";
+export { openEventStream, streamUrl, type EventSourceLike, type EventStream, type OpenEventStreamOptions } from "./browser.js";
+export type { components, operations, paths } from "./schema.js";

@@ -1,0 +1,45 @@
+import assert from "node:assert/strict";
+import { copyFile, mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { FleetError } from "../src/index.js";
+import { fleet, unique, within } from "./harness.js";
+
+const objects = process.env.FLEET_OBJECTS;
+const tenant = process.env.FLEET_TENANT;
+/** A small JPEG of the repository's image fixtures. */
+const photo = fileURLToPath(new URL("../../../../tests/fixtures/images/formats/image-rs_jpg_progressive_cat.jpg", import.meta.url));
+
+test("a portfolio's image is analysed by the worker and read back", async () => {
+  assert.ok(objects && tenant, "FLEET_OBJECTS and FLEET_TENANT are set by scripts/ts-client.sh");
+  const key = `tenants/${tenant}/uploads/${unique("cat")}.jpg`;
+  await mkdir(join(objects, key, ".."), { recursive: true });
+  await copyFile(photo, join(objects, key));
+  const portfolio = unique("gallery");
+  const accepted = await fleet.portfolios.create({ portfolio, images: [{ id: "cat", key }] });
+  assert.ok(accepted.jobs >= 1);
+  let last: unknown;
+  await within(60_000, "the portfolio's batch to finish", (async () => {
+    for await (const event of fleet.batches.events(accepted.batch)) last = event;
+  })());
+  assert.equal((last as { type: string }).type, "done", JSON.stringify(last));
+  const view = await fleet.portfolios.get(portfolio);
+  assert.equal(view.images.length, 1);
+  const image = view.images[0]!;
+  assert.equal(image.id, "cat");
+  assert.equal(image.format, "jpeg");
+  assert.ok(image.width > 0 && image.height > 0);
+});
+
+test("an image outside the tenant's own prefix is refused; uploads need an S3 store", async () => {
+  await assert.rejects(
+    fleet.portfolios.create({ portfolio: unique("gallery"), images: [{ id: "x", key: "tenants/someone-else/x.jpg" }] }),
+    (e: unknown) => e instanceof FleetError && e.status === 422 && e.code === "invalid",
+  );
+  await assert.rejects(
+    fleet.portfolios.createUpload({ name: "x.jpg", content_type: "image/jpeg", bytes: 10 }),
+    (e: unknown) => e instanceof FleetError && e.status === 501 && e.code === "not_configured",
+  );
+  await assert.rejects(fleet.portfolios.get(unique("nothing")), (e: unknown) => e instanceof FleetError && e.code === "not_found");
+});
