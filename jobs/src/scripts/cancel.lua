@@ -26,6 +26,7 @@ redis.call('HINCRBY', K.stats, GAUGE[c], -1)
 redis.call('HINCRBY', K.stats, 'cancelled', 1)
 redis.call('HSET', K.state, id, 'c' .. p)
 redis.call('ZADD', K.done, now_ms() + math.max(retention, 3600000), id)
+wf_finished(K, id, 'cancel')
 -- A cancelled job of a batch counts as finished (not succeeded).
 local env = redis.call('HGET', K.jobs, id)
 if env then

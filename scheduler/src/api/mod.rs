@@ -19,6 +19,7 @@ mod shape;
 mod stream;
 mod tenants;
 mod webhooks;
+mod workflows;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -144,13 +145,15 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, webhooks::enable_endpoint, intake::receive, stream::tenant_stream, stream::create_token, images::create_portfolio, images::get_portfolio, images::create_upload,
         calendar::create_source, calendar::list_sources, calendar::get_source, calendar::delete_source, calendar::sync_source, calendar::release_source, calendar::get_supplier, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
         bookings::put_booking, bookings::get_booking, bookings::delete_booking,
-        comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries),
+        comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries,
+        workflows::create_workflow, workflows::get_workflow, workflows::cancel_workflow),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::ProgressView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView, stream::StreamTokenRequest, stream::StreamToken,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView, images::UploadRequest, images::UploadGranted,
         fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
-        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView)),
+        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView,
+        workflows::WorkflowRequest, workflows::StepRequest, workflows::WorkflowCreated, workflows::WorkflowView, workflows::WorkflowCancelled)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -184,6 +187,8 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/batches", post(batches::create_batch))
         .route("/v1/batches/{id}", get(batches::get_batch))
         .route("/v1/batches/{id}/events", get(batches::batch_events))
+        .route("/v1/workflows", post(workflows::create_workflow))
+        .route("/v1/workflows/{id}", get(workflows::get_workflow).delete(workflows::cancel_workflow))
         .route("/v1/portfolios", post(images::create_portfolio))
         .route("/v1/uploads", post(images::create_upload))
         .route("/v1/portfolios/{portfolio}", get(images::get_portfolio))
