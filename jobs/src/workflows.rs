@@ -892,13 +892,8 @@ impl Client {
             return Ok(None);
         }
         let k = |w| wf_key(self.prefix(), id, w);
-        let (meta, st, err, res, spec): (
-            HashMap<String, String>,
-            HashMap<String, String>,
-            HashMap<String, String>,
-            HashMap<String, String>,
-            HashMap<String, String>,
-        ) = redis::pipe()
+        type Hash = HashMap<String, String>;
+        let (meta, st, err, res, spec): (Hash, Hash, Hash, Hash, Hash) = redis::pipe()
             .hgetall(k(WorkflowKey::Meta))
             .hgetall(k(WorkflowKey::St))
             .hgetall(k(WorkflowKey::Err))
