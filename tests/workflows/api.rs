@@ -64,6 +64,20 @@ async fn a_tenant_reads_and_cancels_only_its_own_workflows() {
     assert_eq!((status, cancelled["state"].clone()), (StatusCode::OK, json!("cancelled")));
     let (_, view) = call(&router, "GET", &format!("/v1/workflows/{id}"), &a, None).await;
     assert!(view["steps"].as_array().unwrap().iter().all(|s| s["state"] == "cancelled"), "{view}");
+    // The tenant's stream tells of it (and only that tenant's).
+    let stream = |t: &str| fleet_jobs::events::stream_key(&env.prefix, t);
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream("acme"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+    let finished =
+        entries.iter().flat_map(|(_, f)| f.iter()).any(|(_, v)| v.contains("workflow.finished") && v.contains(&id));
+    assert!(finished, "{entries:?}");
+    let other: i64 = redis::cmd("XLEN").arg(stream("globex")).query_async(&mut env.client.connection()).await.unwrap();
+    assert_eq!(other, 0);
 
     // A bad workflow is refused, naming what is wrong.
     let cycle = json!({"steps": [
