@@ -6,6 +6,7 @@
 //! fleet-bench enqueue <n> <single|bulk> <noop|sleep> [sleep_ms]         # adapter protocol
 //! fleet-bench trickle <count> <interval_ms>
 //! fleet-bench worker <concurrency> [batch=N]
+//! fleet-bench workflow [--n 10000] [--concurrency 200]                # a fan-out/fan-in workflow beside plain jobs
 //! fleet-bench version
 //! ```
 //!
@@ -21,11 +22,13 @@
 //!   benchmark's job kinds run by the shipped worker runtime.
 //! * `dedup`: the enqueue cost of each dedup mode.
 //! * `images`: the 300-photo portfolio and per-step image timings.
+//! * `workflows`: a 10,000-step fan-out/fan-in workflow beside as many plain jobs.
 
 mod adapter;
 mod dedup;
 mod driver;
 mod images;
+mod workflows;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +48,7 @@ fn main() {
                 args.get(1).map(String::as_str).expect("image-encode <file> <case>"),
                 args.get(2).map(String::as_str).unwrap_or("none"),
             ),
+            Some("workflow") => workflows::run(&args[1..]).await,
             Some("image-steps") => images::steps(args.get(1).map(String::as_str).expect("image-steps <file>")),
             Some("version") => {
                 println!("fleet {} (fleet-jobs Redis engine, apalis-core 1.0)", env!("CARGO_PKG_VERSION"))

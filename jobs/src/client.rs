@@ -530,6 +530,17 @@ impl Client {
 
     /// Cancels a job that has not finished (queued, scheduled, retrying or running).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
+        let outcome = self.cancel_quietly(queue, id).await?;
+        // A workflow step's end goes on to its workflow at once, worker or not.
+        if matches!(outcome, CancelOutcome::Cancelled(_)) && id.starts_with("wf:") {
+            self.pump_workflows(queue).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Client::cancel`] without applying a workflow step's end to its workflow (left
+    /// to the workers' pump).
+    pub(crate) async fn cancel_quietly(&self, queue: &str, id: &str) -> Result<CancelOutcome> {
         if self.partitions.contains_key(queue) {
             for p in self.partitions(queue) {
                 match self.cancel_in(&p, id).await? {

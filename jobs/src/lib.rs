@@ -26,6 +26,7 @@
 //! * [`state`]: job states, queue counters, dead letters.
 //! * [`keys`]: Redis key names; every key of a queue shares one hash tag.
 //! * [`tenant`]: tenant names, the namespaces a tenant's keys live in, fair shares and quotas.
+//! * [`workflows`]: DAGs of jobs across queues, with failure policies, fan-out and nesting.
 //! * [`tls`]: `rediss://` with a CA file and a client certificate; the rustls provider.
 //! * `scripts/`: the Lua scripts; each declares its keys and does bounded work.
 
@@ -53,6 +54,7 @@ mod scripts;
 pub mod state;
 pub mod tenant;
 pub mod tls;
+pub mod workflows;
 
 pub use client::{CancelOutcome, Client, Durability, EnqueueOptions, Unique};
 pub use dedup::{Dedup, DedupMode, Deduplicated, Enqueued};

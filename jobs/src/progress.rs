@@ -125,6 +125,11 @@ impl Recorder {
         Recorder { conn, prefix: prefix.into() }
     }
 
+    /// A client on the same connection and prefix (what a workflow step's handler uses).
+    pub fn client(&self) -> crate::Client {
+        crate::Client::new(self.conn.clone(), self.prefix.clone())
+    }
+
     async fn record(&self, a: &Attempt, what: &str, json: &str) -> Result<bool> {
         let k = QueueKeys::new(&self.prefix, &a.queue);
         let mut call = k.invoke(&crate::scripts::RECORD);

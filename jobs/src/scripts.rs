@@ -9,6 +9,7 @@
 
 use crate::keys::QueueKey as Q;
 use crate::limits::LimitKey as L;
+use crate::workflows::WorkflowKey as W;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 use std::sync::OnceLock;
 
@@ -225,6 +226,13 @@ pub(crate) static JANITOR: ScriptSpec<Q> = ScriptSpec::new(
     &[Q::Jobs, Q::State, Q::Att, Q::Stats, Q::Dead, Q::Done, Q::Hist, Q::Uniq, Q::Uniqexp, Q::Batches, Q::Batchfin],
 );
 
+/// Every change of one workflow's state, in the workflow's own slot.
+pub(crate) static WORKFLOW: ScriptSpec<crate::workflows::WorkflowKey> = ScriptSpec::new(
+    "workflow",
+    include_str!("scripts/workflow.lua"),
+    &[W::Meta, W::Spec, W::St, W::Rem, W::Out, W::Verdict, W::Res, W::Err, W::Rel, W::Relby],
+);
+
 /// Records a running job's progress or result, under its lease.
 pub(crate) static RECORD: ScriptSpec<Q> =
     ScriptSpec::new("record", include_str!("scripts/record.lua"), &[Q::State, Q::Progress, Q::Results]);
@@ -263,6 +271,12 @@ mod tests {
         }
     }
 
+    impl ScriptKey for W {
+        fn name(self) -> &'static str {
+            W::name(self)
+        }
+    }
+
     /// Every script: its name, source and declared key names.
     fn all() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
         fn row<K: ScriptKey>(s: &'static ScriptSpec<K>) -> (&'static str, &'static str, Vec<&'static str>) {
@@ -281,6 +295,7 @@ mod tests {
             row(&ARCHIVED),
             row(&NUDGE),
             row(&FORGET),
+            row(&WORKFLOW),
         ]
     }
 

@@ -191,6 +191,15 @@ impl JobContext {
         self.report.set_result(value).await
     }
 
+    /// The workflow step this job is, if it is one: its dependencies' results by step
+    /// name ([`StepHandle::result`](fleet_jobs::workflows::StepHandle::result)) and steps
+    /// added at run time ([`StepHandle::add_steps`](fleet_jobs::workflows::StepHandle::add_steps)).
+    /// `None` for any other job, and in a unit test.
+    pub fn workflow(&self) -> Option<fleet_jobs::workflows::StepHandle> {
+        let (workflow, step) = fleet_jobs::workflows::parse_step_job_id(&self.id)?;
+        Some(self.report.client()?.step_handle(workflow, step))
+    }
+
     /// Runs CPU-heavy work on the bounded blocking pool so it never stalls the
     /// async runtime; waits for a free pool slot first.
     pub async fn blocking<T, F>(&self, f: F) -> Result<T, JobError>

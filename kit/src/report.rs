@@ -178,6 +178,14 @@ impl JobReport {
         }
     }
 
+    /// A client on the worker's Redis (`None` in a test's report).
+    pub fn client(&self) -> Option<fleet_jobs::Client> {
+        match &self.sink {
+            Sink::Memory(_) => None,
+            Sink::Live(live) => Some(live.recorder.client()),
+        }
+    }
+
     /// What was reported, when reports are kept in memory (a test's report).
     pub fn reported(&self) -> Option<Reported> {
         match &self.sink {

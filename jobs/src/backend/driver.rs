@@ -445,6 +445,17 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>,
                         }
                     });
                 }
+                if batch.iter().any(|c| c.id.starts_with("wf:")) {
+                    // Workflow steps ended: move their workflows on, off the ack path
+                    // (idempotent; the heartbeat applies any left behind).
+                    let client = shared.client.clone();
+                    let q = queue.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.pump_workflows(&q).await {
+                            tracing::warn!(queue = %q, error = %e, "workflow steps not applied yet; the heartbeat retries");
+                        }
+                    });
+                }
                 let detail = done.flags;
                 let flags = done.applied;
                 let count = |which: calls::AckFlag| {
@@ -633,6 +644,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         if let Err(e) = shared.client.fire_finished_batches(&cfg.queue).await {
             tracing::warn!(queue = %cfg.queue, error = %e, "batch callbacks not enqueued yet");
+        }
+        // Workflow steps ended by the lease reaper, or left behind by an interrupted pump.
+        if let Err(e) = shared.client.pump_workflows(&cfg.queue).await {
+            tracing::warn!(queue = %cfg.queue, error = %e, "workflow steps not applied yet");
         }
         if let Ok(map) =
             redis::cmd("HGETALL").arg(&k.stats).query_async::<HashMap<String, i64>>(&mut shared.conn.clone()).await

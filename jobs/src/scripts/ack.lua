@@ -58,10 +58,12 @@ local function apply(id, tok, op, p, delay, entry, batch, late)
   end
   if op == 'ok' then
     n_ok = n_ok + 1
+    wf_finished(K, id, 'ok')
     finish(id, 'k', p, tok)
     batch_finished(K, batch, true)
   elseif op == 'expire' then
     redis.call('HINCRBY', K.stats, 'expired', 1)
+    wf_finished(K, id, 'expire')
     finish(id, 'x', p, tok)
     batch_finished(K, batch, false)
   elseif op == 'retry' then
@@ -78,6 +80,7 @@ local function apply(id, tok, op, p, delay, entry, batch, late)
     to_dead(K, id, p, now)
     redis.call('HSET', K.state, id, 'd' .. p .. ':' .. tok)
     batch_finished(K, batch, false)
+    wf_finished(K, id, 'dead')
   elseif op == 'snooze' or op == 'defer' then
     -- defer: held back by a limit, a cap or a breaker; like a snooze, no attempt counted.
     redis.call('HINCRBY', K.att, id, -1)

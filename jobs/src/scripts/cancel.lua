@@ -30,6 +30,7 @@ if dedup_on(K) then dedup_settle(K, id, true, now) end
 tenants_settle(K)
 redis.call('ZADD', K.done, now + math.max(retention, 3600000), id)
 archive(K, id, 'c', now)
+wf_finished(K, id, 'cancel')
 -- A cancelled job of a batch counts as finished (not succeeded).
 local env = redis.call('HGET', K.jobs, id)
 if env then

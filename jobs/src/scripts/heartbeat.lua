@@ -100,6 +100,7 @@ for _, id in ipairs(expired) do
     if to_the_dead then
       to_dead(K, id, p, now)
       batch_finished(K, batch, false)
+      wf_finished(K, id, 'dead')
     else
       -- Suspects wait apart from the tenants' ready lists; fetch hands them out alone.
       redis.call('RPUSH', K.suspects, id)

@@ -362,3 +362,14 @@ local function dedup_settle(K, id, final, now)
     redis.call('HDEL', qkey(K, 'dkey'), id)
   end
 end
+
+-- Workflow steps (job ids `wf:<workflow>:<step>`, see `crate::workflows`): a step's
+-- job that ends (outcome ok, dead, expire or cancel) leaves an entry in its queue's
+-- workflow outbox (`wfout`, hash id -> {o, t, r}: outcome, tenant, result), written
+-- in the same call that ends it; the workers' pump applies it to the workflow, in the
+-- workflow's own slot, and removes it last. Any other job costs one string compare.
+local function wf_finished(K, id, outcome)
+  if string.sub(id, 1, 3) ~= 'wf:' then return end
+  local r = redis.call('HGET', qkey(K, 'results'), id) or ''
+  redis.call('HSET', qkey(K, 'wfout'), id, cjson.encode({ o = outcome, t = tenant_of(K, id), r = r }))
+end

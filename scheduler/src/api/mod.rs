@@ -21,6 +21,7 @@ mod shape;
 mod stream;
 mod tenants;
 mod webhooks;
+mod workflows;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -148,14 +149,16 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         bookings::put_booking, bookings::get_booking, bookings::delete_booking,
         comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries,
         archive::admin_search, archive::admin_show, archive::tenant_search, archive::tenant_show,
-        admin_jobs::browse, admin_jobs::retry, admin_jobs::cancel, admin_jobs::delete, admin_jobs::replay, admin_jobs::batches, admin_jobs::limits, admin_jobs::limit),
+        admin_jobs::browse, admin_jobs::retry, admin_jobs::cancel, admin_jobs::delete, admin_jobs::replay, admin_jobs::batches, admin_jobs::limits, admin_jobs::limit,
+        workflows::create_workflow, workflows::get_workflow, workflows::cancel_workflow),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::DedupRequest, jobs::DedupModeName, jobs::DedupView, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::ProgressView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView, stream::StreamTokenRequest, stream::StreamToken,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView, images::UploadRequest, images::UploadGranted,
         fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
         fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView, admin_jobs::ReplayRequest,
-        crate::archive::ArchivedJob, crate::archive::ArchivedSummary, crate::archive::ArchivePage)),
+        crate::archive::ArchivedJob, crate::archive::ArchivedSummary, crate::archive::ArchivePage,
+        workflows::WorkflowRequest, workflows::StepRequest, workflows::WorkflowCreated, workflows::WorkflowView, workflows::WorkflowCancelled)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -189,6 +192,8 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/batches", post(batches::create_batch))
         .route("/v1/batches/{id}", get(batches::get_batch))
         .route("/v1/batches/{id}/events", get(batches::batch_events))
+        .route("/v1/workflows", post(workflows::create_workflow))
+        .route("/v1/workflows/{id}", get(workflows::get_workflow).delete(workflows::cancel_workflow))
         .route("/v1/portfolios", post(images::create_portfolio))
         .route("/v1/uploads", post(images::create_upload))
         .route("/v1/portfolios/{portfolio}", get(images::get_portfolio))
