@@ -10,6 +10,8 @@ scripts/s3.sh
 scripts/radicale.sh
 scripts/calendar-oracle.sh >/dev/null
 scripts/dovecot.sh
+# The SMTP server of tests/notify (aiosmtpd into a Maildir).
+scripts/smtp.sh
 scripts/browser.sh
 # The TLS Redis and PostgreSQL of tests/tls; it prints the URLs and the CA path they read.
 if ! tls_env=$(scripts/tls-services.sh); then

@@ -169,7 +169,8 @@ pub struct NotificationView {
     pub category: String,
     /// Urgent.
     pub urgent: bool,
-    /// `queued`, `deferred` (quiet hours), `sent`, `partial`, `failed` or `skipped`.
+    /// `queued`, `deferred` (quiet hours), `retrying` (a channel failed and is retried),
+    /// `sent`, `partial` (some channels failed for good), `failed` or `skipped`.
     pub status: String,
     /// While deferred: when it will be sent.
     pub deferred_until: Option<DateTime<Utc>>,
@@ -309,10 +310,9 @@ fn recipient_from(row: &sqlx::postgres::PgRow, push: Vec<String>) -> RecipientVi
         user_id: row.get("user_id"),
         locale: row.get("locale"),
         time_zone: row.get("time_zone"),
-        quiet_hours: qs.zip(qe).map(|(s, e)| QuietHoursView {
-            start: QuietHours::format(s as u32),
-            end: QuietHours::format(e as u32),
-        }),
+        quiet_hours: qs
+            .zip(qe)
+            .map(|(s, e)| QuietHoursView { start: QuietHours::format(s as u32), end: QuietHours::format(e as u32) }),
         preferences: serde_json::from_value(row.get("preferences")).unwrap_or_default(),
         push_subscriptions: push,
     }

@@ -212,7 +212,10 @@ mod tests {
 
     #[test]
     fn endless_templates_run_out_of_fuel() {
-        let v = Variant { text: Some("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into()), ..Variant::default() };
+        let v = Variant {
+            text: Some("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into()),
+            ..Variant::default()
+        };
         assert!(render(&v, &serde_json::json!({})).is_err());
     }
 

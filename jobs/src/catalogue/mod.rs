@@ -91,7 +91,9 @@ mod tests {
     fn only_the_kinds_meant_for_tenants_are_public() {
         assert_eq!(public_kinds(false), vec!["webhook.publish", "image.analyze", "image.variants"]);
         assert!(public_kinds(true).contains(&"probe"));
-        for internal in ["webhook.deliver", "webhook.intake", "calendar.sync", "calendar.push", "comms.sync", "notify.send"] {
+        for internal in
+            ["webhook.deliver", "webhook.intake", "calendar.sync", "calendar.push", "comms.sync", "notify.send"]
+        {
             assert_eq!(lookup(internal).unwrap().audience, Audience::Internal, "{internal}");
         }
     }

@@ -110,9 +110,7 @@ impl Relay {
             .timeout(Some(Duration::from_millis(cfg.timeout_ms.unwrap_or(10_000))));
         let password = match (&cfg.password, &cfg.password_env) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(var)) => {
-                Some(std::env::var(var).map_err(|_| what(format!("password_env: {var} is not set")))?)
-            }
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| what(format!("password_env: {var} is not set")))?),
             (None, None) => None,
         };
         match (&cfg.user, password) {

@@ -99,7 +99,14 @@ impl SendNotification {
         self
     }
 
-    async fn email(&self, n: &ToSend, r: &RecipientView, out: &Rendered, prior: Option<&SendView>, limits: &AttemptLimits) -> Outcome {
+    async fn email(
+        &self,
+        n: &ToSend,
+        r: &RecipientView,
+        out: &Rendered,
+        prior: Option<&SendView>,
+        limits: &AttemptLimits,
+    ) -> Outcome {
         let Some(to) = &r.email else { return Outcome::Skipped("the recipient has no email address".into()) };
         let (Some(from), false) = (&self.from, self.relays.is_empty()) else {
             return Outcome::Skipped("no SMTP relay is configured".into());
@@ -110,7 +117,9 @@ impl SendNotification {
             Some(id) => id,
             None => {
                 let id = email::message_id(from.email.domain());
-                if let Err(e) = store::record_send(&self.db, &n.id, "email", None, "sending", Some(&id), None, false).await {
+                if let Err(e) =
+                    store::record_send(&self.db, &n.id, "email", None, "sending", Some(&id), None, false).await
+                {
                     return Outcome::Failed { provider: None, error: format!("database: {e}"), transient: true };
                 }
                 id
@@ -131,7 +140,6 @@ impl SendNotification {
         };
         let mut errors = Vec::new();
         let mut held: Option<Duration> = None;
-        let mut transient = false;
         for relay in self.relays.iter() {
             let key = format!("smtp:{}", relay.name);
             if let Err(e) = limits.admit(&key).await {
@@ -153,9 +161,10 @@ impl SendNotification {
                 }
                 Err(e) => {
                     // A refused recipient (5xx to RCPT) is the address's fault, but a relay
-                    // refusing to relay says the same code: the next relay gets its chance.
+                    // refusing to relay, or refusing everything at its greeting, says the
+                    // same code: the next relay gets its chance, and when every relay
+                    // failed the job is retried with its backoff (bounded by its attempts).
                     limits.settle(&key, if e.is_permanent() { Verdict::Neutral } else { Verdict::Failing }).await;
-                    transient |= !e.is_permanent();
                     tracing::warn!(relay = %relay.name, error = %e, "SMTP relay failed; trying the next");
                     errors.push(format!("{}: {e}", relay.name));
                 }
@@ -166,7 +175,11 @@ impl SendNotification {
         {
             return Outcome::Held(wait);
         }
-        Outcome::Failed { provider: self.relays.last().map(|r| r.name.clone()), error: errors.join("; "), transient: transient || held.is_some() }
+        Outcome::Failed {
+            provider: self.relays.last().map(|r| r.name.clone()),
+            error: errors.join("; "),
+            transient: true,
+        }
     }
 
     async fn in_app(&self, n: &ToSend, r: &RecipientView, out: &Rendered) -> Outcome {
@@ -177,7 +190,8 @@ impl SendNotification {
         if title.is_none() && body.is_none() {
             return Outcome::Skipped("the template has no subject or text for in-app".into());
         }
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let at =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let event = fleet_jobs::events::TenantEvent::domain(
             "notification.in_app",
             n.id.clone(),
@@ -188,7 +202,9 @@ impl SendNotification {
         let mut conn = client.connection();
         match fleet_jobs::events::append(&mut conn, client.prefix(), &[(n.tenant.clone(), event)]).await {
             Ok(()) => Outcome::Sent { provider: "stream".into(), id: None },
-            Err(e) => Outcome::Failed { provider: Some("stream".into()), error: format!("live stream: {e}"), transient: true },
+            Err(e) => {
+                Outcome::Failed { provider: Some("stream".into()), error: format!("live stream: {e}"), transient: true }
+            }
         }
     }
 }
@@ -215,7 +231,9 @@ impl Handler for SendNotification {
             Err(JobError::give_up(why))
         };
         let Some(recipient) = &n.recipient else { return fail("the recipient was removed".into()).await };
-        let Some((default_locale, variants)) = &n.template else { return fail("the template was removed".into()).await };
+        let Some((default_locale, variants)) = &n.template else {
+            return fail("the template was removed".into()).await;
+        };
         // Quiet hours, in the recipient's zone: a non-urgent send waits for the window's end.
         if !n.urgent
             && let Some(q) = &recipient.quiet_hours
@@ -232,7 +250,8 @@ impl Handler for SendNotification {
         };
         let mut data = n.data.clone();
         if let Some(map) = data.as_object_mut() {
-            map.entry("recipient").or_insert_with(|| serde_json::json!({"id": recipient.id, "locale": recipient.locale}));
+            map.entry("recipient")
+                .or_insert_with(|| serde_json::json!({"id": recipient.id, "locale": recipient.locale}));
             if let Some(u) = &self.unsubscribe_url {
                 map.entry("unsubscribe_url").or_insert_with(|| format!("{u}/{}", n.unsubscribe).into());
             }
@@ -278,14 +297,18 @@ impl Handler for SendNotification {
             .increment(1);
             let recorded = match &outcome {
                 Outcome::Sent { provider, id } => {
-                    store::record_send(&self.db, &n.id, channel, Some(provider), "sent", id.as_deref(), None, true).await
+                    store::record_send(&self.db, &n.id, channel, Some(provider), "sent", id.as_deref(), None, true)
+                        .await
                 }
-                Outcome::Skipped(why) => store::record_send(&self.db, &n.id, channel, None, "skipped", None, Some(why), false).await,
+                Outcome::Skipped(why) => {
+                    store::record_send(&self.db, &n.id, channel, None, "skipped", None, Some(why), false).await
+                }
                 Outcome::Failed { provider, error, transient } => {
                     if *transient {
                         retry.push(format!("{channel}: {error}"));
                     }
-                    store::record_send(&self.db, &n.id, channel, provider.as_deref(), "failed", None, Some(error), true).await
+                    store::record_send(&self.db, &n.id, channel, provider.as_deref(), "failed", None, Some(error), true)
+                        .await
                 }
                 Outcome::Held(wait) => {
                     held = Some(held.map_or(*wait, |h| h.min(*wait)));
@@ -298,7 +321,7 @@ impl Handler for SendNotification {
         let count = |s: &str| sends.iter().filter(|x| x.status == s).count();
         let (sent, failed, skipped) = (count("sent"), count("failed"), count("skipped"));
         let status = if held.is_some() || (!retry.is_empty() && !ctx.is_last_attempt()) {
-            "queued"
+            "retrying"
         } else if failed == 0 && sent == 0 {
             "skipped"
         } else if failed == 0 {

@@ -15,6 +15,7 @@ mod images;
 pub mod intake;
 mod jobs;
 pub mod limits;
+mod notify;
 mod shape;
 mod stream;
 mod tenants;
@@ -144,13 +145,15 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, webhooks::enable_endpoint, intake::receive, stream::tenant_stream, stream::create_token, images::create_portfolio, images::get_portfolio, images::create_upload,
         calendar::create_source, calendar::list_sources, calendar::get_source, calendar::delete_source, calendar::sync_source, calendar::release_source, calendar::get_supplier, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
         bookings::put_booking, bookings::get_booking, bookings::delete_booking,
-        comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries),
+        comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries,
+        notify::put_recipient, notify::get_recipient, notify::delete_recipient, notify::add_push_subscription, notify::put_template, notify::get_template, notify::create_notification, notify::get_notification, notify::unsubscribe),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::ProgressView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView, stream::StreamTokenRequest, stream::StreamToken,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView, images::UploadRequest, images::UploadGranted,
         fleet_accounts::sources::SyncStatus, fleet_calendar::store::CalendarSourceRequest, fleet_calendar::store::CalendarSourceView, calendar::CalendarSyncView, fleet_calendar::store::SupplierSettings, fleet_calendar::store::OccurrenceView, fleet_calendar::store::ConflictView,
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
-        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView)),
+        fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView,
+        fleet_notify::store::RecipientRequest, fleet_notify::store::RecipientView, fleet_notify::store::QuietHoursView, fleet_notify::store::TemplateRequest, fleet_notify::store::TemplateView, fleet_notify::template::Variant, fleet_notify::store::NotificationRequest, fleet_notify::store::NotificationCreated, fleet_notify::store::NotificationView, fleet_notify::store::SendView, notify::PushSubscriptionRequest, notify::PushKeys)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -210,6 +213,15 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
             "/v1/calendar/suppliers/{supplier}/bookings/{id}",
             get(bookings::get_booking).put(bookings::put_booking).delete(bookings::delete_booking),
         )
+        .route(
+            "/v1/notify/recipients/{id}",
+            axum::routing::put(notify::put_recipient).get(notify::get_recipient).delete(notify::delete_recipient),
+        )
+        .route("/v1/notify/recipients/{id}/push-subscriptions", post(notify::add_push_subscription))
+        .route("/v1/notify/templates/{name}", axum::routing::put(notify::put_template).get(notify::get_template))
+        .route("/v1/notify/unsubscribe/{token}", post(notify::unsubscribe))
+        .route("/v1/notifications", post(notify::create_notification))
+        .route("/v1/notifications/{id}", get(notify::get_notification))
         .route("/v1/stream", get(stream::tenant_stream))
         .route("/v1/stream/tokens", post(stream::create_token))
         .route("/v1/intake/{provider}", post(intake::receive))
