@@ -564,6 +564,7 @@ pub async fn to_send(db: &PgPool, tenant: Option<&str>, id: &str) -> Result<Opti
 
 /// Records one channel's send: its provider, status, provider message id and error;
 /// `attempt` counts an attempt.
+#[allow(clippy::too_many_arguments)]
 pub async fn record_send(
     db: &PgPool,
     id: &str,
