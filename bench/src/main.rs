@@ -20,10 +20,12 @@
 //! * `adapter`: the peer harness's protocol (`enqueue`, `trickle`, `worker`), and the
 //!   benchmark's job kinds run by the shipped worker runtime.
 //! * `images`: the 300-photo portfolio and per-step image timings.
+//! * `notify`: event → email accepted by a real SMTP server (`scripts/smtp.sh`).
 
 mod adapter;
 mod driver;
 mod images;
+mod notify;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
