@@ -40,6 +40,7 @@ pub async fn run(client: fleet_jobs::Client, rate: u64, count: usize) {
         smtp: vec![relay],
         from: Some("Bench <notify@bench.example>".into()),
         unsubscribe_url: Some("https://bench.example/u".into()),
+        ..NotifySettings::default()
     };
     let handler = SendNotification::new(db.clone(), &settings).expect("settings");
     let config = WorkerConfig {

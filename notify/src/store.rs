@@ -672,3 +672,46 @@ mod url_check {
         }
     }
 }
+
+/// The order of an SMS provider's statuses: a status moves a record only forward, since
+/// the provider's callbacks can arrive out of order (`sent` after `delivered`).
+fn sms_rank(status: &str) -> Option<i32> {
+    Some(match status {
+        "accepted" | "scheduled" | "queued" => 1,
+        "sending" => 2,
+        "sent" => 3,
+        "delivered" | "undelivered" | "failed" | "read" | "canceled" => 4,
+        _ => return None,
+    })
+}
+
+/// Applies an SMS provider's status callback (`MessageSid`, `MessageStatus`) to the send
+/// record of `tenant` with that provider message id, when it moves the record forward.
+/// `tenant` is the intake provider's configured tenant, never the caller's say. Returns
+/// whether a record changed.
+pub async fn apply_sms_status(
+    db: &PgPool,
+    tenant: &str,
+    sid: &str,
+    status: &str,
+    error_code: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let Some(rank) = sms_rank(status) else { return Ok(false) };
+    let n = sqlx::query(
+        "UPDATE notify_sends s SET status = $3, error = COALESCE($5, s.error), updated_at = now()
+         FROM notifications n
+         WHERE s.notification = n.id AND n.tenant = $1 AND s.channel = 'sms' AND s.provider_message_id = $2
+           AND (CASE s.status WHEN 'accepted' THEN 1 WHEN 'scheduled' THEN 1 WHEN 'queued' THEN 1 WHEN 'sending' THEN 2
+                WHEN 'sent' THEN 3 WHEN 'delivered' THEN 4 WHEN 'undelivered' THEN 4 WHEN 'failed' THEN 4
+                WHEN 'read' THEN 4 WHEN 'canceled' THEN 4 ELSE 0 END) < $4",
+    )
+    .bind(tenant)
+    .bind(sid)
+    .bind(status)
+    .bind(rank)
+    .bind(error_code.map(|c| format!("provider error code {c}")))
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}

@@ -42,6 +42,7 @@ fn settings(relays: Vec<SmtpRelay>) -> NotifySettings {
         smtp: relays,
         from: Some("Studio Lumen <notify@studio.example>".into()),
         unsubscribe_url: Some(UNSUBSCRIBE.into()),
+        ..NotifySettings::default()
     }
 }
 
@@ -218,6 +219,14 @@ async fn an_event_becomes_an_email_read_back_with_its_headers_and_an_in_app_even
     assert_eq!(env.stats("notify").await.succeeded, 1);
     assert_eq!(mailbox(&to).len(), 1);
 
+    // The routes are described in the OpenAPI document.
+    let (_, doc) = call(&api, &key, "GET", "/openapi.json", serde_json::Value::Null).await;
+    for path in
+        ["/v1/notifications", "/v1/notifications/{id}", "/v1/notify/templates/{name}", "/v1/notify/recipients/{id}"]
+    {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+    }
+
     // One-click unsubscribe turns this category's email off for the recipient.
     let token = unsubscribe.rsplit('/').next().unwrap();
     let (s, _) = call(&api, "", "POST", &format!("/v1/notify/unsubscribe/{token}"), serde_json::Value::Null).await;
@@ -353,6 +362,128 @@ async fn quiet_hours_defer_urgent_goes_through_and_preferences_skip_a_channel() 
     assert_eq!(n.sends.iter().find(|s| s.channel == "in_app").unwrap().status, "sent");
     assert_eq!(n.status, "sent");
     assert_eq!(mailbox(&to).len(), 1, "no marketing email");
+    env.cleanup().await;
+    db.drop_db().await;
+}
+
+/// A Twilio-style messages API: account `ACdown` answers 503; `ACup` (token `tok-up`)
+/// takes the message and answers its sid. Returns its base URL and what `ACup` took.
+async fn sms_provider() -> (String, std::sync::Arc<std::sync::Mutex<Vec<BTreeMap<String, String>>>>) {
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    type Taken = std::sync::Arc<std::sync::Mutex<Vec<BTreeMap<String, String>>>>;
+    async fn messages(
+        State(taken): State<Taken>,
+        Path(account): Path<String>,
+        headers: HeaderMap,
+        body: String,
+    ) -> (StatusCode, String) {
+        use base64::Engine;
+        if account == "ACdown" {
+            return (StatusCode::SERVICE_UNAVAILABLE, "down".into());
+        }
+        let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ACup:tok-up"));
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(auth.as_str()) {
+            return (StatusCode::UNAUTHORIZED, r#"{"code":20003}"#.into());
+        }
+        let form: BTreeMap<String, String> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+        taken.lock().unwrap().push(form);
+        let sid = format!("SM{}", uuid::Uuid::now_v7().simple());
+        (StatusCode::CREATED, serde_json::json!({"sid": sid, "status": "queued"}).to_string())
+    }
+    let taken: Taken = Default::default();
+    let app = axum::Router::new()
+        .route("/2010-04-01/Accounts/{account}/Messages.json", axum::routing::post(messages))
+        .with_state(taken.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), taken)
+}
+
+/// A Twilio status callback to `/v1/intake/twilio`, signed as Twilio signs it.
+async fn status_callback(api: &axum::Router, sid: &str, status: &str, signed_with: &str) -> u16 {
+    use base64::Engine;
+    use hmac::Mac;
+    use tower::ServiceExt;
+    let params = BTreeMap::from([("MessageSid", sid), ("MessageStatus", status), ("AccountSid", "ACup")]);
+    let mut signed = "https://fleet.example.com/v1/intake/twilio".to_owned();
+    for (k, v) in &params {
+        signed.push_str(k);
+        signed.push_str(v);
+    }
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(signed_with.as_bytes()).unwrap();
+    mac.update(signed.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let body: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/intake/twilio")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .header("i-twilio-idempotency-token", uuid::Uuid::now_v7().to_string())
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    api.clone().oneshot(req).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_fails_over_to_the_second_account_and_status_callbacks_move_its_record_forward() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let (base, taken) = sms_provider().await;
+    let mut template = booking_template();
+    template.variants.get_mut("en").unwrap().sms = Some("{{ name }}, booking confirmed for {{ date }}".into());
+    store::put_template(&db.pool, "studio", "booking", template).await.unwrap();
+    let recipient = RecipientRequest { phone: Some("+447911123456".into()), ..Default::default() };
+    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    let account = |name: &str, sid: &str, token: &str| -> fleet_notify::jobs::SmsAccount {
+        toml::from_str(&format!(
+            "name = {name:?}\napi_base = {base:?}\naccount_sid = {sid:?}\nauth_token = {token:?}\nfrom = \"+15005550006\"\nstatus_callback = \"https://fleet.example.com/v1/intake/twilio\""
+        ))
+        .unwrap()
+    };
+    let mut s = settings(Vec::new());
+    s.from = None;
+    s.sms = vec![account("main", "ACdown", "tok-down"), account("backup", "ACup", "tok-up")];
+    // The provider is on loopback: refused unless allowed.
+    assert!(SendNotification::new(db.pool.clone(), &s).unwrap_err().contains("private"));
+    s.allow = vec!["127.0.0.0/8".into()];
+    let handler = SendNotification::new(db.pool.clone(), &s).unwrap();
+
+    let id = notification(&db, "studio", "anna", "booking", false).await;
+    TestJob::new().tenant("studio").perform(&handler, NotifySend { notification: id.clone() }).await.unwrap();
+    let n = store::get_notification(&db.pool, Some("studio"), &id).await.unwrap();
+    assert_eq!(n.status, "sent", "{n:?}");
+    let sms = n.sends.iter().find(|s| s.channel == "sms").unwrap();
+    assert_eq!((sms.provider.as_deref(), sms.status.as_str()), (Some("backup"), "queued"), "{n:?}");
+    let sid = sms.provider_message_id.clone().unwrap();
+    {
+        let taken = taken.lock().unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0]["To"], "+447911123456");
+        assert_eq!(taken[0]["Body"], "Anna, booking confirmed for 12 June");
+        assert_eq!(taken[0]["StatusCallback"], "https://fleet.example.com/v1/intake/twilio");
+    }
+
+    // Status callbacks through the intake, verified, applied in order only.
+    let provider: fleet_scheduler::api::intake::IntakeProvider = toml::from_str(
+        "scheme = \"twilio\"\nsecrets = [\"tok-up\"]\npublic_url = \"https://fleet.example.com\"\ntenant = \"studio\"",
+    )
+    .unwrap();
+    let api = app(
+        ApiState::new(env.client.clone(), db.pool.clone()).with_intake(BTreeMap::from([("twilio".into(), provider)])),
+        1 << 20,
+    );
+    let status =
+        || async { store::get_notification(&db.pool, Some("studio"), &id).await.unwrap().sends[0].status.clone() };
+    assert_eq!(status_callback(&api, &sid, "delivered", "forged").await, 401);
+    assert_eq!(status().await, "queued");
+    assert_eq!(status_callback(&api, &sid, "delivered", "tok-up").await, 202);
+    assert_eq!(status().await, "delivered");
+    // A late "sent" does not move it back.
+    assert_eq!(status_callback(&api, &sid, "sent", "tok-up").await, 202);
+    assert_eq!(status().await, "delivered");
     env.cleanup().await;
     db.drop_db().await;
 }

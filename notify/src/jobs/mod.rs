@@ -20,6 +20,7 @@
 //! email to the next. In-app: a `notification.in_app` event on the tenant's live stream.
 
 pub mod email;
+pub mod sms;
 
 use crate::quiet::{QuietHours, zone};
 use crate::store::{self, RecipientView, SendView, ToSend};
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use email::{SmtpRelay, SmtpTls};
+pub use sms::SmsAccount;
 
 /// The worker's `[notify]` settings.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -45,12 +47,17 @@ pub struct NotifySettings {
     /// One-click unsubscribe: the notification's token is appended (`{url}/{token}`),
     /// e.g. `https://api.example.com/v1/notify/unsubscribe`. Unset: no List-Unsubscribe.
     pub unsubscribe_url: Option<String>,
+    /// SMS provider accounts (Twilio-style API), tried in this order (`[[notify.sms]]`).
+    pub sms: Vec<SmsAccount>,
+    /// CIDR ranges the SSRF guard lets SMS APIs be in besides public addresses (tests:
+    /// `127.0.0.0/8`).
+    pub allow: Vec<String>,
 }
 
 /// What became of one channel in one attempt.
 #[derive(Debug)]
 enum Outcome {
-    Sent { provider: String, id: Option<String> },
+    Sent { provider: String, id: Option<String>, status: Option<String> },
     Skipped(String),
     Failed { provider: Option<String>, error: String, transient: bool },
     Held(Duration),
@@ -64,6 +71,8 @@ pub struct SendNotification {
     from: Option<lettre::message::Mailbox>,
     unsubscribe_url: Option<String>,
     stream: Option<fleet_jobs::Client>,
+    sms: Arc<Vec<sms::Account>>,
+    http: Option<reqwest::Client>,
 }
 
 impl std::fmt::Debug for SendNotification {
@@ -84,8 +93,18 @@ impl SendNotification {
             None if !relays.is_empty() => return Err("notify.from is required with SMTP relays".into()),
             None => None,
         };
+        let allow = settings
+            .allow
+            .iter()
+            .map(|c| c.parse::<fleet_net::Cidr>().map_err(|e| format!("notify.allow: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let guard = Arc::new(fleet_net::Guard::new(allow));
+        let accounts = settings.sms.iter().map(|a| sms::Account::new(a, &guard)).collect::<Result<Vec<_>, _>>()?;
+        let http = if accounts.is_empty() { None } else { Some(sms::client(guard)?) };
         Ok(SendNotification {
             db,
+            sms: Arc::new(accounts),
+            http,
             relays: Arc::new(relays),
             from,
             unsubscribe_url: settings.unsubscribe_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
@@ -157,7 +176,7 @@ impl SendNotification {
                     limits.settle(&key, Verdict::Healthy).await;
                     metrics::histogram!("fleet_notify_smtp_seconds", "relay" => relay.name.clone())
                         .record(started.elapsed().as_secs_f64());
-                    return Outcome::Sent { provider: relay.name.clone(), id: Some(message_id) };
+                    return Outcome::Sent { provider: relay.name.clone(), id: Some(message_id), status: None };
                 }
                 Err(e) => {
                     // A refused recipient (5xx to RCPT) is the address's fault, but a relay
@@ -182,6 +201,49 @@ impl SendNotification {
         }
     }
 
+    async fn sms(&self, r: &RecipientView, out: &Rendered, limits: &AttemptLimits) -> Outcome {
+        let Some(to) = &r.phone else { return Outcome::Skipped("the recipient has no phone number".into()) };
+        let (Some(http), false) = (&self.http, self.sms.is_empty()) else {
+            return Outcome::Skipped("no SMS provider is configured".into());
+        };
+        let Some(body) = out.sms.as_ref().or(out.text.as_ref()) else {
+            return Outcome::Skipped("the template has no sms or text part".into());
+        };
+        let mut errors = Vec::new();
+        let mut held: Option<Duration> = None;
+        for account in self.sms.iter() {
+            let key = format!("sms:{}", account.name);
+            if let Err(e) = limits.admit(&key).await {
+                let wait = if let JobError::Snooze { after } = e { after } else { Duration::from_secs(1) };
+                held = Some(held.map_or(wait, |h| h.min(wait)));
+                continue;
+            }
+            match account.send(http, to, body).await {
+                Ok((sid, status)) => {
+                    limits.settle(&key, Verdict::Healthy).await;
+                    return Outcome::Sent { provider: account.name.clone(), id: Some(sid), status: Some(status) };
+                }
+                Err(sms::SmsError::Refused(e)) => {
+                    limits.settle(&key, Verdict::Neutral).await;
+                    return Outcome::Failed { provider: Some(account.name.clone()), error: e, transient: false };
+                }
+                Err(sms::SmsError::Unavailable(e)) => {
+                    limits.settle(&key, Verdict::Failing).await;
+                    tracing::warn!(account = %account.name, error = %e, "SMS provider failed; trying the next");
+                    errors.push(e);
+                }
+            }
+        }
+        match held {
+            Some(wait) if errors.is_empty() => Outcome::Held(wait),
+            _ => Outcome::Failed {
+                provider: self.sms.last().map(|a| a.name.clone()),
+                error: errors.join("; "),
+                transient: true,
+            },
+        }
+    }
+
     async fn in_app(&self, n: &ToSend, r: &RecipientView, out: &Rendered) -> Outcome {
         let Some(user) = &r.user_id else { return Outcome::Skipped("the recipient has no in-app user id".into()) };
         let Some(client) = &self.stream else { return Outcome::Skipped("no live stream on this worker".into()) };
@@ -201,7 +263,7 @@ impl SendNotification {
         );
         let mut conn = client.connection();
         match fleet_jobs::events::append(&mut conn, client.prefix(), &[(n.tenant.clone(), event)]).await {
-            Ok(()) => Outcome::Sent { provider: "stream".into(), id: None },
+            Ok(()) => Outcome::Sent { provider: "stream".into(), id: None, status: None },
             Err(e) => {
                 Outcome::Failed { provider: Some("stream".into()), error: format!("live stream: {e}"), transient: true }
             }
@@ -284,7 +346,7 @@ impl Handler for SendNotification {
                 match channel {
                     "email" => self.email(&n, recipient, &rendered, prior, ctx.limits()).await,
                     "in_app" => self.in_app(&n, recipient, &rendered).await,
-                    "sms" => Outcome::Skipped("no SMS provider is configured".into()),
+                    "sms" => self.sms(recipient, &rendered, ctx.limits()).await,
                     _ => Outcome::Skipped("no Web Push sender is configured".into()),
                 }
             };
@@ -296,8 +358,10 @@ impl Handler for SendNotification {
             })
             .increment(1);
             let recorded = match &outcome {
-                Outcome::Sent { provider, id } => {
-                    store::record_send(&self.db, &n.id, channel, Some(provider), "sent", id.as_deref(), None, true)
+                Outcome::Sent { provider, id, status } => {
+                    // A provider's own first status (an SMS `queued`) is kept as it said it.
+                    let status = status.as_deref().unwrap_or("sent");
+                    store::record_send(&self.db, &n.id, channel, Some(provider), status, id.as_deref(), None, true)
                         .await
                 }
                 Outcome::Skipped(why) => {
@@ -319,7 +383,8 @@ impl Handler for SendNotification {
         }
         let sends = db(store::to_send(&self.db, None, &n.id).await).await?.map(|t| t.sends).unwrap_or_default();
         let count = |s: &str| sends.iter().filter(|x| x.status == s).count();
-        let (sent, failed, skipped) = (count("sent"), count("failed"), count("skipped"));
+        let (failed, skipped) = (count("failed"), count("skipped"));
+        let sent = sends.len() - failed - skipped - count("sending");
         let status = if held.is_some() || (!retry.is_empty() && !ctx.is_last_attempt()) {
             "retrying"
         } else if failed == 0 && sent == 0 {
