@@ -715,3 +715,49 @@ pub async fn apply_sms_status(
     .rows_affected();
     Ok(n > 0)
 }
+
+/// A Web Push subscription's endpoint and keys.
+#[derive(Debug, Clone)]
+pub struct PushSubscription {
+    /// Push service URL.
+    pub endpoint: String,
+    /// The browser's P-256 key, base64url.
+    pub p256dh: String,
+    /// The auth secret, base64url.
+    pub auth: String,
+}
+
+/// Recipient `recipient`'s Web Push subscriptions.
+pub async fn push_subscriptions(
+    db: &PgPool,
+    tenant: &str,
+    recipient: &str,
+) -> Result<Vec<PushSubscription>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT endpoint, p256dh, auth FROM notify_push_subscriptions WHERE tenant = $1 AND recipient = $2 ORDER BY created_at",
+    )
+    .bind(tenant)
+    .bind(recipient)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PushSubscription { endpoint: r.get("endpoint"), p256dh: r.get("p256dh"), auth: r.get("auth") })
+        .collect())
+}
+
+/// Removes a subscription the push service said is gone (404/410).
+pub async fn delete_push_subscription(
+    db: &PgPool,
+    tenant: &str,
+    recipient: &str,
+    endpoint: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM notify_push_subscriptions WHERE tenant = $1 AND recipient = $2 AND endpoint = $3")
+        .bind(tenant)
+        .bind(recipient)
+        .bind(endpoint)
+        .execute(db)
+        .await?;
+    Ok(())
+}

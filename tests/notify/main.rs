@@ -487,3 +487,90 @@ async fn an_sms_fails_over_to_the_second_account_and_status_callbacks_move_its_r
     env.cleanup().await;
     db.drop_db().await;
 }
+
+fn ensure_push_service() -> String {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/push-service.sh");
+        let out = std::process::Command::new("bash").arg(script).output().expect("run scripts/push-service.sh");
+        assert!(out.status.success(), "scripts/push-service.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let port = std::env::var("FLEET_TEST_PUSH_PORT").unwrap_or_else(|_| "10080".into());
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_decrypted_by_an_independent_receiver_and_a_gone_subscription_is_removed() {
+    use base64::Engine;
+    let service = ensure_push_service();
+    let db = TestDb::new().await;
+    let http = fleet_net::ClientOptions::default().client(0).unwrap();
+    let subscribe = |gone: bool| {
+        let http = http.clone();
+        let service = service.clone();
+        async move {
+            let res = http
+                .post(format!("{service}/subscribe"))
+                .body(serde_json::json!({"gone": gone}).to_string())
+                .send()
+                .await;
+            serde_json::from_slice::<serde_json::Value>(&res.unwrap().bytes().await.unwrap()).unwrap()
+        }
+    };
+    let (live, gone) = (subscribe(false).await, subscribe(true).await);
+    let mut template = booking_template();
+    let en = template.variants.get_mut("en").unwrap();
+    en.push_title = Some("Booking confirmed".into());
+    en.push_body = Some("{{ name }}, see you on {{ date }}".into());
+    store::put_template(&db.pool, "studio", "booking", template).await.unwrap();
+    store::put_recipient(&db.pool, "studio", "anna", RecipientRequest::default()).await.unwrap();
+    for s in [&live, &gone] {
+        let (e, k) = (s["endpoint"].as_str().unwrap(), &s["keys"]);
+        store::add_push_subscription(
+            &db.pool,
+            "studio",
+            "anna",
+            e,
+            k["p256dh"].as_str().unwrap(),
+            k["auth"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut s = settings(Vec::new());
+    s.from = None;
+    s.allow = vec!["127.0.0.0/8".into()];
+    s.vapid_private_key = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand_key()));
+    s.vapid_subject = Some("mailto:ops@studio.example".into());
+    let handler = SendNotification::new(db.pool.clone(), &s).unwrap();
+
+    let id = notification(&db, "studio", "anna", "booking", true).await;
+    TestJob::new().tenant("studio").perform(&handler, NotifySend { notification: id.clone() }).await.unwrap();
+    let n = store::get_notification(&db.pool, Some("studio"), &id).await.unwrap();
+    let push = n.sends.iter().find(|s| s.channel == "push").expect("a push send record");
+    assert_eq!((push.status.as_str(), push.provider.as_deref()), ("sent", Some("webpush")), "{n:?}");
+
+    // The receiver decrypted it with the subscription's private key (http_ece) after
+    // checking the VAPID token.
+    let sid = live["endpoint"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let res = http.get(format!("{service}/messages/{sid}")).send().await.unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(got.as_array().map(Vec::len), Some(1), "{got}");
+    assert_eq!(got[0]["urgency"], "high");
+    let payload: serde_json::Value = serde_json::from_str(got[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["title"], "Booking confirmed");
+    assert_eq!(payload["body"], "Anna, see you on 12 June");
+    assert_eq!(payload["notification"], id.as_str());
+    // The subscription that answered 410 is gone from the recipient.
+    let r = store::get_recipient(&db.pool, "studio", "anna").await.unwrap();
+    assert_eq!(r.push_subscriptions, vec![live["endpoint"].as_str().unwrap().to_owned()]);
+    db.drop_db().await;
+}
+
+fn rand_key() -> [u8; 32] {
+    // A P-256 scalar: any 32 bytes below the group order; these random bytes are, but
+    // for a chance of about 2^-32.
+    let mut k: [u8; 32] = rand::random();
+    k[0] &= 0x7f;
+    k
+}

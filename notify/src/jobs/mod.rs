@@ -20,6 +20,7 @@
 //! email to the next. In-app: a `notification.in_app` event on the tenant's live stream.
 
 pub mod email;
+pub mod push;
 pub mod sms;
 
 use crate::quiet::{QuietHours, zone};
@@ -52,6 +53,13 @@ pub struct NotifySettings {
     /// CIDR ranges the SSRF guard lets SMS APIs be in besides public addresses (tests:
     /// `127.0.0.0/8`).
     pub allow: Vec<String>,
+    /// Web Push: the VAPID private key, base64url of its 32 bytes (prefer
+    /// `vapid_private_key_env`); browsers subscribe with its public key.
+    pub vapid_private_key: Option<String>,
+    /// The environment variable holding the VAPID private key.
+    pub vapid_private_key_env: Option<String>,
+    /// Web Push: the operator's contact in VAPID tokens (`mailto:ops@example.com`).
+    pub vapid_subject: Option<String>,
 }
 
 /// What became of one channel in one attempt.
@@ -73,6 +81,7 @@ pub struct SendNotification {
     stream: Option<fleet_jobs::Client>,
     sms: Arc<Vec<sms::Account>>,
     http: Option<reqwest::Client>,
+    vapid: Option<push::Vapid>,
 }
 
 impl std::fmt::Debug for SendNotification {
@@ -100,11 +109,26 @@ impl SendNotification {
             .collect::<Result<Vec<_>, _>>()?;
         let guard = Arc::new(fleet_net::Guard::new(allow));
         let accounts = settings.sms.iter().map(|a| sms::Account::new(a, &guard)).collect::<Result<Vec<_>, _>>()?;
-        let http = if accounts.is_empty() { None } else { Some(sms::client(guard)?) };
+        let vapid_key = match (&settings.vapid_private_key, &settings.vapid_private_key_env) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(var)) => {
+                Some(std::env::var(var).map_err(|_| format!("notify.vapid_private_key_env: {var} is not set"))?)
+            }
+            (None, None) => None,
+        };
+        let vapid = match (vapid_key, &settings.vapid_subject) {
+            (Some(k), Some(subject)) => Some(push::Vapid::new(&k, subject)?),
+            (Some(_), None) => return Err("notify.vapid_subject is required with a VAPID key".into()),
+            (None, _) => None,
+        };
+        // SMS APIs and push services (a browser's endpoint: a tenant's input) share the
+        // SSRF-guarded client.
+        let http = if accounts.is_empty() && vapid.is_none() { None } else { Some(sms::client(guard)?) };
         Ok(SendNotification {
             db,
             sms: Arc::new(accounts),
             http,
+            vapid,
             relays: Arc::new(relays),
             from,
             unsubscribe_url: settings.unsubscribe_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
@@ -244,6 +268,48 @@ impl SendNotification {
         }
     }
 
+    async fn push(&self, n: &ToSend, r: &RecipientView, out: &Rendered) -> Outcome {
+        let (Some(http), Some(vapid)) = (&self.http, &self.vapid) else {
+            return Outcome::Skipped("no Web Push sender is configured".into());
+        };
+        let title = out.push_title.clone().or_else(|| out.subject.clone());
+        let body = out.push_body.clone().or_else(|| out.text.clone());
+        if title.is_none() && body.is_none() {
+            return Outcome::Skipped("the template has no push_title or push_body".into());
+        }
+        let payload =
+            serde_json::json!({"notification": n.id, "category": n.category, "title": title, "body": body}).to_string();
+        let subs = match store::push_subscriptions(&self.db, &n.tenant, &r.id).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed { provider: None, error: format!("database: {e}"), transient: true },
+        };
+        let (mut accepted, mut gone, mut errors, mut transient) = (0, 0, Vec::new(), false);
+        for sub in &subs {
+            match push::send(http, vapid, &sub.endpoint, &sub.p256dh, &sub.auth, payload.as_bytes(), n.urgent).await {
+                push::PushResult::Accepted => accepted += 1,
+                push::PushResult::Gone => {
+                    gone += 1;
+                    tracing::info!(tenant = %n.tenant, recipient = %r.id, "push subscription gone; removed");
+                    if let Err(e) = store::delete_push_subscription(&self.db, &n.tenant, &r.id, &sub.endpoint).await {
+                        tracing::warn!(error = %e, "could not remove a gone push subscription");
+                    }
+                }
+                push::PushResult::Failed { error, transient: t } => {
+                    transient |= t;
+                    errors.push(error);
+                }
+            }
+        }
+        if accepted > 0 {
+            let id = format!("{accepted} of {} subscription(s)", subs.len());
+            Outcome::Sent { provider: "webpush".into(), id: Some(id), status: None }
+        } else if errors.is_empty() {
+            Outcome::Skipped(format!("no live push subscription ({gone} gone, removed)"))
+        } else {
+            Outcome::Failed { provider: Some("webpush".into()), error: errors.join("; "), transient }
+        }
+    }
+
     async fn in_app(&self, n: &ToSend, r: &RecipientView, out: &Rendered) -> Outcome {
         let Some(user) = &r.user_id else { return Outcome::Skipped("the recipient has no in-app user id".into()) };
         let Some(client) = &self.stream else { return Outcome::Skipped("no live stream on this worker".into()) };
@@ -347,7 +413,7 @@ impl Handler for SendNotification {
                     "email" => self.email(&n, recipient, &rendered, prior, ctx.limits()).await,
                     "in_app" => self.in_app(&n, recipient, &rendered).await,
                     "sms" => self.sms(recipient, &rendered, ctx.limits()).await,
-                    _ => Outcome::Skipped("no Web Push sender is configured".into()),
+                    _ => self.push(&n, recipient, &rendered).await,
                 }
             };
             metrics::counter!("fleet_notify_sends_total", "channel" => channel, "outcome" => match &outcome {
