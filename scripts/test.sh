@@ -10,6 +10,10 @@ scripts/s3.sh
 scripts/radicale.sh
 scripts/calendar-oracle.sh >/dev/null
 scripts/dovecot.sh
+# The SMTP server of tests/notify (aiosmtpd into a Maildir).
+scripts/smtp.sh
+# The local Web Push service of tests/notify (decrypts with Python's http_ece).
+scripts/push-service.sh
 scripts/browser.sh
 # The TLS Redis and PostgreSQL of tests/tls; it prints the URLs and the CA path they read.
 if ! tls_env=$(scripts/tls-services.sh); then

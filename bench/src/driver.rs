@@ -835,12 +835,19 @@ pub async fn run(args: &[String]) {
             "webhooks" => webhooks().await,
             "images" => crate::images::run(&fresh().await).await,
             "dedup" => crate::dedup::run(fresh, n).await,
+            "notify" => {
+                let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+                let client = fresh().await;
+                let rate = env("FLEET_BENCH_NOTIFY_RATE", 200);
+                crate::notify::run(client.clone(), rate, env("FLEET_BENCH_NOTIFY_COUNT", 2000) as usize).await;
+                cleanup(&client).await;
+            }
             "recovery" => {
                 recovery(5_000).await;
                 recovery(30_000).await;
             }
             other => eprintln!(
-                "unknown workload {other} (w1, w1-replicated, w2, w2-cluster, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images, dedup)"
+                "unknown workload {other} (w1, w1-replicated, w2, w2-cluster, w2-tenants, w3, w4, fairness, memory, backlog, due, dead, recovery, limits, webhooks, images, dedup, notify)"
             ),
         }
     }

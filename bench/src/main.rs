@@ -23,12 +23,14 @@
 //! * `dedup`: the enqueue cost of each dedup mode.
 //! * `images`: the 300-photo portfolio and per-step image timings.
 //! * `workflows`: a 10,000-step fan-out/fan-in workflow beside as many plain jobs.
+//! * `notify`: event → email accepted by a real SMTP server (`scripts/smtp.sh`).
 
 mod adapter;
 mod dedup;
 mod driver;
 mod images;
 mod workflows;
+mod notify;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -2,6 +2,7 @@
 //! for schedules and calendar and comms sources, PostgreSQL. Tables by default, `--json`
 //! for scripts; replay, purge and removing a source ask before they act unless `--yes`.
 
+mod notify;
 mod sources;
 
 use clap::{Parser, Subcommand};
@@ -121,6 +122,9 @@ enum Command {
     /// Communication sources and timelines (PostgreSQL).
     #[command(subcommand)]
     Comms(sources::CommsCommand),
+    /// Notifications and their send records (PostgreSQL).
+    #[command(subcommand)]
+    Notifications(notify::NotificationCommand),
 }
 
 /// `fleetctl archive ...`
@@ -602,6 +606,7 @@ async fn execute(args: Args) -> Result<(), String> {
         Command::Archive(command) => archived(&stores, args.json, command).await,
         Command::Calendar(command) => sources::calendar(&stores, args.json, command).await,
         Command::Comms(command) => sources::comms(&stores, args.json, command).await,
+        Command::Notifications(command) => notify::notifications(&stores, args.json, command).await,
     }
 }
 

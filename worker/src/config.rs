@@ -144,6 +144,9 @@ pub struct WorkerConfig {
     pub calendar: fleet_calendar::jobs::SourceSettings,
     /// Communication sync settings (the SSRF guard's allow-list for mail servers and SMS APIs).
     pub comms: fleet_calendar::jobs::SourceSettings,
+    /// Notifications (`[notify]`): SMTP relays in failover order, the From address, the
+    /// one-click unsubscribe URL.
+    pub notify: fleet_notify::jobs::NotifySettings,
     /// Run the test and benchmark kind `probe` (which can abort the process on request).
     /// Off in production; the local demo, tests and benchmarks turn it on
     /// (`test_kinds = true` or `FLEET_TEST_KINDS=1`).
@@ -180,6 +183,7 @@ impl Default for WorkerConfig {
             images: Default::default(),
             calendar: Default::default(),
             comms: Default::default(),
+            notify: Default::default(),
             test_kinds: false,
         }
     }

@@ -7,12 +7,14 @@
 pub mod calendar;
 pub mod comms;
 pub mod image;
+pub mod notify;
 pub mod probe;
 pub mod webhook;
 
 pub use calendar::{CalendarPush, CalendarSync};
 pub use comms::CommsSync;
 pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
+pub use notify::NotifySend;
 pub use probe::{ProbeAction, ProbeArgs};
 pub use webhook::{IntakeRoute, WebhookDelivery, WebhookIntake, WebhookPublish};
 
@@ -53,6 +55,7 @@ pub fn kinds() -> Vec<KindInfo> {
         info::<CommsSync>(),
         info::<CalendarSync>(),
         info::<CalendarPush>(),
+        info::<NotifySend>(),
     ]
 }
 
@@ -88,7 +91,9 @@ mod tests {
     fn only_the_kinds_meant_for_tenants_are_public() {
         assert_eq!(public_kinds(false), vec!["webhook.publish", "image.analyze", "image.variants"]);
         assert!(public_kinds(true).contains(&"probe"));
-        for internal in ["webhook.deliver", "webhook.intake", "calendar.sync", "calendar.push", "comms.sync"] {
+        for internal in
+            ["webhook.deliver", "webhook.intake", "calendar.sync", "calendar.push", "comms.sync", "notify.send"]
+        {
             assert_eq!(lookup(internal).unwrap().audience, Audience::Internal, "{internal}");
         }
     }

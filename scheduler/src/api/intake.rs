@@ -497,6 +497,26 @@ pub(crate) async fn receive(
     if first.is_none() {
         return Err(refuse("replay"));
     }
+    // Built in: an SMS provider's delivery status moves the notification's send record
+    // (of the tenant this provider's config names) forward. The event is recorded as
+    // every other call; a failure here is logged, the record catches up on a later status.
+    if p.scheme == Scheme::Twilio
+        && let Some(tenant) = &p.tenant
+    {
+        let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+        if let (Some(sid), Some(status)) = (form.get("MessageSid"), form.get("MessageStatus"))
+            && let Err(e) = fleet_notify::store::apply_sms_status(
+                &state.db,
+                tenant,
+                sid,
+                status,
+                form.get("ErrorCode").map(String::as_str),
+            )
+            .await
+        {
+            tracing::warn!(%provider, error = %e, "could not apply an SMS status to its notification");
+        }
+    }
     let args = WebhookIntake {
         provider: provider.clone(),
         id: id.clone(),

@@ -17,6 +17,7 @@ mod images;
 pub mod intake;
 mod jobs;
 pub mod limits;
+mod notify;
 mod shape;
 mod stream;
 mod tenants;
@@ -150,7 +151,8 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries,
         archive::admin_search, archive::admin_show, archive::tenant_search, archive::tenant_show,
         admin_jobs::browse, admin_jobs::retry, admin_jobs::cancel, admin_jobs::delete, admin_jobs::replay, admin_jobs::batches, admin_jobs::limits, admin_jobs::limit,
-        workflows::create_workflow, workflows::get_workflow, workflows::cancel_workflow),
+        workflows::create_workflow, workflows::get_workflow, workflows::cancel_workflow,
+        notify::put_recipient, notify::get_recipient, notify::delete_recipient, notify::add_push_subscription, notify::put_template, notify::get_template, notify::create_notification, notify::get_notification, notify::unsubscribe),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::DedupRequest, jobs::DedupModeName, jobs::DedupView, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::ProgressView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView, stream::StreamTokenRequest, stream::StreamToken,
         images::PortfolioRequest, images::UploadedImage, images::VariantRequest, images::PortfolioAccepted, images::PortfolioView, images::ImageView, images::UploadRequest, images::UploadGranted,
@@ -158,7 +160,8 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         bookings::BookingRequest, bookings::BookingView, bookings::BookingConflict, fleet_calendar::store::bookings::BusyOccurrence,
         fleet_comms::store::SourceRequest, fleet_comms::store::SourceView, comms::SyncView, fleet_comms::store::ContactRequest, fleet_comms::store::ContactView, fleet_comms::store::TimelinePage, fleet_comms::store::QuarantinedView, admin_jobs::ReplayRequest,
         crate::archive::ArchivedJob, crate::archive::ArchivedSummary, crate::archive::ArchivePage,
-        workflows::WorkflowRequest, workflows::StepRequest, workflows::WorkflowCreated, workflows::WorkflowView, workflows::WorkflowCancelled)),
+        workflows::WorkflowRequest, workflows::StepRequest, workflows::WorkflowCreated, workflows::WorkflowView, workflows::WorkflowCancelled,
+        fleet_notify::store::RecipientRequest, fleet_notify::store::RecipientView, fleet_notify::store::QuietHoursView, fleet_notify::store::TemplateRequest, fleet_notify::store::TemplateView, fleet_notify::template::Variant, fleet_notify::store::NotificationRequest, fleet_notify::store::NotificationCreated, fleet_notify::store::NotificationView, fleet_notify::store::SendView, notify::PushSubscriptionRequest, notify::PushKeys)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -220,6 +223,15 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
             "/v1/calendar/suppliers/{supplier}/bookings/{id}",
             get(bookings::get_booking).put(bookings::put_booking).delete(bookings::delete_booking),
         )
+        .route(
+            "/v1/notify/recipients/{id}",
+            axum::routing::put(notify::put_recipient).get(notify::get_recipient).delete(notify::delete_recipient),
+        )
+        .route("/v1/notify/recipients/{id}/push-subscriptions", post(notify::add_push_subscription))
+        .route("/v1/notify/templates/{name}", axum::routing::put(notify::put_template).get(notify::get_template))
+        .route("/v1/notify/unsubscribe/{token}", post(notify::unsubscribe))
+        .route("/v1/notifications", post(notify::create_notification))
+        .route("/v1/notifications/{id}", get(notify::get_notification))
         .route("/v1/stream", get(stream::tenant_stream))
         .route("/v1/stream/tokens", post(stream::create_token))
         .route("/v1/intake/{provider}", post(intake::receive))

@@ -45,6 +45,11 @@ pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(fleet_webhooks::jobs::publish::Publish::new(db.clone(), client));
         // Source secrets need FLEET_SECRETS_KEY; without it, sources with a secret fail clearly.
         // New entries are published through the relay; SMS accounts use `[limits."sms:*"]`.
+        // notify.send: SMTP relays from `[notify]`, in-app events on the tenant's stream.
+        let notify = fleet_notify::jobs::SendNotification::new(db.clone(), &config.notify)
+            .map_err(anyhow::Error::msg)?
+            .with_stream(relay.client().clone());
+        registry = registry.register(notify);
         registry = registry.register(
             fleet_comms::jobs::SyncSource::new(db, secrets)
                 .with_allowed(config.comms.ranges().map_err(|e| anyhow::anyhow!("comms.allow: {e}"))?)
