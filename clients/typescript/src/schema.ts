@@ -4,6 +4,231 @@
  */
 
 export interface paths {
+    "/admin/v1/archive/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GET /admin/v1/archive/jobs: finished jobs of every tenant, newest first. */
+        get: operations["admin_search"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/archive/jobs/{queue}/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GET /admin/v1/archive/jobs/{queue}/{id}: one archived job, whole. */
+        get: operations["admin_show"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/batches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The latest batches with their live counters, newest first (operators). */
+        get: operations["batches"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Jobs of a queue in a state, filtered and paged: reads at most 5,000 entries per call,
+         *     so a page may come back short with a `next` to go on from.
+         */
+        get: operations["browse"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Limit keys with state in Redis (at most 500, by name): overrides, breaker, tokens,
+         *     slots held (operators).
+         */
+        get: operations["limits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/limits/{key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One limit key's overrides and live state (operators). */
+        get: operations["limit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/queues/{queue}/jobs/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete a finished job's record or a dead letter (admin; 409 for a job that has not
+         *     finished: cancel it first).
+         */
+        delete: operations["delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/queues/{queue}/jobs/{id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Cancel a job that has not finished (admin; 409 when it has). */
+        post: operations["cancel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/queues/{queue}/jobs/{id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Enqueue a copy of a job (any state) with the same kind, tenant, priority, attempts
+         *     and timeout, and the given arguments (admin). Answers the new job's id.
+         */
+        post: operations["replay"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/queues/{queue}/jobs/{id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retry a job now: a scheduled or retrying job becomes due at once, a dead letter is
+         *     replayed with fresh attempts (admin; 409 for a job in another state).
+         */
+        post: operations["retry"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/archive/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * GET /v1/archive/jobs: the caller's tenant's finished jobs (a `tenant` filter is
+         *     replaced by the key's tenant).
+         */
+        get: operations["tenant_search"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/archive/jobs/{queue}/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * GET /v1/archive/jobs/{queue}/{id}: one of the caller's tenant's archived jobs (404
+         *     for another tenant's).
+         */
+        get: operations["tenant_show"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/batches": {
         parameters: {
             query?: never;
@@ -507,6 +732,126 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/notifications": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a notification: recorded, then a `notify.send` job (id = the notification's).
+         *     With a `dedup_key` already used, the first notification comes back
+         *     (`deduplicated: true`) and nothing new is sent.
+         */
+        post: operations["create_notification"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/notifications/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A notification with each channel's send record (channel, provider, status, provider
+         *     message id, error).
+         */
+        get: operations["get_notification"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/notify/recipients/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A recipient. */
+        get: operations["get_recipient"];
+        /** Create or replace a recipient's channels, preferences, time zone and quiet hours. */
+        put: operations["put_recipient"];
+        post?: never;
+        /** Remove a recipient and its push subscriptions (its notifications stay). */
+        delete: operations["delete_recipient"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/notify/recipients/{id}/push-subscriptions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Add a Web Push subscription to a recipient. */
+        post: operations["add_push_subscription"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/notify/templates/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A template. */
+        get: operations["get_template"];
+        /**
+         * Create or replace a template. Every part of every locale is compiled first: one
+         *     that does not compile is refused (400 `template_invalid`, the compiler's message).
+         */
+        put: operations["put_template"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/notify/unsubscribe/{token}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * One-click unsubscribe (RFC 8058): the `List-Unsubscribe` URL of an email, POSTed by
+         *     the mail client with `List-Unsubscribe=One-Click`, no credentials. Turns email off for
+         *     the email's category for its recipient; idempotent. GET is not served: link scanners
+         *     would unsubscribe people.
+         */
+        post: operations["unsubscribe"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/portfolios": {
         parameters: {
             query?: never;
@@ -603,10 +948,142 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/workflows": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Submit a workflow. Honours `Idempotency-Key`: a retry gets the first answer and
+         *     creates nothing.
+         */
+        post: operations["create_workflow"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/workflows/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A workflow's state and its steps' (with their results). */
+        get: operations["get_workflow"];
+        put?: never;
+        post?: never;
+        /** Cancel a workflow as a whole: its queued, running and waiting steps are cancelled. */
+        delete: operations["cancel_workflow"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description A page of archived jobs, newest first, and the cursor of the next (none: the last). */
+        ArchivePage: {
+            /** @description The jobs. */
+            jobs: components["schemas"]["ArchivedSummary"][];
+            /** @description Pass as `cursor` for the next page. */
+            next?: string | null;
+        };
+        /** @description A finished job as archived. */
+        ArchivedJob: {
+            /**
+             * Format: date-time
+             * @description When it was copied into the archive.
+             */
+            archived_at: string;
+            /** @description Its arguments. */
+            args: unknown;
+            /**
+             * Format: int32
+             * @description Attempts started when it finished (0: cancelled before it ran).
+             */
+            attempt: number;
+            /** @description The batch it belonged to, if any. */
+            batch?: string | null;
+            /**
+             * Format: date-time
+             * @description When it was enqueued.
+             */
+            enqueued_at?: string | null;
+            /** @description The last attempt's error, if any. */
+            error?: string | null;
+            /**
+             * Format: date-time
+             * @description When it finished.
+             */
+            finished_at: string;
+            /** @description Its failed attempts (when, which worker, how long, error), oldest first. */
+            history: unknown;
+            /** @description Job id. */
+            id: string;
+            /** @description Kind. */
+            kind: string;
+            /** @description The progress it last reported, if any. */
+            progress?: unknown;
+            /** @description Queue (a partitioned queue's name, not its partition's). */
+            queue: string;
+            /** @description The result it recorded, if any. */
+            result?: unknown;
+            /**
+             * Format: date-time
+             * @description When its first recorded attempt started (known for jobs that failed at least once).
+             */
+            started_at?: string | null;
+            /** @description How it ended: `succeeded`, `dead`, `cancelled` or `expired`. */
+            state: string;
+            /** @description The tenant that enqueued it (none: Fleet's own jobs). */
+            tenant?: string | null;
+        };
+        /** @description A finished job as listed: the big fields cut short. */
+        ArchivedSummary: {
+            /** @description The first 200 characters of its arguments as JSON text. */
+            args_preview: string;
+            /**
+             * Format: int32
+             * @description Attempts started when it finished.
+             */
+            attempt: number;
+            /**
+             * Format: date-time
+             * @description When it was enqueued.
+             */
+            enqueued_at?: string | null;
+            /** @description The first 300 characters of the last error, if any. */
+            error?: string | null;
+            /**
+             * Format: date-time
+             * @description When it finished.
+             */
+            finished_at: string;
+            /** @description Job id. */
+            id: string;
+            /** @description Kind. */
+            kind: string;
+            /** @description Queue. */
+            queue: string;
+            /**
+             * Format: date-time
+             * @description When its first recorded attempt started.
+             */
+            started_at?: string | null;
+            /** @description `succeeded`, `dead`, `cancelled` or `expired`. */
+            state: string;
+            /** @description The tenant that enqueued it. */
+            tenant?: string | null;
+        };
         /** @description A batch to create. */
         BatchRequest: {
             /** @description The jobs (1 to 1000). */
@@ -840,6 +1317,42 @@ export interface components {
             /** @description Entries that did not normalise (not stored). */
             rejected: string[];
         };
+        /**
+         * @description A dedup mode's name.
+         * @enum {string}
+         */
+        DedupModeName: "debounce" | "replace" | "keep_last";
+        /** @description A dedup key and mode. */
+        DedupRequest: {
+            /**
+             * Format: int64
+             * @description Debounce only (required): quiet time after the last job, 1 ms to 7 days.
+             */
+            delay_ms?: number | null;
+            /** @description The key (1 to 200 characters), in the caller's own namespace. */
+            key: string;
+            /**
+             * Format: int64
+             * @description Debounce only: longest wait from the burst's first job, from `delay_ms` to 7 days
+             *     (default: 10 times `delay_ms`, at most 7 days).
+             */
+            max_wait_ms?: number | null;
+            /**
+             * @description `debounce`: each new job moves the pending one's start to `delay_ms` from now and
+             *     gives it its args, never past `max_wait_ms` after the burst's first job;
+             *     `replace`: a pending (ready or scheduled) job with the key is cancelled for the
+             *     new one; `keep_last`: at most one running and one waiting job per key, the
+             *     waiting one with the latest args, started when the running one ends.
+             */
+            mode: components["schemas"]["DedupModeName"];
+        };
+        /** @description A job's unique or dedup key, as its tenant named it. */
+        DedupView: {
+            /** @description The key. */
+            key: string;
+            /** @description `throttle` (the unique key), `debounce`, `replace` or `keep_last`. */
+            mode: string;
+        };
         /** @description What to replay when an endpoint is re-enabled. */
         EnableRequest: {
             /**
@@ -899,6 +1412,7 @@ export interface components {
              * @description Not started by this instant: the job expires instead of running.
              */
             deadline?: string | null;
+            dedup?: null | components["schemas"]["DedupRequest"];
             /**
              * Format: int64
              * @description Run no earlier than this many milliseconds from now.
@@ -935,10 +1449,21 @@ export interface components {
         };
         /** @description An enqueued job. */
         Enqueued: {
+            /**
+             * @description When a key collapsed the enqueue: `throttled` (the unique key's job, nothing
+             *     created), `debounced` (merged into the key's pending job `id`), `replaced` (a new
+             *     job; the pending one, `replaced`, was cancelled) or `waiting` (a new job held
+             *     until the key's running job, `waiting_for`, ends).
+             */
+            deduplicated?: string | null;
             /** @description Job id. */
             id: string;
             /** @description Its queue. */
             queue: string;
+            /** @description The job this one replaced (cancelled), if any. */
+            replaced?: string | null;
+            /** @description The running job of the key this one waits for (keep-last). */
+            waiting_for?: string | null;
         };
         ErrorBody: {
             error: components["schemas"]["ErrorDetail"];
@@ -994,6 +1519,7 @@ export interface components {
         JobView: {
             /** Format: int32 */
             attempts: number;
+            dedup?: null | components["schemas"]["DedupView"];
             /** Format: date-time */
             enqueued_at: string;
             /** @description Errors of the last failed attempts, oldest first. */
@@ -1013,6 +1539,67 @@ export interface components {
             run_at: string;
             /** @description ready, scheduled, running, retrying, succeeded, dead, cancelled or expired. */
             state: string;
+        };
+        /** @description A notification accepted. */
+        NotificationCreated: {
+            /** @description True when the dedup key matched an earlier notification, which is returned. */
+            deduplicated: boolean;
+            /** @description The notification's id (also its `notify.send` job's). */
+            id: string;
+        };
+        /** @description A notification to send. */
+        NotificationRequest: {
+            /** @description Category (`booking`, `payment`, `marketing`…): the key of the recipient's preferences. */
+            category: string;
+            /** @description Channels to use (default: every channel the recipient has). */
+            channels?: string[] | null;
+            /** @description The template's data (a JSON object). */
+            data?: Record<string, unknown>;
+            /**
+             * @description The event's own key: a second notification with the same key (a retried event)
+             *     returns the first and sends nothing.
+             */
+            dedup_key?: string | null;
+            /** @description The recipient's id. */
+            recipient: string;
+            /** @description The template's name. */
+            template: string;
+            /** @description Urgent: sent through quiet hours (preferences still apply). */
+            urgent?: boolean;
+        };
+        /** @description A notification and its sends. */
+        NotificationView: {
+            /** @description Category. */
+            category: string;
+            /**
+             * Format: date-time
+             * @description Accepted at.
+             */
+            created_at: string;
+            /** @description The dedup key. */
+            dedup_key?: string | null;
+            /**
+             * Format: date-time
+             * @description While deferred: when it will be sent.
+             */
+            deferred_until?: string | null;
+            /** @description Id. */
+            id: string;
+            /** @description The `notify.send` job. */
+            job?: string | null;
+            /** @description Recipient. */
+            recipient: string;
+            /** @description Send records by channel. */
+            sends: components["schemas"]["SendView"][];
+            /**
+             * @description `queued`, `deferred` (quiet hours), `retrying` (a channel failed and is retried),
+             *     `sent`, `partial` (some channels failed for good), `failed` or `skipped`.
+             */
+            status: string;
+            /** @description Template. */
+            template: string;
+            /** @description Urgent. */
+            urgent: boolean;
         };
         /** @description One occurrence. */
         OccurrenceView: {
@@ -1110,6 +1697,20 @@ export interface components {
              */
             total?: number | null;
         };
+        /** @description `p256dh` and `auth`, base64url. */
+        PushKeys: {
+            /** @description The authentication secret. */
+            auth: string;
+            /** @description The browser's P-256 public key. */
+            p256dh: string;
+        };
+        /** @description A browser's push subscription (`PushSubscription.toJSON()`). */
+        PushSubscriptionRequest: {
+            /** @description The push service URL. */
+            endpoint: string;
+            /** @description The subscription's keys. */
+            keys: components["schemas"]["PushKeys"];
+        };
         /** @description A quarantined message: where it was and why (its raw bytes stay in the store, by hash). */
         QuarantinedView: {
             /** @description SHA-256 of the raw message (`comms_raw`). */
@@ -1139,6 +1740,62 @@ export interface components {
              */
             uidvalidity: number;
         };
+        /** @description Quiet hours as local times of day. */
+        QuietHoursView: {
+            /** @description End, `HH:MM` (e.g. `07:00`); before `start` it wraps past midnight. */
+            end: string;
+            /** @description Start, `HH:MM` (e.g. `22:00`). */
+            start: string;
+        };
+        /** @description A recipient's channels, preferences and quiet hours (`PUT` replaces them all). */
+        RecipientRequest: {
+            /** @description Email address. */
+            email?: string | null;
+            /** @description Locale tag for templates (`en`, `fr-CA`); default `en`. */
+            locale?: string | null;
+            /** @description Phone number in E.164 (`+447911123456`), for SMS. */
+            phone?: string | null;
+            /** @description Channels turned off per category: `{"marketing": {"email": false, "sms": false}}`. */
+            preferences?: {
+                [key: string]: {
+                    [key: string]: boolean;
+                };
+            };
+            quiet_hours?: null | components["schemas"]["QuietHoursView"];
+            /** @description IANA time zone of the quiet hours (`Europe/Paris`); default `UTC`. */
+            time_zone?: string | null;
+            /** @description The platform's user id, for in-app notifications on the tenant's live stream. */
+            user_id?: string | null;
+        };
+        /** @description A recipient as stored. */
+        RecipientView: {
+            /** @description Email address. */
+            email?: string | null;
+            /** @description Its id (the tenant's own). */
+            id: string;
+            /** @description Locale. */
+            locale: string;
+            /** @description Phone (E.164). */
+            phone?: string | null;
+            /** @description Channels turned off per category. */
+            preferences: {
+                [key: string]: {
+                    [key: string]: boolean;
+                };
+            };
+            /** @description Web Push subscriptions (their endpoints). */
+            push_subscriptions: string[];
+            quiet_hours?: null | components["schemas"]["QuietHoursView"];
+            /** @description Time zone. */
+            time_zone: string;
+            /** @description In-app user id. */
+            user_id?: string | null;
+        };
+        /** @description The body of a replay: the arguments to run the copy with (default: the job's own). */
+        ReplayRequest: {
+            /** @description New arguments (checked against the job's kind). */
+            args?: Record<string, unknown> | null;
+        };
         /** @description A new signing secret for an endpoint. */
         RotateRequest: {
             /**
@@ -1158,6 +1815,29 @@ export interface components {
             previous_valid_until: string;
             /** @description The new secret (shown only here). */
             secret: string;
+        };
+        /** @description One channel's send record. */
+        SendView: {
+            /**
+             * Format: int32
+             * @description Attempts made.
+             */
+            attempts: number;
+            /** @description `email`, `sms`, `push` or `in_app`. */
+            channel: string;
+            /** @description Why it failed or was skipped. */
+            error?: string | null;
+            /** @description The provider account that took it (an SMTP relay's name, `stream`). */
+            provider?: string | null;
+            /** @description The provider's id of the message (an email's Message-ID, an SMS's sid). */
+            provider_message_id?: string | null;
+            /** @description `sending`, `sent`, `delivered`, `skipped`, `failed`, or a provider's status. */
+            status: string;
+            /**
+             * Format: date-time
+             * @description Last change.
+             */
+            updated_at: string;
         };
         /**
          * @description A source to register: an IMAP mailbox (`host`, `port`, `user`, `password`), an
@@ -1230,6 +1910,33 @@ export interface components {
             /** @description The tenant it belongs to. */
             tenant: string;
         };
+        /** @description One step: a job (`kind` + `args`) or a nested workflow (`workflow`). */
+        StepRequest: {
+            /** @description Arguments of the kind. */
+            args?: Record<string, unknown> | null;
+            /** @description Steps it waits for: names, or `{"step": name, "on_failure": "fail" | "skip" | "run"}`. */
+            depends_on: Record<string, unknown>[];
+            /** @description Job kind (one the tenant may enqueue). */
+            kind?: string | null;
+            /**
+             * Format: int32
+             * @description Attempts before the dead letters.
+             */
+            max_attempts?: number | null;
+            /** @description Unique in the workflow: 1 to 100 of `A-Z a-z 0-9 _ - .`. */
+            name: string;
+            /** @description `high`, `default` or `low`. */
+            priority?: string | null;
+            /** @description Queue (default: the kind's). */
+            queue?: string | null;
+            /**
+             * Format: int64
+             * @description Timeout of one attempt, ms.
+             */
+            timeout_ms?: number | null;
+            /** @description A nested workflow (`{"steps": [...]}`): the step ends when it ends. */
+            workflow?: Record<string, unknown> | null;
+        };
         /** @description A stream token. */
         StreamToken: {
             /**
@@ -1297,6 +2004,31 @@ export interface components {
             /** @description The `comms.sync` job. */
             job: string;
         };
+        /** @description A template: variants per locale, one of them the default. */
+        TemplateRequest: {
+            /** @description The locale used when the recipient's (and its language's) is missing. */
+            default_locale: string;
+            /** @description The variants by locale tag. */
+            variants: {
+                [key: string]: components["schemas"]["Variant"];
+            };
+        };
+        /** @description A template as stored. */
+        TemplateView: {
+            /** @description Default locale. */
+            default_locale: string;
+            /** @description Name. */
+            name: string;
+            /**
+             * Format: date-time
+             * @description Last change.
+             */
+            updated_at: string;
+            /** @description Variants by locale. */
+            variants: {
+                [key: string]: components["schemas"]["Variant"];
+            };
+        };
         /** @description One page of a timeline, newest first. */
         TimelinePage: {
             /**
@@ -1349,6 +2081,21 @@ export interface components {
              */
             key: string;
         };
+        /** @description One locale's parts; each is optional, a channel without its part is not sent. */
+        Variant: {
+            /** @description HTML body (email HTML part), auto-escaped. */
+            html?: string | null;
+            /** @description Web Push body. */
+            push_body?: string | null;
+            /** @description Web Push title. */
+            push_title?: string | null;
+            /** @description SMS text. */
+            sms?: string | null;
+            /** @description Email subject (also the in-app and push title when those are not given). */
+            subject?: string | null;
+            /** @description Plain-text body (email text part, in-app body). */
+            text?: string | null;
+        };
         /** @description Variant settings for the whole upload. */
         VariantRequest: {
             /** @description `jpeg`, `webp` and/or `avif` (default `jpeg` and `webp`; AVIF only when asked for). */
@@ -1364,6 +2111,45 @@ export interface components {
             /** @description Widths (default 320, 640, 1280, 2048; 1 to 8 of 16 to 8,192 pixels). */
             widths?: number[] | null;
         };
+        /** @description After a cancel. */
+        WorkflowCancelled: {
+            id: string;
+            /** @description The workflow's state now (`cancelled`, or how it had ended before). */
+            state: string;
+        };
+        /** @description A submitted workflow. */
+        WorkflowCreated: {
+            /** @description The workflow's id. */
+            id: string;
+            /** @description `running`. */
+            state: string;
+            /** @description Steps submitted (nested ones not counted). */
+            steps: number;
+        };
+        /** @description A workflow to run (the body of `POST /v1/workflows`). */
+        WorkflowRequest: {
+            /** @description The steps, in any order (1 to 50,000). */
+            steps: components["schemas"]["StepRequest"][];
+        };
+        /**
+         * @description A workflow's state and its steps' (`state` of each: waiting, enqueued, succeeded,
+         *     failed, cancelled, skipped; overall: running, succeeded, failed, cancelled).
+         */
+        WorkflowView: {
+            /** Format: int64 */
+            created_at: number;
+            /** Format: int64 */
+            failed: number;
+            /** Format: int64 */
+            finished_at?: number | null;
+            id: string;
+            /** Format: int64 */
+            open: number;
+            state: string;
+            steps: Record<string, unknown>[];
+            /** Format: int64 */
+            total: number;
+        };
     };
     responses: never;
     parameters: never;
@@ -1373,6 +2159,550 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    admin_search: {
+        parameters: {
+            query?: {
+                /** @description Only this queue. */
+                queue?: string;
+                /** @description Only this final state: `succeeded`, `dead`, `cancelled` or `expired`. */
+                state?: string;
+                /** @description Only this kind. */
+                kind?: string;
+                /** @description Only this tenant (for a tenant's own key, always its own). */
+                tenant?: string;
+                /**
+                 * @description Text contained in the arguments (as JSON text) or the error, case-insensitive; 3 to
+                 *     200 characters.
+                 */
+                q?: string;
+                /** @description Only jobs finished at or after this time (RFC 3339). */
+                from?: string;
+                /** @description Only jobs finished before this time (RFC 3339). */
+                to?: string;
+                /** @description The `next` of the previous page. */
+                cursor?: string;
+                /** @description Rows per page: 50 by default, 500 at most. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArchivePage"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    admin_show: {
+        parameters: {
+            query?: {
+                /** @description That attempt's ending (default: the latest). */
+                attempt?: number;
+            };
+            header?: never;
+            path: {
+                /** @description queue */
+                queue: string;
+                /** @description job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArchivedJob"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    batches: {
+        parameters: {
+            query?: {
+                /** @description Rows (1 to 200, default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `[{id, tenant, queue, total, succeeded, failed, done, created_at}]` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    browse: {
+        parameters: {
+            query: {
+                /** @description The queue (required). */
+                queue: string;
+                /** @description The state (default `ready`). */
+                state?: string;
+                /** @description Only this kind. */
+                kind?: string;
+                /** @description Only this tenant's jobs. */
+                tenant?: string;
+                /** @description Text in the arguments or the last error (case-insensitive). */
+                q?: string;
+                /** @description Enqueued at or after (RFC 3339, or ms since the epoch). */
+                from?: string;
+                /** @description Enqueued before (RFC 3339, or ms since the epoch). */
+                to?: string;
+                /** @description A previous page's `next`. */
+                cursor?: string;
+                /** @description Jobs per page (1 to 200, default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{jobs: [{id, kind, state, attempts, tenant, enqueued_at, at, error}], next, scanned}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    limits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `[{key, overrides, breaker, failures, tokens, in_flight, slowed_until}]` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    limit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{key, overrides, breaker, failures, tokens, in_flight, slowed_until}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                queue: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{deleted: id, state}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                queue: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{cancelled: id, from: state}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    replay: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                queue: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReplayRequest"];
+            };
+        };
+        responses: {
+            /** @description `{job: new id, from: id}` */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    retry: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                queue: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{retried: id, from: state}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    tenant_search: {
+        parameters: {
+            query?: {
+                /** @description Only this queue. */
+                queue?: string;
+                /** @description Only this final state: `succeeded`, `dead`, `cancelled` or `expired`. */
+                state?: string;
+                /** @description Only this kind. */
+                kind?: string;
+                /** @description Only this tenant (for a tenant's own key, always its own). */
+                tenant?: string;
+                /**
+                 * @description Text contained in the arguments (as JSON text) or the error, case-insensitive; 3 to
+                 *     200 characters.
+                 */
+                q?: string;
+                /** @description Only jobs finished at or after this time (RFC 3339). */
+                from?: string;
+                /** @description Only jobs finished before this time (RFC 3339). */
+                to?: string;
+                /** @description The `next` of the previous page. */
+                cursor?: string;
+                /** @description Rows per page: 50 by default, 500 at most. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArchivePage"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    tenant_show: {
+        parameters: {
+            query?: {
+                /** @description That attempt's ending (default: the latest). */
+                attempt?: number;
+            };
+            header?: never;
+            path: {
+                /** @description queue */
+                queue: string;
+                /** @description job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArchivedJob"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     create_batch: {
         parameters: {
             query?: never;
@@ -2565,6 +3895,14 @@ export interface operations {
                     "application/json": components["schemas"]["Enqueued"];
                 };
             };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2703,6 +4041,309 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_notification: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NotificationRequest"];
+            };
+        };
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationCreated"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_notification: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationView"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_recipient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecipientView"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_recipient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RecipientRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecipientView"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_recipient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    add_push_subscription: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PushSubscriptionRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecipientView"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_template: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateView"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_template: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TemplateRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateView"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    unsubscribe: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             404: {
                 headers: {
@@ -2940,6 +4581,127 @@ export interface operations {
                 };
             };
             501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_workflow: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorkflowRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowCreated"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_workflow: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowView"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel_workflow: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowCancelled"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
