@@ -29,8 +29,8 @@ mod adapter;
 mod dedup;
 mod driver;
 mod images;
-mod workflows;
 mod notify;
+mod workflows;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

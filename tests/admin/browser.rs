@@ -628,42 +628,49 @@ async fn every_dashboard_page_finds_shows_and_acts_in_a_real_browser() {
     assert_eq!(browser.js("return document.documentElement.scrollWidth <= window.innerWidth").await, json!(true));
     browser.screenshot("dashboard-phone").await;
 
-    // The archive tab stays hidden while the archive route answers 404.
-    assert_eq!(browser.js("return document.getElementById('tab-archive').hidden").await, json!(true));
+    // The archive answers (the scheduler serves it): its tab is offered.
+    assert_eq!(browser.js("return document.getElementById('tab-archive').hidden").await, json!(false));
     browser.close().await;
     db.drop_db().await;
     env.cleanup().await;
 }
 
-/// When the archive answers `GET /admin/v1/archive/jobs` (a stand-in here, speaking its
-/// documented shape), the job browser shows its tab and searches it with the same filters,
-/// sending the key in the header only.
+/// The job browser searches the archive (`GET /admin/v1/archive/jobs`) with the same
+/// filters, sending the key in the header only: a job that finished long ago (a row of
+/// the archive, no longer in Redis) is found by its tenant and the text of its error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_browser_searches_the_archive_when_it_answers() {
     use std::sync::{Arc, Mutex};
     let env = TestEnv::new().await;
     let db = TestDb::new().await;
     env.client.enqueue(&ProbeArgs::new(ProbeAction::Succeed)).await.unwrap();
+    sqlx::query(
+        "INSERT INTO job_archive (tenant, queue, id, attempt, kind, state, args, error, enqueued_at, finished_at)
+         VALUES ('studio-7', 'default', '01archived', 3, 'calendar.sync', 'dead', '{}'::jsonb,
+                 '401 from the CalDAV server', now() - interval '2 days', now() - interval '1 day')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // What the browser asks of the archive: its query and whether it sent the key.
     let asked: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let seen = asked.clone();
-    let archive = axum::routing::get(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+    let record = axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
         let seen = seen.clone();
         async move {
-            let query = uri.query().unwrap_or("").to_owned();
-            let authorized =
-                headers.get("authorization").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer fk_"));
-            seen.lock().unwrap().push((query, authorized));
-            axum::Json(
-                json!({"jobs": [{"id": "01archived", "queue": "default", "kind": "calendar.sync", "state": "dead",
-                "tenant": "studio-7", "attempts": 3, "enqueued_at": 1_796_400_000_000u64, "error": "401 from the CalDAV server"}],
-                "next": null}),
-            )
+            if req.uri().path() == "/admin/v1/archive/jobs" {
+                let authorized = req
+                    .headers()
+                    .get("authorization")
+                    .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer fk_"));
+                seen.lock().unwrap().push((req.uri().query().unwrap_or("").to_owned(), authorized));
+            }
+            next.run(req).await
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let site = format!("http://{}", listener.local_addr().unwrap());
-    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20)
-        .merge(axum::Router::new().route("/admin/v1/archive/jobs", archive));
+    let router = app(ApiState::new(env.client.clone(), db.pool.clone()), 1 << 20).layer(record);
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
     let browser = Browser::start().await;

@@ -20,8 +20,8 @@ pub struct QueueConfig {
     pub fetch_batch: Option<usize>,
     /// Partitions of a hot queue (2 to 64; unset or 1: one queue, as always): the queue
     /// is that many physical queues, each its own hash tag (on a Redis Cluster, spread
-    /// over the primaries), served here by one engine each with an equal share of
-    /// `concurrency` (rounded up). Every worker, scheduler and client of the queue must
+    /// over the primaries), served here by one engine each, all taking their slots from
+    /// one pool of `concurrency`. Every worker, scheduler and client of the queue must
     /// declare the same number (see `fleet_jobs::partitions`). The queue's own name is
     /// served too, with one slot: a job enqueued there by a producer that was not told of
     /// the partitions (a handler's or batch callback's enqueue, an older client) still runs.
