@@ -658,7 +658,7 @@ async fn the_job_browser_searches_the_archive_when_it_answers() {
     let record = axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
         let seen = seen.clone();
         async move {
-            if req.uri().path() == "/admin/v1/archive/jobs" {
+            if req.uri().path().starts_with("/admin/v1/archive/jobs") {
                 let authorized = req
                     .headers()
                     .get("authorization")
@@ -684,6 +684,19 @@ async fn the_job_browser_searches_the_archive_when_it_answers() {
         browser.js("return location.hash").await,
         json!("#/jobs?queue=default&state=dead&tenant=studio-7&q=caldav&source=archive")
     );
+    // Its page: read from the archive (the job left Redis long ago), without actions.
+    browser.js("document.querySelector('#jobs tbody tr a').click(); return true").await;
+    browser
+        .until(
+            "the archived job's page",
+            "return document.getElementById('job-last-error').textContent",
+            json!("401 from the CalDAV server"),
+        )
+        .await;
+    let note = browser.js("return document.getElementById('job-error').textContent").await;
+    assert!(note.as_str().unwrap_or("").starts_with("from the archive"), "{note}");
+    assert_eq!(browser.js("return document.getElementById('job-state').textContent").await, json!("dead"));
+    assert_eq!(browser.js("return document.getElementById('job-actions').hidden").await, json!(true));
     let asked = asked.lock().unwrap().clone();
     assert!(asked.iter().all(|(_, authorized)| *authorized), "{asked:?}");
     assert!(

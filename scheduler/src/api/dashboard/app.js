@@ -281,8 +281,16 @@ async function loadJob(first) {
   try { job = await getJson(jobPath()); }
   catch (e) {
     if (jobRef !== ref) return;
+    // A job that left Redis after its retention is read from the archive, if it answers.
+    if (e.status === 404 && await archiveAnswers()) {
+      try {
+        const a = await getJson("/admin/v1/archive/jobs/" + enc(ref.queue) + "/" + enc(ref.id));
+        if (jobRef === ref) showArchived(a);
+        return;
+      } catch (e2) { if (jobRef !== ref) return; }
+    }
     $("job-error").textContent = e.status === 404
-      ? "not in Redis (finished jobs leave it after their retention" + (archive ? "; search the archive" : "") + ")"
+      ? "not in Redis (finished jobs leave it after their retention" + (archive ? "; not in the archive either" : "") + ")"
       : e.message;
     $("job-state").textContent = e.status === 404 ? "gone" : "";
     $("job-actions").hidden = true;
@@ -318,6 +326,28 @@ async function loadJob(first) {
   $("act-cancel").hidden = !["ready", "scheduled", "retrying", "running"].includes(s);
   $("act-delete").hidden = !["dead", "succeeded", "cancelled", "expired"].includes(s);
   $("replay-box").hidden = !job.envelope;
+}
+// A finished job read from the archive (PostgreSQL): shown as it ended, without actions
+// (they act on jobs in Redis).
+function showArchived(a) {
+  $("job-error").textContent = "from the archive: finished " + when(a.finished_at) + ", no longer in Redis";
+  $("job-state").textContent = a.state; $("job-state").className = "badge " + a.state;
+  const kv = [["queue", link("#/jobs?queue=" + enc(a.queue) + "&state=" + a.state + "&source=archive", a.queue)], ["kind", a.kind],
+    ["tenant", a.tenant], ["state", a.state], ["attempts", a.attempt], ["enqueued", when(a.enqueued_at)],
+    ["started", when(a.started_at)], ["finished", when(a.finished_at)], ["batch", a.batch]];
+  fill("job-envelope", kv.filter(([, v]) => v !== undefined && v !== null && v !== "").map(([k, v]) => row([k, v])));
+  $("job-args").textContent = JSON.stringify(a.args, null, 2);
+  const p = a.progress;
+  $("job-progress").hidden = false;
+  $("job-progress-bar").value = p && p.percent !== undefined && p.percent !== null ? Math.max(0, Math.min(1, p.percent / 100)) : 0;
+  $("job-progress-text").textContent = p ? ((p.percent !== undefined && p.percent !== null ? p.percent.toFixed(0) + "%" : "") + (p.message ? " " + p.message : "")) : "none reported";
+  $("job-result").textContent = a.result !== undefined && a.result !== null ? JSON.stringify(a.result, null, 2) : "none";
+  $("job-last-error").textContent = a.error || "none";
+  const hist = Array.isArray(a.history) ? a.history : [];
+  fill("job-history", hist.slice().reverse().map((x) => row([x.attempt, when(x.started_at), when(x.at),
+    x.duration_ms !== undefined ? x.duration_ms : "", x.worker || "", h("td", { class: "reason", text: x.error })])));
+  $("job-actions").hidden = true;
+  $("replay-box").hidden = true;
 }
 async function jobAction(button, method, suffix, okText) {
   const out = $("act-result");
