@@ -9,7 +9,8 @@
 -- resolution a dependant got so far ('f' fail, 's' skip). When `rem` reaches 0 the
 -- dependant fails, is skipped, or is released. Work per call is O(steps touched).
 -- `relby` keeps, per ended step, the steps its end released (JSON array), so applying
--- that end again (a pump that stopped before confirming) hands back just those.
+-- that end again (a pump that stopped before confirming) hands back just those; and per
+-- adder ('+<step>') the steps its adds released, handed back at its end if unconfirmed.
 -- KEYS: meta spec st rem out verdict res err rel relby
 -- ARGV: op, keep ms (how long a finished workflow is kept), then per op:
 --   submit: tenant, parent, parent step, depth, then triples name, spec JSON, deps JSON
@@ -205,6 +206,17 @@ elseif op == 'add' then
   local outs = redis.call('HGET', K.out, adder)
   if outs then extra = cjson.decode(outs) end
   local names = add_steps(4, extra)
+  -- What this add released is kept per adder (field '+<adder>': no step name has a '+'),
+  -- so the adder's end hands back any it left unenqueued: an adder whose worker died
+  -- between this call and enqueueing the steps would otherwise leave them, and every
+  -- step after them, waiting for ever.
+  if #released > 0 then
+    local have = redis.call('HGET', K.relby, '+' .. adder)
+    local list = {}
+    if have then list = cjson.decode(have) end
+    for _, n in ipairs(released) do list[#list + 1] = n end
+    redis.call('HSET', K.relby, '+' .. adder, cjson.encode(list))
+  end
   conclude()
   -- A retried adder gets back its steps still unconfirmed, to enqueue them again.
   local again = {}
@@ -220,6 +232,14 @@ elseif op == 'apply' then
     local step, outcome, tenant, result = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     -- A job of another tenant cannot end this workflow's step.
     if tenant == owner then
+      -- The steps this step added and released that are still unconfirmed (its worker
+      -- may have died before enqueueing them): enqueued again (ids make it idempotent).
+      local added = redis.call('HGET', K.relby, '+' .. step)
+      if added then
+        for _, n in ipairs(cjson.decode(added)) do
+          if redis.call('SISMEMBER', K.rel, n) == 1 then again[#again + 1] = n end
+        end
+      end
       local s = redis.call('HGET', K.st, step)
       if s == 'q' then
         local code = 'k'
