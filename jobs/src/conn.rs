@@ -598,4 +598,20 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(RedisClient::open("unix:///tmp/a.sock,unix:///tmp/b.sock").is_err(), "no unix sockets in a cluster");
     }
+
+    #[test]
+    fn sentinel_urls_name_one_service_and_errors_hide_passwords() {
+        let ok =
+            RedisClient::open("redis+sentinel://:pw@127.0.0.1:26379/fleet/2,redis+sentinel://127.0.0.1:26380/fleet");
+        assert_eq!(format!("{:?}", ok.unwrap()), "RedisClient(sentinel, 2 sentinels)");
+        let two =
+            RedisClient::open("redis+sentinel://127.0.0.1:26379/a,redis+sentinel://127.0.0.1:26380/b").unwrap_err();
+        assert!(two.to_string().contains("same service"), "{two}");
+        let none = RedisClient::open("redis+sentinel://:secret@127.0.0.1:26379").unwrap_err();
+        assert!(none.to_string().contains("service") && !none.to_string().contains("secret"), "{none}");
+        let db = RedisClient::open("redis+sentinel://127.0.0.1:26379/fleet/x").unwrap_err();
+        assert!(db.to_string().contains("database"), "{db}");
+        assert!(RedisClient::open("redis+sentinel://127.0.0.1:26379/fleet,redis://127.0.0.1:6379").is_err(), "mixed");
+        assert!(RedisClient::open("rediss+sentinel://127.0.0.1:26379/fleet").is_err(), "no TLS to Sentinels");
+    }
 }
