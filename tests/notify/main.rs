@@ -567,6 +567,47 @@ async fn a_push_is_decrypted_by_an_independent_receiver_and_a_gone_subscription_
     db.drop_db().await;
 }
 
+/// A push endpoint is a tenant's input: one naming a private address literally (here the
+/// cloud metadata address) is refused before any request, and the send says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_endpoint_at_a_private_address_is_refused() {
+    use base64::Engine;
+    let service = ensure_push_service();
+    let db = TestDb::new().await;
+    let http = fleet_net::ClientOptions::default().client(0).unwrap();
+    let res = http.post(format!("{service}/subscribe")).body("{}").send().await.unwrap();
+    let real: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    let mut template = booking_template();
+    let en = template.variants.get_mut("en").unwrap();
+    en.push_title = Some("Booking confirmed".into());
+    store::put_template(&db.pool, "studio", "booking", template).await.unwrap();
+    store::put_recipient(&db.pool, "studio", "anna", RecipientRequest::default()).await.unwrap();
+    let k = &real["keys"];
+    store::add_push_subscription(
+        &db.pool,
+        "studio",
+        "anna",
+        "http://169.254.169.254/latest/push/1",
+        k["p256dh"].as_str().unwrap(),
+        k["auth"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut s = settings(Vec::new());
+    s.from = None;
+    s.allow = vec!["127.0.0.0/8".into()];
+    s.vapid_private_key = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand_key()));
+    s.vapid_subject = Some("mailto:ops@studio.example".into());
+    let handler = SendNotification::new(db.pool.clone(), &s).unwrap();
+    let id = notification(&db, "studio", "anna", "booking", true).await;
+    let _ = TestJob::new().tenant("studio").perform(&handler, NotifySend { notification: id.clone() }).await;
+    let n = store::get_notification(&db.pool, Some("studio"), &id).await.unwrap();
+    let push = n.sends.iter().find(|s| s.channel == "push").expect("a push send record");
+    assert_eq!(push.status, "failed", "{n:?}");
+    assert!(push.error.as_deref().unwrap_or("").contains("private address"), "{n:?}");
+    db.drop_db().await;
+}
+
 fn rand_key() -> [u8; 32] {
     // A P-256 scalar: any 32 bytes below the group order; these random bytes are, but
     // for a chance of about 2^-32.

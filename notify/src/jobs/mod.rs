@@ -81,6 +81,9 @@ pub struct SendNotification {
     stream: Option<fleet_jobs::Client>,
     sms: Arc<Vec<sms::Account>>,
     http: Option<reqwest::Client>,
+    /// The SSRF guard: also checks push endpoints that name an IP address literally
+    /// (the guarded client checks the addresses names resolve to).
+    guard: Arc<fleet_net::Guard>,
     vapid: Option<push::Vapid>,
 }
 
@@ -123,11 +126,12 @@ impl SendNotification {
         };
         // SMS APIs and push services (a browser's endpoint: a tenant's input) share the
         // SSRF-guarded client.
-        let http = if accounts.is_empty() && vapid.is_none() { None } else { Some(sms::client(guard)?) };
+        let http = if accounts.is_empty() && vapid.is_none() { None } else { Some(sms::client(guard.clone())?) };
         Ok(SendNotification {
             db,
             sms: Arc::new(accounts),
             http,
+            guard,
             vapid,
             relays: Arc::new(relays),
             from,
@@ -285,6 +289,14 @@ impl SendNotification {
         };
         let (mut accepted, mut gone, mut errors, mut transient) = (0, 0, Vec::new(), false);
         for sub in &subs {
+            // An endpoint is a tenant's input: one naming a private address literally is
+            // refused here (names are checked as they resolve, by the guarded client).
+            if let Ok(url) = sub.endpoint.parse::<reqwest::Url>()
+                && let Err(ip) = self.guard.check_url(&url)
+            {
+                errors.push(format!("push endpoint is a private address ({}); see notify.allow", ip.0));
+                continue;
+            }
             match push::send(http, vapid, &sub.endpoint, &sub.p256dh, &sub.auth, payload.as_bytes(), n.urgent).await {
                 push::PushResult::Accepted => accepted += 1,
                 push::PushResult::Gone => {
