@@ -842,12 +842,15 @@ impl Client {
                     _ => StepState::Failed,
                 };
                 events.push((
-                    e.t.clone(),
-                    TenantEvent::domain(
-                        format!("workflow.step.{}", state.word()),
-                        format!("{wf}:{step}"),
-                        now_ms(),
-                        serde_json::json!({"workflow": wf, "step": step, "state": state, "outcome": e.o}),
+                    job.clone(),
+                    (
+                        e.t.clone(),
+                        TenantEvent::domain(
+                            format!("workflow.step.{}", state.word()),
+                            format!("{wf}:{step}"),
+                            now_ms(),
+                            serde_json::json!({"workflow": wf, "step": step, "state": state, "outcome": e.o}),
+                        ),
                     ),
                 ));
             }
@@ -857,20 +860,40 @@ impl Client {
                 None => by_workflow.push((wf.to_owned(), args.to_vec())),
             }
         }
+        // Each workflow on its own: one that cannot be applied now (its error is logged)
+        // keeps its entries for the next pump and holds up no other workflow's steps.
+        let mut held: HashSet<String> = HashSet::new();
         for (wf, args) in by_workflow {
-            let r = self.workflow_call(&wf, "apply", &args).await?;
-            let mut pending = Vec::new();
-            self.after_apply(&wf, r, &mut pending).await?;
-            for (id, reply) in pending {
-                self.release(&id, reply).await?;
+            if let Err(e) = self.apply_ends(&wf, &args).await {
+                tracing::warn!(workflow = %wf, error = %e, "workflow step ends not applied yet: kept for the next pump");
+                held.insert(wf);
             }
+        }
+        let kept = |job: &String| parse_step_job_id(job).is_some_and(|(wf, _)| held.contains(wf));
+        done.retain(|job| !kept(job));
+        events.retain(|(job, _)| !kept(job));
+        if done.is_empty() {
+            return Ok(0);
         }
         // Last: an entry goes only once its end was applied and what it released enqueued.
         let _: () = redis::cmd("HDEL").arg(outbox).arg(&done).query_async(&mut self.connection()).await?;
+        let events: Vec<(String, TenantEvent)> = events.into_iter().map(|(_, e)| e).collect();
         if let Err(e) = crate::events::append(&mut self.connection(), self.prefix(), &events).await {
             tracing::warn!(error = %e, "workflow step events not appended");
         }
         Ok(done.len())
+    }
+
+    /// Applies the step ends `args` (quadruples) to workflow `wf` and enqueues what they
+    /// released.
+    async fn apply_ends(&self, wf: &str, args: &[String]) -> Result<()> {
+        let r = self.workflow_call(wf, "apply", args).await?;
+        let mut pending = Vec::new();
+        self.after_apply(wf, r, &mut pending).await?;
+        for (id, reply) in pending {
+            self.release(&id, reply).await?;
+        }
+        Ok(())
     }
 
     /// A workflow's overall state alone (one small read), or `None` when unknown.
