@@ -213,7 +213,7 @@ pub struct Client {
     /// Per-queue durability of this client's enqueues (see [`Client::with_queue_durability`]).
     durability: std::sync::Arc<HashMap<String, Durability>>,
     /// Partitioned queues: logical name -> physical names (see [`Client::with_partitions`]).
-    partitions: std::sync::Arc<HashMap<String, Vec<String>>>,
+    pub(crate) partitions: std::sync::Arc<HashMap<String, Vec<String>>>,
     /// Round-robin counter of enqueues without a partition key.
     round_robin: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }

@@ -34,6 +34,21 @@ pub enum Error {
         /// Its quota there.
         quota: u64,
     },
+    /// A workflow submission (or a step's run-time add) would take a tenant past its
+    /// quota of workflow steps not yet ended; nothing was stored.
+    #[error(
+        "tenant {tenant:?} holds {open} workflow steps not yet ended; {asked} more would pass its quota of {quota}"
+    )]
+    WorkflowQuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// Steps of its workflows not yet ended.
+        open: u64,
+        /// Steps the refused call asked for.
+        asked: u64,
+        /// Its quota.
+        quota: u64,
+    },
     /// A TLS file of the Redis connection cannot be read or holds no PEM certificate (or
     /// key): fix the file or the setting naming it; retrying will not help.
     #[error("{setting} {}: {reason}", .path.display())]

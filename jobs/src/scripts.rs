@@ -233,6 +233,10 @@ pub(crate) static WORKFLOW: ScriptSpec<crate::workflows::WorkflowKey> = ScriptSp
     &[W::Meta, W::Spec, W::St, W::Rem, W::Out, W::Verdict, W::Res, W::Err, W::Rel, W::Relby],
 );
 
+/// A tenant's quota of workflow steps not yet ended.
+pub(crate) static WORKFLOW_QUOTA: ScriptSpec<crate::workflows::QuotaKey> =
+    ScriptSpec::new("wfquota", include_str!("scripts/wfquota.lua"), &[crate::workflows::QuotaKey::Steps]);
+
 /// Records a running job's progress or result, under its lease.
 pub(crate) static RECORD: ScriptSpec<Q> =
     ScriptSpec::new("record", include_str!("scripts/record.lua"), &[Q::State, Q::Progress, Q::Results]);
@@ -277,6 +281,12 @@ mod tests {
         }
     }
 
+    impl ScriptKey for crate::workflows::QuotaKey {
+        fn name(self) -> &'static str {
+            crate::workflows::QuotaKey::name(self)
+        }
+    }
+
     /// Every script: its name, source and declared key names.
     fn all() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
         fn row<K: ScriptKey>(s: &'static ScriptSpec<K>) -> (&'static str, &'static str, Vec<&'static str>) {
@@ -296,6 +306,7 @@ mod tests {
             row(&NUDGE),
             row(&FORGET),
             row(&WORKFLOW),
+            row(&WORKFLOW_QUOTA),
         ]
     }
 

@@ -37,6 +37,8 @@ pub const MAX_STEPS: usize = 50_000;
 pub const MAX_DEPTH: u32 = 4;
 /// How long a finished (or cancelled) workflow's state is kept.
 pub const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Enqueued steps a status looks up to show which run now.
+pub const RUNNING_LOOKUPS: usize = 1_000;
 /// Outbox entries read per round trip of the pump.
 const PUMP_BATCH: usize = 500;
 
@@ -324,9 +326,10 @@ impl WorkflowState {
 pub enum StepState {
     /// Waiting for its dependencies.
     Waiting,
-    /// Its job is enqueued (ready, scheduled, running or retrying), or its nested
-    /// workflow runs.
+    /// Its job is enqueued (ready, scheduled or retrying), or its nested workflow runs.
     Enqueued,
+    /// Its job is running now (a status reads it from the job; see [`Client::workflow`]).
+    Running,
     /// Succeeded.
     Succeeded,
     /// Failed: dead-lettered, expired, or failed by a dependency.
@@ -355,6 +358,7 @@ impl StepState {
         match self {
             StepState::Waiting => "waiting",
             StepState::Enqueued => "enqueued",
+            StepState::Running => "running",
             StepState::Succeeded => "succeeded",
             StepState::Failed => "failed",
             StepState::Cancelled => "cancelled",
@@ -446,6 +450,46 @@ impl WorkflowKey {
             WorkflowKey::Relby => "relby",
         }
     }
+}
+
+/// The key of a tenant's workflow step quota (`scripts/wfquota.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuotaKey {
+    Steps,
+}
+
+impl QuotaKey {
+    /// The key's name in `wfquota.lua` (what the scripts' drift test reads).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            QuotaKey::Steps => "steps",
+        }
+    }
+}
+
+fn quota_key(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}:wfquota:{tenant}")
+}
+
+/// Workflows whose submission has not finished enqueueing its first steps: id -> when
+/// it began (ms). An entry older than [`RESUME_AFTER`] is resumed by
+/// [`Client::resume_submissions`].
+fn submits_key(prefix: &str) -> String {
+    format!("{prefix}:wfsubmits")
+}
+
+/// How long a submission may take before another process finishes it.
+pub const RESUME_AFTER: Duration = Duration::from_secs(30);
+
+/// Steps a spec holds, nested workflows' included.
+fn count_steps(steps: &[StepSpec]) -> u64 {
+    steps.iter().map(|s| 1 + s.workflow.as_ref().map_or(0, |w| count_steps(&w.steps))).sum()
+}
+
+/// The workflow a (possibly nested) workflow id belongs to at the top.
+fn root_of(id: &str) -> &str {
+    id.split('~').next().unwrap_or(id)
 }
 
 fn wf_key(prefix: &str, id: &str, k: WorkflowKey) -> String {
@@ -556,6 +600,11 @@ pub struct SubmitOptions {
     pub id: Option<String>,
     /// The tenant every step runs as (the HTTP API sets it from the credential).
     pub tenant: Option<String>,
+    /// Most steps of the tenant's workflows that may be open at once, this one's
+    /// included (nested and run-time steps count too); `None` or 0: no quota. Over it
+    /// the submission fails with [`Error::WorkflowQuotaExceeded`] and stores nothing.
+    /// Steps added at run time obey the quota the tenant's last submission named.
+    pub step_quota: Option<u64>,
 }
 
 impl Client {
@@ -604,23 +653,150 @@ impl Client {
         }
         let id = opts.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
         validate_workflow_id(&id)?;
-        self.submit_at(&id, spec, opts.tenant.as_deref().unwrap_or(""), "", "", 0).await?;
+        if id.contains('~') {
+            return Err(Error::Invalid(format!("workflow id {id:?}: `~` is kept for nested workflows")));
+        }
+        let tenant = opts.tenant.as_deref().unwrap_or("");
+        let reply = self.store_workflow(&id, spec, tenant, opts.step_quota).await?;
+        self.release(&id, reply).await?;
+        let submits = submits_key(self.prefix());
+        redis::cmd("ZREM").arg(&submits).arg(&id).query_async::<()>(&mut self.connection()).await?;
+        // A re-submission of a workflow that had ended was charged again: give it back.
+        if self.workflow_state(&id).await?.is_some_and(|s| s.is_final()) {
+            self.release_steps(tenant, &id).await?;
+        }
         Ok(id)
     }
 
-    async fn submit_at(
-        &self,
-        id: &str,
-        spec: &WorkflowSpec,
-        tenant: &str,
-        parent: &str,
-        pstep: &str,
-        depth: u32,
-    ) -> Result<()> {
-        let mut args = vec![tenant.to_owned(), parent.to_owned(), pstep.to_owned(), depth.to_string()];
+    async fn quota_call(&self, tenant: &str, args: &[&str]) -> Result<(bool, u64, u64)> {
+        let mut inv = crate::scripts::WORKFLOW_QUOTA.call();
+        inv.key(quota_key(self.prefix(), tenant));
+        for a in args {
+            inv.arg(*a);
+        }
+        let (ok, total, limit): (i64, i64, i64) = inv.invoke_async(&mut self.connection()).await?;
+        Ok((ok == 1, total.max(0) as u64, limit.max(0) as u64))
+    }
+
+    /// Charges `n` steps of root workflow `id` to `tenant`'s quota (`op`: submit | add).
+    /// When refused, workflows that ended without giving theirs back (a process stopped
+    /// in between, or their state expired) are released first, at most once a minute per
+    /// tenant, and the charge is tried again.
+    async fn charge_steps(&self, tenant: &str, op: &str, id: &str, n: u64, limit: u64) -> Result<()> {
+        let (n_s, l_s) = (n.to_string(), limit.to_string());
+        let args = [op, id, n_s.as_str(), l_s.as_str()];
+        let (mut ok, mut total, mut quota) = self.quota_call(tenant, &args).await?;
+        if !ok && self.sweep_quota(tenant).await? {
+            (ok, total, quota) = self.quota_call(tenant, &args).await?;
+        }
+        if ok {
+            return Ok(());
+        }
+        Err(Error::WorkflowQuotaExceeded { tenant: tenant.to_owned(), open: total, asked: n, quota })
+    }
+
+    /// Gives back the steps of workflows of `tenant` that are gone or ended. Returns
+    /// whether it looked (it does at most once a minute per tenant).
+    async fn sweep_quota(&self, tenant: &str) -> Result<bool> {
+        let key = quota_key(self.prefix(), tenant);
+        let mut conn = self.connection();
+        let first: bool = redis::cmd("SET")
+            .arg(format!("{key}:swept"))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .query_async::<Option<String>>(&mut conn)
+            .await?
+            .is_some();
+        if !first {
+            return Ok(false);
+        }
+        let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
+        let submits = submits_key(self.prefix());
+        for id in fields.iter().filter_map(|f| f.strip_prefix("w:")) {
+            // A submission under way is charged before its workflow is stored.
+            let submitting: Option<f64> = redis::cmd("ZSCORE").arg(&submits).arg(id).query_async(&mut conn).await?;
+            if submitting.is_none() && self.workflow_state(id).await?.is_none_or(|s| s.is_final()) {
+                self.release_steps(tenant, id).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives a root workflow's steps back to its tenant's quota (it ended).
+    async fn release_steps(&self, tenant: &str, id: &str) -> Result<()> {
+        if !tenant.is_empty() {
+            self.quota_call(tenant, &["release", root_of(id)]).await?;
+        }
+        Ok(())
+    }
+
+    /// Steps of `tenant`'s workflows not yet ended, and the quota in force (0: none).
+    pub async fn workflow_steps_used(&self, tenant: &str) -> Result<(u64, u64)> {
+        let (total, limit): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(quota_key(self.prefix(), tenant))
+            .arg("_total")
+            .arg("_limit")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok((total.unwrap_or(0).max(0) as u64, limit.unwrap_or(0).max(0) as u64))
+    }
+
+    /// Finishes submissions that stopped half way: a workflow stored more than
+    /// [`RESUME_AFTER`] ago whose first steps may not all be enqueued gets them enqueued
+    /// (deterministic ids: what was enqueued already is not enqueued twice). Workers run
+    /// it with their heartbeats. Returns the workflows looked at.
+    pub async fn resume_submissions(&self) -> Result<usize> {
+        let submits = submits_key(self.prefix());
+        let before = now_ms().saturating_sub(RESUME_AFTER.as_millis() as u64);
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&submits)
+            .arg("-inf")
+            .arg(before)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100)
+            .query_async(&mut self.connection())
+            .await?;
+        for id in &ids {
+            // `gone` (never stored: its submitter got an error) reads as an empty reply.
+            let reply = self.workflow_call(id, "resume", &[]).await?;
+            if !reply.state.is_empty() {
+                tracing::info!(workflow = %id, steps = reply.steps.len(), "finishing a submission that stopped half way");
+                self.release(id, reply).await?;
+            }
+            redis::cmd("ZREM").arg(&submits).arg(id).query_async::<()>(&mut self.connection()).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Charges the quota, marks the submission and stores the workflow; returns the
+    /// steps to enqueue first.
+    async fn store_workflow(&self, id: &str, spec: &WorkflowSpec, tenant: &str, quota: Option<u64>) -> Result<Reply> {
+        if !tenant.is_empty() {
+            self.charge_steps(tenant, "submit", id, count_steps(&spec.steps), quota.unwrap_or(0)).await?;
+        }
+        // Marked first, so a submission that stops half way (its process killed between
+        // storing the workflow and enqueueing its first steps) is finished by another.
+        let submits = submits_key(self.prefix());
+        redis::cmd("ZADD").arg(&submits).arg(now_ms()).arg(id).query_async::<()>(&mut self.connection()).await?;
+        let mut args = vec![tenant.to_owned(), String::new(), String::new(), "0".to_owned()];
         args.extend(encode_steps(&spec.steps)?);
-        let reply = self.workflow_call(id, "submit", &args).await?;
-        self.release(id, reply).await
+        self.workflow_call(id, "submit", &args).await
+    }
+
+    /// What a submitter killed right after storing its workflow leaves behind: the
+    /// workflow stored and marked, its first steps not enqueued. For tests of
+    /// [`Client::resume_submissions`].
+    #[doc(hidden)]
+    pub async fn store_workflow_only(&self, spec: &WorkflowSpec, opts: SubmitOptions) -> Result<String> {
+        spec.validate()?;
+        let id = opts.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        validate_workflow_id(&id)?;
+        self.store_workflow(&id, spec, opts.tenant.as_deref().unwrap_or(""), opts.step_quota).await?;
+        Ok(id)
     }
 
     /// Enqueues the steps a script handed back (jobs, or nested workflows), confirms
@@ -709,6 +885,9 @@ impl Client {
             let parent = (reply.parent.clone(), reply.pstep.clone(), reply.tenant.clone());
             if state.is_some_and(|s| s.is_final()) {
                 self.workflow_finished_event(&id, &reply.tenant, state.unwrap_or(WorkflowState::Failed)).await;
+                if parent.0.is_empty() {
+                    self.release_steps(&reply.tenant, &id).await?;
+                }
             }
             pending.push((id, reply));
             match state {
@@ -944,6 +1123,7 @@ impl Client {
             })
             .collect();
         steps.sort_by(|a, b| a.name.cmp(&b.name));
+        self.mark_running(&mut steps).await?;
         let opt = |f: &str| meta.get(f).filter(|v| !v.is_empty()).cloned();
         Ok(Some(WorkflowStatus {
             id: id.to_owned(),
@@ -957,6 +1137,50 @@ impl Client {
             finished_at: meta.get("finished").and_then(|v| v.parse().ok()),
             steps,
         }))
+    }
+
+    /// Shows the enqueued job steps whose job runs now as `running` (the first
+    /// [`RUNNING_LOOKUPS`] enqueued ones; a status of a wider fan-out shows the rest as
+    /// `enqueued`).
+    async fn mark_running(&self, steps: &mut [StepStatus]) -> Result<()> {
+        let mut plain = Vec::new();
+        let mut pipe = redis::pipe();
+        let mut looked = 0;
+        for (i, s) in steps.iter().enumerate() {
+            let (StepState::Enqueued, Some(queue), Some(job)) = (s.state, &s.queue, &s.job_id) else { continue };
+            if looked == RUNNING_LOOKUPS {
+                break;
+            }
+            looked += 1;
+            if self.partitions.contains_key(queue) {
+                continue;
+            }
+            pipe.hget(self.keys(queue).state, job);
+            plain.push(i);
+        }
+        let states: Vec<Option<Vec<u8>>> =
+            if plain.is_empty() { Vec::new() } else { pipe.query_async(&mut self.connection()).await? };
+        for (i, raw) in plain.into_iter().zip(states) {
+            if raw.is_some_and(|r| r.first() == Some(&b'r')) {
+                steps[i].state = StepState::Running;
+            }
+        }
+        // Steps on partitioned queues: each asked on its own (its partition is unknown).
+        let mut looked = 0;
+        for s in steps.iter_mut() {
+            let (StepState::Enqueued, Some(queue), Some(job)) = (s.state, &s.queue, &s.job_id) else { continue };
+            if !self.partitions.contains_key(queue) {
+                continue;
+            }
+            looked += 1;
+            if looked > RUNNING_LOOKUPS / 10 {
+                break;
+            }
+            if self.job_state(queue, job).await? == Some(crate::state::JobState::Running) {
+                s.state = StepState::Running;
+            }
+        }
+        Ok(())
     }
 
     /// The tenant a workflow belongs to (`Some("")` for none), or `None` when unknown.
@@ -1003,6 +1227,9 @@ impl Client {
                 }
                 if first == Some(WorkflowState::Cancelled) {
                     self.workflow_finished_event(&wf, &reply.tenant, WorkflowState::Cancelled).await;
+                }
+                if first.is_some_and(|s| s.is_final()) && reply.parent.is_empty() {
+                    self.release_steps(&reply.tenant, &wf).await?;
                 }
             }
             for (name, spec) in &reply.steps {
@@ -1079,6 +1306,12 @@ impl StepHandle {
             if !names.insert(s.name.as_str()) {
                 return Err(Error::Invalid(format!("step {:?} is named twice", s.name)));
             }
+        }
+        let tenant = self.client.workflow_tenant(&self.workflow).await?.unwrap_or_default();
+        if !tenant.is_empty() {
+            // Charged before the add (a retried add that adds nothing new is charged
+            // again, until the workflow ends).
+            self.client.charge_steps(&tenant, "add", root_of(&self.workflow), count_steps(steps), 0).await?;
         }
         for chunk in steps.chunks(MAX_STEPS) {
             let mut args = vec![self.step.clone()];

@@ -23,6 +23,10 @@ pub struct TenancyConfig {
     pub concurrency: u64,
     /// Unfinished jobs of one tenant on one queue (0: no quota); over it the API answers 429.
     pub queued: u64,
+    /// Steps of one tenant's workflows that may be open (not yet ended) at once, nested
+    /// and run-time steps included (0: no quota). Over it `POST /v1/workflows` answers
+    /// 429 `quota_exceeded` and a step's run-time add fails.
+    pub workflow_steps: u64,
     /// Partitioned queues and their partition counts, e.g. `partitions = { emails = 3 }`
     /// (the same numbers as the workers' `[[queues]] partitions`): tenants' jobs on such a
     /// queue go to the partition of their tenant, so each tenant keeps its order.
@@ -63,6 +67,7 @@ impl Default for TenancyConfig {
             queues: Vec::new(),
             concurrency: 0,
             queued: 10_000,
+            workflow_steps: 100_000,
             partitions: Default::default(),
             durability: Default::default(),
         }

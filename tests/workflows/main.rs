@@ -264,10 +264,11 @@ async fn a_workflow_cancelled_midway_cancels_queued_running_and_waiting_steps() 
     let id = env.client.submit_workflow(&spec, SubmitOptions::default()).await.unwrap();
     until_step(&env, &id, "queued", StepState::Enqueued).await;
     let running = step_job_id(&id, "running");
-    eventually("the sleeping step to run", T, || async {
-        (env.client.job_state("default", running.as_str()).await.unwrap() == Some(JobState::Running)).then_some(())
-    })
-    .await;
+    // The status shows the step whose job runs now as running, the others as they are.
+    let s = until_step(&env, &id, "running", StepState::Running).await;
+    assert_eq!(state_of(&s, "queued"), StepState::Enqueued);
+    assert_eq!(state_of(&s, "waiting"), StepState::Waiting);
+    assert_eq!(env.client.job_state("default", running.as_str()).await.unwrap(), Some(JobState::Running));
     assert_eq!(env.client.cancel_workflow(&id).await.unwrap(), Some(WorkflowState::Cancelled));
     let s = env.client.workflow(&id).await.unwrap().unwrap();
     assert_eq!(s.state, WorkflowState::Cancelled);
@@ -358,6 +359,108 @@ async fn a_nested_workflow_is_one_step_of_its_parent() {
     let child = s.steps.iter().find(|st| st.name == "inner").unwrap().workflow_id.clone().unwrap();
     let inner = env.client.workflow(&child).await.unwrap().unwrap();
     assert_eq!((inner.state, inner.parent.as_deref()), (WorkflowState::Succeeded, Some(id.as_str())));
+    w.shutdown().await;
+    env.cleanup().await;
+}
+
+fn tenant_opts(tenant: &str, quota: u64) -> SubmitOptions {
+    SubmitOptions { tenant: Some(tenant.into()), step_quota: Some(quota), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_open_workflow_steps_are_held_to_its_quota() {
+    let env = TestEnv::new().await;
+    let parked = || WorkflowSpec {
+        steps: vec![
+            step("a", Step::default()).queue("nobody"),
+            step("b", Step::default()).queue("nobody").after(["a"]),
+            step("c", Step::default()).queue("nobody").after(["b"]),
+        ],
+    };
+    let first = env.client.submit_workflow(&parked(), tenant_opts("studio-q", 5)).await.unwrap();
+    assert_eq!(env.client.workflow_steps_used("studio-q").await.unwrap(), (3, 5));
+    // Three more would pass five: refused, and nothing is stored.
+    match env.client.submit_workflow(&parked(), tenant_opts("studio-q", 5)).await {
+        Err(fleet_jobs::Error::WorkflowQuotaExceeded { tenant, open, asked, quota }) => {
+            assert_eq!((tenant.as_str(), open, asked, quota), ("studio-q", 3, 3, 5));
+        }
+        other => panic!("expected the workflow quota to refuse, got {other:?}"),
+    }
+    // Another tenant has a quota of its own.
+    env.client.submit_workflow(&parked(), tenant_opts("studio-r", 5)).await.unwrap();
+    // A workflow that ends gives its steps back.
+    assert_eq!(env.client.cancel_workflow(&first).await.unwrap(), Some(WorkflowState::Cancelled));
+    assert_eq!(env.client.workflow_steps_used("studio-q").await.unwrap().0, 0);
+    let second = env.client.submit_workflow(&parked(), tenant_opts("studio-q", 5)).await.unwrap();
+    // A workflow whose end was never given back (its state gone) is found when the tenant
+    // reaches the quota, and its steps are freed.
+    let key = format!("{}:{{wf:{second}}}:meta", env.prefix);
+    redis::cmd("DEL").arg(&key).query_async::<()>(&mut env.client.connection()).await.unwrap();
+    // (The refusal above looked already; the next look is allowed a minute later.)
+    let swept = format!("{}:wfquota:studio-q:swept", env.prefix);
+    redis::cmd("DEL").arg(&swept).query_async::<()>(&mut env.client.connection()).await.unwrap();
+    env.client.submit_workflow(&parked(), tenant_opts("studio-q", 5)).await.unwrap();
+    assert_eq!(env.client.workflow_steps_used("studio-q").await.unwrap().0, 3);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_past_the_quota_fails_its_step_and_the_workflow_ends() {
+    let env = TestEnv::new().await;
+    let w = env.worker(config(&env, &["default"]), registry()).await;
+    let spec = WorkflowSpec {
+        steps: vec![
+            step("split", Step { fan_out: 20, ..Step::default() }).max_attempts(1),
+            step("gather", Step { sum_all: true, ..Step::default() }).after(["split"]),
+        ],
+    };
+    let id = env.client.submit_workflow(&spec, tenant_opts("studio-f", 10)).await.unwrap();
+    let s = until_final(&env, &id, T).await;
+    assert_eq!(s.state, WorkflowState::Failed, "{s:?}");
+    assert_eq!(state_of(&s, "split"), StepState::Failed);
+    assert_eq!(state_of(&s, "gather"), StepState::Failed);
+    assert_eq!(s.total, 2, "no step was added: {s:?}");
+    let (used, _) = env.client.workflow_steps_used("studio-f").await.unwrap();
+    assert_eq!(used, 0, "an ended workflow holds no quota");
+    w.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_cut_off_after_storing_is_finished_by_a_worker() {
+    let env = TestEnv::new().await;
+    let spec = WorkflowSpec {
+        steps: vec![
+            step("two", Step { emit: Some(2), ..Step::default() }),
+            step("three", Step { emit: Some(3), ..Step::default() }),
+            step("sum", Step { sum: vec!["two".into(), "three".into()], ..Step::default() }).after(["two", "three"]),
+        ],
+    };
+    // The submitter stored the workflow and died before enqueueing its first steps.
+    let id = env.client.store_workflow_only(&spec, SubmitOptions::default()).await.unwrap();
+    assert_eq!(env.stats("default").await.enqueued, 0);
+    // A fresh mark is left alone (its submitter may still be at work) ...
+    assert_eq!(env.client.resume_submissions().await.unwrap(), 0);
+    // ... one older than the grace period is taken up by a worker's heartbeat.
+    redis::cmd("ZADD")
+        .arg(format!("{}:wfsubmits", env.prefix))
+        .arg("XX")
+        .arg(1)
+        .arg(&id)
+        .query_async::<()>(&mut env.client.connection())
+        .await
+        .unwrap();
+    let w = env.worker(config(&env, &["default"]), registry()).await;
+    let s = until_final(&env, &id, T).await;
+    assert_eq!(s.state, WorkflowState::Succeeded, "{s:?}");
+    assert_eq!(result_of(&s, "sum"), Some(serde_json::json!(5)));
+    assert_eq!(env.stats("default").await.enqueued, 3, "each step enqueued once");
+    let marks: i64 = redis::cmd("ZCARD")
+        .arg(format!("{}:wfsubmits", env.prefix))
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+    assert_eq!(marks, 0);
     w.shutdown().await;
     env.cleanup().await;
 }

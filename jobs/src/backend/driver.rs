@@ -649,6 +649,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         if let Err(e) = shared.client.pump_workflows(&cfg.queue).await {
             tracing::warn!(queue = %cfg.queue, error = %e, "workflow steps not applied yet");
         }
+        // Workflow submissions whose submitter stopped before enqueueing the first steps.
+        if let Err(e) = shared.client.resume_submissions().await {
+            tracing::warn!(error = %e, "workflow submissions not resumed yet");
+        }
         if let Ok(map) =
             redis::cmd("HGETALL").arg(&k.stats).query_async::<HashMap<String, i64>>(&mut shared.conn.clone()).await
         {

@@ -18,6 +18,7 @@
 --   apply:  quadruples step, outcome (ok | dead | expire | cancel), tenant, result JSON ('' = none)
 --   cancel: (nothing)
 --   confirm: step... (enqueued: no longer unconfirmed)
+--   resume: (nothing) hands back the released steps not yet confirmed ('!gone' if unknown)
 -- Returns { state, tenant, parent, parent step, name1, spec1, name2, spec2, ... }: the
 -- workflow's state and the steps to enqueue (cancel: to cancel; confirm: cancelled
 -- meanwhile). Errors are returned as { '!<reason>', detail }.
@@ -287,6 +288,9 @@ elseif op == 'cancel' then
   redis.call('HINCRBY', K.meta, 'cancelled', n)
   expire_all()
   return reply({ live })
+elseif op == 'resume' then
+  if redis.call('EXISTS', K.meta) == 0 then return { '!gone', '' } end
+  return reply({ redis.call('SMEMBERS', K.rel) })
 elseif op == 'confirm' then
   local gone = {}
   for i = 3, #ARGV do

@@ -79,7 +79,7 @@ impl From<fleet_jobs::Error> for ApiError {
                 ApiError::invalid(format!("arguments for kind {kind:?} cannot be encoded"))
             }
             fleet_jobs::Error::Redis(e) => ApiError::unavailable("redis", e),
-            e @ fleet_jobs::Error::QuotaExceeded { .. } => {
+            e @ (fleet_jobs::Error::QuotaExceeded { .. } | fleet_jobs::Error::WorkflowQuotaExceeded { .. }) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()).retry_after(5)
             }
             e @ fleet_jobs::Error::NotReplicated { .. } => {

@@ -125,7 +125,8 @@ pub(crate) async fn create_workflow(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
     spec.validate()?;
     check(&spec, &state.tenancy)?;
-    let opts = SubmitOptions { id: None, tenant: Some(caller.tenant.clone()) };
+    let quota = state.tenancy.workflow_steps;
+    let opts = SubmitOptions { id: None, tenant: Some(caller.tenant.clone()), step_quota: Some(quota) };
     let id = state.client.submit_workflow(&spec, opts).await?;
     let created = WorkflowCreated { id, state: "running".into(), steps: spec.steps.len() };
     Ok((StatusCode::CREATED, Json(created)))
