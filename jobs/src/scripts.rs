@@ -230,7 +230,7 @@ pub(crate) static JANITOR: ScriptSpec<Q> = ScriptSpec::new(
 pub(crate) static WORKFLOW: ScriptSpec<crate::workflows::WorkflowKey> = ScriptSpec::new(
     "workflow",
     include_str!("scripts/workflow.lua"),
-    &[W::Meta, W::Spec, W::St, W::Rem, W::Out, W::Verdict, W::Res, W::Err, W::Rel, W::Relby],
+    &[W::Meta, W::Spec, W::St, W::Rem, W::Out, W::Verdict, W::Res, W::Err, W::Rel, W::Relby, W::Ready],
 );
 
 /// A tenant's quota of workflow steps not yet ended.

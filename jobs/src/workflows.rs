@@ -37,6 +37,8 @@ pub const MAX_STEPS: usize = 50_000;
 pub const MAX_DEPTH: u32 = 4;
 /// How long a finished (or cancelled) workflow's state is kept.
 pub const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Steps and dependency edges stored per script call of a submission.
+pub const SUBMIT_PART: usize = 1_000;
 /// Enqueued steps a status looks up to show which run now.
 pub const RUNNING_LOOKUPS: usize = 1_000;
 /// Outbox entries read per round trip of the pump.
@@ -255,38 +257,50 @@ impl WorkflowSpec {
                 return Err(Error::Invalid(format!("step {:?} is named twice", s.name)));
             }
         }
-        // Kahn's algorithm: every step is reached, or there is a cycle.
-        let mut indegree = vec![0usize; self.steps.len()];
-        let mut out: Vec<Vec<usize>> = vec![Vec::new(); self.steps.len()];
-        for (i, s) in self.steps.iter().enumerate() {
-            let mut seen = HashSet::new();
-            for d in &s.depends_on {
-                let Some(&j) = index.get(d.step()) else {
-                    return Err(Error::Invalid(format!("step {:?} depends on unknown step {:?}", s.name, d.step())));
-                };
-                if !seen.insert(j) {
-                    return Err(Error::Invalid(format!("step {:?} names {:?} twice", s.name, d.step())));
-                }
-                indegree[i] += 1;
-                out[j].push(i);
-            }
-        }
-        let mut queue: VecDeque<usize> = (0..self.steps.len()).filter(|i| indegree[*i] == 0).collect();
-        let mut reached = 0;
-        while let Some(i) = queue.pop_front() {
-            reached += 1;
-            for &j in &out[i] {
-                indegree[j] -= 1;
-                if indegree[j] == 0 {
-                    queue.push_back(j);
-                }
-            }
-        }
-        if reached != self.steps.len() {
-            return Err(Error::Invalid("the steps' dependencies form a cycle".into()));
-        }
+        topo_order(&self.steps, &index, false)?;
         Ok(())
     }
+}
+
+/// The steps in an order where each comes after its dependencies among them (Kahn's
+/// algorithm), or an error for a cycle, a dependency named twice, or (unless
+/// `outside`: steps added to a workflow may name its existing steps) an unknown one.
+fn topo_order(steps: &[StepSpec], index: &HashMap<&str, usize>, outside: bool) -> Result<Vec<usize>> {
+    let mut indegree = vec![0usize; steps.len()];
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for d in &s.depends_on {
+            if !seen.insert(d.step()) {
+                return Err(Error::Invalid(format!("step {:?} names {:?} twice", s.name, d.step())));
+            }
+            match index.get(d.step()) {
+                Some(&j) => {
+                    indegree[i] += 1;
+                    out[j].push(i);
+                }
+                None if outside => {}
+                None => {
+                    return Err(Error::Invalid(format!("step {:?} depends on unknown step {:?}", s.name, d.step())));
+                }
+            }
+        }
+    }
+    let mut queue: VecDeque<usize> = (0..steps.len()).filter(|i| indegree[*i] == 0).collect();
+    let mut order = Vec::with_capacity(steps.len());
+    while let Some(i) = queue.pop_front() {
+        order.push(i);
+        for &j in &out[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                queue.push_back(j);
+            }
+        }
+    }
+    if order.len() != steps.len() {
+        return Err(Error::Invalid("the steps' dependencies form a cycle".into()));
+    }
+    Ok(order)
 }
 
 /// A workflow's overall state.
@@ -432,6 +446,7 @@ pub(crate) enum WorkflowKey {
     Err,
     Rel,
     Relby,
+    Ready,
 }
 
 impl WorkflowKey {
@@ -448,6 +463,7 @@ impl WorkflowKey {
             WorkflowKey::Err => "err",
             WorkflowKey::Rel => "rel",
             WorkflowKey::Relby => "relby",
+            WorkflowKey::Ready => "ready",
         }
     }
 }
@@ -658,7 +674,7 @@ impl Client {
         }
         let tenant = opts.tenant.as_deref().unwrap_or("");
         let reply = self.store_workflow(&id, spec, tenant, opts.step_quota).await?;
-        self.release(&id, reply).await?;
+        self.release_from(&id, reply, true).await?;
         let submits = submits_key(self.prefix());
         redis::cmd("ZREM").arg(&submits).arg(&id).query_async::<()>(&mut self.connection()).await?;
         // A re-submission of a workflow that had ended was charged again: give it back.
@@ -765,7 +781,7 @@ impl Client {
             let reply = self.workflow_call(id, "resume", &[]).await?;
             if !reply.state.is_empty() {
                 tracing::info!(workflow = %id, steps = reply.steps.len(), "finishing a submission that stopped half way");
-                self.release(id, reply).await?;
+                self.release_from(id, reply, true).await?;
             }
             redis::cmd("ZREM").arg(&submits).arg(id).query_async::<()>(&mut self.connection()).await?;
         }
@@ -782,9 +798,34 @@ impl Client {
         // storing the workflow and enqueueing its first steps) is finished by another.
         let submits = submits_key(self.prefix());
         redis::cmd("ZADD").arg(&submits).arg(now_ms()).arg(id).query_async::<()>(&mut self.connection()).await?;
-        let mut args = vec![tenant.to_owned(), String::new(), String::new(), "0".to_owned()];
-        args.extend(encode_steps(&spec.steps)?);
-        self.workflow_call(id, "submit", &args).await
+        self.submit_parts(id, [tenant, "", "", "0"], &spec.steps).await
+    }
+
+    /// Stores a workflow's steps in parts of [`SUBMIT_PART`] steps, one script call each
+    /// (so a large workflow never holds Redis for long), the last of which starts it.
+    /// `head`: tenant, parent, parent step, depth.
+    async fn submit_parts(&self, id: &str, head: [&str; 4], steps: &[StepSpec]) -> Result<Reply> {
+        // Parts of at most SUBMIT_PART steps and dependency edges together (a step with
+        // more edges than that is a part of its own).
+        let mut parts: Vec<&[StepSpec]> = Vec::new();
+        let (mut from, mut weight) = (0, 0);
+        for (i, s) in steps.iter().enumerate() {
+            let w = 1 + s.depends_on.len();
+            if weight > 0 && weight + w > SUBMIT_PART {
+                parts.push(&steps[from..i]);
+                (from, weight) = (i, 0);
+            }
+            weight += w;
+        }
+        parts.push(&steps[from..]);
+        let last = parts.len().saturating_sub(1);
+        let mut reply = Reply::default();
+        for (i, part) in parts.into_iter().enumerate() {
+            let mut args: Vec<String> = head.iter().map(|h| (*h).to_owned()).collect();
+            args.extend(encode_steps(part)?);
+            reply = self.workflow_call(id, if i == last { "submit" } else { "stage" }, &args).await?;
+        }
+        Ok(reply)
     }
 
     /// What a submitter killed right after storing its workflow leaves behind: the
@@ -802,8 +843,26 @@ impl Client {
     /// Enqueues the steps a script handed back (jobs, or nested workflows), confirms
     /// them, and cancels any the workflow cancelled meanwhile.
     async fn release(&self, id: &str, reply: Reply) -> Result<()> {
+        self.release_from(id, reply, false).await
+    }
+
+    /// As [`Client::release`]; `submitted`: `id` was just submitted (or resumed), so the
+    /// steps ready at once are handed out in parts, each asked for once the one before
+    /// is enqueued (nested workflows submitted on the way are treated the same).
+    async fn release_from(&self, id: &str, reply: Reply, submitted: bool) -> Result<()> {
         let mut pending = vec![(id.to_owned(), reply)];
-        while let Some((wf, reply)) = pending.pop() {
+        let mut starts: Vec<String> = if submitted { vec![id.to_owned()] } else { Vec::new() };
+        loop {
+            let Some((wf, reply)) = pending.pop() else {
+                // Every part handed out so far is enqueued: the next part of a submission.
+                let Some(wf) = starts.pop() else { break };
+                let r = self.workflow_call(&wf, "start", &[]).await?;
+                if !r.steps.is_empty() {
+                    pending.push((wf.clone(), r));
+                    starts.push(wf);
+                }
+                continue;
+            };
             if reply.steps.is_empty() {
                 continue;
             }
@@ -816,10 +875,9 @@ impl Client {
                 names.push(name.clone());
                 if let Some(child) = &stored.workflow {
                     let cid = child_workflow_id(&wf, name);
-                    let depth = self.workflow_depth(&wf).await? + 1;
-                    let mut args = vec![reply.tenant.clone(), wf.clone(), name.clone(), depth.to_string()];
-                    args.extend(encode_steps(&child.steps)?);
-                    let r = self.workflow_call(&cid, "submit", &args).await?;
+                    let depth = (self.workflow_depth(&wf).await? + 1).to_string();
+                    let r = self.submit_parts(&cid, [&reply.tenant, &wf, name, &depth], &child.steps).await?;
+                    starts.push(cid.clone());
                     pending.push((cid, r));
                     continue;
                 }
@@ -1300,20 +1358,24 @@ impl StepHandle {
             return Ok(());
         }
         let depth = self.client.workflow_depth(&self.workflow).await?;
-        let mut names = HashSet::new();
-        for s in steps {
+        let mut index = HashMap::with_capacity(steps.len());
+        for (i, s) in steps.iter().enumerate() {
             validate_step(s, depth)?;
-            if !names.insert(s.name.as_str()) {
+            if index.insert(s.name.as_str(), i).is_some() {
                 return Err(Error::Invalid(format!("step {:?} is named twice", s.name)));
             }
         }
+        // In dependency order, so each part names only steps stored before it (and a
+        // cycle among the added steps, which would wait for ever, is refused).
+        let ordered: Vec<StepSpec> = topo_order(steps, &index, true)?.into_iter().map(|i| steps[i].clone()).collect();
+        let steps = ordered.as_slice();
         let tenant = self.client.workflow_tenant(&self.workflow).await?.unwrap_or_default();
         if !tenant.is_empty() {
             // Charged before the add (a retried add that adds nothing new is charged
             // again, until the workflow ends).
             self.client.charge_steps(&tenant, "add", root_of(&self.workflow), count_steps(steps), 0).await?;
         }
-        for chunk in steps.chunks(MAX_STEPS) {
+        for chunk in steps.chunks(SUBMIT_PART) {
             let mut args = vec![self.step.clone()];
             args.extend(encode_steps(chunk)?);
             let reply = self.client.workflow_call(&self.workflow, "add", &args).await?;
@@ -1342,6 +1404,19 @@ mod tests {
         let bad = WorkflowSpec { steps: vec![step("a:b", &[])] };
         assert!(bad.validate().is_err());
         assert!(WorkflowSpec::default().validate().is_err());
+    }
+
+    #[test]
+    fn added_steps_are_ordered_after_their_dependencies_and_cycles_among_them_refused() {
+        let steps = vec![step("c", &["b", "existing"]), step("b", &["a"]), step("a", &[])];
+        let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let order: Vec<&str> =
+            topo_order(&steps, &index, true).unwrap().into_iter().map(|i| steps[i].name.as_str()).collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        assert!(topo_order(&steps, &index, false).unwrap_err().to_string().contains("unknown step"));
+        let cycle = vec![step("x", &["y"]), step("y", &["x"])];
+        let index: HashMap<&str, usize> = cycle.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        assert!(topo_order(&cycle, &index, true).unwrap_err().to_string().contains("cycle"));
     }
 
     #[test]

@@ -11,27 +11,38 @@
 -- `relby` keeps, per ended step, the steps its end released (JSON array), so applying
 -- that end again (a pump that stopped before confirming) hands back just those; and per
 -- adder ('+<step>') the steps its adds released, handed back at its end if unconfirmed.
--- KEYS: meta spec st rem out verdict res err rel relby
+-- A submission larger than one call is stored in parts: `stage` calls (state
+-- `staging`: nothing released, the steps ready at once are kept in `ready`), then one
+-- `submit` call with the last part, which releases them all and starts the workflow.
+-- KEYS: meta spec st rem out verdict res err rel relby ready
 -- ARGV: op, keep ms (how long a finished workflow is kept), then per op:
 --   submit: tenant, parent, parent step, depth, then triples name, spec JSON, deps JSON
+--   stage:  as submit, for every part but the last
 --   add:    adder step, then triples name, spec JSON, deps JSON
 --   apply:  quadruples step, outcome (ok | dead | expire | cancel), tenant, result JSON ('' = none)
 --   cancel: (nothing)
 --   confirm: step... (enqueued: no longer unconfirmed)
---   resume: (nothing) hands back the released steps not yet confirmed ('!gone' if unknown)
+--   start:  (nothing) releases the next part of the steps ready at submission
+--   resume: (nothing) the next part of those, else the released steps not yet confirmed
+--           ('!gone' if unknown; a workflow still staging is dropped)
 -- Returns { state, tenant, parent, parent step, name1, spec1, name2, spec2, ... }: the
 -- workflow's state and the steps to enqueue (cancel: to cancel; confirm: cancelled
 -- meanwhile). Errors are returned as { '!<reason>', detail }.
 local K = { meta = KEYS[1], spec = KEYS[2], st = KEYS[3], rem = KEYS[4], out = KEYS[5],
             verdict = KEYS[6], res = KEYS[7], err = KEYS[8], rel = KEYS[9],
-            relby = KEYS[10] }
+            relby = KEYS[10], ready = KEYS[11] }
 local op, keep = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local released = {}
 local open_delta, failed_delta = 0, 0
 local WORK = {}
+local staging = false
 
 local function release(name)
+  if staging then
+    redis.call('SADD', K.ready, name)
+    return
+  end
   redis.call('HSET', K.st, name, 'q')
   redis.call('SADD', K.rel, name)
   released[#released + 1] = name
@@ -179,15 +190,42 @@ local function reply(extra)
   return r
 end
 
-if op == 'submit' then
-  if redis.call('EXISTS', K.meta) == 1 then
+-- Releases up to PART of the steps kept in `ready` at submission; the submitter (or a
+-- resume) asks for the next part with `start` until none is handed back.
+local PART = 1000
+local function start_part()
+  local names = redis.call('SPOP', K.ready, PART)
+  for _, n in ipairs(names) do
+    if redis.call('HGET', K.st, n) == 'w' then release(n) end
+  end
+end
+
+if op == 'submit' or op == 'stage' then
+  local was = redis.call('HGET', K.meta, 'state')
+  if was and was ~= 'staging' then
     -- Submitted before: hand back the released steps whose enqueue was not confirmed.
     return reply({ redis.call('SMEMBERS', K.rel) })
   end
-  redis.call('HSET', K.meta, 'tenant', ARGV[3], 'parent', ARGV[4], 'pstep', ARGV[5], 'depth', ARGV[6],
-    'state', 'running', 'open', 0, 'failed', 0, 'total', 0, 'created', now)
+  if not was then
+    redis.call('HSET', K.meta, 'tenant', ARGV[3], 'parent', ARGV[4], 'pstep', ARGV[5], 'depth', ARGV[6],
+      'state', 'staging', 'open', 0, 'failed', 0, 'total', 0, 'created', now)
+  end
+  -- Nothing ends while staging: no step has been released yet.
+  staging = true
   add_steps(7, nil)
+  if op == 'stage' then
+    redis.call('HINCRBY', K.meta, 'open', open_delta)
+    return reply({})
+  end
+  staging = false
+  redis.call('HSET', K.meta, 'state', 'running')
+  start_part()
   conclude()
+  return reply({ released })
+elseif op == 'start' then
+  -- The next part of the steps ready at submission (none left: nothing handed back).
+  if redis.call('HGET', K.meta, 'state') ~= 'running' then return reply({}) end
+  start_part()
   return reply({ released })
 elseif op == 'add' then
   if redis.call('HGET', K.meta, 'state') ~= 'running' then return { '!finished', '' } end
@@ -289,7 +327,16 @@ elseif op == 'cancel' then
   expire_all()
   return reply({ live })
 elseif op == 'resume' then
-  if redis.call('EXISTS', K.meta) == 0 then return { '!gone', '' } end
+  local was = redis.call('HGET', K.meta, 'state')
+  if not was then return { '!gone', '' } end
+  if was == 'staging' then
+    -- Its submitter stopped before the last part: the workflow was never whole, and no
+    -- step of it ran. Dropped (the submitter got no id back, or an error).
+    for _, key in pairs(K) do redis.call('DEL', key) end
+    return { '!gone', '' }
+  end
+  start_part()
+  if #released > 0 then return reply({ released }) end
   return reply({ redis.call('SMEMBERS', K.rel) })
 elseif op == 'confirm' then
   local gone = {}
