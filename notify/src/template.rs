@@ -5,8 +5,9 @@
 //!
 //! Tenants write these templates, so rendering is bounded: undefined values are errors
 //! (a missing field fails loudly instead of sending "Dear ,"), the HTML part is
-//! auto-escaped, fuel caps the work of one render (no endless loops) and the output
-//! size is capped.
+//! auto-escaped, fuel caps the work and the bytes of one render (no endless loops, no
+//! value built past the fuel's worth of bytes), `+` is refused (see [`check`]) and the
+//! output size is capped.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -111,9 +112,35 @@ pub fn check(default_locale: &str, variants: &BTreeMap<String, Variant>) -> Resu
             if source.len() > MAX_PART {
                 return Err(format!("locale {locale:?}, {part}: longer than {MAX_PART} bytes"));
             }
-            if let Err(e) = env.template_from_named_str(part, source) {
-                return Err(format!("locale {locale:?}, {part}: {}", describe(&e)));
+            match env.template_from_named_str(part, source) {
+                Err(e) => return Err(format!("locale {locale:?}, {part}: {}", describe(&e))),
+                Ok(t) => refuse_unbounded(&t).map_err(|e| format!("locale {locale:?}, {part}: {e}"))?,
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what fuel does not bound. minijinja charges fuel for every byte a template
+/// builds and checks it before allocating, with one exception: `+` on two lists is lazy
+/// and free, until a chain of more than 32 of them is copied into one list at once, unpaid
+/// (`{% set l = l + l %}` 40 times asks for 2^40 items). Notification templates have no
+/// use for `+` on lists, and numbers are added by the app, so the operator is refused
+/// outright (strings join with `~`, which is paid for).
+fn refuse_unbounded(t: &minijinja::Template<'_, '_>) -> Result<(), String> {
+    use minijinja::machinery::{Instruction, get_compiled_template};
+    let compiled = get_compiled_template(t);
+    let parts = std::iter::once(&compiled.instructions).chain(compiled.blocks.values());
+    for instructions in parts {
+        let mut pc = 0;
+        while let Some(i) = instructions.get(pc) {
+            if matches!(i, Instruction::Add) {
+                let line = instructions.get_line(pc).map(|l| format!(" (line {l})")).unwrap_or_default();
+                return Err(format!(
+                    "the `+` operator is not allowed in notification templates{line}: join strings with `~` and add numbers before sending"
+                ));
+            }
+            pc += 1;
         }
     }
     Ok(())
@@ -156,10 +183,10 @@ pub fn render(variant: &Variant, data: &serde_json::Value) -> Result<Rendered, S
     let ctx = minijinja::Value::from(minijinja::value::Serde(data));
     let one = |part: &'static str, source: Option<&String>| -> Result<Option<String>, String> {
         let Some(source) = source else { return Ok(None) };
-        let out = env
-            .template_from_named_str(part, source)
-            .and_then(|t| t.render(&ctx))
-            .map_err(|e| format!("{part}: {}", describe(&e)))?;
+        let t = env.template_from_named_str(part, source).map_err(|e| format!("{part}: {}", describe(&e)))?;
+        // Also at send time: a template stored before the check was made.
+        refuse_unbounded(&t).map_err(|e| format!("{part}: {e}"))?;
+        let out = t.render(&ctx).map_err(|e| format!("{part}: {}", describe(&e)))?;
         if out.len() > MAX_OUTPUT {
             return Err(format!("{part}: rendered to more than {MAX_OUTPUT} bytes"));
         }
@@ -217,6 +244,39 @@ mod tests {
             ..Variant::default()
         };
         assert!(render(&v, &serde_json::json!({})).is_err());
+    }
+
+    /// Templates are written by tenants: growing a value costs fuel by the byte, and
+    /// the cost is checked before the allocation, so none of these can build more than
+    /// the fuel's worth of bytes (FUEL x 64, about 12.8 MB) on a worker.
+    #[test]
+    fn templates_that_build_huge_values_run_out_of_fuel_before_allocating() {
+        let hostile = [
+            r#"{{ "x" * 100000000 }}"#,
+            r#"{% set ns = namespace(s="xxxxxxxxxxxxxxxx") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"#,
+            r#"{% set ns = namespace(s="xxxxxxxxxxxxxxxx") %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}"#,
+            r#"{% set ns = namespace(l=[1, 2, 3, 4]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|list|length }}"#,
+            r#"{% macro grow(l, n) %}{% if n %}{{ grow(l + l, n - 1) }}{% else %}{{ l|length }}{% endif %}{% endmacro %}{{ grow([1, 2], 45) }}"#,
+            r#"{% set s = "xxxxxxxxxxxxxxxx" %}{% set s = s ~ s %}{% set s = s ~ s %}{% set s = s * 1000000 %}{{ s|length }}"#,
+            r#"{{ range(100000)|join("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx") }}"#,
+            r#"{{ "%100000000s"|format("x") }}"#,
+            r#"{{ ("x" * 1000000)|replace("x", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx") }}"#,
+            r#"{% set s %}{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endset %}{{ s ~ s ~ s ~ s }}"#,
+            r#"{{ "x"|indent(100000000) }}{{ "x"|center(100000000) }}"#,
+        ];
+        for source in hostile {
+            let v = Variant { text: Some(source.into()), ..Variant::default() };
+            let started = std::time::Instant::now();
+            let e = render(&v, &serde_json::json!({})).expect_err(source);
+            assert!(started.elapsed() < std::time::Duration::from_secs(2), "{source} took {:?}", started.elapsed());
+            assert!(e.contains("fuel") || e.contains("too large") || e.contains("`+`"), "{source}: {e}");
+        }
+        // `+` is refused when the template is registered, with where it is.
+        let v = Variant { text: Some("Hi\n{{ 1 + guests }}".into()), ..Variant::default() };
+        let e = check("en", &variants(v)).unwrap_err();
+        assert!(e.contains("`+` operator") && e.contains("line 2"), "{e}");
+        let ok = Variant { text: Some("{{ first ~ ' ' ~ last }}: {{ guests - 1 }}".into()), ..Variant::default() };
+        assert!(check("en", &variants(ok)).is_ok());
     }
 
     #[test]
