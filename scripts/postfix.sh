@@ -15,8 +15,8 @@
 # any other domain is refused (nothing leaves the machine).
 #
 # Installs postfix when it is missing (apt-get, as root; the package's own instance is
-# left unconfigured), and python3-dkim (dkimpy, which the tests check DKIM signatures
-# with), starts Fleet's instance when nothing answers on the ports, and
+# left unconfigured), and python3-dkim with python3-nacl (dkimpy, which the tests check
+# RSA and Ed25519 DKIM signatures with), starts Fleet's instance when nothing answers on the ports, and
 # says plainly what is missing when it cannot. Running it again when the instance is up
 # does nothing (a changed config is reloaded in place). Override the ports with
 # FLEET_POSTFIX_PORT and FLEET_POSTFIX_TLS_PORT (the tests read
@@ -160,16 +160,17 @@ EOF
   done
 }
 
-# dkimpy for the tests' DKIM check (tests/notify/dkim_verify.py).
+# dkimpy for the tests' DKIM check (tests/notify/dkim_verify.py); PyNaCl for Ed25519.
 ensure_dkimpy() {
-  /usr/bin/python3 -c 'import dkim' 2>/dev/null && return
+  /usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null && return
   [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 ||
-    die "dkimpy is missing for the DKIM tests; as root run: apt-get install python3-dkim"
-  say "installing python3-dkim"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 python3-dkim >/dev/null 2>&1 ||
+    die "dkimpy is missing for the DKIM tests; as root run: apt-get install python3-dkim python3-nacl"
+  say "installing python3-dkim and python3-nacl"
+  local pkgs=(python3-dkim python3-nacl)
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${pkgs[@]}" >/dev/null 2>&1 ||
     { apt-get update -qq >/dev/null 2>&1 &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 python3-dkim >/dev/null 2>&1; } ||
-    die "apt-get install python3-dkim failed; install dkimpy for /usr/bin/python3 yourself"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${pkgs[@]}" >/dev/null 2>&1; } ||
+    die "apt-get install python3-dkim python3-nacl failed; install dkimpy and PyNaCl for /usr/bin/python3 yourself"
 }
 
 running() {

@@ -133,6 +133,30 @@ fn dkim_key() -> (String, String) {
     (pem, format!("v=DKIM1; k=rsa; p={}", base64::engine::general_purpose::STANDARD.encode(der.stdout)))
 }
 
+/// A fresh Ed25519 key (PKCS#8 PEM) and its DKIM record (RFC 8463: `k=ed25519`, `p=`
+/// the raw 32-byte public key, the end of its SubjectPublicKeyInfo).
+fn ed25519_key() -> (String, String) {
+    use base64::Engine;
+    let dir = std::env::temp_dir().join(format!("fleet-dkim-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl genpkey ed25519");
+    let der = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(der.status.success() && der.stdout.len() == 44);
+    let pem = std::fs::read_to_string(&key).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (pem, format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(&der.stdout[12..])))
+}
+
 /// dkimpy's verdict on `raw`, the public key given as the TXT record at `name`.
 fn dkim_verify(name: &str, record: &str, raw: &str) -> serde_json::Value {
     use std::io::Write;
@@ -351,4 +375,32 @@ async fn dkim_settings_are_checked_and_name_the_setting_never_the_key() {
     let mut bad = key(&format!("private_key = {pem:?}")).unwrap();
     bad.selector = "s1; x=y".into();
     assert!(try_new(vec![bad]).unwrap_err().contains("selector"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ed25519_dkim_signature_through_postfix_verifies_with_dkimpy() {
+    let db = TestDb::new().await;
+    let (to, mailbox) = mail_user();
+    let (_, sender) = mail_user();
+    let (pem, record) = ed25519_key();
+    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
+    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
+    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    let mut cfg = settings(vec![postfix_relay("submissions", "implicit", &sender, &sender.password, true)]);
+    cfg.dkim = vec![
+        toml::from_str::<DkimKey>(&format!(
+            "domain = \"Studio.Example\"\nselector = \"ed1\"\nalgorithm = \"ed25519\"\nprivate_key = {pem:?}"
+        ))
+        .unwrap(),
+    ];
+    let handler = SendNotification::new(db.pool.clone(), &cfg).unwrap();
+    let id = notification(&db, "studio", "anna", "booking", false).await;
+    TestJob::new().tenant("studio").perform(&handler, NotifySend { notification: id.clone() }).await.unwrap();
+    let raw = read_back(&mailbox, 1).await.remove(0);
+    let verdict = dkim_verify("ed1._domainkey.studio.example", &record, &raw);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["algorithm"], "ed25519-sha256");
+    assert_eq!(verdict["domain"], "studio.example", "the domain as configured, lowercased");
+    assert_eq!(dkim_verify("ed1._domainkey.studio.example", &record, &raw.replace("12 June", "13 June"))["ok"], false);
+    db.drop_db().await;
 }
