@@ -157,6 +157,21 @@ fn ed25519_key() -> (String, String) {
     (pem, format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(&der.stdout[12..])))
 }
 
+/// What `openssl <args>` prints, given `input`.
+fn openssl(args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// dkimpy's verdict on `raw`, the public key given as the TXT record at `name`.
 fn dkim_verify(name: &str, record: &str, raw: &str) -> serde_json::Value {
     use std::io::Write;
@@ -357,8 +372,23 @@ async fn dkim_settings_are_checked_and_name_the_setting_never_the_key() {
         let pool = sqlx::PgPool::connect_lazy("postgres://localhost/none").unwrap();
         SendNotification::new(pool, &s).map(|_| ())
     };
-    // PKCS#8 (openssl genpkey) and PKCS#1 both load.
+    // PKCS#8 (openssl genpkey) and PKCS#1 (openssl rsa -traditional) both load, and an
+    // Ed25519 key as PKCS#8 or as the base64 of its seed.
     try_new(vec![key(&format!("private_key = {pem:?}")).unwrap()]).unwrap();
+    let pkcs1 = openssl(&["rsa", "-traditional"], pem.as_bytes());
+    assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"), "{pkcs1}");
+    try_new(vec![key(&format!("private_key = {pkcs1:?}")).unwrap()]).unwrap();
+    let (ed, _) = ed25519_key();
+    try_new(vec![key(&format!("algorithm = \"ed25519\"\nprivate_key = {ed:?}")).unwrap()]).unwrap();
+    try_new(vec![
+        key("algorithm = \"ed25519\"\nprivate_key = \"nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\"").unwrap(),
+    ])
+    .unwrap();
+    // An RSA key where an Ed25519 one is expected, and a key too short to trust.
+    assert!(try_new(vec![key(&format!("algorithm = \"ed25519\"\nprivate_key = {pem:?}")).unwrap()]).is_err());
+    let short = openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:768"], b"");
+    let err = try_new(vec![key(&format!("private_key = {short:?}")).unwrap()]).unwrap_err();
+    assert!(err.contains("768 bits"), "{err}");
     // Unknown fields, two key sources, a bad key, a short key, a key for another domain.
     assert!(key("secret = \"x\"").is_err());
     let err = try_new(vec![key(&format!("private_key = {pem:?}\nprivate_key_env = \"X\"")).unwrap()]).unwrap_err();

@@ -155,7 +155,9 @@ impl Relay {
             }
             _ => {}
         }
-        if e.is_tls() || text.contains("certificate") || text.contains("Certificate") {
+        // A certificate rustls refused surfaces as a connection error naming it (a
+        // server's answer that happens to say "certificate" is not one).
+        if e.is_tls() || (!e.is_response() && text.contains("certificate")) {
             return format!(
                 "{}: TLS with {} failed, the relay's certificate is not trusted or not valid for that name ({text}); \
                  trust its CA with ca_file",
