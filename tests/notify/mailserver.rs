@@ -434,3 +434,70 @@ async fn an_ed25519_dkim_signature_through_postfix_verifies_with_dkimpy() {
     assert_eq!(dkim_verify("ed1._domainkey.studio.example", &record, &raw.replace("12 June", "13 June"))["ok"], false);
     db.drop_db().await;
 }
+
+/// `cargo nextest run -p fleet-tests --test notify --run-ignored only bench_`: 200
+/// notifications sent 8 at a time through Postfix (STARTTLS + AUTH, the pooled
+/// transport), without and with a DKIM RSA-2048 signature, each `notify.send` timed, then
+/// all 200 read back over IMAP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_emails_through_postfix() {
+    for dkim in [false, true] {
+        bench_run(dkim).await;
+    }
+}
+
+async fn bench_run(dkim: bool) {
+    const N: usize = 200;
+    let db = TestDb::new().await;
+    let (to, mailbox) = mail_user();
+    let (_, sender) = mail_user();
+    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
+    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
+    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    let mut cfg = settings(vec![postfix_relay("submission", "starttls", &sender, &sender.password, true)]);
+    if dkim {
+        let (pem, _) = dkim_key();
+        let key = format!("domain = \"studio.example\"\nselector = \"b\"\nprivate_key = {pem:?}");
+        cfg.dkim = vec![toml::from_str::<DkimKey>(&key).unwrap()];
+    }
+    let handler = SendNotification::new(db.pool.clone(), &cfg).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        ids.push(notification(&db, "studio", "anna", "booking", false).await);
+    }
+    let started = Instant::now();
+    let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(ids));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (handler, times, ids) = (handler.clone(), times.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(id) = ids.lock().unwrap().pop() else { break };
+                let t = Instant::now();
+                TestJob::new().tenant("studio").perform(&handler, NotifySend { notification: id }).await.unwrap();
+                times.lock().unwrap().push(t.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = started.elapsed();
+    let got = read_back(&mailbox, N).await.len();
+    let delivered = started.elapsed();
+    let mut times = times.lock().unwrap().clone();
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    println!(
+        "{N} emails (DKIM {}): sent in {sent:.2?} ({:.0}/s), all {got} in the IMAP mailbox after {delivered:.2?}; \
+         notify.send p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        if dkim { "rsa-2048" } else { "off" },
+        N as f64 / sent.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        times[times.len() - 1]
+    );
+    db.drop_db().await;
+}
