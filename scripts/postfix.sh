@@ -150,13 +150,15 @@ anvil      unix  -       -      n      -      1       anvil
 scache     unix  -       -      n      -      1       scache
 postlog    unix-dgram n  -      n      -      1       postlogd
 EOF
-  printf '/@%s$/ OK\n' "${DOMAIN//./\\.}" >"$DIR/etc/recipients"
+  printf '/@%s$/ OK\n' "${DOMAIN//./\\.}" >"$DIR/etc/recipients.new.$$"
+  # Each file is replaced whole (rename) and only when it changed: tests run this script
+  # in parallel while Postfix processes read these files.
   CONFIG_CHANGED=0
   local f
-  for f in main master; do
-    local new="$DIR/etc/$f.cf.new.$$"
-    if cmp -s "$new" "$DIR/etc/$f.cf"; then rm -f "$new"
-    else mv -f "$new" "$DIR/etc/$f.cf"; CONFIG_CHANGED=1; fi
+  for f in main.cf master.cf recipients; do
+    local new="$DIR/etc/$f.new.$$"
+    if cmp -s "$new" "$DIR/etc/$f"; then rm -f "$new"
+    else mv -f "$new" "$DIR/etc/$f"; CONFIG_CHANGED=1; fi
   done
 }
 
