@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure an IMAP server is running for the communication tests: Fleet's own
-# Dovecot (Debian's dovecot-imapd) with its own config, on 127.0.0.1:10143 (plain
+# Dovecot (Debian's dovecot-imapd and dovecot-lmtpd) with its own config, on 127.0.0.1:10143 (plain
 # IMAP and STARTTLS, plaintext login allowed) and 127.0.0.1:10993 (implicit TLS), mail
 # under /tmp. The TLS certificate is generated here with openssl: a throwaway CA
 # ($DIR/tls/ca.pem, what the tests trust through `ca_file`) and a server certificate
 # for 127.0.0.1 and localhost signed by it.
-# Installs dovecot-imapd when it is missing, starts Fleet's instance when nothing
+# Installs dovecot-imapd and dovecot-lmtpd when missing, starts Fleet's instance when nothing
 # answers on the port, and says plainly what is missing when it cannot. Running it
 # again when the instance is up does nothing. Override the port with
 # FLEET_DOVECOT_PORT (the tests read FLEET_TEST_IMAP_PORT, default 10143), the TLS
@@ -22,6 +22,12 @@
 # passdb with local JWT validation: an HS256 token signed with the key in
 # $DIR/oauth2/secret (made here), whose `sub` is the user name and `exp` is in the
 # future, logs that user in. No token service is needed.
+#
+# For the test mail server (scripts/postfix.sh) the instance also serves, on Unix
+# sockets in $DIR/run: `lmtp` (LMTP delivery into a user's mailbox; the domain of the
+# address is dropped, so `anna@fleet.test` is the user `anna`, and a user without a
+# passwd-file is refused) and `auth-smtp` (Dovecot SASL: the SMTP server checks logins
+# against the same users). Both are open to every local user: a loopback test server.
 set -euo pipefail
 
 PORT="${FLEET_DOVECOT_PORT:-10143}"
@@ -77,18 +83,19 @@ dovecot_bin() {
 }
 
 ensure_installed() {
-  [[ -n "$(dovecot_bin)" && -x /usr/lib/dovecot/imap ]] && return
+  [[ -n "$(dovecot_bin)" && -x /usr/lib/dovecot/imap && -x /usr/lib/dovecot/lmtp ]] && return
   command -v apt-get >/dev/null 2>&1 ||
     die "Dovecot (dovecot-imapd) is missing and this is not a Debian-like system: install Dovecot's IMAP server yourself"
   local sudo=""
   if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null 2>&1 || die "Dovecot is missing; run as root or: apt-get install dovecot-imapd"
+    command -v sudo >/dev/null 2>&1 || die "Dovecot is missing; run as root or: apt-get install dovecot-imapd dovecot-lmtpd"
     sudo="sudo"
   fi
-  say "installing dovecot-imapd from Debian packages"
-  $sudo apt-get update -qq >/dev/null 2>&1 || die "apt-get update failed; install Dovecot yourself: apt-get install dovecot-imapd"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dovecot-imapd >/dev/null 2>&1 ||
-    die "apt-get install dovecot-imapd failed; install Dovecot's IMAP server yourself"
+  say "installing dovecot-imapd and dovecot-lmtpd from Debian packages"
+  $sudo apt-get update -qq >/dev/null 2>&1 ||
+    die "apt-get update failed; install Dovecot yourself: apt-get install dovecot-imapd dovecot-lmtpd"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq -o DPkg::Lock::Timeout=300 dovecot-imapd dovecot-lmtpd >/dev/null 2>&1 ||
+    die "apt-get install dovecot-imapd dovecot-lmtpd failed; install Dovecot's IMAP and LMTP servers yourself"
   # The package starts the system's own Dovecot on 143; Fleet's instance is separate.
   [[ -n "$(dovecot_bin)" ]] || die "dovecot-imapd was installed but no dovecot binary was found"
 }
@@ -128,7 +135,7 @@ EOF
 base_dir = $DIR/run
 state_dir = $DIR/run/state
 instance_name = fleet-dovecot
-protocols = imap
+protocols = imap lmtp
 listen = 127.0.0.1
 # TLS on the imaps port and STARTTLS on the plain one; plaintext login still allowed
 # (loopback only) so the plain tests keep working.
@@ -164,6 +171,23 @@ service imap-login {
 }
 service anvil {
   chroot =
+  # No growing penalty for failed logins: every test logs in from 127.0.0.1, and one
+  # test's wrong password would otherwise slow every other test's login (up to 15 s).
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+# LMTP delivery for the test SMTP server (scripts/postfix.sh).
+service lmtp {
+  unix_listener lmtp {
+    mode = 0666
+  }
+}
+# Dovecot SASL for the test SMTP server: it checks logins against these users.
+service auth {
+  unix_listener auth-smtp {
+    mode = 0666
+  }
 }
 service stats {
   unix_listener stats-writer {
@@ -180,9 +204,11 @@ passdb {
   mechanisms = plain login
   args = scheme=PLAIN $DIR/users/%u
 }
+# The users are the passwd-files: LMTP delivery to a user without one is refused.
 userdb {
-  driver = static
-  args = uid=$me gid=$group home=$DIR/mail/%u
+  driver = passwd-file
+  args = $DIR/users/%u
+  default_fields = uid=$me gid=$group home=$DIR/mail/%u
 }
 namespace inbox {
   inbox = yes
@@ -197,6 +223,11 @@ namespace inbox {
 protocol imap {
   mail_max_userip_connections = 200
   imap_max_line_length = 1M
+}
+protocol lmtp {
+  # anna@fleet.test is delivered to the user anna.
+  auth_username_format = %Ln
+  postmaster_address = postmaster@fleet.test
 }
 EOF
   if cmp -s "$conf" "$DIR/dovecot.conf"; then rm -f "$conf"; CONFIG_CHANGED=0

@@ -12,6 +12,9 @@ scripts/calendar-oracle.sh >/dev/null
 scripts/dovecot.sh
 # The SMTP server of tests/notify (aiosmtpd into a Maildir).
 scripts/smtp.sh
+# The real mail server of tests/notify: Postfix (STARTTLS, implicit TLS, AUTH) delivering
+# into the Dovecot above, read back over IMAP.
+scripts/postfix.sh
 # The local Web Push service of tests/notify (decrypts with Python's http_ece).
 scripts/push-service.sh
 scripts/browser.sh

@@ -4,6 +4,8 @@
 //! from a relay that refuses to the next, dedup of a retried event and of a retried job,
 //! quiet hours deferring in the recipient's zone, urgent sends going through them,
 //! preferences skipping a channel, and in-app events on the tenant's live stream.
+//! `mailserver.rs`: email through a real mail server (Postfix with STARTTLS, implicit TLS
+//! and AUTH, delivering into Dovecot) read back over IMAP, and DKIM checked by dkimpy.
 
 use fleet_jobs::catalogue::NotifySend;
 use fleet_kit::testing::{TestJob, assert_snooze};
@@ -17,6 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+
+mod mailserver;
 
 const UNSUBSCRIBE: &str = "https://notify.example.com/v1/notify/unsubscribe";
 

@@ -7,13 +7,23 @@
 //! and `List-Unsubscribe` + `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC
 //! 8058) when an unsubscribe URL is configured: a POST to it turns the category's email
 //! off for the recipient (no GET: link scanners would unsubscribe people).
+//!
+//! With a DKIM key for the From address's domain (`[[notify.dkim]]`), every email is
+//! signed (relaxed/relaxed) over From, To, Subject, Date, Message-ID, MIME-Version and
+//! both unsubscribe headers; those two are signed even when absent, so nobody on the
+//! way can add them to a signed email.
 
+use lettre::message::dkim::{
+    DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm, DkimSigningKey,
+};
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a relay's connection is protected.
@@ -80,6 +90,8 @@ impl std::fmt::Debug for SmtpRelay {
 #[derive(Clone)]
 pub(crate) struct Relay {
     pub(crate) name: String,
+    host: String,
+    user: Option<String>,
     transport: AsyncSmtpTransport<Tokio1Executor>,
 }
 
@@ -119,13 +131,198 @@ impl Relay {
             (None, Some(_)) => return Err(what("a password is set without user".into())),
             (None, None) => {}
         }
-        Ok(Relay { name: cfg.name.clone(), transport: b.build() })
+        Ok(Relay { name: cfg.name.clone(), host: cfg.host.clone(), user: cfg.user.clone(), transport: b.build() })
     }
 
     /// Sends `msg`; the relay's answer text on success.
     pub(crate) async fn send(&self, msg: &Message) -> Result<String, lettre::transport::smtp::Error> {
         let response = self.transport.send(msg.clone()).await?;
         Ok(response.message().collect::<Vec<_>>().join(" "))
+    }
+
+    /// What went wrong, said for the send record and the log: a refused login and a
+    /// certificate Fleet does not trust are named as such. Never holds the password
+    /// (lettre's errors carry the server's answer, not what was sent).
+    pub(crate) fn describe(&self, e: &lettre::transport::smtp::Error) -> String {
+        let text = e.to_string();
+        let code = e.status().map(|c| c.to_string());
+        match (code.as_deref(), &self.user) {
+            (Some("534" | "535" | "538"), Some(user)) => {
+                return format!("{}: the relay refused the login of user {user:?} ({text})", self.name);
+            }
+            (Some("530"), None) => {
+                return format!("{}: the relay requires a login; set user and password ({text})", self.name);
+            }
+            _ => {}
+        }
+        // A certificate rustls refused surfaces as a connection error naming it (a
+        // server's answer that happens to say "certificate" is not one).
+        if e.is_tls() || (!e.is_response() && text.contains("certificate")) {
+            return format!(
+                "{}: TLS with {} failed, the relay's certificate is not trusted or not valid for that name ({text}); \
+                 trust its CA with ca_file",
+                self.name, self.host
+            );
+        }
+        format!("{}: {text}", self.name)
+    }
+}
+
+/// A DKIM key's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    /// RSA-SHA256 (RFC 6376), what every receiver checks; 2048-bit keys advised, under
+    /// 1024 bits refused (RFC 8301).
+    #[default]
+    Rsa,
+    /// Ed25519-SHA256 (RFC 8463); fewer receivers check it, so publish an RSA key too.
+    Ed25519,
+}
+
+/// The DKIM key of one sender domain (`[[notify.dkim]]`): emails whose From address is
+/// in `domain` are signed with it as `d=<domain>; s=<selector>`, and receivers find the
+/// public key in DNS at `<selector>._domainkey.<domain>`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// The sender domain (the From address's, `studio.example`).
+    pub domain: String,
+    /// The selector the public key is published under.
+    pub selector: String,
+    /// `rsa` (default) or `ed25519`.
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+    /// The private key itself (prefer `private_key_file` or `private_key_env`). RSA: PEM,
+    /// PKCS#1 or PKCS#8. Ed25519: PKCS#8 PEM, or the base64 of its 32-byte seed.
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// A file holding the private key.
+    #[serde(default)]
+    pub private_key_file: Option<String>,
+    /// The environment variable holding the private key.
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+}
+
+impl std::fmt::Debug for DkimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key never reaches a log line.
+        f.debug_struct("DkimKey")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
+            .field("private_key_file", &self.private_key_file)
+            .field("private_key_env", &self.private_key_env)
+            .finish()
+    }
+}
+
+/// The headers a signature covers; `List-Unsubscribe*` even when absent (RFC 6376
+/// §5.4.2: listing a header once more than it appears stops anyone adding it).
+/// Content-Type is left out: lettre writes it with the MIME body, after the headers it
+/// signs.
+const DKIM_HEADERS: [&str; 8] =
+    ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "List-Unsubscribe", "List-Unsubscribe-Post"];
+
+/// The signers by sender domain (lowercase), keys read and checked now. Errors name the
+/// setting, never the key.
+pub(crate) fn dkim_signers(keys: &[DkimKey]) -> Result<BTreeMap<String, Arc<DkimConfig>>, String> {
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let what = |m: &str| format!("notify.dkim {:?}: {m}", k.domain);
+        let domain = k.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        if !label_ok(&domain) {
+            return Err(what("domain is not a domain name"));
+        }
+        if !label_ok(&k.selector) {
+            return Err(what("selector must be letters, digits, '-', '_' and dots"));
+        }
+        if out.contains_key(&domain) {
+            return Err(what("a second key for the same domain"));
+        }
+        let text = match (&k.private_key, &k.private_key_file, &k.private_key_env) {
+            (Some(p), None, None) => p.clone(),
+            (None, Some(path), None) => {
+                std::fs::read_to_string(path).map_err(|e| what(&format!("private_key_file {path}: {e}")))?
+            }
+            (None, None, Some(var)) => {
+                std::env::var(var).map_err(|_| what(&format!("private_key_env: {var} is not set")))?
+            }
+            _ => return Err(what("give exactly one of private_key, private_key_file, private_key_env")),
+        };
+        let key = match k.algorithm {
+            DkimAlgorithm::Rsa => {
+                let pkcs1 = rsa_pkcs1(&text).map_err(|e| what(&e))?;
+                DkimSigningKey::new(&pkcs1, DkimSigningAlgorithm::Rsa)
+            }
+            DkimAlgorithm::Ed25519 => {
+                let seed = ed25519_seed(&text).map_err(|e| what(&e))?;
+                DkimSigningKey::new(&seed, DkimSigningAlgorithm::Ed25519)
+            }
+        }
+        .map_err(|e| what(&format!("private key: {e}")))?;
+        let config = DkimConfig::new(
+            k.selector.clone(),
+            domain.clone(),
+            key,
+            DKIM_HEADERS.iter().map(|h| HeaderName::new_from_ascii_str(h)).collect(),
+            DkimCanonicalization { header: DkimCanonicalizationType::Relaxed, body: DkimCanonicalizationType::Relaxed },
+        );
+        out.insert(domain, Arc::new(config));
+    }
+    Ok(out)
+}
+
+/// An RSA private key (PKCS#1 or PKCS#8 PEM) as the PKCS#1 PEM lettre reads, at least
+/// 1024 bits.
+fn rsa_pkcs1(pem: &str) -> Result<String, String> {
+    use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let pem = pem.trim();
+    let key = if pem.contains("BEGIN RSA PRIVATE KEY") {
+        rsa::RsaPrivateKey::from_pkcs1_pem(pem).map_err(|_| "not a valid PKCS#1 RSA private key".to_owned())?
+    } else if pem.contains("BEGIN PRIVATE KEY") {
+        rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|_| "not a valid PKCS#8 RSA private key".to_owned())?
+    } else {
+        return Err("the RSA private key must be PEM (BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)".into());
+    };
+    let bits = key.size() * 8;
+    if bits < 1024 {
+        return Err(format!("the RSA key has {bits} bits; at least 1024 are needed (2048 advised)"));
+    }
+    key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+        .map(|p| p.to_string())
+        .map_err(|_| "could not re-encode the RSA key".to_owned())
+}
+
+/// An Ed25519 private key (PKCS#8 PEM or the base64 of its seed) as the base64 seed
+/// lettre reads.
+fn ed25519_seed(text: &str) -> Result<String, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = text.trim();
+    if !text.contains("BEGIN PRIVATE KEY") {
+        return Ok(text.to_owned());
+    }
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = b64.decode(body.trim()).map_err(|_| "the Ed25519 PEM is not base64".to_owned())?;
+    // PKCS#8 v1 of an Ed25519 key (RFC 8410): this 16-byte prefix, then the seed.
+    const PREFIX: [u8; 16] =
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    match der.strip_prefix(&PREFIX[..]) {
+        Some(seed) if seed.len() == 32 => Ok(b64.encode(seed)),
+        _ => Err("not a PKCS#8 Ed25519 private key".into()),
     }
 }
 

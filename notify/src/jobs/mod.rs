@@ -34,7 +34,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use email::{SmtpRelay, SmtpTls};
+pub use email::{DkimAlgorithm, DkimKey, SmtpRelay, SmtpTls};
 pub use sms::SmsAccount;
 
 /// The worker's `[notify]` settings.
@@ -45,6 +45,9 @@ pub struct NotifySettings {
     pub smtp: Vec<SmtpRelay>,
     /// The From of every email (`Studio <notify@example.com>`).
     pub from: Option<String>,
+    /// DKIM keys, one per sender domain (`[[notify.dkim]]`): an email whose From is in
+    /// one of these domains is signed with its key.
+    pub dkim: Vec<DkimKey>,
     /// One-click unsubscribe: the notification's token is appended (`{url}/{token}`),
     /// e.g. `https://api.example.com/v1/notify/unsubscribe`. Unset: no List-Unsubscribe.
     pub unsubscribe_url: Option<String>,
@@ -77,6 +80,8 @@ pub struct SendNotification {
     db: PgPool,
     relays: Arc<Vec<email::Relay>>,
     from: Option<lettre::message::Mailbox>,
+    /// DKIM signers by sender domain (lowercase).
+    dkim: Arc<std::collections::BTreeMap<String, Arc<lettre::message::dkim::DkimConfig>>>,
     unsubscribe_url: Option<String>,
     stream: Option<fleet_jobs::Client>,
     sms: Arc<Vec<sms::Account>>,
@@ -91,6 +96,7 @@ impl std::fmt::Debug for SendNotification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendNotification")
             .field("relays", &self.relays.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+            .field("dkim_domains", &self.dkim.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -101,10 +107,21 @@ impl SendNotification {
     pub fn new(db: PgPool, settings: &NotifySettings) -> Result<Self, String> {
         let relays = settings.smtp.iter().map(email::Relay::new).collect::<Result<Vec<_>, _>>()?;
         let from = match &settings.from {
-            Some(f) => Some(f.parse().map_err(|e| format!("notify.from {f:?}: {e}"))?),
+            Some(f) => Some(f.parse::<lettre::message::Mailbox>().map_err(|e| format!("notify.from {f:?}: {e}"))?),
             None if !relays.is_empty() => return Err("notify.from is required with SMTP relays".into()),
             None => None,
         };
+        let dkim = email::dkim_signers(&settings.dkim)?;
+        if let Some(from) = &from
+            && !dkim.is_empty()
+            && !dkim.contains_key(&from.email.domain().to_ascii_lowercase())
+        {
+            return Err(format!(
+                "notify.dkim: no key for {:?}, the domain of notify.from (keys for: {})",
+                from.email.domain(),
+                dkim.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
         let allow = settings
             .allow
             .iter()
@@ -135,6 +152,7 @@ impl SendNotification {
             vapid,
             relays: Arc::new(relays),
             from,
+            dkim: Arc::new(dkim),
             unsubscribe_url: settings.unsubscribe_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
             stream: None,
         })
@@ -173,7 +191,7 @@ impl SendNotification {
             }
         };
         let unsubscribe = self.unsubscribe_url.as_ref().map(|u| format!("{u}/{}", n.unsubscribe));
-        let msg = match email::build(&email::Email {
+        let mut msg = match email::build(&email::Email {
             from,
             to,
             subject,
@@ -185,6 +203,10 @@ impl SendNotification {
             Ok(m) => m,
             Err(e) => return Outcome::Failed { provider: None, error: e, transient: false },
         };
+        // Signed once, before the relays: every relay sends the same signed bytes.
+        if let Some(dkim) = self.dkim.get(&from.email.domain().to_ascii_lowercase()) {
+            msg.sign(dkim);
+        }
         let mut errors = Vec::new();
         let mut held: Option<Duration> = None;
         for relay in self.relays.iter() {
@@ -212,8 +234,9 @@ impl SendNotification {
                     // same code: the next relay gets its chance, and when every relay
                     // failed the job is retried with its backoff (bounded by its attempts).
                     limits.settle(&key, if e.is_permanent() { Verdict::Neutral } else { Verdict::Failing }).await;
-                    tracing::warn!(relay = %relay.name, error = %e, "SMTP relay failed; trying the next");
-                    errors.push(format!("{}: {e}", relay.name));
+                    let error = relay.describe(&e);
+                    tracing::warn!(relay = %relay.name, error = %error, "SMTP relay failed; trying the next");
+                    errors.push(error);
                 }
             }
         }
