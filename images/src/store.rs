@@ -420,8 +420,11 @@ fn choose(ids: &[String], sharpness: &[(String, f64)], pairs: &[(String, String)
     use std::collections::HashMap;
     let sharp: HashMap<&str, f64> = sharpness.iter().map(|(id, s)| (id.as_str(), *s)).collect();
     // Pairs of photos that have an analysis here (a pair's other photo may have moved).
-    let pairs: Vec<(String, String)> =
-        pairs.iter().filter(|(a, b)| sharp.contains_key(a.as_str()) && sharp.contains_key(b.as_str())).cloned().collect();
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(a, b)| sharp.contains_key(a.as_str()) && sharp.contains_key(b.as_str()))
+        .cloned()
+        .collect();
     // The kept photo of each grouped id: the group's first in a page's order (sharpness
     // descending, then id descending).
     let mut keeper: HashMap<String, String> = HashMap::new();
@@ -495,8 +498,10 @@ mod tests {
         let p = |a: &str, b: &str| (a.to_owned(), b.to_owned());
         let ids = s(&["a", "b", "c", "d", "e", "gone", "failed-elsewhere"]);
         // a ~ b ~ c (c the sharpest), d alone, e ~ gone (gone has no analysis here).
-        let sharp: Vec<(String, f64)> =
-            [("a", 10.0), ("b", 5.0), ("c", 20.0), ("d", 1.0), ("e", 3.0)].iter().map(|(i, v)| (i.to_string(), *v)).collect();
+        let sharp: Vec<(String, f64)> = [("a", 10.0), ("b", 5.0), ("c", 20.0), ("d", 1.0), ("e", 3.0)]
+            .iter()
+            .map(|(i, v)| (i.to_string(), *v))
+            .collect();
         let pairs = [p("a", "b"), p("b", "c"), p("e", "gone")];
         let got = super::choose(&ids, &sharp, &pairs);
         assert_eq!(got.kept, s(&["c", "d", "e"]));

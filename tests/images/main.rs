@@ -241,7 +241,9 @@ async fn stream_of(env: &TestEnv, tenant: &str, id: &str) -> Vec<(String, String
         .flat_map(|(_, fields)| fields.iter())
         .filter_map(|(_, v)| serde_json::from_str::<serde_json::Value>(v).ok())
         .filter(|e| e["data"]["workflow"] == id)
-        .map(|e| (e["type"].as_str().unwrap_or_default().to_owned(), e["data"]["step"].as_str().unwrap_or("").to_owned()))
+        .map(|e| {
+            (e["type"].as_str().unwrap_or_default().to_owned(), e["data"]["step"].as_str().unwrap_or("").to_owned())
+        })
         .collect()
 }
 
@@ -374,7 +376,17 @@ async fn a_portfolio_upload_is_a_workflow_and_only_the_sharpest_near_duplicate_g
     let names: Vec<&str> = view["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["analyze-0", "analyze-1", "analyze-2", "analyze-3", "on-complete", "select", "variants-0", "variants-2", "variants-3"],
+        [
+            "analyze-0",
+            "analyze-1",
+            "analyze-2",
+            "analyze-3",
+            "on-complete",
+            "select",
+            "variants-0",
+            "variants-2",
+            "variants-3"
+        ],
         "{view}"
     );
     assert!(view["steps"].as_array().unwrap().iter().all(|s| s["state"] == "succeeded"), "{view}");

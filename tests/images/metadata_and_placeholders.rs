@@ -220,8 +220,7 @@ async fn a_portfolio_shows_thumbhashes_and_its_variants_keep_the_credit_asked_fo
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
 
     let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
-    let registry =
-        Registry::new().register(images.analyzer()).register(images.variants()).register(images.selector());
+    let registry = Registry::new().register(images.analyzer()).register(images.variants()).register(images.selector());
     let mut cfg = env.config("images", 2);
     cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;

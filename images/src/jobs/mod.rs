@@ -29,8 +29,8 @@ use fleet_jobs::catalogue::image::{
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_kit::limits::{AttemptLimits, Verdict};
 use fleet_kit::{Handler, JobContext, JobError};
-use serde::Deserialize;
 pub use select::{Dropped, Select, SelectionResult};
+use serde::Deserialize;
 use share::{DecodeShare, Taker};
 use sqlx::PgPool;
 use std::sync::Arc;

@@ -135,7 +135,11 @@ impl Handler for Select {
             dropped_count: chosen.dropped.len(),
             unanalysed_count: unanalysed.len(),
             kept: chosen.kept.clone(),
-            dropped: chosen.dropped.iter().map(|(id, of)| Dropped { id: id.clone(), duplicate_of: of.clone() }).collect(),
+            dropped: chosen
+                .dropped
+                .iter()
+                .map(|(id, of)| Dropped { id: id.clone(), duplicate_of: of.clone() })
+                .collect(),
             unanalysed,
             truncated: false,
         }

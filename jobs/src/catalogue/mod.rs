@@ -94,8 +94,7 @@ mod tests {
     fn only_the_kinds_meant_for_tenants_are_public() {
         assert_eq!(public_kinds(false), vec!["webhook.publish", "image.analyze", "image.variants"]);
         assert!(public_kinds(true).contains(&"probe"));
-        for internal in
-            [
+        for internal in [
             "webhook.deliver",
             "webhook.intake",
             "calendar.sync",
@@ -103,8 +102,7 @@ mod tests {
             "comms.sync",
             "notify.send",
             "portfolio.select",
-        ]
-        {
+        ] {
             assert_eq!(lookup(internal).unwrap().audience, Audience::Internal, "{internal}");
         }
     }

@@ -19,9 +19,7 @@ use axum::response::IntoResponse;
 use fleet_images::store;
 use fleet_jobs::JobArgs;
 use fleet_jobs::catalogue::image::{check_kept_metadata, check_tenant_object_key, check_variant_request};
-use fleet_jobs::catalogue::portfolio::{
-    CALLBACK_STEP, PortfolioImage, PortfolioSelect, SELECT_STEP, analyze_step,
-};
+use fleet_jobs::catalogue::portfolio::{CALLBACK_STEP, PortfolioImage, PortfolioSelect, SELECT_STEP, analyze_step};
 use fleet_jobs::catalogue::{ImageAnalyze, WatermarkArgs};
 use fleet_jobs::workflows::{Dependency, OnFailure, StepSpec, SubmitOptions, WorkflowSpec};
 use serde::{Deserialize, Serialize};
