@@ -1,8 +1,8 @@
 //! A portfolio upload as a workflow when an analysis fails: the other photos still get
 //! their variants and the callback still runs once. The selection reads only the
 //! uploading tenant's analyses (another tenant's portfolio of the same name, with the same
-//! image ids, changes nothing), and a retried request with the same `Idempotency-Key`
-//! creates no second workflow.
+//! image ids, changes nothing), a retried request with the same `Idempotency-Key` creates
+//! no second workflow, and an upload past the tenant's quota is refused whole.
 
 use super::{Store, fixture, portfolio_worker, settings, stream_of, workflow_end};
 use axum::body::Body;
@@ -87,6 +87,15 @@ async fn a_failed_analysis_costs_only_its_photo_and_the_selection_reads_only_the
         "variants": {"widths": [320], "formats": ["jpeg"]},
         "on_complete": {"kind": "probe", "args": {"do": "succeed"}, "queue": "callbacks"}
     });
+    // Without room for every analysis under the tenant's quota: refused whole, nothing made.
+    let quota = |n| fleet_jobs::tenant::TenantLimits { concurrency: None, quota: Some(n) };
+    env.client.set_tenant_limits("images", Some("rival"), quota(2)).await.unwrap();
+    let (s, headers, refused) = call("POST", "/v1/portfolios", None, Some(upload.clone())).await;
+    assert_eq!((s, refused["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("quota_exceeded")));
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(env.stats("images").await.enqueued, 0, "{refused}");
+    env.client.set_tenant_limits("images", Some("rival"), quota(100)).await.unwrap();
+
     let (s, _, accepted) = call("POST", "/v1/portfolios", Some("wedding-upload-1"), Some(upload.clone())).await;
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
     let id = accepted["workflow"].as_str().unwrap().to_owned();
