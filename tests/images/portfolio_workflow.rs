@@ -2,7 +2,9 @@
 //! their variants and the callback still runs once. The selection reads only the
 //! uploading tenant's analyses (another tenant's portfolio of the same name, with the same
 //! image ids, changes nothing), a retried request with the same `Idempotency-Key` creates
-//! no second workflow, and an upload past the tenant's quota is refused whole.
+//! no second workflow, and an upload past the tenant's quota is refused whole. At scale:
+//! the largest upload is one submission, and a 1,000-photo upload (with stand-in image
+//! handlers, the real selection) runs through, its selection's result cut to fit.
 
 use super::{Store, fixture, portfolio_worker, settings, stream_of, workflow_end};
 use axum::body::Body;
@@ -157,6 +159,172 @@ async fn a_failed_analysis_costs_only_its_photo_and_the_selection_reads_only_the
     assert!(events.contains(&("workflow.step.succeeded".into(), "on-complete".into())), "{events:?}");
     assert!(events.contains(&("workflow.finished".into(), String::new())), "{events:?}");
     assert!(stream_of(&env, "acme", &id).await.is_empty(), "another tenant hears nothing of it");
+
+    worker.shutdown().await;
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_upload_is_one_workflow_of_an_analysis_per_photo() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let key = auth::create_api_key(&db.pool, "rival", "uploads", &[auth::Role::Enqueue]).await.unwrap();
+    let api = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
+    let images: Vec<Value> = (0..5000)
+        .map(|i| json!({"id": format!("wedding/IMG_{i:05}.JPG"), "key": format!("tenants/rival/up/IMG_{i:05}.JPG")}))
+        .collect();
+    let body = json!({"portfolio": "big", "images": images,
+        "on_complete": {"kind": "probe", "args": {"do": "succeed"}, "queue": "callbacks"}});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/portfolios")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = api.oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let accepted: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::CREATED, "{accepted}");
+    assert_eq!((accepted["images"].clone(), accepted["steps"].clone()), (json!(5000), json!(5002)));
+    let wf = env.client.workflow(accepted["workflow"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!((wf.total, wf.open), (5002, 5002));
+    let enqueued = wf.steps.iter().filter(|s| s.state == fleet_jobs::workflows::StepState::Enqueued).count();
+    assert_eq!(enqueued, 5000, "every analysis at once; the selection and callback wait");
+    assert_eq!(env.stats("images").await.enqueued, 5000);
+    db.drop_db().await;
+    env.cleanup().await;
+}
+
+/// Stands in for `image.analyze`: records an analysis whose hash makes photos 2k and 2k+1
+/// near-duplicates (2k+1 the sharper), without decoding anything.
+struct StandInAnalyze(sqlx::PgPool);
+
+/// A 64-bit hash per pair of photos, far from every other pair's (checked by the test).
+fn pair_hash(pair: u64) -> i64 {
+    let mut z = pair.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as i64
+}
+
+fn index_of(key: &str) -> u64 {
+    key.rsplit('-').next().and_then(|n| n.strip_suffix(".jpg")).and_then(|n| n.parse().ok()).expect("an index")
+}
+
+impl fleet_kit::Handler for StandInAnalyze {
+    type Args = fleet_jobs::catalogue::ImageAnalyze;
+
+    async fn handle(&self, a: Self::Args, ctx: fleet_kit::JobContext) -> Result<(), fleet_kit::JobError> {
+        let i = index_of(&a.key);
+        let tenant = ctx.tenant.clone().unwrap_or_default();
+        let analysis = store::NewAnalysis {
+            tenant: &tenant,
+            image_id: &a.image_id,
+            portfolio: a.portfolio.as_deref(),
+            source_key: &a.key,
+            source_sha256: "00",
+            format: "jpeg",
+            width: 10,
+            height: 10,
+            phash: pair_hash(i / 2),
+            sharpness: i as f64,
+            exposure: json!({}),
+            colours: json!([]),
+            metadata: json!({}),
+            gps_present: false,
+            vision: None,
+            thumbhash: None,
+        };
+        store::record_analysis(&self.0, &analysis).await.map_err(fleet_kit::JobError::retry)
+    }
+}
+
+/// Stands in for `image.variants`: counts the photos it is asked for.
+struct StandInVariants(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl fleet_kit::Handler for StandInVariants {
+    type Args = fleet_jobs::catalogue::ImageVariants;
+
+    async fn handle(&self, a: Self::Args, _ctx: fleet_kit::JobContext) -> Result<(), fleet_kit::JobError> {
+        self.0.lock().unwrap().push(a.image_id);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_photo_upload_keeps_the_sharper_of_each_pair_and_its_selection_fits_a_result() {
+    const N: u64 = 1000;
+    // No two pairs' hashes within the near-duplicate distance of each other.
+    for a in 0..N / 2 {
+        for b in a + 1..N / 2 {
+            assert!((pair_hash(a) ^ pair_hash(b)).count_ones() > 10, "pairs {a} and {b}");
+        }
+    }
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let store_dir = Store::new("portfolio-thousand");
+    let key = auth::create_api_key(&db.pool, "rival", "uploads", &[auth::Role::Enqueue]).await.unwrap();
+    let api = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
+    // Long ids, as apps make them: the selection's lists pass the 64 KiB result limit.
+    let id = |i: u64| format!("gallery/smith-jones-2027/ceremony/second-shooter/DSC_{i:05}-edited-final.jpg");
+    let images: Vec<Value> =
+        (0..N).map(|i| json!({"id": id(i), "key": format!("tenants/rival/up/photo-{i}.jpg")})).collect();
+    let body = json!({"portfolio": "thousand", "images": images,
+        "on_complete": {"kind": "probe", "args": {"do": "succeed"}, "queue": "callbacks"}});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/portfolios")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = api.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let accepted: Value =
+        serde_json::from_slice(&axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap()).unwrap();
+    let workflow = accepted["workflow"].as_str().unwrap().to_owned();
+
+    let varied = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let images = Images::new(db.pool.clone(), &settings(&store_dir)).unwrap();
+    let registry = fleet_worker::Registry::builtin()
+        .register(StandInAnalyze(db.pool.clone()))
+        .register(StandInVariants(varied.clone()))
+        .register(images.selector());
+    let mut cfg = env.config("images", 8);
+    cfg.queues = vec![
+        fleet_worker::QueueConfig { name: "images".into(), concurrency: 8, fetch_batch: None, partitions: None },
+        fleet_worker::QueueConfig { name: "callbacks".into(), concurrency: 1, fetch_batch: None, partitions: None },
+    ];
+    let started = std::time::Instant::now();
+    let worker = env.worker(cfg, registry).await;
+    let end = workflow_end(&env, &workflow).await;
+    let took = started.elapsed();
+    assert_eq!(end.state, WorkflowState::Succeeded, "{:?}", (end.total, end.open, end.failed));
+    assert_eq!(end.total, N + 2 + N / 2, "the analyses, the selection, the callback and a variants step per pair");
+    let mut got = varied.lock().unwrap().clone();
+    got.sort();
+    let mut want: Vec<String> = (0..N).filter(|i| i % 2 == 1).map(id).collect();
+    want.sort();
+    assert_eq!(got, want, "the sharper photo of each pair, once each");
+    let select = end.steps.iter().find(|s| s.name == "select").unwrap();
+    let result: Value = serde_json::from_str(select.result.as_ref().unwrap().get()).unwrap();
+    assert_eq!((result["kept_count"].as_u64(), result["dropped_count"].as_u64()), (Some(N / 2), Some(N / 2)));
+    assert_eq!(result["truncated"], true, "cut to fit");
+    assert!(select.result.as_ref().unwrap().get().len() <= fleet_jobs::progress::MAX_RESULT_BYTES);
+    assert_eq!(result["dropped"][0], json!({"id": id(0), "duplicate_of": id(1)}), "{}", result["dropped"][0]);
+    assert_eq!(env.stats("callbacks").await.succeeded, 1);
+    eprintln!("a {N}-photo upload with stand-in image handlers ran through its workflow in {took:?}");
 
     worker.shutdown().await;
     db.drop_db().await;
