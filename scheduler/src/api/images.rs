@@ -27,9 +27,10 @@ use utoipa::{IntoParams, ToSchema};
 
 /// Most images in one portfolio request. A workflow holds up to
 /// [`fleet_jobs::workflows::MAX_STEPS`] steps (two per image, plus the selection and the
-/// callback, would allow 24,999); this cap keeps one request within the 1 MiB body limit
-/// with room for long keys, the selection step's arguments (every image's id and key)
-/// well under that, and its result whole for ids of ordinary length.
+/// callback, would allow 24,999); this cap keeps one request, and so the selection step's
+/// arguments (every image's id and key), within the 1 MiB body limit with room for long
+/// keys, and every analysis of an upload enqueued at once well within the default
+/// queued-job quota (10,000 per tenant and queue).
 pub const MAX_IMAGES: usize = 5_000;
 
 /// One uploaded image.
