@@ -151,8 +151,10 @@ pub async fn run(client: &Client) {
     )
     .expect("worker config");
 
-    // One analysis and one variants job per photo, in that order, as `POST /v1/portfolios`
-    // enqueues them (the two jobs of a photo share one decode when they run close together).
+    // One analysis and one variants job per photo, in that order (the two jobs of a photo
+    // share one decode when they run close together). `POST /v1/portfolios` runs them as a
+    // workflow instead: every analysis, then the selection, then the kept photos' variants,
+    // which is the `kinds` order below without the selection's small step.
     let tenant = EnqueueOptions { tenant: Some(TENANT.into()), ..Default::default() };
     let mut jobs_a = Vec::new();
     let mut jobs_v = Vec::new();
@@ -184,7 +186,7 @@ pub async fn run(client: &Client) {
         ));
     }
     // The queue holds a1, v1, a2, v2 … (FLEET_BENCH_IMAGES_ORDER=kinds: all analyses first,
-    // as this benchmark did before 2026-12-05).
+    // as this benchmark did before 2026-12-05, and as a portfolio's workflow runs them).
     let by_kind = std::env::var("FLEET_BENCH_IMAGES_ORDER").is_ok_and(|v| v == "kinds");
     if by_kind {
         client.enqueue_bulk_with(jobs_a).await.expect("enqueue analyses");

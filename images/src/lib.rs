@@ -39,7 +39,9 @@
 //! - [`vision`]: optional outside vision providers (categories, tags, alt text), SSRF-guarded.
 //! - [`jobs`]: the `image.analyze` and `image.variants` handlers: read the upload from
 //!   [`storage`], decode within the memory budget, ask [`vision`], write variants back and
-//!   record the results through [`store`]. They hold no SQL.
+//!   record the results through [`store`]; and `portfolio.select`, the step of a portfolio's
+//!   workflow that keeps the photos that are not near-duplicates of a sharper one and adds
+//!   their variants steps. They hold no SQL.
 //!
 //! A handler does, on its blocking thread:
 //!

@@ -1,7 +1,8 @@
 //! The image tables in PostgreSQL (`image_analyses`, `image_variants`,
-//! `image_near_duplicates`): every query on them, for the `image.analyze` and
-//! `image.variants` jobs, `GET /v1/portfolios/{portfolio}` and the benchmark. Always
-//! built: the scheduler uses it without the `jobs` feature (and so without decoders).
+//! `image_near_duplicates`): every query on them, for the `image.analyze`,
+//! `image.variants` and `portfolio.select` jobs, `GET /v1/portfolios/{portfolio}` and the
+//! benchmark. Always built: the scheduler uses it without the `jobs` feature (and so
+//! without decoders).
 //!
 //! Every function takes the tenant whose job or request it serves and reads or writes
 //! that tenant's rows only: image ids are the tenant's own names, so another tenant's
@@ -362,6 +363,95 @@ pub async fn portfolio_page(
     Ok(PortfolioPage { images, more, near_duplicates: groups(&pairs), near_duplicates_truncated })
 }
 
+/// What a portfolio's selection step decides for the analysed photos of one upload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    /// Photos to vary: each one no near-duplicate of a sharper photo of the upload (the
+    /// sharpest of each near-duplicate group, and every photo in no group), in the order
+    /// the ids were given.
+    pub kept: Vec<String>,
+    /// Near-duplicates left out, each with the kept photo of its group: `(id, kept id)`.
+    pub dropped: Vec<(String, String)>,
+    /// Ids with no stored analysis in the portfolio (for instance moved to another one by
+    /// a later analysis): neither kept nor dropped.
+    pub missing: Vec<String>,
+}
+
+/// Chooses among the analysed photos `ids` of `tenant`'s `portfolio` (those whose
+/// analysis succeeded in this upload): the photos are grouped as `GET
+/// /v1/portfolios/{portfolio}` groups them (connected near-duplicate pairs, stored when
+/// the analyses landed), only pairs with both photos among `ids` counting, and within a
+/// group the sharpest photo is kept (ties: the one a page lists first) and the others are
+/// dropped as its near-duplicates. Reads `tenant`'s rows only; bounded by `ids` (their
+/// analyses, and at most [`MAX_PAIRS_PER_IMAGE`] pairs per photo).
+pub async fn select_sharpest(
+    db: &PgPool,
+    tenant: &str,
+    portfolio: &str,
+    ids: &[String],
+) -> Result<Selection, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Selection::default());
+    }
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT image_id, sharpness FROM image_analyses WHERE tenant = $1 AND portfolio = $2 AND image_id = ANY($3)",
+    )
+    .bind(tenant)
+    .bind(portfolio)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let pairs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a, b FROM image_near_duplicates WHERE tenant = $1 AND portfolio = $2 \
+           AND a = ANY($3) AND b = ANY($3) ORDER BY a, b LIMIT $4",
+    )
+    .bind(tenant)
+    .bind(portfolio)
+    .bind(ids)
+    .bind(MAX_PAIRS_PER_IMAGE.saturating_mul(ids.len() as i64))
+    .fetch_all(db)
+    .await?;
+    Ok(choose(ids, &rows, &pairs))
+}
+
+/// [`select_sharpest`] on rows already read: `sharpness` of the analysed photos, `pairs`
+/// of near-duplicates among them.
+fn choose(ids: &[String], sharpness: &[(String, f64)], pairs: &[(String, String)]) -> Selection {
+    use std::collections::HashMap;
+    let sharp: HashMap<&str, f64> = sharpness.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+    // Pairs of photos that have an analysis here (a pair's other photo may have moved).
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(a, b)| sharp.contains_key(a.as_str()) && sharp.contains_key(b.as_str()))
+        .cloned()
+        .collect();
+    // The kept photo of each grouped id: the group's first in a page's order (sharpness
+    // descending, then id descending).
+    let mut keeper: HashMap<String, String> = HashMap::new();
+    for group in groups(&pairs) {
+        let best = group
+            .iter()
+            .max_by(|a, b| sharp[a.as_str()].total_cmp(&sharp[b.as_str()]).then_with(|| a.cmp(b)))
+            .expect("a group has two or more ids")
+            .clone();
+        for id in group {
+            keeper.insert(id, best.clone());
+        }
+    }
+    let mut out = Selection::default();
+    for id in ids {
+        if !sharp.contains_key(id.as_str()) {
+            out.missing.push(id.clone());
+            continue;
+        }
+        match keeper.get(id) {
+            Some(best) if best != id => out.dropped.push((id.clone(), best.clone())),
+            _ => out.kept.push(id.clone()),
+        }
+    }
+    out
+}
+
 /// Connected groups of the near-duplicate pairs (union-find over the ids).
 fn groups(pairs: &[(String, String)]) -> Vec<Vec<String>> {
     let mut parent: std::collections::BTreeMap<&str, &str> = Default::default();
@@ -401,6 +491,27 @@ pub async fn variant_totals(db: &PgPool, tenant: &str) -> Result<(i64, i64), sql
 #[cfg(test)]
 mod tests {
     use super::groups;
+
+    #[test]
+    fn the_sharpest_of_each_group_is_kept_and_the_others_name_it() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let p = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        let ids = s(&["a", "b", "c", "d", "e", "gone", "failed-elsewhere"]);
+        // a ~ b ~ c (c the sharpest), d alone, e ~ gone (gone has no analysis here).
+        let sharp: Vec<(String, f64)> = [("a", 10.0), ("b", 5.0), ("c", 20.0), ("d", 1.0), ("e", 3.0)]
+            .iter()
+            .map(|(i, v)| (i.to_string(), *v))
+            .collect();
+        let pairs = [p("a", "b"), p("b", "c"), p("e", "gone")];
+        let got = super::choose(&ids, &sharp, &pairs);
+        assert_eq!(got.kept, s(&["c", "d", "e"]));
+        assert_eq!(got.dropped, vec![p("a", "c"), p("b", "c")]);
+        assert_eq!(got.missing, s(&["gone", "failed-elsewhere"]));
+        // Equal sharpness: the one a page lists first (the greater id) is kept.
+        let tie = super::choose(&s(&["x", "y"]), &[("x".into(), 1.0), ("y".into(), 1.0)], &[p("x", "y")]);
+        assert_eq!((tie.kept, tie.dropped), (s(&["y"]), vec![p("x", "y")]));
+        assert_eq!(super::choose(&[], &[], &[]), super::Selection::default());
+    }
 
     #[test]
     fn pairs_join_into_groups() {

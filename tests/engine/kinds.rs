@@ -16,6 +16,8 @@ async fn a_worker_with_a_database_handles_every_kind_the_api_accepts() {
     let public: BTreeSet<&str> = fleet_jobs::catalogue::public_kinds(false).into_iter().collect();
     let unhandled: Vec<_> = public.difference(&handled).collect();
     assert!(unhandled.is_empty(), "public kinds no worker runs: {unhandled:?}");
+    // The selection step of `POST /v1/portfolios`' workflows (an internal kind).
+    assert!(handled.contains("portfolio.select"), "{handled:?}");
     assert!(!handled.contains("probe"), "the test kind runs only with test_kinds");
 
     config.test_kinds = true;

@@ -218,8 +218,50 @@ async fn uploads_are_analysed_and_varied_and_hostile_ones_end_as_one_clear_dead_
     env.cleanup().await;
 }
 
+/// Waits for workflow `id` to end (with a timeout) and returns its status.
+async fn workflow_end(env: &TestEnv, id: &str) -> fleet_jobs::workflows::WorkflowStatus {
+    fleet_tests::eventually(&format!("workflow {id} to end"), Duration::from_secs(180), || async {
+        env.client.workflow(id).await.unwrap().filter(|w| w.state.is_final())
+    })
+    .await
+}
+
+/// The workflow events (`workflow.step.*`, `workflow.finished`) on `tenant`'s stream, as
+/// `(type, step or "")` of workflow `id`.
+async fn stream_of(env: &TestEnv, tenant: &str, id: &str) -> Vec<(String, String)> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(fleet_jobs::events::stream_key(&env.prefix, tenant))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut env.client.connection())
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .flat_map(|(_, fields)| fields.iter())
+        .filter_map(|(_, v)| serde_json::from_str::<serde_json::Value>(v).ok())
+        .filter(|e| e["data"]["workflow"] == id)
+        .map(|e| {
+            (e["type"].as_str().unwrap_or_default().to_owned(), e["data"]["step"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+/// The image jobs' registry (with `probe` for callbacks) and a worker on `images` and
+/// `callbacks`.
+async fn portfolio_worker(env: &TestEnv, images: &Images) -> fleet_worker::RunningWorker {
+    let registry =
+        Registry::builtin().register(images.analyzer()).register(images.variants()).register(images.selector());
+    let mut cfg = env.config("images", 2);
+    cfg.queues = vec![
+        QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None },
+        QueueConfig { name: "callbacks".into(), concurrency: 1, fetch_batch: None, partitions: None },
+    ];
+    env.worker(cfg, registry).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
+async fn a_portfolio_upload_is_a_workflow_and_only_the_sharpest_near_duplicate_gets_variants() {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use fleet_scheduler::api::{ApiState, app, auth};
@@ -231,9 +273,11 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
     let store = Store::new("portfolio");
     let people = fixture("formats/people.jpg");
     store.put("tenants/studio/up/people.jpg", &people);
-    // The same photo, halved, re-encoded at JPEG q60 and 10 % brighter: a near-duplicate.
+    // The same photo, halved, softened, re-encoded at JPEG q60 and 10 % brighter: a
+    // near-duplicate, and a less sharp one.
     let copy = image::load_from_memory(&people).unwrap();
-    let copy = copy.resize(copy.width() / 2, copy.height() / 2, image::imageops::FilterType::Triangle).brighten(12);
+    let copy =
+        copy.resize(copy.width() / 2, copy.height() / 2, image::imageops::FilterType::Triangle).blur(1.5).brighten(12);
     let mut reencoded = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut reencoded, 60).encode_image(&copy.to_rgb8()).unwrap();
     store.put("tenants/studio/up/people-copy.jpg", &reencoded);
@@ -262,11 +306,12 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
             (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
         }
     };
+    // Ids are the caller's own names, any characters: the steps are named by position.
     let upload = json!({
         "portfolio": "smith-jones",
         "images": [
             {"id": "people", "key": "tenants/studio/up/people.jpg"},
-            {"id": "people-copy", "key": "tenants/studio/up/people-copy.jpg"},
+            {"id": "people copy (2)", "key": "tenants/studio/up/people-copy.jpg"},
             {"id": "tree", "key": "tenants/studio/up/tree.webp"},
             {"id": "cat", "key": "tenants/studio/up/dog.jpg"}
         ],
@@ -297,40 +342,109 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{variants}: {body}");
     }
+    // Over the cap: refused, naming it.
+    let many: Vec<Value> =
+        (0..5001).map(|i| json!({"id": format!("i{i}"), "key": format!("tenants/studio/{i}.jpg")})).collect();
+    let (s, body) = call("POST", "/v1/portfolios", Some(json!({"portfolio": "x", "images": many}))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("1 to 5000 images"), "{body}");
+    assert_eq!(env.stats("images").await.enqueued, 0, "no refused request enqueued anything");
+
     let (s, accepted) = call("POST", "/v1/portfolios", Some(upload)).await;
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
-    assert_eq!(accepted["jobs"], 8);
-    let batch = accepted["batch"].as_str().unwrap().to_owned();
+    assert_eq!((accepted["images"].clone(), accepted["steps"].clone()), (json!(4), json!(6)), "{accepted}");
+    let id = accepted["workflow"].as_str().unwrap().to_owned();
+    // Followed step by step: at first the analyses are enqueued and the rest waits.
+    let (s, view) = call("GET", &format!("/v1/workflows/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    let state_of = |view: &Value, step: &str| {
+        view["steps"].as_array().unwrap().iter().find(|s| s["name"] == step).map(|s| s["state"].clone())
+    };
+    assert_eq!(state_of(&view, "analyze-0"), Some(json!("enqueued")), "{view}");
+    assert_eq!(state_of(&view, "select"), Some(json!("waiting")), "{view}");
+    assert_eq!(state_of(&view, "on-complete"), Some(json!("waiting")), "{view}");
 
     let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
-    let registry = Registry::builtin().register(images.analyzer()).register(images.variants());
-    let mut cfg = env.config("images", 2);
-    cfg.queues = vec![
-        QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None },
-        QueueConfig { name: "callbacks".into(), concurrency: 1, fetch_batch: None, partitions: None },
-    ];
-    let worker = env.worker(cfg, registry).await;
-    fleet_tests::eventually("the portfolio's completion callback", Duration::from_secs(120), || async {
-        (env.stats("callbacks").await.succeeded == 1).then_some(())
-    })
-    .await;
-    let (s, progress) = call("GET", &format!("/v1/batches/{batch}"), None).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!((progress["succeeded"].as_i64(), progress["failed"].as_i64()), (Some(8), Some(0)), "{progress}");
+    let worker = portfolio_worker(&env, &images).await;
+    let end = workflow_end(&env, &id).await;
+    assert_eq!(end.state, fleet_jobs::workflows::WorkflowState::Succeeded, "{end:?}");
+
+    // Every step, through the API: four analyses, the selection, two variants steps (the
+    // sharper duplicate's and the distinct photos'), and the callback.
+    let (s, view) = call("GET", &format!("/v1/workflows/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    let names: Vec<&str> = view["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "analyze-0",
+            "analyze-1",
+            "analyze-2",
+            "analyze-3",
+            "on-complete",
+            "select",
+            "variants-0",
+            "variants-2",
+            "variants-3"
+        ],
+        "{view}"
+    );
+    assert!(view["steps"].as_array().unwrap().iter().all(|s| s["state"] == "succeeded"), "{view}");
+    assert_eq!((view["total"].clone(), view["open"].clone(), view["failed"].clone()), (json!(9), json!(0), json!(0)));
+    let step = |name: &str| view["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone();
+    let analysis = step("analyze-1")["result"].clone();
+    assert_eq!(analysis["image_id"], "people copy (2)", "{analysis}");
+    let selection = step("select")["result"].clone();
+    assert_eq!(selection["kept"], json!(["people", "tree", "cat"]), "{selection}");
+    assert_eq!(selection["dropped"], json!([{"id": "people copy (2)", "duplicate_of": "people"}]), "{selection}");
+    assert_eq!((selection["unanalysed"].clone(), selection["truncated"].clone()), (json!([]), json!(false)));
+    assert!(
+        step("analyze-0")["result"]["sharpness"].as_f64().unwrap() > analysis["sharpness"].as_f64().unwrap(),
+        "the kept one is the sharper: {view}"
+    );
+    let made = step("variants-0")["result"].clone();
+    assert_eq!((made["image_id"].clone(), made["variants"].as_array().unwrap().len()), (json!("people"), 2), "{made}");
+    // Each step's job is readable where the workflow says, as the tenant's.
+    let cb = step("on-complete");
+    let job = env.client.job(cb["queue"].as_str().unwrap(), cb["job_id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!(job.envelope.as_ref().unwrap().tenant.as_deref(), Some("studio"));
+
+    // The callback ran once, after the last variant was written.
+    let callbacks = env.stats("callbacks").await;
+    assert_eq!((callbacks.enqueued, callbacks.succeeded), (1, 1), "{callbacks:?}");
+    let last_variant: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(created_at) FROM image_variants WHERE tenant = 'studio'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let enqueued_at = job.envelope.unwrap().enqueued_at;
+    assert!(enqueued_at as i64 >= last_variant.timestamp_millis(), "{enqueued_at} vs {last_variant}");
+
+    // The stream told the tenant of every step and of the end.
+    let events = stream_of(&env, "studio", &id).await;
+    for name in &names {
+        assert!(events.contains(&("workflow.step.succeeded".into(), name.to_string())), "{name}: {events:?}");
+    }
+    assert_eq!(events.iter().filter(|e| e.1 == "on-complete").count(), 1, "{events:?}");
+    assert!(events.contains(&("workflow.finished".into(), String::new())), "{events:?}");
 
     let (s, view) = call("GET", "/v1/portfolios/smith-jones", None).await;
     assert_eq!(s, StatusCode::OK, "{view}");
     assert_eq!(view["images"].as_array().unwrap().len(), 4);
     assert_eq!(
         view["near_duplicates"],
-        json!([["people", "people-copy"]]),
+        json!([["people", "people copy (2)"]]),
         "only the copy matches: {}",
         view["near_duplicates"]
     );
     for img in view["images"].as_array().unwrap() {
         let formats: Vec<&str> =
             img["variants"].as_array().unwrap().iter().map(|v| v["format"].as_str().unwrap()).collect();
-        assert!(!formats.is_empty() && formats.iter().all(|f| *f == "webp"), "{img}");
+        if img["id"] == "people copy (2)" {
+            assert!(formats.is_empty(), "no variants for the softer duplicate: {img}");
+        } else {
+            assert!(!formats.is_empty() && formats.iter().all(|f| *f == "webp"), "{img}");
+        }
     }
     // Paged, sharpest first: two pages of two, every image once, the groups on each page.
     let (s, first) = call("GET", "/v1/portfolios/smith-jones?limit=2", None).await;
@@ -349,8 +463,8 @@ async fn a_portfolio_upload_becomes_one_batch_and_near_duplicates_are_found() {
         .collect();
     assert!(sharpness.windows(2).all(|w| w[0] >= w[1]), "sharpest first across pages: {sharpness:?}");
     paged.sort();
-    assert_eq!(paged, ["cat", "people", "people-copy", "tree"]);
-    assert_eq!(second["near_duplicates"], json!([["people", "people-copy"]]));
+    assert_eq!(paged, ["cat", "people", "people copy (2)", "tree"]);
+    assert_eq!(second["near_duplicates"], json!([["people", "people copy (2)"]]));
     for bad in ["limit=0", "limit=501", "cursor=not-a-cursor"] {
         let (s, body) = call("GET", &format!("/v1/portfolios/smith-jones?{bad}"), None).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
@@ -465,4 +579,5 @@ async fn vision_falls_back_and_a_429_holds_the_provider_back_for_the_whole_fleet
 }
 
 mod metadata_and_placeholders;
+mod portfolio_workflow;
 mod presigned_uploads;

@@ -220,13 +220,14 @@ async fn a_portfolio_shows_thumbhashes_and_its_variants_keep_the_credit_asked_fo
     assert_eq!(s, StatusCode::CREATED, "{accepted}");
 
     let images = Images::new(db.pool.clone(), &settings(&store)).unwrap();
-    let registry = Registry::new().register(images.analyzer()).register(images.variants());
+    let registry = Registry::new().register(images.analyzer()).register(images.variants()).register(images.selector());
     let mut cfg = env.config("images", 2);
     cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     let mut rx = worker.events();
-    n_final(&mut rx, 6, Duration::from_secs(120)).await;
-    assert_eq!(env.stats("images").await.succeeded, 6);
+    // Three analyses, the selection, three variants steps (the photos are not alike).
+    n_final(&mut rx, 7, Duration::from_secs(120)).await;
+    assert_eq!(env.stats("images").await.succeeded, 7);
 
     let (s, view) = call("GET", "/v1/portfolios/credits", None).await;
     assert_eq!(s, StatusCode::OK, "{view}");

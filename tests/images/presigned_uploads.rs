@@ -140,17 +140,18 @@ async fn an_app_puts_an_original_through_a_presigned_url_and_it_is_analysed() {
         .await
         .unwrap();
     let images = Images::new(db.pool.clone(), &ImageSettings { storage, ..Default::default() }).unwrap();
-    let registry = Registry::builtin().register(images.analyzer()).register(images.variants());
+    let registry =
+        Registry::builtin().register(images.analyzer()).register(images.variants()).register(images.selector());
     let mut cfg = env.config("images", 2);
     cfg.queues = vec![QueueConfig { name: "images".into(), concurrency: 2, fetch_batch: None, partitions: None }];
     let worker = env.worker(cfg, registry).await;
     fleet_tests::eventually(
-        "both jobs of the upload, and the other tenant's refused",
+        "the upload's three steps (analysis, selection, variants), and the other tenant's job refused",
         Duration::from_secs(120),
         || async {
             let stats = env.stats("images").await;
             assert!(stats.dead <= 1, "only the other tenant's job may fail: {stats:?}");
-            (stats.succeeded == 2 && stats.dead == 1).then_some(())
+            (stats.succeeded == 3 && stats.dead == 1).then_some(())
         },
     )
     .await;

@@ -55,12 +55,14 @@ impl Api {
     }
 }
 
-const INTERNAL: [(&str, &str); 5] = [
+const INTERNAL: [(&str, &str); 6] = [
     ("webhook.deliver", r#"{"message_id": "msg_1", "endpoint_id": "ep_of_a"}"#),
     ("webhook.intake", r#"{"provider": "vision", "id": "evt_1", "body": "{}", "received_at": 1}"#),
     ("calendar.sync", r#"{"source_id": "cal_of_a"}"#),
     ("calendar.push", r#"{"tenant": "tenant-a", "booking_id": "bk-1"}"#),
     ("comms.sync", r#"{"source_id": "cs_of_a"}"#),
+    // Only a portfolio's workflow runs it, as the uploading tenant.
+    ("portfolio.select", r#"{"portfolio": "p", "images": [{"id": "i", "key": "tenants/tenant-a/x.jpg"}]}"#),
 ];
 
 fn job(kind: &str, args: &str) -> Value {

@@ -1,4 +1,4 @@
-// The Fleet API client: one object per area (jobs, batches, events, endpoints,
+// The Fleet API client: one object per area (jobs, batches, workflows, events, endpoints,
 // portfolios, calendar, comms, streams), each a thin typed layer over `openapi-fetch`
 // and the generated `schema.ts`, so a request or answer that no longer fits the server's
 // OpenAPI description fails to compile. Every answer that is not a success throws a
@@ -38,6 +38,10 @@ export type StreamTokenRequest = Schemas["StreamTokenRequest"];
 export type StreamToken = Schemas["StreamToken"];
 /** A portfolio to analyse. */
 export type PortfolioRequest = Schemas["PortfolioRequest"];
+/** The workflow that processes a portfolio upload. */
+export type PortfolioAccepted = Schemas["PortfolioAccepted"];
+/** A workflow's state, counts and steps (each with its state, job and result). */
+export type WorkflowView = Schemas["WorkflowView"];
 /** A presigned upload to ask for. */
 export type UploadRequest = Schemas["UploadRequest"];
 /** A calendar source to register. */
@@ -55,6 +59,9 @@ export type TimelinePage = Schemas["TimelinePage"];
 
 /** States a job does not leave. */
 export const FINAL_STATES: readonly string[] = ["succeeded", "dead", "cancelled", "expired"];
+
+/** States a workflow does not leave. */
+export const WORKFLOW_FINAL_STATES: readonly string[] = ["succeeded", "failed", "cancelled"];
 
 /** How to reach Fleet. */
 export interface FleetOptions {
@@ -197,10 +204,34 @@ export class Fleet {
       ok(this.raw.POST("/v1/endpoints/{id}/enable", { params: { path: { id } }, body, headers: headersOf(options) })),
   };
 
+  /** Workflows: read one step by step, wait for its end, cancel it. */
+  readonly workflows = {
+    /** A workflow's state, counts and every step (404 `not_found` once expired, or another tenant's). */
+    get: (id: string): Promise<WorkflowView> =>
+      ok(this.raw.GET("/v1/workflows/{id}", { params: { path: { id } } })) as Promise<WorkflowView>,
+    /** Cancel a workflow as a whole. */
+    cancel: (id: string) => ok(this.raw.DELETE("/v1/workflows/{id}", { params: { path: { id } } })),
+    /** Reads the workflow until it has ended (succeeded, failed, cancelled) and returns it. */
+    wait: async (id: string, options: WaitOptions = {}): Promise<WorkflowView> => {
+      const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+      let interval = options.intervalMs ?? 100;
+      for (;;) {
+        options.signal?.throwIfAborted();
+        const workflow = await this.workflows.get(id);
+        if (WORKFLOW_FINAL_STATES.includes(workflow.state)) return workflow;
+        const left = deadline - Date.now();
+        if (left <= 0) throw new FleetTimeoutError(`workflow ${id} is still ${workflow.state}`, workflow.state);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(interval, left)));
+        interval = Math.min(interval * 2, 2000);
+      }
+    },
+  };
+
   /** Portfolios: image analysis and variants. */
   readonly portfolios = {
-    /** Analyse a portfolio's images (and make their variants). */
-    create: (portfolio: PortfolioRequest, options?: CreateOptions) =>
+    /** Analyse a portfolio's images and make the variants of those that are not
+     * near-duplicates of a sharper one, as a workflow: follow it with `workflows.get` / `wait`. */
+    create: (portfolio: PortfolioRequest, options?: CreateOptions): Promise<PortfolioAccepted> =>
       ok(this.raw.POST("/v1/portfolios", { body: portfolio, headers: headersOf(options) })),
     /** A portfolio's images and their analyses, a page at a time. */
     get: (portfolio: string, query?: operations["get_portfolio"]["parameters"]["query"]) =>

@@ -1,7 +1,7 @@
 // Fleet's TypeScript client. Server side: `Fleet` (an API key). Browser side:
 // `openEventStream` from `@fleet/client/browser` (a stream token, never a key).
 
-export { Fleet, FINAL_STATES, streamWithToken } from "./client.js";
+export { Fleet, FINAL_STATES, streamWithToken, WORKFLOW_FINAL_STATES } from "./client.js";
 export type {
   BatchRequest,
   BatchView,
@@ -19,6 +19,7 @@ export type {
   EventView,
   FleetOptions,
   JobView,
+  PortfolioAccepted,
   PortfolioRequest,
   StreamToken,
   StreamTokenRequest,
@@ -26,6 +27,7 @@ export type {
   TimelinePage,
   UploadRequest,
   WaitOptions,
+  WorkflowView,
 } from "./client.js";
 export { FleetError, FleetTimeoutError, type FleetErrorCode } from "./errors.js";
 export { isBatchProgress, isJobEvent, JOB_AND_BATCH_TYPES } from "./events.js";

@@ -861,7 +861,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Process an upload: one analysis and one variants job per image, in one batch. */
+        /**
+         * Process an upload as a workflow: one analysis step per image, a selection step that
+         *     adds a variants step for each image that is not a near-duplicate of a sharper one,
+         *     then the optional callback.
+         */
         post: operations["create_portfolio"];
         delete?: never;
         options?: never;
@@ -1637,18 +1641,28 @@ export interface components {
             /** @description The zone of the local times (none: floating or all-day). */
             zone?: string | null;
         };
-        /** @description The batch that processes an upload. */
+        /** @description The workflow that processes an upload. */
         PortfolioAccepted: {
-            /** @description Follow it at `/v1/batches/{batch}` (and `/events`). */
-            batch: string;
-            /** @description Jobs in the batch (two per image). */
-            jobs: number;
+            /** @description Images in the upload. */
+            images: number;
+            /** @description `running`. */
+            state: string;
+            /**
+             * @description Steps submitted: one analysis per image, the selection, and the callback when
+             *     asked for (the selection adds one variants step per kept image as it runs).
+             */
+            steps: number;
+            /** @description The workflow's id: follow it at `/v1/workflows/{workflow}` and on `/v1/stream`. */
+            workflow: string;
         };
         /** @description A portfolio upload to process. */
         PortfolioRequest: {
             /** @description Keep GPS positions in the stored analyses (default: only whether there was one). */
             allow_gps?: boolean;
-            /** @description The images (1 to 500). */
+            /**
+             * @description The images (1 to 5,000). Image `n` (from 0) is analysed by step `analyze-<n>` and,
+             *     when kept, varied by step `variants-<n>`.
+             */
             images: components["schemas"]["UploadedImage"][];
             on_complete?: null | components["schemas"]["EnqueueRequest"];
             /** @description The portfolio (gallery) name, e.g. `smith-jones-2027`. */
@@ -4385,6 +4399,14 @@ export interface operations {
                 };
             };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

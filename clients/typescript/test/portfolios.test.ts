@@ -11,19 +11,19 @@ const tenant = process.env.FLEET_TENANT;
 /** A small JPEG of the repository's image fixtures. */
 const photo = fileURLToPath(new URL("../../../../tests/fixtures/images/formats/image-rs_jpg_progressive_cat.jpg", import.meta.url));
 
-test("a portfolio's image is analysed by the worker and read back", async () => {
+test("a portfolio's image is analysed and varied by its workflow and read back", async () => {
   assert.ok(objects && tenant, "FLEET_OBJECTS and FLEET_TENANT are set by scripts/ts-client.sh");
   const key = `tenants/${tenant}/uploads/${unique("cat")}.jpg`;
   await mkdir(join(objects, key, ".."), { recursive: true });
   await copyFile(photo, join(objects, key));
   const portfolio = unique("gallery");
   const accepted = await fleet.portfolios.create({ portfolio, images: [{ id: "cat", key }] });
-  assert.ok(accepted.jobs >= 1);
-  let last: unknown;
-  await within(60_000, "the portfolio's batch to finish", (async () => {
-    for await (const event of fleet.batches.events(accepted.batch)) last = event;
-  })());
-  assert.equal((last as { type: string }).type, "done", JSON.stringify(last));
+  assert.equal(accepted.images, 1);
+  assert.equal(accepted.steps, 2, "the analysis and the selection");
+  const workflow = await within(60_000, "the portfolio's workflow to end", fleet.workflows.wait(accepted.workflow, { timeoutMs: 60_000 }));
+  assert.equal(workflow.state, "succeeded", JSON.stringify(workflow));
+  const names = (workflow.steps as { name: string }[]).map((s) => s.name);
+  assert.deepEqual(names, ["analyze-0", "select", "variants-0"]);
   const view = await fleet.portfolios.get(portfolio);
   assert.equal(view.images.length, 1);
   const image = view.images[0]!;

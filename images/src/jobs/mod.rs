@@ -1,5 +1,6 @@
 //! `image.analyze` and `image.variants`: a photographer's uploads, analysed and turned
-//! into the variants a portfolio shows.
+//! into the variants a portfolio shows; and `portfolio.select` ([`Select`]), which picks
+//! the photos of a portfolio upload that get variants.
 //!
 //! Both read the upload from the object store ([`crate::storage`]), read its header
 //! first (format from the bytes, dimensions against the pixel budget: a bomb is refused
@@ -15,6 +16,7 @@
 //! and its variants are written under that prefix
 //! (`tenants/<tenant>/variants/<sha256>/<recipe>/<width>.<ext>`).
 
+mod select;
 mod share;
 
 use crate::storage::{ObjectStore, StorageError, StoreConfig};
@@ -27,6 +29,7 @@ use fleet_jobs::catalogue::image::{
 use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants};
 use fleet_kit::limits::{AttemptLimits, Verdict};
 use fleet_kit::{Handler, JobContext, JobError};
+pub use select::{Dropped, Select, SelectionResult};
 use serde::Deserialize;
 use share::{DecodeShare, Taker};
 use sqlx::PgPool;
@@ -123,6 +126,11 @@ impl Images {
     /// The `image.variants` handler.
     pub fn variants(&self) -> Variants {
         Variants(self.clone())
+    }
+
+    /// The `portfolio.select` handler (the selection step of a portfolio's workflow).
+    pub fn selector(&self) -> Select {
+        Select::new(self.db.clone())
     }
 
     /// The upload's bytes; one over the size limit is refused from its length, never read
@@ -319,6 +327,13 @@ impl Handler for Analyze {
             thumbhash: Some(&analysis.thumbhash),
         };
         store::record_analysis(&images.db, &analysed).await.map_err(db_error)?;
+        // What a workflow step (or the job's record) shows of it: the figures the
+        // selection works from; the rest is in `GET /v1/portfolios/{portfolio}`.
+        ctx.set_result(&serde_json::json!({
+            "image_id": a.image_id, "format": analysis.format.name(), "width": analysis.width,
+            "height": analysis.height, "phash": format!("{:016x}", analysis.phash.0), "sharpness": analysis.sharpness,
+        }))
+        .await?;
         tracing::info!(image_id = %a.image_id, format = analysis.format.name(), width = analysis.width,
             height = analysis.height, phash = %analysis.phash, "image analysed");
         Ok(())
@@ -437,6 +452,14 @@ impl Handler for Variants {
             };
             store::record_variant(&images.db, &written).await.map_err(db_error)?;
         }
+        let written: Vec<serde_json::Value> = variants
+            .iter()
+            .map(|v| {
+                serde_json::json!({"width": v.width, "height": v.height, "format": v.format.extension(),
+                    "key": format!("{base}/{}.{}", v.width, v.format.extension()), "bytes": v.byte_len})
+            })
+            .collect();
+        ctx.set_result(&serde_json::json!({"image_id": a.image_id, "variants": written})).await?;
         tracing::info!(image_id = %a.image_id, variants = variants.len(), "image variants written");
         Ok(())
     }

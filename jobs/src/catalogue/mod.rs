@@ -8,6 +8,7 @@ pub mod calendar;
 pub mod comms;
 pub mod image;
 pub mod notify;
+pub mod portfolio;
 pub mod probe;
 pub mod webhook;
 
@@ -15,6 +16,7 @@ pub use calendar::{CalendarPush, CalendarSync};
 pub use comms::CommsSync;
 pub use image::{ImageAnalyze, ImageVariants, WatermarkArgs};
 pub use notify::NotifySend;
+pub use portfolio::PortfolioSelect;
 pub use probe::{ProbeAction, ProbeArgs};
 pub use webhook::{IntakeRoute, WebhookDelivery, WebhookIntake, WebhookPublish};
 
@@ -52,6 +54,7 @@ pub fn kinds() -> Vec<KindInfo> {
         info::<WebhookPublish>(),
         info::<ImageAnalyze>(),
         info::<ImageVariants>(),
+        info::<PortfolioSelect>(),
         info::<CommsSync>(),
         info::<CalendarSync>(),
         info::<CalendarPush>(),
@@ -91,9 +94,15 @@ mod tests {
     fn only_the_kinds_meant_for_tenants_are_public() {
         assert_eq!(public_kinds(false), vec!["webhook.publish", "image.analyze", "image.variants"]);
         assert!(public_kinds(true).contains(&"probe"));
-        for internal in
-            ["webhook.deliver", "webhook.intake", "calendar.sync", "calendar.push", "comms.sync", "notify.send"]
-        {
+        for internal in [
+            "webhook.deliver",
+            "webhook.intake",
+            "calendar.sync",
+            "calendar.push",
+            "comms.sync",
+            "notify.send",
+            "portfolio.select",
+        ] {
             assert_eq!(lookup(internal).unwrap().audience, Audience::Internal, "{internal}");
         }
     }

@@ -1,9 +1,12 @@
-//! `/v1/portfolios`: a photographer's upload of N images becomes one batch of
-//! `image.analyze` + `image.variants` jobs (queue `images`) with an optional completion
-//! callback; the portfolio's analyses, variants and near-duplicate groups are read back
-//! from [`fleet_images::store`], for the caller's tenant only. `/v1/uploads` hands out
-//! presigned PUT URLs ([`fleet_images::uploads`]) so apps put originals straight into the
-//! S3 store, under the caller's prefix.
+//! `/v1/portfolios`: a photographer's upload of N images becomes one workflow (see
+//! [`fleet_jobs::catalogue::portfolio`]): an `image.analyze` step per image, then a
+//! `portfolio.select` step that keeps the photos that are not near-duplicates of a
+//! sharper one and adds an `image.variants` step for each at run time, then the optional
+//! completion callback. The app follows it at `GET /v1/workflows/{id}` and on
+//! `/v1/stream`. The portfolio's analyses, variants and near-duplicate groups are read
+//! back from [`fleet_images::store`], for the caller's tenant only. `/v1/uploads` hands
+//! out presigned PUT URLs ([`fleet_images::uploads`]) so apps put originals straight
+//! into the S3 store, under the caller's prefix.
 
 use super::ApiState;
 use super::auth::{Caller, Role};
@@ -15,15 +18,20 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fleet_images::store;
 use fleet_jobs::JobArgs;
-use fleet_jobs::batches::{Callback, Callbacks};
 use fleet_jobs::catalogue::image::{check_kept_metadata, check_tenant_object_key, check_variant_request};
-use fleet_jobs::catalogue::{ImageAnalyze, ImageVariants, WatermarkArgs};
+use fleet_jobs::catalogue::portfolio::{CALLBACK_STEP, PortfolioImage, PortfolioSelect, SELECT_STEP, analyze_step};
+use fleet_jobs::catalogue::{ImageAnalyze, WatermarkArgs};
+use fleet_jobs::workflows::{Dependency, OnFailure, StepSpec, SubmitOptions, WorkflowSpec};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
-/// Most images in one portfolio request (two jobs each, within one batch).
-pub const MAX_IMAGES: usize = 500;
+/// Most images in one portfolio request. A workflow holds up to
+/// [`fleet_jobs::workflows::MAX_STEPS`] steps (two per image, plus the selection and the
+/// callback, would allow 24,999); this cap keeps one request, and so the selection step's
+/// arguments (every image's id and key), within the 1 MiB body limit with room for long
+/// keys, and every analysis of an upload enqueued at once well within the default
+/// queued-job quota (10,000 per tenant and queue).
+pub const MAX_IMAGES: usize = 5_000;
 
 /// One uploaded image.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -63,7 +71,8 @@ pub(crate) struct VariantRequest {
 pub(crate) struct PortfolioRequest {
     /// The portfolio (gallery) name, e.g. `smith-jones-2027`.
     portfolio: String,
-    /// The images (1 to 500).
+    /// The images (1 to 5,000). Image `n` (from 0) is analysed by step `analyze-<n>` and,
+    /// when kept, varied by step `variants-<n>`.
     images: Vec<UploadedImage>,
     /// Keep GPS positions in the stored analyses (default: only whether there was one).
     #[serde(default)]
@@ -74,28 +83,34 @@ pub(crate) struct PortfolioRequest {
     /// Variant settings.
     #[serde(default)]
     variants: Option<VariantRequest>,
-    /// A job enqueued once every analysis and variant job has finished, e.g. a
-    /// `webhook.publish` of `portfolio.processed`.
+    /// A job run once after the selection and every variants step have ended, whether or
+    /// not some failed (step `on-complete`), e.g. a `webhook.publish` of
+    /// `portfolio.processed`. Its `kind`, `args`, `queue`, `priority`, `max_attempts` and
+    /// `timeout_ms` apply.
     #[serde(default)]
     on_complete: Option<EnqueueRequest>,
 }
 
-/// The batch that processes an upload.
+/// The workflow that processes an upload.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PortfolioAccepted {
-    /// Follow it at `/v1/batches/{batch}` (and `/events`).
-    batch: String,
-    /// Jobs in the batch (two per image).
-    jobs: usize,
+    /// The workflow's id: follow it at `/v1/workflows/{workflow}` and on `/v1/stream`.
+    workflow: String,
+    /// `running`.
+    state: String,
+    /// Images in the upload.
+    images: usize,
+    /// Steps submitted: one analysis per image, the selection, and the callback when
+    /// asked for (the selection adds one variants step per kept image as it runs).
+    steps: usize,
 }
 
-fn raw<A: Serialize>(a: &A) -> Result<Box<RawValue>, ApiError> {
-    serde_json::value::to_raw_value(a).map_err(|e| ApiError::invalid(e.to_string()))
-}
-
-/// Process an upload: one analysis and one variants job per image, in one batch.
+/// Process an upload as a workflow: one analysis step per image, a selection step that
+/// adds a variants step for each image that is not a near-duplicate of a sharper one,
+/// then the optional callback.
 #[utoipa::path(post, path = "/v1/portfolios", request_body = PortfolioRequest,
-    responses((status = 201, body = PortfolioAccepted), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+    responses((status = 201, body = PortfolioAccepted), (status = 401, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)))]
 pub(crate) async fn create_portfolio(
     State(state): State<ApiState>,
     caller: Caller,
@@ -125,10 +140,35 @@ pub(crate) async fn create_portfolio(
     if let Some(w) = &variants.watermark {
         check_tenant_object_key(&caller.tenant, &w.key).map_err(|e| ApiError::invalid(format!("watermark: {e}")))?;
     }
+    let callback = match req.on_complete {
+        Some(r) => {
+            let (kind, args, _, o) = prepare(r, &caller.tenant, &state.tenancy)?;
+            let mut step = StepSpec::job(CALLBACK_STEP, kind, &args).map_err(ApiError::from)?;
+            step.queue = o.queue;
+            step.priority = o.priority;
+            step.max_attempts = o.max_attempts;
+            step.timeout_ms = o.timeout.map(|t| t.as_millis() as u64);
+            // After the selection and so after every variants step it adds, whatever failed.
+            Some(step.after_with(SELECT_STEP, OnFailure::Run))
+        }
+        None => None,
+    };
+    // Every analysis is enqueued at once: a tenant without room for them under its quota
+    // is refused now (429, nothing created) rather than given a workflow whose analyses
+    // all fail.
     let queue = ImageAnalyze::options().queue;
-    let opts = || fleet_jobs::EnqueueOptions { tenant: Some(caller.tenant.clone()), ..Default::default() };
-    let mut jobs = Vec::with_capacity(req.images.len() * 2);
-    for img in &req.images {
+    let usage = state.client.tenant_usage(&queue, &caller.tenant).await?;
+    if usage.quota > 0 && usage.open + req.images.len() as u64 > usage.quota {
+        return Err(fleet_jobs::Error::QuotaExceeded {
+            tenant: caller.tenant.clone(),
+            queue,
+            open: usage.open,
+            quota: usage.quota,
+        }
+        .into());
+    }
+    let mut steps = Vec::with_capacity(req.images.len() + 2);
+    for (n, img) in req.images.iter().enumerate() {
         let analyze = ImageAnalyze {
             image_id: img.id.clone(),
             key: img.key.clone(),
@@ -136,29 +176,27 @@ pub(crate) async fn create_portfolio(
             allow_gps: req.allow_gps,
             vision: req.vision,
         };
-        let vary = ImageVariants {
-            image_id: img.id.clone(),
-            key: img.key.clone(),
-            widths: variants.widths.clone(),
-            formats: variants.formats.clone(),
-            watermark: variants.watermark.clone(),
-            keep_metadata: variants.keep_metadata.clone(),
-        };
-        jobs.push((ImageAnalyze::KIND.to_owned(), raw(&analyze)?, ImageAnalyze::options(), opts()));
-        jobs.push((ImageVariants::KIND.to_owned(), raw(&vary)?, ImageVariants::options(), opts()));
+        steps.push(StepSpec::job(analyze_step(n), ImageAnalyze::KIND, &analyze).map_err(ApiError::from)?);
     }
-    let on_complete = match req.on_complete {
-        Some(r) => {
-            let (kind, args, _, o) = prepare(r, &caller.tenant, &state.tenancy)?;
-            Some(Callback { kind, args, queue: o.queue, priority: o.priority, max_attempts: o.max_attempts })
-        }
-        None => None,
+    let select = PortfolioSelect {
+        portfolio: req.portfolio.clone(),
+        images: req.images.iter().map(|i| PortfolioImage { id: i.id.clone(), key: i.key.clone() }).collect(),
+        widths: variants.widths,
+        formats: variants.formats,
+        watermark: variants.watermark,
+        keep_metadata: variants.keep_metadata,
     };
-    let callbacks = Callbacks { on_success: None, on_complete, tenant: Some(caller.tenant.clone()) };
-    let total = jobs.len();
-    let batch = state.client.create_batch(&queue, jobs, &callbacks).await?;
-    super::batches::record_batch(&state.db, &batch, &caller.tenant, &queue, total as i64, &callbacks).await?;
-    Ok((StatusCode::CREATED, Json(PortfolioAccepted { batch, jobs: total })))
+    let mut select = StepSpec::job(SELECT_STEP, PortfolioSelect::KIND, &select).map_err(ApiError::from)?;
+    // A failed analysis holds up nothing: that photo just gets no variants.
+    select.depends_on = (0..req.images.len()).map(|n| Dependency::on(analyze_step(n), OnFailure::Run)).collect();
+    steps.push(select);
+    steps.extend(callback);
+    let spec = WorkflowSpec { steps };
+    let opts = SubmitOptions { id: None, tenant: Some(caller.tenant.clone()) };
+    let workflow = state.client.submit_workflow(&spec, opts).await?;
+    let accepted =
+        PortfolioAccepted { workflow, state: "running".into(), images: req.images.len(), steps: spec.steps.len() };
+    Ok((StatusCode::CREATED, Json(accepted)))
 }
 
 /// An original about to be uploaded.

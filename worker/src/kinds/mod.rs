@@ -39,6 +39,8 @@ pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
             .register(calendar)
             .register(images.analyzer())
             .register(images.variants())
+            // portfolio.select: the selection step of `POST /v1/portfolios`' workflows.
+            .register(images.selector())
             // Endpoint secrets are sealed with FLEET_SECRETS_KEY too.
             .register(deliver.with_secrets(secrets.clone()))
             .register(fleet_webhooks::jobs::intake::Record::new(db.clone(), client.clone()))
