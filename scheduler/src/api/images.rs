@@ -192,7 +192,8 @@ pub(crate) async fn create_portfolio(
     steps.push(select);
     steps.extend(callback);
     let spec = WorkflowSpec { steps };
-    let opts = SubmitOptions { id: None, tenant: Some(caller.tenant.clone()) };
+    let opts =
+        SubmitOptions { id: None, tenant: Some(caller.tenant.clone()), step_quota: Some(state.tenancy.workflow_steps) };
     let workflow = state.client.submit_workflow(&spec, opts).await?;
     let accepted =
         PortfolioAccepted { workflow, state: "running".into(), images: req.images.len(), steps: spec.steps.len() };
