@@ -94,3 +94,37 @@ async fn a_tenant_reads_and_cancels_only_its_own_workflows() {
     db.drop_db().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_workflow_step_quota_a_tenant_gets_429_and_nothing_is_stored() {
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let a = auth::create_api_key(&db.pool, "acme", "a", &[auth::Role::Enqueue]).await.unwrap();
+    let b = auth::create_api_key(&db.pool, "globex", "b", &[auth::Role::Enqueue]).await.unwrap();
+    let tenancy = TenancyConfig { workflow_steps: 4, ..TenancyConfig::for_tests() };
+    let router = app(ApiState::new(env.client.clone(), db.pool.clone()).with_tenancy(tenancy), 1 << 20);
+    // Three steps that wait on a queue no worker serves: they stay open.
+    let body = json!({"steps": [
+        {"name": "a", "kind": "probe", "args": {"do": "succeed"}, "queue": "callbacks"},
+        {"name": "b", "kind": "probe", "args": {"do": "succeed"}, "queue": "callbacks", "depends_on": ["a"]},
+        {"name": "c", "kind": "probe", "args": {"do": "succeed"}, "queue": "callbacks", "depends_on": ["b"]}
+    ]});
+    let (status, created) = call(&router, "POST", "/v1/workflows", &a, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, refused) = call(&router, "POST", "/v1/workflows", &a, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"]["code"], "quota_exceeded");
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("holds 3 workflow steps") && msg.contains("quota of 4"), "{msg}");
+    // Another tenant's quota is its own.
+    let (status, _) = call(&router, "POST", "/v1/workflows", &b, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Cancelled, the first workflow gives its steps back.
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = call(&router, "DELETE", &format!("/v1/workflows/{id}"), &a, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, again) = call(&router, "POST", "/v1/workflows", &a, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    env.cleanup().await;
+    db.drop_db().await;
+}
