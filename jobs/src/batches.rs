@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::time::Duration;
 
+/// Most jobs in one batch (written in chunks of [`crate::client::BULK_CHUNK`]).
+pub const MAX_BATCH: usize = 10_000;
+
 /// A callback job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Callback {
@@ -71,15 +74,18 @@ pub fn callback_id(batch: &str, which: &str) -> JobId {
 
 impl Client {
     /// Creates a batch on `queue`: records its size and callbacks, then enqueues its
-    /// jobs (at most [`crate::client::BULK_CHUNK`], one round trip). Returns the batch id.
+    /// jobs (at most [`MAX_BATCH`], one round trip per [`crate::client::BULK_CHUNK`]),
+    /// all or nothing: a batch refused part way (its tenant's quota) cancels the jobs it
+    /// had written (those that started meanwhile run to their end) and leaves no
+    /// counters. Returns the batch id.
     pub async fn create_batch(
         &self,
         queue: &str,
         jobs: Vec<(String, Box<RawValue>, crate::KindOptions, EnqueueOptions)>,
         callbacks: &Callbacks,
     ) -> Result<String> {
-        if jobs.is_empty() || jobs.len() > crate::client::BULK_CHUNK {
-            return Err(Error::Invalid(format!("a batch holds 1 to {} jobs", crate::client::BULK_CHUNK)));
+        if jobs.is_empty() || jobs.len() > MAX_BATCH {
+            return Err(Error::Invalid(format!("a batch holds 1 to {MAX_BATCH} jobs")));
         }
         crate::keys::validate_queue_name(queue).map_err(Error::Invalid)?;
         // On a partitioned queue a batch lives in one partition, picked by its id: its
@@ -109,6 +115,33 @@ impl Client {
             opts.partition_key = Some(id.clone());
             prepared.push((kind, args, defaults, opts));
         }
+        // More than one chunk cannot be written in one call: the tenant's quota is checked
+        // for the whole batch first, and each job gets its id here, so a chunk refused
+        // after others were written (a race with the tenant's other enqueues) can take
+        // those back.
+        let several = prepared.len() > crate::client::BULK_CHUNK;
+        let mut ours = Vec::new();
+        if several {
+            if let Some(t) = &tenant {
+                let home = self.partition_of(queue, &id);
+                let usage = self.tenant_usage(&home, t).await?;
+                if usage.quota > 0 && usage.open + prepared.len() as u64 > usage.quota {
+                    return Err(Error::QuotaExceeded {
+                        tenant: t.clone(),
+                        queue: queue.to_owned(),
+                        open: usage.open,
+                        quota: usage.quota,
+                    });
+                }
+            }
+            for (_, _, _, opts) in &mut prepared {
+                if opts.id.is_none() {
+                    let jid = JobId(uuid::Uuid::now_v7().simple().to_string());
+                    ours.push(jid.0.clone());
+                    opts.id = Some(jid);
+                }
+            }
+        }
         let _: () = redis::pipe()
             .hset(&k.batches, format!("{id}:total"), prepared.len())
             .ignore()
@@ -127,6 +160,21 @@ impl Client {
                 .await;
             if let Err(d) = forget {
                 tracing::warn!(batch = %id, error = %d, "could not forget the counters of a refused batch");
+            }
+            if !ours.is_empty() {
+                // Chunks written before the refused one: cancelled, then their counts
+                // forgotten (the counters are gone, so no callback fires).
+                for jid in &ours {
+                    if let Err(c) = self.cancel_quietly(queue, jid).await {
+                        tracing::warn!(batch = %id, job = %jid, error = %c, "a job of a refused batch was not cancelled");
+                    }
+                }
+                let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                    .arg(&k.batches)
+                    .arg(format!("{id}:ok"))
+                    .arg(format!("{id}:fail"))
+                    .query_async(&mut self.connection())
+                    .await;
             }
             return Err(e);
         }

@@ -28,7 +28,7 @@ impl Api {
         let router = app(
             ApiState::new(env.client.clone(), db.pool.clone())
                 .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
-            64 * 1024,
+            1 << 20,
         );
         Api { env, db, router, key }
     }
@@ -118,7 +118,7 @@ async fn bad_requests_get_clear_4xx_errors() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let (s, e) = api.post("/v1/jobs", json!({"kind": "probe"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
-    let huge = json!({"kind": "probe", "args": {"do": "succeed", "tag": "x".repeat(100_000)}});
+    let huge = json!({"kind": "probe", "args": {"do": "succeed", "tag": "x".repeat(1_100_000)}});
     let (s, e) = api.post("/v1/jobs", huge).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{e}");
     let (s, e) = api.post("/v1/jobs/bulk", json!({"jobs": [probe("succeed"), {"kind": "nope", "args": {}}]})).await;
@@ -213,6 +213,35 @@ async fn a_batch_of_300_with_3_failures_fires_its_completion_callback_exactly_on
     assert_eq!(api.env.stats("default").await.enqueued, 300);
     a.shutdown().await;
     b.shutdown().await;
+    api.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_chunk_fires_its_callback_once_after_every_job() {
+    let api = Api::new().await;
+    let jobs: Vec<Value> = (0..2_500).map(|_| probe("succeed")).collect();
+    let req = json!({
+        "jobs": jobs,
+        "on_success": {"kind": "probe", "args": {"do": "succeed", "tag": "all-good"}, "queue": "callbacks"}
+    });
+    let (s, batch) = api.post("/v1/batches", req).await;
+    assert_eq!(s, StatusCode::CREATED, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.env.stats("default").await.enqueued, 2_500);
+    let mut cfg = api.env.config("default", 50);
+    cfg.queues.push(QueueConfig { name: "callbacks".into(), concurrency: 2, fetch_batch: None, partitions: None });
+    let w = api.env.worker(cfg, Registry::builtin()).await;
+    eventually("the success callback to run", Duration::from_secs(90), || async {
+        (api.env.stats("callbacks").await.succeeded == 1).then_some(())
+    })
+    .await;
+    let (_, view) = api.call("GET", &format!("/v1/batches/{id}"), Some(&api.key.clone()), None, &[]).await;
+    assert_eq!((view["total"].as_i64(), view["succeeded"].as_i64()), (Some(2_500), Some(2_500)), "{view}");
+    assert_eq!(api.env.stats("callbacks").await.enqueued, 1);
+    // Past the largest batch: refused, nothing written.
+    let (s, body) = api.post("/v1/batches", json!({"jobs": (0..10_001).map(|_| json!({"kind": "probe", "args": {"do": "succeed"}})).collect::<Vec<_>>()})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    w.shutdown().await;
     api.done().await;
 }
 

@@ -155,6 +155,11 @@ async fn a_tenant_over_its_quota_gets_429_with_retry_after_and_another_tenant_do
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "quota_exceeded");
     assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|n| n >= 1)), "Retry-After in seconds");
+    // A batch of several chunks past the quota is refused before any chunk is written.
+    let big = json!({"jobs": (0..1_500).map(|_| job("probe", r#"{"do": "succeed"}"#)).collect::<Vec<_>>()});
+    let (s, _, body) = api.call(&api.b, "POST", "/v1/batches", big).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(api.env.stats("default").await.enqueued, 3, "nothing of the refused batch was written");
     // A batch past the quota is refused whole, and leaves no counters behind.
     let batch = json!({"jobs": [job("probe", r#"{"do": "succeed"}"#)]});
     let (s, _, body) = api.call(&api.a, "POST", "/v1/batches", batch).await;

@@ -1090,7 +1090,7 @@ export interface components {
         };
         /** @description A batch to create. */
         BatchRequest: {
-            /** @description The jobs (1 to 1000). */
+            /** @description The jobs (1 to 10,000), written all or nothing. */
             jobs: components["schemas"]["EnqueueRequest"][];
             on_complete?: null | components["schemas"]["EnqueueRequest"];
             on_success?: null | components["schemas"]["EnqueueRequest"];

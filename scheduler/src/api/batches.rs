@@ -1,13 +1,14 @@
 //! `/v1/batches`: a group of jobs with progress counters and callbacks.
 
+use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::jobs::{EnqueueRequest, prepare};
-use super::{ApiState, MAX_JOBS_PER_REQUEST};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use fleet_jobs::batches::MAX_BATCH;
 use fleet_jobs::batches::{Callback, Callbacks};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,7 +20,7 @@ pub(crate) struct BatchRequest {
     /// Queue of every job of the batch (default `default`).
     #[serde(default)]
     queue: Option<String>,
-    /// The jobs (1 to 1000).
+    /// The jobs (1 to 10,000), written all or nothing.
     jobs: Vec<EnqueueRequest>,
     /// Enqueued once when every job succeeded.
     #[serde(default)]
@@ -84,11 +85,8 @@ pub(crate) async fn create_batch(
     caller.require(Role::Enqueue)?;
     let req: BatchRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
-    if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {
-        return Err(ApiError::invalid(format!(
-            "a batch holds 1 to {MAX_JOBS_PER_REQUEST} jobs, got {}",
-            req.jobs.len()
-        )));
+    if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!("a batch holds 1 to {MAX_BATCH} jobs, got {}", req.jobs.len())));
     }
     let queue = req.queue.unwrap_or_else(|| "default".to_owned());
     fleet_jobs::keys::validate_queue_name(&queue).map_err(ApiError::invalid)?;
