@@ -362,6 +362,15 @@ enum QueueCommand {
         /// Job id.
         id: String,
     },
+    /// A workflow with its steps (state, job, error, result); `--cancel` cancels it as a
+    /// whole.
+    Workflow {
+        /// Workflow id.
+        id: String,
+        /// Cancel it: queued and running steps' jobs are cancelled, waiting steps never start.
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Dead letters of a queue (`--group` counts them by reason).
     Dead {
         /// Queue.
@@ -821,6 +830,63 @@ async fn queues(stores: &Stores, json: bool, command: QueueCommand) -> Result<()
             let gone = client.purge(&queue, &filter).await.map_err(err)?;
             stores.audit("queue.purge", format!("queue:{queue}"), select.params(None), gone as i64).await;
             print(json, &serde_json::json!({"purged": gone}), || format!("purged {gone}"));
+        }
+        QueueCommand::Workflow { id, cancel } => {
+            if cancel {
+                let tenant =
+                    client.workflow_tenant(&id).await.map_err(err)?.ok_or_else(|| format!("no workflow {id}"))?;
+                let now = client.cancel_workflow(&id).await.map_err(err)?.ok_or_else(|| format!("no workflow {id}"))?;
+                let word = serde_json::to_value(now).unwrap_or_default();
+                stores
+                    .audit(
+                        "workflow.cancel",
+                        format!("workflow:{id}"),
+                        serde_json::json!({"tenant": tenant, "state": word}),
+                        1,
+                    )
+                    .await;
+            }
+            let wf = client.workflow(&id).await.map_err(err)?.ok_or_else(|| format!("no workflow {id}"))?;
+            let word = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            print(json, &wf, || {
+                let mut s = format!(
+                    "id        {}\nstate     {}\ntenant    {}\nsteps     {} ({} open, {} failed)\ncreated   {}\n",
+                    printable(&wf.id),
+                    word(serde_json::to_value(wf.state).unwrap_or_default()),
+                    wf.tenant.as_deref().unwrap_or("-"),
+                    wf.total,
+                    wf.open,
+                    wf.failed,
+                    ms(wf.created_at),
+                );
+                if let Some(at) = wf.finished_at {
+                    s.push_str(&format!("finished  {}\n", ms(at)));
+                }
+                s.push('\n');
+                s.push_str(&table(
+                    &["STEP", "STATE", "QUEUE", "JOB / WORKFLOW", "ERROR", "RESULT"],
+                    wf.steps
+                        .iter()
+                        .map(|st| {
+                            let result = st.result.as_ref().map(|r| r.get()).unwrap_or_default();
+                            let result = if result.len() > 60 {
+                                format!("{}…", &result[..result.floor_char_boundary(60)])
+                            } else {
+                                result.to_owned()
+                            };
+                            vec![
+                                st.name.clone(),
+                                word(serde_json::to_value(st.state).unwrap_or_default()),
+                                st.queue.clone().unwrap_or_default(),
+                                st.job_id.clone().or_else(|| st.workflow_id.clone()).unwrap_or_default(),
+                                st.error.clone().unwrap_or_default(),
+                                result,
+                            ]
+                        })
+                        .collect(),
+                ));
+                s
+            });
         }
         QueueCommand::Pause { queue } => {
             client.pause(&queue).await.map_err(err)?;

@@ -400,3 +400,60 @@ async fn entries_past_the_retention_are_pruned_in_bounded_batches_by_the_retenti
     assert_eq!(count(&db).await, 1, "the recent entry stays");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reads_and_cancels_any_tenants_workflow_through_the_api_and_fleetctl_each_audited() {
+    use fleet_jobs::workflows::{StepSpec, SubmitOptions, WorkflowSpec};
+    let env = TestEnv::new().await;
+    let db = TestDb::new().await;
+    let router = app(
+        ApiState::new(env.client.clone(), db.pool.clone())
+            .with_tenancy(fleet_scheduler::tenancy::TenancyConfig::for_tests()),
+        1 << 20,
+    );
+    let app_key = auth::create_api_key(&db.pool, "acme", "app", &[auth::Role::Enqueue]).await.unwrap();
+    let admin = auth::create_api_key(&db.pool, "ops", "admin", &[auth::Role::Admin]).await.unwrap();
+    let parked = || WorkflowSpec {
+        steps: vec![
+            StepSpec::job("first", "probe", &json!({"do": "succeed"})).unwrap().queue("nobody"),
+            StepSpec::job("second", "probe", &json!({"do": "succeed"})).unwrap().queue("nobody").after(["first"]),
+        ],
+    };
+    let opts = || SubmitOptions { tenant: Some("acme".into()), ..Default::default() };
+    let one = env.client.submit_workflow(&parked(), opts()).await.unwrap();
+    let two = env.client.submit_workflow(&parked(), opts()).await.unwrap();
+
+    let uri = format!("/admin/v1/workflows/{one}");
+    let (s, _) = http(&router, "GET", &uri, Some(&app_key), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a tenant's key is not an admin's");
+    let (s, body) = http(&router, "GET", &uri, Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((view["tenant"].as_str(), view["steps"][0]["state"].as_str()), (Some("acme"), Some("enqueued")));
+    let (s, body) = http(&router, "DELETE", &uri, Some(&admin), None).await;
+    assert_eq!(
+        (s, serde_json::from_str::<Value>(&body).unwrap()["state"].clone()),
+        (StatusCode::OK, json!("cancelled"))
+    );
+    let (s, _) = http(&router, "GET", "/admin/v1/workflows/no-such", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let ctl = |args: &[&str]| fleetctl(&env, &[args, &["--database-url", db.url.as_str()][..]].concat());
+    let (ok, out, err) = ctl(&["workflow", &two]);
+    assert!(ok && out.contains("state     running") && out.contains("second") && out.contains("waiting"), "{out}{err}");
+    let (ok, out, err) = ctl(&["workflow", &two, "--cancel", "--json"]);
+    assert!(ok, "{err}");
+    let cancelled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+    assert!(cancelled["steps"].as_array().unwrap().iter().all(|s| s["state"] == "cancelled"), "{out}");
+
+    let actions: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, target FROM admin_audit ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    let want = vec![
+        ("workflow.cancel".to_owned(), format!("workflow:{one}")),
+        ("workflow.cancel".to_owned(), format!("workflow:{two}")),
+    ];
+    assert_eq!(actions, want);
+    db.drop_db().await;
+    env.cleanup().await;
+}

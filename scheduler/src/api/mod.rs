@@ -152,6 +152,7 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
         archive::admin_search, archive::admin_show, archive::tenant_search, archive::tenant_show,
         admin_jobs::browse, admin_jobs::retry, admin_jobs::cancel, admin_jobs::delete, admin_jobs::replay, admin_jobs::batches, admin_jobs::limits, admin_jobs::limit,
         workflows::create_workflow, workflows::get_workflow, workflows::cancel_workflow,
+        workflows::admin_get_workflow, workflows::admin_cancel_workflow,
         notify::put_recipient, notify::get_recipient, notify::delete_recipient, notify::add_push_subscription, notify::put_template, notify::get_template, notify::create_notification, notify::get_notification, notify::unsubscribe),
     components(schemas(error::ErrorBody, jobs::EnqueueRequest, jobs::DedupRequest, jobs::DedupModeName, jobs::DedupView, jobs::Enqueued, jobs::BulkRequest, jobs::BulkEnqueued, jobs::JobView, jobs::ProgressView, jobs::CancelView, batches::BatchRequest, batches::BatchView,
         webhooks::EndpointRequest, webhooks::EndpointView, webhooks::EventRequest, webhooks::EventView, webhooks::RotateRequest, webhooks::RotatedView, webhooks::EnableRequest, webhooks::EnabledView, stream::StreamTokenRequest, stream::StreamToken,
@@ -247,6 +248,7 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/admin/v1/queues/{queue}/jobs/{id}/cancel", post(admin_jobs::cancel))
         .route("/admin/v1/queues/{queue}/jobs/{id}/replay", post(admin_jobs::replay))
         .route("/admin/v1/batches", get(admin_jobs::batches))
+        .route("/admin/v1/workflows/{id}", get(workflows::admin_get_workflow).delete(workflows::admin_cancel_workflow))
         .route("/admin/v1/limits", get(admin_jobs::limits))
         .route("/admin/v1/queues/{queue}/dead", get(admin::dead))
         .route("/admin/v1/queues/{queue}/dead/groups", get(admin::dead_groups))

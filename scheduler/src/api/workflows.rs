@@ -167,11 +167,56 @@ pub(crate) async fn cancel_workflow(
     owned(&state, &caller, &id).await?;
     let now =
         state.client.cancel_workflow(&id).await?.ok_or_else(|| ApiError::not_found(format!("no workflow {id}")))?;
-    let word = match now {
+    Ok(Json(WorkflowCancelled { id, state: state_word(now).to_owned() }))
+}
+
+/// Any tenant's workflow, with its steps (admin).
+#[utoipa::path(get, path = "/admin/v1/workflows/{id}", tag = "admin",
+    responses((status = 200, body = WorkflowView), (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn admin_get_workflow(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowStatus>, ApiError> {
+    caller.require(Role::Admin)?;
+    let status = state.client.workflow(&id).await?.ok_or_else(|| ApiError::not_found(format!("no workflow {id}")))?;
+    Ok(Json(status))
+}
+
+/// Cancel any tenant's workflow as a whole (admin; recorded in the audit log).
+#[utoipa::path(delete, path = "/admin/v1/workflows/{id}", tag = "admin",
+    responses((status = 200, body = WorkflowCancelled), (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)))]
+pub(crate) async fn admin_cancel_workflow(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowCancelled>, ApiError> {
+    caller.require(Role::Admin)?;
+    let tenant =
+        state.client.workflow_tenant(&id).await?.ok_or_else(|| ApiError::not_found(format!("no workflow {id}")))?;
+    let now =
+        state.client.cancel_workflow(&id).await?.ok_or_else(|| ApiError::not_found(format!("no workflow {id}")))?;
+    let word = state_word(now);
+    tracing::info!(operator = %caller.key_id, workflow = %id, "workflow cancelled");
+    super::audit::record(
+        &state,
+        &caller,
+        "workflow.cancel",
+        format!("workflow:{id}"),
+        serde_json::json!({"tenant": tenant, "state": word}),
+        1,
+    )
+    .await;
+    Ok(Json(WorkflowCancelled { id, state: word.to_owned() }))
+}
+
+fn state_word(s: WorkflowState) -> &'static str {
+    match s {
         WorkflowState::Running => "running",
         WorkflowState::Succeeded => "succeeded",
         WorkflowState::Failed => "failed",
         WorkflowState::Cancelled => "cancelled",
-    };
-    Ok(Json(WorkflowCancelled { id, state: word.to_owned() }))
+    }
 }
