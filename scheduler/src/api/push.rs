@@ -95,7 +95,10 @@ async fn verify(
            ("X-Goog-Resource-State" = String, Header, description = "sync, exists or not_exists")),
     responses((status = 200, description = "verified; a sync of the source follows (none for `sync`)"),
         (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
-pub(crate) async fn google(State(state): State<ApiState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+pub(crate) async fn google_notification(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     state.limits.check_provider("push:google")?;
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let verified = match verify(
@@ -151,7 +154,7 @@ struct GraphNotification {
         (status = 202, description = "verified; a sync of each notified source follows"),
         (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)))]
-pub(crate) async fn graph(
+pub(crate) async fn graph_notification(
     State(state): State<ApiState>,
     Query(query): Query<GraphQuery>,
     body: axum::body::Bytes,
