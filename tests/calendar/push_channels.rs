@@ -56,6 +56,8 @@ pub(crate) struct Fake {
     pub(crate) subscriptions: BTreeMap<String, (Value, String)>,
     /// Subscriptions ever made (their ids are `sub-1`, `sub-2`, ...).
     made: usize,
+    /// An id every new subscription gets instead (a hostile server's answer).
+    pub(crate) fixed_id: Option<String>,
     pub(crate) renewals: Vec<(String, Value)>,
     /// Graph's validation handshakes: (token sent, status, content type, body).
     pub(crate) validations: Vec<(String, u16, String, String)>,
@@ -129,7 +131,7 @@ async fn fake(State(state): State<Shared>, method: Method, uri: Uri, headers: He
         let asked = chrono::DateTime::parse_from_rfc3339(request["expirationDateTime"].as_str().unwrap()).unwrap();
         let expiry = chrono::DateTime::from_timestamp_millis(f.granted(asked.timestamp_millis())).unwrap();
         f.made += 1;
-        let id = format!("sub-{}", f.made);
+        let id = f.fixed_id.clone().unwrap_or_else(|| format!("sub-{}", f.made));
         let expiry = expiry.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         f.subscriptions.insert(id.clone(), (request.clone(), expiry.clone()));
         let mut out = request;
@@ -599,6 +601,38 @@ async fn a_graph_subscription_is_validated_notifies_one_sync_per_burst_and_is_re
     assert_eq!(w.fake.lock().unwrap().validations.len(), 2);
     assert_eq!(w.graph_notify(&[("sub-1", &state)]).await, 404, "the dropped subscription is unknown now");
     worker.shutdown().await;
+    w.finish().await;
+}
+
+/// The provider is reached at a URL the tenant chose: a server answering with another
+/// source's subscription id takes nothing over (the stored channel keeps its source, tenant
+/// and token), and its own clientState for that id is refused.
+#[tokio::test]
+async fn a_provider_answer_cannot_take_over_another_tenants_channel() {
+    let w = World::new().await;
+    w.handler.sync_source(&w.graph).await.unwrap();
+    let genuine = w.fake.lock().unwrap().subscriptions["sub-1"].0["clientState"].as_str().unwrap().to_owned();
+    let secrets = SecretBox::new(KEY).unwrap();
+    let hostile = format!("cal_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}/v1.0/me/calendars/studio", w.fake.lock().unwrap().base);
+    sqlx::query("INSERT INTO calendar_sources (id, tenant, supplier, kind, url, secret) VALUES ($1, 't2', 'mallory', 'graph', $2, $3)")
+        .bind(&hostile)
+        .bind(&url)
+        .bind(secrets.seal(&hostile, "token-e2e").unwrap())
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.fake.lock().unwrap().fixed_id = Some("sub-1".into());
+    let report = w.handler.sync_source(&hostile).await.unwrap();
+    assert!(report.push.as_deref().unwrap_or_default().contains("belongs to another source"), "{report:?}");
+    assert!(w.channels(&hostile).await.is_empty());
+    let stored = w.channels(&w.graph).await;
+    assert_eq!((stored.len(), stored[0].0.as_str(), stored[0].2.as_str()), (1, "sub-1", "t1"));
+    let theirs = w.fake.lock().unwrap().subscriptions["sub-1"].0["clientState"].as_str().unwrap().to_owned();
+    assert_ne!(theirs, genuine);
+    assert_eq!(w.graph_notify(&[("sub-1", &theirs)]).await, 401, "the hostile clientState is not the channel's");
+    assert_eq!(w.pending().await, 0);
+    assert_eq!(w.graph_notify(&[("sub-1", &genuine)]).await, 202, "the genuine one still is");
     w.finish().await;
 }
 

@@ -240,10 +240,11 @@ impl ProviderClient {
                     resource_id: Some(&watched.resource_id),
                     expires_at: watched.expires_at,
                 };
-                if let Err(e) = store::insert(&handler.db, &channel).await {
+                let stored = store::insert(&handler.db, &channel).await;
+                if !matches!(stored, Ok(true)) {
                     // Not stored: Google would notify a channel nobody knows. Stop it.
                     let _ = g.stop_channel(&id, &watched.resource_id).await;
-                    return Err(format!("storing the channel: {e}"));
+                    return Err(stored_error(stored, "channel"));
                 }
                 Ok(id)
             }
@@ -260,9 +261,14 @@ impl ProviderClient {
                     resource_id: None,
                     expires_at: sub.expires_at,
                 };
-                if let Err(e) = store::insert(&handler.db, &channel).await {
-                    let _ = g.unsubscribe(&sub.id).await;
-                    return Err(format!("storing the subscription: {e}"));
+                let stored = store::insert(&handler.db, &channel).await;
+                if !matches!(stored, Ok(true)) {
+                    // Graph answered with an id another source's subscription has (a tenant
+                    // chooses the URL Fleet calls), or the write failed: nothing is stored.
+                    if matches!(stored, Err(_)) {
+                        let _ = g.unsubscribe(&sub.id).await;
+                    }
+                    return Err(stored_error(stored, "subscription"));
                 }
                 Ok(sub.id)
             }
@@ -304,6 +310,14 @@ impl ProviderClient {
                 }
             }
         }
+    }
+}
+
+/// Why a new channel was not stored.
+fn stored_error(stored: Result<bool, sqlx::Error>, what: &str) -> String {
+    match stored {
+        Err(e) => format!("storing the {what}: {e}"),
+        _ => format!("the provider answered with a {what} id that belongs to another source; not stored"),
     }
 }
 

@@ -204,15 +204,18 @@ pub struct NewChannel<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Stores a new channel (the source's live one from now on).
-pub async fn insert(db: &PgPool, channel: &NewChannel<'_>) -> Result<(), sqlx::Error> {
+/// Stores a new channel (the source's live one from now on). False when the provider
+/// handed back an id that another source's channel already has: a provider is reached at a
+/// URL a tenant chose, so its answer cannot take over another tenant's channel.
+pub async fn insert(db: &PgPool, channel: &NewChannel<'_>) -> Result<bool, sqlx::Error> {
     let now = Utc::now();
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO calendar_channels (id, provider, source_id, tenant, token_sha256, resource_id, created_at, renewed_at, expires_at, renew_at)
          VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp(), $7, $8, $9)
          ON CONFLICT (provider, id) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256, resource_id = EXCLUDED.resource_id,
              renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at, renew_at = EXCLUDED.renew_at,
-             renew_requested_at = NULL",
+             renew_requested_at = NULL
+           WHERE calendar_channels.source_id = EXCLUDED.source_id AND calendar_channels.tenant = EXCLUDED.tenant",
     )
     .bind(channel.id)
     .bind(channel.provider)
@@ -225,7 +228,7 @@ pub async fn insert(db: &PgPool, channel: &NewChannel<'_>) -> Result<(), sqlx::E
     .bind(renew_time(now, channel.expires_at))
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Records a renewal: the channel now lives until `expires_at`.
