@@ -265,7 +265,7 @@ impl ProviderClient {
                 if !matches!(stored, Ok(true)) {
                     // Graph answered with an id another source's subscription has (a tenant
                     // chooses the URL Fleet calls), or the write failed: nothing is stored.
-                    if matches!(stored, Err(_)) {
+                    if stored.is_err() {
                         let _ = g.unsubscribe(&sub.id).await;
                     }
                     return Err(stored_error(stored, "subscription"));
