@@ -332,6 +332,80 @@ impl GoogleCalendar {
     }
 }
 
+/// A watch channel as Google set it up (`events.watch`'s answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchChannel {
+    /// Google's opaque id of the watched resource (notifications carry it in
+    /// `X-Goog-Resource-ID`; `channels.stop` needs it).
+    pub resource_id: String,
+    /// When Google drops the channel (it may choose a shorter life than asked for).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl GoogleCalendar {
+    /// `channels.stop` next to this calendar's URL: `{base}/calendars/{id}/events` gives
+    /// `{base}/channels/stop`.
+    fn channels_stop_url(&self) -> Result<Url, ProviderError> {
+        let path = self.events.path();
+        let at = path
+            .rfind("/calendars/")
+            .ok_or_else(|| ProviderError::Url("the calendar URL has no /calendars/ segment".into()))?;
+        let mut url = self.events.clone();
+        url.set_path(&format!("{}/channels/stop", &path[..at]));
+        Ok(url)
+    }
+
+    /// `events.watch`: asks Google to POST to `address` whenever the calendar's events change,
+    /// on channel `id` (at most 64 characters of `A-Za-z0-9-_+/=`) with `token` echoed in each
+    /// notification, until `expires_at` (Google may cut it shorter; its answer says).
+    pub async fn watch(
+        &self,
+        id: &str,
+        address: &str,
+        token: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<WatchChannel, ProviderError> {
+        let mut url = self.events.clone();
+        url.path_segments_mut().map_err(|_| ProviderError::Url("not a base URL".into()))?.push("watch");
+        let body = json!({
+            "id": id,
+            "type": "web_hook",
+            "address": address,
+            "token": token,
+            // int64 fields travel as strings in Google's JSON.
+            "expiration": expires_at.timestamp_millis().to_string(),
+        });
+        let response = self.http.send(Method::POST, url, &[], Some(&body)).await?;
+        if !response.status.is_success() {
+            return Err(unexpected(&response));
+        }
+        let answer: Value = response.json()?;
+        let resource_id = answer["resourceId"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| ProviderError::Json("events.watch answered without a resourceId".into()))?
+            .to_owned();
+        let millis = match &answer["expiration"] {
+            Value::String(s) => s.parse::<i64>().ok(),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        };
+        let expires_at = millis.and_then(DateTime::from_timestamp_millis).unwrap_or(expires_at);
+        Ok(WatchChannel { resource_id, expires_at })
+    }
+
+    /// `channels.stop`: no more notifications on channel `id`. A channel Google no longer
+    /// knows (404) is already stopped.
+    pub async fn stop_channel(&self, id: &str, resource_id: &str) -> Result<(), ProviderError> {
+        let body = json!({ "id": id, "resourceId": resource_id });
+        let response = self.http.send(Method::POST, self.channels_stop_url()?, &[], Some(&body)).await?;
+        match response.status.as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(unexpected(&response)),
+        }
+    }
+}
+
 fn is_rate_limit(reason: &str) -> bool {
     matches!(reason, "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded" | "RESOURCE_EXHAUSTED")
 }

@@ -350,6 +350,114 @@ impl GraphCalendar {
     }
 }
 
+/// A Graph change-notification subscription as Graph set it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The id Graph assigned (`subscriptionId` in each notification).
+    pub id: String,
+    /// When Graph drops it unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionBody {
+    #[serde(default)]
+    id: String,
+    expiration_date_time: Option<String>,
+}
+
+impl SubscriptionBody {
+    fn expires(&self, asked: DateTime<Utc>) -> DateTime<Utc> {
+        self.expiration_date_time
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or(asked, |t| t.to_utc())
+    }
+}
+
+impl GraphCalendar {
+    /// The API root (`https://graph.microsoft.com/v1.0`) and the calendar's events as a
+    /// subscription resource (`me/calendars/{id}/events`), from the calendar URL.
+    fn subscription_parts(&self) -> Result<(Url, String), ProviderError> {
+        let path = self.calendar.path().trim_start_matches('/');
+        let (version, rest) = path
+            .split_once('/')
+            .filter(|(v, rest)| !v.is_empty() && !rest.is_empty())
+            .ok_or_else(|| ProviderError::Url("the calendar URL has no API version segment".into()))?;
+        let mut root = self.calendar.clone();
+        root.set_path(&format!("/{version}"));
+        Ok((root, format!("{rest}/events")))
+    }
+
+    fn subscription_url(&self, id: Option<&str>) -> Result<Url, ProviderError> {
+        let (mut url, _) = self.subscription_parts()?;
+        {
+            let mut segments = url.path_segments_mut().map_err(|_| ProviderError::Url("not a base URL".into()))?;
+            segments.push("subscriptions");
+            if let Some(id) = id {
+                segments.push(id);
+            }
+        }
+        Ok(url)
+    }
+
+    /// `POST /subscriptions`: asks Graph to notify `notification_url` of created, updated and
+    /// deleted events of this calendar, each notification carrying `client_state` (at most
+    /// 128 characters), until `expires_at`. Graph validates `notification_url` before it
+    /// answers (a POST with `?validationToken=`, to be echoed within 10 s).
+    pub async fn subscribe(
+        &self,
+        notification_url: &str,
+        client_state: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Subscription, ProviderError> {
+        let (_, resource) = self.subscription_parts()?;
+        let body = json!({
+            "changeType": "created,updated,deleted",
+            "notificationUrl": notification_url,
+            "resource": resource,
+            "expirationDateTime": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "clientState": client_state,
+        });
+        let response = self.http.send(Method::POST, self.subscription_url(None)?, &[], Some(&body)).await?;
+        if !response.status.is_success() {
+            return Err(unexpected(&response));
+        }
+        let answer: SubscriptionBody = response.json()?;
+        if answer.id.is_empty() {
+            return Err(ProviderError::Json("the subscription was answered without an id".into()));
+        }
+        Ok(Subscription { expires_at: answer.expires(expires_at), id: answer.id })
+    }
+
+    /// `PATCH /subscriptions/{id}`: moves the subscription's expiry to `expires_at`; returns
+    /// the expiry Graph set. [`ProviderError::NotFound`] when Graph no longer has it.
+    pub async fn renew_subscription(
+        &self,
+        id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, ProviderError> {
+        let body = json!({ "expirationDateTime": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) });
+        let response = self.http.send(Method::PATCH, self.subscription_url(Some(id))?, &[], Some(&body)).await?;
+        if !response.status.is_success() {
+            return Err(unexpected(&response));
+        }
+        let answer: SubscriptionBody =
+            response.json().unwrap_or(SubscriptionBody { id: String::new(), expiration_date_time: None });
+        Ok(answer.expires(expires_at))
+    }
+
+    /// `DELETE /subscriptions/{id}`; one Graph no longer has is already gone.
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), ProviderError> {
+        let response = self.http.send(Method::DELETE, self.subscription_url(Some(id))?, &[], None).await?;
+        match response.status.as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(unexpected(&response)),
+        }
+    }
+}
+
 fn is_resync(code: &str) -> bool {
     ["syncstatenotfound", "syncstateinvalid", "resyncrequired"].contains(&code.to_ascii_lowercase().as_str())
 }

@@ -13,6 +13,11 @@
 //! Each pass also enqueues a sync of every calendar and comms source whose own cron
 //! schedule is due ([`fleet_accounts::sources::enqueue_due`]: rows claimed with `SKIP LOCKED`, so
 //! replicas share the work and each due sync is enqueued once).
+//!
+//! And it asks for a sync of every Google or Graph source whose push channel has a third of
+//! its lifetime left ([`fleet_calendar::store::channels::claim_due`]): that sync renews or
+//! replaces the channel before the provider drops it (asked again every ten minutes until
+//! it has).
 
 use crate::schedule::{MAX_TICKS_PER_PASS, Missed, Schedule, ScheduleSpec};
 use chrono::{DateTime, Utc};
@@ -30,6 +35,8 @@ pub struct TickReport {
     pub missed: u64,
     /// Syncs of calendar and comms sources whose schedules were due.
     pub sources: Vec<fleet_accounts::sources::DueSync>,
+    /// Syncs asked for because a source's push channel is due for renewal.
+    pub channels: Vec<fleet_calendar::store::channels::DueChannel>,
     /// Problems (bad schedules, failed enqueues); the ticker goes on.
     pub errors: Vec<String>,
 }
@@ -174,6 +181,10 @@ impl Ticker {
                     Err(e) => report.errors.push(format!("enqueueing due syncs of {}: {e}", table.table())),
                 }
             }
+            match renew_channels(db, &self.client, now).await {
+                Ok(due) => report.channels = due,
+                Err(e) => report.errors.push(format!("asking for push channel renewals: {e}")),
+            }
             for e in &report.errors[before..] {
                 tracing::warn!(error = %e, "source sync not enqueued yet");
             }
@@ -264,6 +275,33 @@ impl Ticker {
         .execute(db)
         .await;
     }
+}
+
+/// Most channel renewals asked for in one pass.
+const RENEWALS_PER_PASS: i64 = 200;
+
+/// Enqueues a sync of each source whose push channel is due for renewal (one pending sync
+/// per source, shared with "sync now"), for the tenant stored with the channel.
+async fn renew_channels(
+    db: &PgPool,
+    client: &Client,
+    now: DateTime<Utc>,
+) -> Result<Vec<fleet_calendar::store::channels::DueChannel>, String> {
+    let due =
+        fleet_calendar::store::channels::claim_due(db, now, RENEWALS_PER_PASS).await.map_err(|e| e.to_string())?;
+    for d in &due {
+        fleet_accounts::sources::enqueue_sync(
+            client,
+            fleet_accounts::sources::SourceTable::Calendar,
+            &d.tenant,
+            &d.source_id,
+            true,
+        )
+        .await
+        .map_err(|e| format!("sync of {} for its push channel: {e}", d.source_id))?;
+        tracing::info!(source = %d.source_id, channel = %d.channel, "push channel due for renewal: sync enqueued");
+    }
+    Ok(due)
 }
 
 /// Enqueues `s`'s job with `opts` (its queue, priority and attempts filled in).

@@ -16,6 +16,7 @@ mod feeds;
 mod oauth;
 mod providers;
 mod push;
+mod push_channels;
 mod release;
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

@@ -140,8 +140,9 @@ pub struct WorkerConfig {
     pub webhooks: fleet_webhooks::jobs::WebhookSettings,
     /// Image analysis and variants: object store, memory budget, vision providers.
     pub images: fleet_images::jobs::ImageSettings,
-    /// Calendar sync settings (the SSRF guard's allow-list for calendar servers).
-    pub calendar: fleet_calendar::jobs::SourceSettings,
+    /// Calendar sync settings (the SSRF guard's allow-list for calendar servers, and push
+    /// channels: `[calendar.push] public_url`).
+    pub calendar: fleet_calendar::jobs::CalendarSettings,
     /// Communication sync settings (the SSRF guard's allow-list for mail servers and SMS APIs).
     pub comms: fleet_calendar::jobs::SourceSettings,
     /// Notifications (`[notify]`): SMTP relays in failover order, the From address, the
@@ -274,6 +275,9 @@ impl WorkerConfig {
         }
         if let Some(v) = get("FLEET_CALENDAR_ALLOW") {
             self.calendar.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = get("FLEET_CALENDAR_PUSH_URL") {
+            self.calendar.push.public_url = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
         }
         if let Some(v) = get("FLEET_COMMS_ALLOW") {
             self.comms.allow = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
@@ -419,6 +423,9 @@ impl WorkerConfig {
                     return invalid(setting, m);
                 }
             }
+        }
+        if let Err(m) = self.calendar.push.validate() {
+            return invalid("calendar.push", m);
         }
         if self.database_url.is_some() && self.lease_ms < self.webhooks.timeout_ms + 5_000 {
             return invalid(

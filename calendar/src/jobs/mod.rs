@@ -19,8 +19,11 @@ use fleet_kit::{Handler, JobContext, JobError};
 use serde_json::json;
 use sqlx::PgPool;
 
+mod channels;
 mod providers;
 mod push;
+
+pub use channels::{CalendarSettings, GOOGLE_LIFETIME_SECS, GRAPH_LIFETIME_SECS, PushSettings};
 
 pub use push::{CalendarPushHandler, PushResult, booking_uid};
 
@@ -34,6 +37,8 @@ pub struct CalendarSyncHandler {
     secrets: Option<SecretBox>,
     client_options: ClientOptions,
     relay: Option<fleet_accounts::outbox::Relay>,
+    /// Push channels (`[calendar.push]`); without a public URL, none are made.
+    push: PushSettings,
 }
 
 enum SyncError {
@@ -68,6 +73,7 @@ impl CalendarSyncHandler {
             secrets,
             client_options: ClientOptions { guard, ..ClientOptions::default() },
             relay: None,
+            push: PushSettings::default(),
         }
     }
 
@@ -78,9 +84,18 @@ impl CalendarSyncHandler {
         self
     }
 
-    /// The same, from the worker's settings (`[calendar] allow`).
-    pub fn with_settings(self, settings: &SourceSettings) -> Result<Self, String> {
-        Ok(self.with_allowed(settings.ranges()?))
+    /// The same, from the worker's settings (`[calendar] allow` and `[calendar.push]`).
+    pub fn with_settings(self, settings: &CalendarSettings) -> Result<Self, String> {
+        settings.push.validate()?;
+        Ok(self.with_allowed(settings.ranges()?).with_push(settings.push.clone()))
+    }
+
+    /// Keeps a push channel for each Google and Graph source whose `push` is on, made,
+    /// renewed and replaced by its syncs (see `jobs/channels.rs`), when `push.public_url`
+    /// is set; without it sources stay polled.
+    pub fn with_push(mut self, push: PushSettings) -> Self {
+        self.push = push;
+        self
     }
 
     /// Publishes conflict events (the outbox) to webhooks and the live stream after each sync.
@@ -106,7 +121,12 @@ impl CalendarSyncHandler {
 
     async fn run(&self, tenant: Option<&str>, source_id: &str) -> Result<SyncReport, SyncError> {
         let source = self.load(tenant, source_id).await?;
-        let result = self.pull_and_apply(source_id, &source).await;
+        let mut result = self.pull_and_apply(source_id, &source).await;
+        if let Ok(report) = &mut result
+            && matches!(source.kind.as_str(), "google" | "graph")
+        {
+            report.push = self.maintain_channel(source_id).await;
+        }
         // Conflict events committed by this run (or left by a crashed one) go out now.
         if let Some(relay) = &self.relay {
             match relay.publish_pending(sync::OUTBOX, &source.tenant).await {

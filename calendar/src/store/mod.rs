@@ -18,6 +18,7 @@
 //! stored and never read back here; views say only whether one is set.
 
 pub mod bookings;
+pub mod channels;
 #[cfg(feature = "jobs")]
 pub(crate) mod sync;
 
@@ -61,6 +62,12 @@ pub struct CalendarSourceRequest {
     /// When to sync: a five-field cron expression in UTC (default every 15 minutes, `*/15 * * * *`).
     #[serde(default)]
     pub schedule: Option<String>,
+    /// `google` and `graph`: ask the provider to notify Fleet of changes (a Google watch
+    /// channel, a Graph subscription), so a change is synced in seconds; the schedule still
+    /// runs as a check. Default true; it takes effect only when the workers are configured
+    /// with the public URL notifications reach Fleet at (`[calendar.push] public_url`).
+    #[serde(default)]
+    pub push: Option<bool>,
 }
 
 /// A source and where its sync stands (never its secret).
@@ -87,6 +94,10 @@ pub struct CalendarSourceView {
     pub sync: SyncStatus,
     /// Why the last fetch was not applied (release it with `POST …/release`).
     pub quarantined: Option<String>,
+    /// Whether the source asks its provider for push notifications (`google`, `graph`).
+    pub push: bool,
+    /// When the source's live push channel expires (it is renewed well before), if it has one.
+    pub push_expires_at: Option<DateTime<Utc>>,
     /// Sync state: the CalDAV sync token or the feed's validators (and `force_apply`
     /// while a release waits for its sync).
     #[schema(value_type = Object)]
@@ -119,11 +130,15 @@ pub async fn create(
         return Err(StoreError::Invalid("max_delete_share must be between 0 and 1".into()));
     }
     let schedule = check_schedule(SourceTable::Calendar, req.schedule.as_deref())?;
+    if req.push == Some(true) && !matches!(req.kind.as_str(), "google" | "graph") {
+        return Err(StoreError::Invalid("push is for google and graph sources only".into()));
+    }
+    let push = req.push.unwrap_or(true) && matches!(req.kind.as_str(), "google" | "graph");
     let id = format!("cal_{}", uuid::Uuid::now_v7().simple());
     let sealed = req.password.as_deref().map(|p| seal(secrets, &id, p)).transpose()?;
     sqlx::query(
-        "INSERT INTO calendar_sources (id, tenant, supplier, kind, url, username, secret, max_delete_share, schedule)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO calendar_sources (id, tenant, supplier, kind, url, username, secret, max_delete_share, schedule, push)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&id)
     .bind(tenant)
@@ -134,6 +149,7 @@ pub async fn create(
     .bind(sealed)
     .bind(share)
     .bind(&schedule)
+    .bind(push)
     .execute(db)
     .await?;
     get(db, Some(tenant), &id).await
@@ -169,7 +185,8 @@ async fn select_page(
 ) -> Result<Vec<CalendarSourceView>, StoreError> {
     let sql = format!(
         "SELECT id, tenant, supplier, kind, url, username, secret IS NOT NULL AS has_password, max_delete_share,
-                quarantined, state, {}
+                quarantined, state, push AND kind IN ('google', 'graph') AS push,
+                (SELECT max(c.expires_at) FROM calendar_channels c WHERE c.source_id = calendar_sources.id) AS push_expires_at, {}
            FROM calendar_sources
           WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR supplier = $2) AND ($3::text IS NULL OR id = $3)
           ORDER BY created_at, id LIMIT $4 OFFSET $5",
@@ -197,6 +214,8 @@ async fn select_page(
             max_delete_share: r.get("max_delete_share"),
             sync: SyncStatus::from_row(&r),
             quarantined: r.get("quarantined"),
+            push: r.get("push"),
+            push_expires_at: r.get("push_expires_at"),
             state: r.get("state"),
         })
         .collect())

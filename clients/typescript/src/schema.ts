@@ -894,6 +894,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/push/google": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A Google Calendar watch notification. */
+        post: operations["google_notification"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/push/graph": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Microsoft Graph change notifications, and Graph's validation of the URL. */
+        post: operations["graph_notification"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/stream": {
         parameters: {
             query?: never;
@@ -1225,6 +1259,13 @@ export interface components {
              *     sealed, never returned).
              */
             password?: string | null;
+            /**
+             * @description `google` and `graph`: ask the provider to notify Fleet of changes (a Google watch
+             *     channel, a Graph subscription), so a change is synced in seconds; the schedule still
+             *     runs as a check. Default true; it takes effect only when the workers are configured
+             *     with the public URL notifications reach Fleet at (`[calendar.push] public_url`).
+             */
+            push?: boolean | null;
             /** @description When to sync: a five-field cron expression in UTC (default every 15 minutes, `*\/15 * * * *`). */
             schedule?: string | null;
             /** @description The supplier whose bookings these are. */
@@ -1247,6 +1288,13 @@ export interface components {
              * @description Share of events a fetch may delete before it is quarantined.
              */
             max_delete_share: number;
+            /** @description Whether the source asks its provider for push notifications (`google`, `graph`). */
+            push: boolean;
+            /**
+             * Format: date-time
+             * @description When the source's live push channel expires (it is renewed well before), if it has one.
+             */
+            push_expires_at?: string | null;
             /** @description Why the last fetch was not applied (release it with `POST …/release`). */
             quarantined?: string | null;
             /**
@@ -4457,6 +4505,106 @@ export interface operations {
                 };
             };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    google_notification: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description the channel id */
+                "X-Goog-Channel-ID": string;
+                /** @description the channel's token */
+                "X-Goog-Channel-Token": string;
+                /** @description the watched resource */
+                "X-Goog-Resource-ID": string;
+                /** @description sync, exists or not_exists */
+                "X-Goog-Resource-State": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description verified; a sync of the source follows (none for `sync`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    graph_notification: {
+        parameters: {
+            query?: {
+                /** @description Graph's validation request: echoed as text/plain */
+                validationToken?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description `{"value": [{"subscriptionId", "clientState", ...}]}` */
+        requestBody: {
+            content: {
+                "application/json": string;
+            };
+        };
+        responses: {
+            /** @description the validation token, as text/plain */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description verified; a sync of each notified source follows */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

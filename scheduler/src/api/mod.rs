@@ -18,6 +18,7 @@ pub mod intake;
 mod jobs;
 pub mod limits;
 mod notify;
+pub mod push;
 mod shape;
 mod stream;
 mod tenants;
@@ -145,7 +146,7 @@ pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 #[openapi(
     info(title = "Fleet API", description = "Enqueue jobs and batches into the Fleet worker fleet; read and cancel them."),
     paths(jobs::enqueue, jobs::enqueue_bulk, jobs::get_job, jobs::cancel_job, batches::create_batch, batches::get_batch, batches::batch_events,
-        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, webhooks::enable_endpoint, intake::receive, stream::tenant_stream, stream::create_token, images::create_portfolio, images::get_portfolio, images::create_upload,
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint, webhooks::publish_event, webhooks::rotate_secret, webhooks::enable_endpoint, intake::receive, push::google_notification, push::graph_notification, stream::tenant_stream, stream::create_token, images::create_portfolio, images::get_portfolio, images::create_upload,
         calendar::create_source, calendar::list_sources, calendar::get_source, calendar::delete_source, calendar::sync_source, calendar::release_source, calendar::get_supplier, calendar::put_supplier, calendar::occurrences, calendar::conflicts,
         bookings::put_booking, bookings::get_booking, bookings::delete_booking,
         comms::create_source, comms::list_sources, comms::get_source, comms::delete_source, comms::sync_source, comms::put_contact, comms::client_timeline, comms::source_quarantine, comms::source_entries,
@@ -236,6 +237,8 @@ pub fn app(state: ApiState, max_body: usize) -> Router {
         .route("/v1/stream", get(stream::tenant_stream))
         .route("/v1/stream/tokens", post(stream::create_token))
         .route("/v1/intake/{provider}", post(intake::receive))
+        .route("/v1/push/google", post(push::google_notification))
+        .route("/v1/push/graph", post(push::graph_notification))
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .route("/dashboard", get(admin::dashboard))
         .route("/admin/v1/queues", get(admin::queues))

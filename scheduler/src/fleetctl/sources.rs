@@ -434,6 +434,7 @@ pub(super) async fn calendar(stores: &Stores, json: bool, command: CalendarComma
                 password: password.read()?,
                 max_delete_share,
                 schedule,
+                push: None,
             };
             let secrets = if req.password.is_some() { secrets()? } else { None };
             let view = calendar_store::create(&db, secrets.as_ref(), &tenant, req).await.map_err(store_err)?;

@@ -29,6 +29,12 @@ pub async fn shipped(config: &WorkerConfig) -> anyhow::Result<Registry> {
             tracing::info!(current = b.key_id(), old = ?b.old_key_ids().collect::<Vec<_>>(), "secrets keys loaded");
         }
         let relay = fleet_accounts::outbox::Relay::new(db.clone(), client.clone());
+        match &config.calendar.push.public_url {
+            Some(url) => tracing::info!(%url, "calendar push channels on: Google and Graph sources are notified there"),
+            None => tracing::info!(
+                "calendar push channels off (no calendar.push.public_url): Google and Graph sources stay polled"
+            ),
+        }
         let calendar = fleet_calendar::jobs::CalendarSyncHandler::new(db.clone(), secrets.clone())
             .with_settings(&config.calendar)
             .map_err(|e| anyhow::anyhow!("calendar.allow: {e}"))?

@@ -125,6 +125,10 @@ pub struct SyncReport {
     /// Of `apply_ms`, milliseconds spent finding the supplier's double bookings among its
     /// busy intervals (step 6, without its queries). The rest of `apply_ms` is PostgreSQL.
     pub conflicts_ms: u64,
+    /// What this sync did to the source's push channel (made, renewed, replaced, or why
+    /// not), when it did anything. Not stored with the report.
+    #[serde(skip)]
+    pub push: Option<String>,
 }
 
 /// Source `source_id`, restricted to `tenant` when given: none when missing or another
