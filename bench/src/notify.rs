@@ -4,6 +4,13 @@
 //! relay is the local SMTP server of `scripts/smtp.sh` (`FLEET_BENCH_SMTP_PORT`, default
 //! 10025); the time is from the start of the event to the job's success, which follows
 //! the relay's `250` for the message. Prints p50/p99/max.
+//!
+//! `FLEET_BENCH_SMTP=postfix` sends through the Postfix of `scripts/postfix.sh` instead:
+//! STARTTLS and AUTH on 127.0.0.1:10587 (the Dovecot user `FLEET_BENCH_SMTP_USER`, default
+//! `bench`, password the same, written into `FLEET_BENCH_DOVECOT_DIR`, default
+//! `/tmp/fleet-dovecot`), trusting the test CA of `scripts/dovecot.sh`, to that user's
+//! mailbox at `fleet.test` (Postfix delivers into it over LMTP after its `250`, so the
+//! deliveries go on for a while after the run; remove the mailbox once they are done).
 
 use fleet_jobs::catalogue::NotifySend;
 use fleet_jobs::{EnqueueOptions, JobId};
@@ -32,10 +39,27 @@ pub async fn run(client: fleet_jobs::Client, rate: u64, count: usize) {
     };
     let template = TemplateRequest { default_locale: "en".into(), variants: [("en".to_owned(), variant)].into() };
     store::put_template(&db, "bench", "booking", template).await.expect("template");
-    let recipient = RecipientRequest { email: Some("bench@couples.example".into()), ..Default::default() };
+    let postfix = std::env::var("FLEET_BENCH_SMTP").is_ok_and(|v| v == "postfix");
+    let user = std::env::var("FLEET_BENCH_SMTP_USER").unwrap_or_else(|_| "bench".into());
+    let dovecot = std::env::var("FLEET_BENCH_DOVECOT_DIR").unwrap_or_else(|_| "/tmp/fleet-dovecot".into());
+    if postfix {
+        std::fs::write(format!("{dovecot}/users/{user}"), format!("{user}:{{PLAIN}}{user}::::::\n"))
+            .expect("the bench's Dovecot user (is scripts/postfix.sh running?)");
+    }
+    let to = if postfix { format!("{user}@fleet.test") } else { "bench@couples.example".into() };
+    let recipient = RecipientRequest { email: Some(to), ..Default::default() };
     store::put_recipient(&db, "bench", "anna", recipient).await.expect("recipient");
 
-    let relay = toml_relay(port);
+    let (relay, port) = if postfix {
+        let ca = format!("{dovecot}/tls/ca.pem");
+        let port: u16 = std::env::var("FLEET_BENCH_SMTP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(10587);
+        let text = format!(
+            "name = \"postfix\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\nuser = {user:?}\npassword = {user:?}\nca_file = {ca:?}"
+        );
+        (toml::from_str(&text).expect("relay"), port)
+    } else {
+        (toml_relay(port), port)
+    };
     let settings = NotifySettings {
         smtp: vec![relay],
         from: Some("Bench <notify@bench.example>".into()),
@@ -94,10 +118,15 @@ pub async fn run(client: fleet_jobs::Client, rate: u64, count: usize) {
     worker.shutdown().await;
     db.close().await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&mut admin).await;
+    if postfix {
+        // Postfix delivers into Dovecot over LMTP after each 250: the mailbox fills on.
+        println!("  (the {count} emails go on into {dovecot}/mail/{user}: remove it once delivered)");
+    }
     let pct = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(f64::NAN);
     println!(
-        "notify: {} of {count} events at {rate}/s became emails accepted by the SMTP server on 127.0.0.1:{port}; event-to-accepted p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "notify: {} of {count} events at {rate}/s became emails accepted by the SMTP server on 127.0.0.1:{port}{}; event-to-accepted p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         lat.len(),
+        if postfix { " (Postfix, STARTTLS + AUTH)" } else { "" },
         pct(0.5),
         pct(0.99),
         lat.last().copied().unwrap_or(f64::NAN)

@@ -18,6 +18,7 @@ use lettre::message::dkim::{
 };
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -25,6 +26,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Connections to one relay per worker when the config does not say.
+const DEFAULT_CONNECTIONS: u32 = 20;
 
 /// How a relay's connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -69,6 +73,11 @@ pub struct SmtpRelay {
     /// Timeout of each SMTP command, ms (default 10 s).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Connections a worker keeps open to the relay at most (1 to 200, default 20). A
+    /// relay that writes each message to disk before its `250` (as Postfix does) needs
+    /// about rate x its answer time of them; sends past them wait for one.
+    #[serde(default)]
+    pub connections: Option<u32>,
 }
 
 impl std::fmt::Debug for SmtpRelay {
@@ -82,6 +91,7 @@ impl std::fmt::Debug for SmtpRelay {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_env", &self.password_env)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -116,8 +126,13 @@ impl Relay {
             SmtpTls::Implicit => (Tls::Wrapper(tls_params()?), 465),
             SmtpTls::None => (Tls::None, 25),
         };
+        let connections = cfg.connections.unwrap_or(DEFAULT_CONNECTIONS);
+        if !(1..=200).contains(&connections) {
+            return Err(what(format!("connections must be 1 to 200, not {connections}")));
+        }
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
             .port(cfg.port.unwrap_or(port))
+            .pool_config(PoolConfig::new().max_size(connections))
             .tls(tls)
             .timeout(Some(Duration::from_millis(cfg.timeout_ms.unwrap_or(10_000))));
         let password = match (&cfg.password, &cfg.password_env) {
