@@ -497,6 +497,14 @@ fn submits_key(prefix: &str) -> String {
 
 /// How long a submission may take before another process finishes it.
 pub const RESUME_AFTER: Duration = Duration::from_secs(30);
+/// How often one process looks for submissions to finish.
+const RESUME_EVERY: Duration = Duration::from_secs(5);
+
+/// When this process last looked for submissions to finish, by prefix.
+fn lock_resumed() -> std::sync::MutexGuard<'static, HashMap<String, u64>> {
+    static LAST: std::sync::OnceLock<std::sync::Mutex<HashMap<String, u64>>> = std::sync::OnceLock::new();
+    LAST.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Steps a spec holds, nested workflows' included.
 fn count_steps(steps: &[StepSpec]) -> u64 {
@@ -674,11 +682,13 @@ impl Client {
         }
         let tenant = opts.tenant.as_deref().unwrap_or("");
         let reply = self.store_workflow(&id, spec, tenant, opts.step_quota).await?;
+        // A re-submission of a workflow that had ended was charged again: given back.
+        // (One that ends while its first steps are enqueued gives its steps back itself.)
+        let ended = WorkflowState::parse(&reply.state).is_some_and(|s| s.is_final());
         self.release_from(&id, reply, true).await?;
         let submits = submits_key(self.prefix());
         redis::cmd("ZREM").arg(&submits).arg(&id).query_async::<()>(&mut self.connection()).await?;
-        // A re-submission of a workflow that had ended was charged again: give it back.
-        if self.workflow_state(&id).await?.is_some_and(|s| s.is_final()) {
+        if ended {
             self.release_steps(tenant, &id).await?;
         }
         Ok(id)
@@ -729,12 +739,21 @@ impl Client {
             return Ok(false);
         }
         let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
+        let ids: Vec<&str> = fields.iter().filter_map(|f| f.strip_prefix("w:")).collect();
         let submits = submits_key(self.prefix());
-        for id in fields.iter().filter_map(|f| f.strip_prefix("w:")) {
-            // A submission under way is charged before its workflow is stored.
-            let submitting: Option<f64> = redis::cmd("ZSCORE").arg(&submits).arg(id).query_async(&mut conn).await?;
-            if submitting.is_none() && self.workflow_state(id).await?.is_none_or(|s| s.is_final()) {
-                self.release_steps(tenant, id).await?;
+        // One round trip per few hundred workflows: whether each is being submitted (it is
+        // charged before it is stored) and its state.
+        for chunk in ids.chunks(PUMP_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.zscore(&submits, *id).hget(wf_key(self.prefix(), id, WorkflowKey::Meta), "state");
+            }
+            let found: Vec<(Option<f64>, Option<String>)> = pipe.query_async(&mut conn).await?;
+            for (id, (submitting, state)) in chunk.iter().zip(found) {
+                let ended = state.as_deref().and_then(WorkflowState::parse).is_none_or(|s| s.is_final());
+                if submitting.is_none() && ended {
+                    self.release_steps(tenant, id).await?;
+                }
             }
         }
         Ok(true)
@@ -764,6 +783,15 @@ impl Client {
     /// (deterministic ids: what was enqueued already is not enqueued twice). Workers run
     /// it with their heartbeats. Returns the workflows looked at.
     pub async fn resume_submissions(&self) -> Result<usize> {
+        // Every queue's heartbeat calls this; one look per process every few seconds does.
+        {
+            let mut last = lock_resumed();
+            let now = now_ms();
+            if last.get(self.prefix()).is_some_and(|at| now.saturating_sub(*at) < RESUME_EVERY.as_millis() as u64) {
+                return Ok(0);
+            }
+            last.insert(self.prefix().to_owned(), now);
+        }
         let submits = submits_key(self.prefix());
         let before = now_ms().saturating_sub(RESUME_AFTER.as_millis() as u64);
         let ids: Vec<String> = redis::cmd("ZRANGE")
