@@ -100,7 +100,8 @@ fn timed(id: &str, start: &str, end: &str) -> Value {
     })
 }
 
-async fn source(db: &TestDb, secrets: &SecretBox, kind: &str, url: &str, token: Option<&str>) -> String {
+/// A calendar source of tenant `t1` (the token sealed as the API would).
+pub(crate) async fn source(db: &TestDb, secrets: &SecretBox, kind: &str, url: &str, token: Option<&str>) -> String {
     let id = format!("cal_{}", uuid::Uuid::now_v7().simple());
     sqlx::query("INSERT INTO calendar_sources (id, tenant, supplier, kind, url, secret) VALUES ($1, 't1', 'studio-9', $2, $3, $4)")
         .bind(&id)

@@ -16,6 +16,7 @@
 //!   the Graph subscription (or makes it again when Graph answers 404).
 
 use super::KEY;
+use super::providers::source;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -232,19 +233,6 @@ pub(crate) struct World {
     pub(crate) graph: String,
     pub(crate) feed: String,
     pub(crate) http: reqwest::Client,
-}
-
-async fn source(db: &TestDb, secrets: &SecretBox, kind: &str, url: &str, token: Option<&str>) -> String {
-    let id = format!("cal_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query("INSERT INTO calendar_sources (id, tenant, supplier, kind, url, secret) VALUES ($1, 't1', 'studio-9', $2, $3, $4)")
-        .bind(&id)
-        .bind(kind)
-        .bind(url)
-        .bind(token.map(|t| secrets.seal(&id, t).unwrap()))
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    id
 }
 
 impl World {

@@ -50,6 +50,18 @@ fn smtps_port() -> u16 {
 
 /// A Dovecot user of this test's own (its mailbox starts empty): its address at
 /// fleet.test, and how to read its mailbox (IMAP over implicit TLS, the test CA).
+/// Tenant `studio` with the booking template and recipient `anna`, whose mailbox is a new
+/// Dovecot user's; plus another new user, the relay login. Returns anna's address, her
+/// mailbox and the login.
+async fn studio_with_anna(db: &TestDb) -> (String, ImapAccount, ImapAccount) {
+    let (to, mailbox) = mail_user();
+    let (_, sender) = mail_user();
+    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
+    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
+    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    (to, mailbox, sender)
+}
+
 fn mail_user() -> (String, ImapAccount) {
     ensure_postfix();
     let user = format!("m{}", uuid::Uuid::now_v7().simple());
@@ -276,11 +288,7 @@ async fn an_event_becomes_an_email_through_postfix_with_starttls_and_auth_read_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_through_postfix_over_implicit_tls_is_read_back_and_a_wrong_password_is_a_clear_recorded_error() {
     let db = TestDb::new().await;
-    let (to, mailbox) = mail_user();
-    let (_, sender) = mail_user();
-    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
-    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
-    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    let (to, mailbox, sender) = studio_with_anna(&db).await;
 
     // Implicit TLS (TLS from the first byte), AUTH: delivered.
     let relays = vec![postfix_relay("submissions", "implicit", &sender, &sender.password, true)];
@@ -329,11 +337,7 @@ async fn an_email_through_postfix_over_implicit_tls_is_read_back_and_a_wrong_pas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_whose_certificate_is_not_trusted_is_refused_before_any_login() {
     let db = TestDb::new().await;
-    let (to, mailbox) = mail_user();
-    let (_, sender) = mail_user();
-    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
-    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
-    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    let (_, mailbox, sender) = studio_with_anna(&db).await;
 
     // The test CA is not among Mozilla's roots: without ca_file, neither STARTTLS nor
     // implicit TLS gets past the handshake, so the password is never sent.
@@ -410,12 +414,8 @@ async fn dkim_settings_are_checked_and_name_the_setting_never_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ed25519_dkim_signature_through_postfix_verifies_with_dkimpy() {
     let db = TestDb::new().await;
-    let (to, mailbox) = mail_user();
-    let (_, sender) = mail_user();
+    let (_, mailbox, sender) = studio_with_anna(&db).await;
     let (pem, record) = ed25519_key();
-    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
-    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
-    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
     let mut cfg = settings(vec![postfix_relay("submissions", "implicit", &sender, &sender.password, true)]);
     cfg.dkim = vec![
         toml::from_str::<DkimKey>(&format!(
@@ -450,11 +450,7 @@ async fn bench_emails_through_postfix() {
 async fn bench_run(dkim: bool) {
     const N: usize = 200;
     let db = TestDb::new().await;
-    let (to, mailbox) = mail_user();
-    let (_, sender) = mail_user();
-    store::put_template(&db.pool, "studio", "booking", booking_template()).await.unwrap();
-    let recipient = RecipientRequest { email: Some(to.clone()), ..Default::default() };
-    store::put_recipient(&db.pool, "studio", "anna", recipient).await.unwrap();
+    let (_, mailbox, sender) = studio_with_anna(&db).await;
     let mut cfg = settings(vec![postfix_relay("submission", "starttls", &sender, &sender.password, true)]);
     if dkim {
         let (pem, _) = dkim_key();
